@@ -1,0 +1,4 @@
+//! Data in: tokenizers and JSONL files.
+
+pub mod jsonl;
+pub mod tokenizer;

@@ -1,0 +1,61 @@
+//! The prefer command line. Each subcommand lives in src/cmd/.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use prefer::cmd::{self, Device};
+use prefer::model::weights::SaveDtype;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "prefer", version, about = "Preference learning for Llama models: DPO, reward models, PPO")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
+    Init {
+        /// tiny, llama-124m or llama-1b
+        #[arg(long)]
+        preset: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Add a scalar head (score.weight) and save as LlamaForSequenceClassification.
+        #[arg(long)]
+        scalar_head: bool,
+        #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
+        dtype: SaveDtype,
+    },
+    /// Print the version, the compiled kernels and whether a GPU is usable.
+    Info,
+    /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
+    Logprobs {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Init { preset, out, seed, scalar_head, dtype } => {
+            cmd::init::run_init(&preset, &out, seed, scalar_head, dtype)
+        }
+        Command::Info => {
+            cmd::info::run_info();
+            Ok(())
+        }
+        Command::Logprobs { model, input, out, device } => {
+            cmd::logprobs::run_logprobs(&model, &input, &out, device)
+        }
+    }
+}

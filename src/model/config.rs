@@ -1,0 +1,302 @@
+//! Llama-family model configuration: the presets, and Hugging Face `config.json` in and out.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Token ids of the built-in byte-level tokenizer: ids 0..=255 are the bytes, then the specials.
+pub const BYTE_BOS: u32 = 256;
+pub const BYTE_EOS: u32 = 257;
+pub const BYTE_PAD: u32 = 258;
+pub const BYTE_VOCAB: usize = 259;
+
+/// `rope_scaling` of type "llama3" (Llama 3.1 and later): long wavelengths are slowed by `factor`,
+/// short ones kept, and the band between is interpolated smoothly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: usize,
+}
+
+/// The shape and numerics of a Llama model, the subset of HF `LlamaConfig` this engine honours.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub initializer_range: f32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+    /// A scalar head `score.weight` [1, hidden] (HF `LlamaForSequenceClassification`, num_labels 1)
+    /// for reward and value models.
+    pub scalar_head: bool,
+}
+
+impl LlamaConfig {
+    pub const PRESETS: [&'static str; 3] = ["tiny", "llama-124m", "llama-1b"];
+
+    /// A named preset. Every preset uses the built-in byte tokenizer's special ids.
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = LlamaConfig {
+            vocab_size: BYTE_VOCAB,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: true,
+            initializer_range: 0.02,
+            bos_token_id: Some(BYTE_BOS),
+            eos_token_id: Some(BYTE_EOS),
+            pad_token_id: Some(BYTE_PAD),
+            scalar_head: false,
+        };
+        Ok(match name {
+            "tiny" => base,
+            "llama-124m" => LlamaConfig {
+                vocab_size: 32000,
+                hidden_size: 768,
+                intermediate_size: 2048,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                num_key_value_heads: 12,
+                head_dim: 64,
+                tie_word_embeddings: false,
+                ..base
+            },
+            // The Llama-3.2-1B shape.
+            "llama-1b" => LlamaConfig {
+                vocab_size: 128256,
+                hidden_size: 2048,
+                intermediate_size: 8192,
+                num_hidden_layers: 16,
+                num_attention_heads: 32,
+                num_key_value_heads: 8,
+                head_dim: 64,
+                rope_theta: 500000.0,
+                rope_scaling: Some(Llama3RopeScaling {
+                    factor: 32.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                }),
+                max_position_embeddings: 131072,
+                ..base
+            },
+            other => bail!(
+                "unknown preset {other:?}; the presets are {}",
+                Self::PRESETS.join(", ")
+            ),
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// Whether the model can produce next-token log-probs (an LM head, tied or its own).
+    /// HF `LlamaForSequenceClassification` checkpoints with untied embeddings have none.
+    pub fn has_lm_head(&self) -> bool {
+        self.tie_word_embeddings || !self.scalar_head
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = self;
+        if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
+            bail!("config: hidden_size, num_hidden_layers and vocab_size must be positive");
+        }
+        if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
+            bail!("config: num_attention_heads and num_key_value_heads must be positive");
+        }
+        if c.num_attention_heads % c.num_key_value_heads != 0 {
+            bail!(
+                "config: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                c.num_attention_heads,
+                c.num_key_value_heads
+            );
+        }
+        if c.head_dim % 2 != 0 {
+            bail!("config: head_dim ({}) must be even for rotary embeddings", c.head_dim);
+        }
+        Ok(())
+    }
+
+    /// Reads an HF `config.json`. Fields this engine does not use are ignored; the architecture
+    /// decides whether the model has a scalar head.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let hf: HfConfig = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {} as a Llama config.json", path.display()))?;
+        // transformers 5 writes `rope_parameters` {rope_type, rope_theta, ...}; 4.x writes
+        // `rope_theta` beside an optional `rope_scaling`.
+        let rope_theta = hf
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|t| t.as_f64())
+            .map(|t| t as f32)
+            .or(hf.rope_theta)
+            .unwrap_or(10000.0);
+        let rope_scaling = match hf.rope_scaling.or(hf.rope_parameters) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
+                match kind {
+                    "llama3" => Some(serde_json::from_value(v.clone()).with_context(|| {
+                        format!("{}: rope_scaling of type llama3 is incomplete", path.display())
+                    })?),
+                    "default" => None,
+                    other => bail!(
+                        "{}: rope_scaling type {other:?} is not supported (only llama3)",
+                        path.display()
+                    ),
+                }
+            }
+        };
+        let scalar_head = hf
+            .architectures
+            .iter()
+            .any(|a| a == "LlamaForSequenceClassification");
+        let num_labels = hf.num_labels.or(hf.id2label.as_ref().map(|m| m.len()));
+        if scalar_head && num_labels.unwrap_or(1) != 1 {
+            bail!(
+                "{}: a sequence-classification model must have num_labels 1 to be a reward model",
+                path.display()
+            );
+        }
+        let cfg = LlamaConfig {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: hf.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
+            initializer_range: hf.initializer_range.unwrap_or(0.02),
+            bos_token_id: hf.bos_token_id.and_then(first_id),
+            eos_token_id: hf.eos_token_id.and_then(first_id),
+            pad_token_id: hf.pad_token_id.and_then(first_id),
+            scalar_head,
+        };
+        cfg.validate()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// The `config.json` transformers loads unchanged, as `LlamaForCausalLM` or, with a scalar
+    /// head, `LlamaForSequenceClassification` (num_labels 1).
+    pub fn to_hf_json(&self, dtype: &str) -> serde_json::Value {
+        let arch = if self.scalar_head {
+            "LlamaForSequenceClassification"
+        } else {
+            "LlamaForCausalLM"
+        };
+        let mut v = serde_json::json!({
+            "architectures": [arch],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling.as_ref().map(|s| serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            })),
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": dtype,
+            "use_cache": true,
+        });
+        if self.scalar_head {
+            v["num_labels"] = 1.into();
+            v["id2label"] = serde_json::json!({"0": "LABEL_0"});
+            v["label2id"] = serde_json::json!({"LABEL_0": 0});
+        }
+        v
+    }
+}
+
+/// HF configs store eos_token_id as an int or a list of ints (Llama 3.1+); the first one is the
+/// one that ends a sequence here.
+fn first_id(v: serde_json::Value) -> Option<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
+        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    initializer_range: Option<f32>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+    pad_token_id: Option<serde_json::Value>,
+    num_labels: Option<usize>,
+    id2label: Option<serde_json::Map<String, serde_json::Value>>,
+    /// transformers 5 keeps rope_theta and the scaling together under this name.
+    rope_parameters: Option<serde_json::Value>,
+}

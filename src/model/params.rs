@@ -1,0 +1,103 @@
+//! The flat parameter layout: every weight of a model lives in one buffer, at an offset fixed by
+//! the config (DESIGN.md, principle 3). Gradients, AdamW moments and device copies share the layout,
+//! so an optimiser step is one pass over one allocation.
+
+use super::config::LlamaConfig;
+use std::ops::Range;
+
+/// Where one HF-named tensor sits in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
+}
+
+/// Offsets of one decoder layer's weights. Linear weights are [out, in], as nn.Linear stores them.
+#[derive(Clone, Debug)]
+pub struct LayerSlots {
+    pub input_norm: Range<usize>,   // [D]
+    pub q_proj: Range<usize>,       // [H*hd, D]
+    pub k_proj: Range<usize>,       // [Hkv*hd, D]
+    pub v_proj: Range<usize>,       // [Hkv*hd, D]
+    pub o_proj: Range<usize>,       // [D, H*hd]
+    pub post_attn_norm: Range<usize>, // [D]
+    pub gate_proj: Range<usize>,    // [F, D]
+    pub up_proj: Range<usize>,      // [F, D]
+    pub down_proj: Range<usize>,    // [D, F]
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamLayout {
+    pub embed: Range<usize>, // [V, D]
+    pub layers: Vec<LayerSlots>,
+    pub final_norm: Range<usize>, // [D]
+    /// The LM head [V, D]; for tied embeddings this is `embed`, and no tensor of its own exists.
+    pub lm_head: Option<Range<usize>>,
+    pub score: Option<Range<usize>>, // [1, D]
+    pub slots: Vec<TensorSlot>,
+    pub len: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let mut slots = Vec::new();
+        let mut len = 0usize;
+        let mut take = |name: String, shape: Vec<usize>| -> Range<usize> {
+            let n: usize = shape.iter().product();
+            let range = len..len + n;
+            len += n;
+            slots.push(TensorSlot {
+                name,
+                shape,
+                range: range.clone(),
+            });
+            range
+        };
+        let embed = take("model.embed_tokens.weight".into(), vec![v, d]);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                LayerSlots {
+                    input_norm: take(format!("{p}.input_layernorm.weight"), vec![d]),
+                    q_proj: take(format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), d]),
+                    k_proj: take(format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), d]),
+                    v_proj: take(format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), d]),
+                    o_proj: take(format!("{p}.self_attn.o_proj.weight"), vec![d, cfg.q_dim()]),
+                    post_attn_norm: take(format!("{p}.post_attention_layernorm.weight"), vec![d]),
+                    gate_proj: take(format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
+                    up_proj: take(format!("{p}.mlp.up_proj.weight"), vec![f, d]),
+                    down_proj: take(format!("{p}.mlp.down_proj.weight"), vec![d, f]),
+                }
+            })
+            .collect();
+        let final_norm = take("model.norm.weight".into(), vec![d]);
+        let lm_head = match (cfg.has_lm_head(), cfg.tie_word_embeddings) {
+            (false, _) => None,
+            (true, true) => Some(embed.clone()),
+            (true, false) => Some(take("lm_head.weight".into(), vec![v, d])),
+        };
+        let score = cfg
+            .scalar_head
+            .then(|| take("score.weight".into(), vec![1, d]));
+        ParamLayout {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            score,
+            slots,
+            len,
+        }
+    }
+
+    /// Whether a parameter is an RMSNorm gain (initialised to one, not random).
+    pub fn is_norm(slot: &TensorSlot) -> bool {
+        slot.name.ends_with("norm.weight")
+    }
+
+    pub fn slot(&self, name: &str) -> Option<&TensorSlot> {
+        self.slots.iter().find(|s| s.name == name)
+    }
+}

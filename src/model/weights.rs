@@ -1,0 +1,216 @@
+//! Checkpoints in Hugging Face's format: `config.json` plus safetensors, one file or sharded
+//! (`model.safetensors.index.json`), in bf16, f16 or f32, read through mmap. Saving is atomic:
+//! the folder is written under a temporary name and renamed into place.
+
+use super::config::LlamaConfig;
+use super::params::ParamLayout;
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The dtype tensors are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveDtype {
+    F32,
+    Bf16,
+}
+
+impl SaveDtype {
+    fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
+}
+
+/// Reads `dir/config.json` and the weights beside it into a flat f32 parameter buffer.
+pub fn load_checkpoint(dir: &Path) -> Result<(LlamaConfig, Vec<f32>)> {
+    let cfg = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
+    let layout = ParamLayout::new(&cfg);
+    let params = load_params(dir, &layout)?;
+    Ok((cfg, params))
+}
+
+/// The safetensors files of a checkpoint folder: the shards listed by the index, or the one file.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", index.display()))?;
+        let map = v["weight_map"]
+            .as_object()
+            .with_context(|| format!("{}: no weight_map object", index.display()))?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        return Ok(shards.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    bail!(
+        "{}: no model.safetensors or model.safetensors.index.json",
+        dir.display()
+    )
+}
+
+/// Fills every tensor of `layout` from the checkpoint's safetensors files.
+pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
+    let files = weight_files(dir)?;
+    let maps: Vec<Mmap> = files
+        .iter()
+        .map(|f| {
+            let file = File::open(f).with_context(|| format!("opening {}", f.display()))?;
+            // SAFETY: the file is only read; a checkpoint changed underneath a running process is
+            // outside what any reader can defend against.
+            unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", f.display()))
+        })
+        .collect::<Result<_>>()?;
+    let parsed: Vec<SafeTensors> = maps
+        .iter()
+        .zip(&files)
+        .map(|(m, f)| {
+            SafeTensors::deserialize(m)
+                .with_context(|| format!("{} is not a valid safetensors file", f.display()))
+        })
+        .collect::<Result<_>>()?;
+    let mut where_is: HashMap<String, usize> = HashMap::new();
+    for (i, st) in parsed.iter().enumerate() {
+        for name in st.names() {
+            where_is.insert(name.to_string(), i);
+        }
+    }
+
+    let mut params = vec![0.0f32; layout.len];
+    for slot in &layout.slots {
+        let Some(&i) = where_is.get(&slot.name) else {
+            bail!(
+                "checkpoint {}: missing tensor {} (expected shape {:?})",
+                dir.display(),
+                slot.name,
+                slot.shape
+            );
+        };
+        let file = files[i].display();
+        let t = parsed[i].tensor(&slot.name)?;
+        if t.shape() != slot.shape.as_slice() {
+            bail!(
+                "tensor {} in {file} has shape {:?}, but the config asks for {:?}",
+                slot.name,
+                t.shape(),
+                slot.shape
+            );
+        }
+        convert_to_f32(&mut params[slot.range.clone()], t.dtype(), t.data())
+            .with_context(|| format!("tensor {} in {file}", slot.name))?;
+    }
+    Ok(params)
+}
+
+fn convert_to_f32(dst: &mut [f32], dtype: Dtype, bytes: &[u8]) -> Result<()> {
+    // safetensors data is little-endian and may sit at any alignment inside the mmap, so each
+    // element is decoded from its bytes rather than cast in place.
+    match dtype {
+        Dtype::F32 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::BF16 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::F16 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        other => bail!("has dtype {other:?}; supported are F32, BF16 and F16"),
+    }
+    Ok(())
+}
+
+/// Writes `params` as an HF checkpoint folder `dir` (config.json, model.safetensors, and any
+/// extra files such as tokenizer.json), atomically: a reader sees the old folder or the new one.
+pub fn save_checkpoint(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    params: &[f32],
+    dtype: SaveDtype,
+    extra_files: &[(&str, &[u8])],
+) -> Result<()> {
+    let layout = ParamLayout::new(cfg);
+    anyhow::ensure!(
+        params.len() == layout.len,
+        "parameter buffer has {} values, the config needs {}",
+        params.len(),
+        layout.len
+    );
+    let tmp = sibling(dir, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+
+    let bytes: Vec<Vec<u8>> = layout
+        .slots
+        .iter()
+        .map(|s| encode(&params[s.range.clone()], dtype))
+        .collect();
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(&str, TensorView)> = layout
+        .slots
+        .iter()
+        .zip(&bytes)
+        .map(|(s, b)| Ok((s.name.as_str(), TensorView::new(st_dtype, s.shape.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &tmp.join("model.safetensors"))
+        .context("writing model.safetensors")?;
+    let config = serde_json::to_string_pretty(&cfg.to_hf_json(dtype.torch_name()))?;
+    std::fs::write(tmp.join("config.json"), config)?;
+    for (name, data) in extra_files {
+        std::fs::write(tmp.join(name), data).with_context(|| format!("writing {name}"))?;
+    }
+
+    // Swap the folders: the old one (if any) moves aside, the new one takes its name.
+    let old = sibling(dir, "old");
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+fn encode(values: &[f32], dtype: SaveDtype) -> Vec<u8> {
+    match dtype {
+        SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        SaveDtype::Bf16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// `runs/model` → `runs/model.tmp` (a sibling, so the final rename stays on one filesystem).
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}

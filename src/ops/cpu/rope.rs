@@ -1,0 +1,81 @@
+//! Rotary position embeddings in the HF Llama convention: the head is split in halves, and
+//! element i pairs with element i + hd/2 ("rotate_half"), rotated by angle pos · inv_freq[i].
+
+use crate::model::config::LlamaConfig;
+
+/// cos and sin of every token's angles: [N, hd/2] each, from the tokens' position ids.
+pub struct RopeTables {
+    pub half: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+/// The rotary frequencies, [hd/2], computed in f32 as transformers does, with llama3 scaling when
+/// the config asks for it.
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    let mut inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32))
+        .collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let old = s.original_max_position_embeddings as f32;
+        let low_wavelen = old / s.low_freq_factor;
+        let high_wavelen = old / s.high_freq_factor;
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f32::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= s.factor; // long wavelengths: interpolate fully
+            } else if wavelen >= high_wavelen {
+                // the band between: blend the scaled and unscaled frequencies
+                let smooth = (old / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+            } // short wavelengths stay as they are
+        }
+    }
+    inv
+}
+
+impl RopeTables {
+    pub fn new(cfg: &LlamaConfig, positions: &[u32]) -> Self {
+        let inv = rope_inv_freq(cfg);
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &inv {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        RopeTables { half, cos, sin }
+    }
+}
+
+/// In place on x[N, heads, hd]: (a, b) ← (a·cos − b·sin, b·cos + a·sin) for a = x[i], b = x[i+hd/2].
+pub fn rope_forward(x: &mut [f32], t: &RopeTables, heads: usize) {
+    rotate(x, t, heads, 1.0);
+}
+
+/// The inverse rotation, applied in place to dx[N, heads, hd]: the gradient of a rotation is its
+/// transpose.
+pub fn rope_backward(dx: &mut [f32], t: &RopeTables, heads: usize) {
+    rotate(dx, t, heads, -1.0);
+}
+
+fn rotate(x: &mut [f32], t: &RopeTables, heads: usize, sign: f32) {
+    let (half, hd) = (t.half, 2 * t.half);
+    assert_eq!(x.len(), t.cos.len() / half * heads * hd);
+    for (n, token) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let (cos, sin) = (&t.cos[n * half..][..half], &t.sin[n * half..][..half]);
+        for head in token.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                let s = sign * sin[i];
+                head[i] = a * cos[i] - b * s;
+                head[i + half] = b * cos[i] + a * s;
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Finding a GPU, loading the embedded kernels, and moving data.
+
+use super::{compiled_archs, FATBIN};
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use std::sync::Arc;
+
+/// What `prefer info` reports about the GPU.
+pub struct GpuInfo {
+    pub name: String,
+    pub total_bytes: usize,
+    pub free_bytes: usize,
+    pub compute_capability: (i32, i32),
+}
+
+/// Whether a CUDA driver and GPU are usable, without panicking where there is none.
+pub fn probe_gpu() -> Result<GpuInfo> {
+    // SAFETY: only asks the dynamic loader whether libcuda can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        bail!("no CUDA driver (libcuda) found on this machine");
+    }
+    let count = CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount: {e:?}"))?;
+    if count < 1 {
+        bail!("a CUDA driver is present but it sees no GPU");
+    }
+    let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a context on GPU 0: {e:?}"))?;
+    let (free_bytes, total_bytes) = ctx.mem_get_info().map_err(|e| anyhow!("{e:?}"))?;
+    Ok(GpuInfo {
+        name: ctx.name().map_err(|e| anyhow!("{e:?}"))?,
+        total_bytes,
+        free_bytes,
+        compute_capability: ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?,
+    })
+}
+
+/// One GPU with the kernels loaded and a stream to run them on.
+pub struct CudaEngine {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+}
+
+impl CudaEngine {
+    /// Opens GPU 0 and loads the embedded kernels. Errors say which of the three is missing:
+    /// kernels in this build, a driver, or a GPU.
+    pub fn new() -> Result<Self> {
+        if compiled_archs().is_none() || FATBIN.is_empty() {
+            bail!("this build has no CUDA kernels (nvcc was not found when it was compiled)");
+        }
+        probe_gpu()?;
+        let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a CUDA context: {e:?}"))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
+            .map_err(|e| anyhow!("loading the embedded kernels: {e:?}"))?;
+        let stream = ctx.default_stream();
+        Ok(CudaEngine { ctx, stream, module })
+    }
+
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(name)
+            .map_err(|e| anyhow!("kernel {name} is not in the embedded module: {e:?}"))
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .map_err(|e| anyhow!("copying {} values to the GPU: {e:?}", host.len()))
+    }
+
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        let (free, _) = self.ctx.mem_get_info().unwrap_or((0, 0));
+        self.stream.alloc_zeros(n).map_err(|e| {
+            anyhow!(
+                "allocating {} bytes on the GPU ({} free): {e:?}",
+                n * std::mem::size_of::<T>(),
+                free
+            )
+        })
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(dev)
+            .map_err(|e| anyhow!("copying {} values from the GPU: {e:?}", dev.len()))
+    }
+
+    pub fn synchronize(&self, op: &str) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("after {op}"))
+    }
+}

@@ -1,0 +1,82 @@
+//! Launchers for kernels/rmsnorm.cu. The CPU oracle of the same names is src/ops/cpu/rmsnorm.rs.
+
+use super::CudaEngine;
+use anyhow::{anyhow, ensure, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+fn block_for(d: usize) -> u32 {
+    (d.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+/// out (N,D) bf16, rstd (N) f32 from x (N,D) bf16 and w (D) bf16.
+pub fn rmsnorm_forward(
+    eng: &CudaEngine,
+    out: &mut CudaSlice<bf16>,
+    rstd: &mut CudaSlice<f32>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    n: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
+    ensure!(
+        out.len() == n * d && x.len() == n * d && rstd.len() == n && w.len() == d,
+        "rmsnorm_forward: buffers do not match N={n}, D={d}"
+    );
+    let f = eng.function("rmsnorm_forward")?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (block_for(d), 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (n_i, d_i) = (n as i32, d as i32);
+    let mut launch = eng.stream.launch_builder(&f);
+    launch.arg(out).arg(rstd).arg(x).arg(w).arg(&n_i).arg(&d_i).arg(&eps);
+    // SAFETY: the argument list matches the kernel's signature and the lengths were checked.
+    unsafe { launch.launch(cfg) }
+        .map_err(|e| anyhow!("rmsnorm_forward (N={n}, D={d}): {e:?}"))?;
+    Ok(())
+}
+
+/// dx (N,D) f32 += ..., dw (D) f32 += ... ; `partial` is (N,D) f32 scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    eng: &CudaEngine,
+    dx: &mut CudaSlice<f32>,
+    dw: &mut CudaSlice<f32>,
+    partial: &mut CudaSlice<f32>,
+    dout: &CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    rstd: &CudaSlice<f32>,
+    n: usize,
+    d: usize,
+) -> Result<()> {
+    ensure!(
+        dx.len() == n * d && partial.len() == n * d && dout.len() == n * d && x.len() == n * d,
+        "rmsnorm_backward: buffers do not match N={n}, D={d}"
+    );
+    ensure!(dw.len() == d && w.len() == d && rstd.len() == n, "rmsnorm_backward: D={d}, N={n}");
+    let (n_i, d_i) = (n as i32, d as i32);
+    let f = eng.function("rmsnorm_backward")?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (block_for(d), 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = eng.stream.launch_builder(&f);
+    launch.arg(&mut *dx).arg(&mut *partial).arg(dout).arg(x).arg(w).arg(rstd).arg(&n_i).arg(&d_i);
+    // SAFETY: matches the kernel's signature; lengths checked above.
+    unsafe { launch.launch(cfg) }
+        .map_err(|e| anyhow!("rmsnorm_backward (N={n}, D={d}): {e:?}"))?;
+
+    let f = eng.function("column_sum_accumulate")?;
+    let cfg = LaunchConfig::for_num_elems(d as u32);
+    let mut launch = eng.stream.launch_builder(&f);
+    launch.arg(dw).arg(&*partial).arg(&n_i).arg(&d_i);
+    // SAFETY: as above.
+    unsafe { launch.launch(cfg) }
+        .map_err(|e| anyhow!("column_sum_accumulate (N={n}, D={d}): {e:?}"))?;
+    Ok(())
+}

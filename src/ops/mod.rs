@@ -1,0 +1,4 @@
+//! The op set the model is written over: `cpu` is the f32 oracle, `cuda` the engine.
+
+pub mod cpu;
+pub mod cuda;

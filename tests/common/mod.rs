@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: seeded random data and finite-difference checks.
+#![allow(dead_code)]
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-scale, scale].
+pub fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// A weighted sum Σ r_i·y_i in f64: a scalar loss whose gradient w.r.t. y is r.
+pub fn weighted_sum(y: &[f32], r: &[f32]) -> f64 {
+    y.iter().zip(r).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Tolerances for central differences of f32 code.
+///
+/// With step h = 1e-2 the truncation error of a central difference is O(h²·f''') ≈ 1e-4 relative
+/// for these smooth ops, and f32 rounding of a loss of size ~10 adds ~1e-6 / (2h) ≈ 5e-5 absolute.
+/// So |fd − analytic| ≤ 2e-3 + 1e-2·|analytic| leaves a margin of 10× over both, while a wrong
+/// gradient (a missing term, a wrong sign, a transposed index) is off by O(1) relative.
+pub const STEP: f32 = 1e-2;
+pub const ATOL: f64 = 2e-3;
+pub const RTOL: f64 = 1e-2;
+
+/// Compares `analytic` (dL/dx) with central differences of `loss` at up to `samples` coordinates
+/// of `x` (all of them when x is small), and panics naming the worst one.
+pub fn check_grad(
+    what: &str,
+    x: &mut [f32],
+    analytic: &[f32],
+    samples: usize,
+    seed: u64,
+    mut loss: impl FnMut(&[f32]) -> f64,
+) {
+    assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    let mut r = rng(seed);
+    let coords: Vec<usize> = if x.len() <= samples {
+        (0..x.len()).collect()
+    } else {
+        (0..samples).map(|_| r.random_range(0..x.len())).collect()
+    };
+    for i in coords {
+        let keep = x[i];
+        x[i] = keep + STEP;
+        let up = loss(x);
+        x[i] = keep - STEP;
+        let down = loss(x);
+        x[i] = keep;
+        let fd = (up - down) / (2.0 * STEP as f64);
+        let an = analytic[i] as f64;
+        assert!(
+            (fd - an).abs() <= ATOL + RTOL * an.abs(),
+            "{what}[{i}]: finite difference {fd:.6e} vs analytic {an:.6e}"
+        );
+    }
+}
+
+/// Directional check for a whole tensor: along u = (ĝ + a random unit vector)/‖·‖ the central
+/// difference must equal ⟨g, u⟩. One evaluation pair covers every coordinate at once.
+pub fn check_directional(
+    what: &str,
+    x: &mut [f32],
+    analytic: &[f32],
+    seed: u64,
+    mut loss: impl FnMut(&[f32]) -> f64,
+) {
+    let mut r = rng(seed);
+    let gnorm = analytic.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+    let noise: Vec<f64> = (0..x.len()).map(|_| r.random_range(-1.0..1.0)).collect();
+    let nnorm = noise.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut u: Vec<f64> = analytic
+        .iter()
+        .zip(&noise)
+        .map(|(&g, &n)| if gnorm > 0.0 { g as f64 / gnorm } else { 0.0 } + n / nnorm)
+        .collect();
+    let unorm = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    u.iter_mut().for_each(|v| *v /= unorm);
+    let keep = x.to_vec();
+    let shifted = |x: &mut [f32], s: f64| {
+        for ((xi, &k), &ui) in x.iter_mut().zip(&keep).zip(&u) {
+            *xi = (k as f64 + s * ui) as f32;
+        }
+    };
+    let h = STEP as f64;
+    shifted(x, h);
+    let up = loss(x);
+    shifted(x, -h);
+    let down = loss(x);
+    x.copy_from_slice(&keep);
+    let fd = (up - down) / (2.0 * h);
+    let an: f64 = analytic.iter().zip(&u).map(|(&g, &ui)| g as f64 * ui).sum();
+    assert!(
+        (fd - an).abs() <= ATOL + RTOL * an.abs(),
+        "{what}: directional finite difference {fd:.6e} vs analytic {an:.6e} (‖g‖ = {gnorm:.3e})"
+    );
+}
