@@ -50,7 +50,9 @@ fn main() {
             println!("cargo:rustc-cfg=prefer_kernels");
             println!("cargo:rustc-env=PREFER_KERNEL_ARCHS={ARCHS}");
         }
-        Err(why) if required => panic!("PREFER_REQUIRE_CUDA=1 but the kernels did not build: {why}"),
+        Err(why) if required => {
+            panic!("PREFER_REQUIRE_CUDA=1 but the kernels did not build: {why}")
+        }
         Err(why) => {
             println!("cargo:warning=building the CPU engine only: {why}");
             std::fs::write(&fatbin, []).unwrap();
@@ -69,7 +71,13 @@ fn compile(nvcc: &Path, sources: &[PathBuf], out: &Path, fatbin: &Path) -> Resul
         .collect();
     std::fs::write(&unit, includes).map_err(|e| e.to_string())?;
     let status = Command::new(nvcc)
-        .args(["-fatbin", "-O3", "-std=c++17", "--use_fast_math", "-lineinfo"])
+        .args([
+            "-fatbin",
+            "-O3",
+            "-std=c++17",
+            "--use_fast_math",
+            "-lineinfo",
+        ])
         .args(["-gencode", "arch=compute_80,code=sm_80"])
         .args(["-gencode", "arch=compute_90a,code=sm_90a"])
         .args(["-gencode", "arch=compute_90,code=compute_90"])

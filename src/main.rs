@@ -7,7 +7,11 @@ use prefer::model::weights::SaveDtype;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "prefer", version, about = "Preference learning for Llama models: DPO, reward models, PPO")]
+#[command(
+    name = "prefer",
+    version,
+    about = "Preference learning for Llama models: DPO, reward models, PPO"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +33,12 @@ enum Command {
         scalar_head: bool,
         #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
         dtype: SaveDtype,
+        /// Override the preset's layer count (e.g. a 2-layer model with llama-1b widths).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Override the init std (initializer_range); larger values give a sharper random model.
+        #[arg(long)]
+        init_std: Option<f32>,
     },
     /// Print the version, the compiled kernels and whether a GPU is usable.
     Info,
@@ -47,15 +57,33 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Init { preset, out, seed, scalar_head, dtype } => {
-            cmd::init::run_init(&preset, &out, seed, scalar_head, dtype)
+        Command::Init {
+            preset,
+            out,
+            seed,
+            scalar_head,
+            dtype,
+            layers,
+            init_std,
+        } => {
+            let opts = cmd::init::InitOptions {
+                seed,
+                scalar_head,
+                dtype,
+                layers,
+                init_std,
+            };
+            cmd::init::run_init(&preset, &out, &opts)
         }
         Command::Info => {
             cmd::info::run_info();
             Ok(())
         }
-        Command::Logprobs { model, input, out, device } => {
-            cmd::logprobs::run_logprobs(&model, &input, &out, device)
-        }
+        Command::Logprobs {
+            model,
+            input,
+            out,
+            device,
+        } => cmd::logprobs::run_logprobs(&model, &input, &out, device),
     }
 }

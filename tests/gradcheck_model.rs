@@ -17,7 +17,11 @@ fn tiny_model(seed: u64) -> Llama {
     // Norm gains away from one, so a gain's gradient is not hidden by symmetry.
     let mut g = rng(seed + 1);
     for slot in layout.slots.iter().filter(|s| ParamLayout::is_norm(s)) {
-        for (p, n) in params[slot.range.clone()].iter_mut().zip(randn(&mut g, slot.range.len(), 0.3)) {
+        for (p, n) in
+            params[slot.range.clone()]
+                .iter_mut()
+                .zip(randn(&mut g, slot.range.len(), 0.3))
+        {
             *p += n;
         }
     }
@@ -30,7 +34,10 @@ fn check_model(batch: &Batch, seed: u64) {
     let mut g = rng(seed + 2);
     let valid = batch.next_token_mask();
     let masked = |r: Vec<f32>, m: &[bool]| -> Vec<f32> {
-        r.into_iter().zip(m).map(|(x, &keep)| if keep { x } else { 0.0 }).collect()
+        r.into_iter()
+            .zip(m)
+            .map(|(x, &keep)| if keep { x } else { 0.0 })
+            .collect()
     };
     // Upstream weights: log-probs and entropies where a next token exists, values on real tokens.
     let r_logp = masked(randn(&mut g, n, 1.0), &valid);
@@ -38,25 +45,37 @@ fn check_model(batch: &Batch, seed: u64) {
     let r_val = masked(randn(&mut g, n, 1.0), &batch.mask);
     let loss = |m: &Llama| {
         let f = m.forward(batch);
-        weighted_sum(&f.logp, &r_logp) + weighted_sum(&f.entropy, &r_ent) + weighted_sum(&f.value, &r_val)
+        weighted_sum(&f.logp, &r_logp)
+            + weighted_sum(&f.entropy, &r_ent)
+            + weighted_sum(&f.value, &r_val)
     };
 
     let fwd = model.forward(batch);
     let mut grads = vec![0.0; model.layout.len];
-    let heads = HeadGrads { logp: &r_logp, entropy: &r_ent, value: &r_val };
+    let heads = HeadGrads {
+        logp: &r_logp,
+        entropy: &r_ent,
+        value: &r_val,
+    };
     model.backward(&fwd, batch, &heads, &mut grads);
 
     let mut m = model.clone();
     for (k, slot) in model.layout.slots.iter().enumerate() {
         let range = slot.range.clone();
         let analytic = &grads[range.clone()];
-        assert!(analytic.iter().any(|&x| x != 0.0), "{} has an all-zero gradient", slot.name);
+        assert!(
+            analytic.iter().any(|&x| x != 0.0),
+            "{} has an all-zero gradient",
+            slot.name
+        );
         let mut x = m.params[range.clone()].to_vec();
         let eval = |m: &mut Llama, x: &[f32]| {
             m.params[range.clone()].copy_from_slice(x);
             loss(m)
         };
-        check_directional(&slot.name, &mut x, analytic, seed + k as u64, |x| eval(&mut m, x));
+        check_directional(&slot.name, &mut x, analytic, seed + k as u64, |x| {
+            eval(&mut m, x)
+        });
         // The 3 largest-gradient coordinates, where relative error is meaningful.
         let mut order: Vec<usize> = (0..analytic.len()).collect();
         order.sort_by(|&a, &b| analytic[b].abs().total_cmp(&analytic[a].abs()));
@@ -66,7 +85,8 @@ fn check_model(batch: &Batch, seed: u64) {
                 x[i] = v;
                 eval(m, &x)
             };
-            let fd = (probe(keep + STEP, &mut m) - probe(keep - STEP, &mut m)) / (2.0 * STEP as f64);
+            let fd =
+                (probe(keep + STEP, &mut m) - probe(keep - STEP, &mut m)) / (2.0 * STEP as f64);
             x[i] = keep;
             m.params[range.clone()].copy_from_slice(&x);
             let an = analytic[i] as f64;
@@ -81,7 +101,13 @@ fn check_model(batch: &Batch, seed: u64) {
 
 #[test]
 fn tiny_model_gradients_right_padded() {
-    let batch = Batch::right_padded(&[vec![256, 72, 101, 108, 108, 111, 257], vec![256, 9, 200, 33]], 258);
+    let batch = Batch::right_padded(
+        &[
+            vec![256, 72, 101, 108, 108, 111, 257],
+            vec![256, 9, 200, 33],
+        ],
+        258,
+    );
     check_model(&batch, 100);
 }
 
@@ -98,7 +124,7 @@ fn padding_does_not_change_real_tokens() {
     let model = tiny_model(300);
     let s = vec![256u32, 10, 20, 30, 40];
     let long = vec![256u32, 1, 2, 3, 4, 5, 6, 7, 8];
-    let alone = model.forward(&Batch::right_padded(&[s.clone()], 258));
+    let alone = model.forward(&Batch::right_padded(std::slice::from_ref(&s), 258));
     let right = model.forward(&Batch::right_padded(&[s.clone(), long.clone()], 258));
     let left = model.forward(&Batch::left_padded(&[s.clone(), long], 258));
     let off = 9 - s.len();

@@ -10,7 +10,11 @@ use prefer::ops::cpu::*;
 fn matmul_gradients() {
     let (n, i, o) = (5, 7, 3);
     let mut g = rng(1);
-    let (mut x, mut w, r) = (randn(&mut g, n * i, 1.0), randn(&mut g, o * i, 1.0), randn(&mut g, n * o, 1.0));
+    let (mut x, mut w, r) = (
+        randn(&mut g, n * i, 1.0),
+        randn(&mut g, o * i, 1.0),
+        randn(&mut g, n * o, 1.0),
+    );
     let f = |x: &[f32], w: &[f32]| {
         let mut y = vec![0.0; n * o];
         matmul_forward(&mut y, x, w, n, i, o);
@@ -51,7 +55,11 @@ fn embedding_gradients_accumulate_repeated_ids() {
 fn rmsnorm_gradients() {
     let (n, d) = (4, 9);
     let mut g = rng(6);
-    let (mut x, mut w, r) = (randn(&mut g, n * d, 2.0), randn(&mut g, d, 1.5), randn(&mut g, n * d, 1.0));
+    let (mut x, mut w, r) = (
+        randn(&mut g, n * d, 2.0),
+        randn(&mut g, d, 1.5),
+        randn(&mut g, n * d, 1.0),
+    );
     let f = |x: &[f32], w: &[f32]| {
         let (mut y, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
         rmsnorm_forward(&mut y, &mut rstd, x, w, 1e-5);
@@ -78,12 +86,20 @@ fn rope_gradients_and_rotation() {
     let positions = [0u32, 1, 5, 17];
     let tables = RopeTables::new(&cfg, &positions);
     let mut g = rng(9);
-    let (mut x, r) = (randn(&mut g, 4 * heads * hd, 1.0), randn(&mut g, 4 * heads * hd, 1.0));
+    let (mut x, r) = (
+        randn(&mut g, 4 * heads * hd, 1.0),
+        randn(&mut g, 4 * heads * hd, 1.0),
+    );
     let mut y = x.clone();
     rope_forward(&mut y, &tables, heads);
     // Position 0 is the identity; a rotation keeps every pair's norm.
     assert_eq!(&y[..heads * hd], &x[..heads * hd]);
-    let (a, b, ya, yb) = (x[2 * heads * hd + 1], x[2 * heads * hd + 5], y[2 * heads * hd + 1], y[2 * heads * hd + 5]);
+    let (a, b, ya, yb) = (
+        x[2 * heads * hd + 1],
+        x[2 * heads * hd + 5],
+        y[2 * heads * hd + 1],
+        y[2 * heads * hd + 5],
+    );
     assert!(((a * a + b * b) - (ya * ya + yb * yb)).abs() < 1e-5);
     // Position 5, pair 1 rotates by 5·θ^(-2/8) with θ = 10000: angle = 5 · 0.1 = 0.5.
     let (c, s) = (0.5f32.cos(), 0.5f32.sin());
@@ -111,18 +127,30 @@ fn llama3_rope_scaling_matches_the_transformers_formula() {
     assert_eq!(inv.len(), 32);
     assert!((inv[0] - 1.0).abs() < 1e-7);
     let rel = |a: f32, b: f32| ((a - b) / b).abs();
-    assert!(rel(inv[20], 2.7424818e-4 / 32.0) < 1e-5, "{}", inv[20]);
-    assert!(rel(inv[15], 1.2905479e-3) < 1e-4, "{}", inv[15]);
+    assert!(rel(inv[20], 2.742_482e-4 / 32.0) < 1e-5, "{}", inv[20]);
+    assert!(rel(inv[15], 1.290_548e-3) < 1e-4, "{}", inv[15]);
 }
 
 fn attention_case(heads: usize, kv_heads: usize, seed: u64) {
     // Two sequences of 6: the first left-padded by 2 (its first two queries see no key), the
     // second right-padded by 1.
-    let s = AttentionShape { batch: 2, seq: 6, heads, kv_heads, head_dim: 4 };
-    let mask = [false, false, true, true, true, true, true, true, true, true, true, false];
+    let s = AttentionShape {
+        batch: 2,
+        seq: 6,
+        heads,
+        kv_heads,
+        head_dim: 4,
+    };
+    let mask = [
+        false, false, true, true, true, true, true, true, true, true, true, false,
+    ];
     let (nq, nkv) = (12 * heads * 4, 12 * kv_heads * 4);
     let mut g = rng(seed);
-    let (mut q, mut k, mut v) = (randn(&mut g, nq, 1.5), randn(&mut g, nkv, 1.5), randn(&mut g, nkv, 1.0));
+    let (mut q, mut k, mut v) = (
+        randn(&mut g, nq, 1.5),
+        randn(&mut g, nkv, 1.5),
+        randn(&mut g, nkv, 1.0),
+    );
     let r = randn(&mut g, nq, 1.0);
     let run = |q: &[f32], k: &[f32], v: &[f32]| {
         let (mut out, mut lse) = (vec![0.0; nq], vec![0.0; 2 * heads * 6]);
@@ -141,14 +169,24 @@ fn attention_case(heads: usize, kv_heads: usize, seed: u64) {
         assert!(out[h * 4..h * 4 + 4].iter().all(|&x| x == 0.0));
     }
     let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
-    attention_backward(&mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &mask, s);
+    attention_backward(
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &mask, s,
+    );
     let (qc, kc, vc) = (q.clone(), k.clone(), v.clone());
-    check_grad("attention dq", &mut q, &dq, 96, seed + 1, |q| weighted_sum(&run(q, &kc, &vc).0, &r));
-    check_grad("attention dk", &mut k, &dk, 96, seed + 2, |k| weighted_sum(&run(&qc, k, &vc).0, &r));
-    check_grad("attention dv", &mut v, &dv, 96, seed + 3, |v| weighted_sum(&run(&qc, &kc, v).0, &r));
+    check_grad("attention dq", &mut q, &dq, 96, seed + 1, |q| {
+        weighted_sum(&run(q, &kc, &vc).0, &r)
+    });
+    check_grad("attention dk", &mut k, &dk, 96, seed + 2, |k| {
+        weighted_sum(&run(&qc, k, &vc).0, &r)
+    });
+    check_grad("attention dv", &mut v, &dv, 96, seed + 3, |v| {
+        weighted_sum(&run(&qc, &kc, v).0, &r)
+    });
     // A padded key receives no gradient.
     let pad_key = 11 * kv_heads * 4;
-    assert!(dk[pad_key..pad_key + kv_heads * 4].iter().all(|&x| x == 0.0));
+    assert!(dk[pad_key..pad_key + kv_heads * 4]
+        .iter()
+        .all(|&x| x == 0.0));
 }
 
 #[test]
@@ -170,7 +208,11 @@ fn attention_gradients_gqa_2() {
 fn swiglu_gradients() {
     let n = 23;
     let mut g = rng(50);
-    let (mut gate, mut up, r) = (randn(&mut g, n, 3.0), randn(&mut g, n, 2.0), randn(&mut g, n, 1.0));
+    let (mut gate, mut up, r) = (
+        randn(&mut g, n, 3.0),
+        randn(&mut g, n, 2.0),
+        randn(&mut g, n, 1.0),
+    );
     let f = |gate: &[f32], up: &[f32]| {
         let mut y = vec![0.0; n];
         swiglu_forward(&mut y, gate, up);
@@ -205,7 +247,11 @@ fn logprob_gradients_and_values() {
     // Against the unfused definition for token 65 (in the second chunk).
     let t = 65;
     let z: Vec<f64> = (0..v)
-        .map(|j| (0..d).map(|k| h[t * d + k] as f64 * w[j * d + k] as f64).sum())
+        .map(|j| {
+            (0..d)
+                .map(|k| h[t * d + k] as f64 * w[j * d + k] as f64)
+                .sum()
+        })
         .collect();
     let m = z.iter().cloned().fold(f64::MIN, f64::max);
     let l = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
@@ -218,7 +264,18 @@ fn logprob_gradients_and_values() {
         weighted_sum(&lp, &r1) + weighted_sum(&ent, &r2)
     };
     let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
-    logprob_backward(&mut dh, &mut dw, &r1, Some(&r2), &h, &w, &targets, &lse, &ent, d);
+    logprob_backward(
+        &mut dh,
+        &mut dw,
+        &r1,
+        Some(&r2),
+        &h,
+        &w,
+        &targets,
+        &lse,
+        &ent,
+        d,
+    );
     let wc = w.clone();
     check_grad("logprob dh", &mut h, &dh, 96, 61, |h| loss(h, &wc));
     let hc = h.clone();
@@ -229,7 +286,11 @@ fn logprob_gradients_and_values() {
 fn scalar_head_gradients() {
     let (n, d) = (5, 8);
     let mut g = rng(70);
-    let (mut h, mut w, r) = (randn(&mut g, n * d, 1.0), randn(&mut g, d, 1.0), randn(&mut g, n, 1.0));
+    let (mut h, mut w, r) = (
+        randn(&mut g, n * d, 1.0),
+        randn(&mut g, d, 1.0),
+        randn(&mut g, n, 1.0),
+    );
     let f = |h: &[f32], w: &[f32]| {
         let mut y = vec![0.0; n];
         scalar_head_forward(&mut y, h, w);

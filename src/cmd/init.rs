@@ -7,9 +7,34 @@ use crate::model::{LlamaConfig, ParamLayout};
 use anyhow::Result;
 use std::path::Path;
 
-pub fn run_init(preset: &str, out: &Path, seed: u64, scalar_head: bool, dtype: SaveDtype) -> Result<()> {
+pub struct InitOptions {
+    pub seed: u64,
+    pub scalar_head: bool,
+    pub dtype: SaveDtype,
+    pub layers: Option<usize>,
+    pub init_std: Option<f32>,
+}
+
+pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
+    let InitOptions {
+        seed,
+        scalar_head,
+        dtype,
+        ..
+    } = *opts;
     let mut cfg = LlamaConfig::preset(preset)?;
     cfg.scalar_head = scalar_head;
+    if let Some(layers) = opts.layers {
+        anyhow::ensure!(layers > 0, "--layers must be at least 1");
+        cfg.num_hidden_layers = layers;
+    }
+    if let Some(std) = opts.init_std {
+        anyhow::ensure!(
+            std.is_finite() && std >= 0.0,
+            "--init-std must be a finite non-negative number"
+        );
+        cfg.initializer_range = std;
+    }
     let layout = ParamLayout::new(&cfg);
     let params = init_params(&cfg, &layout, seed);
     let tokenizer = byte_tokenizer_json();
@@ -26,7 +51,11 @@ pub fn run_init(preset: &str, out: &Path, seed: u64, scalar_head: bool, dtype: S
     )?;
     eprintln!(
         "wrote {} ({preset}, {:.1}M parameters{}, seed {seed}) to {}",
-        if scalar_head { "a reward-model checkpoint" } else { "a checkpoint" },
+        if scalar_head {
+            "a reward-model checkpoint"
+        } else {
+            "a checkpoint"
+        },
         layout.len as f64 / 1e6,
         if scalar_head { ", scalar head" } else { "" },
         out.display()

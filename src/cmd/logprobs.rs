@@ -43,7 +43,11 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
                         .ok()
                         .filter(|&i| (i as usize) < model.cfg.vocab_size)
                         .with_context(|| {
-                            format!("{}: token id {id} is outside the vocabulary of {}", at(), model.cfg.vocab_size)
+                            format!(
+                                "{}: token id {id} is outside the vocabulary of {}",
+                                at(),
+                                model.cfg.vocab_size
+                            )
                         })
                 })
                 .collect::<Result<Vec<u32>>>()?,
@@ -54,7 +58,10 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
                 let tok = tokenizer.as_ref().expect("loaded above");
                 tok.encode(text, true).with_context(at)?
             }
-            _ => bail!("{}: expected exactly one of \"input_ids\" or \"text\"", at()),
+            _ => bail!(
+                "{}: expected exactly one of \"input_ids\" or \"text\"",
+                at()
+            ),
         };
         if ids.is_empty() {
             bail!("{}: the sequence is empty", at());

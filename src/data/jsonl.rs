@@ -19,13 +19,17 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<Record<T>>> {
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
-        let line = line.with_context(|| format!("{}:{line_no}: unreadable line", path.display()))?;
+        let line =
+            line.with_context(|| format!("{}:{line_no}: unreadable line", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         let value = serde_json::from_str(&line)
             .map_err(|e| anyhow!("{}:{line_no}: {e}", path.display()))?;
-        out.push(Record { line: line_no, value });
+        out.push(Record {
+            line: line_no,
+            value,
+        });
     }
     Ok(out)
 }

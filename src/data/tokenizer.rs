@@ -63,7 +63,8 @@ fn truncate(s: &str) -> String {
 /// GPT-2's reversible map from bytes to printable characters, which byte-level BPE vocabularies
 /// are written in: printable Latin-1 bytes map to themselves, the rest to code points from 256 up.
 fn byte_to_char() -> [char; 256] {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut map = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
@@ -81,9 +82,8 @@ fn byte_to_char() -> [char; 256] {
 /// and `<pad>`. BOS is prepended when special tokens are asked for, as Llama tokenizers do.
 pub fn byte_tokenizer_json() -> String {
     let chars = byte_to_char();
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..256)
-        .map(|b| (chars[b].to_string(), json!(b)))
-        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..256).map(|b| (chars[b].to_string(), json!(b))).collect();
     let special = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": false, "special": true})

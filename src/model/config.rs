@@ -136,8 +136,14 @@ impl LlamaConfig {
                 c.num_key_value_heads
             );
         }
+        if !(c.initializer_range.is_finite() && c.initializer_range >= 0.0) {
+            bail!("config: initializer_range must be a finite non-negative number");
+        }
         if c.head_dim % 2 != 0 {
-            bail!("config: head_dim ({}) must be even for rotary embeddings", c.head_dim);
+            bail!(
+                "config: head_dim ({}) must be even for rotary embeddings",
+                c.head_dim
+            );
         }
         Ok(())
     }
@@ -145,8 +151,8 @@ impl LlamaConfig {
     /// Reads an HF `config.json`. Fields this engine does not use are ignored; the architecture
     /// decides whether the model has a scalar head.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let hf: HfConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {} as a Llama config.json", path.display()))?;
         // transformers 5 writes `rope_parameters` {rope_type, rope_theta, ...}; 4.x writes
@@ -169,7 +175,10 @@ impl LlamaConfig {
                     .unwrap_or("");
                 match kind {
                     "llama3" => Some(serde_json::from_value(v.clone()).with_context(|| {
-                        format!("{}: rope_scaling of type llama3 is incomplete", path.display())
+                        format!(
+                            "{}: rope_scaling of type llama3 is incomplete",
+                            path.display()
+                        )
                     })?),
                     "default" => None,
                     other => bail!(

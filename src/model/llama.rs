@@ -82,20 +82,20 @@ impl Batch {
 
 /// What one layer's backward needs from its forward.
 struct LayerCache {
-    x_in: Vec<f32>,    // [N, D] the residual stream entering the layer
-    rstd1: Vec<f32>,   // [N]
-    xn1: Vec<f32>,     // [N, D]
-    q: Vec<f32>,       // [N, H·hd] after rotary
-    k: Vec<f32>,       // [N, Hkv·hd] after rotary
-    v: Vec<f32>,       // [N, Hkv·hd]
-    att: Vec<f32>,     // [N, H·hd]
-    lse: Vec<f32>,     // [B, H, T]
-    x_mid: Vec<f32>,   // [N, D] after the attention residual
-    rstd2: Vec<f32>,   // [N]
-    xn2: Vec<f32>,     // [N, D]
-    gate: Vec<f32>,    // [N, F]
-    up: Vec<f32>,      // [N, F]
-    act: Vec<f32>,     // [N, F]
+    x_in: Vec<f32>,  // [N, D] the residual stream entering the layer
+    rstd1: Vec<f32>, // [N]
+    xn1: Vec<f32>,   // [N, D]
+    q: Vec<f32>,     // [N, H·hd] after rotary
+    k: Vec<f32>,     // [N, Hkv·hd] after rotary
+    v: Vec<f32>,     // [N, Hkv·hd]
+    att: Vec<f32>,   // [N, H·hd]
+    lse: Vec<f32>,   // [B, H, T]
+    x_mid: Vec<f32>, // [N, D] after the attention residual
+    rstd2: Vec<f32>, // [N]
+    xn2: Vec<f32>,   // [N, D]
+    gate: Vec<f32>,  // [N, F]
+    up: Vec<f32>,    // [N, F]
+    act: Vec<f32>,   // [N, F]
 }
 
 /// The forward's results, plus everything its backward needs.
@@ -138,15 +138,30 @@ fn at<'a>(buf: &'a [f32], r: &Range<usize>) -> &'a [f32] {
 impl Llama {
     pub fn new(cfg: LlamaConfig, params: Vec<f32>) -> Self {
         let layout = ParamLayout::new(&cfg);
-        assert_eq!(params.len(), layout.len, "parameter buffer does not match the layout");
-        Llama { cfg, layout, params }
+        assert_eq!(
+            params.len(),
+            layout.len,
+            "parameter buffer does not match the layout"
+        );
+        Llama {
+            cfg,
+            layout,
+            params,
+        }
     }
 
     /// Rejects ids outside the vocabulary and batches longer than the position table, so the
     /// ops below never see bad input.
     pub fn check_batch(&self, batch: &Batch) -> Result<()> {
-        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            bail!("token id {id} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        if let Some(&id) = batch
+            .ids
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            bail!(
+                "token id {id} is outside the model's vocabulary of {}",
+                self.cfg.vocab_size
+            );
         }
         Ok(())
     }
@@ -182,18 +197,38 @@ impl Llama {
                 act: vec![0.0; n * f],
             };
             // attention block: x_mid = x_in + o_proj(attn(rope(q), rope(k), v))
-            rmsnorm_forward(&mut lc.xn1, &mut lc.rstd1, &lc.x_in, at(p, &l.input_norm), c.rms_norm_eps);
+            rmsnorm_forward(
+                &mut lc.xn1,
+                &mut lc.rstd1,
+                &lc.x_in,
+                at(p, &l.input_norm),
+                c.rms_norm_eps,
+            );
             matmul_forward(&mut lc.q, &lc.xn1, at(p, &l.q_proj), n, d, qd);
             matmul_forward(&mut lc.k, &lc.xn1, at(p, &l.k_proj), n, d, kvd);
             matmul_forward(&mut lc.v, &lc.xn1, at(p, &l.v_proj), n, d, kvd);
             rope_forward(&mut lc.q, &rope, c.num_attention_heads);
             rope_forward(&mut lc.k, &rope, c.num_key_value_heads);
-            attention_forward(&mut lc.att, &mut lc.lse, &lc.q, &lc.k, &lc.v, &batch.mask, shape);
+            attention_forward(
+                &mut lc.att,
+                &mut lc.lse,
+                &lc.q,
+                &lc.k,
+                &lc.v,
+                &batch.mask,
+                shape,
+            );
             let mut o = vec![0.0; n * d];
             matmul_forward(&mut o, &lc.att, at(p, &l.o_proj), n, qd, d);
             residual_forward(&mut lc.x_mid, &lc.x_in, &o);
             // MLP block: x_out = x_mid + down(silu(gate(xn2)) · up(xn2))
-            rmsnorm_forward(&mut lc.xn2, &mut lc.rstd2, &lc.x_mid, at(p, &l.post_attn_norm), c.rms_norm_eps);
+            rmsnorm_forward(
+                &mut lc.xn2,
+                &mut lc.rstd2,
+                &lc.x_mid,
+                at(p, &l.post_attn_norm),
+                c.rms_norm_eps,
+            );
             matmul_forward(&mut lc.gate, &lc.xn2, at(p, &l.gate_proj), n, d, f);
             matmul_forward(&mut lc.up, &lc.xn2, at(p, &l.up_proj), n, d, f);
             swiglu_forward(&mut lc.act, &lc.gate, &lc.up);
@@ -205,20 +240,45 @@ impl Llama {
         }
         let mut h_f = vec![0.0; n * d];
         let mut rstd_f = vec![0.0; n];
-        rmsnorm_forward(&mut h_f, &mut rstd_f, &x, at(p, &self.layout.final_norm), c.rms_norm_eps);
+        rmsnorm_forward(
+            &mut h_f,
+            &mut rstd_f,
+            &x,
+            at(p, &self.layout.final_norm),
+            c.rms_norm_eps,
+        );
 
         let targets = batch.next_tokens();
         let (mut logp, mut entropy, mut lse) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(head) = &self.layout.lm_head {
             (logp, entropy, lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            logprob_forward(&mut logp, &mut entropy, &mut lse, &h_f, at(p, head), &targets, d);
+            logprob_forward(
+                &mut logp,
+                &mut entropy,
+                &mut lse,
+                &h_f,
+                at(p, head),
+                &targets,
+                d,
+            );
         }
         let mut value = Vec::new();
         if let Some(score) = &self.layout.score {
             value = vec![0.0; n];
             scalar_head_forward(&mut value, &h_f, at(p, score));
         }
-        Forward { logp, entropy, value, layers, x_last: x, rstd_f, h_f, lse, targets, rope }
+        Forward {
+            logp,
+            entropy,
+            value,
+            layers,
+            x_last: x,
+            rstd_f,
+            h_f,
+            lse,
+            targets,
+            rope,
+        }
     }
 
     /// Accumulates into `grads` (the parameter layout) the gradient of Σ g·head over the heads'
@@ -234,43 +294,158 @@ impl Llama {
         let mut dh = vec![0.0; n * d];
         if let (Some(head), false) = (&lay.lm_head, g.logp.is_empty() && g.entropy.is_empty()) {
             let zeros = vec![0.0; n];
-            let dlogp = if g.logp.is_empty() { &zeros[..] } else { g.logp };
+            let dlogp = if g.logp.is_empty() {
+                &zeros[..]
+            } else {
+                g.logp
+            };
             let dent = (!g.entropy.is_empty()).then_some(g.entropy);
             logprob_backward(
-                &mut dh, &mut grads[head.clone()], dlogp, dent, &fwd.h_f, at(p, head),
-                &fwd.targets, &fwd.lse, &fwd.entropy, d,
+                &mut dh,
+                &mut grads[head.clone()],
+                dlogp,
+                dent,
+                &fwd.h_f,
+                at(p, head),
+                &fwd.targets,
+                &fwd.lse,
+                &fwd.entropy,
+                d,
             );
         }
         if let (Some(score), false) = (&lay.score, g.value.is_empty()) {
-            scalar_head_backward(&mut dh, &mut grads[score.clone()], g.value, &fwd.h_f, at(p, score));
+            scalar_head_backward(
+                &mut dh,
+                &mut grads[score.clone()],
+                g.value,
+                &fwd.h_f,
+                at(p, score),
+            );
         }
         let mut dx = vec![0.0; n * d];
-        rmsnorm_backward(&mut dx, &mut grads[lay.final_norm.clone()], &dh, &fwd.x_last, at(p, &lay.final_norm), &fwd.rstd_f);
+        rmsnorm_backward(
+            &mut dx,
+            &mut grads[lay.final_norm.clone()],
+            &dh,
+            &fwd.x_last,
+            at(p, &lay.final_norm),
+            &fwd.rstd_f,
+        );
 
         let shape = self.attention_shape(batch);
         for (l, lc) in lay.layers.iter().zip(&fwd.layers).rev() {
             // dx holds d(x_out); x_out = x_mid + mlp, so d(x_mid) starts as dx itself.
             let mut dact = vec![0.0; n * f];
-            matmul_backward(Some(&mut dact), &mut grads[l.down_proj.clone()], &dx, &lc.act, at(p, &l.down_proj), n, f, d);
+            matmul_backward(
+                Some(&mut dact),
+                &mut grads[l.down_proj.clone()],
+                &dx,
+                &lc.act,
+                at(p, &l.down_proj),
+                n,
+                f,
+                d,
+            );
             let (mut dgate, mut dup) = (vec![0.0; n * f], vec![0.0; n * f]);
             swiglu_backward(&mut dgate, &mut dup, &dact, &lc.gate, &lc.up);
             let mut dxn2 = vec![0.0; n * d];
-            matmul_backward(Some(&mut dxn2), &mut grads[l.gate_proj.clone()], &dgate, &lc.xn2, at(p, &l.gate_proj), n, d, f);
-            matmul_backward(Some(&mut dxn2), &mut grads[l.up_proj.clone()], &dup, &lc.xn2, at(p, &l.up_proj), n, d, f);
-            rmsnorm_backward(&mut dx, &mut grads[l.post_attn_norm.clone()], &dxn2, &lc.x_mid, at(p, &l.post_attn_norm), &lc.rstd2);
+            matmul_backward(
+                Some(&mut dxn2),
+                &mut grads[l.gate_proj.clone()],
+                &dgate,
+                &lc.xn2,
+                at(p, &l.gate_proj),
+                n,
+                d,
+                f,
+            );
+            matmul_backward(
+                Some(&mut dxn2),
+                &mut grads[l.up_proj.clone()],
+                &dup,
+                &lc.xn2,
+                at(p, &l.up_proj),
+                n,
+                d,
+                f,
+            );
+            rmsnorm_backward(
+                &mut dx,
+                &mut grads[l.post_attn_norm.clone()],
+                &dxn2,
+                &lc.x_mid,
+                at(p, &l.post_attn_norm),
+                &lc.rstd2,
+            );
 
             // dx now holds d(x_mid); x_mid = x_in + o_proj(att).
             let mut datt = vec![0.0; n * qd];
-            matmul_backward(Some(&mut datt), &mut grads[l.o_proj.clone()], &dx, &lc.att, at(p, &l.o_proj), n, qd, d);
-            let (mut dq, mut dk, mut dv) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-            attention_backward(&mut dq, &mut dk, &mut dv, &datt, &lc.q, &lc.k, &lc.v, &lc.att, &lc.lse, &batch.mask, shape);
+            matmul_backward(
+                Some(&mut datt),
+                &mut grads[l.o_proj.clone()],
+                &dx,
+                &lc.att,
+                at(p, &l.o_proj),
+                n,
+                qd,
+                d,
+            );
+            let (mut dq, mut dk, mut dv) =
+                (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
+            attention_backward(
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                &datt,
+                &lc.q,
+                &lc.k,
+                &lc.v,
+                &lc.att,
+                &lc.lse,
+                &batch.mask,
+                shape,
+            );
             rope_backward(&mut dq, &fwd.rope, c.num_attention_heads);
             rope_backward(&mut dk, &fwd.rope, c.num_key_value_heads);
             let mut dxn1 = vec![0.0; n * d];
-            matmul_backward(Some(&mut dxn1), &mut grads[l.q_proj.clone()], &dq, &lc.xn1, at(p, &l.q_proj), n, d, qd);
-            matmul_backward(Some(&mut dxn1), &mut grads[l.k_proj.clone()], &dk, &lc.xn1, at(p, &l.k_proj), n, d, kvd);
-            matmul_backward(Some(&mut dxn1), &mut grads[l.v_proj.clone()], &dv, &lc.xn1, at(p, &l.v_proj), n, d, kvd);
-            rmsnorm_backward(&mut dx, &mut grads[l.input_norm.clone()], &dxn1, &lc.x_in, at(p, &l.input_norm), &lc.rstd1);
+            matmul_backward(
+                Some(&mut dxn1),
+                &mut grads[l.q_proj.clone()],
+                &dq,
+                &lc.xn1,
+                at(p, &l.q_proj),
+                n,
+                d,
+                qd,
+            );
+            matmul_backward(
+                Some(&mut dxn1),
+                &mut grads[l.k_proj.clone()],
+                &dk,
+                &lc.xn1,
+                at(p, &l.k_proj),
+                n,
+                d,
+                kvd,
+            );
+            matmul_backward(
+                Some(&mut dxn1),
+                &mut grads[l.v_proj.clone()],
+                &dv,
+                &lc.xn1,
+                at(p, &l.v_proj),
+                n,
+                d,
+                kvd,
+            );
+            rmsnorm_backward(
+                &mut dx,
+                &mut grads[l.input_norm.clone()],
+                &dxn1,
+                &lc.x_in,
+                at(p, &l.input_norm),
+                &lc.rstd1,
+            );
             // dx now holds d(x_in), the previous layer's d(x_out).
         }
         embedding_backward(&mut grads[lay.embed.clone()], &dx, &batch.ids, d);

@@ -16,15 +16,15 @@ pub struct TensorSlot {
 /// Offsets of one decoder layer's weights. Linear weights are [out, in], as nn.Linear stores them.
 #[derive(Clone, Debug)]
 pub struct LayerSlots {
-    pub input_norm: Range<usize>,   // [D]
-    pub q_proj: Range<usize>,       // [H*hd, D]
-    pub k_proj: Range<usize>,       // [Hkv*hd, D]
-    pub v_proj: Range<usize>,       // [Hkv*hd, D]
-    pub o_proj: Range<usize>,       // [D, H*hd]
+    pub input_norm: Range<usize>,     // [D]
+    pub q_proj: Range<usize>,         // [H*hd, D]
+    pub k_proj: Range<usize>,         // [Hkv*hd, D]
+    pub v_proj: Range<usize>,         // [Hkv*hd, D]
+    pub o_proj: Range<usize>,         // [D, H*hd]
     pub post_attn_norm: Range<usize>, // [D]
-    pub gate_proj: Range<usize>,    // [F, D]
-    pub up_proj: Range<usize>,      // [F, D]
-    pub down_proj: Range<usize>,    // [D, F]
+    pub gate_proj: Range<usize>,      // [F, D]
+    pub up_proj: Range<usize>,        // [F, D]
+    pub down_proj: Range<usize>,      // [D, F]
 }
 
 #[derive(Clone, Debug)]
@@ -62,8 +62,14 @@ impl ParamLayout {
                 LayerSlots {
                     input_norm: take(format!("{p}.input_layernorm.weight"), vec![d]),
                     q_proj: take(format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), d]),
-                    k_proj: take(format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), d]),
-                    v_proj: take(format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), d]),
+                    k_proj: take(
+                        format!("{p}.self_attn.k_proj.weight"),
+                        vec![cfg.kv_dim(), d],
+                    ),
+                    v_proj: take(
+                        format!("{p}.self_attn.v_proj.weight"),
+                        vec![cfg.kv_dim(), d],
+                    ),
                     o_proj: take(format!("{p}.self_attn.o_proj.weight"), vec![d, cfg.q_dim()]),
                     post_attn_norm: take(format!("{p}.post_attention_layernorm.weight"), vec![d]),
                     gate_proj: take(format!("{p}.mlp.gate_proj.weight"), vec![f, d]),

@@ -42,8 +42,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.exists() {
         let text = std::fs::read_to_string(&index)
             .with_context(|| format!("reading {}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
         let map = v["weight_map"]
             .as_object()
             .with_context(|| format!("{}: no weight_map object", index.display()))?;
@@ -172,7 +172,12 @@ pub fn save_checkpoint(
         .slots
         .iter()
         .zip(&bytes)
-        .map(|(s, b)| Ok((s.name.as_str(), TensorView::new(st_dtype, s.shape.clone(), b)?)))
+        .map(|(s, b)| {
+            Ok((
+                s.name.as_str(),
+                TensorView::new(st_dtype, s.shape.clone(), b)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), &tmp.join("model.safetensors"))

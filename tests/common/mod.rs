@@ -70,7 +70,11 @@ pub fn check_directional(
     mut loss: impl FnMut(&[f32]) -> f64,
 ) {
     let mut r = rng(seed);
-    let gnorm = analytic.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+    let gnorm = analytic
+        .iter()
+        .map(|g| (*g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let noise: Vec<f64> = (0..x.len()).map(|_| r.random_range(-1.0..1.0)).collect();
     let nnorm = noise.iter().map(|v| v * v).sum::<f64>().sqrt();
     let mut u: Vec<f64> = analytic

@@ -40,6 +40,10 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (nats)")
     ap.add_argument("--mean-tol", type=float, default=None, help="mean abs difference allowed")
     ap.add_argument("--seqs", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    ap.add_argument("--init-std", type=float, default=0.5,
+                    help="init std; larger than HF's 0.02 so that attention and the LM head are far "
+                         "from uniform and a wrong op cannot hide under the tolerance")
     args = ap.parse_args()
     dtype = getattr(torch, args.torch_dtype)
     torch.manual_seed(0)
@@ -51,8 +55,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lm_dir, rm_dir = tmp / "lm", tmp / "rm"
-        run([args.prefer, "init", "--preset", args.preset, "--out", lm_dir, "--seed", 1])
-        run([args.prefer, "init", "--preset", args.preset, "--out", rm_dir, "--seed", 2, "--scalar-head"])
+        extra = ["--init-std", args.init_std] + (["--layers", args.layers] if args.layers else [])
+        run([args.prefer, "init", "--preset", args.preset, "--out", lm_dir, "--seed", 1, *extra])
+        run([args.prefer, "init", "--preset", args.preset, "--out", rm_dir, "--seed", 2, "--scalar-head", *extra])
         vocab = json.loads((lm_dir / "config.json").read_text())["vocab_size"]
 
         # Sequences of several lengths (odd ones included), as ids and as text.

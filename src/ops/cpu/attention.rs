@@ -84,7 +84,6 @@ pub fn attention_forward(
 /// With p_ij = exp(s_ij − lse_i) and D_i = dout_i · out_i:
 ///   dv_j += Σ_i p_ij dout_i,  ds_ij = p_ij (dout_i · v_j − D_i),
 ///   dq_i += scale Σ_j ds_ij k_j,  dk_j += scale Σ_i ds_ij q_i.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dq: &mut [f32],
     dk: &mut [f32],

@@ -22,7 +22,10 @@ pub fn logprob_forward(
 ) {
     let n = targets.len();
     let v = w.len() / d;
-    assert_eq!((logp.len(), entropy.len(), lse.len(), h.len()), (n, n, n, n * d));
+    assert_eq!(
+        (logp.len(), entropy.len(), lse.len(), h.len()),
+        (n, n, n, n * d)
+    );
     logp.par_chunks_mut(CHUNK)
         .zip(entropy.par_chunks_mut(CHUNK))
         .zip(lse.par_chunks_mut(CHUNK))
@@ -31,7 +34,14 @@ pub fn logprob_forward(
             let rows = logp.len();
             let first = c * CHUNK;
             let mut logits = vec![0.0f32; rows * v];
-            matmul_forward(&mut logits, &h[first * d..(first + rows) * d], w, rows, d, v);
+            matmul_forward(
+                &mut logits,
+                &h[first * d..(first + rows) * d],
+                w,
+                rows,
+                d,
+                v,
+            );
             for r in 0..rows {
                 let z = &logits[r * v..(r + 1) * v];
                 let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -51,7 +61,6 @@ pub fn logprob_forward(
 /// With p = softmax(z) and H the entropy, the logit gradient of each row is
 ///   dz_v = dlogp · (1[v = target] − p_v) − dentropy · p_v (log p_v + H),
 /// and dh[N,D] += dz · W, dw[V,D] += dzᵀ · h.
-#[allow(clippy::too_many_arguments)]
 pub fn logprob_backward(
     dh: &mut [f32],
     dw: &mut [f32],
@@ -66,7 +75,10 @@ pub fn logprob_backward(
 ) {
     let n = targets.len();
     let v = w.len() / d;
-    assert_eq!((dh.len(), dw.len(), dlogp.len(), lse.len()), (n * d, v * d, n, n));
+    assert_eq!(
+        (dh.len(), dw.len(), dlogp.len(), lse.len()),
+        (n * d, v * d, n, n)
+    );
     let mut logits = vec![0.0f32; CHUNK.min(n) * v];
     for first in (0..n).step_by(CHUNK) {
         let rows = CHUNK.min(n - first);
@@ -84,6 +96,15 @@ pub fn logprob_backward(
             }
             z[targets[t] as usize] += gl;
         }
-        matmul_backward(Some(&mut dh[first * d..(first + rows) * d]), dw, dz, hc, w, rows, d, v);
+        matmul_backward(
+            Some(&mut dh[first * d..(first + rows) * d]),
+            dw,
+            dz,
+            hc,
+            w,
+            rows,
+            d,
+            v,
+        );
     }
 }

@@ -4,7 +4,11 @@
 pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     assert_eq!((out.len(), x.len()), (rstd.len() * d, rstd.len() * d));
-    for ((o, r), xr) in out.chunks_exact_mut(d).zip(rstd.iter_mut()).zip(x.chunks_exact(d)) {
+    for ((o, r), xr) in out
+        .chunks_exact_mut(d)
+        .zip(rstd.iter_mut())
+        .zip(x.chunks_exact(d))
+    {
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
         *r = 1.0 / (ms + eps).sqrt();
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
@@ -24,7 +28,10 @@ pub fn rmsnorm_backward(
     rstd: &[f32],
 ) {
     let d = w.len();
-    assert_eq!((dx.len(), dout.len(), x.len()), (rstd.len() * d, rstd.len() * d, rstd.len() * d));
+    assert_eq!(
+        (dx.len(), dout.len(), x.len()),
+        (rstd.len() * d, rstd.len() * d, rstd.len() * d)
+    );
     for (((dxr, dor), xr), &r) in dx
         .chunks_exact_mut(d)
         .zip(dout.chunks_exact(d))

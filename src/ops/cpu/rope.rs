@@ -27,8 +27,8 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
                 *f /= s.factor; // long wavelengths: interpolate fully
             } else if wavelen >= high_wavelen {
                 // the band between: blend the scaled and unscaled frequencies
-                let smooth = (old / wavelen - s.low_freq_factor)
-                    / (s.high_freq_factor - s.low_freq_factor);
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
             } // short wavelengths stay as they are
         }

@@ -53,7 +53,11 @@ impl CudaEngine {
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| anyhow!("loading the embedded kernels: {e:?}"))?;
         let stream = ctx.default_stream();
-        Ok(CudaEngine { ctx, stream, module })
+        Ok(CudaEngine {
+            ctx,
+            stream,
+            module,
+        })
     }
 
     pub fn function(&self, name: &str) -> Result<CudaFunction> {
@@ -68,7 +72,10 @@ impl CudaEngine {
             .map_err(|e| anyhow!("copying {} values to the GPU: {e:?}", host.len()))
     }
 
-    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
         let (free, _) = self.ctx.mem_get_info().unwrap_or((0, 0));
         self.stream.alloc_zeros(n).map_err(|e| {
             anyhow!(

@@ -32,15 +32,20 @@ pub fn rmsnorm_forward(
     };
     let (n_i, d_i) = (n as i32, d as i32);
     let mut launch = eng.stream.launch_builder(&f);
-    launch.arg(out).arg(rstd).arg(x).arg(w).arg(&n_i).arg(&d_i).arg(&eps);
+    launch
+        .arg(out)
+        .arg(rstd)
+        .arg(x)
+        .arg(w)
+        .arg(&n_i)
+        .arg(&d_i)
+        .arg(&eps);
     // SAFETY: the argument list matches the kernel's signature and the lengths were checked.
-    unsafe { launch.launch(cfg) }
-        .map_err(|e| anyhow!("rmsnorm_forward (N={n}, D={d}): {e:?}"))?;
+    unsafe { launch.launch(cfg) }.map_err(|e| anyhow!("rmsnorm_forward (N={n}, D={d}): {e:?}"))?;
     Ok(())
 }
 
 /// dx (N,D) f32 += ..., dw (D) f32 += ... ; `partial` is (N,D) f32 scratch.
-#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     eng: &CudaEngine,
     dx: &mut CudaSlice<f32>,
@@ -57,7 +62,10 @@ pub fn rmsnorm_backward(
         dx.len() == n * d && partial.len() == n * d && dout.len() == n * d && x.len() == n * d,
         "rmsnorm_backward: buffers do not match N={n}, D={d}"
     );
-    ensure!(dw.len() == d && w.len() == d && rstd.len() == n, "rmsnorm_backward: D={d}, N={n}");
+    ensure!(
+        dw.len() == d && w.len() == d && rstd.len() == n,
+        "rmsnorm_backward: D={d}, N={n}"
+    );
     let (n_i, d_i) = (n as i32, d as i32);
     let f = eng.function("rmsnorm_backward")?;
     let cfg = LaunchConfig {
@@ -66,10 +74,17 @@ pub fn rmsnorm_backward(
         shared_mem_bytes: 0,
     };
     let mut launch = eng.stream.launch_builder(&f);
-    launch.arg(&mut *dx).arg(&mut *partial).arg(dout).arg(x).arg(w).arg(rstd).arg(&n_i).arg(&d_i);
+    launch
+        .arg(&mut *dx)
+        .arg(&mut *partial)
+        .arg(dout)
+        .arg(x)
+        .arg(w)
+        .arg(rstd)
+        .arg(&n_i)
+        .arg(&d_i);
     // SAFETY: matches the kernel's signature; lengths checked above.
-    unsafe { launch.launch(cfg) }
-        .map_err(|e| anyhow!("rmsnorm_backward (N={n}, D={d}): {e:?}"))?;
+    unsafe { launch.launch(cfg) }.map_err(|e| anyhow!("rmsnorm_backward (N={n}, D={d}): {e:?}"))?;
 
     let f = eng.function("column_sum_accumulate")?;
     let cfg = LaunchConfig::for_num_elems(d as u32);

@@ -1,0 +1,191 @@
+//! The binary end to end: init, info and logprobs, and their errors on bad input.
+
+use std::path::Path;
+use std::process::Command;
+
+fn prefer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_prefer"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn init_tiny(dir: &Path, extra: &[&str]) {
+    let mut args = vec!["init", "--preset", "tiny", "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = prefer(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn info_reports_kernels_and_gpu() {
+    let out = prefer(&["info"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("prefer "), "{text}");
+    assert!(text.contains("kernels:") && text.contains("gpu:"), "{text}");
+}
+
+#[test]
+fn logprobs_from_ids_and_text_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    init_tiny(&model, &["--seed", "3"]);
+    // "Hi!" through the byte tokenizer is BOS then the bytes 72, 105, 33.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"input_ids\": [256, 72, 105, 33]}\n\n{\"text\": \"Hi!\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let run = prefer(&[
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = read_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["logprobs"].as_array().unwrap().len(), 3);
+    assert_eq!(lines[0], lines[1]);
+    for lp in lines[0]["logprobs"].as_array().unwrap() {
+        let lp = lp.as_f64().unwrap();
+        assert!(lp < 0.0 && lp > -20.0, "{lp}");
+    }
+    assert!(lines[0].get("reward").is_none());
+}
+
+#[test]
+fn reward_model_writes_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("rm");
+    init_tiny(&model, &["--scalar-head"]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "LlamaForSequenceClassification");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"input_ids\": [256, 1, 2]}\n{\"input_ids\": [256, 1, 2, 3, 4]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let run = prefer(&[
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = read_lines(&out);
+    let (r0, r1) = (
+        lines[0]["reward"].as_f64().unwrap(),
+        lines[1]["reward"].as_f64().unwrap(),
+    );
+    assert!(r0.is_finite() && r1.is_finite() && r0 != r1);
+}
+
+#[test]
+fn malformed_jsonl_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    init_tiny(&model, &[]);
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(&input, "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 2\n").unwrap();
+    let run = prefer(&[
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("o.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("bad.jsonl:2:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_lines_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    init_tiny(&model, &[]);
+    for (line, expect) in [
+        (
+            "{\"input_ids\": [1, 99999]}",
+            "token id 99999 is outside the vocabulary of 259",
+        ),
+        ("{\"input_ids\": [-1]}", "token id -1"),
+        ("{\"input_ids\": []}", "the sequence is empty"),
+        ("{\"prompt\": \"x\"}", "unknown field `prompt`"),
+        ("{}", "expected exactly one of"),
+    ] {
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, format!("{line}\n")).unwrap();
+        let run = prefer(&[
+            "logprobs",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            dir.path().join("o.jsonl").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && err.contains(expect) && err.contains("in.jsonl:1"),
+            "{line}: {err}"
+        );
+    }
+}
+
+#[test]
+fn missing_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = prefer(&[
+        "logprobs",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input",
+        "x.jsonl",
+        "--out",
+        "y.jsonl",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && err.contains("config.json"),
+        "{err}"
+    );
+}
