@@ -10,3 +10,4 @@ pub mod data;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod train;

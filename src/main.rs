@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use prefer::cmd::{self, Device};
 use prefer::model::weights::SaveDtype;
+use prefer::train::TrainArgs;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -19,6 +20,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on a built-in task, no downloads: tiny model, reward model, DPO.
+    Demo {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a Bradley-Terry reward model on preference pairs.
+    Rm(TrainArgs),
+    /// Train a policy with DPO or a variant (IPO, hinge, SimPO, ...).
+    Dpo(TrainArgs),
+    /// Pairwise accuracy of a reward model on a preference file, as JSON.
+    EvalRm {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+    },
     /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
     Init {
         /// tiny, llama-124m or llama-1b
@@ -75,6 +98,14 @@ fn main() -> Result<()> {
             };
             cmd::init::run_init(&preset, &out, &opts)
         }
+        Command::Demo { out, device, seed } => cmd::demo::run_demo(&out, device, seed),
+        Command::Rm(args) => cmd::train::run_rm(args),
+        Command::Dpo(args) => cmd::train::run_dpo(args),
+        Command::EvalRm {
+            model,
+            data,
+            batch_size,
+        } => cmd::train::run_eval_rm(&model, &data, batch_size),
         Command::Info => {
             cmd::info::run_info();
             Ok(())

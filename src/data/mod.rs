@@ -1,4 +1,7 @@
 //! Data in: tokenizers and JSONL files.
 
+pub mod chat_template;
 pub mod jsonl;
+pub mod preference;
+pub mod synthetic;
 pub mod tokenizer;

@@ -7,7 +7,18 @@
 use super::numerics::{log_sigmoid, sigmoid};
 
 /// Which DPO-family loss to use. With h = (π_c − π_r) − (ref_c − ref_r) (sequence log-probs):
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum DpoLoss {
     /// DPO (Rafailov et al. 2023), with cDPO label smoothing ε (Mitchell 2023):
     /// ℓ = −(1 − ε) log σ(βh) − ε log σ(−βh).

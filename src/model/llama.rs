@@ -123,6 +123,29 @@ pub struct HeadGrads<'a> {
     pub value: &'a [f32],
 }
 
+/// Which heads a forward computes; skipping the LM head saves the vocabulary-sized work when only
+/// a reward is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub logp: bool,
+    pub value: bool,
+}
+
+impl Heads {
+    pub const ALL: Heads = Heads {
+        logp: true,
+        value: true,
+    };
+    pub const LOGP: Heads = Heads {
+        logp: true,
+        value: false,
+    };
+    pub const VALUE: Heads = Heads {
+        logp: false,
+        value: true,
+    };
+}
+
 /// A Llama model on the CPU: config, flat parameter layout and f32 parameters.
 #[derive(Clone)]
 pub struct Llama {
@@ -169,6 +192,11 @@ impl Llama {
     /// Runs the model over a batch: next-token log-probs and entropies (with an LM head) and the
     /// scalar head's values (with one), at every position.
     pub fn forward(&self, batch: &Batch) -> Forward {
+        self.forward_heads(batch, Heads::ALL)
+    }
+
+    /// The forward with only the heads asked for (and present) computed.
+    pub fn forward_heads(&self, batch: &Batch, heads: Heads) -> Forward {
         let c = &self.cfg;
         let (n, d, f) = (batch.tokens(), c.hidden_size, c.intermediate_size);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
@@ -250,7 +278,7 @@ impl Llama {
 
         let targets = batch.next_tokens();
         let (mut logp, mut entropy, mut lse) = (Vec::new(), Vec::new(), Vec::new());
-        if let Some(head) = &self.layout.lm_head {
+        if let (Some(head), true) = (&self.layout.lm_head, heads.logp) {
             (logp, entropy, lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
             logprob_forward(
                 &mut logp,
@@ -263,7 +291,7 @@ impl Llama {
             );
         }
         let mut value = Vec::new();
-        if let Some(score) = &self.layout.score {
+        if let (Some(score), true) = (&self.layout.score, heads.value) {
             value = vec![0.0; n];
             scalar_head_forward(&mut value, &h_f, at(p, score));
         }

@@ -7,5 +7,5 @@ pub mod params;
 pub mod weights;
 
 pub use config::LlamaConfig;
-pub use llama::{Batch, Forward, HeadGrads, Llama};
+pub use llama::{Batch, Forward, HeadGrads, Heads, Llama};
 pub use params::ParamLayout;

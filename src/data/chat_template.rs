@@ -1,0 +1,114 @@
+//! Chat templates: the model's own Jinja template from `tokenizer_config.json`, rendered with
+//! minijinja as transformers renders it, or the Tulu format when the model has none.
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+pub enum ChatTemplate {
+    /// A Jinja template with the special tokens it may refer to.
+    Jinja {
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    },
+    /// `<|user|>\n…\n<|assistant|>\n…</s>\n`, the format of the paper's Tulu models.
+    Tulu { eos_token: String },
+}
+
+impl ChatTemplate {
+    /// The template of the model in `dir`: `tokenizer_config.json`'s `chat_template` (a string,
+    /// or a list whose "default" entry is used), else Tulu.
+    pub fn for_model(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token = |key: &str, default: &str| match &cfg[key] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or(default)
+                .to_string(),
+            _ => default.to_string(),
+        };
+        let eos_token = token("eos_token", "</s>");
+        let source = match &cfg["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        Ok(match source {
+            Some(source) => ChatTemplate::Jinja {
+                source,
+                bos_token: token("bos_token", "<s>"),
+                eos_token,
+            },
+            None => ChatTemplate::Tulu { eos_token },
+        })
+    }
+
+    /// The conversation as text; with `add_generation_prompt`, followed by the assistant header
+    /// the model's reply would come after.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        match self {
+            ChatTemplate::Tulu { eos_token } => {
+                let mut out = String::new();
+                for m in messages {
+                    match m.role.as_str() {
+                        "assistant" => out += &format!("<|assistant|>\n{}{eos_token}\n", m.content),
+                        role => out += &format!("<|{role}|>\n{}\n", m.content),
+                    }
+                }
+                if add_generation_prompt {
+                    out += "<|assistant|>\n";
+                }
+                Ok(out)
+            }
+            ChatTemplate::Jinja {
+                source,
+                bos_token,
+                eos_token,
+            } => {
+                let mut env = minijinja::Environment::new();
+                minijinja_contrib::add_to_environment(&mut env);
+                env.set_unknown_method_callback(
+                    minijinja_contrib::pycompat::unknown_method_callback,
+                );
+                env.add_function(
+                    "raise_exception",
+                    |msg: String| -> Result<String, minijinja::Error> {
+                        Err(minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            msg,
+                        ))
+                    },
+                );
+                env.add_template("chat", source)
+                    .map_err(|e| anyhow!("the model's chat template does not parse: {e}"))?;
+                let ctx = minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos_token,
+                    eos_token => eos_token,
+                };
+                env.get_template("chat")
+                    .and_then(|t| t.render(ctx))
+                    .map_err(|e| anyhow!("rendering the chat template: {e}"))
+            }
+        }
+    }
+}

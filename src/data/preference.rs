@@ -1,0 +1,292 @@
+//! Preference pairs from JSONL, in the shapes people already have:
+//!   {"prompt": str, "chosen": str, "rejected": str}            (the prompt is one user turn)
+//!   {"chosen": [messages], "rejected": [messages]}            (UltraFeedback-binarized; the prompt
+//!                                                              is the messages both share)
+//!   {"prompt_ids": [..], "chosen_ids": [..], "rejected_ids": [..]}   (pre-tokenised)
+//! Any shape may carry "margin": a number for the reward model's margin loss.
+//! Responses are the model's reply plus EOS; the loss covers response tokens only.
+
+use super::chat_template::{ChatTemplate, Message};
+use super::tokenizer::TextTokenizer;
+use crate::model::LlamaConfig;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+/// One tokenised pair; `line` is where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreferencePair {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+    pub margin: Option<f32>,
+    pub line: usize,
+}
+
+impl PreferencePair {
+    pub fn chosen_len(&self) -> usize {
+        self.prompt.len() + self.chosen.len()
+    }
+    pub fn rejected_len(&self) -> usize {
+        self.prompt.len() + self.rejected.len()
+    }
+    pub fn max_len(&self) -> usize {
+        self.chosen_len().max(self.rejected_len())
+    }
+}
+
+/// What to do with a pair longer than the limits.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Leave the pair out (counted in the report).
+    Drop,
+    /// Keep the end of the prompt and the start of each response.
+    Truncate,
+}
+
+#[derive(Clone, Debug)]
+pub struct DataOptions {
+    pub max_prompt_len: usize,
+    pub max_len: usize,
+    pub overflow: Overflow,
+    /// Count and report bad lines instead of stopping at the first.
+    pub skip_bad: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            max_prompt_len: 512,
+            max_len: 1024,
+            overflow: Overflow::Drop,
+            skip_bad: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub pairs: usize,
+    pub bad_lines: usize,
+    pub dropped_too_long: usize,
+    pub truncated: usize,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pairs ({} bad lines skipped, {} too long dropped, {} truncated)",
+            self.pairs, self.bad_lines, self.dropped_too_long, self.truncated
+        )
+    }
+}
+
+/// Turns text into ids the way training sees them.
+pub struct Encoder<'a> {
+    pub tokenizer: &'a TextTokenizer,
+    pub template: &'a ChatTemplate,
+    pub cfg: &'a LlamaConfig,
+}
+
+impl Encoder<'_> {
+    /// The prompt conversation rendered with the generation prompt, BOS first.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        let mut ids = self.tokenizer.encode(&text, false)?;
+        if let Some(bos) = self.cfg.bos_token_id {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// A reply: its text's ids, then EOS.
+    pub fn response_ids(&self, content: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(content, false)?;
+        ids.extend(self.cfg.eos_token_id);
+        Ok(ids)
+    }
+}
+
+/// Reads every pair of `path`. A bad line is an error naming `file:line` and the problem, or, with
+/// `skip_bad`, counted in the report.
+pub fn load_preferences(
+    path: &Path,
+    enc: &Encoder,
+    opts: &DataOptions,
+) -> Result<(Vec<PreferencePair>, LoadReport)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut pairs = Vec::new();
+    let mut report = LoadReport::default();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = i + 1;
+        let line =
+            line.with_context(|| format!("{}:{line_no}: unreadable line", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = parse_pair(&line, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size));
+        let mut pair = match parsed {
+            Ok(p) => p,
+            Err(e) if opts.skip_bad => {
+                report.bad_lines += 1;
+                let _ = e;
+                continue;
+            }
+            Err(e) => bail!("{}:{line_no}: {e:#}", path.display()),
+        };
+        pair.line = line_no;
+        if pair.prompt.len() > opts.max_prompt_len || pair.max_len() > opts.max_len {
+            match opts.overflow {
+                Overflow::Drop => {
+                    report.dropped_too_long += 1;
+                    continue;
+                }
+                Overflow::Truncate => {
+                    truncate(&mut pair, opts);
+                    report.truncated += 1;
+                }
+            }
+        }
+        pairs.push(pair);
+    }
+    report.pairs = pairs.len();
+    Ok((pairs, report))
+}
+
+fn truncate(pair: &mut PreferencePair, opts: &DataOptions) {
+    if pair.prompt.len() > opts.max_prompt_len {
+        // Keep the prompt's end: the turn being answered. BOS, if any, stays first.
+        let cut = pair.prompt.len() - opts.max_prompt_len;
+        let keep_first = usize::from(opts.max_prompt_len > 0);
+        pair.prompt.drain(keep_first..keep_first + cut);
+    }
+    let room = opts.max_len.saturating_sub(pair.prompt.len()).max(1);
+    pair.chosen.truncate(room);
+    pair.rejected.truncate(room);
+}
+
+fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
+    let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| anyhow!("expected a JSON object"))?;
+    let margin = match obj.get("margin") {
+        None | Some(Value::Null) => None,
+        Some(m) => Some(
+            m.as_f64()
+                .ok_or_else(|| anyhow!("\"margin\" must be a number"))? as f32,
+        ),
+    };
+    let (prompt, chosen, rejected) = if obj.contains_key("prompt_ids")
+        || obj.contains_key("chosen_ids")
+    {
+        (
+            ids_field(obj, "prompt_ids")?,
+            ids_field(obj, "chosen_ids")?,
+            ids_field(obj, "rejected_ids")?,
+        )
+    } else {
+        let chosen = obj
+            .get("chosen")
+            .ok_or_else(|| anyhow!("missing field \"chosen\""))?;
+        let rejected = obj
+            .get("rejected")
+            .ok_or_else(|| anyhow!("missing field \"rejected\""))?;
+        match (chosen, rejected) {
+            (Value::String(c), Value::String(r)) => {
+                let prompt = obj
+                    .get("prompt")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("missing string field \"prompt\""))?;
+                let turn = [Message {
+                    role: "user".into(),
+                    content: prompt.into(),
+                }];
+                (
+                    enc.prompt_ids(&turn)?,
+                    nonempty("chosen", c, enc)?,
+                    nonempty("rejected", r, enc)?,
+                )
+            }
+            (Value::Array(_), Value::Array(_)) => {
+                let c: Vec<Message> = serde_json::from_value(chosen.clone()).map_err(|e| {
+                    anyhow!("\"chosen\" is not a list of {{role, content}} messages: {e}")
+                })?;
+                let r: Vec<Message> = serde_json::from_value(rejected.clone()).map_err(|e| {
+                    anyhow!("\"rejected\" is not a list of {{role, content}} messages: {e}")
+                })?;
+                let shared = c.iter().zip(&r).take_while(|(a, b)| a == b).count();
+                let reply = |msgs: &[Message], which: &str| -> Result<String> {
+                    match &msgs[shared..] {
+                        [m] if m.role == "assistant" => Ok(m.content.clone()),
+                        _ => bail!(
+                            "\"{which}\" must be the shared prompt messages followed by one assistant message"
+                        ),
+                    }
+                };
+                let (cr, rr) = (reply(&c, "chosen")?, reply(&r, "rejected")?);
+                if shared == 0 {
+                    bail!("\"chosen\" and \"rejected\" share no prompt messages");
+                }
+                (
+                    enc.prompt_ids(&c[..shared])?,
+                    nonempty("chosen", &cr, enc)?,
+                    nonempty("rejected", &rr, enc)?,
+                )
+            }
+            _ => bail!("\"chosen\" and \"rejected\" must both be strings or both be message lists"),
+        }
+    };
+    if chosen.is_empty() || rejected.is_empty() {
+        bail!(
+            "empty {} response",
+            if chosen.is_empty() {
+                "chosen"
+            } else {
+                "rejected"
+            }
+        );
+    }
+    Ok(PreferencePair {
+        prompt,
+        chosen,
+        rejected,
+        margin,
+        line: 0,
+    })
+}
+
+fn nonempty(which: &str, text: &str, enc: &Encoder) -> Result<Vec<u32>> {
+    if text.trim().is_empty() {
+        bail!("empty {which} response");
+    }
+    enc.response_ids(text)
+}
+
+fn ids_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<u32>> {
+    let v = obj
+        .get(key)
+        .ok_or_else(|| anyhow!("missing field \"{key}\""))?;
+    serde_json::from_value(v.clone())
+        .map_err(|e| anyhow!("\"{key}\" must be a list of token ids: {e}"))
+}
+
+fn check_ids(p: PreferencePair, vocab: usize) -> Result<PreferencePair> {
+    for (name, ids) in [
+        ("prompt", &p.prompt),
+        ("chosen", &p.chosen),
+        ("rejected", &p.rejected),
+    ] {
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("{name} token id {id} is outside the model's vocabulary of {vocab}");
+        }
+    }
+    Ok(p)
+}

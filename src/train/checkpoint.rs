@@ -1,0 +1,89 @@
+//! Resumable training checkpoints: the model as an HF folder (f32, so resuming is exact), plus
+//! the AdamW moments and the trainer's position, written together and atomically.
+
+use super::optimizer::AdamW;
+use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
+use crate::model::LlamaConfig;
+use anyhow::{bail, Context, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where the run stands: the next optimiser step to take, and the optimiser's step count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub next_step: usize,
+    pub total_steps: usize,
+    pub adam_t: u64,
+}
+
+/// Writes `dir` (the model, optimizer.safetensors, trainer_state.json and `extra_files`) in one
+/// atomic folder swap.
+pub fn save_training_checkpoint(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    params: &[f32],
+    adam: &AdamW,
+    state: &TrainerState,
+    extra_files: &[(&str, &[u8])],
+) -> Result<()> {
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (m, v) = (bytes(&adam.m), bytes(&adam.v));
+    let views = vec![
+        (
+            "exp_avg",
+            TensorView::new(Dtype::F32, vec![adam.m.len()], &m)?,
+        ),
+        (
+            "exp_avg_sq",
+            TensorView::new(Dtype::F32, vec![adam.v.len()], &v)?,
+        ),
+    ];
+    let optimizer = safetensors::serialize(views, None)?;
+    let state_json = serde_json::to_vec_pretty(state)?;
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("optimizer.safetensors", &optimizer),
+        ("trainer_state.json", &state_json),
+    ];
+    files.extend_from_slice(extra_files);
+    save_checkpoint(dir, cfg, params, SaveDtype::F32, &files)
+}
+
+/// Reads what [`save_training_checkpoint`] wrote into the optimiser `adam` (sized for the model).
+pub fn load_training_checkpoint(
+    dir: &Path,
+    adam: &mut AdamW,
+) -> Result<(LlamaConfig, Vec<f32>, TrainerState)> {
+    let (cfg, params) = load_checkpoint(dir)?;
+    let state_path = dir.join("trainer_state.json");
+    let state: TrainerState = serde_json::from_slice(
+        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", state_path.display()))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let bytes =
+        std::fs::read(&opt_path).with_context(|| format!("reading {}", opt_path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("parsing {}", opt_path.display()))?;
+    for (name, dst) in [("exp_avg", &mut adam.m), ("exp_avg_sq", &mut adam.v)] {
+        let t = st
+            .tensor(name)
+            .with_context(|| format!("{}: no tensor {name}", opt_path.display()))?;
+        if t.dtype() != Dtype::F32 || t.shape() != [params.len()] {
+            bail!(
+                "{}: {name} has {:?} {:?}, expected F32 [{}]",
+                opt_path.display(),
+                t.dtype(),
+                t.shape(),
+                params.len()
+            );
+        }
+        *dst = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+    }
+    adam.t = state.adam_t;
+    Ok((cfg, params, state))
+}

@@ -1,0 +1,191 @@
+//! The DPO family's objective, and the reference log-probs it needs: computed once with the
+//! frozen starting model, cached on disk under the hashes of the model and the data, and reused
+//! across epochs and runs. The reference model is never held in memory while training.
+
+use super::objective::{Objective, PairStats, Split};
+use super::pair_batch::PairBatch;
+use crate::data::preference::PreferencePair;
+use crate::loss::{
+    dpo_loss, sequence_logprobs, sequence_logprobs_backward, DpoConfig, DpoInputs, DpoLoss,
+    SeqReduction,
+};
+use crate::model::{HeadGrads, Heads, Llama};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub struct DpoObjective {
+    pub config: DpoConfig,
+}
+
+impl DpoObjective {
+    /// SimPO compares length-normalised log-probs; the others compare sums.
+    pub fn reduction(&self) -> SeqReduction {
+        match self.config.loss {
+            DpoLoss::Simpo => SeqReduction::Mean,
+            _ => SeqReduction::Sum,
+        }
+    }
+
+    fn run(
+        &self,
+        model: &Llama,
+        split: &Split,
+        idx: &[usize],
+        grad: Option<(f32, &mut [f32])>,
+    ) -> PairStats {
+        let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
+        let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
+        let (b, rows, t) = (pb.pairs, 2 * pb.pairs, pb.batch.seq);
+        let fwd = model.forward_heads(&pb.batch, Heads::LOGP);
+        let seq = sequence_logprobs(&fwd.logp, &pb.response_mask, rows, t, self.reduction());
+        let (ref_c, ref_r): (Vec<f32>, Vec<f32>) = match split.reference {
+            Some(r) => idx.iter().map(|&i| r[i]).unzip(),
+            None => (Vec::new(), Vec::new()),
+        };
+        let out = dpo_loss(
+            &DpoInputs {
+                policy_chosen: &seq[..b],
+                policy_rejected: &seq[b..],
+                reference_chosen: &ref_c,
+                reference_rejected: &ref_r,
+            },
+            &self.config,
+        );
+        if let Some((scale, grads)) = grad {
+            let dseq: Vec<f32> = out
+                .grad_policy_chosen
+                .iter()
+                .chain(&out.grad_policy_rejected)
+                .map(|g| g * scale)
+                .collect();
+            let dlogp =
+                sequence_logprobs_backward(&dseq, &pb.response_mask, rows, t, self.reduction());
+            model.backward(
+                &fwd,
+                &pb.batch,
+                &HeadGrads {
+                    logp: &dlogp,
+                    ..Default::default()
+                },
+                grads,
+            );
+        }
+        let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+        PairStats {
+            pairs: b,
+            tokens: pb.real_tokens(),
+            loss_sum: sum(&out.losses),
+            correct: out.reward_correct.iter().filter(|&&c| c).count(),
+            margin_sum: sum(&out.reward_margins),
+            chosen_reward_sum: sum(&out.chosen_rewards),
+            rejected_reward_sum: sum(&out.rejected_rewards),
+        }
+    }
+
+    /// Sequence log-probs (chosen, rejected) of every pair under `model`, which is the frozen
+    /// reference: the starting checkpoint.
+    pub fn reference_logprobs(
+        &self,
+        model: &Llama,
+        pairs: &[PreferencePair],
+        batch_size: usize,
+    ) -> Vec<(f32, f32)> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(batch_size.max(1)) {
+            let refs: Vec<_> = chunk.iter().collect();
+            let pb = PairBatch::new(&refs, model.cfg.pad_token_id.unwrap_or(0));
+            let fwd = model.forward_heads(&pb.batch, Heads::LOGP);
+            let seq = sequence_logprobs(
+                &fwd.logp,
+                &pb.response_mask,
+                2 * pb.pairs,
+                pb.batch.seq,
+                self.reduction(),
+            );
+            out.extend((0..pb.pairs).map(|i| (seq[i], seq[pb.pairs + i])));
+        }
+        out
+    }
+
+    /// The reference log-probs of `pairs`, from the cache when this model and data were seen
+    /// before, else computed and cached.
+    pub fn cached_reference(
+        &self,
+        model: &Llama,
+        pairs: &[PreferencePair],
+        batch_size: usize,
+        cache_dir: &Path,
+    ) -> Result<(Vec<(f32, f32)>, bool)> {
+        let path = cache_path(cache_dir, model, pairs, self.reduction());
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(values) = serde_json::from_str::<Vec<(f32, f32)>>(&text) {
+                if values.len() == pairs.len() {
+                    return Ok((values, true));
+                }
+            }
+        }
+        let values = self.reference_logprobs(model, pairs, batch_size);
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string(&values)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok((values, false))
+    }
+}
+
+impl Objective for DpoObjective {
+    fn accumulate(
+        &self,
+        model: &Llama,
+        split: &Split,
+        idx: &[usize],
+        scale: f32,
+        grads: &mut [f32],
+    ) -> PairStats {
+        self.run(model, split, idx, Some((scale, grads)))
+    }
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats {
+        self.run(model, split, idx, None)
+    }
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms, which a cache key must be (std's hasher
+/// is not), and plenty for telling checkpoints and datasets apart.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn ids(&mut self, ids: &[u32]) {
+        self.bytes(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            self.bytes(&id.to_le_bytes());
+        }
+    }
+}
+
+fn cache_path(
+    dir: &Path,
+    model: &Llama,
+    pairs: &[PreferencePair],
+    reduction: SeqReduction,
+) -> PathBuf {
+    let mut m = Fnv::new();
+    m.bytes(bytemuck::cast_slice(&model.params));
+    let mut d = Fnv::new();
+    d.bytes(format!("{reduction:?}").as_bytes());
+    for p in pairs {
+        d.ids(&p.prompt);
+        d.ids(&p.chosen);
+        d.ids(&p.rejected);
+    }
+    dir.join(format!("ref-{:016x}-{:016x}.json", m.0, d.0))
+}

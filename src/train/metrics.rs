@@ -1,0 +1,130 @@
+//! What the user sees of a run: metrics.jsonl (one object per optimiser step), and PNG plots of
+//! the curves at the end.
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+pub struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, first dropping rows with step ≥ `from_step` (a resumed run
+    /// rewrites the steps after its checkpoint).
+    pub fn open(path: &Path, from_step: usize) -> Result<Self> {
+        let kept: Vec<String> = match std::fs::File::open(path) {
+            Ok(f) => std::io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| (s as usize) < from_step)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        for l in kept {
+            writeln!(file, "{l}")?;
+        }
+        Ok(MetricsLog { file })
+    }
+
+    pub fn write(&mut self, row: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{row}")?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads `key` against `step` from a metrics file.
+fn series(path: &Path, key: &str) -> Vec<(f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_f64()?, v[key].as_f64()?)))
+        .collect()
+}
+
+/// A font for the plots' labels, from the usual system places; without one the plots are drawn
+/// without text.
+fn register_font() -> bool {
+    const CANDIDATES: [&str; 3] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/System/Library/Fonts/Supplemental/Arial.ttf",
+    ];
+    for path in CANDIDATES {
+        if let Ok(bytes) = std::fs::read(path) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Draws each of `keys` (from `metrics`, and from `eval` when it has the key) against the step
+/// into one PNG of panels.
+pub fn plot_curves(metrics: &Path, eval: &Path, keys: &[&str], out: &Path) -> Result<()> {
+    let text = register_font();
+    let root =
+        BitMapBackend::new(out, (1200, 400 * keys.len().div_ceil(2) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((keys.len().div_ceil(2), 2));
+    for (panel, key) in panels.iter().zip(keys) {
+        let train = series(metrics, key);
+        let held_out = series(eval, &format!("eval_{key}"));
+        let all: Vec<_> = train.iter().chain(&held_out).collect();
+        if all.is_empty() {
+            continue;
+        }
+        let (x0, x1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let mut chart = ChartBuilder::on(panel);
+        chart.margin(10);
+        if text {
+            chart
+                .caption(*key, ("sans-serif", 22))
+                .x_label_area_size(30)
+                .y_label_area_size(60);
+        }
+        let mut chart = chart
+            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut mesh = chart.configure_mesh();
+        if !text {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.x_desc("step")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new(train, &BLUE))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !held_out.is_empty() {
+            chart
+                .draw_series(LineSeries::new(held_out.clone(), RED.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            chart
+                .draw_series(held_out.iter().map(|&p| Circle::new(p, 4, RED.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Training: the optimiser, schedules, batching, checkpoints, metrics, and the offline trainers
+//! (reward model and DPO) over one loop.
+
+pub mod batching;
+pub mod checkpoint;
+pub mod dpo;
+pub mod metrics;
+pub mod objective;
+pub mod optimizer;
+pub mod options;
+pub mod pair_batch;
+pub mod rm;
+pub mod schedule;
+pub mod trainer;
+
+pub use options::{TrainArgs, TrainerKind};
+pub use trainer::{evaluate_reward_model, run_training, RunSummary};

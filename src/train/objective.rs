@@ -1,0 +1,74 @@
+//! What an offline trainer optimises: the reward model's Bradley-Terry loss or a DPO-family loss.
+//! The training loop (trainer.rs) is the same for both.
+
+use crate::data::preference::PreferencePair;
+use crate::model::Llama;
+
+/// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.
+#[derive(Clone, Debug, Default)]
+pub struct PairStats {
+    pub pairs: usize,
+    pub tokens: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub margin_sum: f64,
+    pub chosen_reward_sum: f64,
+    pub rejected_reward_sum: f64,
+}
+
+impl PairStats {
+    pub fn add(&mut self, o: &PairStats) {
+        self.pairs += o.pairs;
+        self.tokens += o.tokens;
+        self.loss_sum += o.loss_sum;
+        self.correct += o.correct;
+        self.margin_sum += o.margin_sum;
+        self.chosen_reward_sum += o.chosen_reward_sum;
+        self.rejected_reward_sum += o.rejected_reward_sum;
+    }
+    fn mean(&self, x: f64) -> f64 {
+        if self.pairs == 0 {
+            0.0
+        } else {
+            x / self.pairs as f64
+        }
+    }
+    pub fn loss(&self) -> f64 {
+        self.mean(self.loss_sum)
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.mean(self.correct as f64)
+    }
+    pub fn margin(&self) -> f64 {
+        self.mean(self.margin_sum)
+    }
+    pub fn chosen_reward(&self) -> f64 {
+        self.mean(self.chosen_reward_sum)
+    }
+    pub fn rejected_reward(&self) -> f64 {
+        self.mean(self.rejected_reward_sum)
+    }
+}
+
+/// A data split and what the objective precomputed for it (DPO's reference log-probs).
+pub struct Split<'a> {
+    pub pairs: &'a [PreferencePair],
+    /// Reference sequence log-probs (chosen, rejected) per pair, for losses that use them.
+    pub reference: Option<&'a [(f32, f32)]>,
+}
+
+pub trait Objective {
+    /// Adds `scale` × the gradient of the mean loss over the pairs `idx` of `split` to `grads`
+    /// (the parameter layout), and returns the pairs' loss and metrics.
+    fn accumulate(
+        &self,
+        model: &Llama,
+        split: &Split,
+        idx: &[usize],
+        scale: f32,
+        grads: &mut [f32],
+    ) -> PairStats;
+
+    /// Loss and metrics of the pairs `idx`, without gradients.
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats;
+}

@@ -1,0 +1,60 @@
+//! AdamW over the flat fp32 parameter buffer, with global gradient-norm clipping.
+
+/// AdamW (Loshchilov & Hutter), bias-corrected, weight decay decoupled from the gradient.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// First and second moments, in the parameter layout.
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Steps taken so far (the bias correction's t).
+    pub t: u64,
+}
+
+impl AdamW {
+    pub fn new(len: usize, weight_decay: f32) -> Self {
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
+    }
+
+    /// One update: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g²,
+    /// p ← p − lr·(m̂ / (√v̂ + ε) + wd·p), with m̂, v̂ the bias-corrected moments.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
+        assert_eq!((params.len(), grads.len()), (self.m.len(), self.m.len()));
+        self.t += 1;
+        let c1 = 1.0 - self.beta1.powi(self.t as i32);
+        let c2 = 1.0 - self.beta2.powi(self.t as i32);
+        for i in 0..params.len() {
+            let g = grads[i];
+            self.m[i] = self.beta1 * self.m[i] + (1.0 - self.beta1) * g;
+            self.v[i] = self.beta2 * self.v[i] + (1.0 - self.beta2) * g * g;
+            let update = (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + self.eps);
+            params[i] -= lr * (update + self.weight_decay * params[i]);
+        }
+    }
+}
+
+/// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm before clipping.
+/// The norm is summed in f64 so it does not depend on the buffer's size for its accuracy.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
+    let norm = grads
+        .iter()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt() as f32;
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        grads.iter_mut().for_each(|g| *g *= scale);
+    }
+    norm
+}

@@ -1,0 +1,262 @@
+//! The options every offline trainer takes, from flags or a TOML file (`--config run.toml`, whose
+//! keys are the flags' names); flags override the file, and the file overrides the defaults.
+
+use crate::cmd::Device;
+use crate::data::preference::{DataOptions, Overflow};
+use crate::loss::{DpoConfig, DpoLoss};
+use crate::train::schedule::Decay;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Every flag is optional here so that a flag, a config key and a default can be told apart.
+#[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrainArgs {
+    /// The starting checkpoint (an HF Llama folder).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Preference JSONL for training.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out preference JSONL, evaluated at the start, every --eval-every steps and at the end.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// The run folder: model/, checkpoint/, metrics.jsonl, plots.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimiser steps (the schedule is laid out over them).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub warmup_ratio: Option<f32>,
+    #[arg(long, value_enum)]
+    pub decay: Option<Decay>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clip (0 turns it off).
+    #[arg(long)]
+    pub max_grad_norm: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Write a resumable checkpoint every N optimiser steps.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub max_prompt_len: Option<usize>,
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// What to do with pairs over the length limits.
+    #[arg(long, value_enum)]
+    pub overflow: Option<Overflow>,
+    /// Count and report bad JSONL lines instead of stopping at the first.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_bad: Option<bool>,
+    /// DPO: the loss.
+    #[arg(long, value_enum)]
+    pub loss: Option<DpoLoss>,
+    /// DPO: β.
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// DPO: label smoothing ε (conservative DPO).
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
+    /// DPO: SimPO's target margin γ.
+    #[arg(long)]
+    pub simpo_gamma: Option<f32>,
+    /// DPO: where reference log-probs are cached (default: ~/.cache/prefer/reference).
+    #[arg(long)]
+    pub ref_cache_dir: Option<PathBuf>,
+
+    /// A TOML file with any of the options above.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this folder where it stopped, with its saved options.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many steps, as Ctrl-C would: for testing resumes.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
+}
+
+/// Which trainer the defaults are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrainerKind {
+    RewardModel,
+    Dpo,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub kind: TrainerKind,
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub eval_data: Option<PathBuf>,
+    pub out: PathBuf,
+    pub lr: f32,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub warmup_ratio: f32,
+    pub decay: Decay,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    pub device: Device,
+    pub save_every: usize,
+    pub eval_every: usize,
+    pub data_opts: DataOptions,
+    pub dpo: DpoConfig,
+    pub ref_cache_dir: PathBuf,
+    pub stop_after: Option<usize>,
+}
+
+/// Fills every field of `a` that is unset from `b`.
+fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
+    macro_rules! pick {
+        ($($f:ident),*) => { TrainArgs { $($f: a.$f.or(b.$f),)* config: a.config, resume: a.resume, stop_after: a.stop_after } };
+    }
+    pick!(
+        model,
+        data,
+        eval_data,
+        out,
+        lr,
+        epochs,
+        max_steps,
+        batch_size,
+        grad_accum,
+        warmup_ratio,
+        decay,
+        weight_decay,
+        max_grad_norm,
+        seed,
+        device,
+        save_every,
+        eval_every,
+        max_prompt_len,
+        max_len,
+        overflow,
+        skip_bad,
+        loss,
+        beta,
+        label_smoothing,
+        simpo_gamma,
+        ref_cache_dir
+    )
+}
+
+pub fn read_toml(path: &Path) -> Result<TrainArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: not a valid run config", path.display()))
+}
+
+impl TrainArgs {
+    /// Flags over `--config` over the saved options of a resumed run.
+    pub fn with_files(self) -> Result<TrainArgs> {
+        let mut args = self;
+        if let Some(cfg) = args.config.clone() {
+            args = merge(args, read_toml(&cfg)?);
+        }
+        if let Some(run) = args.resume.clone() {
+            let saved = run.join("run.toml");
+            args = merge(
+                args,
+                read_toml(&saved).context("--resume needs the run folder of an earlier run")?,
+            );
+            args.out = Some(run);
+        }
+        Ok(args)
+    }
+
+    /// Concrete options: what is still unset takes the trainer's defaults. Call after
+    /// [`Self::with_files`].
+    pub fn resolve(self, kind: TrainerKind) -> Result<TrainOptions> {
+        let a = self;
+        let need =
+            |p: Option<PathBuf>, flag: &str| p.with_context(|| format!("--{flag} is required"));
+        if kind == TrainerKind::RewardModel && (a.loss.is_some() || a.beta.is_some()) {
+            bail!("--loss and --beta are DPO options; the reward model trains with the Bradley-Terry loss");
+        }
+        let (lr, epochs, warmup) = match kind {
+            // The paper's settings: RM lr 1e-5 for 1 epoch; DPO lr 5e-7, 3 epochs, 10% warm-up.
+            TrainerKind::RewardModel => (1e-5, 1, 0.0),
+            TrainerKind::Dpo => (5e-7, 3, 0.1),
+        };
+        let dpo_defaults = DpoConfig::default();
+        let opts = TrainOptions {
+            kind,
+            model: need(a.model, "model")?,
+            data: need(a.data, "data")?,
+            eval_data: a.eval_data,
+            out: need(a.out, "out")?,
+            lr: a.lr.unwrap_or(lr),
+            epochs: a.epochs.unwrap_or(epochs),
+            max_steps: a.max_steps,
+            batch_size: a.batch_size.unwrap_or(8),
+            grad_accum: a.grad_accum.unwrap_or(4),
+            warmup_ratio: a.warmup_ratio.unwrap_or(warmup),
+            decay: a.decay.unwrap_or(Decay::Linear),
+            weight_decay: a.weight_decay.unwrap_or(0.0),
+            max_grad_norm: a.max_grad_norm.unwrap_or(1.0),
+            seed: a.seed.unwrap_or(0),
+            device: a.device.unwrap_or(Device::Auto),
+            save_every: a.save_every.unwrap_or(500),
+            eval_every: a.eval_every.unwrap_or(0),
+            data_opts: DataOptions {
+                max_prompt_len: a.max_prompt_len.unwrap_or(512),
+                max_len: a.max_len.unwrap_or(1024),
+                overflow: a.overflow.unwrap_or(Overflow::Drop),
+                skip_bad: a.skip_bad.unwrap_or(false),
+            },
+            dpo: DpoConfig {
+                loss: a.loss.unwrap_or(dpo_defaults.loss),
+                beta: a.beta.unwrap_or(dpo_defaults.beta),
+                label_smoothing: a.label_smoothing.unwrap_or(dpo_defaults.label_smoothing),
+                simpo_gamma: a.simpo_gamma.unwrap_or(dpo_defaults.simpo_gamma),
+            },
+            ref_cache_dir: a.ref_cache_dir.unwrap_or_else(default_cache_dir),
+            stop_after: a.stop_after,
+        };
+        if opts.batch_size == 0 || opts.grad_accum == 0 || opts.epochs == 0 {
+            bail!("--batch-size, --grad-accum and --epochs must be at least 1");
+        }
+        if !(opts.lr.is_finite() && opts.lr >= 0.0) {
+            bail!("--lr must be a finite non-negative number");
+        }
+        if !(0.0..1.0).contains(&opts.warmup_ratio) {
+            bail!("--warmup-ratio must be in [0, 1)");
+        }
+        if opts.dpo.beta <= 0.0 {
+            bail!("--beta must be positive");
+        }
+        Ok(opts)
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("prefer").join("reference")
+}

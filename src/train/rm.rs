@@ -1,0 +1,72 @@
+//! The reward model's objective: Bradley-Terry, −log σ(r_c − r_r − margin), with r the scalar
+//! head at each sequence's last token.
+
+use super::objective::{Objective, PairStats, Split};
+use super::pair_batch::PairBatch;
+use crate::loss::reward_model_loss;
+use crate::model::{HeadGrads, Heads, Llama};
+
+pub struct RewardObjective;
+
+impl RewardObjective {
+    fn run(
+        &self,
+        model: &Llama,
+        split: &Split,
+        idx: &[usize],
+        grad: Option<(f32, &mut [f32])>,
+    ) -> PairStats {
+        let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
+        let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
+        let b = pb.pairs;
+        let fwd = model.forward_heads(&pb.batch, Heads::VALUE);
+        let chosen: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(i)]).collect();
+        let rejected: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(b + i)]).collect();
+        let margins: Option<Vec<f32>> = pairs
+            .iter()
+            .any(|p| p.margin.is_some())
+            .then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
+        let out = reward_model_loss(&chosen, &rejected, margins.as_deref());
+        if let Some((scale, grads)) = grad {
+            let mut dvalue = vec![0.0; pb.batch.tokens()];
+            for i in 0..b {
+                dvalue[pb.last_token(i)] = scale * out.grad_chosen[i];
+                dvalue[pb.last_token(b + i)] = scale * out.grad_rejected[i];
+            }
+            model.backward(
+                &fwd,
+                &pb.batch,
+                &HeadGrads {
+                    value: &dvalue,
+                    ..Default::default()
+                },
+                grads,
+            );
+        }
+        PairStats {
+            pairs: b,
+            tokens: pb.real_tokens(),
+            loss_sum: out.loss as f64 * b as f64,
+            correct: chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count(),
+            margin_sum: out.margins.iter().map(|&m| m as f64).sum(),
+            chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
+            rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),
+        }
+    }
+}
+
+impl Objective for RewardObjective {
+    fn accumulate(
+        &self,
+        model: &Llama,
+        split: &Split,
+        idx: &[usize],
+        scale: f32,
+        grads: &mut [f32],
+    ) -> PairStats {
+        self.run(model, split, idx, Some((scale, grads)))
+    }
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats {
+        self.run(model, split, idx, None)
+    }
+}

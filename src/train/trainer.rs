@@ -1,0 +1,393 @@
+//! The offline training loop shared by the reward model and DPO: data, batching, accumulation,
+//! clipping, AdamW, the schedule, evaluation, metrics, progress, checkpoints, resume and Ctrl-C.
+
+use super::batching::epoch_batches;
+use super::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
+use super::dpo::DpoObjective;
+use super::metrics::{plot_curves, MetricsLog};
+use super::objective::{Objective, PairStats, Split};
+use super::optimizer::{clip_grad_norm, AdamW};
+use super::options::{TrainArgs, TrainerKind};
+use super::rm::RewardObjective;
+use super::schedule::Schedule;
+use crate::cmd::Device;
+use crate::data::chat_template::ChatTemplate;
+use crate::data::preference::{load_preferences, Encoder, PreferencePair};
+use crate::data::tokenizer::TextTokenizer;
+use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
+use crate::model::Llama;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub stopped_early: bool,
+    pub initial_eval_accuracy: Option<f64>,
+    pub final_eval_accuracy: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub train_pairs: usize,
+}
+
+/// Files of the starting model's folder that travel with every checkpoint.
+const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
+    let resume = args.resume.is_some();
+    let args = args.with_files()?;
+    let opts = args.clone().resolve(kind)?;
+    if opts.device == Device::Cuda {
+        bail!("--device cuda: the CUDA training step is not built yet; use --device cpu or auto");
+    }
+    let ckpt_dir = opts.out.join("checkpoint");
+    if !resume && ckpt_dir.exists() {
+        bail!(
+            "{} already holds a run: continue it with --resume {0}, or choose another --out",
+            opts.out.display()
+        );
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    if !resume {
+        std::fs::write(opts.out.join("run.toml"), toml::to_string(&args)?)?;
+    }
+
+    // The starting model: the policy's initial weights and, for DPO, the frozen reference.
+    let (mut cfg, init_params) = load_checkpoint(&opts.model)?;
+    if kind == TrainerKind::RewardModel && !cfg.scalar_head {
+        // A new scalar head, zero-initialised so every reward starts at 0 (loss ln 2).
+        cfg.scalar_head = true;
+    }
+    let layout = crate::model::ParamLayout::new(&cfg);
+    let start_params = if layout.len == init_params.len() {
+        init_params
+    } else {
+        // Lay the base model's tensors into the new layout; score.weight stays zero.
+        let base = Llama::new(
+            crate::model::LlamaConfig {
+                scalar_head: false,
+                ..cfg.clone()
+            },
+            init_params,
+        );
+        let mut p = vec![0.0; layout.len];
+        for slot in &base.layout.slots {
+            let dst = layout
+                .slot(&slot.name)
+                .expect("the new layout extends the old");
+            p[dst.range.clone()].copy_from_slice(&base.params[slot.range.clone()]);
+        }
+        p
+    };
+    let tokenizer = TextTokenizer::load(&opts.model, &cfg)?;
+    let template = ChatTemplate::for_model(&opts.model)?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &cfg,
+    };
+    let (train, report) = load_preferences(&opts.data, &enc, &opts.data_opts)?;
+    eprintln!("train data {}: {report}", opts.data.display());
+    if train.is_empty() {
+        bail!("{}: no usable pairs", opts.data.display());
+    }
+    let eval = match &opts.eval_data {
+        Some(path) => {
+            let (pairs, report) = load_preferences(path, &enc, &opts.data_opts)?;
+            eprintln!("eval data {}: {report}", path.display());
+            Some(pairs)
+        }
+        None => None,
+    };
+    let tokenizer_files: Vec<(&str, Vec<u8>)> = TOKENIZER_FILES
+        .iter()
+        .filter_map(|name| {
+            std::fs::read(opts.model.join(name))
+                .ok()
+                .map(|b| (*name, b))
+        })
+        .collect();
+    let extra: Vec<(&str, &[u8])> = tokenizer_files
+        .iter()
+        .map(|(n, b)| (*n, b.as_slice()))
+        .collect();
+
+    let mut model = Llama::new(cfg.clone(), start_params);
+    let dpo = DpoObjective { config: opts.dpo };
+    let (ref_train, ref_eval) = if kind == TrainerKind::Dpo && opts.dpo.loss.uses_reference() {
+        let (r, hit) =
+            dpo.cached_reference(&model, &train, opts.batch_size, &opts.ref_cache_dir)?;
+        eprintln!(
+            "reference log-probs: {} ({})",
+            if hit {
+                "from the cache"
+            } else {
+                "computed and cached"
+            },
+            opts.ref_cache_dir.display()
+        );
+        let e = match &eval {
+            Some(pairs) => Some(
+                dpo.cached_reference(&model, pairs, opts.batch_size, &opts.ref_cache_dir)?
+                    .0,
+            ),
+            None => None,
+        };
+        (Some(r), e)
+    } else {
+        (None, None)
+    };
+    let objective: &dyn Objective = match kind {
+        TrainerKind::RewardModel => &RewardObjective,
+        TrainerKind::Dpo => &dpo,
+    };
+    let train_split = Split {
+        pairs: &train,
+        reference: ref_train.as_deref(),
+    };
+    let eval_split = eval.as_ref().map(|pairs| Split {
+        pairs,
+        reference: ref_eval.as_deref(),
+    });
+
+    let batches_per_epoch = train.len().div_ceil(opts.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(opts.grad_accum);
+    let total_steps = opts
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(opts.epochs * steps_per_epoch);
+    let schedule = Schedule::new(opts.lr, opts.warmup_ratio, total_steps, opts.decay);
+    let mut adam = AdamW::new(model.layout.len, opts.weight_decay);
+    let mut start_step = 0;
+    if resume {
+        let (_, params, state) = load_training_checkpoint(&ckpt_dir, &mut adam)
+            .with_context(|| format!("resuming from {}", ckpt_dir.display()))?;
+        if state.total_steps != total_steps || params.len() != model.params.len() {
+            bail!(
+                "{} does not match this run's data and options",
+                ckpt_dir.display()
+            );
+        }
+        model.params = params;
+        start_step = state.next_step;
+        eprintln!("resuming at step {start_step} of {total_steps}");
+    }
+
+    let mut metrics = MetricsLog::open(&opts.out.join("metrics.jsonl"), start_step)?;
+    let mut eval_log = MetricsLog::open(&opts.out.join("eval.jsonl"), start_step)?;
+    let run_eval =
+        |model: &Llama, step: usize, log: &mut MetricsLog| -> Result<Option<PairStats>> {
+            let Some(split) = &eval_split else {
+                return Ok(None);
+            };
+            let mut stats = PairStats::default();
+            let idx: Vec<usize> = (0..split.pairs.len()).collect();
+            for chunk in idx.chunks(opts.batch_size) {
+                stats.add(&objective.evaluate(model, split, chunk));
+            }
+            log.write(
+                &json!({"step": step, "eval_loss": stats.loss(), "eval_accuracy": stats.accuracy(),
+            "eval_margin": stats.margin()}),
+            )?;
+            Ok(Some(stats))
+        };
+    let initial_eval = if start_step == 0 {
+        run_eval(&model, 0, &mut eval_log)?
+    } else {
+        None
+    };
+    if let Some(s) = &initial_eval {
+        eprintln!(
+            "eval before training: loss {:.4}, accuracy {:.3}",
+            s.loss(),
+            s.accuracy()
+        );
+    }
+
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let bar = indicatif::ProgressBar::new(total_steps as u64).with_position(start_step as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .expect("a valid template"),
+    );
+    let save = |model: &Llama, adam: &AdamW, next_step: usize| {
+        let state = TrainerState {
+            next_step,
+            total_steps,
+            adam_t: adam.t,
+        };
+        save_training_checkpoint(&ckpt_dir, &model.cfg, &model.params, adam, &state, &extra)
+    };
+
+    let mut grads = vec![0.0f32; model.layout.len];
+    let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut stopped_early = false;
+    for step in start_step..total_steps {
+        let t0 = Instant::now();
+        grads.fill(0.0);
+        let mut stats = PairStats::default();
+        for micro in 0..opts.grad_accum {
+            let g = step * opts.grad_accum + micro;
+            let epoch = g / batches_per_epoch;
+            if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                epoch_cache = Some((
+                    epoch,
+                    epoch_batches(&train, opts.batch_size, opts.seed, epoch),
+                ));
+            }
+            let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
+            let scale = 1.0 / opts.grad_accum as f32;
+            stats.add(&objective.accumulate(&model, &train_split, idx, scale, &mut grads));
+        }
+        if !stats.loss().is_finite() {
+            bail!(
+                "step {step}: the loss is {} (not finite); the last checkpoint is in {}",
+                stats.loss(),
+                ckpt_dir.display()
+            );
+        }
+        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm);
+        let lr = schedule.lr(step);
+        adam.step(&mut model.params, &grads, lr);
+        let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
+        metrics.write(&json!({
+            "step": step, "epoch": (step * opts.grad_accum) as f64 / batches_per_epoch as f64,
+            "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
+            "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
+            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "pairs": stats.pairs,
+        }))?;
+        bar.set_message(format!(
+            "loss {:.4} acc {:.2} {:.0} tok/s",
+            stats.loss(),
+            stats.accuracy(),
+            tokens_per_s
+        ));
+        bar.inc(1);
+
+        let done = step + 1;
+        if opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps {
+            run_eval(&model, done, &mut eval_log)?;
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(done);
+        if interrupted || (opts.save_every > 0 && done % opts.save_every == 0) {
+            save(&model, &adam, done)?;
+        }
+        if interrupted && done < total_steps {
+            bar.abandon_with_message(format!(
+                "stopped at step {done}; continue with --resume {}",
+                opts.out.display()
+            ));
+            stopped_early = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+
+    let steps = if stopped_early {
+        opts.stop_after.unwrap_or(0)
+    } else {
+        total_steps
+    };
+    let mut summary = RunSummary {
+        steps,
+        stopped_early,
+        initial_eval_accuracy: initial_eval.map(|s| s.accuracy()),
+        final_eval_accuracy: None,
+        final_eval_loss: None,
+        train_pairs: train.len(),
+    };
+    if !stopped_early {
+        save(&model, &adam, total_steps)?;
+        save_checkpoint(
+            &opts.out.join("model"),
+            &model.cfg,
+            &model.params,
+            SaveDtype::F32,
+            &extra,
+        )?;
+        if let Some(s) = run_eval(&model, total_steps, &mut eval_log)? {
+            eprintln!(
+                "eval after training: loss {:.4}, accuracy {:.3}",
+                s.loss(),
+                s.accuracy()
+            );
+            summary.final_eval_accuracy = Some(s.accuracy());
+            summary.final_eval_loss = Some(s.loss());
+        }
+        let plot = opts.out.join("curves.png");
+        plot_curves(
+            &opts.out.join("metrics.jsonl"),
+            &opts.out.join("eval.jsonl"),
+            &["loss", "accuracy", "margin", "lr"],
+            &plot,
+        )?;
+        std::fs::write(
+            opts.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+        eprintln!(
+            "model in {}, curves in {}",
+            opts.out.join("model").display(),
+            plot.display()
+        );
+    }
+    Ok(summary)
+}
+
+/// Pairwise accuracy of a reward model on a preference file (the `eval-rm` command).
+pub fn evaluate_reward_model(
+    model_dir: &Path,
+    data: &Path,
+    batch_size: usize,
+) -> Result<PairStats> {
+    let (cfg, params) = load_checkpoint(model_dir)?;
+    if !cfg.scalar_head {
+        bail!(
+            "{} has no scalar head (score.weight): it is not a reward model",
+            model_dir.display()
+        );
+    }
+    let tokenizer = TextTokenizer::load(model_dir, &cfg)?;
+    let template = ChatTemplate::for_model(model_dir)?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &cfg,
+    };
+    let (pairs, _) = load_preferences(data, &enc, &Default::default())?;
+    let model = Llama::new(cfg, params);
+    let split = Split {
+        pairs: &pairs,
+        reference: None,
+    };
+    let mut stats = PairStats::default();
+    let idx: Vec<usize> = (0..pairs.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        stats.add(&RewardObjective.evaluate(&model, &split, chunk));
+    }
+    Ok(stats)
+}
+
+/// The pairs of a file, tokenised for a model, for callers outside the trainers.
+pub fn load_pairs_for(model_dir: &Path, data: &Path) -> Result<Vec<PreferencePair>> {
+    let (cfg, _) = load_checkpoint(model_dir)?;
+    let tokenizer = TextTokenizer::load(model_dir, &cfg)?;
+    let template = ChatTemplate::for_model(model_dir)?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &cfg,
+    };
+    Ok(load_preferences(data, &enc, &Default::default())?.0)
+}
