@@ -214,7 +214,12 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         );
     }
 
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    // The first Ctrl-C finishes the step and writes a checkpoint; a second one exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
     INTERRUPTED.store(false, Ordering::SeqCst);
     let bar = indicatif::ProgressBar::new(total_steps as u64).with_position(start_step as u64);
     bar.set_style(

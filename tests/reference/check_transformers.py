@@ -40,8 +40,11 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (nats)")
     ap.add_argument("--mean-tol", type=float, default=None, help="mean abs difference allowed")
     ap.add_argument("--seqs", type=int, default=6)
+    ap.add_argument("--rm-model", default=None,
+                    help="check this existing reward-model checkpoint (e.g. one `prefer rm` trained) "
+                         "instead of a fresh random one")
     ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
-    ap.add_argument("--init-std", type=float, default=0.5,
+    ap.add_argument("--init-std", type=float, default=0.2,
                     help="init std; larger than HF's 0.02 so that attention and the LM head are far "
                          "from uniform and a wrong op cannot hide under the tolerance")
     args = ap.parse_args()
@@ -58,6 +61,8 @@ def main():
         extra = ["--init-std", args.init_std] + (["--layers", args.layers] if args.layers else [])
         run([args.prefer, "init", "--preset", args.preset, "--out", lm_dir, "--seed", 1, *extra])
         run([args.prefer, "init", "--preset", args.preset, "--out", rm_dir, "--seed", 2, "--scalar-head", *extra])
+        if args.rm_model:
+            rm_dir = Path(args.rm_model)
         vocab = json.loads((lm_dir / "config.json").read_text())["vocab_size"]
 
         # Sequences of several lengths (odd ones included), as ids and as text.

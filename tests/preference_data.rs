@@ -1,0 +1,247 @@
+//! Preference JSONL in its three shapes, chat templates, truncation, and bad input.
+
+use prefer::data::chat_template::{ChatTemplate, Message};
+use prefer::data::preference::{load_preferences, DataOptions, Encoder, Overflow};
+use prefer::data::tokenizer::{byte_tokenizer_json, TextTokenizer};
+use prefer::model::LlamaConfig;
+use std::path::PathBuf;
+
+fn fixture() -> (TextTokenizer, LlamaConfig) {
+    (
+        TextTokenizer::from_json(&byte_tokenizer_json()).unwrap(),
+        LlamaConfig::preset("tiny").unwrap(),
+    )
+}
+
+fn write(lines: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prefs.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    (dir, path)
+}
+
+fn bytes(s: &str) -> Vec<u32> {
+    s.bytes().map(u32::from).collect()
+}
+
+#[test]
+fn three_shapes_give_the_same_pair() {
+    let (tok, cfg) = fixture();
+    let tulu = ChatTemplate::Tulu {
+        eos_token: "</s>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    // The Tulu prompt: BOS, "<|user|>\nHi\n<|assistant|>\n"; the response: its bytes, then EOS.
+    let prompt: Vec<u32> = [vec![256], bytes("<|user|>\nHi\n<|assistant|>\n")].concat();
+    let ids = |v: &[u32]| serde_json::to_string(v).unwrap();
+    let pretokenised = format!(
+        r#"{{"prompt_ids": {}, "chosen_ids": {}, "rejected_ids": {}}}"#,
+        ids(&prompt),
+        ids(&[bytes("Yes"), vec![257]].concat()),
+        ids(&[bytes("No"), vec![257]].concat())
+    );
+    let lines = format!(
+        "{}\n{}\n{pretokenised}\n",
+        r#"{"prompt": "Hi", "chosen": "Yes", "rejected": "No", "margin": 2}"#,
+        r#"{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}], "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]}"#,
+    );
+    let (_d, path) = write(&lines);
+    let (pairs, report) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(report.pairs, 3);
+    for p in &pairs {
+        assert_eq!(p.prompt, prompt);
+        assert_eq!(p.chosen, [bytes("Yes"), vec![257]].concat());
+        assert_eq!(p.rejected, [bytes("No"), vec![257]].concat());
+    }
+    assert_eq!(
+        (
+            pairs[0].margin,
+            pairs[1].margin,
+            pairs[0].line,
+            pairs[2].line
+        ),
+        (Some(2.0), None, 1, 3)
+    );
+}
+
+#[test]
+fn the_models_own_jinja_template_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}[ASSISTANT] {% endif %}";
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template, "bos_token": "<s>", "eos_token": "</s>"})
+            .to_string(),
+    )
+    .unwrap();
+    let t = ChatTemplate::for_model(dir.path()).unwrap();
+    let msgs = [Message {
+        role: "user".into(),
+        content: "  Hello ".into(),
+    }];
+    assert_eq!(
+        t.render(&msgs, true).unwrap(),
+        "<s>[USER] Hello\n[ASSISTANT] "
+    );
+    // Without a template: the Tulu format.
+    let none = tempfile::tempdir().unwrap();
+    let tulu = ChatTemplate::for_model(none.path()).unwrap();
+    assert_eq!(
+        tulu.render(&msgs, true).unwrap(),
+        "<|user|>\n  Hello \n<|assistant|>\n"
+    );
+}
+
+#[test]
+fn long_pairs_are_dropped_or_truncated_and_counted() {
+    let (tok, cfg) = fixture();
+    let tulu = ChatTemplate::Tulu {
+        eos_token: "</s>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    let long = "x".repeat(100);
+    let lines = format!(
+        "{}\n{}\n",
+        r#"{"prompt": "Hi", "chosen": "Yes", "rejected": "No"}"#,
+        serde_json::json!({"prompt": long, "chosen": long, "rejected": "no"})
+    );
+    let (_d, path) = write(&lines);
+    let mut opts = DataOptions {
+        max_prompt_len: 64,
+        max_len: 96,
+        overflow: Overflow::Drop,
+        skip_bad: false,
+    };
+    let (pairs, report) = load_preferences(&path, &enc, &opts).unwrap();
+    assert_eq!(
+        (pairs.len(), report.dropped_too_long, report.truncated),
+        (1, 1, 0)
+    );
+    opts.overflow = Overflow::Truncate;
+    let (pairs, report) = load_preferences(&path, &enc, &opts).unwrap();
+    assert_eq!(
+        (pairs.len(), report.dropped_too_long, report.truncated),
+        (2, 0, 1)
+    );
+    let p = &pairs[1];
+    assert_eq!(p.prompt.len(), 64);
+    assert_eq!(p.prompt[0], 256, "BOS survives truncation");
+    assert_eq!(
+        &p.prompt[p.prompt.len() - 14..],
+        bytes("<|assistant|>\n").as_slice(),
+        "the prompt keeps its end"
+    );
+    assert_eq!(p.max_len(), 96);
+}
+
+#[test]
+fn bad_lines_name_file_and_line() {
+    let (tok, cfg) = fixture();
+    let tulu = ChatTemplate::Tulu {
+        eos_token: "</s>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    let good = r#"{"prompt": "Hi", "chosen": "Yes", "rejected": "No"}"#;
+    for (bad, expect) in [
+        (r#"{"prompt": "Hi", "chosen": "Yes""#, "not valid JSON"),
+        (
+            r#"{"prompt": "Hi", "chosen": "Yes"}"#,
+            "missing field \"rejected\"",
+        ),
+        (
+            r#"{"prompt": "Hi", "chosen": "  ", "rejected": "No"}"#,
+            "empty chosen response",
+        ),
+        (
+            r#"{"prompt_ids": [1], "chosen_ids": [], "rejected_ids": [2]}"#,
+            "empty chosen response",
+        ),
+        (
+            r#"{"prompt_ids": [1], "chosen_ids": [999], "rejected_ids": [2]}"#,
+            "outside the model's vocabulary",
+        ),
+        (
+            r#"{"chosen": "a", "rejected": [{"role": "user", "content": "x"}]}"#,
+            "both be strings or both be message lists",
+        ),
+        (r#"[1, 2]"#, "expected a JSON object"),
+    ] {
+        let (_d, path) = write(&format!("{good}\n\n{bad}\n{good}\n"));
+        let err = format!(
+            "{:#}",
+            load_preferences(&path, &enc, &DataOptions::default()).unwrap_err()
+        );
+        assert!(
+            err.contains("prefs.jsonl:3:") && err.contains(expect),
+            "{bad}: {err}"
+        );
+        let skip = DataOptions {
+            skip_bad: true,
+            ..DataOptions::default()
+        };
+        let (pairs, report) = load_preferences(&path, &enc, &skip).unwrap();
+        assert_eq!((pairs.len(), report.bad_lines), (2, 1), "{bad}");
+    }
+}
+
+#[test]
+fn trainer_refuses_a_tokenizer_that_does_not_fit_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let opts = prefer::cmd::init::InitOptions {
+        seed: 0,
+        scalar_head: false,
+        dtype: prefer::model::weights::SaveDtype::F32,
+        layers: None,
+        init_std: None,
+    };
+    prefer::cmd::init::run_init("tiny", &base, &opts).unwrap();
+    // Shrink the model's vocabulary below the tokenizer's 259 ids.
+    let cfg_path = base.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["vocab_size"] = 200.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let mut c = LlamaConfig::from_hf_json(&cfg_path).unwrap();
+    c.vocab_size = 200;
+    let layout = prefer::model::ParamLayout::new(&c);
+    prefer::model::weights::save_checkpoint(
+        &base,
+        &c,
+        &vec![0.0; layout.len],
+        prefer::model::weights::SaveDtype::F32,
+        &[("tokenizer.json", byte_tokenizer_json().as_bytes())],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("d.jsonl"),
+        prefer::data::synthetic::synthetic_preferences(4, 0),
+    )
+    .unwrap();
+    let args = prefer::train::TrainArgs {
+        model: Some(base),
+        data: Some(dir.path().join("d.jsonl")),
+        out: Some(dir.path().join("out")),
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        prefer::train::run_training(args, prefer::train::TrainerKind::RewardModel).unwrap_err()
+    );
+    assert!(
+        err.contains("259 tokens") && err.contains("vocab_size is 200"),
+        "{err}"
+    );
+}
