@@ -65,6 +65,12 @@ enum Command {
     },
     /// Print the version, the compiled kernels and whether a GPU is usable.
     Info,
+    /// Check every CUDA op against the CPU oracle on several shapes; exits non-zero on a failure.
+    Check {
+        /// Only ops whose name contains this.
+        #[arg(long)]
+        op: Option<String>,
+    },
     /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
     Logprobs {
         #[arg(long)]
@@ -78,8 +84,20 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// Errors print as one line of context chain (`error: reading x.jsonl: ...`), never a backtrace
+/// or a panic.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Init {
             preset,
             out,
@@ -106,6 +124,7 @@ fn main() -> Result<()> {
             data,
             batch_size,
         } => cmd::train::run_eval_rm(&model, &data, batch_size),
+        Command::Check { op } => cmd::check::run_check(op.as_deref()),
         Command::Info => {
             cmd::info::run_info();
             Ok(())

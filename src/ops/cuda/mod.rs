@@ -2,8 +2,14 @@
 //! and one launcher file per kernel file. Launchers are thin: they check shapes, pick the grid and
 //! name the op and its shapes in any error.
 
+pub mod adamw;
+pub mod attention;
 pub mod device;
+pub mod embedding;
 pub mod rmsnorm;
+pub mod rope;
+pub mod scalar_head;
+pub mod swiglu;
 
 pub use device::{probe_gpu, CudaEngine, GpuInfo};
 

@@ -86,11 +86,27 @@ pub fn rmsnorm_backward(
     // SAFETY: matches the kernel's signature; lengths checked above.
     unsafe { launch.launch(cfg) }.map_err(|e| anyhow!("rmsnorm_backward (N={n}, D={d}): {e:?}"))?;
 
+    column_sum_accumulate(eng, dw, partial, n, d)
+}
+
+/// dw (D) f32 += the column sums of partial (N,D) f32, in row order (deterministic).
+pub fn column_sum_accumulate(
+    eng: &CudaEngine,
+    dw: &mut CudaSlice<f32>,
+    partial: &CudaSlice<f32>,
+    n: usize,
+    d: usize,
+) -> Result<()> {
+    ensure!(
+        dw.len() == d && partial.len() == n * d,
+        "column_sum_accumulate: N={n}, D={d}"
+    );
+    let (n_i, d_i) = (n as i32, d as i32);
     let f = eng.function("column_sum_accumulate")?;
     let cfg = LaunchConfig::for_num_elems(d as u32);
     let mut launch = eng.stream.launch_builder(&f);
-    launch.arg(dw).arg(&*partial).arg(&n_i).arg(&d_i);
-    // SAFETY: as above.
+    launch.arg(dw).arg(partial).arg(&n_i).arg(&d_i);
+    // SAFETY: matches the kernel's signature; lengths checked above.
     unsafe { launch.launch(cfg) }
         .map_err(|e| anyhow!("column_sum_accumulate (N={n}, D={d}): {e:?}"))?;
     Ok(())

@@ -1,0 +1,45 @@
+// AdamW over the flat fp32 master weights, writing the bf16 copy the forward reads, with the
+// global gradient-norm clip folded in as a scale on the gradient.
+// The CPU oracle is src/train/optimizer.rs; the launchers are src/ops/cuda/adamw.rs.
+#include "common.cuh"
+
+// Pass 1 of the global norm: partial[b] = sum of g^2 over block b's grid-stride share.
+// A fixed grid and a fixed order make the norm identical from run to run.
+extern "C" __global__ void grad_norm_partial(float* partial, const float* grads, size_t n) {
+    __shared__ float scratch[WARP_SIZE];
+    float s = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += grads[i] * grads[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Pass 2: one block sums the partials; out[0] = the norm.
+extern "C" __global__ void grad_norm_finish(float* out, const float* partial, int blocks) {
+    __shared__ float scratch[WARP_SIZE];
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < blocks; i += blockDim.x) s += partial[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) out[0] = sqrtf(s);
+}
+
+// g = grads * clip_scale, where clip_scale = min(1, max_norm / (norm + 1e-6)) is computed on the
+// device from norm[0], so the step needs no host round trip. max_norm <= 0 turns clipping off.
+// bias1 = 1 - beta1^t, bias2 = 1 - beta2^t.
+extern "C" __global__ void adamw_step(float* master, __nv_bfloat16* params_bf16, const float* grads, float* m,
+                                      float* v, const float* norm, float max_norm, float lr, float beta1,
+                                      float beta2, float eps, float weight_decay, float bias1, float bias2,
+                                      size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float scale = (max_norm > 0.0f && norm[0] > max_norm) ? max_norm / (norm[0] + 1e-6f) : 1.0f;
+    const float g = grads[i] * scale;
+    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float p = master[i];
+    const float updated = p - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps) + weight_decay * p);
+    master[i] = updated;
+    params_bf16[i] = __float2bfloat16(updated);
+}

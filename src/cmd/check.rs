@@ -1,0 +1,17 @@
+//! `prefer check`: every CUDA op against the CPU oracle, as a table; non-zero exit on a failure.
+
+use crate::ops::check::{print_table, run_checks};
+use crate::ops::cuda::CudaEngine;
+use anyhow::{bail, Result};
+
+pub fn run_check(op: Option<&str>) -> Result<()> {
+    let eng = CudaEngine::new()?;
+    let rows = run_checks(&eng, op)?;
+    if rows.is_empty() {
+        bail!("no op matches {:?}", op.unwrap_or(""));
+    }
+    if !print_table(&rows) {
+        bail!("some CUDA ops disagree with the CPU oracle");
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Launchers for kernels/adamw.cu: the global gradient norm and the AdamW step. The CPU oracle
+//! is src/train/optimizer.rs (`clip_grad_norm`, `AdamW::step`).
+
+use super::CudaEngine;
+use anyhow::{anyhow, ensure, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Blocks of the norm's first pass: fixed, so the sum's order (and value) never changes.
+const NORM_BLOCKS: usize = 512;
+
+/// norm[0] = ‖grads‖₂, in two deterministic passes through `partial` (NORM_BLOCKS floats).
+pub fn grad_norm(
+    eng: &CudaEngine,
+    norm: &mut CudaSlice<f32>,
+    partial: &mut CudaSlice<f32>,
+    grads: &CudaSlice<f32>,
+) -> Result<()> {
+    ensure!(
+        norm.len() == 1 && partial.len() == NORM_BLOCKS,
+        "grad_norm: scratch sizes"
+    );
+    let n = grads.len();
+    let f = eng.function("grad_norm_partial")?;
+    let cfg = LaunchConfig {
+        grid_dim: (NORM_BLOCKS as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut l = eng.stream.launch_builder(&f);
+    l.arg(&mut *partial).arg(grads).arg(&n);
+    // SAFETY: arguments match the kernel.
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("grad_norm_partial (n={n}): {e:?}"))?;
+    let f = eng.function("grad_norm_finish")?;
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (512, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let blocks = NORM_BLOCKS as i32;
+    let mut l = eng.stream.launch_builder(&f);
+    l.arg(norm).arg(&*partial).arg(&blocks);
+    // SAFETY: as above.
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("grad_norm_finish: {e:?}"))?;
+    Ok(())
+}
+
+pub fn norm_scratch(eng: &CudaEngine) -> Result<CudaSlice<f32>> {
+    eng.zeros(NORM_BLOCKS)
+}
+
+/// The optimiser's hyper-parameters for one step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// The step number, from 1, for the bias corrections.
+    pub t: u64,
+    /// Clip the global gradient norm to this (0 turns clipping off).
+    pub max_norm: f32,
+}
+
+/// One AdamW step over the flat buffers: master (f32) and its bf16 copy, m and v, with the
+/// gradient scaled by min(1, max_norm / norm[0]).
+pub fn adamw_step(
+    eng: &CudaEngine,
+    master: &mut CudaSlice<f32>,
+    params_bf16: &mut CudaSlice<bf16>,
+    grads: &CudaSlice<f32>,
+    m: &mut CudaSlice<f32>,
+    v: &mut CudaSlice<f32>,
+    norm: &CudaSlice<f32>,
+    h: AdamWStep,
+) -> Result<()> {
+    let n = master.len();
+    ensure!(
+        params_bf16.len() == n && grads.len() == n && m.len() == n && v.len() == n,
+        "adamw_step: n={n}"
+    );
+    let bias1 = 1.0 - h.beta1.powi(h.t as i32);
+    let bias2 = 1.0 - h.beta2.powi(h.t as i32);
+    let f = eng.function("adamw_step")?;
+    let mut l = eng.stream.launch_builder(&f);
+    l.arg(master)
+        .arg(params_bf16)
+        .arg(grads)
+        .arg(m)
+        .arg(v)
+        .arg(norm);
+    l.arg(&h.max_norm)
+        .arg(&h.lr)
+        .arg(&h.beta1)
+        .arg(&h.beta2)
+        .arg(&h.eps)
+        .arg(&h.weight_decay);
+    l.arg(&bias1).arg(&bias2).arg(&n);
+    // SAFETY: arguments match the kernel's signature; lengths checked above.
+    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+        .map_err(|e| anyhow!("adamw_step (n={n}): {e:?}"))?;
+    Ok(())
+}
