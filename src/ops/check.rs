@@ -84,6 +84,21 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
             rows.extend(check_scalar_head(eng, n, d)?);
         }
     }
+    if wants("matmul") || wants("logprob") {
+        let gemm = cuda::matmul::Gemm::new(eng)?;
+        if wants("matmul") {
+            // (N, I, O): tiny, an MLP projection at llama-1b widths, odd sizes.
+            for (n, i, o) in [(37, 64, 96), (512, 2048, 8192), (130, 2048, 2050)] {
+                rows.extend(check_matmul(eng, &gemm, n, i, o)?);
+            }
+        }
+        if wants("logprob") {
+            // (N, D, V): one partial chunk, then llama-1b's vocabulary (15 full chunks and a partial).
+            for (n, d, v) in [(70, 64, 259), (64, 2048, 128256)] {
+                rows.extend(check_logprob(eng, &gemm, n, d, v)?);
+            }
+        }
+    }
     if wants("adamw") {
         for n in [1usize, 100_003] {
             rows.extend(check_adamw(eng, n)?);
@@ -576,6 +591,193 @@ fn check_scalar_head(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRo
             &eng.download(&dw_d)?,
             &dw,
             TOL_F32 * 10.0,
+            ms_b,
+        ),
+    ])
+}
+
+fn check_matmul(
+    eng: &CudaEngine,
+    gemm: &cuda::matmul::Gemm,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Result<Vec<CheckRow>> {
+    let mut g = Lcg(29 + (n * o) as u64);
+    let (x, w, dout) = (
+        g.bf16s(n * i, 1.0),
+        g.bf16s(o * i, 0.05),
+        g.bf16s(n * o, 1.0),
+    );
+    let mut y = vec![0.0; n * o];
+    cpu::matmul_forward(&mut y, &x, &w, n, i, o);
+    let (mut dx, mut dw) = (vec![0.0; n * i], vec![0.0; o * i]);
+    cpu::matmul_backward(Some(&mut dx), &mut dw, &dout, &x, &w, n, i, o);
+    let (x_d, w_d, dout_d) = (
+        eng.upload(&to_bf16(&x))?,
+        eng.upload(&to_bf16(&w))?,
+        eng.upload(&to_bf16(&dout))?,
+    );
+    let mut y_d = eng.zeros::<bf16>(n * o)?;
+    let (mut dx_d, mut dw_d) = (eng.zeros::<bf16>(n * i)?, eng.zeros::<f32>(o * i)?);
+    let shape = format!("N={n} I={i} O={o}");
+    let ms_f = timed(eng, "matmul_forward", || {
+        cuda::matmul::matmul_forward(eng, gemm, &mut y_d, &x_d, &w_d, n, i, o)
+    })?;
+    let ms_b = timed(eng, "matmul_backward", || {
+        eng.stream
+            .memset_zeros(&mut dw_d)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        cuda::matmul::matmul_backward(
+            eng,
+            gemm,
+            Some(&mut dx_d),
+            &mut dw_d,
+            &dout_d,
+            &x_d,
+            &w_d,
+            n,
+            i,
+            o,
+        )
+    })?;
+    Ok(vec![
+        compare(
+            "matmul_forward",
+            &shape,
+            &down_bf16(eng, &y_d)?,
+            &y,
+            TOL_BF16,
+            ms_f,
+        ),
+        compare(
+            "matmul_backward dx",
+            &shape,
+            &down_bf16(eng, &dx_d)?,
+            &dx,
+            TOL_BF16,
+            ms_b,
+        ),
+        compare(
+            "matmul_backward dw",
+            &shape,
+            &eng.download(&dw_d)?,
+            &dw,
+            TOL_F32 * 10.0,
+            ms_b,
+        ),
+    ])
+}
+
+fn check_logprob(
+    eng: &CudaEngine,
+    gemm: &cuda::matmul::Gemm,
+    n: usize,
+    d: usize,
+    v: usize,
+) -> Result<Vec<CheckRow>> {
+    let mut g = Lcg(31 + (n * v) as u64);
+    let (h, w) = (g.bf16s(n * d, 1.0), g.bf16s(v * d, 0.1));
+    let targets: Vec<u32> = (0..n).map(|t| ((t * 104_729) % v) as u32).collect();
+    let (dlogp, dent) = (g.bf16s(n, 1.0), g.bf16s(n, 0.5));
+    let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    cpu::logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d);
+    let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
+    cpu::logprob_backward(
+        &mut dh,
+        &mut dw,
+        &dlogp,
+        Some(&dent),
+        &h,
+        &w,
+        &targets,
+        &lse,
+        &ent,
+        d,
+    );
+
+    let (h_d, w_d, t_d) = (
+        eng.upload(&to_bf16(&h))?,
+        eng.upload(&to_bf16(&w))?,
+        eng.upload(&targets)?,
+    );
+    let (dlogp_d, dent_d) = (eng.upload(&dlogp)?, eng.upload(&dent)?);
+    let mut scratch = cuda::logprob::LogprobScratch::new(eng, n)?;
+    let (mut lp_d, mut ent_d, mut lse_d) = (
+        eng.zeros::<f32>(n)?,
+        eng.zeros::<f32>(n)?,
+        eng.zeros::<f32>(n)?,
+    );
+    let (mut dh_d, mut dw_d) = (eng.zeros::<f32>(n * d)?, eng.zeros::<f32>(v * d)?);
+    let shape = format!("N={n} D={d} V={v}");
+    let ms_f = timed(eng, "logprob_forward", || {
+        cuda::logprob::logprob_forward(
+            eng,
+            gemm,
+            &mut scratch,
+            &mut lp_d,
+            &mut ent_d,
+            &mut lse_d,
+            &h_d,
+            &w_d,
+            &t_d,
+            d,
+        )
+    })?;
+    let ms_b = timed(eng, "logprob_backward", || {
+        eng.stream
+            .memset_zeros(&mut dh_d)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.stream
+            .memset_zeros(&mut dw_d)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        cuda::logprob::logprob_backward(
+            eng,
+            gemm,
+            &mut scratch,
+            &mut dh_d,
+            &mut dw_d,
+            &dlogp_d,
+            Some(&dent_d),
+            &h_d,
+            &w_d,
+            &t_d,
+            &lse_d,
+            &ent_d,
+            d,
+        )
+    })?;
+    Ok(vec![
+        compare(
+            "logprob_forward logp",
+            &shape,
+            &eng.download(&lp_d)?,
+            &lp,
+            TOL_F32 * 10.0,
+            ms_f,
+        ),
+        compare(
+            "logprob_forward entropy",
+            &shape,
+            &eng.download(&ent_d)?,
+            &ent,
+            TOL_F32 * 10.0,
+            ms_f,
+        ),
+        compare(
+            "logprob_backward dh",
+            &shape,
+            &eng.download(&dh_d)?,
+            &dh,
+            TOL_BF16,
+            ms_b,
+        ),
+        compare(
+            "logprob_backward dw",
+            &shape,
+            &eng.download(&dw_d)?,
+            &dw,
+            TOL_BF16,
             ms_b,
         ),
     ])

@@ -6,6 +6,8 @@ pub mod adamw;
 pub mod attention;
 pub mod device;
 pub mod embedding;
+pub mod logprob;
+pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
 pub mod scalar_head;
