@@ -65,6 +65,14 @@ enum Command {
     },
     /// Print the version, the compiled kernels and whether a GPU is usable.
     Info,
+    /// Time the kernels at the shapes of DESIGN.md's targets (kernels), or a training step (train).
+    Bench {
+        /// kernels or train
+        what: String,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Check every CUDA op against the CPU oracle on several shapes; exits non-zero on a failure.
     Check {
         /// Only ops whose name contains this.
@@ -124,6 +132,7 @@ fn run(command: Command) -> Result<()> {
             data,
             batch_size,
         } => cmd::train::run_eval_rm(&model, &data, batch_size),
+        Command::Bench { what, json } => cmd::bench::run_bench(&what, json.as_deref()),
         Command::Check { op } => cmd::check::run_check(op.as_deref()),
         Command::Info => {
             cmd::info::run_info();

@@ -1,5 +1,6 @@
 //! The commands behind the CLI, one file each. `main.rs` only parses arguments.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod info;

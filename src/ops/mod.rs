@@ -1,5 +1,6 @@
 //! The op set the model is written over: `cpu` is the f32 oracle, `cuda` the engine.
 
+pub mod bench;
 pub mod check;
 pub mod cpu;
 pub mod cuda;

@@ -92,6 +92,27 @@ impl CudaEngine {
             .map_err(|e| anyhow!("copying {} values from the GPU: {e:?}", dev.len()))
     }
 
+    /// Mean milliseconds of `run` over `iters` calls, timed with CUDA events after one warm-up call.
+    pub fn time_ms(&self, iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+        run()?;
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .stream
+            .record_event(timing)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        for _ in 0..iters {
+            run()?;
+        }
+        let end = self
+            .stream
+            .record_event(timing)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| anyhow!("timing: {e:?}"))?;
+        Ok(ms as f64 / iters.max(1) as f64)
+    }
+
     pub fn synchronize(&self, op: &str) -> Result<()> {
         self.stream
             .synchronize()
