@@ -193,6 +193,10 @@ fn bad_lines_name_file_and_line() {
         };
         let (pairs, report) = load_preferences(&path, &enc, &skip).unwrap();
         assert_eq!((pairs.len(), report.bad_lines), (2, 1), "{bad}");
+        assert!(
+            report.to_string().contains("skipped")
+                && report.first_bad[0].contains("prefs.jsonl:3:")
+        );
     }
 }
 

@@ -72,6 +72,8 @@ impl Default for DataOptions {
 pub struct LoadReport {
     pub pairs: usize,
     pub bad_lines: usize,
+    /// `file:line: problem` of the first few bad lines, so a skipped line can still be found.
+    pub first_bad: Vec<String>,
     pub dropped_too_long: usize,
     pub truncated: usize,
 }
@@ -82,7 +84,11 @@ impl std::fmt::Display for LoadReport {
             f,
             "{} pairs ({} bad lines skipped, {} too long dropped, {} truncated)",
             self.pairs, self.bad_lines, self.dropped_too_long, self.truncated
-        )
+        )?;
+        for bad in &self.first_bad {
+            write!(f, "\n  skipped {bad}")?;
+        }
+        Ok(())
     }
 }
 
@@ -136,7 +142,11 @@ pub fn load_preferences(
             Ok(p) => p,
             Err(e) if opts.skip_bad => {
                 report.bad_lines += 1;
-                let _ = e;
+                if report.first_bad.len() < 3 {
+                    report
+                        .first_bad
+                        .push(format!("{}:{line_no}: {e:#}", path.display()));
+                }
                 continue;
             }
             Err(e) => bail!("{}:{line_no}: {e:#}", path.display()),
