@@ -74,7 +74,7 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     let mut w = std::io::BufWriter::new(file);
     for chunk in seqs.chunks(BATCH) {
         let batch = Batch::right_padded(chunk, pad);
-        let fwd = model.forward(&batch);
+        let fwd = model.forward(&batch)?;
         for (b, s) in chunk.iter().enumerate() {
             let row = b * batch.seq;
             let mut line = serde_json::Map::new();

@@ -31,12 +31,12 @@ impl DpoObjective {
         model: &Llama,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut [f32])>,
-    ) -> PairStats {
+        grad: Option<(f32, &mut Vec<f32>)>,
+    ) -> Result<PairStats> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
         let (b, rows, t) = (pb.pairs, 2 * pb.pairs, pb.batch.seq);
-        let fwd = model.forward_heads(&pb.batch, Heads::LOGP);
+        let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
         let seq = sequence_logprobs(&fwd.logp, &pb.response_mask, rows, t, self.reduction());
         let (ref_c, ref_r): (Vec<f32>, Vec<f32>) = match split.reference {
             Some(r) => idx.iter().map(|&i| r[i]).unzip(),
@@ -62,16 +62,15 @@ impl DpoObjective {
                 sequence_logprobs_backward(&dseq, &pb.response_mask, rows, t, self.reduction());
             model.backward(
                 &fwd,
-                &pb.batch,
                 &HeadGrads {
-                    logp: &dlogp,
+                    logp: Some(&dlogp),
                     ..Default::default()
                 },
                 grads,
-            );
+            )?;
         }
         let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
-        PairStats {
+        Ok(PairStats {
             pairs: b,
             tokens: pb.real_tokens(),
             loss_sum: sum(&out.losses),
@@ -79,7 +78,7 @@ impl DpoObjective {
             margin_sum: sum(&out.reward_margins),
             chosen_reward_sum: sum(&out.chosen_rewards),
             rejected_reward_sum: sum(&out.rejected_rewards),
-        }
+        })
     }
 
     /// Sequence log-probs (chosen, rejected) of every pair under `model`, which is the frozen
@@ -89,12 +88,12 @@ impl DpoObjective {
         model: &Llama,
         pairs: &[PreferencePair],
         batch_size: usize,
-    ) -> Vec<(f32, f32)> {
+    ) -> Result<Vec<(f32, f32)>> {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(batch_size.max(1)) {
             let refs: Vec<_> = chunk.iter().collect();
             let pb = PairBatch::new(&refs, model.cfg.pad_token_id.unwrap_or(0));
-            let fwd = model.forward_heads(&pb.batch, Heads::LOGP);
+            let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
             let seq = sequence_logprobs(
                 &fwd.logp,
                 &pb.response_mask,
@@ -104,7 +103,7 @@ impl DpoObjective {
             );
             out.extend((0..pb.pairs).map(|i| (seq[i], seq[pb.pairs + i])));
         }
-        out
+        Ok(out)
     }
 
     /// The reference log-probs of `pairs`, from the cache when this model and data were seen
@@ -124,7 +123,7 @@ impl DpoObjective {
                 }
             }
         }
-        let values = self.reference_logprobs(model, pairs, batch_size);
+        let values = self.reference_logprobs(model, pairs, batch_size)?;
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating {}", cache_dir.display()))?;
         let tmp = path.with_extension("json.tmp");
@@ -142,11 +141,11 @@ impl Objective for DpoObjective {
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut [f32],
-    ) -> PairStats {
+        grads: &mut Vec<f32>,
+    ) -> Result<PairStats> {
         self.run(model, split, idx, Some((scale, grads)))
     }
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats {
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats> {
         self.run(model, split, idx, None)
     }
 }

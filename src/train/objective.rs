@@ -3,6 +3,7 @@
 
 use crate::data::preference::PreferencePair;
 use crate::model::Llama;
+use anyhow::Result;
 
 /// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.
 #[derive(Clone, Debug, Default)]
@@ -66,9 +67,9 @@ pub trait Objective {
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut [f32],
-    ) -> PairStats;
+        grads: &mut Vec<f32>,
+    ) -> Result<PairStats>;
 
     /// Loss and metrics of the pairs `idx`, without gradients.
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats;
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats>;
 }

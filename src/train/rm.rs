@@ -5,6 +5,7 @@ use super::objective::{Objective, PairStats, Split};
 use super::pair_batch::PairBatch;
 use crate::loss::reward_model_loss;
 use crate::model::{HeadGrads, Heads, Llama};
+use anyhow::Result;
 
 pub struct RewardObjective;
 
@@ -14,12 +15,12 @@ impl RewardObjective {
         model: &Llama,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut [f32])>,
-    ) -> PairStats {
+        grad: Option<(f32, &mut Vec<f32>)>,
+    ) -> Result<PairStats> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
         let b = pb.pairs;
-        let fwd = model.forward_heads(&pb.batch, Heads::VALUE);
+        let fwd = model.forward_heads(&pb.batch, Heads::VALUE)?;
         let chosen: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(i)]).collect();
         let rejected: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(b + i)]).collect();
         let margins: Option<Vec<f32>> = pairs
@@ -35,15 +36,14 @@ impl RewardObjective {
             }
             model.backward(
                 &fwd,
-                &pb.batch,
                 &HeadGrads {
-                    value: &dvalue,
+                    value: Some(&dvalue),
                     ..Default::default()
                 },
                 grads,
-            );
+            )?;
         }
-        PairStats {
+        Ok(PairStats {
             pairs: b,
             tokens: pb.real_tokens(),
             loss_sum: out.loss as f64 * b as f64,
@@ -51,7 +51,7 @@ impl RewardObjective {
             margin_sum: out.margins.iter().map(|&m| m as f64).sum(),
             chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
             rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),
-        }
+        })
     }
 }
 
@@ -62,11 +62,11 @@ impl Objective for RewardObjective {
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut [f32],
-    ) -> PairStats {
+        grads: &mut Vec<f32>,
+    ) -> Result<PairStats> {
         self.run(model, split, idx, Some((scale, grads)))
     }
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> PairStats {
+    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats> {
         self.run(model, split, idx, None)
     }
 }

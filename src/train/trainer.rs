@@ -193,7 +193,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             let mut stats = PairStats::default();
             let idx: Vec<usize> = (0..split.pairs.len()).collect();
             for chunk in idx.chunks(opts.batch_size) {
-                stats.add(&objective.evaluate(model, split, chunk));
+                stats.add(&objective.evaluate(model, split, chunk)?);
             }
             log.write(
                 &json!({"step": step, "eval_loss": stats.loss(), "eval_accuracy": stats.accuracy(),
@@ -253,7 +253,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             }
             let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
             let scale = 1.0 / opts.grad_accum as f32;
-            stats.add(&objective.accumulate(&model, &train_split, idx, scale, &mut grads));
+            stats.add(&objective.accumulate(&model, &train_split, idx, scale, &mut grads)?);
         }
         if !stats.loss().is_finite() {
             bail!(
@@ -379,7 +379,7 @@ pub fn evaluate_reward_model(
     let mut stats = PairStats::default();
     let idx: Vec<usize> = (0..pairs.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
-        stats.add(&RewardObjective.evaluate(&model, &split, chunk));
+        stats.add(&RewardObjective.evaluate(&model, &split, chunk)?);
     }
     Ok(stats)
 }

@@ -1,0 +1,463 @@
+//! The op set the Llama forward and backward are written over (DESIGN.md, principle 1), and its
+//! CPU implementation. The CUDA implementation is src/ops/cuda/backend.rs.
+//!
+//! Two kinds of buffer keep the precision plan visible in the model code:
+//! - `Act`: activations, and gradients that only feed matmuls (bf16 on CUDA, f32 on the CPU);
+//! - `Acc`: f32 on both: statistics (rstd, lse), head outputs, the residual stream's gradient,
+//!   gradients that several matmuls add into, and the parameter gradients.
+//!
+//! Parameters are one flat buffer (`Params`) and parameter gradients one flat `Acc`; ops take a
+//! tensor's `Range` in the layout. Ops that write a gradient say whether they overwrite it or
+//! add to it (`+=`); the CPU oracle's functions always add, so the CPU backend zeroes first where
+//! the contract says "written".
+
+use super::batch::Batch;
+use super::config::LlamaConfig;
+use crate::ops::cpu::{self, AttentionShape, RopeTables};
+use anyhow::Result;
+use std::ops::Range;
+
+pub trait Backend {
+    type Act;
+    type Acc;
+    type Params;
+    /// A batch's token ids, next-token targets, key mask and rotary positions, where ops read them.
+    type Inputs;
+
+    fn act(&self, n: usize) -> Result<Self::Act>;
+    /// A zeroed accumulator.
+    fn acc(&self, n: usize) -> Result<Self::Acc>;
+    fn zero(&self, x: &mut Self::Acc) -> Result<()>;
+    fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<Self::Inputs>;
+
+    /// out[N,D] = table[ids]
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Act,
+        inp: &Self::Inputs,
+        p: &Self::Params,
+        table: &Range<usize>,
+        d: usize,
+    ) -> Result<()>;
+    /// grads[table] += Σ_n onehot(ids[n]) ⊗ dout[n]
+    fn embedding_backward(
+        &self,
+        grads: &mut Self::Acc,
+        table: &Range<usize>,
+        dout: &Self::Acc,
+        inp: &Self::Inputs,
+        d: usize,
+    ) -> Result<()>;
+    /// out[N,D] = x·rstd·w, rstd[N] kept
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Act,
+        rstd: &mut Self::Acc,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        eps: f32,
+    ) -> Result<()>;
+    /// dx += …, grads[w] += …
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dout: &Self::Acc,
+        x: &Self::Act,
+        p: &Self::Params,
+        rstd: &Self::Acc,
+    ) -> Result<()>;
+    /// out[N,O] = x[N,I]·Wᵀ (written)
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()>;
+    /// dx[N,I] = dout·W (written, `Act`), grads[w] += doutᵀ·x
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &self,
+        dx: &mut Self::Act,
+        grads: &mut Self::Acc,
+        dout: &Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()>;
+    /// dx[N,I] += dout·W (`Acc`, for inputs several matmuls read), grads[w] += doutᵀ·x
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward_add(
+        &self,
+        dx: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        dout: &Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()>;
+    /// In place on x[N, heads, hd]; the backward rotates back.
+    fn rope_forward(&self, x: &mut Self::Act, inp: &Self::Inputs, heads: usize) -> Result<()>;
+    fn rope_backward(&self, dx: &mut Self::Act, inp: &Self::Inputs, heads: usize) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: &mut Self::Act,
+        lse: &mut Self::Acc,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        inp: &Self::Inputs,
+        s: AttentionShape,
+    ) -> Result<()>;
+    /// dq, dk, dv written.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Act,
+        dk: &mut Self::Act,
+        dv: &mut Self::Act,
+        dout: &Self::Act,
+        fwd: [&Self::Act; 4], // q, k, v, out
+        lse: &Self::Acc,
+        inp: &Self::Inputs,
+        s: AttentionShape,
+    ) -> Result<()>;
+    /// out = a + b
+    fn residual_forward(&self, out: &mut Self::Act, a: &Self::Act, b: &Self::Act) -> Result<()>;
+    fn swiglu_forward(&self, out: &mut Self::Act, gate: &Self::Act, up: &Self::Act) -> Result<()>;
+    /// dgate, dup written.
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Act,
+        dup: &mut Self::Act,
+        dout: &Self::Act,
+        gate: &Self::Act,
+        up: &Self::Act,
+    ) -> Result<()>;
+    /// logp, entropy, lse [N] from h[N,D] and the LM head.
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_forward(
+        &self,
+        logp: &mut Self::Acc,
+        entropy: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        inp: &Self::Inputs,
+        d: usize,
+    ) -> Result<()>;
+    /// dh += …, grads[w] += …
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_backward(
+        &self,
+        dh: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dlogp: &Self::Acc,
+        dentropy: Option<&Self::Acc>,
+        h: &Self::Act,
+        p: &Self::Params,
+        inp: &Self::Inputs,
+        stats: [&Self::Acc; 2], // lse, entropy
+        d: usize,
+    ) -> Result<()>;
+    fn scalar_head_forward(
+        &self,
+        value: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+    ) -> Result<()>;
+    /// dh += dvalue ⊗ w, grads[w] += Σ dvalue·h
+    #[allow(clippy::too_many_arguments)]
+    fn scalar_head_backward(
+        &self,
+        dh: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dvalue: &Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+    ) -> Result<()>;
+    /// out = x, in the activation precision (the residual gradient on its way into a matmul).
+    fn cast_to_act(&self, out: &mut Self::Act, x: &Self::Acc) -> Result<()>;
+}
+
+/// The CPU oracle as a backend: f32 everywhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// What the CPU ops read of a batch.
+pub struct CpuInputs {
+    pub ids: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub mask: Vec<bool>,
+    pub rope: RopeTables,
+}
+
+impl Backend for Cpu {
+    type Act = Vec<f32>;
+    type Acc = Vec<f32>;
+    type Params = Vec<f32>;
+    type Inputs = CpuInputs;
+
+    fn act(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn acc(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn zero(&self, x: &mut Vec<f32>) -> Result<()> {
+        x.fill(0.0);
+        Ok(())
+    }
+    fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CpuInputs> {
+        Ok(CpuInputs {
+            ids: batch.ids.clone(),
+            targets: targets.to_vec(),
+            mask: batch.mask.clone(),
+            rope: RopeTables::new(cfg, &batch.positions),
+        })
+    }
+    fn embedding_forward(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &CpuInputs,
+        p: &Vec<f32>,
+        table: &Range<usize>,
+        d: usize,
+    ) -> Result<()> {
+        cpu::embedding_forward(out, &inp.ids, &p[table.clone()], d);
+        Ok(())
+    }
+    fn embedding_backward(
+        &self,
+        grads: &mut Vec<f32>,
+        table: &Range<usize>,
+        dout: &Vec<f32>,
+        inp: &CpuInputs,
+        d: usize,
+    ) -> Result<()> {
+        cpu::embedding_backward(&mut grads[table.clone()], dout, &inp.ids, d);
+        Ok(())
+    }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        eps: f32,
+    ) -> Result<()> {
+        cpu::rmsnorm_forward(out, rstd, x, &p[w.clone()], eps);
+        Ok(())
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        w: &Range<usize>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        rstd: &Vec<f32>,
+    ) -> Result<()> {
+        cpu::rmsnorm_backward(dx, &mut grads[w.clone()], dout, x, &p[w.clone()], rstd);
+        Ok(())
+    }
+    fn matmul_forward(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        cpu::matmul_forward(out, x, &p[w.clone()], n, i, o);
+        Ok(())
+    }
+    fn matmul_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        dx.fill(0.0);
+        self.matmul_backward_add(dx, grads, dout, x, p, w, n, i, o)
+    }
+    fn matmul_backward_add(
+        &self,
+        dx: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        cpu::matmul_backward(
+            Some(dx),
+            &mut grads[w.clone()],
+            dout,
+            x,
+            &p[w.clone()],
+            n,
+            i,
+            o,
+        );
+        Ok(())
+    }
+    fn rope_forward(&self, x: &mut Vec<f32>, inp: &CpuInputs, heads: usize) -> Result<()> {
+        cpu::rope_forward(x, &inp.rope, heads);
+        Ok(())
+    }
+    fn rope_backward(&self, dx: &mut Vec<f32>, inp: &CpuInputs, heads: usize) -> Result<()> {
+        cpu::rope_backward(dx, &inp.rope, heads);
+        Ok(())
+    }
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        inp: &CpuInputs,
+        s: AttentionShape,
+    ) -> Result<()> {
+        cpu::attention_forward(out, lse, q, k, v, &inp.mask, s);
+        Ok(())
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        [q, k, v, out]: [&Vec<f32>; 4],
+        lse: &Vec<f32>,
+        inp: &CpuInputs,
+        s: AttentionShape,
+    ) -> Result<()> {
+        dq.fill(0.0);
+        dk.fill(0.0);
+        dv.fill(0.0);
+        cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, &inp.mask, s);
+        Ok(())
+    }
+    fn residual_forward(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<()> {
+        cpu::residual_forward(out, a, b);
+        Ok(())
+    }
+    fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
+        cpu::swiglu_forward(out, gate, up);
+        Ok(())
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) -> Result<()> {
+        dgate.fill(0.0);
+        dup.fill(0.0);
+        cpu::swiglu_backward(dgate, dup, dout, gate, up);
+        Ok(())
+    }
+    fn logprob_forward(
+        &self,
+        logp: &mut Vec<f32>,
+        entropy: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        h: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        inp: &CpuInputs,
+        d: usize,
+    ) -> Result<()> {
+        cpu::logprob_forward(logp, entropy, lse, h, &p[w.clone()], &inp.targets, d);
+        Ok(())
+    }
+    fn logprob_backward(
+        &self,
+        dh: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        w: &Range<usize>,
+        dlogp: &Vec<f32>,
+        dentropy: Option<&Vec<f32>>,
+        h: &Vec<f32>,
+        p: &Vec<f32>,
+        inp: &CpuInputs,
+        [lse, entropy]: [&Vec<f32>; 2],
+        d: usize,
+    ) -> Result<()> {
+        let dent = dentropy.map(|v| v.as_slice());
+        cpu::logprob_backward(
+            dh,
+            &mut grads[w.clone()],
+            dlogp,
+            dent,
+            h,
+            &p[w.clone()],
+            &inp.targets,
+            lse,
+            entropy,
+            d,
+        );
+        Ok(())
+    }
+    fn scalar_head_forward(
+        &self,
+        value: &mut Vec<f32>,
+        h: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+    ) -> Result<()> {
+        cpu::scalar_head_forward(value, h, &p[w.clone()]);
+        Ok(())
+    }
+    fn scalar_head_backward(
+        &self,
+        dh: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+        w: &Range<usize>,
+        dvalue: &Vec<f32>,
+        h: &Vec<f32>,
+        p: &Vec<f32>,
+    ) -> Result<()> {
+        cpu::scalar_head_backward(dh, &mut grads[w.clone()], dvalue, h, &p[w.clone()]);
+        Ok(())
+    }
+    fn cast_to_act(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        out.copy_from_slice(x);
+        Ok(())
+    }
+}
