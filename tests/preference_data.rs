@@ -45,13 +45,14 @@ fn three_shapes_give_the_same_pair() {
         ids(&[bytes("No"), vec![257]].concat())
     );
     let lines = format!(
-        "{}\n{}\n{pretokenised}\n",
+        "{}\n{}\n{pretokenised}\n{}\n",
         r#"{"prompt": "Hi", "chosen": "Yes", "rejected": "No", "margin": 2}"#,
         r#"{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}], "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]}"#,
+        r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Yes"}], "rejected": [{"role": "assistant", "content": "No"}]}"#,
     );
     let (_d, path) = write(&lines);
     let (pairs, report) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
-    assert_eq!(report.pairs, 3);
+    assert_eq!(report.pairs, 4);
     for p in &pairs {
         assert_eq!(p.prompt, prompt);
         assert_eq!(p.chosen, [bytes("Yes"), vec![257]].concat());
@@ -212,14 +213,11 @@ fn trainer_refuses_a_tokenizer_that_does_not_fit_the_model() {
         init_std: None,
     };
     prefer::cmd::init::run_init("tiny", &base, &opts).unwrap();
-    // Shrink the model's vocabulary below the tokenizer's 259 ids.
-    let cfg_path = base.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["vocab_size"] = 200.into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let mut c = LlamaConfig::from_hf_json(&cfg_path).unwrap();
+    // A model whose vocabulary (200) is smaller than the tokenizer's 259 ids; its own special ids
+    // fit its vocabulary, so only the tokenizer is wrong.
+    let mut c = LlamaConfig::preset("tiny").unwrap();
     c.vocab_size = 200;
+    (c.bos_token_id, c.eos_token_id, c.pad_token_id) = (Some(1), Some(2), Some(3));
     let layout = prefer::model::ParamLayout::new(&c);
     prefer::model::weights::save_checkpoint(
         &base,

@@ -125,6 +125,7 @@ fn resumed_run_ends_bitwise_identical() {
         a.batch_size = Some(16);
         a.epochs = Some(3);
         a.save_every = Some(2);
+        a.eval_every = Some(1);
         a.stop_after = stop_after;
         if resume {
             a = TrainArgs {
@@ -154,6 +155,9 @@ fn resumed_run_ends_bitwise_identical() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["loss"], y["loss"]);
     }
+    // So were the held-out evaluations: one row per step, none lost at the checkpoint.
+    let evals = |out: &str| std::fs::read_to_string(s.root.join(out).join("eval.jsonl")).unwrap();
+    assert_eq!(evals("straight"), evals("resumed"));
 }
 
 #[test]

@@ -82,7 +82,8 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
                 line.insert("logprobs".into(), fwd.logp[row..row + s.len() - 1].into());
             }
             if !fwd.value.is_empty() {
-                line.insert("reward".into(), fwd.value[row + s.len() - 1].into());
+                let at = batch.reward_position(b, s.len(), model.cfg.pad_token_id);
+                line.insert("reward".into(), fwd.value[at].into());
             }
             writeln!(w, "{}", serde_json::Value::Object(line))?;
         }

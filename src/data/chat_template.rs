@@ -23,8 +23,17 @@ pub enum ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The template of the model in `dir`: `tokenizer_config.json`'s `chat_template` (a string,
-    /// or a list whose "default" entry is used), else Tulu.
+    /// The token that ends an assistant turn, as the tokenizer names it (`eos_token`): Llama 3
+    /// Instruct's `<|eot_id|>`, not config.json's first eos id.
+    pub fn eos_token(&self) -> &str {
+        match self {
+            ChatTemplate::Jinja { eos_token, .. } | ChatTemplate::Tulu { eos_token } => eos_token,
+        }
+    }
+
+    /// The template of the model in `dir`: `chat_template.jinja` (where transformers 5 saves it),
+    /// else `tokenizer_config.json`'s `chat_template` (a string, or a list whose "default" entry
+    /// is used), else Tulu.
     pub fn for_model(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&path) {
@@ -42,7 +51,8 @@ impl ChatTemplate {
             _ => default.to_string(),
         };
         let eos_token = token("eos_token", "</s>");
-        let source = match &cfg["chat_template"] {
+        let jinja_file = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        let source = jinja_file.or_else(|| match &cfg["chat_template"] {
             serde_json::Value::String(s) => Some(s.clone()),
             serde_json::Value::Array(list) => list
                 .iter()
@@ -50,7 +60,7 @@ impl ChatTemplate {
                 .and_then(|t| t["template"].as_str())
                 .map(str::to_string),
             _ => None,
-        };
+        });
         Ok(match source {
             Some(source) => ChatTemplate::Jinja {
                 source,
@@ -83,7 +93,11 @@ impl ChatTemplate {
                 bos_token,
                 eos_token,
             } => {
+                // transformers renders with trim_blocks, lstrip_blocks and loop controls; without
+                // them the same template yields different whitespace, so different tokens.
                 let mut env = minijinja::Environment::new();
+                env.set_trim_blocks(true);
+                env.set_lstrip_blocks(true);
                 minijinja_contrib::add_to_environment(&mut env);
                 env.set_unknown_method_callback(
                     minijinja_contrib::pycompat::unknown_method_callback,

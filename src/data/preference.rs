@@ -2,6 +2,7 @@
 //!   {"prompt": str, "chosen": str, "rejected": str}            (the prompt is one user turn)
 //!   {"chosen": [messages], "rejected": [messages]}            (UltraFeedback-binarized; the prompt
 //!                                                              is the messages both share)
+//!   {"prompt": [messages], "chosen": [reply], "rejected": [reply]}  (TRL's explicit prompt)
 //!   {"prompt_ids": [..], "chosen_ids": [..], "rejected_ids": [..]}   (pre-tokenised)
 //! Any shape may carry "margin": a number for the reward model's margin loss.
 //! Responses are the model's reply plus EOS; the loss covers response tokens only.
@@ -112,10 +113,15 @@ impl Encoder<'_> {
         Ok(ids)
     }
 
-    /// A reply: its text's ids, then EOS.
+    /// A reply: its text's ids, then the tokenizer's end-of-turn token (config.json's eos id
+    /// where the tokenizer does not know it).
     pub fn response_ids(&self, content: &str) -> Result<Vec<u32>> {
         let mut ids = self.tokenizer.encode(content, false)?;
-        ids.extend(self.cfg.eos_token_id);
+        ids.extend(
+            self.tokenizer
+                .token_id(self.template.eos_token())
+                .or(self.cfg.eos_token_id),
+        );
         Ok(ids)
     }
 }
@@ -132,12 +138,11 @@ pub fn load_preferences(
     let mut report = LoadReport::default();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
-        let line =
-            line.with_context(|| format!("{}:{line_no}: unreadable line", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = parse_pair(&line, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size));
+        let parsed = match &line {
+            Ok(l) if l.trim().is_empty() => continue,
+            Ok(l) => parse_pair(l, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size)),
+            Err(e) => Err(anyhow!("unreadable line (not UTF-8?): {e}")),
+        };
         let mut pair = match parsed {
             Ok(p) => p,
             Err(e) if opts.skip_bad => {
@@ -159,7 +164,7 @@ pub fn load_preferences(
                     continue;
                 }
                 Overflow::Truncate => {
-                    truncate(&mut pair, opts);
+                    truncate(&mut pair, opts, enc.cfg.bos_token_id);
                     report.truncated += 1;
                 }
             }
@@ -170,11 +175,13 @@ pub fn load_preferences(
     Ok((pairs, report))
 }
 
-fn truncate(pair: &mut PreferencePair, opts: &DataOptions) {
+fn truncate(pair: &mut PreferencePair, opts: &DataOptions, bos: Option<u32>) {
     if pair.prompt.len() > opts.max_prompt_len {
         // Keep the prompt's end: the turn being answered. BOS, if any, stays first.
         let cut = pair.prompt.len() - opts.max_prompt_len;
-        let keep_first = usize::from(opts.max_prompt_len > 0);
+        let keep_first = usize::from(
+            opts.max_prompt_len > 0 && bos.is_some() && pair.prompt.first() == bos.as_ref(),
+        );
         pair.prompt.drain(keep_first..keep_first + cut);
     }
     let room = opts.max_len.saturating_sub(pair.prompt.len()).max(1);
@@ -232,6 +239,19 @@ fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
                 let r: Vec<Message> = serde_json::from_value(rejected.clone()).map_err(|e| {
                     anyhow!("\"rejected\" is not a list of {{role, content}} messages: {e}")
                 })?;
+                // TRL's explicit-prompt shape: {"prompt": [messages], "chosen": [reply], ...}.
+                let (c, r) = match obj.get("prompt") {
+                    Some(Value::Array(_)) => {
+                        let p: Vec<Message> = serde_json::from_value(obj["prompt"].clone())
+                            .map_err(|e| {
+                                anyhow!(
+                                    "\"prompt\" is not a list of {{role, content}} messages: {e}"
+                                )
+                            })?;
+                        ([p.clone(), c].concat(), [p, r].concat())
+                    }
+                    _ => (c, r),
+                };
                 let shared = c.iter().zip(&r).take_while(|(a, b)| a == b).count();
                 let reply = |msgs: &[Message], which: &str| -> Result<String> {
                     match &msgs[shared..] {

@@ -43,6 +43,20 @@ impl Batch {
         b
     }
 
+    /// Where a sequence classifier reads row `row` (whose real tokens are the first `len`), by
+    /// transformers' rule: the last token that is not `pad_token_id`. That is the last real token,
+    /// unless the sequence ends in tokens equal to the pad id (pad = eos, a common choice), which
+    /// transformers skips too. Position 0 when every token is a pad, as transformers' argmax gives.
+    pub fn reward_position(&self, row: usize, len: usize, pad: Option<u32>) -> usize {
+        let start = row * self.seq;
+        let ids = &self.ids[start..start + len];
+        let last = match pad {
+            Some(pad) => ids.iter().rposition(|&id| id != pad).unwrap_or(0),
+            None => len.saturating_sub(1),
+        };
+        start + last
+    }
+
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
     }
@@ -53,7 +67,10 @@ impl Batch {
         let mut targets = vec![0; self.tokens()];
         for b in 0..self.batch {
             let row = b * self.seq;
-            targets[row..row + self.seq - 1].copy_from_slice(&self.ids[row + 1..row + self.seq]);
+            if self.seq > 0 {
+                targets[row..row + self.seq - 1]
+                    .copy_from_slice(&self.ids[row + 1..row + self.seq]);
+            }
         }
         targets
     }

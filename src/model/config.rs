@@ -136,6 +136,21 @@ impl LlamaConfig {
                 c.num_key_value_heads
             );
         }
+        if c.head_dim == 0 {
+            bail!("config: head_dim must be positive");
+        }
+        for (name, id) in [
+            ("bos_token_id", c.bos_token_id),
+            ("eos_token_id", c.eos_token_id),
+            ("pad_token_id", c.pad_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= c.vocab_size) {
+                bail!(
+                    "config: {name} {id} is outside the vocabulary of {}",
+                    c.vocab_size
+                );
+            }
+        }
         if !(c.initializer_range.is_finite() && c.initializer_range >= 0.0) {
             bail!("config: initializer_range must be a finite non-negative number");
         }
@@ -188,6 +203,19 @@ impl LlamaConfig {
                 }
             }
         };
+        if hf.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            bail!(
+                "{}: hidden_act {:?} is not supported (Llama uses silu)",
+                path.display(),
+                hf.hidden_act.unwrap_or_default()
+            );
+        }
+        if hf.attention_bias == Some(true) || hf.mlp_bias == Some(true) {
+            bail!(
+                "{}: attention_bias / mlp_bias are not supported (Llama has no biases)",
+                path.display()
+            );
+        }
         let scalar_head = hf
             .architectures
             .iter()
@@ -305,6 +333,9 @@ struct HfConfig {
     eos_token_id: Option<serde_json::Value>,
     pad_token_id: Option<serde_json::Value>,
     num_labels: Option<usize>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     id2label: Option<serde_json::Map<String, serde_json::Value>>,
     /// transformers 5 keeps rope_theta and the scaling together under this name.
     rope_parameters: Option<serde_json::Value>,

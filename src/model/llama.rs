@@ -125,8 +125,14 @@ impl Llama<Cpu> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// Rejects ids outside the vocabulary, so the ops below never see bad input.
+    /// Rejects empty batches and ids outside the vocabulary, so the ops below never see bad input.
     pub fn check_batch(&self, batch: &Batch) -> Result<()> {
+        ensure!(
+            batch.batch > 0 && batch.seq > 0,
+            "an empty batch ({} × {})",
+            batch.batch,
+            batch.seq
+        );
         if let Some(&id) = batch
             .ids
             .iter()

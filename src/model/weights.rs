@@ -28,8 +28,24 @@ impl SaveDtype {
     }
 }
 
+/// The folder to read a checkpoint from: `dir`, or the previous version a save had just moved
+/// aside (`dir.old`) when the process died between the two renames of a save.
+pub fn resolve_checkpoint_dir(dir: &Path) -> PathBuf {
+    let old = sibling(dir, "old");
+    if !dir.join("config.json").exists() && old.join("config.json").exists() {
+        eprintln!(
+            "{} is incomplete; reading the previous checkpoint {}",
+            dir.display(),
+            old.display()
+        );
+        return old;
+    }
+    dir.to_path_buf()
+}
+
 /// Reads `dir/config.json` and the weights beside it into a flat f32 parameter buffer.
 pub fn load_checkpoint(dir: &Path) -> Result<(LlamaConfig, Vec<f32>)> {
+    let dir = &resolve_checkpoint_dir(dir);
     let cfg = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
     let layout = ParamLayout::new(&cfg);
     let params = load_params(dir, &layout)?;
@@ -187,6 +203,11 @@ pub fn save_checkpoint(
     for (name, data) in extra_files {
         std::fs::write(tmp.join(name), data).with_context(|| format!("writing {name}"))?;
     }
+    // Everything on disk before the rename makes it visible, so a crash leaves whole files.
+    for entry in std::fs::read_dir(&tmp)? {
+        File::open(entry?.path())?.sync_all()?;
+    }
+    sync_dir(&tmp)?;
 
     // Swap the folders: the old one (if any) moves aside, the new one takes its name.
     let old = sibling(dir, "old");
@@ -197,10 +218,20 @@ pub fn save_checkpoint(
         std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// Flushes a folder's entries (the renames into it) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 fn encode(values: &[f32], dtype: SaveDtype) -> Vec<u8> {

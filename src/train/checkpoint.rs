@@ -54,6 +54,7 @@ pub fn load_training_checkpoint(
     dir: &Path,
     adam: &mut AdamW,
 ) -> Result<(LlamaConfig, Vec<f32>, TrainerState)> {
+    let dir = &crate::model::weights::resolve_checkpoint_dir(dir);
     let (cfg, params) = load_checkpoint(dir)?;
     let state_path = dir.join("trainer_state.json");
     let state: TrainerState = serde_json::from_slice(

@@ -177,7 +177,9 @@ fn cache_path(
     pairs: &[PreferencePair],
     reduction: SeqReduction,
 ) -> PathBuf {
+    // The model is its config (rope, norms, heads) as well as its weights.
     let mut m = Fnv::new();
+    m.bytes(model.cfg.to_hf_json("float32").to_string().as_bytes());
     m.bytes(bytemuck::cast_slice(&model.params));
     let mut d = Fnv::new();
     d.bytes(format!("{reduction:?}").as_bytes());

@@ -246,8 +246,27 @@ impl TrainArgs {
         if !(0.0..1.0).contains(&opts.warmup_ratio) {
             bail!("--warmup-ratio must be in [0, 1)");
         }
-        if opts.dpo.beta <= 0.0 {
-            bail!("--beta must be positive");
+        if !(opts.dpo.beta > 0.0 && opts.dpo.beta.is_finite()) {
+            bail!("--beta must be a positive number");
+        }
+        if !(0.0..0.5).contains(&opts.dpo.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 0.5)");
+        }
+        for (flag, v) in [
+            ("--weight-decay", opts.weight_decay),
+            ("--max-grad-norm", opts.max_grad_norm),
+            ("--simpo-gamma", opts.dpo.simpo_gamma),
+        ] {
+            if !v.is_finite() {
+                bail!("{flag} must be a finite number");
+            }
+        }
+        if opts.data_opts.max_prompt_len >= opts.data_opts.max_len {
+            bail!(
+                "--max-prompt-len ({}) must be below --max-len ({}) to leave room for a response",
+                opts.data_opts.max_prompt_len,
+                opts.data_opts.max_len
+            );
         }
         Ok(opts)
     }

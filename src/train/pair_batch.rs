@@ -40,9 +40,9 @@ impl PairBatch {
         }
     }
 
-    /// The flat index of row `row`'s last real token.
-    pub fn last_token(&self, row: usize) -> usize {
-        row * self.batch.seq + self.lens[row] - 1
+    /// The flat index where a reward model reads row `row` (see `Batch::reward_position`).
+    pub fn reward_token(&self, row: usize, pad: Option<u32>) -> usize {
+        self.batch.reward_position(row, self.lens[row], pad)
     }
 
     pub fn real_tokens(&self) -> usize {

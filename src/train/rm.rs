@@ -18,11 +18,14 @@ impl RewardObjective {
         grad: Option<(f32, &mut Vec<f32>)>,
     ) -> Result<PairStats> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
-        let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
+        let pad = model.cfg.pad_token_id;
+        let pb = PairBatch::new(&pairs, pad.unwrap_or(0));
         let b = pb.pairs;
         let fwd = model.forward_heads(&pb.batch, Heads::VALUE)?;
-        let chosen: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(i)]).collect();
-        let rejected: Vec<f32> = (0..b).map(|i| fwd.value[pb.last_token(b + i)]).collect();
+        let chosen: Vec<f32> = (0..b).map(|i| fwd.value[pb.reward_token(i, pad)]).collect();
+        let rejected: Vec<f32> = (0..b)
+            .map(|i| fwd.value[pb.reward_token(b + i, pad)])
+            .collect();
         let margins: Option<Vec<f32>> = pairs
             .iter()
             .any(|p| p.margin.is_some())
@@ -31,8 +34,8 @@ impl RewardObjective {
         if let Some((scale, grads)) = grad {
             let mut dvalue = vec![0.0; pb.batch.tokens()];
             for i in 0..b {
-                dvalue[pb.last_token(i)] = scale * out.grad_chosen[i];
-                dvalue[pb.last_token(b + i)] = scale * out.grad_rejected[i];
+                dvalue[pb.reward_token(i, pad)] = scale * out.grad_chosen[i];
+                dvalue[pb.reward_token(b + i, pad)] = scale * out.grad_rejected[i];
             }
             model.backward(
                 &fwd,

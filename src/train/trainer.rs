@@ -15,7 +15,7 @@ use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::{load_preferences, Encoder, PreferencePair};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
-use crate::model::Llama;
+use crate::model::{Llama, LlamaConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -36,10 +36,12 @@ pub struct RunSummary {
 }
 
 /// Files of the starting model's folder that travel with every checkpoint.
-const TOKENIZER_FILES: [&str; 3] = [
+const TOKENIZER_FILES: [&str; 5] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
 ];
 
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
@@ -63,32 +65,9 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     }
 
     // The starting model: the policy's initial weights and, for DPO, the frozen reference.
-    let (mut cfg, init_params) = load_checkpoint(&opts.model)?;
-    if kind == TrainerKind::RewardModel && !cfg.scalar_head {
-        // A new scalar head, zero-initialised so every reward starts at 0 (loss ln 2).
-        cfg.scalar_head = true;
-    }
-    let layout = crate::model::ParamLayout::new(&cfg);
-    let start_params = if layout.len == init_params.len() {
-        init_params
-    } else {
-        // Lay the base model's tensors into the new layout; score.weight stays zero.
-        let base = Llama::new(
-            crate::model::LlamaConfig {
-                scalar_head: false,
-                ..cfg.clone()
-            },
-            init_params,
-        );
-        let mut p = vec![0.0; layout.len];
-        for slot in &base.layout.slots {
-            let dst = layout
-                .slot(&slot.name)
-                .expect("the new layout extends the old");
-            p[dst.range.clone()].copy_from_slice(&base.params[slot.range.clone()]);
-        }
-        p
-    };
+    let (base_cfg, base_params) = load_checkpoint(&opts.model)?;
+    let cfg = trained_config(&base_cfg, kind, &opts.model)?;
+    let start_params = relayout(&base_cfg, &base_params, &cfg);
     let tokenizer = TextTokenizer::load(&opts.model, &cfg)?;
     let template = ChatTemplate::for_model(&opts.model)?;
     let enc = Encoder {
@@ -160,12 +139,14 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         reference: ref_eval.as_deref(),
     });
 
+    // Exactly `epochs` passes over the data: the last optimiser step takes whatever micro-batches
+    // are left, fewer than grad_accum when they do not divide evenly.
     let batches_per_epoch = train.len().div_ceil(opts.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(opts.grad_accum);
+    let total_micro = opts.epochs * batches_per_epoch;
     let total_steps = opts
         .max_steps
         .unwrap_or(usize::MAX)
-        .min(opts.epochs * steps_per_epoch);
+        .min(total_micro.div_ceil(opts.grad_accum));
     let schedule = Schedule::new(opts.lr, opts.warmup_ratio, total_steps, opts.decay);
     let mut adam = AdamW::new(model.layout.len, opts.weight_decay);
     let mut start_step = 0;
@@ -184,7 +165,9 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     }
 
     let mut metrics = MetricsLog::open(&opts.out.join("metrics.jsonl"), start_step)?;
-    let mut eval_log = MetricsLog::open(&opts.out.join("eval.jsonl"), start_step)?;
+    // metrics.jsonl counts steps from 0 (the step being taken), eval.jsonl counts steps done: the
+    // eval row written just before the checkpoint at `start_step` is kept.
+    let mut eval_log = MetricsLog::open(&opts.out.join("eval.jsonl"), start_step + 1)?;
     let run_eval =
         |model: &Llama, step: usize, log: &mut MetricsLog| -> Result<Option<PairStats>> {
             let Some(split) = &eval_split else {
@@ -238,12 +221,14 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let mut grads = vec![0.0f32; model.layout.len];
     let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut stopped_early = false;
+    let mut steps = total_steps;
     for step in start_step..total_steps {
         let t0 = Instant::now();
         grads.fill(0.0);
         let mut stats = PairStats::default();
-        for micro in 0..opts.grad_accum {
-            let g = step * opts.grad_accum + micro;
+        let micro = step * opts.grad_accum..((step + 1) * opts.grad_accum).min(total_micro);
+        let scale = 1.0 / micro.len() as f32;
+        for g in micro {
             let epoch = g / batches_per_epoch;
             if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
                 epoch_cache = Some((
@@ -252,7 +237,6 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
                 ));
             }
             let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
-            let scale = 1.0 / opts.grad_accum as f32;
             stats.add(&objective.accumulate(&model, &train_split, idx, scale, &mut grads)?);
         }
         if !stats.loss().is_finite() {
@@ -294,16 +278,12 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
                 opts.out.display()
             ));
             stopped_early = true;
+            steps = done;
             break;
         }
     }
     bar.finish_and_clear();
 
-    let steps = if stopped_early {
-        opts.stop_after.unwrap_or(0)
-    } else {
-        total_steps
-    };
     let mut summary = RunSummary {
         steps,
         stopped_early,
@@ -348,6 +328,36 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         );
     }
     Ok(summary)
+}
+
+/// The architecture a trainer produces from its starting checkpoint: a reward model is a
+/// sequence classifier (a new scalar head, zero-initialised so every reward starts at 0 and the
+/// loss at ln 2), a DPO policy a causal LM (a reward model's score head is dropped).
+fn trained_config(base: &LlamaConfig, kind: TrainerKind, dir: &Path) -> Result<LlamaConfig> {
+    let mut cfg = base.clone();
+    match kind {
+        TrainerKind::RewardModel => cfg.scalar_head = true,
+        TrainerKind::Dpo => {
+            if !base.has_lm_head() {
+                bail!("{} has no LM head (it is a reward model with untied embeddings): DPO needs a causal LM", dir.display());
+            }
+            cfg.scalar_head = false;
+        }
+    }
+    Ok(cfg)
+}
+
+/// `params` of `from` laid into the layout of `to`, by tensor name: tensors only `to` has (a new
+/// score head) start at zero, tensors only `from` has (an LM head a reward model drops) are left.
+fn relayout(from: &LlamaConfig, params: &[f32], to: &LlamaConfig) -> Vec<f32> {
+    let (src, dst) = (ParamLayout::new(from), ParamLayout::new(to));
+    let mut out = vec![0.0; dst.len];
+    for slot in &dst.slots {
+        if let Some(s) = src.slot(&slot.name) {
+            out[slot.range.clone()].copy_from_slice(&params[s.range.clone()]);
+        }
+    }
+    out
 }
 
 /// Pairwise accuracy of a reward model on a preference file (the `eval-rm` command).

@@ -17,6 +17,7 @@ why; the rest still run. --smoke shrinks every workload and runs it on the CPU i
 that the script works, its numbers mean nothing.
 """
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -433,7 +434,6 @@ def attention(ctx, batch, heads, kv_heads, seq, head_dim, backend=None):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         pinned = sdpa_kernel(getattr(SDPBackend, backend))
     else:
-        import contextlib
         pinned = contextlib.nullcontext()
     # FLOP convention: causal forward = 4·B·H·T²·hd / 2 (QKᵀ and PV, half the score matrix);
     # forward+backward = 3.5 × forward (backward = 2.5 × forward: five matmuls against two,
