@@ -12,7 +12,7 @@ use super::rm::RewardObjective;
 use super::schedule::Schedule;
 use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
-use crate::data::preference::{load_preferences, Encoder, PreferencePair};
+use crate::data::preference::{load_preferences, DataOptions, Encoder, Overflow};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
 use crate::model::{Llama, LlamaConfig, ParamLayout};
@@ -380,7 +380,15 @@ pub fn evaluate_reward_model(
         template: &template,
         cfg: &cfg,
     };
-    let (pairs, _) = load_preferences(data, &enc, &Default::default())?;
+    // Evaluation keeps every pair: long ones are truncated, not dropped, and the report says so.
+    let opts = DataOptions {
+        max_prompt_len: usize::MAX / 2,
+        max_len: usize::MAX,
+        overflow: Overflow::Truncate,
+        skip_bad: false,
+    };
+    let (pairs, report) = load_preferences(data, &enc, &opts)?;
+    eprintln!("{}: {report}", data.display());
     let model = Llama::new(cfg, params);
     let split = Split {
         pairs: &pairs,
@@ -392,17 +400,4 @@ pub fn evaluate_reward_model(
         stats.add(&RewardObjective.evaluate(&model, &split, chunk)?);
     }
     Ok(stats)
-}
-
-/// The pairs of a file, tokenised for a model, for callers outside the trainers.
-pub fn load_pairs_for(model_dir: &Path, data: &Path) -> Result<Vec<PreferencePair>> {
-    let (cfg, _) = load_checkpoint(model_dir)?;
-    let tokenizer = TextTokenizer::load(model_dir, &cfg)?;
-    let template = ChatTemplate::for_model(model_dir)?;
-    let enc = Encoder {
-        tokenizer: &tokenizer,
-        template: &template,
-        cfg: &cfg,
-    };
-    Ok(load_preferences(data, &enc, &Default::default())?.0)
 }
