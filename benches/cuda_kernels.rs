@@ -78,8 +78,17 @@ fn kernels(c: &mut Criterion) {
     c.bench_function("rmsnorm_forward 8192x2048", |b| {
         b.iter_custom(|iters| {
             time(iters, &mut || {
-                cuda::rmsnorm::rmsnorm_forward(&eng, &mut yr, &mut rstd, &xr, &wr, nr, d, 1e-5)
-                    .unwrap()
+                cuda::rmsnorm::rmsnorm_forward(
+                    &eng,
+                    &mut yr,
+                    &mut rstd,
+                    &xr,
+                    &wr.as_view(),
+                    nr,
+                    d,
+                    1e-5,
+                )
+                .unwrap()
             })
         })
     });

@@ -22,8 +22,9 @@ extern "C" __global__ void rmsnorm_forward(__nv_bfloat16* out, float* rstd, cons
 
 // With xhat = x*rstd and g = dout*w:  dx += rstd * (g - xhat * mean(g*xhat)),
 // and dw_partial[row] = dout * xhat, reduced over rows by the caller (deterministic, no atomics).
-// dx (N,D) f32 accumulated, dw_partial (N,D) f32 overwritten.
-extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const __nv_bfloat16* dout,
+// dout (N,D) f32 (the sum of the matmul gradients that read the normed input), dx (N,D) f32
+// accumulated, dw_partial (N,D) f32 overwritten.
+extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const float* dout,
                                             const __nv_bfloat16* x, const __nv_bfloat16* w,
                                             const float* rstd, int n, int d) {
     __shared__ float scratch[WARP_SIZE];
@@ -33,10 +34,10 @@ extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const 
     const float r = rstd[row];
     float dot = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x)
-        dot += __bfloat162float(dout[base + i]) * __bfloat162float(w[i]) * __bfloat162float(x[base + i]) * r;
+        dot += dout[base + i] * __bfloat162float(w[i]) * __bfloat162float(x[base + i]) * r;
     const float mean = block_sum(dot, scratch) / d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        const float go = __bfloat162float(dout[base + i]);
+        const float go = dout[base + i];
         const float xhat = __bfloat162float(x[base + i]) * r;
         dx[base + i] += r * (go * __bfloat162float(w[i]) - xhat * mean);
         dw_partial[base + i] = go * xhat;

@@ -205,13 +205,13 @@ fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec
     let mut dtable_d = eng.zeros::<f32>(v * d)?;
     let shape = format!("N={n} V={v} D={d}");
     let ms_f = timed(eng, "embedding_forward", || {
-        cuda::embedding::embedding_forward(eng, &mut out_d, &ids_d, &table_d, n, d)
+        cuda::embedding::embedding_forward(eng, &mut out_d, &ids_d, &table_d.as_view(), n, d)
     })?;
     let ms_b = timed(eng, "embedding_backward", || {
         eng.stream
             .memset_zeros(&mut dtable_d)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        cuda::embedding::embedding_backward(eng, &mut dtable_d, &dout_d, &ids, d)
+        cuda::embedding::embedding_backward(eng, &mut dtable_d.as_view_mut(), &dout_d, &ids, d)
     })?;
     Ok(vec![
         compare(
@@ -244,10 +244,11 @@ fn check_rmsnorm(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRow>> 
     let (mut dx, mut dw) = (vec![0.0; n * d], vec![0.0; d]);
     cpu::rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &rstd);
 
+    // The backward's dout is f32: the sum of the matmul gradients that read the normed input.
     let (x_d, w_d, dout_d) = (
         eng.upload(&to_bf16(&x))?,
         eng.upload(&to_bf16(&w))?,
-        eng.upload(&to_bf16(&dout))?,
+        eng.upload(&dout)?,
     );
     let (mut y_d, mut rstd_d) = (eng.zeros::<bf16>(n * d)?, eng.zeros::<f32>(n)?);
     let (mut dx_d, mut dw_d, mut part) = (
@@ -257,7 +258,7 @@ fn check_rmsnorm(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRow>> 
     );
     let shape = format!("N={n} D={d}");
     let ms_f = timed(eng, "rmsnorm_forward", || {
-        cuda::rmsnorm::rmsnorm_forward(eng, &mut y_d, &mut rstd_d, &x_d, &w_d, n, d, 1e-5)
+        cuda::rmsnorm::rmsnorm_forward(eng, &mut y_d, &mut rstd_d, &x_d, &w_d.as_view(), n, d, 1e-5)
     })?;
     let ms_b = timed(eng, "rmsnorm_backward", || {
         eng.stream
@@ -267,7 +268,16 @@ fn check_rmsnorm(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRow>> 
             .memset_zeros(&mut dw_d)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         cuda::rmsnorm::rmsnorm_backward(
-            eng, &mut dx_d, &mut dw_d, &mut part, &dout_d, &x_d, &w_d, &rstd_d, n, d,
+            eng,
+            &mut dx_d,
+            &mut dw_d.as_view_mut(),
+            &mut part,
+            &dout_d,
+            &x_d,
+            &w_d.as_view(),
+            &rstd_d,
+            n,
+            d,
         )
     })?;
     Ok(vec![
@@ -555,7 +565,7 @@ fn check_scalar_head(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRo
     );
     let shape = format!("N={n} D={d}");
     let ms_f = timed(eng, "scalar_head_forward", || {
-        cuda::scalar_head::scalar_head_forward(eng, &mut value_d, &h_d, &w_d, n, d)
+        cuda::scalar_head::scalar_head_forward(eng, &mut value_d, &h_d, &w_d.as_view(), n, d)
     })?;
     let ms_b = timed(eng, "scalar_head_backward", || {
         eng.stream
@@ -565,7 +575,15 @@ fn check_scalar_head(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRo
             .memset_zeros(&mut dw_d)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         cuda::scalar_head::scalar_head_backward(
-            eng, &mut dh_d, &mut dw_d, &mut part, &dv_d, &h_d, &w_d, n, d,
+            eng,
+            &mut dh_d,
+            &mut dw_d.as_view_mut(),
+            &mut part,
+            &dv_d,
+            &h_d,
+            &w_d.as_view(),
+            n,
+            d,
         )
     })?;
     Ok(vec![
@@ -613,6 +631,7 @@ fn check_matmul(
     cpu::matmul_forward(&mut y, &x, &w, n, i, o);
     let (mut dx, mut dw) = (vec![0.0; n * i], vec![0.0; o * i]);
     cpu::matmul_backward(Some(&mut dx), &mut dw, &dout, &x, &w, n, i, o);
+    // The backward's dout is f32: the sum of the matmul gradients that read the normed input.
     let (x_d, w_d, dout_d) = (
         eng.upload(&to_bf16(&x))?,
         eng.upload(&to_bf16(&w))?,
@@ -632,6 +651,7 @@ fn check_matmul(
             eng,
             gemm,
             Some(&mut dx_d),
+            false,
             &mut dw_d,
             &dout_d,
             &x_d,
@@ -719,7 +739,7 @@ fn check_logprob(
             &mut ent_d,
             &mut lse_d,
             &h_d,
-            &w_d,
+            &w_d.as_view(),
             &t_d,
             d,
         )
@@ -736,11 +756,11 @@ fn check_logprob(
             gemm,
             &mut scratch,
             &mut dh_d,
-            &mut dw_d,
+            &mut dw_d.as_view_mut(),
             &dlogp_d,
             Some(&dent_d),
             &h_d,
-            &w_d,
+            &w_d.as_view(),
             &t_d,
             &lse_d,
             &ent_d,

@@ -2,7 +2,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// out (N,D) bf16 = table[ids]. `ids` are checked against the vocabulary before they get here.
@@ -10,7 +10,7 @@ pub fn embedding_forward(
     eng: &CudaEngine,
     out: &mut CudaSlice<bf16>,
     ids: &CudaSlice<u32>,
-    table: &CudaSlice<bf16>,
+    table: &CudaView<bf16>,
     n: usize,
     d: usize,
 ) -> Result<()> {
@@ -36,7 +36,7 @@ pub fn embedding_forward(
 /// positions (in order), so the device sums in a fixed order: deterministic without atomics.
 pub fn embedding_backward(
     eng: &CudaEngine,
-    dtable: &mut CudaSlice<f32>,
+    dtable: &mut CudaViewMut<f32>,
     dout: &CudaSlice<f32>,
     ids: &[u32],
     d: usize,

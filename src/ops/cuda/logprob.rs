@@ -5,7 +5,7 @@
 use super::matmul::{matmul_backward, matmul_forward, Gemm, GemmShape};
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// Vocabulary columns per chunk.
@@ -53,7 +53,7 @@ pub fn logprob_forward(
     entropy: &mut CudaSlice<f32>,
     lse: &mut CudaSlice<f32>,
     h: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     targets: &CudaSlice<u32>,
     d: usize,
 ) -> Result<()> {
@@ -121,11 +121,11 @@ pub fn logprob_backward(
     gemm: &Gemm,
     s: &mut LogprobScratch,
     dh: &mut CudaSlice<f32>,
-    dw: &mut CudaSlice<f32>,
+    dw: &mut CudaViewMut<f32>,
     dlogp: &CudaSlice<f32>,
     dentropy: Option<&CudaSlice<f32>>,
     h: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     targets: &CudaSlice<u32>,
     lse: &CudaSlice<f32>,
     entropy: &CudaSlice<f32>,
@@ -196,6 +196,7 @@ pub fn logprob_backward(
             eng,
             gemm,
             None::<&mut CudaSlice<f32>>,
+            false,
             &mut dw_chunk,
             &dlogits,
             h,

@@ -239,12 +239,14 @@ pub fn matmul_forward<T: GemmOut>(
     gemm.gemm(eng, s, 1.0, w, x, 0.0, y, "matmul_forward")
 }
 
-/// dx[N,I] = dout[N,O] · W[O,I] (written, bf16 or f32); dW[O,I] f32 += doutᵀ · x.
+/// dx[N,I] = dout[N,O] · W[O,I] (bf16 or f32; written, or added to with `add_dx`);
+/// dW[O,I] f32 += doutᵀ · x.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward<T: GemmOut>(
     eng: &CudaEngine,
     gemm: &Gemm,
     dx: Option<&mut (impl DevicePtrMut<T> + DeviceLen)>,
+    add_dx: bool,
     dw: &mut (impl DevicePtrMut<f32> + DeviceLen),
     dout: &(impl DevicePtr<bf16> + DeviceLen),
     x: &(impl DevicePtr<bf16> + DeviceLen),
@@ -271,7 +273,8 @@ pub fn matmul_backward<T: GemmOut>(
             ldc: i as i64,
             c_f32: T::DTYPE == f32::DTYPE,
         };
-        gemm.gemm(eng, s, 1.0, w, dout, 0.0, dx, "matmul_backward dx")?;
+        let beta = if add_dx { 1.0 } else { 0.0 };
+        gemm.gemm(eng, s, 1.0, w, dout, beta, dx, "matmul_backward dx")?;
     }
     // dWᶜ[I,O] += xᶜ[I,N] · (doutᶜ[O,N])ᵀ
     let s = GemmShape {

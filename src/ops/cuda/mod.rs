@@ -8,6 +8,7 @@ pub mod device;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod scalar_head;

@@ -2,7 +2,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 fn block_for(d: usize) -> u32 {
@@ -15,7 +15,7 @@ pub fn rmsnorm_forward(
     out: &mut CudaSlice<bf16>,
     rstd: &mut CudaSlice<f32>,
     x: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     n: usize,
     d: usize,
     eps: f32,
@@ -49,11 +49,11 @@ pub fn rmsnorm_forward(
 pub fn rmsnorm_backward(
     eng: &CudaEngine,
     dx: &mut CudaSlice<f32>,
-    dw: &mut CudaSlice<f32>,
+    dw: &mut CudaViewMut<f32>,
     partial: &mut CudaSlice<f32>,
-    dout: &CudaSlice<bf16>,
+    dout: &CudaSlice<f32>,
     x: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     rstd: &CudaSlice<f32>,
     n: usize,
     d: usize,
@@ -92,7 +92,7 @@ pub fn rmsnorm_backward(
 /// dw (D) f32 += the column sums of partial (N,D) f32, in row order (deterministic).
 pub fn column_sum_accumulate(
     eng: &CudaEngine,
-    dw: &mut CudaSlice<f32>,
+    dw: &mut CudaViewMut<f32>,
     partial: &CudaSlice<f32>,
     n: usize,
     d: usize,

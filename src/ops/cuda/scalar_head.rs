@@ -3,7 +3,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// value (N) f32 = h (N,D) · w (D).
@@ -11,7 +11,7 @@ pub fn scalar_head_forward(
     eng: &CudaEngine,
     value: &mut CudaSlice<f32>,
     h: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     n: usize,
     d: usize,
 ) -> Result<()> {
@@ -37,11 +37,11 @@ pub fn scalar_head_forward(
 pub fn scalar_head_backward(
     eng: &CudaEngine,
     dh: &mut CudaSlice<f32>,
-    dw: &mut CudaSlice<f32>,
+    dw: &mut CudaViewMut<f32>,
     partial: &mut CudaSlice<f32>,
     dvalue: &CudaSlice<f32>,
     h: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
+    w: &CudaView<bf16>,
     n: usize,
     d: usize,
 ) -> Result<()> {
