@@ -6,6 +6,7 @@ use crate::data::jsonl::read_jsonl;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Batch, Llama};
+use crate::ops::cuda::backend::Cuda;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::io::Write;
@@ -22,12 +23,6 @@ struct InputLine {
 }
 
 pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) -> Result<()> {
-    if device == Device::Cuda {
-        bail!(
-            "--device cuda: the CUDA model forward is not built yet (only single kernels are); \
-             use --device cpu or auto"
-        );
-    }
     let (cfg, params) = load_checkpoint(model_dir)?;
     let model = Llama::new(cfg, params);
     let lines = read_jsonl::<InputLine>(input)?;
@@ -69,21 +64,61 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
         seqs.push(ids);
     }
 
+    // The forward on the device asked for; `auto` takes the GPU when kernels and a GPU are usable.
+    let gpu = match device {
+        Device::Cpu => None,
+        Device::Cuda => Some(Cuda::new()?.upload_model(&model)?),
+        Device::Auto => Cuda::new()
+            .ok()
+            .map(|c| c.upload_model(&model))
+            .transpose()?,
+    };
+    eprintln!(
+        "logprobs on {}",
+        if gpu.is_some() {
+            "the GPU (bf16)"
+        } else {
+            "the CPU (f32)"
+        }
+    );
+    let run = |batch: &Batch| -> Result<(Vec<f32>, Vec<f32>)> {
+        match &gpu {
+            None => {
+                let f = model.forward(batch)?;
+                Ok((f.logp, f.value))
+            }
+            Some(m) => {
+                let f = m.forward(batch)?;
+                let get = |x, on: bool| {
+                    if on {
+                        m.backend.download(x)
+                    } else {
+                        Ok(Vec::new())
+                    }
+                };
+                Ok((
+                    get(&f.logp, m.layout.lm_head.is_some())?,
+                    get(&f.value, m.layout.score.is_some())?,
+                ))
+            }
+        }
+    };
+
     let pad = model.cfg.pad_token_id.unwrap_or(0);
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     for chunk in seqs.chunks(BATCH) {
         let batch = Batch::right_padded(chunk, pad);
-        let fwd = model.forward(&batch)?;
+        let (logp, value) = run(&batch)?;
         for (b, s) in chunk.iter().enumerate() {
             let row = b * batch.seq;
             let mut line = serde_json::Map::new();
-            if !fwd.logp.is_empty() {
-                line.insert("logprobs".into(), fwd.logp[row..row + s.len() - 1].into());
+            if !logp.is_empty() {
+                line.insert("logprobs".into(), logp[row..row + s.len() - 1].into());
             }
-            if !fwd.value.is_empty() {
+            if !value.is_empty() {
                 let at = batch.reward_position(b, s.len(), model.cfg.pad_token_id);
-                line.insert("reward".into(), fwd.value[at].into());
+                line.insert("reward".into(), value[at].into());
             }
             writeln!(w, "{}", serde_json::Value::Object(line))?;
         }

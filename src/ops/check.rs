@@ -99,6 +99,14 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
             }
         }
     }
+    if wants("model") {
+        // The whole model on the CUDA backend against the CPU oracle: tiny, and two layers at
+        // llama-1b widths and vocabulary (GQA 4, head dim 64, llama3 rope, tied head), with a
+        // scalar head so both heads run.
+        for (preset, layers) in [("tiny", None), ("llama-1b", Some(2))] {
+            rows.extend(check_model(preset, layers)?);
+        }
+    }
     if wants("adamw") {
         for n in [1usize, 100_003] {
             rows.extend(check_adamw(eng, n)?);
@@ -801,6 +809,122 @@ fn check_logprob(
             ms_b,
         ),
     ])
+}
+
+/// Forward log-probs and values, and every parameter gradient, of the model on the GPU against the
+/// CPU oracle with the same (bf16-rounded) weights and inputs. Gradients are compared by cosine
+/// similarity per parameter tensor (the acceptance bar is 0.999), which bf16 activations leave
+/// intact while any wrong index or missing term destroys.
+fn check_model(preset: &str, layers: Option<usize>) -> Result<Vec<CheckRow>> {
+    use crate::model::{init::init_params, Batch, HeadGrads, Llama, ParamLayout};
+    let mut cfg = LlamaConfig::preset(preset)?;
+    cfg.scalar_head = true;
+    cfg.initializer_range = 0.05;
+    if let Some(l) = layers {
+        cfg.num_hidden_layers = l;
+    }
+    let layout = ParamLayout::new(&cfg);
+    let params: Vec<f32> = init_params(&cfg, &layout, 5)
+        .iter()
+        .map(|&x| bf16::from_f32(x).to_f32())
+        .collect();
+    let cpu_model = Llama::new(cfg.clone(), params);
+    let mut g = Lcg(41);
+    let seqs: Vec<Vec<u32>> = [61usize, 40]
+        .iter()
+        .map(|&len| {
+            (0..len)
+                .map(|_| ((g.uniform() + 1.0) * 127.0) as u32)
+                .collect()
+        })
+        .collect();
+    let batch = Batch::left_padded(&seqs, cfg.pad_token_id.unwrap_or(0));
+    let n = batch.tokens();
+    let next = batch.next_token_mask();
+    let keep = |m: &[bool], r: Vec<f32>| {
+        r.into_iter()
+            .zip(m)
+            .map(|(x, &k)| if k { x } else { 0.0 })
+            .collect::<Vec<_>>()
+    };
+    let r_logp = keep(&next, (0..n).map(|_| g.uniform()).collect());
+    let r_value = keep(&batch.mask, (0..n).map(|_| g.uniform()).collect());
+
+    let fwd = cpu_model.forward(&batch)?;
+    let mut grads = vec![0.0; layout.len];
+    cpu_model.backward(
+        &fwd,
+        &HeadGrads {
+            logp: Some(&r_logp),
+            value: Some(&r_value),
+            entropy: None,
+        },
+        &mut grads,
+    )?;
+
+    let gpu_model = cuda::backend::Cuda::new()?.upload_model(&cpu_model)?;
+    let b = &gpu_model.backend;
+    let (r_logp_d, r_value_d) = (b.eng.upload(&r_logp)?, b.eng.upload(&r_value)?);
+    let mut grads_d = b.eng.zeros::<f32>(layout.len)?;
+    let t0 = Instant::now();
+    let gfwd = gpu_model.forward(&batch)?;
+    gpu_model.backward(
+        &gfwd,
+        &HeadGrads {
+            logp: Some(&r_logp_d),
+            value: Some(&r_value_d),
+            entropy: None,
+        },
+        &mut grads_d,
+    )?;
+    b.eng.synchronize("model forward+backward")?;
+    let gpu_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    let shape = format!("{preset} {}L B=2 T={}", cfg.num_hidden_layers, batch.seq);
+    let pick = |v: &[f32], m: &[bool]| {
+        v.iter()
+            .zip(m)
+            .filter(|(_, &k)| k)
+            .map(|(x, _)| *x)
+            .collect::<Vec<f32>>()
+    };
+    let (lp_gpu, lp_cpu) = (
+        pick(&b.download(&gfwd.logp)?, &next),
+        pick(&fwd.logp, &next),
+    );
+    let (v_gpu, v_cpu) = (
+        pick(&b.download(&gfwd.value)?, &batch.mask),
+        pick(&fwd.value, &batch.mask),
+    );
+    // Log-probs in nats: bf16 activations through a few layers stay well inside 0.05.
+    let mut lp_row = compare("model forward logp", &shape, &lp_gpu, &lp_cpu, 0.05, gpu_ms);
+    lp_row.max_rel = lp_row.max_abs;
+    lp_row.pass = lp_row.max_abs <= 0.05 && lp_gpu.iter().all(|x| x.is_finite());
+    let v_row = compare("model forward value", &shape, &v_gpu, &v_cpu, 0.02, gpu_ms);
+
+    let grads_gpu = b.download(&grads_d)?;
+    let (mut worst, mut worst_name) = (0.0f64, String::from("-"));
+    for slot in &layout.slots {
+        let (a, c) = (&grads_gpu[slot.range.clone()], &grads[slot.range.clone()]);
+        let dot: f64 = a.iter().zip(c).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nc: f64 = c.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let miss = 1.0 - dot / (na * nc).max(1e-30);
+        // A NaN gradient counts as the worst miss.
+        if miss.is_nan() || miss > worst {
+            (worst, worst_name) = (miss, slot.name.clone());
+        }
+    }
+    let grad_row = CheckRow {
+        op: "model backward 1-cos".into(),
+        shape: format!("{shape} worst {worst_name}"),
+        max_abs: worst as f32,
+        max_rel: worst as f32,
+        tol: 1e-3,
+        pass: worst <= 1e-3, // false for NaN
+        gpu_ms,
+    };
+    Ok(vec![lp_row, v_row, grad_row])
 }
 
 fn check_adamw(eng: &CudaEngine, n: usize) -> Result<Vec<CheckRow>> {

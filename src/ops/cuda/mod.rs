@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod backend;
 pub mod device;
 pub mod embedding;
 pub mod logprob;

@@ -1,0 +1,433 @@
+//! The CUDA engine as a `Backend` (src/model/backend.rs): activations in bf16, accumulators,
+//! statistics and gradients in f32, parameters as one flat bf16 buffer in the model's layout.
+//! The model code in src/model/llama.rs runs on it unchanged.
+
+use super::{
+    attention, embedding, logprob, matmul, residual, rmsnorm, rope, scalar_head, swiglu, CudaEngine,
+};
+use crate::model::backend::Backend;
+use crate::model::{Batch, Llama, LlamaConfig};
+use crate::ops::cpu::AttentionShape;
+use anyhow::{anyhow, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Scratch the ops need beside their outputs, kept between calls and grown only when a larger
+/// batch arrives, so a steady training loop allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    partial: Option<CudaSlice<f32>>,
+    rowdot: Option<CudaSlice<f32>>,
+    logprob: Option<(usize, logprob::LogprobScratch)>,
+}
+
+pub struct Cuda {
+    pub eng: CudaEngine,
+    gemm: matmul::Gemm,
+    scratch: RefCell<Scratch>,
+}
+
+/// What the kernels read of a batch.
+pub struct CudaInputs {
+    /// Host copy of the ids: the embedding backward groups positions by token on the host.
+    ids_host: Vec<u32>,
+    ids: CudaSlice<u32>,
+    targets: CudaSlice<u32>,
+    mask: CudaSlice<u8>,
+    positions: CudaSlice<u32>,
+    inv_freq: CudaSlice<f32>,
+}
+
+impl Cuda {
+    pub fn new() -> Result<Self> {
+        let eng = CudaEngine::new()?;
+        let gemm = matmul::Gemm::new(&eng)?;
+        Ok(Cuda {
+            eng,
+            gemm,
+            scratch: RefCell::new(Scratch::default()),
+        })
+    }
+
+    /// f32 parameters to the flat bf16 buffer the forward reads.
+    pub fn upload_params(&self, params: &[f32]) -> Result<CudaSlice<bf16>> {
+        self.eng.upload(
+            &params
+                .iter()
+                .map(|&x| bf16::from_f32(x))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn download(&self, x: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.eng.download(x)
+    }
+
+    /// A CPU model's weights moved to this GPU (rounded to bf16).
+    pub fn upload_model(self, cpu: &Llama) -> Result<Llama<Cuda>> {
+        let params = self.upload_params(&cpu.params)?;
+        Ok(Llama {
+            cfg: cpu.cfg.clone(),
+            layout: cpu.layout.clone(),
+            params,
+            backend: self,
+        })
+    }
+
+    fn with_partial<R>(
+        &self,
+        n: usize,
+        f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut s = self.scratch.borrow_mut();
+        if s.partial.as_ref().is_none_or(|p| p.len() != n) {
+            s.partial = Some(self.eng.zeros(n)?);
+        }
+        f(s.partial.as_mut().expect("set above"))
+    }
+}
+
+fn err(e: cudarc::driver::DriverError) -> anyhow::Error {
+    anyhow!("{e:?}")
+}
+
+impl Backend for Cuda {
+    type Act = CudaSlice<bf16>;
+    type Acc = CudaSlice<f32>;
+    type Params = CudaSlice<bf16>;
+    type Inputs = CudaInputs;
+
+    // CUDA refuses zero-byte allocations; an absent head gets a one-element placeholder.
+    fn act(&self, n: usize) -> Result<CudaSlice<bf16>> {
+        self.eng.zeros(n.max(1))
+    }
+    fn acc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        self.eng.zeros(n.max(1))
+    }
+    fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
+        self.eng.stream.memset_zeros(x).map_err(err)
+    }
+    fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
+        let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
+        Ok(CudaInputs {
+            ids_host: batch.ids.clone(),
+            ids: self.eng.upload(&batch.ids)?,
+            targets: self.eng.upload(targets)?,
+            mask: self.eng.upload(&mask)?,
+            positions: self.eng.upload(&batch.positions)?,
+            inv_freq: self
+                .eng
+                .upload(&crate::ops::cpu::rope::rope_inv_freq(cfg))?,
+        })
+    }
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Act,
+        inp: &CudaInputs,
+        p: &Self::Params,
+        table: &Range<usize>,
+        d: usize,
+    ) -> Result<()> {
+        embedding::embedding_forward(
+            &self.eng,
+            out,
+            &inp.ids,
+            &p.slice(table.clone()),
+            inp.ids_host.len(),
+            d,
+        )
+    }
+    fn embedding_backward(
+        &self,
+        grads: &mut Self::Acc,
+        table: &Range<usize>,
+        dout: &Self::Acc,
+        inp: &CudaInputs,
+        d: usize,
+    ) -> Result<()> {
+        embedding::embedding_backward(
+            &self.eng,
+            &mut grads.slice_mut(table.clone()),
+            dout,
+            &inp.ids_host,
+            d,
+        )
+    }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Act,
+        rstd: &mut Self::Acc,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        eps: f32,
+    ) -> Result<()> {
+        let d = w.len();
+        rmsnorm::rmsnorm_forward(
+            &self.eng,
+            out,
+            rstd,
+            x,
+            &p.slice(w.clone()),
+            x.len() / d,
+            d,
+            eps,
+        )
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dout: &Self::Acc,
+        x: &Self::Act,
+        p: &Self::Params,
+        rstd: &Self::Acc,
+    ) -> Result<()> {
+        let d = w.len();
+        let n = x.len() / d;
+        self.with_partial(n * d, |partial| {
+            rmsnorm::rmsnorm_backward(
+                &self.eng,
+                dx,
+                &mut grads.slice_mut(w.clone()),
+                partial,
+                dout,
+                x,
+                &p.slice(w.clone()),
+                rstd,
+                n,
+                d,
+            )
+        })
+    }
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        matmul::matmul_forward(&self.eng, &self.gemm, out, x, &p.slice(w.clone()), n, i, o)
+    }
+    fn matmul_backward(
+        &self,
+        dx: &mut Self::Act,
+        grads: &mut Self::Acc,
+        dout: &Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        let mut dw = grads.slice_mut(w.clone());
+        matmul::matmul_backward(
+            &self.eng,
+            &self.gemm,
+            Some(dx),
+            false,
+            &mut dw,
+            dout,
+            x,
+            &p.slice(w.clone()),
+            n,
+            i,
+            o,
+        )
+    }
+    fn matmul_backward_add(
+        &self,
+        dx: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        dout: &Self::Act,
+        x: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) -> Result<()> {
+        let mut dw = grads.slice_mut(w.clone());
+        matmul::matmul_backward(
+            &self.eng,
+            &self.gemm,
+            Some(dx),
+            true,
+            &mut dw,
+            dout,
+            x,
+            &p.slice(w.clone()),
+            n,
+            i,
+            o,
+        )
+    }
+    fn rope_forward(&self, x: &mut Self::Act, inp: &CudaInputs, heads: usize) -> Result<()> {
+        let hd = 2 * inp.inv_freq.len();
+        rope::rope_forward(&self.eng, x, &inp.positions, &inp.inv_freq, heads, hd)
+    }
+    fn rope_backward(&self, dx: &mut Self::Act, inp: &CudaInputs, heads: usize) -> Result<()> {
+        let hd = 2 * inp.inv_freq.len();
+        rope::rope_backward(&self.eng, dx, &inp.positions, &inp.inv_freq, heads, hd)
+    }
+    fn attention_forward(
+        &self,
+        out: &mut Self::Act,
+        lse: &mut Self::Acc,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        inp: &CudaInputs,
+        s: AttentionShape,
+    ) -> Result<()> {
+        attention::attention_forward(&self.eng, out, lse, q, k, v, &inp.mask, s)
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Act,
+        dk: &mut Self::Act,
+        dv: &mut Self::Act,
+        dout: &Self::Act,
+        [q, k, v, out]: [&Self::Act; 4],
+        lse: &Self::Acc,
+        inp: &CudaInputs,
+        s: AttentionShape,
+    ) -> Result<()> {
+        let rows = s.batch * s.seq * s.heads;
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.rowdot.as_ref().is_none_or(|r| r.len() != rows) {
+            scratch.rowdot = Some(self.eng.zeros(rows)?);
+        }
+        let rowdot = scratch.rowdot.as_mut().expect("set above");
+        attention::attention_backward(
+            &self.eng, dq, dk, dv, rowdot, dout, q, k, v, out, lse, &inp.mask, s,
+        )
+    }
+    fn residual_forward(&self, out: &mut Self::Act, a: &Self::Act, b: &Self::Act) -> Result<()> {
+        residual::residual_forward(&self.eng, out, a, b)
+    }
+    fn swiglu_forward(&self, out: &mut Self::Act, gate: &Self::Act, up: &Self::Act) -> Result<()> {
+        swiglu::swiglu_forward(&self.eng, out, gate, up)
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Act,
+        dup: &mut Self::Act,
+        dout: &Self::Act,
+        gate: &Self::Act,
+        up: &Self::Act,
+    ) -> Result<()> {
+        swiglu::swiglu_backward(&self.eng, dgate, dup, dout, gate, up)
+    }
+    fn logprob_forward(
+        &self,
+        logp: &mut Self::Acc,
+        entropy: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        inp: &CudaInputs,
+        d: usize,
+    ) -> Result<()> {
+        let n = inp.ids_host.len();
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
+            scratch.logprob = Some((n, logprob::LogprobScratch::new(&self.eng, n)?));
+        }
+        let s = &mut scratch.logprob.as_mut().expect("set above").1;
+        logprob::logprob_forward(
+            &self.eng,
+            &self.gemm,
+            s,
+            logp,
+            entropy,
+            lse,
+            h,
+            &p.slice(w.clone()),
+            &inp.targets,
+            d,
+        )
+    }
+    fn logprob_backward(
+        &self,
+        dh: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dlogp: &Self::Acc,
+        dentropy: Option<&Self::Acc>,
+        h: &Self::Act,
+        p: &Self::Params,
+        inp: &CudaInputs,
+        [lse, entropy]: [&Self::Acc; 2],
+        d: usize,
+    ) -> Result<()> {
+        let n = inp.ids_host.len();
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
+            scratch.logprob = Some((n, logprob::LogprobScratch::new(&self.eng, n)?));
+        }
+        let s = &mut scratch.logprob.as_mut().expect("set above").1;
+        let mut dw = grads.slice_mut(w.clone());
+        logprob::logprob_backward(
+            &self.eng,
+            &self.gemm,
+            s,
+            dh,
+            &mut dw,
+            dlogp,
+            dentropy,
+            h,
+            &p.slice(w.clone()),
+            &inp.targets,
+            lse,
+            entropy,
+            d,
+        )
+    }
+    fn scalar_head_forward(
+        &self,
+        value: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+    ) -> Result<()> {
+        let d = w.len();
+        scalar_head::scalar_head_forward(&self.eng, value, h, &p.slice(w.clone()), h.len() / d, d)
+    }
+    fn scalar_head_backward(
+        &self,
+        dh: &mut Self::Acc,
+        grads: &mut Self::Acc,
+        w: &Range<usize>,
+        dvalue: &Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+    ) -> Result<()> {
+        let d = w.len();
+        let n = h.len() / d;
+        self.with_partial(n * d, |partial| {
+            scalar_head::scalar_head_backward(
+                &self.eng,
+                dh,
+                &mut grads.slice_mut(w.clone()),
+                partial,
+                dvalue,
+                h,
+                &p.slice(w.clone()),
+                n,
+                d,
+            )
+        })
+    }
+    fn cast_to_act(&self, out: &mut Self::Act, x: &Self::Acc) -> Result<()> {
+        residual::cast_to_bf16(&self.eng, out, x)
+    }
+}
