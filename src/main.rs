@@ -72,6 +72,18 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// train: the model preset.
+        #[arg(long, default_value = "llama-1b")]
+        preset: String,
+        /// train: sequences per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// train: tokens per sequence.
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+        /// train: timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
     },
     /// Check every CUDA op against the CPU oracle on several shapes; exits non-zero on a failure.
     Check {
@@ -132,7 +144,22 @@ fn run(command: Command) -> Result<()> {
             data,
             batch_size,
         } => cmd::train::run_eval_rm(&model, &data, batch_size),
-        Command::Bench { what, json } => cmd::bench::run_bench(&what, json.as_deref()),
+        Command::Bench {
+            what,
+            json,
+            preset,
+            batch,
+            seq,
+            steps,
+        } => {
+            let train = cmd::bench::TrainBenchArgs {
+                preset,
+                batch,
+                seq,
+                steps,
+            };
+            cmd::bench::run_bench(&what, json.as_deref(), &train)
+        }
         Command::Check { op } => cmd::check::run_check(op.as_deref()),
         Command::Info => {
             cmd::info::run_info();

@@ -1,25 +1,114 @@
-//! `prefer bench`: kernel throughput at the targets' shapes. Whole training steps (`bench train`)
-//! come with the CUDA model.
+//! `prefer bench`: kernel throughput at the targets' shapes (`kernels`), and a whole training step
+//! (`train`: forward, backward and AdamW) with tokens/s, MFU and peak memory.
 
+use crate::model::init::init_params;
+use crate::model::{Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::bench::{print_bench, run_kernel_benches};
 use crate::ops::cuda::{probe_gpu, CudaEngine};
-use anyhow::{bail, Result};
+use crate::train::gpu_step::{state_bytes, GpuTrainer};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
-pub fn run_bench(what: &str, json: Option<&Path>) -> Result<()> {
-    match what {
+/// H100 SXM dense bf16 peak, the denominator of MFU in DESIGN.md.
+const PEAK_FLOPS: f64 = 989e12;
+
+pub struct TrainBenchArgs {
+    pub preset: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+}
+
+pub fn run_bench(what: &str, json: Option<&Path>, train: &TrainBenchArgs) -> Result<()> {
+    let gpu = probe_gpu()?.name;
+    let doc = match what {
         "kernels" => {
             let eng = CudaEngine::new()?;
-            let gpu = probe_gpu()?.name;
             let rows = run_kernel_benches(&eng)?;
             print_bench(&rows, &gpu);
-            if let Some(path) = json {
-                let doc = serde_json::json!({"gpu": gpu, "rows": rows});
-                std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
-            }
-            Ok(())
+            serde_json::json!({"gpu": gpu, "rows": rows})
         }
-        "train" => bail!("bench train needs the CUDA training step, which is not built yet; `prefer bench kernels` times the kernels"),
+        "train" => bench_train(train, &gpu)?,
         other => bail!("unknown bench {other:?}: kernels or train"),
+    };
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
+    Ok(())
+}
+
+/// MFU's FLOPs per token (DESIGN.md): 6·N for the matmuls of forward and backward, plus
+/// 12·L·d·T for attention.
+fn flops_per_token(cfg: &LlamaConfig, params: usize, seq: usize) -> f64 {
+    6.0 * params as f64 + 12.0 * (cfg.num_hidden_layers * cfg.hidden_size * seq) as f64
+}
+
+fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
+    let cfg = LlamaConfig::preset(&a.preset)?;
+    let layout = ParamLayout::new(&cfg);
+    let n_params = layout.len;
+    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    let mut trainer = GpuTrainer::new(&cpu)?;
+
+    let seqs: Vec<Vec<u32>> = (0..a.batch)
+        .map(|b| {
+            (0..a.seq)
+                .map(|t| ((b * 7919 + t * 104_729) % cfg.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    let batch = Batch::right_padded(&seqs, cfg.pad_token_id.unwrap_or(0));
+    let dlogp = trainer.lm_loss_grad(&batch)?;
+    let eng_ms = {
+        let t = &mut trainer;
+        // time_ms borrows the engine; the step needs the trainer mutably, so time by hand.
+        t.lm_step(&batch, &dlogp, 1e-5)?; // warm-up: plans, scratch
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = t
+            .model
+            .backend
+            .eng
+            .stream
+            .record_event(timing)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        for _ in 0..a.steps {
+            t.lm_step(&batch, &dlogp, 1e-5)?;
+        }
+        let end = t
+            .model
+            .backend
+            .eng
+            .stream
+            .record_event(timing)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        start.elapsed_ms(&end).map_err(|e| anyhow!("{e:?}"))? as f64 / a.steps.max(1) as f64
+    };
+    let (free1, total) = trainer
+        .model
+        .backend
+        .eng
+        .ctx
+        .mem_get_info()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let tokens = (a.batch * a.seq) as f64;
+    let tok_s = tokens / (eng_ms / 1e3);
+    let mfu = tok_s * flops_per_token(&cfg, n_params, a.seq) / PEAK_FLOPS;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "prefer bench train on {gpu}: {} ({:.1}M parameters), {} × {} tokens",
+        a.preset,
+        n_params as f64 / 1e6,
+        a.batch,
+        a.seq
+    );
+    println!("memory plan: weights bf16 + master/grads/AdamW fp32 {:.2} GiB; in use after the steps {:.2} GiB of {:.1} GiB", gib(state_bytes(n_params)), gib(total - free1), gib(total));
+    println!(
+        "step {eng_ms:.1} ms, {tok_s:.0} tokens/s, MFU {:.1}%",
+        mfu * 100.0
+    );
+    Ok(serde_json::json!({
+        "gpu": gpu, "preset": a.preset, "batch": a.batch, "seq": a.seq, "params": n_params,
+        "step_ms": eng_ms, "tokens_per_s": tok_s, "mfu": mfu,
+        "state_gib": gib(state_bytes(n_params)), "used_gib": gib(total - free1),
+    }))
 }

@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod dpo;
+pub mod gpu_step;
 pub mod metrics;
 pub mod objective;
 pub mod optimizer;

@@ -1,0 +1,99 @@
+//! A training step on the GPU: the generic Llama forward and backward on the CUDA backend, then the
+//! global gradient norm and AdamW over fp32 master weights, which also refreshes the bf16 copy the
+//! forward reads. Parameters, gradients and both moments are one allocation each.
+
+use crate::model::{Batch, HeadGrads, Heads, Llama};
+use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, AdamWStep};
+use crate::ops::cuda::backend::Cuda;
+use anyhow::{anyhow, Result};
+use cudarc::driver::CudaSlice;
+
+pub struct GpuTrainer {
+    pub model: Llama<Cuda>,
+    master: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    norm: CudaSlice<f32>,
+    norm_partial: CudaSlice<f32>,
+    pub t: u64,
+    pub max_grad_norm: f32,
+    pub weight_decay: f32,
+}
+
+/// Bytes of the fixed allocations for `params` parameters: bf16 weights, and fp32 master weights,
+/// gradients and the two AdamW moments.
+pub fn state_bytes(params: usize) -> usize {
+    params * (2 + 4 * 4)
+}
+
+impl GpuTrainer {
+    pub fn new(cpu: &Llama) -> Result<Self> {
+        let model = Cuda::new()?.upload_model(cpu)?;
+        let eng = &model.backend.eng;
+        let n = cpu.layout.len;
+        Ok(GpuTrainer {
+            master: eng.upload(&cpu.params)?,
+            grads: eng.zeros(n)?,
+            m: eng.zeros(n)?,
+            v: eng.zeros(n)?,
+            norm: eng.zeros(1)?,
+            norm_partial: norm_scratch(eng)?,
+            t: 0,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            model,
+        })
+    }
+
+    /// One optimiser step on `batch` with the next-token cross-entropy, mean over the positions
+    /// that have a next token: upstream gradient −1/count on each.
+    pub fn lm_step(&mut self, batch: &Batch, dlogp: &CudaSlice<f32>, lr: f32) -> Result<()> {
+        let fwd = self.model.forward_heads(batch, Heads::LOGP)?;
+        let b = &self.model.backend;
+        b.eng
+            .stream
+            .memset_zeros(&mut self.grads)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        self.model.backward(
+            &fwd,
+            &HeadGrads {
+                logp: Some(dlogp),
+                ..Default::default()
+            },
+            &mut self.grads,
+        )?;
+        grad_norm(&b.eng, &mut self.norm, &mut self.norm_partial, &self.grads)?;
+        self.t += 1;
+        let h = AdamWStep {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: self.weight_decay,
+            t: self.t,
+            max_norm: self.max_grad_norm,
+        };
+        adamw_step(
+            &b.eng,
+            &mut self.master,
+            &mut self.model.params,
+            &self.grads,
+            &mut self.m,
+            &mut self.v,
+            &self.norm,
+            h,
+        )
+    }
+
+    /// The upstream log-prob gradient of the mean next-token cross-entropy of `batch`.
+    pub fn lm_loss_grad(&self, batch: &Batch) -> Result<CudaSlice<f32>> {
+        let valid = batch.next_token_mask();
+        let count = valid.iter().filter(|&&v| v).count().max(1) as f32;
+        let g: Vec<f32> = valid
+            .iter()
+            .map(|&v| if v { -1.0 / count } else { 0.0 })
+            .collect();
+        self.model.backend.eng.upload(&g)
+    }
+}
