@@ -14,9 +14,12 @@ step() { echo "== $* ==" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; echo "exit 
 step "$here/prefer" info
 step nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step "$here/prefer" check
+# The CUDA forward against transformers in bf16 on the GPU, llama-1b (the CUDA issue's bar).
+step python3 "$here/reference/check_transformers.py" --prefer "$here/prefer" --preset llama-1b --init-std 0.02 \
+  --prefer-device cuda --torch-device cuda --torch-dtype bfloat16 --tol 0.05 --mean-tol 0.005
 step "$here/prefer" bench kernels --json "$out/bench_kernels.json"
-for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
-# prefer's CPU path against transformers at llama-1b widths (2 layers), on the host's torch.
-step python3 "$here/reference/check_transformers.py" --prefer "$here/prefer" --preset llama-1b --layers 2 --init-std 0.02 --seqs 4
+step "$here/prefer" bench train --preset llama-1b --batch 8 --seq 1024 --json "$out/bench_t1.json"
+step "$here/prefer" bench train --preset llama-124m --batch 16 --seq 1024 --json "$out/bench_t2.json"
 [ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
+for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
 echo "done; results in $out" | tee -a "$log"
