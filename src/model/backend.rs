@@ -28,6 +28,10 @@ pub trait Backend {
     /// A zeroed accumulator.
     fn acc(&self, n: usize) -> Result<Self::Acc>;
     fn zero(&self, x: &mut Self::Acc) -> Result<()>;
+    /// An accumulator's values on the host (head outputs for the losses, which run there).
+    fn to_host(&self, x: &Self::Acc) -> Result<Vec<f32>>;
+    /// Host values as an accumulator (the losses' gradients on their way back).
+    fn to_device(&self, x: &[f32]) -> Result<Self::Acc>;
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<Self::Inputs>;
 
     /// out[N,D] = table[ids]
@@ -225,6 +229,12 @@ impl Backend for Cpu {
     fn zero(&self, x: &mut Vec<f32>) -> Result<()> {
         x.fill(0.0);
         Ok(())
+    }
+    fn to_host(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+    fn to_device(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(x.to_vec())
     }
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CpuInputs> {
         Ok(CpuInputs {

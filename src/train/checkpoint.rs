@@ -1,7 +1,7 @@
 //! Resumable training checkpoints: the model as an HF folder (f32, so resuming is exact), plus
 //! the AdamW moments and the trainer's position, written together and atomically.
 
-use super::optimizer::AdamW;
+use super::state::HostState;
 use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
 use crate::model::LlamaConfig;
 use anyhow::{bail, Context, Result};
@@ -22,21 +22,20 @@ pub struct TrainerState {
 pub fn save_training_checkpoint(
     dir: &Path,
     cfg: &LlamaConfig,
-    params: &[f32],
-    adam: &AdamW,
+    host: &HostState,
     state: &TrainerState,
     extra_files: &[(&str, &[u8])],
 ) -> Result<()> {
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (m, v) = (bytes(&adam.m), bytes(&adam.v));
+    let (m, v) = (bytes(&host.m), bytes(&host.v));
     let views = vec![
         (
             "exp_avg",
-            TensorView::new(Dtype::F32, vec![adam.m.len()], &m)?,
+            TensorView::new(Dtype::F32, vec![host.m.len()], &m)?,
         ),
         (
             "exp_avg_sq",
-            TensorView::new(Dtype::F32, vec![adam.v.len()], &v)?,
+            TensorView::new(Dtype::F32, vec![host.v.len()], &v)?,
         ),
     ];
     let optimizer = safetensors::serialize(views, None)?;
@@ -46,14 +45,11 @@ pub fn save_training_checkpoint(
         ("trainer_state.json", &state_json),
     ];
     files.extend_from_slice(extra_files);
-    save_checkpoint(dir, cfg, params, SaveDtype::F32, &files)
+    save_checkpoint(dir, cfg, &host.params, SaveDtype::F32, &files)
 }
 
-/// Reads what [`save_training_checkpoint`] wrote into the optimiser `adam` (sized for the model).
-pub fn load_training_checkpoint(
-    dir: &Path,
-    adam: &mut AdamW,
-) -> Result<(LlamaConfig, Vec<f32>, TrainerState)> {
+/// Reads what [`save_training_checkpoint`] wrote.
+pub fn load_training_checkpoint(dir: &Path) -> Result<(LlamaConfig, HostState, TrainerState)> {
     let dir = &crate::model::weights::resolve_checkpoint_dir(dir);
     let (cfg, params) = load_checkpoint(dir)?;
     let state_path = dir.join("trainer_state.json");
@@ -66,7 +62,8 @@ pub fn load_training_checkpoint(
         std::fs::read(&opt_path).with_context(|| format!("reading {}", opt_path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("parsing {}", opt_path.display()))?;
-    for (name, dst) in [("exp_avg", &mut adam.m), ("exp_avg_sq", &mut adam.v)] {
+    let (mut m, mut v) = (Vec::new(), Vec::new());
+    for (name, dst) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
         let t = st
             .tensor(name)
             .with_context(|| format!("{}: no tensor {name}", opt_path.display()))?;
@@ -85,6 +82,11 @@ pub fn load_training_checkpoint(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
     }
-    adam.t = state.adam_t;
-    Ok((cfg, params, state))
+    let host = HostState {
+        params,
+        m,
+        v,
+        t: state.adam_t,
+    };
+    Ok((cfg, host, state))
 }

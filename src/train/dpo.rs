@@ -9,7 +9,7 @@ use crate::loss::{
     dpo_loss, sequence_logprobs, sequence_logprobs_backward, DpoConfig, DpoInputs, DpoLoss,
     SeqReduction,
 };
-use crate::model::{HeadGrads, Heads, Llama};
+use crate::model::{Backend, HeadGrads, Heads, Llama, LlamaConfig};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -26,18 +26,19 @@ impl DpoObjective {
         }
     }
 
-    fn run(
+    fn run<B: Backend>(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut Vec<f32>)>,
+        grad: Option<(f32, &mut B::Acc)>,
     ) -> Result<PairStats> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
         let (b, rows, t) = (pb.pairs, 2 * pb.pairs, pb.batch.seq);
         let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
-        let seq = sequence_logprobs(&fwd.logp, &pb.response_mask, rows, t, self.reduction());
+        let logp = model.backend.to_host(&fwd.logp)?; // [2B·T]: the loss runs on the host
+        let seq = sequence_logprobs(&logp, &pb.response_mask, rows, t, self.reduction());
         let (ref_c, ref_r): (Vec<f32>, Vec<f32>) = match split.reference {
             Some(r) => idx.iter().map(|&i| r[i]).unzip(),
             None => (Vec::new(), Vec::new()),
@@ -60,14 +61,12 @@ impl DpoObjective {
                 .collect();
             let dlogp =
                 sequence_logprobs_backward(&dseq, &pb.response_mask, rows, t, self.reduction());
-            model.backward(
-                &fwd,
-                &HeadGrads {
-                    logp: Some(&dlogp),
-                    ..Default::default()
-                },
-                grads,
-            )?;
+            let dlogp = model.backend.to_device(&dlogp)?;
+            let heads = HeadGrads {
+                logp: Some(&dlogp),
+                ..Default::default()
+            };
+            model.backward(&fwd, &heads, grads)?;
         }
         let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
         Ok(PairStats {
@@ -83,9 +82,9 @@ impl DpoObjective {
 
     /// Sequence log-probs (chosen, rejected) of every pair under `model`, which is the frozen
     /// reference: the starting checkpoint.
-    pub fn reference_logprobs(
+    pub fn reference_logprobs<B: Backend>(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         pairs: &[PreferencePair],
         batch_size: usize,
     ) -> Result<Vec<(f32, f32)>> {
@@ -95,7 +94,7 @@ impl DpoObjective {
             let pb = PairBatch::new(&refs, model.cfg.pad_token_id.unwrap_or(0));
             let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
             let seq = sequence_logprobs(
-                &fwd.logp,
+                &model.backend.to_host(&fwd.logp)?,
                 &pb.response_mask,
                 2 * pb.pairs,
                 pb.batch.seq,
@@ -106,16 +105,22 @@ impl DpoObjective {
         Ok(out)
     }
 
-    /// The reference log-probs of `pairs`, from the cache when this model and data were seen
-    /// before, else computed and cached.
-    pub fn cached_reference(
+    /// The reference log-probs of `pairs`, from the cache when this model (whose f32 weights are
+    /// `host_params`), device and data were seen before, else computed and cached.
+    pub fn cached_reference<B: Backend>(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
+        host_params: &[f32],
         pairs: &[PreferencePair],
         batch_size: usize,
         cache_dir: &Path,
     ) -> Result<(Vec<(f32, f32)>, bool)> {
-        let path = cache_path(cache_dir, model, pairs, self.reduction());
+        let key = CacheKey {
+            cfg: &model.cfg,
+            params: host_params,
+            device: std::any::type_name::<B>(),
+        };
+        let path = cache_path(cache_dir, &key, pairs, self.reduction());
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(values) = serde_json::from_str::<Vec<(f32, f32)>>(&text) {
                 if values.len() == pairs.len() {
@@ -134,18 +139,18 @@ impl DpoObjective {
     }
 }
 
-impl Objective for DpoObjective {
+impl<B: Backend> Objective<B> for DpoObjective {
     fn accumulate(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut Vec<f32>,
+        grads: &mut B::Acc,
     ) -> Result<PairStats> {
         self.run(model, split, idx, Some((scale, grads)))
     }
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats> {
+    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
         self.run(model, split, idx, None)
     }
 }
@@ -171,16 +176,24 @@ impl Fnv {
     }
 }
 
+/// What identifies a reference model: its config (rope, norms, heads), its weights, and the
+/// device it runs on (bf16 on the GPU and f32 on the CPU give slightly different log-probs).
+struct CacheKey<'a> {
+    cfg: &'a LlamaConfig,
+    params: &'a [f32],
+    device: &'a str,
+}
+
 fn cache_path(
     dir: &Path,
-    model: &Llama,
+    key: &CacheKey,
     pairs: &[PreferencePair],
     reduction: SeqReduction,
 ) -> PathBuf {
-    // The model is its config (rope, norms, heads) as well as its weights.
     let mut m = Fnv::new();
-    m.bytes(model.cfg.to_hf_json("float32").to_string().as_bytes());
-    m.bytes(bytemuck::cast_slice(&model.params));
+    m.bytes(key.cfg.to_hf_json("float32").to_string().as_bytes());
+    m.bytes(bytemuck::cast_slice(key.params));
+    m.bytes(key.device.as_bytes());
     let mut d = Fnv::new();
     d.bytes(format!("{reduction:?}").as_bytes());
     for p in pairs {

@@ -2,6 +2,7 @@
 //! global gradient norm and AdamW over fp32 master weights, which also refreshes the bf16 copy the
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
+use super::state::{HostState, TrainState};
 use crate::model::{Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
@@ -50,20 +51,19 @@ impl GpuTrainer {
     /// that have a next token: upstream gradient −1/count on each.
     pub fn lm_step(&mut self, batch: &Batch, dlogp: &CudaSlice<f32>, lr: f32) -> Result<()> {
         let fwd = self.model.forward_heads(batch, Heads::LOGP)?;
-        let b = &self.model.backend;
-        b.eng
-            .stream
-            .memset_zeros(&mut self.grads)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        self.model.backward(
-            &fwd,
-            &HeadGrads {
-                logp: Some(dlogp),
-                ..Default::default()
-            },
-            &mut self.grads,
-        )?;
-        grad_norm(&b.eng, &mut self.norm, &mut self.norm_partial, &self.grads)?;
+        self.zero_grads()?;
+        let heads = HeadGrads {
+            logp: Some(dlogp),
+            ..Default::default()
+        };
+        self.model.backward(&fwd, &heads, &mut self.grads)?;
+        self.apply(lr, self.max_grad_norm)
+    }
+
+    /// The global norm, then AdamW with the clip folded in; all on the device, no host round trip.
+    fn apply(&mut self, lr: f32, max_norm: f32) -> Result<()> {
+        let eng = &self.model.backend.eng;
+        grad_norm(eng, &mut self.norm, &mut self.norm_partial, &self.grads)?;
         self.t += 1;
         let h = AdamWStep {
             lr,
@@ -72,12 +72,13 @@ impl GpuTrainer {
             eps: 1e-8,
             weight_decay: self.weight_decay,
             t: self.t,
-            max_norm: self.max_grad_norm,
+            max_norm,
         };
+        let (master, params) = (&mut self.master, &mut self.model.params);
         adamw_step(
-            &b.eng,
-            &mut self.master,
-            &mut self.model.params,
+            eng,
+            master,
+            params,
             &self.grads,
             &mut self.m,
             &mut self.v,
@@ -95,5 +96,47 @@ impl GpuTrainer {
             .map(|&v| if v { -1.0 / count } else { 0.0 })
             .collect();
         self.model.backend.eng.upload(&g)
+    }
+}
+
+impl TrainState for GpuTrainer {
+    type B = Cuda;
+    fn model(&self) -> &Llama<Cuda> {
+        &self.model
+    }
+    fn model_and_grads(&mut self) -> (&Llama<Cuda>, &mut CudaSlice<f32>) {
+        (&self.model, &mut self.grads)
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        self.model
+            .backend
+            .eng
+            .stream
+            .memset_zeros(&mut self.grads)
+            .map_err(|e| anyhow!("{e:?}"))
+    }
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32> {
+        self.apply(lr, max_norm)?;
+        Ok(self.model.backend.eng.download(&self.norm)?[0])
+    }
+    fn host_state(&self) -> Result<HostState> {
+        let eng = &self.model.backend.eng;
+        Ok(HostState {
+            params: eng.download(&self.master)?,
+            m: eng.download(&self.m)?,
+            v: eng.download(&self.v)?,
+            t: self.t,
+        })
+    }
+    fn restore(&mut self, s: HostState) -> Result<()> {
+        anyhow::ensure!(
+            s.params.len() == self.master.len(),
+            "the checkpoint holds another model's parameters"
+        );
+        let b = &self.model.backend;
+        self.master = b.eng.upload(&s.params)?;
+        self.model.params = b.upload_params(&s.params)?;
+        (self.m, self.v, self.t) = (b.eng.upload(&s.m)?, b.eng.upload(&s.v)?, s.t);
+        Ok(())
     }
 }

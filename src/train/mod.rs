@@ -12,6 +12,7 @@ pub mod options;
 pub mod pair_batch;
 pub mod rm;
 pub mod schedule;
+pub mod state;
 pub mod trainer;
 
 pub use options::{TrainArgs, TrainerKind};

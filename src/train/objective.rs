@@ -2,7 +2,7 @@
 //! The training loop (trainer.rs) is the same for both.
 
 use crate::data::preference::PreferencePair;
-use crate::model::Llama;
+use crate::model::{Backend, Llama};
 use anyhow::Result;
 
 /// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.
@@ -58,18 +58,18 @@ pub struct Split<'a> {
     pub reference: Option<&'a [(f32, f32)]>,
 }
 
-pub trait Objective {
+pub trait Objective<B: Backend> {
     /// Adds `scale` × the gradient of the mean loss over the pairs `idx` of `split` to `grads`
     /// (the parameter layout), and returns the pairs' loss and metrics.
     fn accumulate(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut Vec<f32>,
+        grads: &mut B::Acc,
     ) -> Result<PairStats>;
 
     /// Loss and metrics of the pairs `idx`, without gradients.
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats>;
+    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats>;
 }

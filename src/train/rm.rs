@@ -4,28 +4,27 @@
 use super::objective::{Objective, PairStats, Split};
 use super::pair_batch::PairBatch;
 use crate::loss::reward_model_loss;
-use crate::model::{HeadGrads, Heads, Llama};
+use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
 
 pub struct RewardObjective;
 
 impl RewardObjective {
-    fn run(
+    fn run<B: Backend>(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut Vec<f32>)>,
+        grad: Option<(f32, &mut B::Acc)>,
     ) -> Result<PairStats> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pad = model.cfg.pad_token_id;
         let pb = PairBatch::new(&pairs, pad.unwrap_or(0));
         let b = pb.pairs;
         let fwd = model.forward_heads(&pb.batch, Heads::VALUE)?;
-        let chosen: Vec<f32> = (0..b).map(|i| fwd.value[pb.reward_token(i, pad)]).collect();
-        let rejected: Vec<f32> = (0..b)
-            .map(|i| fwd.value[pb.reward_token(b + i, pad)])
-            .collect();
+        let value = model.backend.to_host(&fwd.value)?; // [2B·T]: the loss runs on the host
+        let chosen: Vec<f32> = (0..b).map(|i| value[pb.reward_token(i, pad)]).collect();
+        let rejected: Vec<f32> = (0..b).map(|i| value[pb.reward_token(b + i, pad)]).collect();
         let margins: Option<Vec<f32>> = pairs
             .iter()
             .any(|p| p.margin.is_some())
@@ -37,14 +36,12 @@ impl RewardObjective {
                 dvalue[pb.reward_token(i, pad)] = scale * out.grad_chosen[i];
                 dvalue[pb.reward_token(b + i, pad)] = scale * out.grad_rejected[i];
             }
-            model.backward(
-                &fwd,
-                &HeadGrads {
-                    value: Some(&dvalue),
-                    ..Default::default()
-                },
-                grads,
-            )?;
+            let dvalue = model.backend.to_device(&dvalue)?;
+            let heads = HeadGrads {
+                value: Some(&dvalue),
+                ..Default::default()
+            };
+            model.backward(&fwd, &heads, grads)?;
         }
         Ok(PairStats {
             pairs: b,
@@ -58,18 +55,18 @@ impl RewardObjective {
     }
 }
 
-impl Objective for RewardObjective {
+impl<B: Backend> Objective<B> for RewardObjective {
     fn accumulate(
         &self,
-        model: &Llama,
+        model: &Llama<B>,
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut Vec<f32>,
+        grads: &mut B::Acc,
     ) -> Result<PairStats> {
         self.run(model, split, idx, Some((scale, grads)))
     }
-    fn evaluate(&self, model: &Llama, split: &Split, idx: &[usize]) -> Result<PairStats> {
+    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
         self.run(model, split, idx, None)
     }
 }

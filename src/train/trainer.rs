@@ -4,15 +4,16 @@
 use super::batching::epoch_batches;
 use super::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
 use super::dpo::DpoObjective;
+use super::gpu_step::GpuTrainer;
 use super::metrics::{plot_curves, MetricsLog};
 use super::objective::{Objective, PairStats, Split};
-use super::optimizer::{clip_grad_norm, AdamW};
-use super::options::{TrainArgs, TrainerKind};
+use super::options::{TrainArgs, TrainOptions, TrainerKind};
 use super::rm::RewardObjective;
 use super::schedule::Schedule;
+use super::state::{CpuState, TrainState};
 use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
-use crate::data::preference::{load_preferences, DataOptions, Encoder, Overflow};
+use crate::data::preference::{load_preferences, DataOptions, Encoder, Overflow, PreferencePair};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
 use crate::model::{Llama, LlamaConfig, ParamLayout};
@@ -48,9 +49,6 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let resume = args.resume.is_some();
     let args = args.with_files()?;
     let opts = args.clone().resolve(kind)?;
-    if opts.device == Device::Cuda {
-        bail!("--device cuda: the CUDA training step is not built yet; use --device cpu or auto");
-    }
     let ckpt_dir = opts.out.join("checkpoint");
     if !resume && ckpt_dir.exists() {
         bail!(
@@ -101,11 +99,70 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         .map(|(n, b)| (*n, b.as_slice()))
         .collect();
 
-    let mut model = Llama::new(cfg.clone(), start_params);
+    let cpu_model = Llama::new(cfg, start_params);
+    let data = RunData {
+        opts: &opts,
+        kind,
+        resume,
+        ckpt_dir: &ckpt_dir,
+        train: &train,
+        eval: eval.as_deref(),
+        extra: &extra,
+    };
+    // bf16 on CUDA, f32 on the CPU; `auto` takes the GPU when kernels and a GPU are usable.
+    match opts.device {
+        Device::Cpu => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
+        Device::Cuda => train_on(gpu_state(&cpu_model, opts.weight_decay)?, &data),
+        Device::Auto => match gpu_state(&cpu_model, opts.weight_decay) {
+            Ok(state) => train_on(state, &data),
+            Err(_) => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
+        },
+    }
+}
+
+fn gpu_state(cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
+    let mut state = GpuTrainer::new(cpu)?;
+    state.weight_decay = weight_decay;
+    eprintln!("training on the GPU (bf16 weights and activations, fp32 masters and AdamW)");
+    Ok(state)
+}
+
+/// Everything a run reads, whichever device it trains on.
+struct RunData<'a> {
+    opts: &'a TrainOptions,
+    kind: TrainerKind,
+    resume: bool,
+    ckpt_dir: &'a Path,
+    train: &'a [PreferencePair],
+    eval: Option<&'a [PreferencePair]>,
+    extra: &'a [(&'a str, &'a [u8])],
+}
+
+/// The training loop, written once over the device's `TrainState`.
+fn train_on<S: TrainState>(mut state: S, data: &RunData) -> Result<RunSummary>
+where
+    RewardObjective: Objective<S::B>,
+    DpoObjective: Objective<S::B>,
+{
+    let RunData {
+        opts,
+        kind,
+        resume,
+        ckpt_dir,
+        train,
+        eval,
+        extra,
+    } = *data;
+    let host_params = state.host_state()?.params;
     let dpo = DpoObjective { config: opts.dpo };
     let (ref_train, ref_eval) = if kind == TrainerKind::Dpo && opts.dpo.loss.uses_reference() {
-        let (r, hit) =
-            dpo.cached_reference(&model, &train, opts.batch_size, &opts.ref_cache_dir)?;
+        let (r, hit) = dpo.cached_reference(
+            state.model(),
+            &host_params,
+            train,
+            opts.batch_size,
+            &opts.ref_cache_dir,
+        )?;
         eprintln!(
             "reference log-probs: {} ({})",
             if hit {
@@ -115,10 +172,16 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             },
             opts.ref_cache_dir.display()
         );
-        let e = match &eval {
+        let e = match eval {
             Some(pairs) => Some(
-                dpo.cached_reference(&model, pairs, opts.batch_size, &opts.ref_cache_dir)?
-                    .0,
+                dpo.cached_reference(
+                    state.model(),
+                    &host_params,
+                    pairs,
+                    opts.batch_size,
+                    &opts.ref_cache_dir,
+                )?
+                .0,
             ),
             None => None,
         };
@@ -126,15 +189,15 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     } else {
         (None, None)
     };
-    let objective: &dyn Objective = match kind {
+    let objective: &dyn Objective<S::B> = match kind {
         TrainerKind::RewardModel => &RewardObjective,
         TrainerKind::Dpo => &dpo,
     };
     let train_split = Split {
-        pairs: &train,
+        pairs: train,
         reference: ref_train.as_deref(),
     };
-    let eval_split = eval.as_ref().map(|pairs| Split {
+    let eval_split = eval.map(|pairs| Split {
         pairs,
         reference: ref_eval.as_deref(),
     });
@@ -148,19 +211,18 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         .unwrap_or(usize::MAX)
         .min(total_micro.div_ceil(opts.grad_accum));
     let schedule = Schedule::new(opts.lr, opts.warmup_ratio, total_steps, opts.decay);
-    let mut adam = AdamW::new(model.layout.len, opts.weight_decay);
     let mut start_step = 0;
     if resume {
-        let (_, params, state) = load_training_checkpoint(&ckpt_dir, &mut adam)
+        let (_, host, saved) = load_training_checkpoint(ckpt_dir)
             .with_context(|| format!("resuming from {}", ckpt_dir.display()))?;
-        if state.total_steps != total_steps || params.len() != model.params.len() {
+        if saved.total_steps != total_steps {
             bail!(
                 "{} does not match this run's data and options",
                 ckpt_dir.display()
             );
         }
-        model.params = params;
-        start_step = state.next_step;
+        state.restore(host)?;
+        start_step = saved.next_step;
         eprintln!("resuming at step {start_step} of {total_steps}");
     }
 
@@ -169,7 +231,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     // eval row written just before the checkpoint at `start_step` is kept.
     let mut eval_log = MetricsLog::open(&opts.out.join("eval.jsonl"), start_step + 1)?;
     let run_eval =
-        |model: &Llama, step: usize, log: &mut MetricsLog| -> Result<Option<PairStats>> {
+        |model: &Llama<S::B>, step: usize, log: &mut MetricsLog| -> Result<Option<PairStats>> {
             let Some(split) = &eval_split else {
                 return Ok(None);
             };
@@ -185,7 +247,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             Ok(Some(stats))
         };
     let initial_eval = if start_step == 0 {
-        run_eval(&model, 0, &mut eval_log)?
+        run_eval(state.model(), 0, &mut eval_log)?
     } else {
         None
     };
@@ -209,22 +271,22 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
             .expect("a valid template"),
     );
-    let save = |model: &Llama, adam: &AdamW, next_step: usize| {
-        let state = TrainerState {
+    let save = |state: &S, next_step: usize| -> Result<()> {
+        let host = state.host_state()?;
+        let position = TrainerState {
             next_step,
             total_steps,
-            adam_t: adam.t,
+            adam_t: host.t,
         };
-        save_training_checkpoint(&ckpt_dir, &model.cfg, &model.params, adam, &state, &extra)
+        save_training_checkpoint(ckpt_dir, &state.model().cfg, &host, &position, extra)
     };
 
-    let mut grads = vec![0.0f32; model.layout.len];
     let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut stopped_early = false;
     let mut steps = total_steps;
     for step in start_step..total_steps {
         let t0 = Instant::now();
-        grads.fill(0.0);
+        state.zero_grads()?;
         let mut stats = PairStats::default();
         let micro = step * opts.grad_accum..((step + 1) * opts.grad_accum).min(total_micro);
         let scale = 1.0 / micro.len() as f32;
@@ -233,11 +295,12 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
                 epoch_cache = Some((
                     epoch,
-                    epoch_batches(&train, opts.batch_size, opts.seed, epoch),
+                    epoch_batches(train, opts.batch_size, opts.seed, epoch),
                 ));
             }
             let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
-            stats.add(&objective.accumulate(&model, &train_split, idx, scale, &mut grads)?);
+            let (model, grads) = state.model_and_grads();
+            stats.add(&objective.accumulate(model, &train_split, idx, scale, grads)?);
         }
         if !stats.loss().is_finite() {
             bail!(
@@ -246,9 +309,8 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
                 ckpt_dir.display()
             );
         }
-        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm);
         let lr = schedule.lr(step);
-        adam.step(&mut model.params, &grads, lr);
+        let grad_norm = state.step(lr, opts.max_grad_norm)?;
         let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
         metrics.write(&json!({
             "step": step, "epoch": (step * opts.grad_accum) as f64 / batches_per_epoch as f64,
@@ -266,11 +328,11 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
 
         let done = step + 1;
         if opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps {
-            run_eval(&model, done, &mut eval_log)?;
+            run_eval(state.model(), done, &mut eval_log)?;
         }
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(done);
         if interrupted || (opts.save_every > 0 && done % opts.save_every == 0) {
-            save(&model, &adam, done)?;
+            save(&state, done)?;
         }
         if interrupted && done < total_steps {
             bar.abandon_with_message(format!(
@@ -293,15 +355,16 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         train_pairs: train.len(),
     };
     if !stopped_early {
-        save(&model, &adam, total_steps)?;
+        save(&state, total_steps)?;
+        let host = state.host_state()?;
         save_checkpoint(
             &opts.out.join("model"),
-            &model.cfg,
-            &model.params,
+            &state.model().cfg,
+            &host.params,
             SaveDtype::F32,
-            &extra,
+            extra,
         )?;
-        if let Some(s) = run_eval(&model, total_steps, &mut eval_log)? {
+        if let Some(s) = run_eval(state.model(), total_steps, &mut eval_log)? {
             eprintln!(
                 "eval after training: loss {:.4}, accuracy {:.3}",
                 s.loss(),

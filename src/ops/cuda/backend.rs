@@ -109,6 +109,12 @@ impl Backend for Cuda {
     fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
         self.eng.stream.memset_zeros(x).map_err(err)
     }
+    fn to_host(&self, x: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.eng.download(x)
+    }
+    fn to_device(&self, x: &[f32]) -> Result<CudaSlice<f32>> {
+        self.eng.upload(x)
+    }
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
         Ok(CudaInputs {

@@ -1,0 +1,83 @@
+//! What a trainer updates, on the device it trains on: the model, its gradient buffer, and
+//! AdamW's fp32 state. The loop in trainer.rs is written once over `TrainState`; the CPU keeps
+//! everything in f32 (the oracle, bitwise reproducible), the GPU keeps bf16 weights for the
+//! forward beside fp32 masters (src/train/gpu_step.rs).
+
+use super::optimizer::{clip_grad_norm, AdamW};
+use crate::model::{Backend, Cpu, Llama};
+use anyhow::Result;
+
+/// The optimiser state as host arrays, for checkpoints.
+pub struct HostState {
+    pub params: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub t: u64,
+}
+
+pub trait TrainState {
+    type B: Backend;
+    fn model(&self) -> &Llama<Self::B>;
+    /// The model to run and the gradient buffer to accumulate into, borrowed together.
+    fn model_and_grads(&mut self) -> (&Llama<Self::B>, &mut <Self::B as Backend>::Acc);
+    fn zero_grads(&mut self) -> Result<()>;
+    /// Clips the gradients to `max_norm` (0: no clipping) and takes one AdamW step at `lr`;
+    /// returns the norm before clipping.
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32>;
+    /// The fp32 master weights and AdamW moments, on the host.
+    fn host_state(&self) -> Result<HostState>;
+    fn restore(&mut self, s: HostState) -> Result<()>;
+}
+
+/// Training on the CPU: f32 weights, gradients and moments.
+pub struct CpuState {
+    pub model: Llama<Cpu>,
+    grads: Vec<f32>,
+    adam: AdamW,
+}
+
+impl CpuState {
+    pub fn new(model: Llama<Cpu>, weight_decay: f32) -> Self {
+        let n = model.layout.len;
+        CpuState {
+            model,
+            grads: vec![0.0; n],
+            adam: AdamW::new(n, weight_decay),
+        }
+    }
+}
+
+impl TrainState for CpuState {
+    type B = Cpu;
+    fn model(&self) -> &Llama<Cpu> {
+        &self.model
+    }
+    fn model_and_grads(&mut self) -> (&Llama<Cpu>, &mut Vec<f32>) {
+        (&self.model, &mut self.grads)
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        self.grads.fill(0.0);
+        Ok(())
+    }
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32> {
+        let norm = clip_grad_norm(&mut self.grads, max_norm);
+        self.adam.step(&mut self.model.params, &self.grads, lr);
+        Ok(norm)
+    }
+    fn host_state(&self) -> Result<HostState> {
+        Ok(HostState {
+            params: self.model.params.clone(),
+            m: self.adam.m.clone(),
+            v: self.adam.v.clone(),
+            t: self.adam.t,
+        })
+    }
+    fn restore(&mut self, s: HostState) -> Result<()> {
+        anyhow::ensure!(
+            s.params.len() == self.model.params.len(),
+            "the checkpoint holds another model's parameters"
+        );
+        (self.model.params, self.adam.m, self.adam.v, self.adam.t) = (s.params, s.m, s.v, s.t);
+        Ok(())
+    }
+}
