@@ -67,15 +67,15 @@ enum Command {
     Info,
     /// Time the kernels at the shapes of DESIGN.md's targets (kernels), or a training step (train).
     Bench {
-        /// kernels or train
+        /// kernels, train (T1/T2) or dpo (T3)
         what: String,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// train: the model preset.
+        /// train/dpo: the model preset.
         #[arg(long, default_value = "llama-1b")]
         preset: String,
-        /// train: sequences per step.
+        /// train: sequences per step; dpo: pairs per step.
         #[arg(long, default_value_t = 8)]
         batch: usize,
         /// train: tokens per sequence.

@@ -29,7 +29,8 @@ pub fn run_bench(what: &str, json: Option<&Path>, train: &TrainBenchArgs) -> Res
             serde_json::json!({"gpu": gpu, "rows": rows})
         }
         "train" => bench_train(train, &gpu)?,
-        other => bail!("unknown bench {other:?}: kernels or train"),
+        "dpo" => bench_dpo(train, &gpu)?,
+        other => bail!("unknown bench {other:?}: kernels, train or dpo"),
     };
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
@@ -111,4 +112,69 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
         "step_ms": eng_ms, "tokens_per_s": tok_s, "mfu": mfu,
         "state_gib": gib(state_bytes(n_params)), "used_gib": gib(total - free1),
     }))
+}
+
+/// T3: a DPO optimiser step on the GPU, `batch` pairs of `seq` tokens (half prompt, half
+/// response) each, through the same objective and state the `dpo` command trains with.
+fn bench_dpo(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
+    use crate::data::preference::PreferencePair;
+    use crate::loss::DpoConfig;
+    use crate::train::dpo::DpoObjective;
+    use crate::train::objective::{Objective, Split};
+    use crate::train::state::TrainState;
+
+    let cfg = LlamaConfig::preset(&a.preset)?;
+    let layout = ParamLayout::new(&cfg);
+    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    let mut state = GpuTrainer::new(&cpu)?;
+    let half = a.seq / 2;
+    let ids = |salt: usize, len: usize| {
+        (0..len)
+            .map(|t| ((salt * 7919 + t * 104_729) % cfg.vocab_size) as u32)
+            .collect::<Vec<_>>()
+    };
+    let pairs: Vec<PreferencePair> = (0..a.batch)
+        .map(|i| PreferencePair {
+            prompt: ids(i, half),
+            chosen: ids(1000 + i, half),
+            rejected: ids(2000 + i, half),
+            margin: None,
+            line: i + 1,
+        })
+        .collect();
+    let reference: Vec<(f32, f32)> = vec![(-1000.0, -1000.0); pairs.len()];
+    let split = Split {
+        pairs: &pairs,
+        reference: Some(&reference),
+    };
+    let objective = DpoObjective {
+        config: DpoConfig::default(),
+    };
+    let idx: Vec<usize> = (0..pairs.len()).collect();
+    let step = |state: &mut GpuTrainer| -> Result<()> {
+        state.zero_grads()?;
+        let (model, grads) = state.model_and_grads();
+        objective.accumulate(model, &split, &idx, 1.0, grads)?;
+        state.step(1e-6, 1.0).map(|_| ())
+    };
+    step(&mut state)?; // warm-up
+    let t0 = std::time::Instant::now();
+    for _ in 0..a.steps {
+        step(&mut state)?; // each step reads the norm back, so it ends synchronised
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / a.steps.max(1) as f64;
+    let (free, total) = state
+        .model
+        .backend
+        .eng
+        .ctx
+        .mem_get_info()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let tokens = (2 * a.batch * a.seq) as f64;
+    let tok_s = tokens / (ms / 1e3);
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!("prefer bench dpo on {gpu}: {}, {} pairs × {} tokens: step {ms:.1} ms, {tok_s:.0} tokens/s, {:.2} GiB in use", a.preset, a.batch, a.seq, gib(total - free));
+    Ok(
+        serde_json::json!({"gpu": gpu, "preset": a.preset, "pairs": a.batch, "seq": a.seq, "step_ms": ms, "tokens_per_s": tok_s, "used_gib": gib(total - free)}),
+    )
 }
