@@ -30,16 +30,17 @@ extern "C" __global__ void adamw_step(float* master, __nv_bfloat16* params_bf16,
                                       float* v, const float* norm, float max_norm, float lr, float beta1,
                                       float beta2, float eps, float weight_decay, float bias1, float bias2,
                                       size_t n) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
     const float scale = (max_norm > 0.0f && norm[0] > max_norm) ? max_norm / (norm[0] + 1e-6f) : 1.0f;
-    const float g = grads[i] * scale;
-    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const float p = master[i];
-    const float updated = p - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps) + weight_decay * p);
-    master[i] = updated;
-    params_bf16[i] = __float2bfloat16(updated);
+    // Grid-stride: a fixed grid covers any parameter count (7B+ exceeds a u32 grid of threads).
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = grads[i] * scale;
+        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        const float p = master[i];
+        const float updated = p - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps) + weight_decay * p);
+        master[i] = updated;
+        params_bf16[i] = __float2bfloat16(updated);
+    }
 }

@@ -69,7 +69,10 @@ extern "C" __global__ void attention_forward(__nv_bfloat16* out, float* lse, con
         const float p = valid ? expf(s - m_new) : 0.0f;
         const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
         l = l * corr + warp_sum(p);
-        for (int c = 0; c * WARP_SIZE < hd; ++c) {
+        // A constant trip count keeps the per-lane accumulators in registers.
+        #pragma unroll
+        for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+            if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
             const int e = c * WARP_SIZE + lane;
             float pv = 0.0f;
             for (int r = 0; r < ATT_TILE; ++r) {
@@ -81,7 +84,10 @@ extern "C" __global__ void attention_forward(__nv_bfloat16* out, float* lse, con
         m = m_new;
     }
     if (i >= T) return;
-    for (int c = 0; c * WARP_SIZE < hd; ++c) {
+    // A constant trip count keeps the per-lane accumulators in registers.
+    #pragma unroll
+    for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+        if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
         const int e = c * WARP_SIZE + lane;
         if (e < hd) out[row_of(b, i, h, T, H, hd) + e] = __float2bfloat16(l > 0.0f ? acc[c] / l : 0.0f);
     }
@@ -148,7 +154,10 @@ extern "C" __global__ void attention_backward_dq(__nv_bfloat16* dq, const __nv_b
             }
             ds = expf(scale * s - li) * (dp - Di);
         }
-        for (int c = 0; c * WARP_SIZE < hd; ++c) {
+        // A constant trip count keeps the per-lane accumulators in registers.
+        #pragma unroll
+        for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+            if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
             const int e = c * WARP_SIZE + lane;
             float sum = 0.0f;
             for (int r = 0; r < ATT_TILE; ++r) {
@@ -159,7 +168,10 @@ extern "C" __global__ void attention_backward_dq(__nv_bfloat16* dq, const __nv_b
         }
     }
     if (i >= T) return;
-    for (int c = 0; c * WARP_SIZE < hd; ++c) {
+    // A constant trip count keeps the per-lane accumulators in registers.
+    #pragma unroll
+    for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+        if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
         const int e = c * WARP_SIZE + lane;
         if (e < hd) dq[row_of(b, i, h, T, H, hd) + e] = __float2bfloat16(scale * acc[c]);
     }
@@ -215,7 +227,10 @@ extern "C" __global__ void attention_backward_dkv(__nv_bfloat16* dk, __nv_bfloat
                 p = expf(scale * s - li);
                 ds = p * (dp - D[((size_t)b * H + h) * T + i]);
             }
-            for (int c = 0; c * WARP_SIZE < hd; ++c) {
+            // A constant trip count keeps the per-lane accumulators in registers.
+            #pragma unroll
+            for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+                if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
                 const int e = c * WARP_SIZE + lane;
                 float sv = 0.0f, sk = 0.0f;
                 for (int r = 0; r < ATT_TILE; ++r) {
@@ -231,7 +246,10 @@ extern "C" __global__ void attention_backward_dkv(__nv_bfloat16* dk, __nv_bfloat
         }
     }
     if (j >= T) return;
-    for (int c = 0; c * WARP_SIZE < hd; ++c) {
+    // A constant trip count keeps the per-lane accumulators in registers.
+    #pragma unroll
+    for (int c = 0; c < ATT_MAX_HD / WARP_SIZE; ++c) {
+        if (c * WARP_SIZE >= hd) continue;  // uniform across the warp
         const int e = c * WARP_SIZE + lane;
         if (e < hd) {
             dk[row_of(b, j, kvh, T, Hkv, hd) + e] = __float2bfloat16(scale * dk_acc[c]);

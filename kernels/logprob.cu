@@ -20,7 +20,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 // One block per token: fold logits (N, vc) of vocabulary [c0, c0 + vc) into the running state
 // run_max, run_sum = sum exp(z - run_max), run_sumz = sum exp(z - run_max) * z, and pick up the
-// target's logit when it falls in this chunk.
+// target's logit when it falls in this chunk. The first chunk (c0 == 0) starts the state rather
+// than folding into it, so no reset pass (or host copy) is needed between calls.
 extern "C" __global__ void logprob_chunk_forward(float* run_max, float* run_sum, float* run_sumz,
                                                  float* target_logit, const float* logits,
                                                  const uint32_t* targets, int n, int vc, int c0) {
@@ -40,11 +41,12 @@ extern "C" __global__ void logprob_chunk_forward(float* run_max, float* run_sum,
     s = block_sum(s, scratch);
     sz = block_sum(sz, scratch);
     if (threadIdx.x == 0) {
-        const float m_old = run_max[row];
+        const bool first = c0 == 0;
+        const float m_old = first ? -INFINITY : run_max[row];
         const float m_new = fmaxf(m_old, m);
         const float a = m_old == -INFINITY ? 0.0f : expf(m_old - m_new), b = expf(m - m_new);
-        run_sum[row] = run_sum[row] * a + s * b;
-        run_sumz[row] = run_sumz[row] * a + sz * b;
+        run_sum[row] = (first ? 0.0f : run_sum[row] * a) + s * b;
+        run_sumz[row] = (first ? 0.0f : run_sumz[row] * a) + sz * b;
         run_max[row] = m_new;
         const int t = (int)targets[row] - c0;
         if (t >= 0 && t < vc) target_logit[row] = z[t];

@@ -98,7 +98,13 @@ pub fn adamw_step(
         .arg(&h.weight_decay);
     l.arg(&bias1).arg(&bias2).arg(&n);
     // SAFETY: arguments match the kernel's signature; lengths checked above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
-        .map_err(|e| anyhow!("adamw_step (n={n}): {e:?}"))?;
+    unsafe {
+        l.launch(LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 132 * 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map_err(|e| anyhow!("adamw_step (n={n}): {e:?}"))?;
     Ok(())
 }

@@ -5,6 +5,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use std::sync::Arc;
 
+/// One thread per element, refusing sizes a u32 grid cannot cover rather than wrapping.
+pub fn grid_for(n: usize, op: &str) -> Result<cudarc::driver::LaunchConfig> {
+    anyhow::ensure!(
+        n <= u32::MAX as usize,
+        "{op}: {n} elements exceed one launch's grid"
+    );
+    Ok(cudarc::driver::LaunchConfig::for_num_elems(n as u32))
+}
+
 /// What `prefer info` reports about the GPU.
 pub struct GpuInfo {
     pub name: String,

@@ -60,18 +60,15 @@ pub fn logprob_forward(
     let n = s.n;
     let v = w.len() / d;
     ensure!(
-        h.len() == n * d && targets.len() == n && logp.len() == n && w.len() == v * d,
+        h.len() == n * d
+            && targets.len() == n
+            && logp.len() == n
+            && entropy.len() == n
+            && lse.len() == n
+            && w.len() == v * d,
         "logprob_forward: N={n} D={d} V={v}"
     );
-    eng.stream
-        .memset_zeros(&mut s.run_sum)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    eng.stream
-        .memset_zeros(&mut s.run_sumz)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    eng.stream
-        .memcpy_htod(&vec![f32::NEG_INFINITY; n], &mut s.run_max)
-        .map_err(|e| anyhow!("{e:?}"))?;
+    // The first chunk starts the running state (kernels/logprob.cu): no reset, no host copy.
     let fold = eng.function("logprob_chunk_forward")?;
     for c0 in (0..v).step_by(VOCAB_CHUNK) {
         let vc = VOCAB_CHUNK.min(v - c0);
@@ -109,7 +106,7 @@ pub fn logprob_forward(
         .arg(&s.target_logit)
         .arg(&n_i);
     // SAFETY: as above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+    unsafe { l.launch(super::grid_for(n, "elementwise")?) }
         .map_err(|e| anyhow!("logprob_finish (N={n}): {e:?}"))?;
     Ok(())
 }
@@ -134,7 +131,13 @@ pub fn logprob_backward(
     let n = s.n;
     let v = w.len() / d;
     ensure!(
-        dh.len() == n * d && dw.len() == v * d && dlogp.len() == n && lse.len() == n,
+        dh.len() == n * d
+            && dw.len() == v * d
+            && dlogp.len() == n
+            && lse.len() == n
+            && entropy.len() == n
+            && targets.len() == n
+            && h.len() == n * d,
         "logprob_backward: N={n} D={d} V={v}"
     );
     let grad = eng.function("logprob_chunk_backward")?;

@@ -64,7 +64,7 @@ impl Drop for Plan {
 pub struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
-    plans: Mutex<HashMap<GemmShape, Plan>>,
+    plans: Mutex<HashMap<(GemmShape, [u32; 3]), Plan>>,
 }
 
 // SAFETY: the handle is used only through &self calls that serialise on the engine's one stream;
@@ -87,6 +87,12 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Gemm {
     pub fn new(eng: &CudaEngine) -> Result<Self> {
+        // SAFETY: only asks the dynamic loader whether libcublasLt can be opened.
+        if !unsafe { sys::is_culib_present() } {
+            anyhow::bail!(
+                "cuBLASLt (libcublasLt) was not found: the GEMMs need the CUDA toolkit's cuBLAS 13"
+            );
+        }
         let handle =
             lt::create_handle().map_err(|e| anyhow!("creating a cuBLASLt handle: {e:?}"))?;
         let workspace = eng.zeros::<u8>(WORKSPACE_BYTES)?;
@@ -97,7 +103,7 @@ impl Gemm {
         })
     }
 
-    fn plan(&self, s: GemmShape) -> Result<Plan> {
+    fn plan(&self, s: GemmShape, align: [u32; 3]) -> Result<Plan> {
         let err = |what: &str, e: lt::CublasError| anyhow!("cuBLASLt {what} for {s:?}: {e:?}");
         let bf = sys::cudaDataType_t::CUDA_R_16BF;
         let c_type = if s.c_f32 { f32::DTYPE } else { bf16::DTYPE };
@@ -137,6 +143,22 @@ impl Gemm {
                 std::mem::size_of::<u64>(),
             )
             .map_err(|e| err("workspace preference", e))?;
+            use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
+            let [aa, ab, ac] = align;
+            for (attr, bytes) in [
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aa),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, ab),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, ac),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, ac),
+            ] {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    attr,
+                    &bytes as *const u32 as *const c_void,
+                    std::mem::size_of::<u32>(),
+                )
+                .map_err(|e| err("alignment preference", e))?;
+            }
             let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref);
             let _ = lt::destroy_matmul_pref(pref);
             heuristic
@@ -169,20 +191,24 @@ impl Gemm {
             s.c_f32 == (T::DTYPE == f32::DTYPE),
             "{op}: GemmShape.c_f32 does not match the output type"
         );
-        let mut plans = self
-            .plans
-            .lock()
-            .map_err(|_| anyhow!("{op}: the GEMM plan cache is poisoned"))?;
-        let p = match plans.entry(s) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.plan(s).map_err(|e| e.context(op.to_string()))?)
-            }
-        };
         let stream = &eng.stream;
         let (a_ptr, _ra) = a.device_ptr(stream);
         let (b_ptr, _rb) = b.device_ptr(stream);
         let (c_ptr, _rc) = c.device_ptr_mut(stream);
+        // Views into the flat parameter buffer sit at any offset; cuBLASLt assumes 256-byte
+        // alignment unless told, so the plan is chosen for the pointers' real alignment.
+        let align = |ptr: u64| (1u32 << ptr.trailing_zeros().min(8)).min(256);
+        let key = (s, [align(a_ptr), align(b_ptr), align(c_ptr)]);
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| anyhow!("{op}: the GEMM plan cache is poisoned"))?;
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.plan(s, key.1).map_err(|e| e.context(op.to_string()))?)
+            }
+        };
         let (w_ptr, _rw) = self.workspace.device_ptr(stream);
         // SAFETY: the layouts were built for exactly this shape and these element types; the
         // callers check that the buffers hold the elements the layouts reach.

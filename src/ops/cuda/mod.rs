@@ -15,7 +15,7 @@ pub mod rope;
 pub mod scalar_head;
 pub mod swiglu;
 
-pub use device::{probe_gpu, CudaEngine, GpuInfo};
+pub use device::{grid_for, probe_gpu, CudaEngine, GpuInfo};
 
 /// The embedded fatbin; empty when the crate was built without nvcc.
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prefer_kernels.fatbin"));

@@ -2,7 +2,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
 /// out = a + b, all (n) bf16.
@@ -23,7 +23,7 @@ pub fn residual_forward(
     let mut l = eng.stream.launch_builder(&f);
     l.arg(out).arg(a).arg(b).arg(&n);
     // SAFETY: arguments match the kernel; lengths checked above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+    unsafe { l.launch(super::grid_for(n, "elementwise")?) }
         .map_err(|e| anyhow!("residual_forward (n={n}): {e:?}"))?;
     Ok(())
 }
@@ -36,7 +36,7 @@ pub fn cast_to_bf16(eng: &CudaEngine, out: &mut CudaSlice<bf16>, x: &CudaSlice<f
     let mut l = eng.stream.launch_builder(&f);
     l.arg(out).arg(x).arg(&n);
     // SAFETY: as above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+    unsafe { l.launch(super::grid_for(n, "elementwise")?) }
         .map_err(|e| anyhow!("cast_to_bf16 (n={n}): {e:?}"))?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
 fn rotate(
@@ -21,7 +21,7 @@ fn rotate(
         "{op}: N={n}, heads={heads}, hd={hd}"
     );
     let f = eng.function("rope_rotate")?;
-    let cfg = LaunchConfig::for_num_elems((n * heads * hd / 2) as u32);
+    let cfg = super::grid_for(n * heads * hd / 2, op)?;
     let (n_i, h_i, hd_i) = (n as i32, heads as i32, hd as i32);
     let mut l = eng.stream.launch_builder(&f);
     l.arg(x)

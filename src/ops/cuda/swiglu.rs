@@ -2,7 +2,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
 /// out = silu(gate) · up, all (N·F) bf16.
@@ -23,7 +23,7 @@ pub fn swiglu_forward(
     let mut l = eng.stream.launch_builder(&f);
     l.arg(out).arg(gate).arg(up).arg(&n);
     // SAFETY: arguments match the kernel; lengths checked above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+    unsafe { l.launch(super::grid_for(n, "elementwise")?) }
         .map_err(|e| anyhow!("swiglu_forward (n={n}): {e:?}"))?;
     Ok(())
 }
@@ -46,7 +46,7 @@ pub fn swiglu_backward(
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n);
     // SAFETY: as above.
-    unsafe { l.launch(LaunchConfig::for_num_elems(n as u32)) }
+    unsafe { l.launch(super::grid_for(n, "elementwise")?) }
         .map_err(|e| anyhow!("swiglu_backward (n={n}): {e:?}"))?;
     Ok(())
 }
