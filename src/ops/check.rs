@@ -211,6 +211,7 @@ fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec
     );
     let mut out_d = eng.zeros::<bf16>(n * d)?;
     let mut dtable_d = eng.zeros::<f32>(v * d)?;
+    let groups = cuda::embedding::TokenGroups::new(eng, &ids)?;
     let shape = format!("N={n} V={v} D={d}");
     let ms_f = timed(eng, "embedding_forward", || {
         cuda::embedding::embedding_forward(eng, &mut out_d, &ids_d, &table_d.as_view(), n, d)
@@ -219,7 +220,7 @@ fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec
         eng.stream
             .memset_zeros(&mut dtable_d)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        cuda::embedding::embedding_backward(eng, &mut dtable_d.as_view_mut(), &dout_d, &ids, d)
+        cuda::embedding::embedding_backward(eng, &mut dtable_d.as_view_mut(), &dout_d, &groups, d)
     })?;
     Ok(vec![
         compare(

@@ -31,8 +31,9 @@ pub struct Cuda {
 
 /// What the kernels read of a batch.
 pub struct CudaInputs {
-    /// Host copy of the ids: the embedding backward groups positions by token on the host.
     ids_host: Vec<u32>,
+    /// Positions grouped by token, for the embedding backward.
+    groups: embedding::TokenGroups,
     ids: CudaSlice<u32>,
     targets: CudaSlice<u32>,
     mask: CudaSlice<u8>,
@@ -119,6 +120,7 @@ impl Backend for Cuda {
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
         Ok(CudaInputs {
             ids_host: batch.ids.clone(),
+            groups: embedding::TokenGroups::new(&self.eng, &batch.ids)?,
             ids: self.eng.upload(&batch.ids)?,
             targets: self.eng.upload(targets)?,
             mask: self.eng.upload(&mask)?,
@@ -157,7 +159,7 @@ impl Backend for Cuda {
             &self.eng,
             &mut grads.slice_mut(table.clone()),
             dout,
-            &inp.ids_host,
+            &inp.groups,
             d,
         )
     }

@@ -47,6 +47,7 @@ pub struct CudaEngine {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
+    functions: std::sync::Mutex<std::collections::HashMap<String, CudaFunction>>,
 }
 
 impl CudaEngine {
@@ -66,13 +67,25 @@ impl CudaEngine {
             ctx,
             stream,
             module,
+            functions: Default::default(),
         })
     }
 
+    /// A kernel of the embedded module, looked up once and then served from a cache.
     pub fn function(&self, name: &str) -> Result<CudaFunction> {
-        self.module
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| anyhow!("kernel cache poisoned"))?;
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module
             .load_function(name)
-            .map_err(|e| anyhow!("kernel {name} is not in the embedded module: {e:?}"))
+            .map_err(|e| anyhow!("kernel {name} is not in the embedded module: {e:?}"))?;
+        cache.insert(name.to_string(), f.clone());
+        Ok(f)
     }
 
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
@@ -85,12 +98,12 @@ impl CudaEngine {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>> {
-        let (free, _) = self.ctx.mem_get_info().unwrap_or((0, 0));
         self.stream.alloc_zeros(n).map_err(|e| {
+            // Only a failed allocation asks how much was free, for the message.
+            let (free, _) = self.ctx.mem_get_info().unwrap_or((0, 0));
             anyhow!(
-                "allocating {} bytes on the GPU ({} free): {e:?}",
-                n * std::mem::size_of::<T>(),
-                free
+                "allocating {} bytes on the GPU ({free} free): {e:?}",
+                n * std::mem::size_of::<T>()
             )
         })
     }

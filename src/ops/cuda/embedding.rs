@@ -32,55 +32,75 @@ pub fn embedding_forward(
     Ok(())
 }
 
-/// dtable (V,D) f32 += dout (N,D) f32 rows by token. The host groups each distinct token's
-/// positions (in order), so the device sums in a fixed order: deterministic without atomics.
+/// Each distinct token's positions, in order (CSR), on the device: built once per batch on the
+/// host (before the forward, where the ids are known), so the backward needs no host copy.
+pub struct TokenGroups {
+    tokens: CudaSlice<u32>,
+    starts: CudaSlice<u32>,
+    positions: CudaSlice<u32>,
+    unique: usize,
+    n: usize,
+}
+
+impl TokenGroups {
+    pub fn new(eng: &CudaEngine, ids: &[u32]) -> Result<Self> {
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&p| (ids[p as usize], p)); // position order within a token
+        let (mut tokens, mut starts) = (Vec::new(), Vec::new());
+        for (k, &p) in order.iter().enumerate() {
+            if tokens.last() != Some(&ids[p as usize]) {
+                tokens.push(ids[p as usize]);
+                starts.push(k as u32);
+            }
+        }
+        starts.push(order.len() as u32);
+        let unique = tokens.len();
+        // CUDA refuses empty allocations; an empty batch keeps one unused element.
+        tokens.resize(unique.max(1), 0);
+        order.resize(ids.len().max(1), 0);
+        Ok(TokenGroups {
+            tokens: eng.upload(&tokens)?,
+            starts: eng.upload(&starts)?,
+            positions: eng.upload(&order)?,
+            unique,
+            n: ids.len(),
+        })
+    }
+}
+
+/// dtable (V,D) f32 += dout (N,D) f32 rows by token: one block per distinct token sums its rows
+/// in position order, so the result is deterministic without float atomics.
 pub fn embedding_backward(
     eng: &CudaEngine,
     dtable: &mut CudaViewMut<f32>,
     dout: &CudaSlice<f32>,
-    ids: &[u32],
+    groups: &TokenGroups,
     d: usize,
 ) -> Result<()> {
+    let n = groups.n;
     ensure!(
-        dout.len() == ids.len() * d && dtable.len() % d == 0,
-        "embedding_backward: N={}, D={d}",
-        ids.len()
+        dout.len() == n * d && dtable.len() % d == 0,
+        "embedding_backward: N={n}, D={d}"
     );
-    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-    order.sort_by_key(|&p| (ids[p as usize], p)); // stable by position within a token
-    let (mut tokens, mut starts) = (Vec::new(), Vec::new());
-    for (k, &p) in order.iter().enumerate() {
-        if tokens.last() != Some(&ids[p as usize]) {
-            tokens.push(ids[p as usize]);
-            starts.push(k as u32);
-        }
-    }
-    starts.push(order.len() as u32);
-    if tokens.is_empty() {
+    if groups.unique == 0 {
         return Ok(());
     }
-    let (tok_d, starts_d, pos_d) = (
-        eng.upload(&tokens)?,
-        eng.upload(&starts)?,
-        eng.upload(&order)?,
-    );
     let f = eng.function("embedding_backward")?;
     let cfg = LaunchConfig {
-        grid_dim: (tokens.len() as u32, 1, 1),
+        grid_dim: (groups.unique as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (u_i, d_i) = (tokens.len() as i32, d as i32);
+    let (u_i, d_i) = (groups.unique as i32, d as i32);
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dtable)
         .arg(dout)
-        .arg(&tok_d)
-        .arg(&starts_d)
-        .arg(&pos_d)
+        .arg(&groups.tokens)
+        .arg(&groups.starts)
+        .arg(&groups.positions)
         .arg(&u_i)
         .arg(&d_i);
-    // SAFETY: as above; the CSR arrays were built from `ids`.
-    unsafe { l.launch(cfg) }
-        .map_err(|e| anyhow!("embedding_backward (N={}, D={d}): {e:?}", ids.len()))?;
+    // SAFETY: arguments match the kernel; the CSR arrays were built from this batch's ids.
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("embedding_backward (N={n}, D={d}): {e:?}"))?;
     Ok(())
 }
