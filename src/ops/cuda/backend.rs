@@ -90,6 +90,18 @@ impl Cuda {
     }
 }
 
+/// The fused log-prob's chunk buffers for `n` tokens, reallocated only when `n` changes.
+fn logprob_scratch<'a>(
+    s: &'a mut Scratch,
+    eng: &CudaEngine,
+    n: usize,
+) -> Result<&'a mut logprob::LogprobScratch> {
+    if s.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
+        s.logprob = Some((n, logprob::LogprobScratch::new(eng, n)?));
+    }
+    Ok(&mut s.logprob.as_mut().expect("set above").1)
+}
+
 fn err(e: cudarc::driver::DriverError) -> anyhow::Error {
     anyhow!("{e:?}")
 }
@@ -345,12 +357,8 @@ impl Backend for Cuda {
         inp: &CudaInputs,
         d: usize,
     ) -> Result<()> {
-        let n = inp.ids_host.len();
         let mut scratch = self.scratch.borrow_mut();
-        if scratch.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
-            scratch.logprob = Some((n, logprob::LogprobScratch::new(&self.eng, n)?));
-        }
-        let s = &mut scratch.logprob.as_mut().expect("set above").1;
+        let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
         logprob::logprob_forward(
             &self.eng,
             &self.gemm,
@@ -377,12 +385,8 @@ impl Backend for Cuda {
         [lse, entropy]: [&Self::Acc; 2],
         d: usize,
     ) -> Result<()> {
-        let n = inp.ids_host.len();
         let mut scratch = self.scratch.borrow_mut();
-        if scratch.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
-            scratch.logprob = Some((n, logprob::LogprobScratch::new(&self.eng, n)?));
-        }
-        let s = &mut scratch.logprob.as_mut().expect("set above").1;
+        let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
         let mut dw = grads.slice_mut(w.clone());
         logprob::logprob_backward(
             &self.eng,
