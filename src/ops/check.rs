@@ -217,9 +217,7 @@ fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec
         cuda::embedding::embedding_forward(eng, &mut out_d, &ids_d, &table_d.as_view(), n, d)
     })?;
     let ms_b = timed(eng, "embedding_backward", || {
-        eng.stream
-            .memset_zeros(&mut dtable_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.zero(&mut dtable_d)?;
         cuda::embedding::embedding_backward(eng, &mut dtable_d.as_view_mut(), &dout_d, &groups, d)
     })?;
     Ok(vec![
@@ -270,12 +268,8 @@ fn check_rmsnorm(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRow>> 
         cuda::rmsnorm::rmsnorm_forward(eng, &mut y_d, &mut rstd_d, &x_d, &w_d.as_view(), n, d, 1e-5)
     })?;
     let ms_b = timed(eng, "rmsnorm_backward", || {
-        eng.stream
-            .memset_zeros(&mut dx_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        eng.stream
-            .memset_zeros(&mut dw_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.zero(&mut dx_d)?;
+        eng.zero(&mut dw_d)?;
         cuda::rmsnorm::rmsnorm_backward(
             eng,
             &mut dx_d,
@@ -577,12 +571,8 @@ fn check_scalar_head(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRo
         cuda::scalar_head::scalar_head_forward(eng, &mut value_d, &h_d, &w_d.as_view(), n, d)
     })?;
     let ms_b = timed(eng, "scalar_head_backward", || {
-        eng.stream
-            .memset_zeros(&mut dh_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        eng.stream
-            .memset_zeros(&mut dw_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.zero(&mut dh_d)?;
+        eng.zero(&mut dw_d)?;
         cuda::scalar_head::scalar_head_backward(
             eng,
             &mut dh_d,
@@ -653,9 +643,7 @@ fn check_matmul(
         cuda::matmul::matmul_forward(eng, gemm, &mut y_d, &x_d, &w_d, n, i, o)
     })?;
     let ms_b = timed(eng, "matmul_backward", || {
-        eng.stream
-            .memset_zeros(&mut dw_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.zero(&mut dw_d)?;
         cuda::matmul::matmul_backward(
             eng,
             gemm,
@@ -754,12 +742,8 @@ fn check_logprob(
         )
     })?;
     let ms_b = timed(eng, "logprob_backward", || {
-        eng.stream
-            .memset_zeros(&mut dh_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        eng.stream
-            .memset_zeros(&mut dw_d)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        eng.zero(&mut dh_d)?;
+        eng.zero(&mut dw_d)?;
         cuda::logprob::logprob_backward(
             eng,
             gemm,

@@ -6,7 +6,7 @@ use super::state::{HostState, TrainState};
 use crate::model::{Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use cudarc::driver::CudaSlice;
 
 pub struct GpuTrainer {
@@ -108,12 +108,7 @@ impl TrainState for GpuTrainer {
         (&self.model, &mut self.grads)
     }
     fn zero_grads(&mut self) -> Result<()> {
-        self.model
-            .backend
-            .eng
-            .stream
-            .memset_zeros(&mut self.grads)
-            .map_err(|e| anyhow!("{e:?}"))
+        self.model.backend.eng.zero(&mut self.grads)
     }
     fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32> {
         self.apply(lr, max_norm)?;

@@ -8,7 +8,7 @@ use super::{
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
 use crate::ops::cpu::AttentionShape;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use std::cell::RefCell;
@@ -102,10 +102,6 @@ fn logprob_scratch<'a>(
     Ok(&mut s.logprob.as_mut().expect("set above").1)
 }
 
-fn err(e: cudarc::driver::DriverError) -> anyhow::Error {
-    anyhow!("{e:?}")
-}
-
 impl Backend for Cuda {
     type Act = CudaSlice<bf16>;
     type Acc = CudaSlice<f32>;
@@ -120,7 +116,7 @@ impl Backend for Cuda {
         self.eng.zeros(n.max(1))
     }
     fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
-        self.eng.stream.memset_zeros(x).map_err(err)
+        self.eng.zero(x)
     }
     fn to_host(&self, x: &CudaSlice<f32>) -> Result<Vec<f32>> {
         self.eng.download(x)

@@ -108,6 +108,16 @@ impl CudaEngine {
         })
     }
 
+    /// Sets every element of `buf` to zero, on the stream.
+    pub fn zero<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        buf: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.stream
+            .memset_zeros(buf)
+            .map_err(|e| anyhow!("zeroing {} values on the GPU: {e:?}", buf.len()))
+    }
+
     pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
         self.stream
             .clone_dtoh(dev)
