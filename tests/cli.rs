@@ -10,6 +10,20 @@ fn prefer(args: &[&str]) -> std::process::Output {
         .expect("runs")
 }
 
+/// `prefer logprobs --model M --input I --out O` plus `extra` flags.
+fn logprobs(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    prefer(&args)
+}
+
 fn init_tiny(dir: &Path, extra: &[&str]) {
     let mut args = vec!["init", "--preset", "tiny", "--out", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -51,17 +65,7 @@ fn logprobs_from_ids_and_text_agree() {
     )
     .unwrap();
     let out = dir.path().join("out.jsonl");
-    let run = prefer(&[
-        "logprobs",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let run = logprobs(&model, &input, &out, &["--device", "cpu"]);
     assert!(
         run.status.success(),
         "{}",
@@ -93,15 +97,7 @@ fn reward_model_writes_rewards() {
     )
     .unwrap();
     let out = dir.path().join("out.jsonl");
-    let run = prefer(&[
-        "logprobs",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = logprobs(&model, &input, &out, &[]);
     assert!(
         run.status.success(),
         "{}",
@@ -122,15 +118,7 @@ fn malformed_jsonl_names_the_line() {
     init_tiny(&model, &[]);
     let input = dir.path().join("bad.jsonl");
     std::fs::write(&input, "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 2\n").unwrap();
-    let run = prefer(&[
-        "logprobs",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        dir.path().join("o.jsonl").to_str().unwrap(),
-    ]);
+    let run = logprobs(&model, &input, &dir.path().join("o.jsonl"), &[]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("bad.jsonl:2:"), "{err}");
@@ -154,15 +142,7 @@ fn bad_lines_are_errors_not_panics() {
     ] {
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, format!("{line}\n")).unwrap();
-        let run = prefer(&[
-            "logprobs",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            dir.path().join("o.jsonl").to_str().unwrap(),
-        ]);
+        let run = logprobs(&model, &input, &dir.path().join("o.jsonl"), &[]);
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(
             !run.status.success() && err.contains(expect) && err.contains("in.jsonl:1"),
@@ -174,15 +154,7 @@ fn bad_lines_are_errors_not_panics() {
 #[test]
 fn missing_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let run = prefer(&[
-        "logprobs",
-        "--model",
-        dir.path().to_str().unwrap(),
-        "--input",
-        "x.jsonl",
-        "--out",
-        "y.jsonl",
-    ]);
+    let run = logprobs(dir.path(), Path::new("x.jsonl"), Path::new("y.jsonl"), &[]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
         !run.status.success() && err.contains("config.json"),
