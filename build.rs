@@ -1,6 +1,11 @@
-//! Compiles kernels/*.cu into one fatbin (SASS for sm_80 and sm_90a, PTX for compute_90) that the
-//! binary embeds. Without nvcc the crate builds the CPU engine alone, unless
-//! PREFER_REQUIRE_CUDA=1 makes a missing or failing nvcc an error (CI sets it).
+//! Compiles kernels/*.cu twice from the same text:
+//! - by nvcc into one fatbin (SASS for sm_80 and sm_90a, PTX for compute_90) that the binary
+//!   embeds, with ptxas's register, spill and shared-memory report for sm_90a;
+//! - by the system C++ compiler into the software GPU (emu/): a stand-in libcuda.so and
+//!   libcublasLt.so that run the kernels on the CPU, also embedded.
+//!
+//! Without nvcc (or g++) the crate builds without that part, unless PREFER_REQUIRE_CUDA=1 makes a
+//! missing or failing compiler an error (CI sets it).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,8 @@ fn find_nvcc() -> Option<PathBuf> {
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=emu");
+    println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=PREFER_REQUIRE_CUDA");
@@ -41,9 +48,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", s.display());
     }
 
+    let resources = out.join("kernel_resources.tsv");
     let built = match find_nvcc() {
         None => Err("no nvcc found ($NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda/bin)".to_string()),
-        Some(nvcc) => compile(&nvcc, &sources, &out, &fatbin),
+        Some(nvcc) => compile(&nvcc, &sources, &out, &fatbin, &resources),
     };
     match built {
         Ok(()) => {
@@ -54,15 +62,41 @@ fn main() {
             panic!("PREFER_REQUIRE_CUDA=1 but the kernels did not build: {why}")
         }
         Err(why) => {
-            println!("cargo:warning=building the CPU engine only: {why}");
+            println!("cargo:warning=building without CUDA kernels: {why}");
             std::fs::write(&fatbin, []).unwrap();
+            std::fs::write(&resources, "").unwrap();
         }
     }
     println!("cargo:rustc-check-cfg=cfg(prefer_kernels)");
+
+    match emu::build(&sources, &out) {
+        Ok(()) => println!("cargo:rustc-cfg=prefer_emu"),
+        Err(why) if required => {
+            panic!("PREFER_REQUIRE_CUDA=1 but the software GPU did not build: {why}")
+        }
+        Err(why) => {
+            for (i, line) in why.lines().take(40).enumerate() {
+                let head = if i == 0 { "building without the software GPU: " } else { "  " };
+                println!("cargo:warning={head}{line}");
+            }
+            for lib in ["libcuda.so", "libcublasLt.so"] {
+                std::fs::write(out.join(lib), []).unwrap();
+            }
+            std::fs::write(out.join("emu_build_error.txt"), why).unwrap();
+        }
+    }
+    println!("cargo:rustc-check-cfg=cfg(prefer_emu)");
 }
 
 /// One translation unit that includes every kernel file, so the fatbin is a single module.
-fn compile(nvcc: &Path, sources: &[PathBuf], out: &Path, fatbin: &Path) -> Result<(), String> {
+/// nvcc, with ptxas's per-kernel report for sm_90a written to `resources` as TSV.
+fn compile(
+    nvcc: &Path,
+    sources: &[PathBuf],
+    out: &Path,
+    fatbin: &Path,
+    resources: &Path,
+) -> Result<(), String> {
     let root = env::var("CARGO_MANIFEST_DIR").unwrap();
     let unit = out.join("prefer_kernels.cu");
     let includes: String = sources
@@ -70,10 +104,10 @@ fn compile(nvcc: &Path, sources: &[PathBuf], out: &Path, fatbin: &Path) -> Resul
         .map(|s| format!("#include \"{}/{}\"\n", root, s.display()))
         .collect();
     std::fs::write(&unit, includes).map_err(|e| e.to_string())?;
-    let status = Command::new(nvcc)
+    let output = Command::new(nvcc)
         // No --use_fast_math: rotary angles reach 1e5 radians, where the fast sin/cos are useless.
         // Kernels that want an intrinsic (__expf) ask for it by name.
-        .args(["-fatbin", "-O3", "-std=c++17", "-lineinfo"])
+        .args(["-fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xptxas", "-v"])
         .args(["-gencode", "arch=compute_80,code=sm_80"])
         .args(["-gencode", "arch=compute_90a,code=sm_90a"])
         .args(["-gencode", "arch=compute_90,code=compute_90"])
@@ -81,11 +115,211 @@ fn compile(nvcc: &Path, sources: &[PathBuf], out: &Path, fatbin: &Path) -> Resul
         .arg("-o")
         .arg(fatbin)
         .arg(&unit)
-        .status()
+        .output()
         .map_err(|e| format!("running {}: {e}", nvcc.display()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} exited with {status}", nvcc.display()))
+    let report = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "{} exited with {}:\n{report}",
+            nvcc.display(),
+            output.status
+        ));
+    }
+    std::fs::write(resources, ptxas_table(&report, "sm_90a")).map_err(|e| e.to_string())
+}
+
+/// One line per kernel compiled for `arch`: name, registers, spill stores, spill loads, static
+/// shared memory and stack frame bytes, from `ptxas -v`:
+///   ptxas info    : Compiling entry function 'rmsnorm_forward' for 'sm_90a'
+///       0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+///   ptxas info    : Used 18 registers, used 1 barriers, 128 bytes smem, 400 bytes cmem[0]
+fn ptxas_table(report: &str, arch: &str) -> String {
+    let number_before = |line: &str, unit: &str| -> u64 {
+        line.find(unit)
+            .and_then(|at| line[..at].split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or("");
+            current = line.contains(&format!("for '{arch}'")).then(|| {
+                rows.push([name.to_string(), "0".into(), "0".into(), "0".into(), "0".into(), "0".into()]);
+                rows.len() - 1
+            });
+        } else if let Some(i) = current {
+            if line.contains("bytes spill stores") {
+                rows[i][2] = number_before(line, "bytes spill stores").to_string();
+                rows[i][3] = number_before(line, "bytes spill loads").to_string();
+                rows[i][5] = number_before(line, "bytes stack frame").to_string();
+            } else if line.contains("Used") && line.contains("registers") {
+                rows[i][1] = number_before(line, "registers").to_string();
+                rows[i][4] = number_before(line, "bytes smem").to_string();
+            }
+        }
+    }
+    rows.iter().map(|r| r.join("\t") + "\n").collect()
+}
+
+/// The software GPU: kernels/*.cu (and emu/tests/*.cu) compiled by the system C++ compiler through
+/// emu/include/emu_cuda.h, instrumented for the race check, linked with the runtime into a
+/// stand-in libcuda.so; and the stand-in libcublasLt.so.
+mod emu {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn cxx() -> String {
+        std::env::var("CXX").unwrap_or_else(|_| "g++".to_string())
+    }
+
+    fn run(cmd: &mut Command) -> Result<(), String> {
+        let output = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{cmd:?} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    fn cu_files(dir: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "cu"));
+        v.sort();
+        v
+    }
+
+    /// `extern "C" __global__ void NAME(` and `extern __shared__ [__align__(N)] TYPE NAME[]`.
+    fn declarations(text: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let words = |s: &str| -> Vec<String> {
+            s.split(|c: char| c.is_whitespace() || c == '(' || c == '[')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let mut kernels = Vec::new();
+        let mut shared = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+                if let Some(name) = words(rest).first() {
+                    kernels.push(name.clone());
+                }
+            } else if let Some(rest) = line.strip_prefix("extern __shared__ ") {
+                let mut w = words(rest);
+                w.retain(|x| !x.starts_with("__align__") && !x.ends_with(')'));
+                if w.len() >= 2 {
+                    let name = w[w.len() - 2].clone();
+                    let ty = w[..w.len() - 2].join(" ");
+                    shared.push((ty, name.trim_end_matches(']').to_string()));
+                }
+            }
+        }
+        (kernels, shared)
+    }
+
+    pub fn build(kernel_sources: &[PathBuf], out: &Path) -> Result<(), String> {
+        if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+            return Err("the software GPU runs on x86-64 Linux only".into());
+        }
+        let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+        let mut sources = kernel_sources.to_vec();
+        sources.extend(cu_files("emu/tests"));
+        let mut unit = String::from("// Generated by build.rs: every kernel, then the table of them.\n");
+        let mut kernels = Vec::new();
+        let mut shared: Vec<(String, String)> = Vec::new();
+        for s in &sources {
+            let text = std::fs::read_to_string(s).map_err(|e| format!("{}: {e}", s.display()))?;
+            let (k, sh) = declarations(&text);
+            kernels.extend(k);
+            for d in sh {
+                if !shared.contains(&d) {
+                    shared.push(d);
+                }
+            }
+            unit += &format!("#include \"{}\"\n", root.join(s).display());
+        }
+        unit += "\n#include <utility>\n#include <type_traits>\n#include \"runtime/runtime.h\"\n";
+        unit += r#"
+template <typename... A, size_t... I>
+static void emu_call(void (*f)(A...), void** p, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(p[I])...);
+}
+template <typename... A>
+static void emu_call(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequence_for<A...>{}); }
+"#;
+        for (ty, name) in &shared {
+            unit += &format!(
+                "alignas(128) thread_local {ty} {name}[emu::kMaxDynamicShared / sizeof({ty})];\n"
+            );
+        }
+        unit += "static const emu::Kernel emu_kernels[] = {\n";
+        for k in &kernels {
+            unit += &format!("    {{\"{k}\", [](void** p) {{ emu_call(&{k}, p); }}}},\n");
+        }
+        unit += "};\n";
+        unit += "extern \"C\" __attribute__((no_sanitize(\"thread\"))) const emu::Kernel* emu_kernel_table(size_t* n) {\n    *n = sizeof emu_kernels / sizeof emu_kernels[0];\n    return emu_kernels;\n}\n";
+        unit += "extern \"C\" __attribute__((no_sanitize(\"thread\"))) size_t emu_dynamic_shared(void** bases, size_t max) {\n    size_t n = 0;\n";
+        for (_, name) in &shared {
+            unit += &format!("    if (n < max) {{ bases[n] = (void*){name}; (({name}))[0] = {{}}; }}\n    ++n;\n");
+        }
+        unit += "    return n;\n}\n";
+        let unit_path = out.join("emu_kernels.cpp");
+        std::fs::write(&unit_path, unit).map_err(|e| e.to_string())?;
+
+        let emu = root.join("emu");
+        let include = emu.join("include");
+        let common = |c: &mut Command| {
+            c.args(["-std=c++17", "-O2", "-fPIC", "-g1", "-Wall", "-Wno-unknown-pragmas"]);
+            c.arg(format!("-I{}", include.display()));
+            c.arg(format!("-I{}", emu.display()));
+            c.arg(format!("-I{}", root.join("kernels").display()));
+        };
+        // Kernel code: every load and store calls the race check's hooks (emu/runtime/race.cpp).
+        let kernels_obj = out.join("emu_kernels.o");
+        let mut c = Command::new(cxx());
+        common(&mut c);
+        c.args([
+            "-fsanitize=thread",
+            "--param=tsan-instrument-func-entry-exit=0",
+            "-Wno-unused-function",
+            "-include",
+            "emu_cuda.h",
+            "-c",
+        ]);
+        c.arg(&unit_path).arg("-o").arg(&kernels_obj);
+        run(&mut c)?;
+
+        let mut objects = vec![kernels_obj];
+        for name in ["fiber", "launch", "race", "fault", "memory", "driver"] {
+            let src = emu.join("runtime").join(format!("{name}.cpp"));
+            let obj = out.join(format!("emu_{name}.o"));
+            let mut c = Command::new(cxx());
+            common(&mut c);
+            c.arg("-c").arg(&src).arg("-o").arg(&obj);
+            run(&mut c)?;
+            objects.push(obj);
+        }
+        let mut link = Command::new(cxx());
+        link.args(["-shared", "-Wl,-soname,libcuda.so", "-Wl,-z,defs"])
+            .args(&objects)
+            .args(["-lpthread", "-ldl", "-o"])
+            .arg(out.join("libcuda.so"));
+        run(&mut link)?;
+
+        let mut lt = Command::new(cxx());
+        common(&mut lt);
+        lt.args(["-shared", "-Wl,-soname,libcublasLt.so"])
+            .arg(emu.join("cublaslt/cublaslt.cpp"))
+            .arg("-o")
+            .arg(out.join("libcublasLt.so"));
+        run(&mut lt)?;
+        std::fs::write(out.join("emu_build_error.txt"), "").map_err(|e| e.to_string())
     }
 }

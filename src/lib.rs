@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod data;
+pub mod emu;
 pub mod loss;
 pub mod model;
 pub mod ops;

@@ -24,7 +24,7 @@ enum Command {
     Demo {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
-        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -63,8 +63,15 @@ enum Command {
         #[arg(long)]
         init_std: Option<f32>,
     },
-    /// Print the version, the compiled kernels and whether a GPU is usable.
-    Info,
+    /// Print the version, the compiled kernels, the driver in use and whether a GPU is usable.
+    Info {
+        /// Also list every kernel's registers, spills and shared memory on sm_90a (from ptxas).
+        #[arg(long)]
+        kernels: bool,
+        /// emu: load the software GPU and report it.
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
+        device: Device,
+    },
     /// Time the kernels at the shapes of DESIGN.md's targets (kernels), or a training step (train).
     Bench {
         /// kernels, train (T1/T2) or dpo (T3)
@@ -84,12 +91,18 @@ enum Command {
         /// train: timed steps (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// cuda (or auto) on a GPU; emu on the software GPU, which times the CPU, not a GPU.
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
+        device: Device,
     },
     /// Check every CUDA op against the CPU oracle on several shapes; exits non-zero on a failure.
     Check {
         /// Only ops whose name contains this.
         #[arg(long)]
         op: Option<String>,
+        /// cuda (or auto) on a GPU; emu on the software GPU, with race and bounds checks.
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
+        device: Device,
     },
     /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
     Logprobs {
@@ -99,7 +112,7 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
 }
@@ -151,7 +164,9 @@ fn run(command: Command) -> Result<()> {
             batch,
             seq,
             steps,
+            device,
         } => {
+            device.prepare()?;
             let train = cmd::bench::TrainBenchArgs {
                 preset,
                 batch,
@@ -160,11 +175,8 @@ fn run(command: Command) -> Result<()> {
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train)
         }
-        Command::Check { op } => cmd::check::run_check(op.as_deref()),
-        Command::Info => {
-            cmd::info::run_info();
-            Ok(())
-        }
+        Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),
+        Command::Info { kernels, device } => cmd::info::run_info(kernels, device),
         Command::Logprobs {
             model,
             input,

@@ -1,10 +1,14 @@
 //! `prefer check`: every CUDA op against the CPU oracle, as a table; non-zero exit on a failure.
 
+use super::Device;
 use crate::ops::check::{print_table, run_checks};
 use crate::ops::cuda::CudaEngine;
 use anyhow::{bail, Result};
 
-pub fn run_check(op: Option<&str>) -> Result<()> {
+pub fn run_check(op: Option<&str>, device: Device) -> Result<()> {
+    if device.prepare()? == Device::Cpu {
+        bail!("check compares the CUDA engine with the CPU oracle: use --device cuda or --device emu");
+    }
     let eng = CudaEngine::new()?;
     let rows = run_checks(&eng, op)?;
     if rows.is_empty() {

@@ -1,15 +1,24 @@
-//! `prefer info`: the version, the compiled kernels, and whether a GPU is usable.
+//! `prefer info`: the version, the compiled kernels, the driver in use and whether a GPU is usable.
 
-use crate::ops::cuda::{compiled_archs, probe_gpu, CudaEngine};
+use super::Device;
+use crate::ops::cuda::{compiled_archs, kernel_resources, probe_gpu, CudaEngine};
+use anyhow::Result;
 
-pub fn run_info() {
+pub fn run_info(list_kernels: bool, device: Device) -> Result<()> {
     println!("prefer {}", env!("CARGO_PKG_VERSION"));
     match compiled_archs() {
         Some(archs) => println!("kernels: compiled in for {archs}"),
-        None => println!("kernels: none (built without nvcc; CPU engine only)"),
+        None => println!("kernels: none for a GPU (built without nvcc)"),
     }
+    match crate::emu::built() {
+        Ok(()) => println!("software GPU: built in (--device emu or PREFER_DEVICE=emu)"),
+        Err(e) => println!("software GPU: {e:#}"),
+    }
+    device.prepare()?;
     match probe_gpu() {
         Ok(gpu) => {
+            let driver = crate::emu::describe().unwrap_or_else(|| "the CUDA driver".to_string());
+            println!("driver: {driver}");
             println!(
                 "gpu: {} (sm_{}{}), {:.1} GiB total, {:.1} GiB free",
                 gpu.name,
@@ -19,10 +28,33 @@ pub fn run_info() {
                 gpu.free_bytes as f64 / (1u64 << 30) as f64
             );
             match CudaEngine::new() {
-                Ok(_) => println!("kernels: loaded on the GPU"),
+                Ok(_) => println!("kernels: loaded"),
                 Err(e) => println!("kernels: not usable here: {e:#}"),
             }
         }
         Err(e) => println!("gpu: not usable: {e:#}"),
     }
+    if list_kernels {
+        let rows = kernel_resources();
+        if rows.is_empty() {
+            println!("no ptxas report: this build had no nvcc");
+        } else {
+            println!(
+                "\n{:<28} {:>9} {:>12} {:>11} {:>12} {:>11}",
+                "kernel (sm_90a)", "registers", "spill store", "spill load", "static smem", "stack"
+            );
+            for k in rows {
+                println!(
+                    "{:<28} {:>9} {:>12} {:>11} {:>12} {:>11}",
+                    k.name,
+                    k.registers,
+                    k.spill_store_bytes,
+                    k.spill_load_bytes,
+                    k.shared_bytes,
+                    k.stack_bytes
+                );
+            }
+        }
+    }
+    Ok(())
 }

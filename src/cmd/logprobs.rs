@@ -65,9 +65,9 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     }
 
     // The forward on the device asked for; `auto` takes the GPU when kernels and a GPU are usable.
-    let gpu = match device {
+    let gpu = match device.prepare()? {
         Device::Cpu => None,
-        Device::Cuda => Some(Cuda::new()?.upload_model(&model)?),
+        Device::Cuda | Device::Emu => Some(Cuda::new()?.upload_model(&model)?),
         Device::Auto => Cuda::new()
             .ok()
             .map(|c| c.upload_model(&model))
@@ -75,7 +75,9 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     };
     eprintln!(
         "logprobs on {}",
-        if gpu.is_some() {
+        if gpu.is_some() && crate::emu::is_active() {
+            "the software GPU (bf16)"
+        } else if gpu.is_some() {
             "the GPU (bf16)"
         } else {
             "the CPU (f32)"

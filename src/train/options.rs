@@ -49,7 +49,8 @@ pub struct TrainArgs {
     pub max_grad_norm: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, value_enum)]
+    /// cpu, cuda, emu (the software GPU) or auto [default: auto]
+    #[arg(long, value_enum, env = "PREFER_DEVICE")]
     pub device: Option<Device>,
     /// Write a resumable checkpoint every N optimiser steps.
     #[arg(long)]

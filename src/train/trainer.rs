@@ -110,9 +110,9 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         extra: &extra,
     };
     // bf16 on CUDA, f32 on the CPU; `auto` takes the GPU when kernels and a GPU are usable.
-    match opts.device {
+    match opts.device.prepare()? {
         Device::Cpu => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
-        Device::Cuda => train_on(gpu_state(&cpu_model, opts.weight_decay)?, &data),
+        Device::Cuda | Device::Emu => train_on(gpu_state(&cpu_model, opts.weight_decay)?, &data),
         Device::Auto => match gpu_state(&cpu_model, opts.weight_decay) {
             Ok(state) => train_on(state, &data),
             Err(_) => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
@@ -123,7 +123,12 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
 fn gpu_state(cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
     let mut state = GpuTrainer::new(cpu)?;
     state.weight_decay = weight_decay;
-    eprintln!("training on the GPU (bf16 weights and activations, fp32 masters and AdamW)");
+    let on = if crate::emu::is_active() {
+        "the software GPU"
+    } else {
+        "the GPU"
+    };
+    eprintln!("training on {on} (bf16 weights and activations, fp32 masters and AdamW)");
     Ok(state)
 }
 

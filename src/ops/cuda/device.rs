@@ -26,7 +26,7 @@ pub struct GpuInfo {
 pub fn probe_gpu() -> Result<GpuInfo> {
     // SAFETY: only asks the dynamic loader whether libcuda can be opened.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        bail!("no CUDA driver (libcuda) found on this machine");
+        bail!("no CUDA driver (libcuda) found on this machine; --device emu runs the CUDA engine on the CPU");
     }
     let count = CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount: {e:?}"))?;
     if count < 1 {
@@ -54,13 +54,20 @@ impl CudaEngine {
     /// Opens GPU 0 and loads the embedded kernels. Errors say which of the three is missing:
     /// kernels in this build, a driver, or a GPU.
     pub fn new() -> Result<Self> {
-        if compiled_archs().is_none() || FATBIN.is_empty() {
-            bail!("this build has no CUDA kernels (nvcc was not found when it was compiled)");
+        // The software GPU runs the kernels it compiled from the same text; it takes any image.
+        let emu = crate::emu::is_active();
+        if !emu && (compiled_archs().is_none() || FATBIN.is_empty()) {
+            bail!("this build has no CUDA kernels (nvcc was not found when it was compiled); --device emu runs them on the CPU");
         }
+        let image = if FATBIN.is_empty() {
+            b"prefer software GPU".to_vec()
+        } else {
+            FATBIN.to_vec()
+        };
         probe_gpu()?;
         let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a CUDA context: {e:?}"))?;
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
             .map_err(|e| anyhow!("loading the embedded kernels: {e:?}"))?;
         let stream = ctx.default_stream();
         Ok(CudaEngine {

@@ -31,3 +31,35 @@ pub fn compiled_archs() -> Option<&'static str> {
         None
     }
 }
+
+/// What ptxas reported for one kernel on sm_90a, when nvcc built it (build.rs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelResources {
+    pub name: String,
+    pub registers: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+}
+
+static RESOURCES: &str = include_str!(concat!(env!("OUT_DIR"), "/kernel_resources.tsv"));
+
+/// Every kernel's registers, spills and static shared memory on sm_90a; empty without nvcc.
+pub fn kernel_resources() -> Vec<KernelResources> {
+    RESOURCES
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+            (f.len() == 6).then(|| KernelResources {
+                name: f[0].to_string(),
+                registers: n(1),
+                spill_store_bytes: n(2),
+                spill_load_bytes: n(3),
+                shared_bytes: n(4),
+                stack_bytes: n(5),
+            })
+        })
+        .collect()
+}

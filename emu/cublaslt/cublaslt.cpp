@@ -1,0 +1,333 @@
+// The software GPU's cuBLASLt: the slice src/ops/cuda/matmul.rs calls, with cuBLASLt's documented
+// semantics. Matrices are column-major: element (r, c) of a layout with leading dimension ld sits
+// at r + c*ld; a batch of them sits at multiples of the strided-batch offset.
+//
+//   D = alpha * op(A) * op(B) + beta * C,   op(A) m x k, op(B) k x n, C and D m x n
+//
+// A and B are bf16 or f32, C and D bf16 or f32 (the same), compute and scale types 32-bit float.
+// Products are accumulated in f32 and D is rounded once, as the GPU does. Every attribute the
+// engine may set is either implemented or refused with a message; none is ignored.
+//
+// The inner product runs through an sgemm the host process may register (prefer registers
+// matrixmultiply's) and otherwise through the plain loop below.
+#include "../include/emu_cuda.h"
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+typedef int cublasStatus_t;
+enum : int {
+    kSuccess = 0,
+    kNotInitialized = 1,
+    kInvalidValue = 7,
+    kExecutionFailed = 13,
+    kNotSupported = 15,
+};
+enum : int { kR32F = 0, kR16F = 2, kR16BF = 14 };  // cudaDataType
+constexpr int kCompute32F = 68;                     // CUBLAS_COMPUTE_32F
+
+struct Handle {
+    int magic;
+};
+struct MatmulDesc {
+    int compute_type, scale_type;
+    int transa = 0, transb = 0;
+};
+struct Layout {
+    int type;
+    uint64_t rows, cols;
+    int64_t ld;
+    int batch = 1;
+    int64_t batch_stride = 0;
+};
+struct Preference {
+    uint64_t max_workspace = 0;
+};
+struct Algo {
+    uint64_t data[8];
+};
+struct HeuristicResult {
+    Algo algo;
+    size_t workspace_size;
+    cublasStatus_t state;
+    float waves_count;
+    int reserved[4];
+};
+
+// f32 gemm, row-major with explicit strides: C[i,j] = sum_p A[i,p] * B[p,j] (C overwritten).
+typedef void (*Sgemm)(size_t m, size_t k, size_t n, const float* a, ptrdiff_t rsa, ptrdiff_t csa, const float* b,
+                      ptrdiff_t rsb, ptrdiff_t csb, float* c, ptrdiff_t rsc, ptrdiff_t csc);
+static Sgemm registered_sgemm = nullptr;
+
+// From the stand-in driver, when it is loaded (it always is under `--device emu`).
+extern "C" int prefer_emu_check_range(uintptr_t ptr, size_t bytes, char* why, size_t why_len) __attribute__((weak));
+
+static cublasStatus_t refuse(cublasStatus_t status, const std::string& why) {
+    fprintf(stderr, "prefer software GPU (cuBLASLt): %s\n", why.c_str());
+    return status;
+}
+
+static std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+static std::string fmt(const char* f, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return buf;
+}
+
+static size_t type_bytes(int t) { return t == kR32F ? 4 : 2; }
+
+static float load(const void* base, int type, size_t i) {
+    switch (type) {
+        case kR32F: return ((const float*)base)[i];
+        case kR16BF: return emu_bf16_bits_to_f32(((const uint16_t*)base)[i]);
+        default: return emu_f16_bits_to_f32(((const uint16_t*)base)[i]);
+    }
+}
+
+static void store(void* base, int type, size_t i, float v) {
+    switch (type) {
+        case kR32F: ((float*)base)[i] = v; break;
+        case kR16BF: ((uint16_t*)base)[i] = emu_f32_to_bf16_bits(v); break;
+        default: ((uint16_t*)base)[i] = emu_f32_to_f16_bits(v); break;
+    }
+}
+
+// Bytes a layout reaches from its base, over all batches.
+static size_t reach_bytes(const Layout& l) {
+    if (l.rows == 0 || l.cols == 0) return 0;
+    const size_t one = ((l.cols - 1) * (size_t)l.ld + l.rows) * type_bytes(l.type);
+    return one + (size_t)(l.batch - 1) * (size_t)l.batch_stride * type_bytes(l.type);
+}
+
+static cublasStatus_t check_buffer(const char* which, const void* p, const Layout& l) {
+    if (!prefer_emu_check_range || !p) return kSuccess;
+    char why[512];
+    if (prefer_emu_check_range((uintptr_t)p, reach_bytes(l), why, sizeof why))
+        return refuse(kInvalidValue, fmt("cublasLtMatmul: matrix %s (%llu x %llu, ld %lld, %d batches): %s", which,
+                                         (unsigned long long)l.rows, (unsigned long long)l.cols, (long long)l.ld,
+                                         l.batch, why));
+    return kSuccess;
+}
+
+extern "C" {
+
+void prefer_emu_set_sgemm(Sgemm f) { registered_sgemm = f; }
+
+cublasStatus_t cublasLtCreate(Handle** h) {
+    *h = new Handle{0x6c74};
+    return kSuccess;
+}
+cublasStatus_t cublasLtDestroy(Handle* h) {
+    delete h;
+    return kSuccess;
+}
+size_t cublasLtGetVersion() { return 130000; }
+
+cublasStatus_t cublasLtMatmulDescCreate(MatmulDesc** d, int compute_type, int scale_type) {
+    if (compute_type != kCompute32F || scale_type != kR32F)
+        return refuse(kNotSupported, fmt("matmul descriptor with compute type %d and scale type %d: only "
+                                         "CUBLAS_COMPUTE_32F with CUDA_R_32F scales are modelled",
+                                         compute_type, scale_type));
+    *d = new MatmulDesc{compute_type, scale_type};
+    return kSuccess;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(MatmulDesc* d) {
+    delete d;
+    return kSuccess;
+}
+
+static cublasStatus_t read_i32(const void* buf, size_t size, int* out, const char* what) {
+    if (size != sizeof(int32_t)) return refuse(kInvalidValue, fmt("%s: %zu bytes given, 4 expected", what, size));
+    memcpy(out, buf, 4);
+    return kSuccess;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(MatmulDesc* d, int attr, const void* buf, size_t size) {
+    int v = 0;
+    switch (attr) {
+        case 3:  // TRANSA
+        case 4:  // TRANSB
+            if (cublasStatus_t s = read_i32(buf, size, &v, attr == 3 ? "TRANSA" : "TRANSB")) return s;
+            if (v != 0 && v != 1)
+                return refuse(kNotSupported, fmt("operation %d: only CUBLAS_OP_N and CUBLAS_OP_T are modelled", v));
+            (attr == 3 ? d->transa : d->transb) = v;
+            return kSuccess;
+        case 2:  // POINTER_MODE
+            if (cublasStatus_t s = read_i32(buf, size, &v, "POINTER_MODE")) return s;
+            if (v != 0) return refuse(kNotSupported, "pointer modes other than host scalars are not modelled");
+            return kSuccess;
+        case 7:  // EPILOGUE
+            if (cublasStatus_t s = read_i32(buf, size, &v, "EPILOGUE")) return s;
+            if (v != 1) return refuse(kNotSupported, fmt("epilogue %d: only CUBLASLT_EPILOGUE_DEFAULT is modelled", v));
+            return kSuccess;
+        default:
+            return refuse(kNotSupported, fmt("matmul descriptor attribute %d is not modelled", attr));
+    }
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(Layout** l, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    if (type != kR32F && type != kR16BF && type != kR16F)
+        return refuse(kNotSupported, fmt("matrix type %d: only f32, bf16 and f16 are modelled", type));
+    if (ld < (int64_t)(rows ? rows : 1))
+        return refuse(kInvalidValue, fmt("a column-major %llu x %llu layout needs ld >= %llu, not %lld",
+                                         (unsigned long long)rows, (unsigned long long)cols,
+                                         (unsigned long long)rows, (long long)ld));
+    *l = new Layout{type, rows, cols, ld};
+    return kSuccess;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(Layout* l) {
+    delete l;
+    return kSuccess;
+}
+
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(Layout* l, int attr, const void* buf, size_t size) {
+    switch (attr) {
+        case 1: {  // ORDER
+            int v = 0;
+            if (cublasStatus_t s = read_i32(buf, size, &v, "ORDER")) return s;
+            if (v != 0) return refuse(kNotSupported, "only CUBLASLT_ORDER_COL layouts are modelled");
+            return kSuccess;
+        }
+        case 5: {  // BATCH_COUNT
+            int v = 0;
+            if (cublasStatus_t s = read_i32(buf, size, &v, "BATCH_COUNT")) return s;
+            if (v < 1) return refuse(kInvalidValue, fmt("batch count %d", v));
+            l->batch = v;
+            return kSuccess;
+        }
+        case 6:  // STRIDED_BATCH_OFFSET
+            if (size != 8) return refuse(kInvalidValue, "STRIDED_BATCH_OFFSET takes an int64");
+            memcpy(&l->batch_stride, buf, 8);
+            return kSuccess;
+        default: return refuse(kNotSupported, fmt("matrix layout attribute %d is not modelled", attr));
+    }
+}
+
+cublasStatus_t cublasLtMatmulPreferenceCreate(Preference** p) {
+    *p = new Preference{};
+    return kSuccess;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(Preference* p) {
+    delete p;
+    return kSuccess;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(Preference* p, int attr, const void* buf, size_t size) {
+    switch (attr) {
+        case 1:  // MAX_WORKSPACE_BYTES
+            if (size != 8) return refuse(kInvalidValue, "MAX_WORKSPACE_BYTES takes a uint64");
+            memcpy(&p->max_workspace, buf, 8);
+            return kSuccess;
+        case 5: case 6: case 7: case 8: {  // MIN_ALIGNMENT_{A,B,C,D}_BYTES: any algorithm here accepts any
+            uint32_t v = 0;
+            if (size != 4) return refuse(kInvalidValue, "MIN_ALIGNMENT_*_BYTES takes a uint32");
+            memcpy(&v, buf, 4);
+            if (v == 0 || (v & (v - 1))) return refuse(kInvalidValue, fmt("alignment %u is not a power of two", v));
+            return kSuccess;
+        }
+        default: return refuse(kNotSupported, fmt("matmul preference attribute %d is not modelled", attr));
+    }
+}
+
+// The shapes op(A) m x k, op(B) k x n, C and D m x n, as cuBLASLt checks them.
+static cublasStatus_t shapes(const MatmulDesc* d, const Layout* a, const Layout* b, const Layout* c, const Layout* dd,
+                             uint64_t* m, uint64_t* n, uint64_t* k) {
+    const uint64_t am = d->transa ? a->cols : a->rows, ak = d->transa ? a->rows : a->cols;
+    const uint64_t bk = d->transb ? b->cols : b->rows, bn = d->transb ? b->rows : b->cols;
+    if (ak != bk || c->rows != am || c->cols != bn || dd->rows != am || dd->cols != bn)
+        return refuse(kInvalidValue,
+                      fmt("op(A) is %llu x %llu, op(B) %llu x %llu, C %llu x %llu, D %llu x %llu: they do not chain",
+                          (unsigned long long)am, (unsigned long long)ak, (unsigned long long)bk,
+                          (unsigned long long)bn, (unsigned long long)c->rows, (unsigned long long)c->cols,
+                          (unsigned long long)dd->rows, (unsigned long long)dd->cols));
+    if (a->type != b->type || c->type != dd->type)
+        return refuse(kNotSupported, "A and B must share a type, and C and D another");
+    if (a->batch != b->batch || a->batch != c->batch || a->batch != dd->batch)
+        return refuse(kInvalidValue, "A, B, C and D have different batch counts");
+    *m = am;
+    *n = bn;
+    *k = ak;
+    return kSuccess;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(Handle*, MatmulDesc* d, Layout* a, Layout* b, Layout* c, Layout* dd,
+                                              Preference*, int requested, HeuristicResult* results, int* returned) {
+    uint64_t m, n, k;
+    if (cublasStatus_t s = shapes(d, a, b, c, dd, &m, &n, &k)) return s;
+    if (requested < 1) return refuse(kInvalidValue, "cublasLtMatmulAlgoGetHeuristic: requested no algorithm");
+    memset(&results[0], 0, sizeof(HeuristicResult));
+    results[0].waves_count = 1.0f;
+    *returned = 1;
+    return kSuccess;
+}
+
+// A matrix in f32 at its own indices r + c*ld (rows past `rows` in each column are left as 0).
+static void to_f32(const uint8_t* base, const Layout& l, std::vector<float>& out) {
+    out.assign(l.cols * (size_t)l.ld, 0.0f);
+    for (uint64_t c = 0; c < l.cols; ++c)
+        for (uint64_t r = 0; r < l.rows; ++r) out[r + c * l.ld] = load(base, l.type, r + c * l.ld);
+}
+
+static void plain_sgemm(size_t m, size_t k, size_t n, const float* a, ptrdiff_t rsa, ptrdiff_t csa, const float* b,
+                        ptrdiff_t rsb, ptrdiff_t csb, float* c, ptrdiff_t rsc, ptrdiff_t csc) {
+    for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j < n; ++j) {
+            float s = 0.0f;
+            for (size_t p = 0; p < k; ++p) s += a[i * rsa + p * csa] * b[p * rsb + j * csb];
+            c[i * rsc + j * csc] = s;
+        }
+}
+
+cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, const void* A, Layout* la,
+                              const void* B, Layout* lb, const void* beta_p, const void* C, Layout* lc, void* D,
+                              Layout* ld, const Algo*, void*, size_t, void*) {
+    if (!h) return refuse(kNotInitialized, "cublasLtMatmul without a handle");
+    uint64_t m, n, k;
+    if (cublasStatus_t s = shapes(d, la, lb, lc, ld, &m, &n, &k)) return s;
+    if (C != D && (lc->ld != ld->ld || lc->batch_stride != ld->batch_stride))
+        return refuse(kNotSupported, "C and D in different buffers must share a layout");
+    for (auto [name, p, l] : {std::tuple{"A", A, la}, {"B", B, lb}, {"C", C, lc}, {"D", (const void*)D, ld}})
+        if (cublasStatus_t s = check_buffer(name, p, *l)) return s;
+    float alpha, beta;
+    memcpy(&alpha, alpha_p, 4);
+    memcpy(&beta, beta_p, 4);
+
+    // A, B in f32 at their own column-major indices; the sgemm reads op(A) and op(B) by strides.
+    std::vector<float> a32, b32, c32(m * n);
+    const Sgemm sgemm = registered_sgemm ? registered_sgemm : plain_sgemm;
+    const size_t ea = type_bytes(la->type), ec = type_bytes(lc->type);
+    const ptrdiff_t lda = la->ld, ldb = lb->ld;
+    for (int batch = 0; batch < la->batch; ++batch) {
+        const uint8_t* a = (const uint8_t*)A + (size_t)batch * la->batch_stride * ea;
+        const uint8_t* b = (const uint8_t*)B + (size_t)batch * lb->batch_stride * ea;
+        const uint8_t* c = (const uint8_t*)C + (size_t)batch * lc->batch_stride * ec;
+        uint8_t* dst = (uint8_t*)D + (size_t)batch * ld->batch_stride * ec;
+        to_f32(a, *la, a32);
+        to_f32(b, *lb, b32);
+        if (k > 0) {
+            sgemm(m, k, n, a32.data(), d->transa ? lda : 1, d->transa ? 1 : lda, b32.data(), d->transb ? ldb : 1,
+                  d->transb ? 1 : ldb, c32.data(), 1, (ptrdiff_t)m);
+        } else {
+            std::fill(c32.begin(), c32.end(), 0.0f);
+        }
+        for (uint64_t j = 0; j < n; ++j)
+            for (uint64_t i = 0; i < m; ++i) {
+                float v = alpha * c32[i + j * m];
+                // beta == 0 never reads C, as cuBLAS documents: C may hold NaN.
+                if (beta != 0.0f) v += beta * load(c, lc->type, i + j * lc->ld);
+                store(dst, ld->type, i + j * ld->ld, v);
+            }
+    }
+    return kSuccess;
+}
+
+}  // extern "C"

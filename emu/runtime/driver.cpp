@@ -1,0 +1,421 @@
+// The slice of the CUDA driver API that cudarc and the engine call, on the CPU. Device pointers are
+// host pointers, every stream runs synchronously, events read a host clock, and memory info
+// reports the host's memory. cudarc resolves each symbol by name when it is first called, so a
+// function missing here fails loudly, by name, in cudarc ("Missing symbol").
+#include "runtime.h"
+
+#include <sys/sysinfo.h>
+
+#include <chrono>
+#include <cstdarg>
+#include <cstring>
+#include <unordered_map>
+
+namespace emu {
+
+// ---- errors -----------------------------------------------------------------------------------
+namespace {
+std::mutex error_lock;
+int last_code = 0;
+std::string last_message;
+char message_slots[8][2048];
+std::atomic<unsigned> next_slot{0};
+}  // namespace
+
+std::string format(const char* fmt, ...) {
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+void set_error(int code, const std::string& message) {
+    std::lock_guard<std::mutex> g(error_lock);
+    last_code = code;
+    last_message = "prefer software GPU: " + message;
+}
+
+static const char* generic_error(int code) {
+    switch (code) {
+        case 0: return "no error";
+        case kInvalidValue: return "invalid argument";
+        case kOutOfMemory: return "out of memory";
+        case kNotInitialized: return "initialization error";
+        case kInvalidHandle: return "invalid resource handle";
+        case kNotFound: return "named symbol not found";
+        case kIllegalAddress: return "an illegal memory access was encountered";
+        case kLaunchFailed: return "unspecified launch failure";
+        case kNotSupported: return "operation not supported";
+        default: return "unknown error";
+    }
+}
+
+// ---- counters, for tests that assert what a step does -----------------------------------------
+namespace {
+std::atomic<uint64_t> n_launches{0}, n_allocs{0}, n_frees{0}, n_htod{0}, n_dtoh{0}, n_syncs{0};
+}
+
+}  // namespace emu
+
+using namespace emu;
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+struct EmuContext {
+    int device;
+};
+struct EmuModule {
+    int unused;
+};
+struct EmuFunction {
+    const Kernel* kernel;
+    int max_dynamic_shared;
+};
+struct EmuEvent {
+    double ms;
+};
+typedef EmuContext* CUcontext;
+typedef EmuModule* CUmodule;
+typedef EmuFunction* CUfunction;
+typedef void* CUstream;
+typedef EmuEvent* CUevent;
+
+static EmuContext primary_context{0};
+static std::atomic<EmuContext*> current_context{nullptr};
+static bool initialised = false;
+
+static CUresult fail(int code, const std::string& message) {
+    set_error(code, message);
+    return code;
+}
+
+static double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+extern "C" {
+
+// ---- the stand-in's own entry points ----------------------------------------------------------
+// One line describing the stand-in, for `prefer info`.
+int prefer_emu_describe(char* buf, size_t len) {
+    size_t count = 0;
+    emu_kernel_table(&count);
+    snprintf(buf, len, "prefer software GPU: %zu kernels, %zu worker threads, schedule seed %llu", count,
+             worker_count(), (unsigned long long)current_seed());
+    return 0;
+}
+
+// Driver calls so far: launches, allocations, frees, host-to-device and device-to-host copies,
+// and host synchronisations (stream, event and context).
+void prefer_emu_counters(uint64_t out[6]) {
+    out[0] = n_launches;
+    out[1] = n_allocs;
+    out[2] = n_frees;
+    out[3] = n_htod;
+    out[4] = n_dtoh;
+    out[5] = n_syncs;
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+CUresult cuGetErrorString(CUresult error, const char** out) {
+    std::lock_guard<std::mutex> g(error_lock);
+    if (error == last_code && !last_message.empty()) {
+        char* slot = message_slots[next_slot++ % 8];
+        snprintf(slot, sizeof message_slots[0], "%s", last_message.c_str());
+        *out = slot;
+    } else {
+        *out = generic_error(error);
+    }
+    return 0;
+}
+
+CUresult cuGetErrorName(CUresult error, const char** out) {
+    *out = generic_error(error);
+    return 0;
+}
+
+// ---- initialisation, devices, contexts --------------------------------------------------------
+CUresult cuInit(unsigned int) {
+    initialised = true;
+    return 0;
+}
+
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return 0;
+}
+
+CUresult cuDeviceGetCount(int* count) {
+    if (!initialised) return fail(kNotInitialized, "cuDeviceGetCount before cuInit");
+    *count = 1;
+    return 0;
+}
+
+CUresult cuDeviceGet(CUdevice* dev, int ordinal) {
+    if (ordinal != 0) return fail(kInvalidValue, format("the software GPU is device 0; asked for %d", ordinal));
+    *dev = 0;
+    return 0;
+}
+
+CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    snprintf(name, (size_t)len, "prefer software GPU (CPU)");
+    return 0;
+}
+
+static void host_memory(size_t* free_bytes, size_t* total_bytes) {
+    struct sysinfo si {};
+    sysinfo(&si);
+    *total_bytes = (size_t)si.totalram * si.mem_unit;
+    *free_bytes = ((size_t)si.freeram + si.bufferram) * si.mem_unit;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
+    size_t free_bytes;
+    host_memory(&free_bytes, bytes);
+    return 0;
+}
+
+CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
+    switch (attribute) {
+        case 1: *v = 1024; break;                     // max threads per block
+        case 2: case 3: *v = 1024; break;             // max block dims x, y
+        case 4: *v = 64; break;                       // max block dim z
+        case 5: *v = 2147483647; break;               // max grid dim x
+        case 6: case 7: *v = 65535; break;            // max grid dims y, z
+        case 8: *v = (int)kDefaultDynamicShared; break;  // shared memory per block
+        case 10: *v = 32; break;                      // warp size
+        case 12: *v = 65536; break;                   // registers per block
+        case 16: *v = (int)worker_count(); break;     // multiprocessors: the worker threads
+        case 39: *v = 2048; break;                    // max threads per multiprocessor
+        case 75: *v = 9; break;                       // compute capability 9.0, as the H100
+        case 76: *v = 0; break;
+        case 81: *v = 233472; break;                  // shared memory per multiprocessor
+        case 97: *v = (int)kMaxDynamicShared; break;  // shared memory per block, opt-in
+        case 115: *v = 0; break;                      // memory pools: none, so cudarc uses cuMemAlloc
+        default:
+            return fail(kNotSupported, format("cuDeviceGetAttribute: attribute %d is not modelled", attribute));
+    }
+    return 0;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice) {
+    *ctx = &primary_context;
+    return 0;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return 0; }
+CUresult cuCtxGetCurrent(CUcontext* ctx) {
+    *ctx = current_context.load();
+    return 0;
+}
+CUresult cuCtxSetCurrent(CUcontext ctx) {
+    current_context.store(ctx);
+    return 0;
+}
+CUresult cuCtxGetDevice(CUdevice* dev) {
+    *dev = 0;
+    return 0;
+}
+CUresult cuCtxSynchronize() {
+    ++n_syncs;
+    return 0;
+}
+
+// ---- memory -----------------------------------------------------------------------------------
+int emu_mem_alloc(uintptr_t* out, size_t size);
+int emu_mem_free(uintptr_t ptr);
+int prefer_emu_check_range(uintptr_t ptr, size_t bytes, char* why, size_t why_len);
+
+CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+    host_memory(free_bytes, total_bytes);
+    return 0;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr* out, size_t bytes) {
+    ++n_allocs;
+    uintptr_t p = 0;
+    const int r = emu_mem_alloc(&p, bytes);
+    *out = p;
+    return r;
+}
+CUresult cuMemAllocAsync(CUdeviceptr* out, size_t bytes, CUstream) { return cuMemAlloc_v2(out, bytes); }
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    ++n_frees;
+    return emu_mem_free(p);
+}
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+
+static CUresult check_range(const char* op, CUdeviceptr p, size_t bytes) {
+    char why[512];
+    if (bytes && prefer_emu_check_range(p, bytes, why, sizeof why)) return fail(kInvalidValue, format("%s: %s", op, why));
+    return 0;
+}
+
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    if (CUresult r = check_range("cuMemsetD8", dst, n)) return r;
+    memset((void*)dst, v, n);
+    return 0;
+}
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(dst, v, n); }
+CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned int v, size_t n) {
+    if (CUresult r = check_range("cuMemsetD32", dst, n * 4)) return r;
+    uint32_t* p = (uint32_t*)dst;
+    for (size_t i = 0; i < n; ++i) p[i] = v;
+    return 0;
+}
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream) { return cuMemsetD32_v2(dst, v, n); }
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    ++n_htod;
+    if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
+    memcpy((void*)dst, src, bytes);
+    return 0;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CUstream) {
+    return cuMemcpyHtoD_v2(dst, src, bytes);
+}
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    ++n_dtoh;
+    if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
+    memcpy(dst, (const void*)src, bytes);
+    return 0;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUstream) {
+    return cuMemcpyDtoH_v2(dst, src, bytes);
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    if (CUresult r = check_range("cuMemcpyDtoD (source)", src, bytes)) return r;
+    if (CUresult r = check_range("cuMemcpyDtoD (destination)", dst, bytes)) return r;
+    memmove((void*)dst, (const void*)src, bytes);
+    return 0;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream) {
+    return cuMemcpyDtoD_v2(dst, src, bytes);
+}
+
+// ---- modules and kernels ----------------------------------------------------------------------
+// Any image loads: the software GPU cannot run SASS, so a module is the table of kernels compiled
+// for the CPU from the same kernels/*.cu.
+static EmuModule the_module{0};
+static std::mutex function_lock;
+static std::unordered_map<std::string, EmuFunction*> functions;
+
+CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+    if (!image) return fail(kInvalidValue, "cuModuleLoadData: null image");
+    *module = &the_module;
+    return 0;
+}
+CUresult cuModuleUnload(CUmodule) { return 0; }
+
+CUresult cuModuleGetFunction(CUfunction* out, CUmodule, const char* name) {
+    std::lock_guard<std::mutex> g(function_lock);
+    auto it = functions.find(name);
+    if (it != functions.end()) {
+        *out = it->second;
+        return 0;
+    }
+    size_t count = 0;
+    const Kernel* table = emu_kernel_table(&count);
+    for (size_t i = 0; i < count; ++i) {
+        if (strcmp(table[i].name, name) == 0) {
+            EmuFunction* f = new EmuFunction{&table[i], (int)kDefaultDynamicShared};
+            functions[name] = f;
+            *out = f;
+            return 0;
+        }
+    }
+    return fail(kNotFound, format("no kernel named %s among the %zu compiled for the software GPU", name, count));
+}
+
+CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
+    if (attribute == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        if (value < 0 || (size_t)value > kMaxDynamicShared)
+            return fail(kInvalidValue, format("kernel %s: %d bytes of dynamic shared memory (the limit is %zu)",
+                                              f->kernel->name, value, kMaxDynamicShared));
+        f->max_dynamic_shared = value;
+        return 0;
+    }
+    return fail(kNotSupported, format("cuFuncSetAttribute: attribute %d is not modelled", attribute));
+}
+
+CUresult cuFuncGetAttribute(int* v, int attribute, CUfunction f) {
+    switch (attribute) {
+        case 0: *v = 1024; return 0;  // max threads per block
+        case 8: *v = f->max_dynamic_shared; return 0;
+        default: return fail(kNotSupported, format("cuFuncGetAttribute: attribute %d is not modelled", attribute));
+    }
+}
+CUresult cuFuncSetCacheConfig(CUfunction, int) { return 0; }
+
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, CUstream, void** params, void** extra) {
+    ++n_launches;
+    const char* name = f->kernel->name;
+    if (extra) return fail(kNotSupported, format("kernel %s: launch parameters through `extra` are not modelled", name));
+    const uint64_t threads = (uint64_t)bx * by * bz;
+    if (bx == 0 || by == 0 || bz == 0 || threads > 1024 || bx > 1024 || by > 1024 || bz > 64)
+        return fail(kInvalidValue, format("kernel %s: a block of (%u,%u,%u) = %llu threads (at most 1024, and "
+                                          "(1024,1024,64) per dimension)",
+                                          name, bx, by, bz, (unsigned long long)threads));
+    if (gx == 0 || gy == 0 || gz == 0 || gx > 2147483647u || gy > 65535 || gz > 65535)
+        return fail(kInvalidValue, format("kernel %s: a grid of (%u,%u,%u) blocks (each at least 1; at most "
+                                          "(2^31-1, 65535, 65535))",
+                                          name, gx, gy, gz));
+    if (shared > (unsigned)f->max_dynamic_shared)
+        return fail(kInvalidValue,
+                    format("kernel %s: %u bytes of dynamic shared memory, over its limit of %d (48 KB unless raised "
+                           "with cuFuncSetAttribute, at most %zu)",
+                           name, shared, f->max_dynamic_shared, kMaxDynamicShared));
+    if (!params) return fail(kInvalidValue, format("kernel %s: no kernel parameters", name));
+    return launch_kernel(f->kernel, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared, params);
+}
+
+// ---- streams and events -----------------------------------------------------------------------
+static int stream_tokens[1];
+
+CUresult cuStreamCreate(CUstream* s, unsigned) {
+    *s = &stream_tokens[0];
+    return 0;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) {
+    *s = &stream_tokens[0];
+    return 0;
+}
+CUresult cuStreamDestroy_v2(CUstream) { return 0; }
+CUresult cuStreamSynchronize(CUstream) {
+    ++n_syncs;
+    return 0;
+}
+CUresult cuStreamQuery(CUstream) { return 0; }
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return 0; }
+CUresult cuStreamIsCapturing(CUstream, int* status) {
+    *status = 0;
+    return 0;
+}
+
+CUresult cuEventCreate(CUevent* e, unsigned) {
+    *e = new EmuEvent{0.0};
+    return 0;
+}
+CUresult cuEventRecord(CUevent e, CUstream) {
+    e->ms = now_ms();
+    return 0;
+}
+CUresult cuEventSynchronize(CUevent) {
+    ++n_syncs;
+    return 0;
+}
+CUresult cuEventQuery(CUevent) { return 0; }
+CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+    *ms = (float)(end->ms - start->ms);
+    return 0;
+}
+CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) { return cuEventElapsedTime(ms, start, end); }
+CUresult cuEventDestroy_v2(CUevent e) {
+    delete e;
+    return 0;
+}
+
+}  // extern "C"

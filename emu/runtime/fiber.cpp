@@ -1,0 +1,123 @@
+// Fibers: one per GPU thread of a block, each on its own stack, switched by hand (about 8 ns; the
+// C library's swapcontext makes a signal-mask syscall each time and costs 20x that).
+//
+// Stack layout (EMU_STACK_BYTES, aligned to its size):
+//   [0, 4 KiB)        EmuThreadInfo, read by the built-ins through the stack pointer
+//   [4 KiB, 8 KiB)    guard page: a stack overflow faults instead of overwriting the info
+//   [8 KiB, top)      the stack, growing down; tops are staggered so stacks don't alias in cache
+#include "runtime.h"
+
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <cstring>
+
+// emu_context_switch(save, to): pushes the callee-saved registers, stores the stack pointer in
+// *save, loads `to`, pops and returns there. emu_fiber_entry starts a new fiber: r12 holds its
+// Fiber*, r13 the function to call with it.
+asm(R"(
+    .text
+    .globl emu_context_switch
+    .hidden emu_context_switch
+    .type emu_context_switch, @function
+emu_context_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_context_switch, .-emu_context_switch
+
+    .globl emu_fiber_entry
+    .hidden emu_fiber_entry
+    .type emu_fiber_entry, @function
+emu_fiber_entry:
+    movq %r12, %rdi
+    callq *%r13
+    ud2
+    .size emu_fiber_entry, .-emu_fiber_entry
+)");
+
+extern "C" void emu_context_switch(void** save, void* to);
+extern "C" void emu_fiber_entry();
+
+namespace emu {
+
+static constexpr size_t kPage = 4096;
+
+extern "C" [[noreturn]] void emu_fiber_main(Fiber* f);
+
+void ensure_fibers(Worker& w, uint32_t count) {
+    if (w.fibers.size() >= count) return;
+    // Map every stack this worker may need (1024 threads) once, reserving address space only.
+    if (!w.stacks) {
+        const size_t bytes = (size_t)1024 * EMU_STACK_BYTES + EMU_STACK_BYTES;
+        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            fprintf(stderr, "prefer software GPU: cannot map fiber stacks\n");
+            abort();
+        }
+        w.stacks = (uint8_t*)(((uintptr_t)p + EMU_STACK_BYTES - 1) & ~(uintptr_t)(EMU_STACK_BYTES - 1));
+    }
+    const size_t first = w.fibers.size();
+    w.fibers.resize(count);
+    for (size_t i = first; i < count; ++i) {
+        uint8_t* base = w.stacks + i * EMU_STACK_BYTES;
+        mprotect(base + kPage, kPage, PROT_NONE);
+        Fiber& f = w.fibers[i];
+        f.info = (EmuThreadInfo*)base;
+        f.worker = &w;
+        f.stack_top = base + EMU_STACK_BYTES - (i % 32) * 64;
+    }
+}
+
+// Lays out a first frame that emu_context_switch "returns" into emu_fiber_entry from.
+void start_fiber(Fiber& f) {
+    f.info->fiber = &f;
+    uintptr_t top = (uintptr_t)f.stack_top & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)(top - 7 * 8);  // six registers and a return address
+    sp[0] = 0;                                // r15
+    sp[1] = 0;                                // r14
+    sp[2] = (uint64_t)(void*)&emu_fiber_main;  // r13
+    sp[3] = (uint64_t)&f;                     // r12
+    sp[4] = 0;                                // rbx
+    sp[5] = 0;                                // rbp
+    sp[6] = (uint64_t)(void*)&emu_fiber_entry;
+    f.sp = sp;
+    f.state = FiberState::Ready;
+}
+
+void switch_to_fiber(Worker& w, Fiber& f) {
+    w.running = &f;
+    emu_context_switch(&w.sched_sp, f.sp);
+    w.running = nullptr;
+}
+
+void switch_to_scheduler(Fiber& f) {
+    emu_context_switch(&f.sp, f.worker->sched_sp);
+    __builtin_unreachable();
+}
+
+// A fiber suspends itself and resumes here when the scheduler picks it again.
+void yield_fiber(Fiber& f) { emu_context_switch(&f.sp, f.worker->sched_sp); }
+
+Fiber* current_fiber() { return (Fiber*)emu_info()->fiber; }
+
+extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
+    Launch* l = f->worker->launch;
+    l->kernel->invoke(l->params);
+    f->state = FiberState::Done;
+    switch_to_scheduler(*f);
+}
+
+}  // namespace emu

@@ -1,0 +1,465 @@
+// Launching a kernel: blocks go to a pool of OS threads; each block's threads run as fibers on
+// one of them. Between two synchronisation points a fiber runs alone, and which ready fiber runs
+// next is drawn from a generator seeded by PREFER_EMU_SEED (0: thread order), so code that
+// depends on an unsynchronised order gives different results under different seeds.
+//
+// __syncthreads waits for every thread of the block that has not exited. A warp collective
+// (shuffle, vote, reduce, __syncwarp) waits for the lanes its mask names, and the last to arrive
+// computes every lane's result at once. Whatever can never complete is reported as a deadlock.
+#include "runtime.h"
+
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdlib>
+#include <cstring>
+
+namespace emu {
+
+// ---- configuration ----------------------------------------------------------------------------
+size_t worker_count() {
+    static const size_t n = [] {
+        if (const char* s = getenv("PREFER_EMU_THREADS")) {
+            const long v = strtol(s, nullptr, 10);
+            if (v > 0) return (size_t)(v > 64 ? 64 : v);
+        }
+        const unsigned hw = std::thread::hardware_concurrency();
+        return (size_t)(hw == 0 ? 1 : (hw > 16 ? 16 : hw));
+    }();
+    return n;
+}
+
+uint64_t current_seed() {
+    static const uint64_t seed = [] {
+        const char* s = getenv("PREFER_EMU_SEED");
+        return s ? strtoull(s, nullptr, 10) : 1ull;
+    }();
+    return seed;
+}
+
+static uint64_t splitmix(uint64_t& x) {
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// ---- errors inside a block --------------------------------------------------------------------
+static std::string where(const Worker& w, const Fiber* f) {
+    std::string s = format("kernel %s, block (%u,%u,%u)", w.launch->kernel->name, w.block_idx.x, w.block_idx.y,
+                           w.block_idx.z);
+    if (f) {
+        const uint3 t = f->info->thread_idx;
+        s += format(", thread (%u,%u,%u)", t.x, t.y, t.z);
+    }
+    return s;
+}
+
+void fail_block(Worker& w, const std::string& why, int code) {
+    if (!w.block_error.empty()) return;
+    w.block_error = why;
+    w.block_error_code = code;
+}
+
+// Records the error and leaves the fiber for good; the scheduler then abandons the block.
+[[noreturn]] static void abort_fiber(Fiber& f, const std::string& why) {
+    fail_block(*f.worker, where(*f.worker, &f) + ": " + why);
+    f.state = FiberState::Faulted;
+    switch_to_scheduler(f);
+}
+
+static void make_ready(Worker& w, Fiber& f) {
+    f.state = FiberState::Ready;
+    w.ready.push_back(f.tid);
+}
+
+// ---- barriers ---------------------------------------------------------------------------------
+extern "C" int emu_syncthreads_op(int op, int predicate) {
+    Fiber& f = *current_fiber();
+    f.coll_kind = op;
+    f.barrier_pred = predicate;
+    f.state = FiberState::AtBarrier;
+    yield_fiber(f);
+    return (int)f.coll_result;
+}
+
+static void release_barrier(Worker& w) {
+    uint32_t count = 0, total = 0;
+    for (uint32_t i = 0; i < w.block_threads; ++i) {
+        const Fiber& f = w.fibers[i];
+        if (f.state != FiberState::AtBarrier) continue;
+        ++total;
+        count += f.barrier_pred != 0;
+    }
+    race_barrier(w);
+    for (uint32_t i = 0; i < w.block_threads; ++i) {
+        Fiber& f = w.fibers[i];
+        if (f.state != FiberState::AtBarrier) continue;
+        switch (f.coll_kind) {
+            case EMU_SYNC_COUNT: f.coll_result = count; break;
+            case EMU_SYNC_AND: f.coll_result = count == total; break;
+            case EMU_SYNC_OR: f.coll_result = count != 0; break;
+            default: f.coll_result = 0;
+        }
+        make_ready(w, f);
+    }
+}
+
+// ---- warp collectives -------------------------------------------------------------------------
+static constexpr int kShuffle = -1, kSyncWarp = -2;
+
+static const char* collective_name(int kind) {
+    switch (kind) {
+        case kShuffle: return "a shuffle";
+        case kSyncWarp: return "__syncwarp";
+        case EMU_BALLOT: return "__ballot_sync";
+        case EMU_ANY: return "__any_sync";
+        case EMU_ALL: return "__all_sync";
+        default: return "a __reduce_*_sync";
+    }
+}
+
+static uint32_t lanes_of_warp(const Worker& w, uint32_t warp) {
+    const uint32_t n = w.block_threads - warp * 32;
+    return n >= 32 ? 0xffffffffu : (1u << n) - 1u;
+}
+
+// The last lane of `need` has arrived: every lane's result at once, then all go on.
+static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
+    Fiber* lanes = &w.fibers[warp * 32];
+    const int kind = self.coll_kind;
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        if (lanes[l].coll_kind != kind || lanes[l].coll_mask != self.coll_mask)
+            abort_fiber(self, format("lanes %u and %u of warp %u meet in different warp collectives (%s with mask "
+                                     "0x%08x, %s with mask 0x%08x)",
+                                     l, self.tid % 32, warp, collective_name(lanes[l].coll_kind), lanes[l].coll_mask,
+                                     collective_name(kind), self.coll_mask));
+    }
+    uint32_t ballot = 0, add = 0, umin = 0xffffffffu, umax = 0, band = 0xffffffffu, bor = 0, bxor = 0;
+    int32_t imin = INT32_MAX, imax = INT32_MIN;
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        const uint32_t v = lanes[l].coll_value;
+        ballot |= (v != 0) << l;
+        add += v;
+        umin = v < umin ? v : umin;
+        umax = v > umax ? v : umax;
+        imin = (int32_t)v < imin ? (int32_t)v : imin;
+        imax = (int32_t)v > imax ? (int32_t)v : imax;
+        band &= v;
+        bor |= v;
+        bxor ^= v;
+    }
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        Fiber& f = lanes[l];
+        switch (kind) {
+            case kShuffle: {
+                const int src = f.coll_src;
+                if (src < 0 || src > 31 || !(need >> src & 1))
+                    abort_fiber(self, format("lane %u of warp %u shuffles from lane %d, which is not in the mask 0x%08x "
+                                             "(or does not exist in this block of %u threads)",
+                                             l, warp, src, need, w.block_threads));
+                f.coll_result = lanes[src].coll_value;
+                break;
+            }
+            case kSyncWarp: f.coll_result = 0; break;
+            case EMU_BALLOT: f.coll_result = ballot; break;
+            case EMU_ANY: f.coll_result = ballot != 0; break;
+            case EMU_ALL: f.coll_result = ballot == need; break;
+            case EMU_REDUCE_ADD: f.coll_result = add; break;
+            case EMU_REDUCE_MIN_U: f.coll_result = umin; break;
+            case EMU_REDUCE_MAX_U: f.coll_result = umax; break;
+            case EMU_REDUCE_MIN_I: f.coll_result = (uint32_t)imin; break;
+            case EMU_REDUCE_MAX_I: f.coll_result = (uint32_t)imax; break;
+            case EMU_REDUCE_AND: f.coll_result = band; break;
+            case EMU_REDUCE_OR: f.coll_result = bor; break;
+            case EMU_REDUCE_XOR: f.coll_result = bxor; break;
+        }
+    }
+    w.warps[warp].arrived &= ~need;
+    w.warps[warp].syncs++;
+    for (uint32_t l = 0; l < 32; ++l)
+        if (need >> l & 1) make_ready(w, lanes[l]);
+}
+
+static uint32_t warp_collective(unsigned mask, int kind, uint32_t value, int src) {
+    Fiber& f = *current_fiber();
+    Worker& w = *f.worker;
+    const uint32_t lane = f.tid % 32, warp = f.tid / 32;
+    if (!(mask >> lane & 1))
+        abort_fiber(f, format("%s with mask 0x%08x, which leaves out the calling lane %u", collective_name(kind), mask,
+                              lane));
+    const uint32_t need = mask & lanes_of_warp(w, warp);
+    f.coll_mask = mask;
+    f.coll_kind = kind;
+    f.coll_value = value;
+    f.coll_src = src;
+    f.state = FiberState::AtWarp;
+    WarpState& ws = w.warps[warp];
+    ws.arrived |= 1u << lane;
+    if ((ws.arrived & need) == need) resolve_warp(w, f, warp, need);
+    yield_fiber(f);
+    return f.coll_result;
+}
+
+extern "C" uint32_t emu_shfl(unsigned mask, uint32_t value, int src_lane) {
+    return warp_collective(mask, kShuffle, value, src_lane);
+}
+extern "C" uint32_t emu_vote(unsigned mask, int op, uint32_t value) { return warp_collective(mask, op, value, 0); }
+extern "C" void emu_syncwarp(unsigned mask) { warp_collective(mask, kSyncWarp, 0, 0); }
+
+extern "C" unsigned emu_activemask(void) {
+    Fiber& f = *current_fiber();
+    const Worker& w = *f.worker;
+    const uint32_t warp = f.tid / 32;
+    unsigned m = 0;
+    for (uint32_t l = 0; l < 32 && warp * 32 + l < w.block_threads; ++l)
+        if (w.fibers[warp * 32 + l].state != FiberState::Done) m |= 1u << l;
+    return m;
+}
+
+extern "C" void emu_trap(const char* why) { abort_fiber(*current_fiber(), why); }
+
+// ---- atomics ----------------------------------------------------------------------------------
+extern "C" float emu_atomic_add_f32(float* p, float v) {
+    uint32_t* u = (uint32_t*)p;
+    uint32_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(u, &old, __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, old) + v), true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return __builtin_bit_cast(float, old);
+}
+extern "C" double emu_atomic_add_f64(double* p, double v) {
+    uint64_t* u = (uint64_t*)p;
+    uint64_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(u, &old, __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, old) + v),
+                                        true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return __builtin_bit_cast(double, old);
+}
+
+template <typename U, typename S>
+static U rmw(U* p, int op, U v) {
+    U old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    for (;;) {
+        U next = old;
+        switch (op) {
+            case EMU_RMW_ADD: next = old + v; break;
+            case EMU_RMW_SUB: next = old - v; break;
+            case EMU_RMW_EXCH: next = v; break;
+            case EMU_RMW_MIN: next = v < old ? v : old; break;
+            case EMU_RMW_MAX: next = v > old ? v : old; break;
+            case EMU_RMW_MIN_S: next = (S)v < (S)old ? v : old; break;
+            case EMU_RMW_MAX_S: next = (S)v > (S)old ? v : old; break;
+            case EMU_RMW_AND: next = old & v; break;
+            case EMU_RMW_OR: next = old | v; break;
+            case EMU_RMW_XOR: next = old ^ v; break;
+            case EMU_RMW_INC: next = old >= v ? 0 : old + 1; break;             // CUDA's wrapping increment
+            case EMU_RMW_DEC: next = (old == 0 || old > v) ? v : old - 1; break;  // and decrement
+        }
+        if (__atomic_compare_exchange_n(p, &old, next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
+    }
+}
+extern "C" uint32_t emu_atomic_rmw_u32(uint32_t* p, int op, uint32_t v) { return rmw<uint32_t, int32_t>(p, op, v); }
+extern "C" uint64_t emu_atomic_rmw_u64(uint64_t* p, int op, uint64_t v) { return rmw<uint64_t, int64_t>(p, op, v); }
+extern "C" uint32_t emu_atomic_cas_u32(uint32_t* p, uint32_t expected, uint32_t desired) {
+    __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return expected;
+}
+extern "C" uint64_t emu_atomic_cas_u64(uint64_t* p, uint64_t expected, uint64_t desired) {
+    __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return expected;
+}
+extern "C" void emu_threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+extern "C" long long emu_clock64(void) { return (long long)__builtin_ia32_rdtsc(); }
+
+// ---- one block --------------------------------------------------------------------------------
+static std::string describe_deadlock(const Worker& w) {
+    std::string s = "deadlock:";
+    uint32_t at_barrier = 0, done = 0;
+    for (uint32_t i = 0; i < w.block_threads; ++i) {
+        at_barrier += w.fibers[i].state == FiberState::AtBarrier;
+        done += w.fibers[i].state == FiberState::Done;
+    }
+    for (uint32_t warp = 0; warp * 32 < w.block_threads; ++warp) {
+        const uint32_t arrived = w.warps[warp].arrived;
+        if (!arrived) continue;
+        uint32_t mask = 0;
+        for (uint32_t l = 0; l < 32; ++l)
+            if (arrived >> l & 1) mask = w.fibers[warp * 32 + l].coll_mask;
+        const uint32_t missing = mask & lanes_of_warp(w, warp) & ~arrived;
+        uint32_t exited = 0;
+        for (uint32_t l = 0; l < 32; ++l)
+            if ((missing >> l & 1) && w.fibers[warp * 32 + l].state == FiberState::Done) exited |= 1u << l;
+        s += format(" warp %u: lanes 0x%08x wait in %s with mask 0x%08x; lanes 0x%08x never arrive (0x%08x of them "
+                    "exited, the rest wait at __syncthreads).",
+                    warp, arrived, collective_name(w.fibers[warp * 32 + __builtin_ctz(arrived)].coll_kind), mask,
+                    missing, exited);
+    }
+    s += format(" %u of %u threads wait at __syncthreads, %u exited", at_barrier, w.block_threads, done);
+    return s;
+}
+
+static void run_block(Worker& w, Launch& l, uint64_t linear) {
+    const dim3 g = l.grid, b = l.block;
+    w.block_idx = {(unsigned)(linear % g.x), (unsigned)(linear / g.x % g.y), (unsigned)(linear / ((uint64_t)g.x * g.y))};
+    const uint32_t n = b.x * b.y * b.z;
+    ensure_fibers(w, n);
+    w.block_threads = n;
+    w.block_error.clear();
+    w.warps.assign((n + 31) / 32, WarpState{0, 0});
+    race_begin_block(w);
+    for (uint32_t i = 0; i < n; ++i) {
+        Fiber& f = w.fibers[i];
+        EmuThreadInfo& t = *f.info;
+        t.thread_idx = {i % b.x, i / b.x % b.y, i / (b.x * b.y)};
+        t.block_idx = w.block_idx;
+        t.block_dim = {b.x, b.y, b.z};
+        t.grid_dim = {g.x, g.y, g.z};
+        t.lane = i % 32;
+        t.linear = i;
+        f.tid = i;
+        start_fiber(f);
+    }
+    w.ready.resize(n);
+    for (uint32_t i = 0; i < n; ++i) w.ready[i] = i;
+    uint64_t state = l.seed * 0x2545f4914f6cdd1dull ^ l.id * 0x9e3779b97f4a7c15ull ^ linear;
+    size_t head = 0;
+    for (;;) {
+        while (head < w.ready.size()) {
+            if (l.seed != 0) {
+                const size_t pick = head + splitmix(state) % (w.ready.size() - head);
+                std::swap(w.ready[head], w.ready[pick]);
+            }
+            Fiber& f = w.fibers[w.ready[head++]];
+            switch_to_fiber(w, f);
+            if (f.state == FiberState::Faulted) {
+                if (w.fault_signal) {
+                    fail_block(w, where(w, &f) + ": " + describe_fault(w), kIllegalAddress);
+                    w.fault_signal = 0;
+                }
+                return;
+            }
+        }
+        w.ready.clear();
+        head = 0;
+        uint32_t done = 0, at_warp = 0;
+        for (uint32_t i = 0; i < n; ++i) {
+            done += w.fibers[i].state == FiberState::Done;
+            at_warp += w.fibers[i].state == FiberState::AtWarp;
+        }
+        if (done == n) return;
+        if (at_warp == 0) {
+            release_barrier(w);
+            continue;
+        }
+        fail_block(w, where(w, nullptr) + ": " + describe_deadlock(w));
+        return;
+    }
+}
+
+// ---- the pool ---------------------------------------------------------------------------------
+// Never destroyed: workers still wait on these when the process exits, and destroying a condition
+// variable that threads wait on blocks forever.
+struct Pool {
+    std::mutex lock;
+    std::condition_variable work_ready, work_done;
+    std::vector<Worker*> workers;
+    Launch* current = nullptr;
+    uint64_t generation = 0;
+    size_t busy = 0;
+    std::mutex launch_lock;  // one launch at a time, as on one stream
+    uint64_t launches = 0;
+};
+namespace {
+Pool& pool = *new Pool();
+}  // namespace
+
+static void run_blocks(Worker& w, Launch& l) {
+    const uint64_t total = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
+    w.launch = &l;
+    for (;;) {
+        if (l.failed.load(std::memory_order_relaxed)) break;
+        const uint64_t b = l.next_block.fetch_add(1);
+        if (b >= total) break;
+        run_block(w, l, b);
+        if (!w.block_error.empty()) {
+            std::lock_guard<std::mutex> g(l.error_lock);
+            if (!l.failed.exchange(true)) {
+                l.error = w.block_error;
+                l.error_code = w.block_error_code;
+            }
+            break;
+        }
+    }
+    w.launch = nullptr;
+}
+
+static void worker_main(Worker* w) {
+    register_worker(w);
+    prepare_worker_signals(*w);
+    init_shared_range(*w);
+    uint64_t seen = 0;
+    for (;;) {
+        Launch* l;
+        {
+            std::unique_lock<std::mutex> g(pool.lock);
+            pool.work_ready.wait(g, [&] { return pool.generation != seen; });
+            seen = pool.generation;
+            l = pool.current;
+        }
+        run_blocks(*w, *l);
+        std::lock_guard<std::mutex> g(pool.lock);
+        if (--pool.busy == 0) pool.work_done.notify_all();
+    }
+}
+
+static void start_pool() {
+    if (!pool.workers.empty()) return;
+    install_fault_handler();
+    for (size_t i = 0; i < worker_count(); ++i) {
+        Worker* w = new Worker();  // lives as long as the process
+        w->index = (int)i;
+        pool.workers.push_back(w);
+        w->thread = std::thread(worker_main, w);
+        w->thread.detach();
+    }
+}
+
+int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params) {
+    std::lock_guard<std::mutex> serial(pool.launch_lock);
+    {
+        std::lock_guard<std::mutex> g(pool.lock);
+        start_pool();
+    }
+    Launch l;
+    l.kernel = k;
+    l.params = params;
+    l.grid = grid;
+    l.block = block;
+    l.dynamic_shared = dynamic_shared;
+    l.id = pool.launches++;
+    l.seed = current_seed();
+    {
+        std::unique_lock<std::mutex> g(pool.lock);
+        pool.current = &l;
+        pool.busy = pool.workers.size();
+        ++pool.generation;
+        pool.work_ready.notify_all();
+        pool.work_done.wait(g, [] { return pool.busy == 0; });
+        pool.current = nullptr;
+    }
+    if (l.failed) {
+        set_error(l.error_code, l.error);
+        return l.error_code;
+    }
+    const std::string guards = check_guards();
+    if (!guards.empty()) {
+        set_error(kIllegalAddress, format("kernel %s wrote outside its buffers: %s", k->name, guards.c_str()));
+        return kIllegalAddress;
+    }
+    return 0;
+}
+
+}  // namespace emu

@@ -1,0 +1,143 @@
+// Device memory on the host. Every allocation is its own mapping:
+//
+//   [guard page][0xff fill ... data (256-aligned) ... 0xff fill up to a 256-byte end][guard page]
+//
+// Fresh memory is 0xff bytes (NaN as f32, bf16 and f16), so reading what was never written shows.
+// An access that leaves the mapping hits a guard page and faults (fault.cpp names the buffer); a
+// write into the fill around the data is found by check_guards after every launch.
+#include "runtime.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+
+namespace emu {
+
+namespace {
+constexpr size_t kPage = 4096, kAlign = 256;
+constexpr uint8_t kFill = 0xff;
+
+struct Allocation {
+    uint8_t* map;
+    size_t map_bytes;
+    uint8_t* data;
+    size_t size;
+    size_t padded;  // size rounded up to 256
+};
+
+std::mutex lock;
+std::map<uintptr_t, Allocation> live;  // by data address
+size_t live_bytes = 0;
+uint64_t total_allocations = 0;
+
+size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
+
+const Allocation* containing(uintptr_t addr) {
+    auto it = live.upper_bound(addr);
+    if (it == live.begin()) return nullptr;
+    --it;
+    const Allocation& a = it->second;
+    return addr < (uintptr_t)a.map + a.map_bytes ? &a : nullptr;
+}
+
+// The first byte of [from, to) that is not the fill, or `to`.
+const uint8_t* first_written(const uint8_t* from, const uint8_t* to) {
+    for (const uint8_t* p = from; p < to; ++p)
+        if (*p != kFill) return p;
+    return to;
+}
+}  // namespace
+
+extern "C" int emu_mem_alloc(uintptr_t* out, size_t size) {
+    const size_t padded = round_up(size ? size : 1, kAlign);
+    const size_t data_pages = round_up(padded, kPage);
+    const size_t map_bytes = data_pages + 2 * kPage;
+    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        set_error(kOutOfMemory, format("out of memory: the software GPU could not map %zu bytes", size));
+        return kOutOfMemory;
+    }
+    uint8_t* map = (uint8_t*)p;
+    mprotect(map, kPage, PROT_NONE);
+    mprotect(map + kPage + data_pages, kPage, PROT_NONE);
+    memset(map + kPage, kFill, data_pages);
+    Allocation a{map, map_bytes, map + kPage + data_pages - padded, size, padded};
+    std::lock_guard<std::mutex> g(lock);
+    live[(uintptr_t)a.data] = a;
+    live_bytes += size;
+    ++total_allocations;
+    *out = (uintptr_t)a.data;
+    return 0;
+}
+
+extern "C" int emu_mem_free(uintptr_t ptr) {
+    std::lock_guard<std::mutex> g(lock);
+    auto it = live.find(ptr);
+    if (it == live.end()) {
+        set_error(kInvalidValue, format("freeing 0x%zx, which is not the start of a live device allocation", (size_t)ptr));
+        return kInvalidValue;
+    }
+    munmap(it->second.map, it->second.map_bytes);
+    live_bytes -= it->second.size;
+    live.erase(it);
+    return 0;
+}
+
+size_t emu_live_bytes() {
+    std::lock_guard<std::mutex> g(lock);
+    return live_bytes;
+}
+
+uint64_t emu_total_allocations() {
+    std::lock_guard<std::mutex> g(lock);
+    return total_allocations;
+}
+
+// Whether [ptr, ptr + bytes) lies inside one live allocation; if not, why (empty when it does).
+extern "C" int prefer_emu_check_range(uintptr_t ptr, size_t bytes, char* why, size_t why_len) {
+    std::lock_guard<std::mutex> g(lock);
+    const Allocation* a = containing(ptr);
+    std::string msg;
+    if (!a || ptr < (uintptr_t)a->data) {
+        msg = format("0x%zx is not inside any device allocation", (size_t)ptr);
+    } else if (ptr + bytes > (uintptr_t)a->data + a->size) {
+        msg = format("%zu bytes at offset %zu overrun a %zu-byte device allocation by %zu bytes", bytes,
+                     (size_t)(ptr - (uintptr_t)a->data), a->size, (size_t)(ptr + bytes - (uintptr_t)a->data - a->size));
+    }
+    if (msg.empty()) return 0;
+    if (why && why_len) snprintf(why, why_len, "%s", msg.c_str());
+    return 1;
+}
+
+std::string describe_address(uintptr_t addr) {
+    std::lock_guard<std::mutex> g(lock);
+    const Allocation* a = containing(addr);
+    if (!a) return "not near any device allocation";
+    const uintptr_t lo = (uintptr_t)a->data, hi = lo + a->size;
+    if (addr < lo) return format("%zu bytes before the start of a %zu-byte buffer", (size_t)(lo - addr), a->size);
+    if (addr >= hi) return format("%zu bytes past the end of a %zu-byte buffer", (size_t)(addr - hi), a->size);
+    return format("inside a %zu-byte buffer, at byte %zu", a->size, (size_t)(addr - lo));
+}
+
+std::string check_guards() {
+    std::lock_guard<std::mutex> g(lock);
+    std::string found;
+    for (auto& [_, a] : live) {
+        const uint8_t* front = a.map + kPage;
+        const uint8_t* end = a.data + a.size;
+        const uint8_t* fw = first_written(front, a.data);
+        const uint8_t* bw = first_written(end, a.data + a.padded);
+        if (fw == a.data && bw == a.data + a.padded) continue;
+        if (found.empty()) {
+            found = fw != a.data ? format("%zu bytes before the start of a %zu-byte buffer", (size_t)(a.data - fw), a.size)
+                                 : format("%zu bytes past the end of a %zu-byte buffer", (size_t)(bw - end), a.size);
+        }
+        memset((void*)front, kFill, a.data - front);  // report once
+        memset((void*)end, kFill, a.data + a.padded - end);
+    }
+    return found;
+}
+
+}  // namespace emu
