@@ -150,6 +150,26 @@ pub fn describe() -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// Sets the schedule seed (0: thread order; else shuffled) and whether the race check runs, for
+/// every launch from now on. `PREFER_EMU_SEED` and `PREFER_EMU_RACE_CHECK=0` set them at start.
+pub fn set_schedule(seed: u64, race_check: bool) -> Result<()> {
+    let libs = loaded()?;
+    // SAFETY: the symbol's type is the one emu/runtime/launch.cpp defines.
+    unsafe {
+        let f: libloading::os::unix::Symbol<unsafe extern "C" fn(u64, i32)> =
+            libs.cuda.get(b"prefer_emu_set_schedule")?;
+        f(seed, race_check as i32);
+    }
+    Ok(())
+}
+
+fn loaded() -> Result<&'static Libraries> {
+    ACTIVE
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .ok_or_else(|| anyhow!("the software GPU is not loaded"))
+}
+
 /// Driver calls the software GPU has served so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -162,10 +182,7 @@ pub struct Counters {
 }
 
 pub fn counters() -> Result<Counters> {
-    let libs = ACTIVE
-        .get()
-        .and_then(|r| r.as_ref().ok())
-        .ok_or_else(|| anyhow!("the software GPU is not loaded"))?;
+    let libs = loaded()?;
     let mut raw = [0u64; 6];
     // SAFETY: the symbol's type is the one emu/runtime/driver.cpp defines; it fills six u64s.
     unsafe {

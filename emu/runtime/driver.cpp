@@ -103,8 +103,8 @@ extern "C" {
 int prefer_emu_describe(char* buf, size_t len) {
     size_t count = 0;
     emu_kernel_table(&count);
-    snprintf(buf, len, "prefer software GPU: %zu kernels, %zu worker threads, schedule seed %llu", count,
-             worker_count(), (unsigned long long)current_seed());
+    snprintf(buf, len, "prefer software GPU: %zu kernels, %zu worker threads, schedule seed %llu, race check %s",
+             count, worker_count(), (unsigned long long)current_seed(), race_check_enabled ? "on" : "off");
     return 0;
 }
 

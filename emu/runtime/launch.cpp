@@ -28,12 +28,24 @@ size_t worker_count() {
     return n;
 }
 
-uint64_t current_seed() {
-    static const uint64_t seed = [] {
-        const char* s = getenv("PREFER_EMU_SEED");
-        return s ? strtoull(s, nullptr, 10) : 1ull;
-    }();
-    return seed;
+namespace {
+std::atomic<uint64_t> seed_setting{[] {
+    const char* s = getenv("PREFER_EMU_SEED");
+    return s ? strtoull(s, nullptr, 10) : 1ull;
+}()};
+}  // namespace
+
+uint64_t current_seed() { return seed_setting.load(); }
+
+std::atomic<bool> race_check_enabled{[] {
+    const char* s = getenv("PREFER_EMU_RACE_CHECK");
+    return !(s && strcmp(s, "0") == 0);
+}()};
+
+// For tests: the schedule seed (0: thread order) and whether the race check runs.
+extern "C" void prefer_emu_set_schedule(uint64_t seed, int race_check) {
+    seed_setting.store(seed);
+    race_check_enabled.store(race_check != 0);
 }
 
 static uint64_t splitmix(uint64_t& x) {
@@ -308,6 +320,7 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
     ensure_fibers(w, n);
     w.block_threads = n;
     w.block_error.clear();
+    w.race_reported = false;
     w.warps.assign((n + 31) / 32, WarpState{0, 0});
     race_begin_block(w);
     for (uint32_t i = 0; i < n; ++i) {

@@ -114,7 +114,16 @@ extern "C" int prefer_emu_check_range(uintptr_t ptr, size_t bytes, char* why, si
 std::string describe_address(uintptr_t addr) {
     std::lock_guard<std::mutex> g(lock);
     const Allocation* a = containing(addr);
-    if (!a) return "not near any device allocation";
+    if (!a) {
+        // Past every guard: name the nearest buffer below, when there is one within 1 MiB.
+        auto it = live.upper_bound(addr);
+        if (it == live.begin()) return "not near any device allocation";
+        const Allocation& below = std::prev(it)->second;
+        const uintptr_t end = (uintptr_t)below.data + below.size;
+        if (addr - end > (1u << 20)) return "not near any device allocation";
+        return format("%zu bytes past the end of a %zu-byte buffer (the nearest below it)", (size_t)(addr - end),
+                      below.size);
+    }
     const uintptr_t lo = (uintptr_t)a->data, hi = lo + a->size;
     if (addr < lo) return format("%zu bytes before the start of a %zu-byte buffer", (size_t)(lo - addr), a->size);
     if (addr >= hi) return format("%zu bytes past the end of a %zu-byte buffer", (size_t)(addr - hi), a->size);

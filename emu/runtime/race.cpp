@@ -50,7 +50,7 @@ void init_shared_range(Worker& w) {
     }
     w.shared_lo = (uintptr_t)s.data;
     w.shared_size = s.size;
-    w.shadow.assign(s.size / 2 + 1, ShadowCell{});
+    w.shadow.assign(s.size / 2 + 16, ShadowCell{});  // slack for a wide access at the end
 }
 
 // A new block: a new epoch, and shared memory full of garbage (NaN as f32, bf16 and f16), as
@@ -118,14 +118,17 @@ std::string describe_shared(uintptr_t offset) {
 }
 
 // ---- the shadow -------------------------------------------------------------------------------
-static void report(Worker& w, Fiber& f, uintptr_t offset, const char* what, uint32_t other) {
+// `before`: what the other thread did ("wrote", "read"); `now`: what this one does.
+static void report(Worker& w, Fiber& f, uintptr_t offset, const char* before, uint32_t other, bool write) {
     if (w.race_reported) return;
     w.race_reported = true;
     const uint3 t = f.info->thread_idx;
-    fail_block(w, format("kernel %s, block (%u,%u,%u): shared-memory race on %s: %s thread %u and thread %u "
-                         "(linear ids; this one is (%u,%u,%u)) with no __syncthreads between them",
+    const std::string who = other == kManyReaders ? std::string("several threads") : format("thread %u", other);
+    fail_block(w, format("kernel %s, block (%u,%u,%u): shared-memory race on %s: %s %s it, then thread %u "
+                         "(%u,%u,%u) %s it, with no __syncthreads (or, within a warp, __syncwarp) between",
                          w.launch->kernel->name, w.block_idx.x, w.block_idx.y, w.block_idx.z,
-                         describe_shared(offset).c_str(), what, other, f.tid, t.x, t.y, t.z));
+                         describe_shared(offset).c_str(), who.c_str(), before, f.tid, t.x, t.y, t.z,
+                         write ? "wrote" : "read"));
 }
 
 static inline bool ordered(uint32_t prev_epoch, uint16_t prev_tid, uint32_t prev_wsync, uint32_t epoch, uint32_t tid,
@@ -149,11 +152,12 @@ static void access(uintptr_t addr, size_t size, bool write) {
             return;
         }
     }
+    if (!race_check_enabled.load(std::memory_order_relaxed)) return;
     const uint32_t epoch = w.epoch, tid = f.tid, warp = tid / 32, wsync = w.warps[warp].syncs;
     for (uintptr_t cell = offset / 2; cell <= (offset + size - 1) / 2; ++cell) {
         ShadowCell& c = w.shadow[cell];
         if (c.w_epoch == epoch && !ordered(c.w_epoch, c.w_tid, c.w_wsync, epoch, tid, wsync)) {
-            report(w, f, cell * 2, write ? "written by" : "written by", c.w_tid);
+            report(w, f, cell * 2, "wrote", c.w_tid, write);
             return;
         }
         if (!write) {
@@ -173,7 +177,7 @@ static void access(uintptr_t addr, size_t size, bool write) {
             const bool conflict = c.r_tid == kManyReaders ? !(c.r_warp == warp && c.r_wsync < wsync)
                                                           : !ordered(c.r_epoch, c.r_tid, c.r_wsync, epoch, tid, wsync);
             if (conflict) {
-                report(w, f, cell * 2, "read by", c.r_tid == kManyReaders ? 0xffffu : c.r_tid);
+                report(w, f, cell * 2, "read", c.r_tid, true);
                 return;
             }
         }

@@ -144,6 +144,7 @@ Fiber* current_fiber();
 int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params);
 void fail_block(Worker& w, const std::string& why, int code = kLaunchFailed);
 uint64_t current_seed();
+extern std::atomic<bool> race_check_enabled;
 size_t worker_count();
 
 // race.cpp
