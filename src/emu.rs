@@ -25,7 +25,10 @@ struct Libraries {
 /// Whether this build has the software GPU, and if not, why.
 pub fn built() -> Result<()> {
     if LIBCUDA.is_empty() || LIBCUBLASLT.is_empty() {
-        let why = BUILD_ERROR.lines().next().unwrap_or("no C++ compiler was found");
+        let why = BUILD_ERROR
+            .lines()
+            .next()
+            .unwrap_or("no C++ compiler was found");
         bail!("this build has no software GPU (--device emu): it was not built ({why})");
     }
     Ok(())

@@ -64,11 +64,21 @@ fn barrier_orders_shared_memory() {
     let Some((eng, _g)) = engine() else { return };
     let (n, blocks) = (256usize, 3usize);
     let mut out = eng.zeros::<i32>(n * blocks).unwrap();
-    launch1(eng, "emu_test_barrier", cfg(blocks as u32, n as u32, 0), &mut out).unwrap();
+    launch1(
+        eng,
+        "emu_test_barrier",
+        cfg(blocks as u32, n as u32, 0),
+        &mut out,
+    )
+    .unwrap();
     let got = eng.download(&out).unwrap();
     for b in 0..blocks {
         for t in 0..n {
-            assert_eq!(got[b * n + t], (((t + 1) % n) * 7 + b) as i32, "block {b} thread {t}");
+            assert_eq!(
+                got[b * n + t],
+                (((t + 1) % n) * 7 + b) as i32,
+                "block {b} thread {t}"
+            );
         }
     }
 }
@@ -102,11 +112,23 @@ fn expected_shuffles(n: usize, width: usize) -> Vec<i32> {
         let base = lane - lane % width;
         out[t] = value(base + (3 * lane + 1) % width);
         out[n + t] = value(if lane % width >= 3 { lane - 3 } else { lane });
-        out[2 * n + t] = value(if lane % width + 5 < width { lane + 5 } else { lane });
+        out[2 * n + t] = value(if lane % width + 5 < width {
+            lane + 5
+        } else {
+            lane
+        });
         let x = lane ^ 6;
-        out[3 * n + t] = value(if x >= (lane / width + 1) * width { lane } else { x });
+        out[3 * n + t] = value(if x >= (lane / width + 1) * width {
+            lane
+        } else {
+            x
+        });
         let d = lane ^ 1;
-        let d = if d >= (lane / width + 1) * width { lane } else { d };
+        let d = if d >= (lane / width + 1) * width {
+            lane
+        } else {
+            d
+        };
         out[4 * n + t] = (2.0 * (0.5 + (warp * 32 + d) as f64)) as i32;
     }
     out
@@ -180,7 +202,10 @@ fn atomics_are_atomic_across_blocks_on_several_threads() {
     let mut winner = eng.upload(&[u32::MAX]).unwrap();
     let f = eng.function("emu_test_atomics").unwrap();
     let mut l = eng.stream.launch_builder(&f);
-    l.arg(&mut fsum).arg(&mut isum).arg(&mut umax).arg(&mut winner);
+    l.arg(&mut fsum)
+        .arg(&mut isum)
+        .arg(&mut umax)
+        .arg(&mut winner);
     // SAFETY: (float*, int*, unsigned*, unsigned*), as the kernel takes.
     unsafe { l.launch(cfg(blocks, threads, 0)) }.unwrap();
     assert_eq!(eng.download(&fsum).unwrap()[0], 0.5 * total as f32);
@@ -210,19 +235,28 @@ fn dynamic_shared_memory_is_shared_and_bounded() {
         assert_eq!(*g, 0.25 * r - r, "thread {t}");
     }
     // Over the 48 KB default without cuFuncSetAttribute: refused, as the GPU refuses it.
-    let err = launch1(eng, "emu_test_dynamic_shared", cfg(1, 32, 64 * 1024), &mut out).unwrap_err();
-    assert!(err.contains("65536 bytes of dynamic shared memory"), "{err}");
+    let err = launch1(
+        eng,
+        "emu_test_dynamic_shared",
+        cfg(1, 32, 64 * 1024),
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("65536 bytes of dynamic shared memory"),
+        "{err}"
+    );
     // Reading past what the launch asked for.
     let f = eng.function("emu_test_dynamic_overrun").unwrap();
     let mut l = eng.stream.launch_builder(&f);
     let count = 64i32;
     l.arg(&mut out).arg(&count);
     // SAFETY: (float*, int), as the kernel takes.
-    let err = format!(
-        "{:?}",
-        unsafe { l.launch(cfg(1, 64, 64 * 4)) }.unwrap_err()
+    let err = format!("{:?}", unsafe { l.launch(cfg(1, 64, 64 * 4)) }.unwrap_err());
+    assert!(
+        err.contains("past the 256 bytes the launch asked for"),
+        "{err}"
     );
-    assert!(err.contains("past the 256 bytes the launch asked for"), "{err}");
 }
 
 #[test]
@@ -237,7 +271,9 @@ fn bf16_and_f16_conversions_match_the_half_crate_bit_for_bit() {
         inputs.push(f32::from_bits(((bits as u32) << 16) | 0x8000));
         inputs.push(f32::from_bits(((bits as u32) << 16) | 0x8001));
     }
-    inputs.extend([65504.0, 65519.0, 65520.0, 65536.0, 6.0e-8, 3.0e-8, 2.98e-8, 6.1e-5, -0.0]);
+    inputs.extend([
+        65504.0, 65519.0, 65520.0, 65536.0, 6.0e-8, 3.0e-8, 2.98e-8, 6.1e-5, -0.0,
+    ]);
     let n = inputs.len();
     let input = eng.upload(&inputs).unwrap();
     let mut rounded = eng.zeros::<u16>(n).unwrap();
@@ -261,11 +297,20 @@ fn bf16_and_f16_conversions_match_the_half_crate_bit_for_bit() {
     for (i, &x) in inputs.iter().enumerate() {
         let want = bf16::from_f32(x);
         if x.is_nan() {
-            assert!(bf16::from_bits(rounded[i]).is_nan(), "bf16 of NaN {:#x}", x.to_bits());
+            assert!(
+                bf16::from_bits(rounded[i]).is_nan(),
+                "bf16 of NaN {:#x}",
+                x.to_bits()
+            );
             assert!(half::f16::from_bits(halves[i]).is_nan());
             continue;
         }
-        assert_eq!(rounded[i], want.to_bits(), "bf16 of {x:e} ({:#x})", x.to_bits());
+        assert_eq!(
+            rounded[i],
+            want.to_bits(),
+            "bf16 of {x:e} ({:#x})",
+            x.to_bits()
+        );
         assert_eq!(
             halves[i],
             half::f16::from_f32(x).to_bits(),
@@ -293,8 +338,14 @@ fn a_write_past_the_end_is_caught_by_the_guard_fill() {
     l.arg(&mut buf).arg(&n);
     // SAFETY: (float*, int), as the kernel takes.
     let err = format!("{:?}", unsafe { l.launch(cfg(1, 32, 0)) }.unwrap_err());
-    assert!(err.contains("emu_test_write_past_end wrote outside its buffers"), "{err}");
-    assert!(err.contains("0 bytes past the end of a 400-byte buffer"), "{err}");
+    assert!(
+        err.contains("emu_test_write_past_end wrote outside its buffers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("0 bytes past the end of a 400-byte buffer"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -329,7 +380,10 @@ fn launches_the_gpu_would_refuse_are_refused_by_name() {
     let Some((eng, _g)) = engine() else { return };
     let mut out = eng.zeros::<i32>(64).unwrap();
     let err = launch1(eng, "emu_test_barrier", cfg(1, 2048, 0), &mut out).unwrap_err();
-    assert!(err.contains("kernel emu_test_barrier: a block of (2048,1,1)"), "{err}");
+    assert!(
+        err.contains("kernel emu_test_barrier: a block of (2048,1,1)"),
+        "{err}"
+    );
     let c = LaunchConfig {
         grid_dim: (1, 70_000, 1),
         block_dim: (32, 1, 1),
@@ -345,10 +399,15 @@ fn launches_the_gpu_would_refuse_are_refused_by_name() {
 fn unsynchronised_results_change_with_the_schedule_seed() {
     let Some((eng, _g)) = engine() else { return };
     let blocks = 8usize;
-    let mut run = |seed: u64, race_check: bool| {
+    let run = |seed: u64, race_check: bool| {
         prefer::emu::set_schedule(seed, race_check).unwrap();
         let mut out = eng.zeros::<i32>(blocks).unwrap();
-        let r = launch1(eng, "emu_test_last_writer", cfg(blocks as u32, 256, 0), &mut out);
+        let r = launch1(
+            eng,
+            "emu_test_last_writer",
+            cfg(blocks as u32, 256, 0),
+            &mut out,
+        );
         r.map(|_| eng.download(&out).unwrap())
     };
     // With the race check on, the write-write race is the error.
@@ -433,10 +492,15 @@ fn cublaslt_matches_a_triple_loop_for_every_transpose_pair() {
         let a = bf16_values((s.lda as u64 * ac) as usize, 1);
         let b = bf16_values((s.ldb as u64 * bc) as usize, 2);
         let c = bf16_values((s.ldc as u64 * n) as usize, 3);
-        let a_d = eng.upload(&a.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
-        let b_d = eng.upload(&b.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+        let a_d = eng
+            .upload(&a.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())
+            .unwrap();
+        let b_d = eng
+            .upload(&b.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())
+            .unwrap();
         let mut c_d = eng.upload(&c).unwrap();
-        gemm.gemm(eng, s, 0.75, &a_d, &b_d, 0.5, &mut c_d, "test").unwrap();
+        gemm.gemm(eng, s, 0.75, &a_d, &b_d, 0.5, &mut c_d, "test")
+            .unwrap();
         let got = eng.download(&c_d).unwrap();
         let want = naive_gemm(&s, 0.75, &a, &b, 0.5, &c, 0, 0, 0, 1);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -449,7 +513,8 @@ fn cublaslt_matches_a_triple_loop_for_every_transpose_pair() {
         // bf16 output, beta 0: C is never read (it holds the NaN fill of fresh memory).
         let s16 = GemmShape { c_f32: false, ..s };
         let mut c16 = unsafe { eng.stream.alloc::<bf16>((s.ldc as u64 * n) as usize) }.unwrap();
-        gemm.gemm(eng, s16, 1.0, &a_d, &b_d, 0.0, &mut c16, "test bf16").unwrap();
+        gemm.gemm(eng, s16, 1.0, &a_d, &b_d, 0.0, &mut c16, "test bf16")
+            .unwrap();
         let got16 = eng.download(&c16).unwrap();
         let want16 = naive_gemm(&s, 1.0, &a, &b, 0.0, &vec![0.0; c.len()], 0, 0, 0, 1);
         for j in 0..n as usize {
@@ -487,8 +552,12 @@ fn cublaslt_strided_batches_match_a_triple_loop() {
     let a = bf16_values(sa as usize * batch, 4);
     let b = bf16_values(sb as usize * batch, 5);
     let c = bf16_values(sc as usize * batch, 6);
-    let a_d = eng.upload(&a.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
-    let b_d = eng.upload(&b.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+    let a_d = eng
+        .upload(&a.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())
+        .unwrap();
+    let b_d = eng
+        .upload(&b.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())
+        .unwrap();
     let mut c_d = eng.upload(&c).unwrap();
     let (alpha, beta) = (1.5f32, -0.25f32);
     let bf = sys::cudaDataType_t::CUDA_R_16BF;

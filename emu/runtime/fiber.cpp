@@ -111,7 +111,6 @@ void switch_to_scheduler(Fiber& f) {
 // A fiber suspends itself and resumes here when the scheduler picks it again.
 void yield_fiber(Fiber& f) { emu_context_switch(&f.sp, f.worker->sched_sp); }
 
-Fiber* current_fiber() { return (Fiber*)emu_info()->fiber; }
 
 extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
     Launch* l = f->worker->launch;

@@ -149,7 +149,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     }
     uint32_t ballot = 0, add = 0, umin = 0xffffffffu, umax = 0, band = 0xffffffffu, bor = 0, bxor = 0;
     int32_t imin = INT32_MAX, imax = INT32_MIN;
-    for (uint32_t l = 0; l < 32; ++l) {
+    for (uint32_t l = 0; l < 32 && kind >= 0; ++l) {
         if (!(need >> l & 1)) continue;
         const uint32_t v = lanes[l].coll_value;
         ballot |= (v != 0) << l;
@@ -191,8 +191,10 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     }
     w.warps[warp].arrived &= ~need;
     w.warps[warp].syncs++;
+    // The others wait for the scheduler; the last to arrive goes straight on.
     for (uint32_t l = 0; l < 32; ++l)
-        if (need >> l & 1) make_ready(w, lanes[l]);
+        if ((need >> l & 1) && &lanes[l] != &self) make_ready(w, lanes[l]);
+    self.state = FiberState::Ready;
 }
 
 static uint32_t warp_collective(unsigned mask, int kind, uint32_t value, int src) {
@@ -210,8 +212,11 @@ static uint32_t warp_collective(unsigned mask, int kind, uint32_t value, int src
     f.state = FiberState::AtWarp;
     WarpState& ws = w.warps[warp];
     ws.arrived |= 1u << lane;
-    if ((ws.arrived & need) == need) resolve_warp(w, f, warp, need);
-    yield_fiber(f);
+    if ((ws.arrived & need) == need) {
+        resolve_warp(w, f, warp, need);
+    } else {
+        yield_fiber(f);
+    }
     return f.coll_result;
 }
 
@@ -342,7 +347,9 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
     for (;;) {
         while (head < w.ready.size()) {
             if (l.seed != 0) {
-                const size_t pick = head + splitmix(state) % (w.ready.size() - head);
+                // A multiply, not a division: this runs at every switch.
+                const size_t span = w.ready.size() - head;
+                const size_t pick = head + (size_t)(((unsigned __int128)splitmix(state) * span) >> 64);
                 std::swap(w.ready[head], w.ready[pick]);
             }
             Fiber& f = w.fibers[w.ready[head++]];

@@ -138,7 +138,7 @@ void start_fiber(Fiber& f);
 void switch_to_fiber(Worker& w, Fiber& f);
 [[noreturn]] void switch_to_scheduler(Fiber& f);
 void yield_fiber(Fiber& f);
-Fiber* current_fiber();
+inline Fiber* current_fiber() { return (Fiber*)emu_info()->fiber; }
 
 // launch.cpp
 int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params);

@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 
 pub fn run_check(op: Option<&str>, device: Device) -> Result<()> {
     if device.prepare()? == Device::Cpu {
-        bail!("check compares the CUDA engine with the CPU oracle: use --device cuda or --device emu");
+        bail!(
+            "check compares the CUDA engine with the CPU oracle: use --device cuda or --device emu"
+        );
     }
     let eng = CudaEngine::new()?;
     let rows = run_checks(&eng, op)?;
