@@ -7,7 +7,7 @@ use super::Device;
 use crate::data::synthetic::synthetic_preferences;
 use crate::model::weights::SaveDtype;
 use crate::train::{run_training, RunSummary, TrainArgs, TrainerKind};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Settings for the tiny model on the synthetic task: far larger learning rates than the paper's
@@ -38,11 +38,55 @@ fn demo_args(
     }
 }
 
-pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
+/// Marks a folder as the demo's own, so a later demo may replace what it wrote there.
+const MARKER: &str = ".prefer-demo";
+/// Everything the demo writes in its folder.
+const DEMO_ENTRIES: [&str; 5] = [MARKER, "base", "data", "rm", "dpo"];
+
+/// Makes `out` ready for a fresh demo without ever deleting what the user put there: an empty or
+/// missing folder is fine; a previous demo's folder loses only the entries the demo wrote; any
+/// other non-empty folder is refused.
+fn prepare_out(out: &Path) -> Result<()> {
     if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+        if !out.is_dir() {
+            bail!(
+                "{} exists and is not a folder; choose another --out",
+                out.display()
+            );
+        }
+        let entries: Vec<String> = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        if !entries.is_empty() {
+            if !out.join(MARKER).is_file() {
+                bail!(
+                    "{} is not empty and is not a previous demo's folder; choose an empty or new --out",
+                    out.display()
+                );
+            }
+            for name in DEMO_ENTRIES {
+                let p = out.join(name);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                        .with_context(|| format!("clearing {}", p.display()))?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("clearing {}", p.display()))?;
+                }
+            }
+        }
     }
     std::fs::create_dir_all(out.join("data"))?;
+    std::fs::write(
+        out.join(MARKER),
+        "written by prefer demo; a later demo may replace this folder's demo entries\n",
+    )?;
+    Ok(())
+}
+
+pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
+    prepare_out(out)?;
     let base = out.join("base");
     let opts = InitOptions {
         seed,
@@ -66,6 +110,7 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         },
         TrainerKind::RewardModel,
     )?;
+    super::train::exit_if_interrupted(&rm);
     eprintln!("\n== DPO (sigmoid, β = 0.1) ==");
     let dpo_out = out.join("dpo");
     let dpo = run_training(
@@ -75,6 +120,7 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         },
         TrainerKind::Dpo,
     )?;
+    super::train::exit_if_interrupted(&dpo);
 
     let show = |name: &str, s: &RunSummary, dir: &Path| {
         println!(

@@ -1,15 +1,25 @@
 //! `prefer rm`, `prefer dpo` and `prefer eval-rm`.
 
-use crate::train::{evaluate_reward_model, run_training, TrainArgs, TrainerKind};
+use crate::train::{evaluate_reward_model, run_training, RunSummary, TrainArgs, TrainerKind};
 use anyhow::Result;
 use std::path::Path;
 
 pub fn run_rm(args: TrainArgs) -> Result<()> {
-    run_training(args, TrainerKind::RewardModel).map(|_| ())
+    exit_if_interrupted(&run_training(args, TrainerKind::RewardModel)?);
+    Ok(())
 }
 
 pub fn run_dpo(args: TrainArgs) -> Result<()> {
-    run_training(args, TrainerKind::Dpo).map(|_| ())
+    exit_if_interrupted(&run_training(args, TrainerKind::Dpo)?);
+    Ok(())
+}
+
+/// A run stopped by Ctrl-C has saved its checkpoint and said so; the exit status is 130 (128 +
+/// SIGINT), so scripts and shells see the interruption.
+pub fn exit_if_interrupted(summary: &RunSummary) {
+    if summary.interrupted {
+        std::process::exit(130);
+    }
 }
 
 pub fn run_eval_rm(model: &Path, data: &Path, batch_size: usize) -> Result<()> {

@@ -30,6 +30,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub struct RunSummary {
     pub steps: usize,
     pub stopped_early: bool,
+    /// Stopped by Ctrl-C (SIGINT): the command then exits with 130, as shells expect.
+    pub interrupted: bool,
     pub initial_eval_accuracy: Option<f64>,
     pub final_eval_accuracy: Option<f64>,
     pub final_eval_loss: Option<f64>,
@@ -288,6 +290,7 @@ where
 
     let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut stopped_early = false;
+    let mut interrupted_by_user = false;
     let mut steps = total_steps;
     for step in start_step..total_steps {
         let t0 = Instant::now();
@@ -335,15 +338,25 @@ where
         if opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps {
             run_eval(state.model(), done, &mut eval_log)?;
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(done);
+        let by_user = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = by_user || opts.stop_after == Some(done);
         if interrupted || (opts.save_every > 0 && done % opts.save_every == 0) {
             save(&state, done)?;
         }
         if interrupted && done < total_steps {
-            bar.abandon_with_message(format!(
-                "stopped at step {done}; continue with --resume {}",
+            bar.abandon();
+            // A plain line that stays, whether stderr is a terminal or a log file.
+            let command = match data.kind {
+                TrainerKind::Dpo => "dpo",
+                TrainerKind::RewardModel => "rm",
+            };
+            eprintln!(
+                "{} at step {done}/{total_steps}; checkpoint saved in {}; continue with prefer {command} --resume {}",
+                if by_user { "interrupted" } else { "stopped" },
+                ckpt_dir.display(),
                 opts.out.display()
-            ));
+            );
+            interrupted_by_user = by_user;
             stopped_early = true;
             steps = done;
             break;
@@ -354,6 +367,7 @@ where
     let mut summary = RunSummary {
         steps,
         stopped_early,
+        interrupted: interrupted_by_user,
         initial_eval_accuracy: initial_eval.map(|s| s.accuracy()),
         final_eval_accuracy: None,
         final_eval_loss: None,

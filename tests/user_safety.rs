@@ -1,0 +1,159 @@
+//! What a user must never lose: files in a folder given to `prefer demo --out`, and a run stopped
+//! with Ctrl-C (exit 130, a message that says where to go on, and a resume that ends bitwise
+//! equal to an uninterrupted run).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn prefer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prefer"))
+}
+
+#[test]
+fn demo_refuses_a_folder_holding_user_files_and_leaves_them_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    std::fs::write(keep.join("a.txt"), b"x\n").unwrap();
+    let out = prefer()
+        .args(["demo", "--device", "cpu", "--out", keep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not empty and is not a previous demo's folder"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(keep.join("a.txt")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read_dir(&keep).unwrap().count(), 1);
+}
+
+#[test]
+fn a_second_demo_replaces_only_what_the_first_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    // What a previous demo leaves, plus a file of the user's.
+    std::fs::create_dir_all(out.join("rm/model")).unwrap();
+    std::fs::write(out.join(".prefer-demo"), "").unwrap();
+    std::fs::write(out.join("rm/stale.txt"), "old").unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let o = prefer()
+        .args(["demo", "--device", "cpu", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert!(!out.join("rm/stale.txt").exists());
+    assert!(out.join("dpo/model/model.safetensors").is_file());
+}
+
+fn dpo_args(root: &Path, out: &str) -> Vec<String> {
+    [
+        "dpo",
+        "--device",
+        "cpu",
+        "--model",
+        root.join("base").to_str().unwrap(),
+        "--data",
+        root.join("train.jsonl").to_str().unwrap(),
+        "--out",
+        root.join(out).to_str().unwrap(),
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--save-every",
+        "1000",
+        "--ref-cache-dir",
+        root.join("cache").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let init = prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    std::fs::write(
+        root.join("train.jsonl"),
+        prefer::data::synthetic::synthetic_preferences(256, 4),
+    )
+    .unwrap();
+
+    let straight = prefer().args(dpo_args(root, "straight")).output().unwrap();
+    assert!(
+        straight.status.success(),
+        "{}",
+        String::from_utf8_lossy(&straight.stderr)
+    );
+
+    let mut child = prefer()
+        .args(dpo_args(root, "run"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once a few steps are done.
+    let metrics = root.join("run/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no steps in 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted at step "), "{stderr}");
+    assert!(stderr.contains("/24; checkpoint saved in "), "{stderr}"); // 256 pairs, 3 epochs, 32 a step
+    assert!(
+        stderr.contains(&format!(
+            "continue with prefer dpo --resume {}",
+            root.join("run").display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !root.join("run/model").exists(),
+        "an interrupted run writes no final model"
+    );
+
+    let resumed = prefer()
+        .args(["dpo", "--resume"])
+        .arg(root.join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let weights =
+        |out: &str| std::fs::read(root.join(out).join("model/model.safetensors")).unwrap();
+    assert!(
+        weights("straight") == weights("run"),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+}
