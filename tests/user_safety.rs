@@ -102,7 +102,7 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         String::from_utf8_lossy(&straight.stderr)
     );
 
-    let mut child = prefer()
+    let child = prefer()
         .args(dpo_args(root, "run"))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
