@@ -157,3 +157,156 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         "the resumed run's weights differ from the uninterrupted run's"
     );
 }
+
+/// A short DPO run started from `cwd` with paths relative to it.
+fn relative_run(root: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+    prefer()
+        .current_dir(root)
+        .args([
+            "dpo",
+            "--device",
+            "cpu",
+            "--model",
+            "base",
+            "--data",
+            "train.jsonl",
+        ])
+        .args([
+            "--eval-data",
+            "train.jsonl",
+            "--out",
+            out,
+            "--batch-size",
+            "8",
+        ])
+        .args([
+            "--grad-accum",
+            "1",
+            "--epochs",
+            "1",
+            "--ref-cache-dir",
+            "cache",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    assert!(prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    std::fs::write(
+        root.join("train.jsonl"),
+        prefer::data::synthetic::synthetic_preferences(32, 4),
+    )
+    .unwrap();
+
+    // Stopped after one of four steps, then resumed from another directory.
+    let o = relative_run(root, "run", &["--stop-after", "1"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let resume = |extra: &[&str], cmd: &str| {
+        prefer()
+            .current_dir(elsewhere.path())
+            .args([cmd, "--resume"])
+            .arg(root.join("run"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A changed option is refused, not silently applied.
+    let o = resume(&["--lr", "0.5"], "dpo");
+    assert!(!o.status.success());
+    assert!(
+        stderr_of(&o).contains("drop --lr (only --device may change)"),
+        "{}",
+        stderr_of(&o)
+    );
+    // The other trainer is told what the run is.
+    let o = resume(&[], "rm");
+    assert!(
+        stderr_of(&o).contains("is a DPO run: continue it with prefer dpo --resume"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = resume(&[], "dpo");
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(root.join("run/model/model.safetensors").is_file());
+
+    // A finished run says so and changes nothing.
+    let evals = std::fs::read(root.join("run/eval.jsonl")).unwrap();
+    let o = resume(&[], "dpo");
+    assert!(o.status.success());
+    assert!(
+        stderr_of(&o).contains("is finished (step 4"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert_eq!(std::fs::read(root.join("run/eval.jsonl")).unwrap(), evals);
+
+    // run.toml without a checkpoint.
+    std::fs::create_dir(root.join("fresh")).unwrap();
+    std::fs::copy(root.join("run/run.toml"), root.join("fresh/run.toml")).unwrap();
+    let o = prefer()
+        .arg("dpo")
+        .arg("--resume")
+        .arg(root.join("fresh"))
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&o).contains("has run.toml but no checkpoint yet"),
+        "{}",
+        stderr_of(&o)
+    );
+}
+
+#[test]
+fn options_that_would_do_nothing_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let o = relative_run(root, "a", &["--max-steps", "0"]);
+    assert!(
+        stderr_of(&o).contains("--max-steps 0 would train nothing"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = prefer()
+        .current_dir(root)
+        .args([
+            "rm",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--label-smoothing",
+            "0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&o).contains("are DPO options"),
+        "{}",
+        stderr_of(&o)
+    );
+    // Negative values reach the validation and its message instead of clap's "unknown flag".
+    let o = relative_run(root, "b", &["--lr", "-1"]);
+    assert!(
+        stderr_of(&o).contains("--lr must be a finite non-negative number"),
+        "{}",
+        stderr_of(&o)
+    );
+}

@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// The run folder: model/, checkpoint/, metrics.jsonl, plots.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -38,14 +38,14 @@ pub struct TrainArgs {
     /// Micro-batches per optimiser step.
     #[arg(long)]
     pub grad_accum: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_ratio: Option<f32>,
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Global gradient-norm clip (0 turns it off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
@@ -71,13 +71,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub loss: Option<DpoLoss>,
     /// DPO: β.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub beta: Option<f32>,
     /// DPO: label smoothing ε (conservative DPO).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
     /// DPO: SimPO's target margin γ.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub simpo_gamma: Option<f32>,
     /// DPO: where reference log-probs are cached (default: ~/.cache/prefer/reference).
     #[arg(long)]
@@ -95,10 +95,15 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub stop_after: Option<usize>,
+    /// Which trainer wrote the run (recorded in run.toml, so a resume can check it).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerKind>,
 }
 
 /// Which trainer the defaults are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TrainerKind {
     RewardModel,
     Dpo,
@@ -133,7 +138,7 @@ pub struct TrainOptions {
 /// Fills every field of `a` that is unset from `b`.
 fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainArgs { $($f: a.$f.or(b.$f),)* config: a.config, resume: a.resume, stop_after: a.stop_after } };
+        ($($f:ident),*) => { TrainArgs { $($f: a.$f.or(b.$f),)* config: a.config, resume: a.resume, stop_after: a.stop_after, trainer: a.trainer.or(b.trainer) } };
     }
     pick!(
         model,
@@ -175,6 +180,27 @@ impl TrainArgs {
     /// Flags over `--config` over the saved options of a resumed run.
     pub fn with_files(self) -> Result<TrainArgs> {
         let mut args = self;
+        if let Some(run) = &args.resume {
+            // A resumed run continues with the options it was started with: a changed option would
+            // silently change the run without run.toml recording it.
+            let given = toml::Value::try_from(&args)?;
+            let changed: Vec<String> = given
+                .as_table()
+                .map(|t| {
+                    t.keys()
+                        .filter(|k| !matches!(k.as_str(), "device" | "ref-cache-dir"))
+                        .map(|k| format!("--{k}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !changed.is_empty() || args.config.is_some() {
+                bail!(
+                    "--resume continues {} with the options saved in its run.toml; drop {} (only --device may change), or start a new run",
+                    run.display(),
+                    if changed.is_empty() { "--config".to_string() } else { changed.join(", ") }
+                );
+            }
+        }
         if let Some(cfg) = args.config.clone() {
             args = merge(args, read_toml(&cfg)?);
         }
@@ -193,10 +219,28 @@ impl TrainArgs {
     /// [`Self::with_files`].
     pub fn resolve(self, kind: TrainerKind) -> Result<TrainOptions> {
         let a = self;
+        if let Some(saved) = a.trainer.filter(|t| *t != kind) {
+            let (is, cmd) = match saved {
+                TrainerKind::Dpo => ("a DPO run", "dpo"),
+                TrainerKind::RewardModel => ("a reward-model run", "rm"),
+            };
+            bail!(
+                "{} is {is}: continue it with prefer {cmd} --resume",
+                a.out.as_deref().unwrap_or(Path::new(".")).display()
+            );
+        }
+        if a.max_steps == Some(0) {
+            bail!("--max-steps 0 would train nothing; give at least 1 (or leave it out)");
+        }
         let need =
             |p: Option<PathBuf>, flag: &str| p.with_context(|| format!("--{flag} is required"));
-        if kind == TrainerKind::RewardModel && (a.loss.is_some() || a.beta.is_some()) {
-            bail!("--loss and --beta are DPO options; the reward model trains with the Bradley-Terry loss");
+        if kind == TrainerKind::RewardModel
+            && (a.loss.is_some()
+                || a.beta.is_some()
+                || a.label_smoothing.is_some()
+                || a.simpo_gamma.is_some())
+        {
+            bail!("--loss, --beta, --label-smoothing and --simpo-gamma are DPO options; the reward model trains with the Bradley-Terry loss");
         }
         let (lr, epochs, warmup) = match kind {
             // The paper's settings: RM lr 1e-5 for 1 epoch; DPO lr 5e-7, 3 epochs, 10% warm-up.

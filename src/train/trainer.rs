@@ -47,9 +47,37 @@ const TOKENIZER_FILES: [&str; 5] = [
     "generation_config.json",
 ];
 
+/// The step a finished run ended at: it has its final model and a checkpoint at the last step.
+fn finished_run(out: &Path) -> Result<Option<usize>> {
+    if !out.join("model").join("config.json").is_file() {
+        return Ok(None);
+    }
+    let state = crate::model::weights::resolve_checkpoint_dir(&out.join("checkpoint"))
+        .join("trainer_state.json");
+    let Ok(bytes) = std::fs::read(&state) else {
+        return Ok(None);
+    };
+    let s: TrainerState =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", state.display()))?;
+    Ok((s.next_step >= s.total_steps).then_some(s.next_step))
+}
+
+fn done_summary(steps: usize) -> RunSummary {
+    RunSummary {
+        steps,
+        stopped_early: false,
+        interrupted: false,
+        initial_eval_accuracy: None,
+        final_eval_accuracy: None,
+        final_eval_loss: None,
+        train_pairs: 0,
+    }
+}
+
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let resume = args.resume.is_some();
-    let args = args.with_files()?;
+    let mut args = args.with_files()?;
+    args.trainer.get_or_insert(kind); // a resumed run keeps the trainer that started it
     let opts = args.clone().resolve(kind)?;
     let ckpt_dir = opts.out.join("checkpoint");
     if !resume && ckpt_dir.exists() {
@@ -58,10 +86,40 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             opts.out.display()
         );
     }
+    if resume {
+        if let Some(done) = finished_run(&opts.out)? {
+            eprintln!(
+                "the run in {} is finished (step {done}; the model is in {}); nothing to do",
+                opts.out.display(),
+                opts.out.join("model").display()
+            );
+            return Ok(done_summary(done));
+        }
+        if !crate::model::weights::resolve_checkpoint_dir(&ckpt_dir).exists() {
+            bail!(
+                "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again without --resume",
+                opts.out.display()
+            );
+        }
+    }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     if !resume {
-        std::fs::write(opts.out.join("run.toml"), toml::to_string(&args)?)?;
+        // Absolute paths, so --resume works from any directory.
+        let mut saved = args.clone();
+        for p in [
+            &mut saved.model,
+            &mut saved.data,
+            &mut saved.eval_data,
+            &mut saved.out,
+            &mut saved.ref_cache_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
+        }
+        std::fs::write(opts.out.join("run.toml"), toml::to_string(&saved)?)?;
     }
 
     // The starting model: the policy's initial weights and, for DPO, the frozen reference.
