@@ -35,12 +35,18 @@ enum Command {
     Dpo(TrainArgs),
     /// Pairwise accuracy of a reward model on a preference file, as JSON.
     EvalRm {
+        /// The reward model: an HF folder with a scalar head (score.weight).
         #[arg(long)]
         model: PathBuf,
+        /// Preference JSONL to score (long pairs are truncated, never dropped).
         #[arg(long)]
         data: PathBuf,
+        /// Pairs per forward pass.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
+        /// cpu, cuda, emu (the software GPU) or auto.
+        #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
+        device: Device,
     },
     /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
     Init {
@@ -72,7 +78,8 @@ enum Command {
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
-    /// Time the kernels at the shapes of DESIGN.md's targets (kernels), or a training step (train).
+    /// Time the kernels at the shapes of the project's GPU targets (kernels), a training step
+    /// (train) or a DPO step (dpo).
     Bench {
         /// kernels, train (T1/T2) or dpo (T3)
         what: String,
@@ -156,7 +163,8 @@ fn run(command: Command) -> Result<()> {
             model,
             data,
             batch_size,
-        } => cmd::train::run_eval_rm(&model, &data, batch_size),
+            device,
+        } => cmd::train::run_eval_rm(&model, &data, batch_size, device),
         Command::Bench {
             what,
             json,

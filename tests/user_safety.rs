@@ -310,3 +310,145 @@ fn options_that_would_do_nothing_are_refused() {
         stderr_of(&o)
     );
 }
+
+#[test]
+fn data_files_a_user_might_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    assert!(prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // A byte-order mark before the first line is skipped; one pair reads "1 pair".
+    std::fs::write(
+        root.join("bom.jsonl"),
+        "\u{feff}{\"prompt\": \"hi\", \"chosen\": \"yes\", \"rejected\": \"no\"}\n",
+    )
+    .unwrap();
+    let o = prefer()
+        .current_dir(root)
+        .args([
+            "dpo",
+            "--device",
+            "cpu",
+            "--model",
+            "base",
+            "--data",
+            "bom.jsonl",
+        ])
+        .args([
+            "--out",
+            "bom-run",
+            "--max-steps",
+            "1",
+            "--ref-cache-dir",
+            "cache",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains("bom.jsonl: 1 pair (0 bad lines skipped"),
+        "{}",
+        stderr_of(&o)
+    );
+    // A folder as --data.
+    let o = prefer()
+        .current_dir(root)
+        .args(["dpo", "--model", "base", "--data", "base", "--out", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&o).contains("base is a folder; give a JSONL file"),
+        "{}",
+        stderr_of(&o)
+    );
+    // Nothing fits: the message counts the dropped pairs and names the way out.
+    let o = prefer()
+        .current_dir(root)
+        .args([
+            "dpo",
+            "--model",
+            "base",
+            "--data",
+            "bom.jsonl",
+            "--out",
+            "y",
+        ])
+        .args(["--max-len", "3", "--max-prompt-len", "2"])
+        .output()
+        .unwrap();
+    let e = stderr_of(&o);
+    assert!(
+        e.contains("no usable pairs (1 too long for --max-len 3"),
+        "{e}"
+    );
+    assert!(e.contains("--overflow truncate keeps them"), "{e}");
+    // A config.json of another architecture.
+    let cfg = std::fs::read_to_string(root.join("base/config.json")).unwrap();
+    std::fs::create_dir(root.join("gpt2")).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(root.join("base").join(f), root.join("gpt2").join(f)).unwrap();
+    }
+    std::fs::write(
+        root.join("gpt2/config.json"),
+        cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\""),
+    )
+    .unwrap();
+    let o = prefer()
+        .current_dir(root)
+        .args([
+            "dpo",
+            "--model",
+            "gpt2",
+            "--data",
+            "bom.jsonl",
+            "--out",
+            "z",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&o).contains("model_type \"gpt2\" is not a Llama model"),
+        "{}",
+        stderr_of(&o)
+    );
+}
+
+#[test]
+fn commands_share_their_flags_and_name_what_they_accept() {
+    let o = prefer().args(["bench", "foo"]).output().unwrap();
+    assert!(
+        stderr_of(&o).contains("unknown benchmark \"foo\" (kernels, train, dpo)"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = prefer().args(["eval-rm", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("--device"), "{help}");
+    let o = prefer()
+        .args([
+            "eval-rm",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--batch-size",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&o).contains("--batch-size must be at least 1"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = prefer().args(["dpo", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(!help.contains("[`"), "no rustdoc links in help: {help}");
+    let o = prefer().args(["bench", "--help"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("DESIGN.md"));
+}

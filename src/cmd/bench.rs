@@ -20,6 +20,9 @@ pub struct TrainBenchArgs {
 }
 
 pub fn run_bench(what: &str, json: Option<&Path>, train: &TrainBenchArgs) -> Result<()> {
+    if !matches!(what, "kernels" | "train" | "dpo") {
+        bail!("unknown benchmark {what:?} (kernels, train, dpo)");
+    }
     let gpu = probe_gpu()?.name;
     let doc = match what {
         "kernels" => {

@@ -1,5 +1,6 @@
 //! `prefer rm`, `prefer dpo` and `prefer eval-rm`.
 
+use super::Device;
 use crate::train::{evaluate_reward_model, run_training, RunSummary, TrainArgs, TrainerKind};
 use anyhow::Result;
 use std::path::Path;
@@ -22,8 +23,8 @@ pub fn exit_if_interrupted(summary: &RunSummary) {
     }
 }
 
-pub fn run_eval_rm(model: &Path, data: &Path, batch_size: usize) -> Result<()> {
-    let s = evaluate_reward_model(model, data, batch_size)?;
+pub fn run_eval_rm(model: &Path, data: &Path, batch_size: usize, device: Device) -> Result<()> {
+    let s = evaluate_reward_model(model, data, batch_size, device)?;
     let report = serde_json::json!({
         "pairs": s.pairs, "accuracy": s.accuracy(), "loss": s.loss(), "mean_margin": s.margin(),
         "mean_chosen_reward": s.chosen_reward(), "mean_rejected_reward": s.rejected_reward(),

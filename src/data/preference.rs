@@ -10,9 +10,8 @@
 use super::chat_template::{ChatTemplate, Message};
 use super::tokenizer::TextTokenizer;
 use crate::model::LlamaConfig;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// One tokenised pair; `line` is where it came from.
@@ -79,12 +78,24 @@ pub struct LoadReport {
     pub truncated: usize,
 }
 
+/// "1 pair", "2 pairs".
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "{} pairs ({} bad lines skipped, {} too long dropped, {} truncated)",
-            self.pairs, self.bad_lines, self.dropped_too_long, self.truncated
+            "{} ({} skipped, {} dropped as too long, {} truncated)",
+            plural(self.pairs, "pair"),
+            plural(self.bad_lines, "bad line"),
+            self.dropped_too_long,
+            self.truncated
         )?;
         for bad in &self.first_bad {
             write!(f, "\n  skipped {bad}")?;
@@ -133,10 +144,9 @@ pub fn load_preferences(
     enc: &Encoder,
     opts: &DataOptions,
 ) -> Result<(Vec<PreferencePair>, LoadReport)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut pairs = Vec::new();
     let mut report = LoadReport::default();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in super::jsonl::open_lines(path)?.enumerate() {
         let line_no = i + 1;
         let parsed = match &line {
             Ok(l) if l.trim().is_empty() => continue,

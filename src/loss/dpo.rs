@@ -29,7 +29,7 @@ pub enum DpoLoss {
     /// SLiC-HF hinge (Zhao et al. 2023): ℓ = max(0, 1 − βh).
     Hinge,
     /// SimPO (Meng et al. 2024), reference-free, on length-normalised log-probs (the inputs must
-    /// already be per-token means, see [`super::SeqReduction::Mean`]):
+    /// already be per-token means):
     /// z = β(π̄_c − π̄_r) − γ, ℓ = −(1 − ε) log σ(z) − ε log σ(−z).
     Simpo,
     /// Reference-free DPO: z = β(π_c − π_r), ℓ = −(1 − ε) log σ(z) − ε log σ(−z).

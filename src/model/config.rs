@@ -170,6 +170,14 @@ impl LlamaConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let hf: HfConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {} as a Llama config.json", path.display()))?;
+        // The engine computes Llama's architecture; another model_type (GPT-2, Mistral's sliding
+        // window, Qwen's biases, ...) would train as something it is not.
+        if let Some(t) = hf.model_type.as_deref().filter(|t| *t != "llama") {
+            bail!(
+                "{}: model_type {t:?} is not a Llama model; prefer trains model_type \"llama\"",
+                path.display()
+            );
+        }
         // transformers 5 writes `rope_parameters` {rope_type, rope_theta, ...}; 4.x writes
         // `rope_theta` beside an optional `rope_scaling`.
         let rope_theta = hf
@@ -316,6 +324,7 @@ fn first_id(v: serde_json::Value) -> Option<u32> {
 struct HfConfig {
     #[serde(default)]
     architectures: Vec<String>,
+    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,

@@ -136,7 +136,13 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let (train, report) = load_preferences(&opts.data, &enc, &opts.data_opts)?;
     eprintln!("train data {}: {report}", opts.data.display());
     if train.is_empty() {
-        bail!("{}: no usable pairs", opts.data.display());
+        bail!(
+            "{}: no usable pairs ({} too long for --max-len {} / --max-prompt-len {}; --overflow truncate keeps them, cut to fit)",
+            opts.data.display(),
+            report.dropped_too_long,
+            opts.data_opts.max_len,
+            opts.data_opts.max_prompt_len
+        );
     }
     let eval = match &opts.eval_data {
         Some(path) => {
@@ -505,7 +511,12 @@ pub fn evaluate_reward_model(
     model_dir: &Path,
     data: &Path,
     batch_size: usize,
+    device: Device,
 ) -> Result<PairStats> {
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = device.prepare()?;
     let (cfg, params) = load_checkpoint(model_dir)?;
     if !cfg.scalar_head {
         bail!(
@@ -534,10 +545,28 @@ pub fn evaluate_reward_model(
         pairs: &pairs,
         reference: None,
     };
-    let mut stats = PairStats::default();
-    let idx: Vec<usize> = (0..pairs.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        stats.add(&RewardObjective.evaluate(&model, &split, chunk)?);
+    fn score<B: crate::model::Backend>(
+        model: &Llama<B>,
+        split: &Split,
+        batch_size: usize,
+    ) -> Result<PairStats>
+    where
+        RewardObjective: Objective<B>,
+    {
+        let mut stats = PairStats::default();
+        let idx: Vec<usize> = (0..split.pairs.len()).collect();
+        for chunk in idx.chunks(batch_size) {
+            stats.add(&RewardObjective.evaluate(model, split, chunk)?);
+        }
+        Ok(stats)
     }
-    Ok(stats)
+    let gpu = match device {
+        Device::Cpu => None,
+        Device::Cuda | Device::Emu => Some(crate::ops::cuda::backend::Cuda::new()?),
+        Device::Auto => crate::ops::cuda::backend::Cuda::new().ok(),
+    };
+    match gpu {
+        Some(cuda) => score(&cuda.upload_model(&model)?, &split, batch_size),
+        None => score(&model, &split, batch_size),
+    }
 }
