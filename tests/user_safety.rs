@@ -452,3 +452,45 @@ fn commands_share_their_flags_and_name_what_they_accept() {
     let o = prefer().args(["bench", "--help"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&o.stdout).contains("DESIGN.md"));
 }
+
+#[test]
+fn logs_metrics_and_configs_read_as_users_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    assert!(prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    std::fs::write(
+        root.join("train.jsonl"),
+        prefer::data::synthetic::synthetic_preferences(32, 4),
+    )
+    .unwrap();
+    // stderr is a pipe here, not a terminal: plain progress lines every --log-every steps.
+    let o = relative_run(root, "run", &["--log-every", "2"]);
+    let e = stderr_of(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("step 2/4: loss "), "{e}");
+    assert!(e.contains("step 4/4: loss "), "{e}");
+    assert!(!e.contains("step 1/4: loss "), "{e}");
+    // TRL's metric names beside the short ones.
+    let first = std::fs::read_to_string(root.join("run/metrics.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    for key in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "learning_rate",
+        "loss",
+    ] {
+        assert!(row.get(key).is_some(), "no {key} in {row}");
+    }
+    // f32 fields in their shortest form.
+    let cfg = std::fs::read_to_string(root.join("run/model/config.json")).unwrap();
+    assert!(cfg.contains("\"initializer_range\": 0.02"), "{cfg}");
+    assert!(!cfg.contains("0.0199999"), "{cfg}");
+}

@@ -264,6 +264,8 @@ impl LlamaConfig {
     /// The `config.json` transformers loads unchanged, as `LlamaForCausalLM` or, with a scalar
     /// head, `LlamaForSequenceClassification` (num_labels 1).
     pub fn to_hf_json(&self, dtype: &str) -> serde_json::Value {
+        // An f32 through its shortest decimal form: 0.02, not 0.019999999552965164.
+        let short = |x: f32| -> f64 { x.to_string().parse().unwrap_or(x as f64) };
         let arch = if self.scalar_head {
             "LlamaForSequenceClassification"
         } else {
@@ -280,18 +282,18 @@ impl LlamaConfig {
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
             "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
+            "rms_norm_eps": short(self.rms_norm_eps),
+            "rope_theta": short(self.rope_theta),
             "rope_scaling": self.rope_scaling.as_ref().map(|s| serde_json::json!({
                 "rope_type": "llama3",
-                "factor": s.factor,
-                "low_freq_factor": s.low_freq_factor,
-                "high_freq_factor": s.high_freq_factor,
+                "factor": short(s.factor),
+                "low_freq_factor": short(s.low_freq_factor),
+                "high_freq_factor": short(s.high_freq_factor),
                 "original_max_position_embeddings": s.original_max_position_embeddings,
             })),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "initializer_range": self.initializer_range,
+            "initializer_range": short(self.initializer_range),
             "attention_bias": false,
             "mlp_bias": false,
             "attention_dropout": 0.0,

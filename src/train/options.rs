@@ -57,6 +57,10 @@ pub struct TrainArgs {
     pub save_every: Option<usize>,
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// When stderr is not a terminal (a log file, CI, Slurm): a plain progress line every N steps
+    /// [default: about 20 lines a run].
+    #[arg(long)]
+    pub log_every: Option<usize>,
     #[arg(long)]
     pub max_prompt_len: Option<usize>,
     #[arg(long)]
@@ -129,6 +133,7 @@ pub struct TrainOptions {
     pub device: Device,
     pub save_every: usize,
     pub eval_every: usize,
+    pub log_every: Option<usize>,
     pub data_opts: DataOptions,
     pub dpo: DpoConfig,
     pub ref_cache_dir: PathBuf,
@@ -166,7 +171,8 @@ fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
         beta,
         label_smoothing,
         simpo_gamma,
-        ref_cache_dir
+        ref_cache_dir,
+        log_every
     )
 }
 
@@ -267,6 +273,7 @@ impl TrainArgs {
             device: a.device.unwrap_or(Device::Auto),
             save_every: a.save_every.unwrap_or(500),
             eval_every: a.eval_every.unwrap_or(0),
+            log_every: a.log_every,
             data_opts: DataOptions {
                 max_prompt_len: a.max_prompt_len.unwrap_or(512),
                 max_len: a.max_len.unwrap_or(1024),

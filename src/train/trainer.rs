@@ -352,6 +352,12 @@ where
         save_training_checkpoint(ckpt_dir, &state.model().cfg, &host, &position, extra)
     };
 
+    // A progress bar on a terminal; plain lines in a log file, where a bar would be noise.
+    let log_plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_every = opts.log_every.unwrap_or(total_steps.div_ceil(20)).max(1);
+    if log_plain {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut stopped_early = false;
     let mut interrupted_by_user = false;
@@ -384,12 +390,25 @@ where
         let lr = schedule.lr(step);
         let grad_norm = state.step(lr, opts.max_grad_norm)?;
         let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
+        // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
         metrics.write(&json!({
             "step": step, "epoch": (step * opts.grad_accum) as f64 / batches_per_epoch as f64,
             "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
             "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
             "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "pairs": stats.pairs,
+            "rewards/chosen": stats.chosen_reward(), "rewards/rejected": stats.rejected_reward(),
+            "rewards/accuracies": stats.accuracy(), "rewards/margins": stats.margin(),
+            "learning_rate": lr,
         }))?;
+        if log_plain && ((step + 1) % log_every == 0 || step + 1 == total_steps) {
+            eprintln!(
+                "step {}/{total_steps}: loss {:.4}, accuracy {:.3}, lr {lr:.3e}, {:.0} tokens/s",
+                step + 1,
+                stats.loss(),
+                stats.accuracy(),
+                tokens_per_s
+            );
+        }
         bar.set_message(format!(
             "loss {:.4} acc {:.2} {:.0} tok/s",
             stats.loss(),
