@@ -230,3 +230,43 @@ fn no_kernel_spills_registers_on_sm_90a() {
         );
     }
 }
+
+/// tests/fixtures/hf-tiny was written by transformers (`LlamaForCausalLM.save_pretrained`, bf16;
+/// tests/reference/make_hf_fixture.py) with transformers' own f32 log-probs beside it.
+#[test]
+fn a_checkpoint_transformers_wrote_gives_its_logprobs_on_cpu_and_software_gpu() {
+    if !emu_available() {
+        return;
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("expected_logprobs.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f64> = expected["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        serde_json::json!({"input_ids": expected["input_ids"]}).to_string() + "\n",
+    )
+    .unwrap();
+    let worst = |got: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f64, f64::max)
+    };
+    let cpu = logprobs(&fixture, &input, &dir.path().join("cpu.jsonl"), "cpu");
+    let emu = logprobs(&fixture, &input, &dir.path().join("emu.jsonl"), "emu");
+    // The f32 oracle agrees with transformers' f32 forward to float rounding; the bf16 engine
+    // within its tolerance.
+    assert!(worst(&cpu) < 1e-4, "cpu vs transformers: {}", worst(&cpu));
+    assert!(worst(&emu) < 0.05, "emu vs transformers: {}", worst(&emu));
+}
