@@ -83,17 +83,7 @@ fn dpo_args(root: &Path, out: &str) -> Vec<String> {
 fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let init = prefer()
-        .args(["init", "--preset", "tiny", "--out"])
-        .arg(root.join("base"))
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    std::fs::write(
-        root.join("train.jsonl"),
-        prefer::data::synthetic::synthetic_preferences(256, 4),
-    )
-    .unwrap();
+    base_and_data(root, 256);
 
     let straight = prefer().args(dpo_args(root, "straight")).output().unwrap();
     assert!(
@@ -192,6 +182,23 @@ fn relative_run(root: &Path, out: &str, extra: &[&str]) -> std::process::Output 
         .unwrap()
 }
 
+/// `root/base`: a tiny model; `root/train.jsonl`: `pairs` synthetic pairs (none when 0).
+fn base_and_data(root: &Path, pairs: usize) {
+    let init = prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", stderr_of(&init));
+    if pairs > 0 {
+        std::fs::write(
+            root.join("train.jsonl"),
+            prefer::data::synthetic::synthetic_preferences(pairs, 4),
+        )
+        .unwrap();
+    }
+}
+
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -200,18 +207,7 @@ fn stderr_of(o: &std::process::Output) -> String {
 fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    assert!(prefer()
-        .args(["init", "--preset", "tiny", "--out"])
-        .arg(root.join("base"))
-        .output()
-        .unwrap()
-        .status
-        .success());
-    std::fs::write(
-        root.join("train.jsonl"),
-        prefer::data::synthetic::synthetic_preferences(32, 4),
-    )
-    .unwrap();
+    base_and_data(root, 32);
 
     // Stopped after one of four steps, then resumed from another directory.
     let o = relative_run(root, "run", &["--stop-after", "1"]);
@@ -315,13 +311,7 @@ fn options_that_would_do_nothing_are_refused() {
 fn data_files_a_user_might_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    assert!(prefer()
-        .args(["init", "--preset", "tiny", "--out"])
-        .arg(root.join("base"))
-        .output()
-        .unwrap()
-        .status
-        .success());
+    base_and_data(root, 0);
     // A byte-order mark before the first line is skipped; one pair reads "1 pair".
     std::fs::write(
         root.join("bom.jsonl"),
@@ -457,18 +447,7 @@ fn commands_share_their_flags_and_name_what_they_accept() {
 fn logs_metrics_and_configs_read_as_users_expect() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    assert!(prefer()
-        .args(["init", "--preset", "tiny", "--out"])
-        .arg(root.join("base"))
-        .output()
-        .unwrap()
-        .status
-        .success());
-    std::fs::write(
-        root.join("train.jsonl"),
-        prefer::data::synthetic::synthetic_preferences(32, 4),
-    )
-    .unwrap();
+    base_and_data(root, 32);
     // stderr is a pipe here, not a terminal: plain progress lines every --log-every steps.
     let o = relative_run(root, "run", &["--log-every", "2"]);
     let e = stderr_of(&o);
