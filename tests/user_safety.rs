@@ -240,6 +240,17 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     let o = resume(&[], "dpo");
     assert!(o.status.success(), "{}", stderr_of(&o));
     assert!(root.join("run/model/model.safetensors").is_file());
+    // The summary keeps the evaluation made before training, in the run's first part; a random
+    // policy equals its reference, so every held-out margin is 0: all ties, counted as wrong.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("run/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["initial_eval_accuracy"], 0.0, "{summary}");
+    assert_eq!(summary["initial_eval_ties"], 1.0, "{summary}");
+    assert!(
+        summary["final_eval_ties"].as_f64().unwrap() < 1.0,
+        "{summary}"
+    );
 
     // A finished run says so and changes nothing.
     let evals = std::fs::read(root.join("run/eval.jsonl")).unwrap();

@@ -124,9 +124,11 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
 
     let show = |name: &str, s: &RunSummary, dir: &Path| {
         println!(
-            "{name:<14} held-out accuracy {:.3} -> {:.3}   ({} steps; model, metrics.jsonl and curves.png in {})",
+            "{name:<14} held-out accuracy {:.3} -> {:.3} (ties {:.3} -> {:.3}, counted as wrong)   ({} steps; model, metrics.jsonl and curves.png in {})",
             s.initial_eval_accuracy.unwrap_or(f64::NAN),
             s.final_eval_accuracy.unwrap_or(f64::NAN),
+            s.initial_eval_ties.unwrap_or(f64::NAN),
+            s.final_eval_ties.unwrap_or(f64::NAN),
             s.steps,
             dir.display()
         );

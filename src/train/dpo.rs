@@ -74,6 +74,7 @@ impl DpoObjective {
             tokens: pb.real_tokens(),
             loss_sum: sum(&out.losses),
             correct: out.reward_correct.iter().filter(|&&c| c).count(),
+            ties: out.reward_margins.iter().filter(|&&m| m == 0.0).count(),
             margin_sum: sum(&out.reward_margins),
             chosen_reward_sum: sum(&out.chosen_rewards),
             rejected_reward_sum: sum(&out.rejected_rewards),

@@ -12,6 +12,9 @@ pub struct PairStats {
     pub tokens: usize,
     pub loss_sum: f64,
     pub correct: usize,
+    /// Pairs whose margin is exactly 0: counted as wrong (as TRL does), and reported apart, so
+    /// an untrained model's accuracy of 0 is explained.
+    pub ties: usize,
     pub margin_sum: f64,
     pub chosen_reward_sum: f64,
     pub rejected_reward_sum: f64,
@@ -23,6 +26,7 @@ impl PairStats {
         self.tokens += o.tokens;
         self.loss_sum += o.loss_sum;
         self.correct += o.correct;
+        self.ties += o.ties;
         self.margin_sum += o.margin_sum;
         self.chosen_reward_sum += o.chosen_reward_sum;
         self.rejected_reward_sum += o.rejected_reward_sum;
@@ -39,6 +43,9 @@ impl PairStats {
     }
     pub fn accuracy(&self) -> f64 {
         self.mean(self.correct as f64)
+    }
+    pub fn tie_rate(&self) -> f64 {
+        self.mean(self.ties as f64)
     }
     pub fn margin(&self) -> f64 {
         self.mean(self.margin_sum)

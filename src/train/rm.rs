@@ -48,6 +48,7 @@ impl RewardObjective {
             tokens: pb.real_tokens(),
             loss_sum: out.loss as f64 * b as f64,
             correct: chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count(),
+            ties: chosen.iter().zip(&rejected).filter(|(c, r)| c == r).count(),
             margin_sum: out.margins.iter().map(|&m| m as f64).sum(),
             chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
             rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),

@@ -33,7 +33,10 @@ pub struct RunSummary {
     /// Stopped by Ctrl-C (SIGINT): the command then exits with 130, as shells expect.
     pub interrupted: bool,
     pub initial_eval_accuracy: Option<f64>,
+    /// Fraction of held-out pairs with a margin of exactly 0 before training (counted as wrong).
+    pub initial_eval_ties: Option<f64>,
     pub final_eval_accuracy: Option<f64>,
+    pub final_eval_ties: Option<f64>,
     pub final_eval_loss: Option<f64>,
     pub train_pairs: usize,
 }
@@ -68,7 +71,9 @@ fn done_summary(steps: usize) -> RunSummary {
         stopped_early: false,
         interrupted: false,
         initial_eval_accuracy: None,
+        initial_eval_ties: None,
         final_eval_accuracy: None,
+        final_eval_ties: None,
         final_eval_loss: None,
         train_pairs: 0,
     }
@@ -313,7 +318,7 @@ where
             }
             log.write(
                 &json!({"step": step, "eval_loss": stats.loss(), "eval_accuracy": stats.accuracy(),
-            "eval_margin": stats.margin()}),
+            "eval_margin": stats.margin(), "eval_ties": stats.tie_rate()}),
             )?;
             Ok(Some(stats))
         };
@@ -324,11 +329,23 @@ where
     };
     if let Some(s) = &initial_eval {
         eprintln!(
-            "eval before training: loss {:.4}, accuracy {:.3}",
+            "eval before training: loss {:.4}, accuracy {:.3} (ties {:.3}, counted as wrong)",
             s.loss(),
-            s.accuracy()
+            s.accuracy(),
+            s.tie_rate()
         );
     }
+    // A resumed run reports the evaluation its first part made before training.
+    let first_eval_row = || -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(opts.out.join("eval.jsonl")).ok()?;
+        let row: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+        (row["step"] == 0).then_some(row)
+    };
+    let resumed_initial = if initial_eval.is_none() {
+        first_eval_row()
+    } else {
+        None
+    };
 
     // The first Ctrl-C finishes the step and writes a checkpoint; a second one exits at once.
     let _ = ctrlc::set_handler(|| {
@@ -451,8 +468,18 @@ where
         steps,
         stopped_early,
         interrupted: interrupted_by_user,
-        initial_eval_accuracy: initial_eval.map(|s| s.accuracy()),
+        initial_eval_accuracy: initial_eval.as_ref().map(|s| s.accuracy()).or_else(|| {
+            resumed_initial
+                .as_ref()
+                .and_then(|r| r["eval_accuracy"].as_f64())
+        }),
+        initial_eval_ties: initial_eval.as_ref().map(|s| s.tie_rate()).or_else(|| {
+            resumed_initial
+                .as_ref()
+                .and_then(|r| r["eval_ties"].as_f64())
+        }),
         final_eval_accuracy: None,
+        final_eval_ties: None,
         final_eval_loss: None,
         train_pairs: train.len(),
     };
@@ -473,6 +500,7 @@ where
                 s.accuracy()
             );
             summary.final_eval_accuracy = Some(s.accuracy());
+            summary.final_eval_ties = Some(s.tie_rate());
             summary.final_eval_loss = Some(s.loss());
         }
         let plot = opts.out.join("curves.png");
