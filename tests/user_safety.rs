@@ -469,6 +469,18 @@ fn logs_metrics_and_configs_read_as_users_expect() {
     // TRL's metric names beside the short ones.
     let first = std::fs::read_to_string(root.join("run/metrics.jsonl")).unwrap();
     let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    // One numbering for both logs: steps done. Evaluation before training is step 0.
+    assert_eq!(row["step"], 1, "{row}");
+    let evals = std::fs::read_to_string(root.join("run/eval.jsonl")).unwrap();
+    let steps: Vec<u64> = evals
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 4]);
     for key in [
         "rewards/chosen",
         "rewards/rejected",

@@ -302,9 +302,10 @@ where
         eprintln!("resuming at step {start_step} of {total_steps}");
     }
 
-    let mut metrics = MetricsLog::open(&opts.out.join("metrics.jsonl"), start_step)?;
-    // metrics.jsonl counts steps from 0 (the step being taken), eval.jsonl counts steps done: the
-    // eval row written just before the checkpoint at `start_step` is kept.
+    // Both logs number a row by the steps done when it was written: evaluation before training is
+    // step 0, the first training step's row is step 1. A resume keeps the rows up to its
+    // checkpoint's step and rewrites the rest.
+    let mut metrics = MetricsLog::open(&opts.out.join("metrics.jsonl"), start_step + 1)?;
     let mut eval_log = MetricsLog::open(&opts.out.join("eval.jsonl"), start_step + 1)?;
     let run_eval =
         |model: &Llama<S::B>, step: usize, log: &mut MetricsLog| -> Result<Option<PairStats>> {
@@ -409,7 +410,7 @@ where
         let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
         // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
         metrics.write(&json!({
-            "step": step, "epoch": (step * opts.grad_accum) as f64 / batches_per_epoch as f64,
+            "step": step + 1, "epoch": ((step + 1) * opts.grad_accum).min(total_micro) as f64 / batches_per_epoch as f64,
             "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
             "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
             "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "pairs": stats.pairs,
