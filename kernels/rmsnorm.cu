@@ -44,11 +44,25 @@ extern "C" __global__ void rmsnorm_backward(float* dx, float* dw_partial, const 
     }
 }
 
-// dw (D) += sum over rows of dw_partial (N,D), one thread per column in row order: deterministic.
-extern "C" __global__ void column_sum_accumulate(float* dw, const float* partial, int n, int d) {
+// dw (D) += the column sums of x (N,D), in two passes with a fixed order, so every run adds the
+// same way (no atomics). One pass over all N rows per column would give the whole grid
+// ceil(D/256) blocks: 8 blocks on 132 SMs at D = 2048.
+// Pass 1, grid (ceil(D/256), chunks): chunk_sums (chunks, D) = the sums of rows
+// [c*rows_per_chunk, (c+1)*rows_per_chunk), one thread per column, rows in order (coalesced).
+extern "C" __global__ void column_sum_chunks(float* chunk_sums, const float* x, int n, int d, int rows_per_chunk) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= d) return;
+    const int first = blockIdx.y * rows_per_chunk, last = min(first + rows_per_chunk, n);
+    float s = 0.0f;
+    for (int row = first; row < last; ++row) s += x[(size_t)row * d + col];
+    chunk_sums[(size_t)blockIdx.y * d + col] = s;
+}
+
+// Pass 2: dw (D) += the chunk sums of each column, chunks in order.
+extern "C" __global__ void column_sum_finish(float* dw, const float* chunk_sums, int chunks, int d) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= d) return;
     float s = 0.0f;
-    for (int row = 0; row < n; ++row) s += partial[(size_t)row * d + col];
+    for (int c = 0; c < chunks; ++c) s += chunk_sums[(size_t)c * d + col];
     dw[col] += s;
 }

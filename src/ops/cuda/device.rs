@@ -22,8 +22,9 @@ pub struct GpuInfo {
     pub compute_capability: (i32, i32),
 }
 
-/// Whether a CUDA driver and GPU are usable, without panicking where there is none.
-pub fn probe_gpu() -> Result<GpuInfo> {
+/// Whether a driver that sees a GPU is there, without panicking (cudarc panics where there is no
+/// libcuda) and without creating a context.
+fn driver_sees_a_gpu() -> Result<()> {
     // SAFETY: only asks the dynamic loader whether libcuda can be opened.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         bail!("no CUDA driver (libcuda) found on this machine; --device emu runs the CUDA engine on the CPU");
@@ -32,6 +33,12 @@ pub fn probe_gpu() -> Result<GpuInfo> {
     if count < 1 {
         bail!("a CUDA driver is present but it sees no GPU");
     }
+    Ok(())
+}
+
+/// Whether a CUDA driver and GPU are usable, and what they are.
+pub fn probe_gpu() -> Result<GpuInfo> {
+    driver_sees_a_gpu()?;
     let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a context on GPU 0: {e:?}"))?;
     let (free_bytes, total_bytes) = ctx.mem_get_info().map_err(|e| anyhow!("{e:?}"))?;
     Ok(GpuInfo {
@@ -64,7 +71,7 @@ impl CudaEngine {
         } else {
             FATBIN.to_vec()
         };
-        probe_gpu()?;
+        driver_sees_a_gpu()?;
         let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a CUDA context: {e:?}"))?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))

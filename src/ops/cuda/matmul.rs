@@ -60,6 +60,29 @@ impl Drop for Plan {
     }
 }
 
+/// Handles of a plan being built, destroyed on drop unless handed to a `Plan`.
+#[derive(Default)]
+struct Handles {
+    desc: Option<sys::cublasLtMatmulDesc_t>,
+    a: Option<sys::cublasLtMatrixLayout_t>,
+    b: Option<sys::cublasLtMatrixLayout_t>,
+    c: Option<sys::cublasLtMatrixLayout_t>,
+}
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        // SAFETY: each handle here was created once and is owned by nobody else.
+        unsafe {
+            if let Some(d) = self.desc {
+                let _ = lt::destroy_matmul_desc(d);
+            }
+            for l in [self.a, self.b, self.c].into_iter().flatten() {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
 /// The cuBLASLt handle, its workspace, and the per-shape plan cache.
 pub struct Gemm {
     handle: sys::cublasLtHandle_t,
@@ -109,69 +132,92 @@ impl Gemm {
         let c_type = if s.c_f32 { f32::DTYPE } else { bf16::DTYPE };
         let (ar, ac) = if s.transa { (s.k, s.m) } else { (s.m, s.k) };
         let (br, bc) = if s.transb { (s.n, s.k) } else { (s.k, s.n) };
-        let a = lt::create_matrix_layout(bf, ar, ac, s.lda).map_err(|e| err("layout A", e))?;
-        let b = lt::create_matrix_layout(bf, br, bc, s.ldb).map_err(|e| err("layout B", e))?;
-        let c =
-            lt::create_matrix_layout(c_type, s.m, s.n, s.ldc).map_err(|e| err("layout C", e))?;
-        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32::DTYPE)
-            .map_err(|e| err("descriptor", e))?;
+        // Each handle is owned as soon as it exists: a failure further on destroys the ones made.
+        let mut made = Handles {
+            desc: None,
+            a: None,
+            b: None,
+            c: None,
+        };
+        made.a = Some(lt::create_matrix_layout(bf, ar, ac, s.lda).map_err(|e| err("layout A", e))?);
+        made.b = Some(lt::create_matrix_layout(bf, br, bc, s.ldb).map_err(|e| err("layout B", e))?);
+        made.c = Some(
+            lt::create_matrix_layout(c_type, s.m, s.n, s.ldc).map_err(|e| err("layout C", e))?,
+        );
+        made.desc = Some(
+            lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32::DTYPE)
+                .map_err(|e| err("descriptor", e))?,
+        );
+        let (a, b, c, desc) = (
+            made.a.expect("set"),
+            made.b.expect("set"),
+            made.c.expect("set"),
+            made.desc.expect("set"),
+        );
         // cublasOperation_t as the i32 it is: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
         let (opa, opb) = (s.transa as i32, s.transb as i32);
         let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
         // SAFETY: every pointer passed below points at a live local of the size given.
-        let algo = unsafe {
-            let size = std::mem::size_of::<i32>();
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &opa as *const _ as *const c_void,
-                size,
-            )
-            .map_err(|e| err("transa", e))?;
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                &opb as *const _ as *const c_void,
-                size,
-            )
-            .map_err(|e| err("transb", e))?;
-            let ws = WORKSPACE_BYTES as u64;
-            lt::set_matmul_pref_attribute(
+        let chosen = (|| -> Result<sys::cublasLtMatmulAlgo_t> {
+            unsafe {
+                let size = std::mem::size_of::<i32>();
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                    &opa as *const _ as *const c_void,
+                    size,
+                )
+                .map_err(|e| err("transa", e))?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                    &opb as *const _ as *const c_void,
+                    size,
+                )
+                .map_err(|e| err("transb", e))?;
+                let ws = WORKSPACE_BYTES as u64;
+                lt::set_matmul_pref_attribute(
                 pref,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &ws as *const _ as *const c_void,
                 std::mem::size_of::<u64>(),
             )
             .map_err(|e| err("workspace preference", e))?;
-            use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
-            let [aa, ab, ac] = align;
-            for (attr, bytes) in [
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aa),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, ab),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, ac),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, ac),
-            ] {
-                lt::set_matmul_pref_attribute(
-                    pref,
-                    attr,
-                    &bytes as *const u32 as *const c_void,
-                    std::mem::size_of::<u32>(),
+                use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
+                let [aa, ab, ac] = align;
+                for (attr, bytes) in [
+                    (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aa),
+                    (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, ab),
+                    (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, ac),
+                    (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, ac),
+                ] {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        &bytes as *const u32 as *const c_void,
+                        std::mem::size_of::<u32>(),
+                    )
+                    .map_err(|e| err("alignment preference", e))?;
+                }
+                Ok(
+                    lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+                        .map_err(|e| err("algorithm heuristic (no algorithm for this shape)", e))?
+                        .algo,
                 )
-                .map_err(|e| err("alignment preference", e))?;
             }
-            let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref);
-            let _ = lt::destroy_matmul_pref(pref);
-            heuristic
-                .map_err(|e| err("algorithm heuristic (no algorithm for this shape)", e))?
-                .algo
-        };
-        Ok(Plan {
+        })();
+        // SAFETY: created above, destroyed once, whichever way the attributes went.
+        let _ = unsafe { lt::destroy_matmul_pref(pref) };
+        let algo = chosen?;
+        let plan = Plan {
             desc,
             a,
             b,
             c,
             algo,
-        })
+        };
+        std::mem::forget(made); // the plan owns the handles now
+        Ok(plan)
     }
 
     /// C = alpha·op(A)·op(B) + beta·C in column-major terms, A and B bf16, C `T`.

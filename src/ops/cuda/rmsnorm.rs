@@ -89,7 +89,13 @@ pub fn rmsnorm_backward(
     column_sum_accumulate(eng, dw, partial, n, d)
 }
 
-/// dw (D) f32 += the column sums of partial (N,D) f32, in row order (deterministic).
+/// Rows per chunk of the column sums' first pass: enough chunks to fill the GPU at D = 2048
+/// (8 column blocks × up to 128 chunks), few enough that the second pass is short.
+const ROWS_PER_CHUNK_MIN: usize = 32;
+const MAX_CHUNKS: usize = 128;
+
+/// dw (D) f32 += the column sums of partial (N,D) f32, in two passes of fixed order
+/// (deterministic: the chunking depends on N alone).
 pub fn column_sum_accumulate(
     eng: &CudaEngine,
     dw: &mut CudaViewMut<f32>,
@@ -98,16 +104,41 @@ pub fn column_sum_accumulate(
     d: usize,
 ) -> Result<()> {
     ensure!(
-        dw.len() == d && partial.len() == n * d,
+        dw.len() == d && partial.len() == n * d && n > 0,
         "column_sum_accumulate: N={n}, D={d}"
     );
-    let (n_i, d_i) = (n as i32, d as i32);
-    let f = eng.function("column_sum_accumulate")?;
-    let cfg = LaunchConfig::for_num_elems(d as u32);
+    let rows_per_chunk = n.div_ceil(MAX_CHUNKS).max(ROWS_PER_CHUNK_MIN);
+    let chunks = n.div_ceil(rows_per_chunk);
+    let mut chunk_sums = eng.zeros::<f32>(chunks * d)?;
+    let col_blocks = d.div_ceil(256) as u32;
+    let (n_i, d_i, r_i, c_i) = (n as i32, d as i32, rows_per_chunk as i32, chunks as i32);
+    let err = |pass: &str, e| anyhow!("column_sum_accumulate {pass} (N={n}, D={d}): {e:?}");
+
+    let f = eng.function("column_sum_chunks")?;
+    let cfg = LaunchConfig {
+        grid_dim: (col_blocks, chunks as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let mut launch = eng.stream.launch_builder(&f);
-    launch.arg(dw).arg(partial).arg(&n_i).arg(&d_i);
+    launch
+        .arg(&mut chunk_sums)
+        .arg(partial)
+        .arg(&n_i)
+        .arg(&d_i)
+        .arg(&r_i);
+    // SAFETY: matches the kernel's signature; chunk_sums holds chunks × D, partial N × D.
+    unsafe { launch.launch(cfg) }.map_err(|e| err("chunks", e))?;
+
+    let f = eng.function("column_sum_finish")?;
+    let cfg = LaunchConfig {
+        grid_dim: (col_blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = eng.stream.launch_builder(&f);
+    launch.arg(dw).arg(&chunk_sums).arg(&c_i).arg(&d_i);
     // SAFETY: matches the kernel's signature; lengths checked above.
-    unsafe { launch.launch(cfg) }
-        .map_err(|e| anyhow!("column_sum_accumulate (N={n}, D={d}): {e:?}"))?;
+    unsafe { launch.launch(cfg) }.map_err(|e| err("finish", e))?;
     Ok(())
 }
