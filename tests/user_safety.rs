@@ -491,6 +491,9 @@ fn logs_metrics_and_configs_read_as_users_expect() {
     ] {
         assert!(row.get(key).is_some(), "no {key} in {row}");
     }
+    // A plot of the run (title, legend and axis labels are checked by eye; see the README).
+    let png = std::fs::metadata(root.join("run/curves.png")).unwrap();
+    assert!(png.len() > 5_000, "curves.png is {} bytes", png.len());
     // f32 fields in their shortest form.
     let cfg = std::fs::read_to_string(root.join("run/model/config.json")).unwrap();
     assert!(cfg.contains("\"initializer_range\": 0.02"), "{cfg}");

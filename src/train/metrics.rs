@@ -73,12 +73,31 @@ fn register_font() -> bool {
 }
 
 /// Draws each of `keys` (from `metrics`, and from `eval` when it has the key) against the step
-/// into one PNG of panels.
-pub fn plot_curves(metrics: &Path, eval: &Path, keys: &[&str], out: &Path) -> Result<()> {
+/// into one PNG of panels under `title`, with a legend (training per step, held-out points).
+/// Writes nothing and returns false when no key has a single point.
+pub fn plot_curves(
+    metrics: &Path,
+    eval: &Path,
+    keys: &[&str],
+    out: &Path,
+    title: &str,
+) -> Result<bool> {
+    let any_point = keys
+        .iter()
+        .any(|k| !series(metrics, k).is_empty() || !series(eval, &format!("eval_{k}")).is_empty());
+    if !any_point {
+        return Ok(false);
+    }
     let text = register_font();
-    let root =
-        BitMapBackend::new(out, (1200, 400 * keys.len().div_ceil(2) as u32)).into_drawing_area();
+    let root = BitMapBackend::new(out, (1200, 60 + 400 * keys.len().div_ceil(2) as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = if text {
+        root.titled(title, ("sans-serif", 26))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        root
+    };
     let panels = root.split_evenly((keys.len().div_ceil(2), 2));
     for (panel, key) in panels.iter().zip(keys) {
         let train = series(metrics, key);
@@ -100,31 +119,64 @@ pub fn plot_curves(metrics: &Path, eval: &Path, keys: &[&str], out: &Path) -> Re
             chart
                 .caption(*key, ("sans-serif", 22))
                 .x_label_area_size(30)
-                .y_label_area_size(60);
+                .y_label_area_size(80);
         }
         let mut chart = chart
             .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Small values (a learning rate of 5e-7) in scientific notation, not as "0.0".
+        // and enough decimals to tell the ticks of a narrow range apart (0.69312 vs 0.69309).
+        let small = y0.abs().max(y1.abs()) < 1e-2;
+        let decimals = (-(y1 - y0).max(1e-12).log10()).ceil().clamp(0.0, 7.0) as usize + 1;
+        let y_fmt = |v: &f64| {
+            if small {
+                format!("{v:.2e}")
+            } else {
+                format!("{v:.decimals$}")
+            }
+        };
         let mut mesh = chart.configure_mesh();
         if !text {
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.x_desc("step")
+            .y_desc(*key)
+            .y_label_formatter(&y_fmt)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .draw_series(LineSeries::new(train, &BLUE))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let few = train.len() < 3; // a line of one point draws nothing: mark the points too
+        if !train.is_empty() {
+            chart
+                .draw_series(LineSeries::new(train.clone(), &BLUE))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label("training, per step")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+            if few {
+                chart
+                    .draw_series(train.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
         if !held_out.is_empty() {
             chart
                 .draw_series(LineSeries::new(held_out.clone(), RED.stroke_width(2)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             chart
                 .draw_series(held_out.iter().map(|&p| Circle::new(p, 4, RED.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label("held-out evaluation")
+                .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
     root.present()
         .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    Ok(true)
 }

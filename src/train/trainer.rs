@@ -505,21 +505,37 @@ where
             summary.final_eval_loss = Some(s.loss());
         }
         let plot = opts.out.join("curves.png");
-        plot_curves(
+        let title = format!(
+            "{} - {}",
+            match data.kind {
+                TrainerKind::Dpo => "DPO",
+                TrainerKind::RewardModel => "reward model",
+            },
+            opts.out.display()
+        );
+        let plotted = plot_curves(
             &opts.out.join("metrics.jsonl"),
             &opts.out.join("eval.jsonl"),
             &["loss", "accuracy", "margin", "lr"],
             &plot,
+            &title,
         )?;
         std::fs::write(
             opts.out.join("summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
-        eprintln!(
-            "model in {}, curves in {}",
-            opts.out.join("model").display(),
-            plot.display()
-        );
+        if plotted {
+            eprintln!(
+                "model in {}, curves in {}",
+                opts.out.join("model").display(),
+                plot.display()
+            );
+        } else {
+            eprintln!(
+                "model in {}; no curves (no step or evaluation was logged)",
+                opts.out.join("model").display()
+            );
+        }
     }
     Ok(summary)
 }
