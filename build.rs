@@ -279,7 +279,7 @@ static void emu_call(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequ
         unit += "extern \"C\" __attribute__((no_sanitize(\"thread\"))) const emu::Kernel* emu_kernel_table(size_t* n) {\n    *n = sizeof emu_kernels / sizeof emu_kernels[0];\n    return emu_kernels;\n}\n";
         unit += "extern \"C\" __attribute__((no_sanitize(\"thread\"))) size_t emu_dynamic_shared(void** bases, size_t max) {\n    size_t n = 0;\n";
         for (_, name) in &shared {
-            unit += &format!("    if (n < max) {{ bases[n] = (void*){name}; (({name}))[0] = {{}}; }}\n    ++n;\n");
+            unit += &format!("    if (n < max) bases[n] = (void*){name};\n    ++n;\n");
         }
         unit += "    return n;\n}\n";
         let unit_path = out.join("emu_kernels.cpp");

@@ -199,6 +199,12 @@ fn base_and_data(root: &Path, pairs: usize) {
     }
 }
 
+/// The command's stderr holds `needle` (shown in full when it does not).
+fn assert_stderr_has(o: &std::process::Output, needle: &str) {
+    let e = stderr_of(o);
+    assert!(e.contains(needle), "no {needle:?} in:\n{e}");
+}
+
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -225,18 +231,10 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     // A changed option is refused, not silently applied.
     let o = resume(&["--lr", "0.5"], "dpo");
     assert!(!o.status.success());
-    assert!(
-        stderr_of(&o).contains("drop --lr (only --device may change)"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "drop --lr (only --device may change)");
     // The other trainer is told what the run is.
     let o = resume(&[], "rm");
-    assert!(
-        stderr_of(&o).contains("is a DPO run: continue it with prefer dpo --resume"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "is a DPO run: continue it with prefer dpo --resume");
     let o = resume(&[], "dpo");
     assert!(o.status.success(), "{}", stderr_of(&o));
     assert!(root.join("run/model/model.safetensors").is_file());
@@ -256,11 +254,7 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     let evals = std::fs::read(root.join("run/eval.jsonl")).unwrap();
     let o = resume(&[], "dpo");
     assert!(o.status.success());
-    assert!(
-        stderr_of(&o).contains("is finished (step 4"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "is finished (step 4");
     assert_eq!(std::fs::read(root.join("run/eval.jsonl")).unwrap(), evals);
 
     // run.toml without a checkpoint.
@@ -272,11 +266,7 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
         .arg(root.join("fresh"))
         .output()
         .unwrap();
-    assert!(
-        stderr_of(&o).contains("has run.toml but no checkpoint yet"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "has run.toml but no checkpoint yet");
 }
 
 #[test]
@@ -284,11 +274,7 @@ fn options_that_would_do_nothing_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let o = relative_run(root, "a", &["--max-steps", "0"]);
-    assert!(
-        stderr_of(&o).contains("--max-steps 0 would train nothing"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "--max-steps 0 would train nothing");
     let o = prefer()
         .current_dir(root)
         .args([
@@ -304,18 +290,10 @@ fn options_that_would_do_nothing_are_refused() {
         ])
         .output()
         .unwrap();
-    assert!(
-        stderr_of(&o).contains("are DPO options"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "are DPO options");
     // Negative values reach the validation and its message instead of clap's "unknown flag".
     let o = relative_run(root, "b", &["--lr", "-1"]);
-    assert!(
-        stderr_of(&o).contains("--lr must be a finite non-negative number"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "--lr must be a finite non-negative number");
 }
 
 #[test]
@@ -351,22 +329,14 @@ fn data_files_a_user_might_hand_over() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr_of(&o));
-    assert!(
-        stderr_of(&o).contains("bom.jsonl: 1 pair (0 bad lines skipped"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "bom.jsonl: 1 pair (0 bad lines skipped");
     // A folder as --data.
     let o = prefer()
         .current_dir(root)
         .args(["dpo", "--model", "base", "--data", "base", "--out", "x"])
         .output()
         .unwrap();
-    assert!(
-        stderr_of(&o).contains("base is a folder; give a JSONL file"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "base is a folder; give a JSONL file");
     // Nothing fits: the message counts the dropped pairs and names the way out.
     let o = prefer()
         .current_dir(root)
@@ -412,21 +382,13 @@ fn data_files_a_user_might_hand_over() {
         ])
         .output()
         .unwrap();
-    assert!(
-        stderr_of(&o).contains("model_type \"gpt2\" is not a Llama model"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "model_type \"gpt2\" is not a Llama model");
 }
 
 #[test]
 fn commands_share_their_flags_and_name_what_they_accept() {
     let o = prefer().args(["bench", "foo"]).output().unwrap();
-    assert!(
-        stderr_of(&o).contains("unknown benchmark \"foo\" (kernels, train, dpo)"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "unknown benchmark \"foo\" (kernels, train, dpo)");
     let o = prefer().args(["eval-rm", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("--device"), "{help}");
@@ -442,11 +404,7 @@ fn commands_share_their_flags_and_name_what_they_accept() {
         ])
         .output()
         .unwrap();
-    assert!(
-        stderr_of(&o).contains("--batch-size must be at least 1"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_stderr_has(&o, "--batch-size must be at least 1");
     let o = prefer().args(["dpo", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(!help.contains("[`"), "no rustdoc links in help: {help}");

@@ -29,8 +29,6 @@ struct Allocation {
 
 std::mutex lock;
 std::map<uintptr_t, Allocation> live;  // by data address
-size_t live_bytes = 0;
-uint64_t total_allocations = 0;
 
 size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
@@ -66,8 +64,6 @@ extern "C" int emu_mem_alloc(uintptr_t* out, size_t size) {
     Allocation a{map, map_bytes, map + kPage + data_pages - padded, size, padded};
     std::lock_guard<std::mutex> g(lock);
     live[(uintptr_t)a.data] = a;
-    live_bytes += size;
-    ++total_allocations;
     *out = (uintptr_t)a.data;
     return 0;
 }
@@ -80,19 +76,8 @@ extern "C" int emu_mem_free(uintptr_t ptr) {
         return kInvalidValue;
     }
     munmap(it->second.map, it->second.map_bytes);
-    live_bytes -= it->second.size;
     live.erase(it);
     return 0;
-}
-
-size_t emu_live_bytes() {
-    std::lock_guard<std::mutex> g(lock);
-    return live_bytes;
-}
-
-uint64_t emu_total_allocations() {
-    std::lock_guard<std::mutex> g(lock);
-    return total_allocations;
 }
 
 // Whether [ptr, ptr + bytes) lies inside one live allocation; if not, why (empty when it does).

@@ -40,6 +40,7 @@ void init_shared_range(Worker& w) {
     void* bases[16];
     const size_t n = emu_dynamic_shared(bases, 16);  // also allocates this thread's TLS block
     for (size_t i = 0; i < n && i < 16; ++i) w.dynamic_shared.push_back({(uint8_t*)bases[i], kMaxDynamicShared});
+    std::sort(w.dynamic_shared.begin(), w.dynamic_shared.end());  // in address order, for the fill
     Dl_info self{};
     dladdr((void*)&emu_kernel_table, &self);
     TlsSearch s{(uintptr_t)self.dli_fbase, nullptr, 0};
@@ -60,9 +61,7 @@ void race_begin_block(Worker& w) {
     uint8_t* lo = (uint8_t*)w.shared_lo;
     uint8_t* hi = lo + w.shared_size;
     uint8_t* at = lo;
-    std::vector<std::pair<uint8_t*, size_t>> dyn = w.dynamic_shared;
-    std::sort(dyn.begin(), dyn.end());
-    for (auto& [base, size] : dyn) {
+    for (auto& [base, size] : w.dynamic_shared) {
         if (base > at) memset(at, 0xff, base - at);
         memset(base, 0xff, w.launch->dynamic_shared < size ? w.launch->dynamic_shared : size);
         at = base + size;

@@ -33,7 +33,7 @@ pub fn run_bench(what: &str, json: Option<&Path>, train: &TrainBenchArgs) -> Res
         }
         "train" => bench_train(train, &gpu)?,
         "dpo" => bench_dpo(train, &gpu)?,
-        other => bail!("unknown bench {other:?}: kernels, train or dpo"),
+        _ => unreachable!("checked above"),
     };
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;

@@ -48,15 +48,20 @@ pub fn save_training_checkpoint(
     save_checkpoint(dir, cfg, &host.params, SaveDtype::F32, &files)
 }
 
-/// Reads what [`save_training_checkpoint`] wrote.
-pub fn load_training_checkpoint(dir: &Path) -> Result<(LlamaConfig, HostState, TrainerState)> {
-    let dir = &crate::model::weights::resolve_checkpoint_dir(dir);
-    let (cfg, params) = load_checkpoint(dir)?;
-    let state_path = dir.join("trainer_state.json");
-    let state: TrainerState = serde_json::from_slice(
+/// The run position of a training checkpoint folder (`OUT/checkpoint`, or its `.old` twin).
+pub fn read_trainer_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = crate::model::weights::resolve_checkpoint_dir(dir).join("trainer_state.json");
+    serde_json::from_slice(
         &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
     )
-    .with_context(|| format!("parsing {}", state_path.display()))?;
+    .with_context(|| format!("parsing {}", state_path.display()))
+}
+
+/// Reads what [`save_training_checkpoint`] wrote.
+pub fn load_training_checkpoint(dir: &Path) -> Result<(LlamaConfig, HostState, TrainerState)> {
+    let state = read_trainer_state(dir)?;
+    let dir = &crate::model::weights::resolve_checkpoint_dir(dir);
+    let (cfg, params) = load_checkpoint(dir)?;
     let opt_path = dir.join("optimizer.safetensors");
     let bytes =
         std::fs::read(&opt_path).with_context(|| format!("reading {}", opt_path.display()))?;

@@ -113,6 +113,23 @@ pub enum TrainerKind {
     Dpo,
 }
 
+impl TrainerKind {
+    /// The subcommand that runs it: `prefer rm`, `prefer dpo`.
+    pub fn command(self) -> &'static str {
+        match self {
+            TrainerKind::RewardModel => "rm",
+            TrainerKind::Dpo => "dpo",
+        }
+    }
+    /// What it trains, for people: "reward model", "DPO".
+    pub fn label(self) -> &'static str {
+        match self {
+            TrainerKind::RewardModel => "reward model",
+            TrainerKind::Dpo => "DPO",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub kind: TrainerKind,
@@ -226,13 +243,11 @@ impl TrainArgs {
     pub fn resolve(self, kind: TrainerKind) -> Result<TrainOptions> {
         let a = self;
         if let Some(saved) = a.trainer.filter(|t| *t != kind) {
-            let (is, cmd) = match saved {
-                TrainerKind::Dpo => ("a DPO run", "dpo"),
-                TrainerKind::RewardModel => ("a reward-model run", "rm"),
-            };
             bail!(
-                "{} is {is}: continue it with prefer {cmd} --resume",
-                a.out.as_deref().unwrap_or(Path::new(".")).display()
+                "{} is a {} run: continue it with prefer {} --resume",
+                a.out.as_deref().unwrap_or(Path::new(".")).display(),
+                saved.label(),
+                saved.command()
             );
         }
         if a.max_steps == Some(0) {

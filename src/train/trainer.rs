@@ -2,7 +2,9 @@
 //! clipping, AdamW, the schedule, evaluation, metrics, progress, checkpoints, resume and Ctrl-C.
 
 use super::batching::epoch_batches;
-use super::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
+use super::checkpoint::{
+    load_training_checkpoint, read_trainer_state, save_training_checkpoint, TrainerState,
+};
 use super::dpo::DpoObjective;
 use super::gpu_step::GpuTrainer;
 use super::metrics::{plot_curves, MetricsLog};
@@ -26,7 +28,7 @@ use std::time::Instant;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// What a finished (or stopped) run reports.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunSummary {
     pub steps: usize,
     pub stopped_early: bool,
@@ -51,32 +53,12 @@ const TOKENIZER_FILES: [&str; 5] = [
 ];
 
 /// The step a finished run ended at: it has its final model and a checkpoint at the last step.
-fn finished_run(out: &Path) -> Result<Option<usize>> {
+fn finished_run(out: &Path) -> Option<usize> {
     if !out.join("model").join("config.json").is_file() {
-        return Ok(None);
+        return None;
     }
-    let state = crate::model::weights::resolve_checkpoint_dir(&out.join("checkpoint"))
-        .join("trainer_state.json");
-    let Ok(bytes) = std::fs::read(&state) else {
-        return Ok(None);
-    };
-    let s: TrainerState =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", state.display()))?;
-    Ok((s.next_step >= s.total_steps).then_some(s.next_step))
-}
-
-fn done_summary(steps: usize) -> RunSummary {
-    RunSummary {
-        steps,
-        stopped_early: false,
-        interrupted: false,
-        initial_eval_accuracy: None,
-        initial_eval_ties: None,
-        final_eval_accuracy: None,
-        final_eval_ties: None,
-        final_eval_loss: None,
-        train_pairs: 0,
-    }
+    let s = read_trainer_state(&out.join("checkpoint")).ok()?;
+    (s.next_step >= s.total_steps).then_some(s.next_step)
 }
 
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
@@ -92,13 +74,16 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         );
     }
     if resume {
-        if let Some(done) = finished_run(&opts.out)? {
+        if let Some(done) = finished_run(&opts.out) {
             eprintln!(
                 "the run in {} is finished (step {done}; the model is in {}); nothing to do",
                 opts.out.display(),
                 opts.out.join("model").display()
             );
-            return Ok(done_summary(done));
+            return Ok(RunSummary {
+                steps: done,
+                ..Default::default()
+            });
         }
         if !crate::model::weights::resolve_checkpoint_dir(&ckpt_dir).exists() {
             bail!(
@@ -447,14 +432,11 @@ where
         if interrupted && done < total_steps {
             bar.abandon();
             // A plain line that stays, whether stderr is a terminal or a log file.
-            let command = match data.kind {
-                TrainerKind::Dpo => "dpo",
-                TrainerKind::RewardModel => "rm",
-            };
             eprintln!(
-                "{} at step {done}/{total_steps}; checkpoint saved in {}; continue with prefer {command} --resume {}",
+                "{} at step {done}/{total_steps}; checkpoint saved in {}; continue with prefer {} --resume {}",
                 if by_user { "interrupted" } else { "stopped" },
                 ckpt_dir.display(),
+                data.kind.command(),
                 opts.out.display()
             );
             interrupted_by_user = by_user;
@@ -505,14 +487,7 @@ where
             summary.final_eval_loss = Some(s.loss());
         }
         let plot = opts.out.join("curves.png");
-        let title = format!(
-            "{} - {}",
-            match data.kind {
-                TrainerKind::Dpo => "DPO",
-                TrainerKind::RewardModel => "reward model",
-            },
-            opts.out.display()
-        );
+        let title = format!("{} - {}", data.kind.label(), opts.out.display());
         let plotted = plot_curves(
             &opts.out.join("metrics.jsonl"),
             &opts.out.join("eval.jsonl"),

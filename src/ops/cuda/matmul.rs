@@ -133,26 +133,19 @@ impl Gemm {
         let (ar, ac) = if s.transa { (s.k, s.m) } else { (s.m, s.k) };
         let (br, bc) = if s.transb { (s.n, s.k) } else { (s.k, s.n) };
         // Each handle is owned as soon as it exists: a failure further on destroys the ones made.
-        let mut made = Handles {
-            desc: None,
-            a: None,
-            b: None,
-            c: None,
-        };
-        made.a = Some(lt::create_matrix_layout(bf, ar, ac, s.lda).map_err(|e| err("layout A", e))?);
-        made.b = Some(lt::create_matrix_layout(bf, br, bc, s.ldb).map_err(|e| err("layout B", e))?);
-        made.c = Some(
+        let mut made = Handles::default();
+        let a = *made
+            .a
+            .insert(lt::create_matrix_layout(bf, ar, ac, s.lda).map_err(|e| err("layout A", e))?);
+        let b = *made
+            .b
+            .insert(lt::create_matrix_layout(bf, br, bc, s.ldb).map_err(|e| err("layout B", e))?);
+        let c = *made.c.insert(
             lt::create_matrix_layout(c_type, s.m, s.n, s.ldc).map_err(|e| err("layout C", e))?,
         );
-        made.desc = Some(
+        let desc = *made.desc.insert(
             lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32::DTYPE)
                 .map_err(|e| err("descriptor", e))?,
-        );
-        let (a, b, c, desc) = (
-            made.a.expect("set"),
-            made.b.expect("set"),
-            made.c.expect("set"),
-            made.desc.expect("set"),
         );
         // cublasOperation_t as the i32 it is: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
         let (opa, opb) = (s.transa as i32, s.transb as i32);
