@@ -1,10 +1,10 @@
 //! The prefer command line. Each subcommand lives in src/cmd/.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use prefer::cmd::{self, Device};
 use prefer::model::weights::SaveDtype;
-use prefer::train::TrainArgs;
+use prefer::train::{TrainArgs, TrainerKind};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -22,10 +22,13 @@ struct Cli {
 enum Command {
     /// The whole pipeline on a built-in task, no downloads: tiny model, reward model, DPO.
     Demo {
+        /// The demo's folder: empty, new, or an earlier demo's (whose demo files it replaces).
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
+        /// cpu, cuda, emu (the software GPU) or auto.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
+        /// Seed of the base model, the task's data and training.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -50,16 +53,19 @@ enum Command {
     },
     /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
     Init {
-        /// tiny, llama-124m or llama-1b
+        /// tiny, llama-134m or llama-1b
         #[arg(long)]
         preset: String,
+        /// The folder to write (created; an existing checkpoint there is replaced).
         #[arg(long)]
         out: PathBuf,
+        /// Seed of the random weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Add a scalar head (score.weight) and save as LlamaForSequenceClassification.
         #[arg(long)]
         scalar_head: bool,
+        /// The weights' dtype in model.safetensors.
         #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
         dtype: SaveDtype,
         /// Override the preset's layer count (e.g. a 2-layer model with llama-1b widths).
@@ -113,21 +119,93 @@ enum Command {
     },
     /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
     Logprobs {
+        /// An HF Llama folder (a causal LM, or a reward model with a scalar head).
         #[arg(long)]
         model: PathBuf,
+        /// JSONL, one sequence a line: {"input_ids": [...]} or {"text": "..."}.
         #[arg(long)]
         input: PathBuf,
+        /// JSONL written here: each line's "logprobs" (and "reward" for a reward model).
         #[arg(long)]
         out: PathBuf,
+        /// cpu, cuda, emu (the software GPU) or auto.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
 }
 
+/// The command line as clap builds it, with what derive cannot say: the trainers' defaults (one
+/// set per trainer, from `TrainArgs::defaults`), `[required]` marks, and `rm` without DPO's
+/// options.
+fn cli_command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("rm", |c| trainer_help(c, TrainerKind::RewardModel))
+        .mut_subcommand("dpo", |c| trainer_help(c, TrainerKind::Dpo))
+        .mut_subcommands(mark_required)
+}
+
+fn trainer_help(cmd: clap::Command, kind: TrainerKind) -> clap::Command {
+    let defaults = toml::Value::try_from(TrainArgs::defaults(kind)).expect("defaults serialise");
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    ids.into_iter().fold(cmd, |cmd, id| {
+        let key = id.replace('_', "-");
+        let shown = match defaults.get(&key) {
+            // f32 options print in their shortest form: 1e-5, not 9.999999747378752e-6.
+            Some(toml::Value::Float(f)) => Some(shortest_f32(*f as f32)),
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(v) => Some(v.to_string()),
+            None => None,
+        };
+        let required = matches!(id.as_str(), "model" | "data" | "out");
+        let hidden = kind == TrainerKind::RewardModel && TrainArgs::DPO_ONLY.contains(&id.as_str());
+        cmd.mut_arg(id.as_str(), |a| {
+            let text = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let text = match (&shown, required) {
+                (Some(v), _) => format!("{text} [default: {v}]"),
+                (None, true) => format!("{text} [required unless --resume or --config gives it]"),
+                (None, false) => text,
+            };
+            let a = a.help(text);
+            if hidden {
+                a.hide(true)
+            } else {
+                a
+            }
+        })
+    })
+}
+
+fn mark_required(cmd: clap::Command) -> clap::Command {
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.is_required_set())
+        .map(|a| a.get_id().to_string())
+        .collect();
+    ids.into_iter().fold(cmd, |cmd, id| {
+        cmd.mut_arg(id.as_str(), |a| {
+            let text = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{text} [required]"))
+        })
+    })
+}
+
+fn shortest_f32(x: f32) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// Errors print as one line of context chain (`error: reading x.jsonl: ...`), never a backtrace
 /// or a panic.
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse().command) {
+    let matches = cli_command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -191,5 +269,30 @@ fn run(command: Command) -> Result<()> {
             out,
             device,
         } => cmd::logprobs::run_logprobs(&model, &input, &out, device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option of every subcommand says what it does.
+    #[test]
+    fn every_option_is_described() {
+        let cmd = cli_command();
+        for sub in cmd.get_subcommands() {
+            for a in sub.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let bare = help.trim_start_matches('[').is_empty()
+                    || help.starts_with(" [")
+                    || help.is_empty();
+                assert!(!bare, "prefer {} --{id} has no description", sub.get_name());
+            }
+        }
+        cmd.debug_assert();
     }
 }

@@ -144,6 +144,31 @@ fn long_pairs_are_dropped_or_truncated_and_counted() {
 }
 
 #[test]
+fn trls_implicit_prompt_is_the_shared_prefix_as_plain_text() {
+    let (tok, cfg) = fixture();
+    let tulu = ChatTemplate::Tulu {
+        eos_token: "</s>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    // As TRL's extract_prompt: the prefix stops before the space, which stays with the replies;
+    // no chat template is applied to plain text. "é" checks the split keeps characters whole.
+    let (_d, path) = write(
+        "\u{feff}{\"chosen\": \"Q: 2+2? A: 4\", \"rejected\": \"Q: 2+2? A: 5\"}\n{\"chosen\": \"caf\u{e9}!\", \"rejected\": \"caf\u{e8}?\"}\n",
+    );
+    let (pairs, report) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(report.pairs, 2);
+    assert_eq!(pairs[0].prompt, [vec![256], bytes("Q: 2+2? A:")].concat());
+    assert_eq!(pairs[0].chosen, [bytes(" 4"), vec![257]].concat());
+    assert_eq!(pairs[0].rejected, [bytes(" 5"), vec![257]].concat());
+    assert_eq!(pairs[1].prompt, [vec![256], bytes("caf")].concat());
+    assert_eq!(pairs[1].chosen, [bytes("\u{e9}!"), vec![257]].concat());
+}
+
+#[test]
 fn bad_lines_name_file_and_line() {
     let (tok, cfg) = fixture();
     let tulu = ChatTemplate::Tulu {
@@ -178,6 +203,14 @@ fn bad_lines_name_file_and_line() {
             "both be strings or both be message lists",
         ),
         (r#"[1, 2]"#, "expected a JSON object"),
+        (
+            r#"{"chosen": "yes", "rejected": "no"}"#,
+            "share no prompt prefix",
+        ),
+        (
+            r#"{"chosen": "Q: A", "rejected": "Q: AB"}"#,
+            "empty chosen response",
+        ),
     ] {
         let (_d, path) = write(&format!("{good}\n\n{bad}\n{good}\n"));
         let err = format!(

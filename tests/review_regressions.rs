@@ -49,7 +49,7 @@ fn reward_model_from_an_untied_base_drops_the_lm_head() {
         TrainerKind::RewardModel,
     )
     .unwrap();
-    let (cfg, _) = load_checkpoint(&dir.path().join("rm/model")).unwrap();
+    let (cfg, _) = load_checkpoint(&dir.path().join("rm")).unwrap();
     assert!(cfg.scalar_head && !cfg.tie_word_embeddings && !cfg.has_lm_head());
 }
 

@@ -75,10 +75,10 @@ fn reward_model_learns_the_synthetic_task() {
         m[0]
     );
     // The saved reward model is a sequence classifier.
-    let cfg = std::fs::read_to_string(s.root.join("rm/model/config.json")).unwrap();
+    let cfg = std::fs::read_to_string(s.root.join("rm/config.json")).unwrap();
     assert!(cfg.contains("LlamaForSequenceClassification"));
     let eval = prefer::train::evaluate_reward_model(
-        &s.root.join("rm/model"),
+        &s.root.join("rm"),
         &s.root.join("eval.jsonl"),
         32,
         prefer::cmd::Device::Cpu,
@@ -138,11 +138,10 @@ fn resumed_run_ends_bitwise_identical() {
     };
     let straight = run("straight", None, false);
     let stopped = run("resumed", Some(5), false);
-    assert!(stopped.stopped_early && !s.root.join("resumed/model").exists());
+    assert!(stopped.stopped_early && !s.root.join("resumed/model.safetensors").exists());
     let resumed = run("resumed", None, true);
     assert_eq!(straight.steps, resumed.steps);
-    let weights =
-        |out: &str| std::fs::read(s.root.join(out).join("model/model.safetensors")).unwrap();
+    let weights = |out: &str| std::fs::read(s.root.join(out).join("model.safetensors")).unwrap();
     assert!(
         weights("straight") == weights("resumed"),
         "resumed weights differ from the uninterrupted run's"

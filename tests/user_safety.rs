@@ -35,7 +35,7 @@ fn a_second_demo_replaces_only_what_the_first_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     // What a previous demo leaves, plus a file of the user's.
-    std::fs::create_dir_all(out.join("rm/model")).unwrap();
+    std::fs::create_dir_all(out.join("rm/checkpoint")).unwrap();
     std::fs::write(out.join(".prefer-demo"), "").unwrap();
     std::fs::write(out.join("rm/stale.txt"), "old").unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
@@ -49,7 +49,7 @@ fn a_second_demo_replaces_only_what_the_first_wrote() {
         "mine"
     );
     assert!(!out.join("rm/stale.txt").exists());
-    assert!(out.join("dpo/model/model.safetensors").is_file());
+    assert!(out.join("dpo/model.safetensors").is_file());
 }
 
 fn dpo_args(root: &Path, out: &str) -> Vec<String> {
@@ -126,7 +126,7 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         "{stderr}"
     );
     assert!(
-        !root.join("run/model").exists(),
+        !root.join("run/model.safetensors").exists(),
         "an interrupted run writes no final model"
     );
 
@@ -140,8 +140,7 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let weights =
-        |out: &str| std::fs::read(root.join(out).join("model/model.safetensors")).unwrap();
+    let weights = |out: &str| std::fs::read(root.join(out).join("model.safetensors")).unwrap();
     assert!(
         weights("straight") == weights("run"),
         "the resumed run's weights differ from the uninterrupted run's"
@@ -237,7 +236,7 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     assert_stderr_has(&o, "is a DPO run: continue it with prefer dpo --resume");
     let o = resume(&[], "dpo");
     assert!(o.status.success(), "{}", stderr_of(&o));
-    assert!(root.join("run/model/model.safetensors").is_file());
+    assert!(root.join("run/model.safetensors").is_file());
     // The summary keeps the evaluation made before training, in the run's first part; a random
     // policy equals its reference, so every held-out margin is 0: all ties, counted as wrong.
     let summary: serde_json::Value =
@@ -413,6 +412,54 @@ fn commands_share_their_flags_and_name_what_they_accept() {
 }
 
 #[test]
+fn help_shows_each_trainers_defaults_marks_required_options_and_only_what_applies() {
+    let help = |args: &[&str]| {
+        let o = prefer().args(args).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let rm = help(&["rm", "--help"]);
+    let dpo = help(&["dpo", "--help"]);
+    // The paper's learning rates, one per trainer.
+    assert!(
+        rm.contains("reached after the warm-up [default: 1e-5]"),
+        "{rm}"
+    );
+    assert!(
+        dpo.contains("reached after the warm-up [default: 5e-7]"),
+        "{dpo}"
+    );
+    assert!(
+        dpo.contains("[default: 3]") && rm.contains("Passes over the training data [default: 1]")
+    );
+    for h in [&rm, &dpo] {
+        assert!(h.contains("--model <MODEL>\n          The starting checkpoint (an HF Llama folder) [required unless --resume or --config gives it]"), "{h}");
+        assert!(!h.contains("--stop-after"), "{h}");
+        assert_eq!(h.matches("[default: auto]").count(), 1, "{h}");
+    }
+    for dpo_only in [
+        "--loss",
+        "--beta",
+        "--label-smoothing",
+        "--simpo-gamma",
+        "--ref-cache-dir",
+    ] {
+        assert!(!rm.contains(dpo_only), "rm --help shows {dpo_only}");
+        assert!(dpo.contains(dpo_only), "dpo --help lacks {dpo_only}");
+    }
+    assert!(dpo.contains("DPO: β [default: 0.1]"), "{dpo}");
+    let init = help(&["init", "--help"]);
+    assert!(
+        init.contains("tiny, llama-134m or llama-1b [required]"),
+        "{init}"
+    );
+    assert!(
+        init.contains("Seed of the random weights [default: 0]"),
+        "{init}"
+    );
+}
+
+#[test]
 fn logs_metrics_and_configs_read_as_users_expect() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -444,6 +491,8 @@ fn logs_metrics_and_configs_read_as_users_expect() {
         "rewards/rejected",
         "rewards/accuracies",
         "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
         "learning_rate",
         "loss",
     ] {
@@ -453,7 +502,38 @@ fn logs_metrics_and_configs_read_as_users_expect() {
     let png = std::fs::metadata(root.join("run/curves.png")).unwrap();
     assert!(png.len() > 5_000, "curves.png is {} bytes", png.len());
     // f32 fields in their shortest form.
-    let cfg = std::fs::read_to_string(root.join("run/model/config.json")).unwrap();
+    let cfg = std::fs::read_to_string(root.join("run/config.json")).unwrap();
     assert!(cfg.contains("\"initializer_range\": 0.02"), "{cfg}");
     assert!(!cfg.contains("0.0199999"), "{cfg}");
+}
+
+#[test]
+fn check_bench_and_info_say_the_same_thing_without_a_gpu() {
+    let info = prefer()
+        .args(["info"])
+        .env_remove("PREFER_DEVICE")
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let Some(reason) = info
+        .lines()
+        .find_map(|l| l.strip_prefix("gpu: not usable: "))
+    else {
+        eprintln!("skipped: a GPU is usable here, so there is no no-GPU message to compare");
+        return;
+    };
+    assert!(reason.contains("--device emu"), "{reason}");
+    for args in [&["check"][..], &["bench", "kernels"], &["bench", "train"]] {
+        let o = prefer()
+            .args(args)
+            .env_remove("PREFER_DEVICE")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).trim(),
+            format!("error: {reason}"),
+            "prefer {args:?}"
+        );
+    }
 }

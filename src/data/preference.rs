@@ -3,6 +3,8 @@
 //!   {"chosen": [messages], "rejected": [messages]}            (UltraFeedback-binarized; the prompt
 //!                                                              is the messages both share)
 //!   {"prompt": [messages], "chosen": [reply], "rejected": [reply]}  (TRL's explicit prompt)
+//!   {"chosen": str, "rejected": str}                          (TRL's implicit prompt: plain text,
+//!                                                              the shared prefix is the prompt)
 //!   {"prompt_ids": [..], "chosen_ids": [..], "rejected_ids": [..]}   (pre-tokenised)
 //! Any shape may carry "margin": a number for the reward model's margin loss.
 //! Responses are the model's reply plus EOS; the loss covers response tokens only.
@@ -124,6 +126,18 @@ impl Encoder<'_> {
         Ok(ids)
     }
 
+    /// A prompt given as plain text (TRL's implicit-prompt form): its ids as they are, with no
+    /// chat template, BOS first.
+    pub fn text_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text, false)?;
+        if let Some(bos) = self.cfg.bos_token_id {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// A reply: its text's ids, then the tokenizer's end-of-turn token (config.json's eos id
     /// where the tokenizer does not know it).
     pub fn response_ids(&self, content: &str) -> Result<Vec<u32>> {
@@ -227,6 +241,14 @@ fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
             .get("rejected")
             .ok_or_else(|| anyhow!("missing field \"rejected\""))?;
         match (chosen, rejected) {
+            (Value::String(c), Value::String(r)) if !obj.contains_key("prompt") => {
+                let (prompt, c, r) = split_implicit_prompt(c, r)?;
+                (
+                    enc.text_prompt_ids(prompt)?,
+                    nonempty("chosen", c, enc)?,
+                    nonempty("rejected", r, enc)?,
+                )
+            }
             (Value::String(c), Value::String(r)) => {
                 let prompt = obj
                     .get("prompt")
@@ -301,6 +323,29 @@ fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
         margin,
         line: 0,
     })
+}
+
+/// TRL's implicit prompt: the longest shared prefix of the two texts, less a space that ends it
+/// (the space stays with the replies, as TRL's `extract_prompt` does).
+fn split_implicit_prompt<'a>(
+    chosen: &'a str,
+    rejected: &'a str,
+) -> Result<(&'a str, &'a str, &'a str)> {
+    let mut cut = chosen
+        .char_indices()
+        .zip(rejected.chars())
+        .find(|((_, a), b)| a != b)
+        .map(|((i, _), _)| i)
+        .unwrap_or(chosen.len().min(rejected.len()));
+    if cut > 0 && chosen[..cut].ends_with(' ') {
+        cut -= 1;
+    }
+    if cut == 0 {
+        bail!(
+            "\"chosen\" and \"rejected\" share no prompt prefix, and there is no \"prompt\" field"
+        );
+    }
+    Ok((&chosen[..cut], &chosen[cut..], &rejected[cut..]))
 }
 
 fn nonempty(which: &str, text: &str, enc: &Encoder) -> Result<Vec<u32>> {

@@ -45,7 +45,9 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    pub const PRESETS: [&'static str; 3] = ["tiny", "llama-124m", "llama-1b"];
+    /// llama-134m is DESIGN.md's "llama-124m" (T2), named for its 134.1M parameters (an untied
+    /// 32000-token vocabulary); the old name still works.
+    pub const PRESETS: [&'static str; 3] = ["tiny", "llama-134m", "llama-1b"];
 
     /// A named preset. Every preset uses the built-in byte tokenizer's special ids.
     pub fn preset(name: &str) -> Result<Self> {
@@ -70,7 +72,7 @@ impl LlamaConfig {
         };
         Ok(match name {
             "tiny" => base,
-            "llama-124m" => LlamaConfig {
+            "llama-134m" | "llama-124m" => LlamaConfig {
                 vocab_size: 32000,
                 hidden_size: 768,
                 intermediate_size: 2048,

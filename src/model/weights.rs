@@ -227,6 +227,31 @@ pub fn save_checkpoint(
     Ok(())
 }
 
+/// Writes a model into `dir`, a folder that holds other files too (a run folder, so that
+/// `from_pretrained("runs/dpo")` works): the files are staged whole in `dir/.final-model`, then
+/// renamed into `dir` one by one with config.json last, so a folder with a config.json always has
+/// whole weights beside it.
+pub fn save_model_into(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    params: &[f32],
+    dtype: SaveDtype,
+    extra_files: &[(&str, &[u8])],
+) -> Result<()> {
+    let staging = dir.join(".final-model");
+    save_checkpoint(&staging, cfg, params, dtype, extra_files)?;
+    let mut names: Vec<_> = std::fs::read_dir(&staging)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort_by_key(|n| n == "config.json");
+    for name in names {
+        std::fs::rename(staging.join(&name), dir.join(&name))
+            .with_context(|| format!("moving {} into {}", name.to_string_lossy(), dir.display()))?;
+    }
+    sync_dir(dir)?;
+    std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))
+}
+
 /// Flushes a folder's entries (the renames into it) to disk.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -78,6 +78,7 @@ impl DpoObjective {
             margin_sum: sum(&out.reward_margins),
             chosen_reward_sum: sum(&out.chosen_rewards),
             rejected_reward_sum: sum(&out.rejected_rewards),
+            policy_logp_sums: Some((sum(&seq[..b]), sum(&seq[b..]))),
         })
     }
 

@@ -18,6 +18,9 @@ pub struct PairStats {
     pub margin_sum: f64,
     pub chosen_reward_sum: f64,
     pub rejected_reward_sum: f64,
+    /// DPO: the policy's sequence log-probs (chosen, rejected) summed over pairs; TRL's
+    /// `logps/chosen` and `logps/rejected` are their means. None for the reward model.
+    pub policy_logp_sums: Option<(f64, f64)>,
 }
 
 impl PairStats {
@@ -30,6 +33,11 @@ impl PairStats {
         self.margin_sum += o.margin_sum;
         self.chosen_reward_sum += o.chosen_reward_sum;
         self.rejected_reward_sum += o.rejected_reward_sum;
+        if let Some((c, r)) = o.policy_logp_sums {
+            let (sc, sr) = self.policy_logp_sums.get_or_insert((0.0, 0.0));
+            *sc += c;
+            *sr += r;
+        }
     }
     fn mean(&self, x: f64) -> f64 {
         if self.pairs == 0 {
@@ -55,6 +63,11 @@ impl PairStats {
     }
     pub fn rejected_reward(&self) -> f64 {
         self.mean(self.rejected_reward_sum)
+    }
+    /// Mean policy log-probs (chosen, rejected), for objectives that have them.
+    pub fn policy_logps(&self) -> Option<(f64, f64)> {
+        self.policy_logp_sums
+            .map(|(c, r)| (self.mean(c), self.mean(r)))
     }
 }
 

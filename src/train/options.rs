@@ -22,11 +22,13 @@ pub struct TrainArgs {
     /// Held-out preference JSONL, evaluated at the start, every --eval-every steps and at the end.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// The run folder: model/, checkpoint/, metrics.jsonl, plots.
+    /// The run folder: the final model (HF files at its root), checkpoint/, metrics.jsonl, curves.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Peak learning rate (AdamW), reached after the warm-up.
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
+    /// Passes over the training data.
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Stop after this many optimiser steps (the schedule is laid out over them).
@@ -38,31 +40,38 @@ pub struct TrainArgs {
     /// Micro-batches per optimiser step.
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Fraction of the steps over which the learning rate rises linearly from 0.
     #[arg(long, allow_negative_numbers = true)]
     pub warmup_ratio: Option<f32>,
+    /// The learning rate's shape after the warm-up.
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
+    /// AdamW's decoupled weight decay.
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Global gradient-norm clip (0 turns it off).
     #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f32>,
+    /// Seed of the data order.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// cpu, cuda, emu (the software GPU) or auto [default: auto]
+    /// cpu, cuda, emu (the software GPU) or auto
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
     pub device: Option<Device>,
     /// Write a resumable checkpoint every N optimiser steps.
     #[arg(long)]
     pub save_every: Option<usize>,
+    /// Evaluate on --eval-data every N optimiser steps (0: only at the start and the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// When stderr is not a terminal (a log file, CI, Slurm): a plain progress line every N steps
     /// [default: about 20 lines a run].
     #[arg(long)]
     pub log_every: Option<usize>,
+    /// Longest prompt, in tokens.
     #[arg(long)]
     pub max_prompt_len: Option<usize>,
+    /// Longest prompt + response, in tokens.
     #[arg(long)]
     pub max_len: Option<usize>,
     /// What to do with pairs over the length limits.
@@ -200,6 +209,51 @@ pub fn read_toml(path: &Path) -> Result<TrainArgs> {
 }
 
 impl TrainArgs {
+    /// Every option's default for `kind`: what `resolve` falls back on and what `--help` shows.
+    /// Options with no default (the paths, --eval-data, --max-steps, --log-every) stay unset.
+    pub fn defaults(kind: TrainerKind) -> TrainArgs {
+        let (lr, epochs, warmup) = match kind {
+            // The paper's settings: RM lr 1e-5 for 1 epoch; DPO lr 5e-7, 3 epochs, 10% warm-up.
+            TrainerKind::RewardModel => (1e-5, 1, 0.0),
+            TrainerKind::Dpo => (5e-7, 3, 0.1),
+        };
+        let dpo = DpoConfig::default();
+        let data = DataOptions::default();
+        TrainArgs {
+            lr: Some(lr),
+            epochs: Some(epochs),
+            batch_size: Some(8),
+            grad_accum: Some(4),
+            warmup_ratio: Some(warmup),
+            decay: Some(Decay::Linear),
+            weight_decay: Some(0.0),
+            max_grad_norm: Some(1.0),
+            seed: Some(0),
+            device: Some(Device::Auto),
+            save_every: Some(500),
+            eval_every: Some(0),
+            max_prompt_len: Some(data.max_prompt_len),
+            max_len: Some(data.max_len),
+            overflow: Some(data.overflow),
+            skip_bad: Some(data.skip_bad),
+            loss: Some(dpo.loss),
+            beta: Some(dpo.beta),
+            label_smoothing: Some(dpo.label_smoothing),
+            simpo_gamma: Some(dpo.simpo_gamma),
+            ref_cache_dir: Some(default_cache_dir()),
+            ..TrainArgs::default()
+        }
+    }
+
+    /// The DPO-only options, which `prefer rm` neither shows nor takes.
+    pub const DPO_ONLY: [&'static str; 5] = [
+        "loss",
+        "beta",
+        "label_smoothing",
+        "simpo_gamma",
+        "ref_cache_dir",
+    ];
+
     /// Flags over `--config` over the saved options of a resumed run.
     pub fn with_files(self) -> Result<TrainArgs> {
         let mut args = self;
@@ -263,45 +317,41 @@ impl TrainArgs {
         {
             bail!("--loss, --beta, --label-smoothing and --simpo-gamma are DPO options; the reward model trains with the Bradley-Terry loss");
         }
-        let (lr, epochs, warmup) = match kind {
-            // The paper's settings: RM lr 1e-5 for 1 epoch; DPO lr 5e-7, 3 epochs, 10% warm-up.
-            TrainerKind::RewardModel => (1e-5, 1, 0.0),
-            TrainerKind::Dpo => (5e-7, 3, 0.1),
-        };
-        let dpo_defaults = DpoConfig::default();
+        let a = merge(a, TrainArgs::defaults(kind));
+        let given = "set by TrainArgs::defaults";
         let opts = TrainOptions {
             kind,
             model: need(a.model, "model")?,
             data: need(a.data, "data")?,
             eval_data: a.eval_data,
             out: need(a.out, "out")?,
-            lr: a.lr.unwrap_or(lr),
-            epochs: a.epochs.unwrap_or(epochs),
+            lr: a.lr.expect(given),
+            epochs: a.epochs.expect(given),
             max_steps: a.max_steps,
-            batch_size: a.batch_size.unwrap_or(8),
-            grad_accum: a.grad_accum.unwrap_or(4),
-            warmup_ratio: a.warmup_ratio.unwrap_or(warmup),
-            decay: a.decay.unwrap_or(Decay::Linear),
-            weight_decay: a.weight_decay.unwrap_or(0.0),
-            max_grad_norm: a.max_grad_norm.unwrap_or(1.0),
-            seed: a.seed.unwrap_or(0),
-            device: a.device.unwrap_or(Device::Auto),
-            save_every: a.save_every.unwrap_or(500),
-            eval_every: a.eval_every.unwrap_or(0),
+            batch_size: a.batch_size.expect(given),
+            grad_accum: a.grad_accum.expect(given),
+            warmup_ratio: a.warmup_ratio.expect(given),
+            decay: a.decay.expect(given),
+            weight_decay: a.weight_decay.expect(given),
+            max_grad_norm: a.max_grad_norm.expect(given),
+            seed: a.seed.expect(given),
+            device: a.device.expect(given),
+            save_every: a.save_every.expect(given),
+            eval_every: a.eval_every.expect(given),
             log_every: a.log_every,
             data_opts: DataOptions {
-                max_prompt_len: a.max_prompt_len.unwrap_or(512),
-                max_len: a.max_len.unwrap_or(1024),
-                overflow: a.overflow.unwrap_or(Overflow::Drop),
-                skip_bad: a.skip_bad.unwrap_or(false),
+                max_prompt_len: a.max_prompt_len.expect(given),
+                max_len: a.max_len.expect(given),
+                overflow: a.overflow.expect(given),
+                skip_bad: a.skip_bad.expect(given),
             },
             dpo: DpoConfig {
-                loss: a.loss.unwrap_or(dpo_defaults.loss),
-                beta: a.beta.unwrap_or(dpo_defaults.beta),
-                label_smoothing: a.label_smoothing.unwrap_or(dpo_defaults.label_smoothing),
-                simpo_gamma: a.simpo_gamma.unwrap_or(dpo_defaults.simpo_gamma),
+                loss: a.loss.expect(given),
+                beta: a.beta.expect(given),
+                label_smoothing: a.label_smoothing.expect(given),
+                simpo_gamma: a.simpo_gamma.expect(given),
             },
-            ref_cache_dir: a.ref_cache_dir.unwrap_or_else(default_cache_dir),
+            ref_cache_dir: a.ref_cache_dir.expect(given),
             stop_after: a.stop_after,
         };
         if opts.batch_size == 0 || opts.grad_accum == 0 || opts.epochs == 0 {

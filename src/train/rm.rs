@@ -52,6 +52,7 @@ impl RewardObjective {
             margin_sum: out.margins.iter().map(|&m| m as f64).sum(),
             chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
             rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),
+            policy_logp_sums: None,
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::{load_preferences, DataOptions, Encoder, Overflow, PreferencePair};
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::weights::{load_checkpoint, save_checkpoint, SaveDtype};
+use crate::model::weights::{load_checkpoint, save_model_into, SaveDtype};
 use crate::model::{Llama, LlamaConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -54,7 +54,7 @@ const TOKENIZER_FILES: [&str; 5] = [
 
 /// The step a finished run ended at: it has its final model and a checkpoint at the last step.
 fn finished_run(out: &Path) -> Option<usize> {
-    if !out.join("model").join("config.json").is_file() {
+    if !out.join("config.json").is_file() {
         return None;
     }
     let s = read_trainer_state(&out.join("checkpoint")).ok()?;
@@ -78,7 +78,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             eprintln!(
                 "the run in {} is finished (step {done}; the model is in {}); nothing to do",
                 opts.out.display(),
-                opts.out.join("model").display()
+                opts.out.display()
             );
             return Ok(RunSummary {
                 steps: done,
@@ -394,7 +394,7 @@ where
         let grad_norm = state.step(lr, opts.max_grad_norm)?;
         let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
         // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
-        metrics.write(&json!({
+        let mut row = json!({
             "step": step + 1, "epoch": ((step + 1) * opts.grad_accum).min(total_micro) as f64 / batches_per_epoch as f64,
             "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
             "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
@@ -402,7 +402,12 @@ where
             "rewards/chosen": stats.chosen_reward(), "rewards/rejected": stats.rejected_reward(),
             "rewards/accuracies": stats.accuracy(), "rewards/margins": stats.margin(),
             "learning_rate": lr,
-        }))?;
+        });
+        if let Some((chosen, rejected)) = stats.policy_logps() {
+            row["logps/chosen"] = json!(chosen);
+            row["logps/rejected"] = json!(rejected);
+        }
+        metrics.write(&row)?;
         if log_plain && ((step + 1) % log_every == 0 || step + 1 == total_steps) {
             eprintln!(
                 "step {}/{total_steps}: loss {:.4}, accuracy {:.3}, lr {lr:.3e}, {:.0} tokens/s",
@@ -469,8 +474,8 @@ where
     if !stopped_early {
         save(&state, total_steps)?;
         let host = state.host_state()?;
-        save_checkpoint(
-            &opts.out.join("model"),
+        save_model_into(
+            &opts.out,
             &state.model().cfg,
             &host.params,
             SaveDtype::F32,
@@ -502,13 +507,13 @@ where
         if plotted {
             eprintln!(
                 "model in {}, curves in {}",
-                opts.out.join("model").display(),
+                opts.out.display(),
                 plot.display()
             );
         } else {
             eprintln!(
                 "model in {}; no curves (no step or evaluation was logged)",
-                opts.out.join("model").display()
+                opts.out.display()
             );
         }
     }

@@ -43,7 +43,7 @@ PRESETS = {
                      rope_theta=500000.0,
                      rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
                                        high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "llama-124m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+    "llama-134m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048,
                        num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                        tie_word_embeddings=False, max_position_embeddings=2048,
                        rope_theta=10000.0, rope_scaling=None),
@@ -258,7 +258,7 @@ def t1(ctx):
 
 def t2(ctx):
     batch, seq = (2, 32) if ctx.smoke else (16, 1024)
-    preset = "tiny" if ctx.smoke else "llama-124m"
+    preset = "tiny" if ctx.smoke else "llama-134m"
     yield "eager", lambda: train_step(ctx, "T2", preset, batch, seq, compiled=False)
     if ctx.compile_t2:
         yield "torch.compile", lambda: train_step(ctx, "T2", preset, batch, seq, compiled=True,

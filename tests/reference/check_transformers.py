@@ -7,6 +7,7 @@ reward model's score at the last token) for the same token ids. The script print
 and exits non-zero when one is over the tolerance.
 
     python3 tests/reference/check_transformers.py --prefer target/release/prefer
+    python3 tests/reference/check_transformers.py --lm-model runs/demo/dpo --rm-model runs/demo/rm
     python3 check_transformers.py --prefer ./prefer --preset llama-1b --prefer-device cuda \
         --torch-dtype bfloat16 --torch-device cuda --tol 0.05 --mean-tol 0.005
 """
@@ -43,6 +44,9 @@ def main():
     ap.add_argument("--rm-model", default=None,
                     help="check this existing reward-model checkpoint (e.g. one `prefer rm` trained) "
                          "instead of a fresh random one")
+    ap.add_argument("--lm-model", default=None,
+                    help="check this existing causal-LM run folder (e.g. runs/demo/dpo, which "
+                         "`prefer dpo` leaves loadable as it is) instead of a fresh random one")
     ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     ap.add_argument("--init-std", type=float, default=0.2,
                     help="init std; larger than HF's 0.02 so that attention and the LM head are far "
@@ -63,6 +67,8 @@ def main():
         run([args.prefer, "init", "--preset", args.preset, "--out", rm_dir, "--seed", 2, "--scalar-head", *extra])
         if args.rm_model:
             rm_dir = Path(args.rm_model)
+        if args.lm_model:
+            lm_dir = Path(args.lm_model)
         vocab = json.loads((lm_dir / "config.json").read_text())["vocab_size"]
 
         # Sequences of several lengths (odd ones included), as ids and as text.
@@ -72,7 +78,7 @@ def main():
 
         for kind, model_dir, cls in (("causal LM", lm_dir, LlamaForCausalLM),
                                      ("reward model", rm_dir, LlamaForSequenceClassification)):
-            out = tmp / f"out-{model_dir.name}.jsonl"
+            out = tmp / f"out-{kind.replace(' ', '-')}.jsonl"
             run([args.prefer, "logprobs", "--model", model_dir, "--input", inputs, "--out", out,
                  "--device", args.prefer_device])
             ours = read_jsonl(out)

@@ -19,7 +19,7 @@ step python3 "$here/reference/check_transformers.py" --prefer "$here/prefer" --p
   --prefer-device cuda --torch-device cuda --torch-dtype bfloat16 --tol 0.05 --mean-tol 0.005
 step "$here/prefer" bench kernels --json "$out/bench_kernels.json"
 step "$here/prefer" bench train --preset llama-1b --batch 8 --seq 1024 --json "$out/bench_t1.json"
-step "$here/prefer" bench train --preset llama-124m --batch 16 --seq 1024 --json "$out/bench_t2.json"
+step "$here/prefer" bench train --preset llama-134m --batch 16 --seq 1024 --json "$out/bench_t2.json"
 step "$here/prefer" bench dpo --preset llama-1b --batch 4 --seq 1024 --json "$out/bench_t3.json"
 [ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
