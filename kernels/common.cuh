@@ -1,6 +1,7 @@
 // Shared helpers for every kernel file: bf16 conversion and warp/block reductions.
 #pragma once
 #include <cuda_bf16.h>
+#include <math.h>
 #include <stdint.h>
 
 #define WARP_SIZE 32
@@ -22,4 +23,17 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     __syncthreads();
     v = lane < warps ? scratch[lane] : 0.0f;
     return warp_sum(v);
+}
+
+// Max over a block, as block_sum.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : -INFINITY;
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
 }

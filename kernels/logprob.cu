@@ -6,18 +6,6 @@
 #include "common.cuh"
 #include <math.h>
 
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : -INFINITY;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
-}
-
 // One block per token: fold logits (N, vc) of vocabulary [c0, c0 + vc) into the running state
 // run_max, run_sum = sum exp(z - run_max), run_sumz = sum exp(z - run_max) * z, and pick up the
 // target's logit when it falls in this chunk. The first chunk (c0 == 0) starts the state rather

@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod data;
 pub mod emu;
+pub mod generate;
 pub mod loss;
 pub mod model;
 pub mod ops;

@@ -51,6 +51,14 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("decoding: {e}"))
     }
 
+    /// Generated text: special tokens skipped, and ids past the tokenizer's vocabulary (a model
+    /// with a padded embedding, as Qwen's, can sample one) decode as nothing, as transformers does.
+    pub fn decode_generated(&self, ids: &[u32]) -> Result<String> {
+        let size = self.inner.get_vocab_size(true) as u32;
+        let known: Vec<u32> = ids.iter().copied().filter(|&id| id < size).collect();
+        self.decode(&known, true)
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

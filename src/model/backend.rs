@@ -13,7 +13,7 @@
 
 use super::batch::Batch;
 use super::config::LlamaConfig;
-use crate::ops::cpu::{self, AttentionShape, RopeTables};
+use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
 use anyhow::Result;
 use std::ops::Range;
 
@@ -23,6 +23,8 @@ pub trait Backend {
     type Params;
     /// A batch's token ids, next-token targets, key mask and rotary positions, where ops read them.
     type Inputs;
+    /// u32 indices where ops read them: block tables, context lengths, row maps.
+    type Index;
 
     fn act(&self, n: usize) -> Result<Self::Act>;
     /// A zeroed accumulator.
@@ -33,6 +35,7 @@ pub trait Backend {
     /// Host values as an accumulator (the losses' gradients on their way back).
     fn to_device(&self, x: &[f32]) -> Result<Self::Acc>;
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<Self::Inputs>;
+    fn index(&self, host: &[u32]) -> Result<Self::Index>;
 
     /// out[N,D] = table[ids]
     fn embedding_forward(
@@ -200,6 +203,51 @@ pub trait Backend {
     ) -> Result<()>;
     /// out = x, in the activation precision (the residual gradient on its way into a matmul).
     fn cast_to_act(&self, out: &mut Self::Act, x: &Self::Acc) -> Result<()>;
+
+    // Generation (src/model/decode.rs).
+
+    /// dst[pairs[m].1] = src[pairs[m].0] for m < `m`, rows of `width`; `pairs` is [M, 2].
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Act,
+        src: &Self::Act,
+        pairs: &Self::Index,
+        m: usize,
+        width: usize,
+    ) -> Result<()>;
+    /// out[B, H·hd] = attention of q[B, H·hd] over each sequence's paged cache.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_attention(
+        &self,
+        out: &mut Self::Act,
+        q: &Self::Act,
+        k_cache: &Self::Act,
+        v_cache: &Self::Act,
+        block_table: &Self::Index,
+        context_lens: &Self::Index,
+        s: DecodeShape,
+    ) -> Result<()>;
+    /// logits[N, V] = h[N, D]·Wᵀ in f32, from the LM head the trainer's log-prob kernels read.
+    #[allow(clippy::too_many_arguments)]
+    fn lm_logits(
+        &self,
+        logits: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<()>;
+    /// One token per row of logits[N, V], row r drawn with uniforms[r]: (ids, log-probs) on the
+    /// host, where the scheduler needs them.
+    fn sample(
+        &self,
+        logits: &Self::Acc,
+        uniforms: &[f32],
+        v: usize,
+        p: SamplingParams,
+    ) -> Result<(Vec<u32>, Vec<f32>)>;
 }
 
 /// The CPU oracle as a backend: f32 everywhere.
@@ -219,6 +267,7 @@ impl Backend for Cpu {
     type Acc = Vec<f32>;
     type Params = Vec<f32>;
     type Inputs = CpuInputs;
+    type Index = Vec<u32>;
 
     fn act(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -243,6 +292,9 @@ impl Backend for Cpu {
             mask: batch.mask.clone(),
             rope: RopeTables::new(cfg, &batch.positions),
         })
+    }
+    fn index(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
     }
     fn embedding_forward(
         &self,
@@ -469,5 +521,54 @@ impl Backend for Cpu {
     fn cast_to_act(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
         out.copy_from_slice(x);
         Ok(())
+    }
+    fn copy_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        pairs: &Vec<u32>,
+        m: usize,
+        width: usize,
+    ) -> Result<()> {
+        cpu::copy_rows(dst, src, &pairs[..2 * m], width);
+        Ok(())
+    }
+    fn decode_attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        block_table: &Vec<u32>,
+        context_lens: &Vec<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        cpu::decode_attention(out, q, k_cache, v_cache, block_table, context_lens, s);
+        Ok(())
+    }
+    fn lm_logits(
+        &self,
+        logits: &mut Vec<f32>,
+        h: &Vec<f32>,
+        p: &Vec<f32>,
+        w: &Range<usize>,
+        n: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<()> {
+        cpu::matmul_forward(&mut logits[..n * v], &h[..n * d], &p[w.clone()], n, d, v);
+        Ok(())
+    }
+    fn sample(
+        &self,
+        logits: &Vec<f32>,
+        uniforms: &[f32],
+        v: usize,
+        p: SamplingParams,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let n = uniforms.len();
+        let (mut ids, mut logprobs) = (vec![0; n], vec![0.0; n]);
+        cpu::sample(&mut ids, &mut logprobs, &logits[..n * v], uniforms, p);
+        Ok((ids, logprobs))
     }
 }

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod decode;
 pub mod init;
 pub mod llama;
 pub mod params;
@@ -11,5 +12,6 @@ pub mod weights;
 pub use backend::{Backend, Cpu};
 pub use batch::Batch;
 pub use config::LlamaConfig;
+pub use decode::{DecodeView, KvCache, SlotMap};
 pub use llama::{Forward, HeadGrads, Heads, Llama};
 pub use params::ParamLayout;

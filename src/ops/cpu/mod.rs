@@ -8,21 +8,27 @@
 //! obviously right.
 
 pub mod attention;
+pub mod copy_rows;
+pub mod decode_attention;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod scalar_head;
 pub mod swiglu;
 
 pub use attention::{attention_backward, attention_forward, AttentionShape};
+pub use copy_rows::copy_rows;
+pub use decode_attention::{decode_attention, DecodeShape};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use logprob::{logprob_backward, logprob_forward};
 pub use matmul::{matmul_backward, matmul_forward};
 pub use residual::residual_forward;
 pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 pub use rope::{rope_backward, rope_forward, RopeTables};
+pub use sample::{sample, SamplingParams};
 pub use scalar_head::{scalar_head_backward, scalar_head_forward};
 pub use swiglu::{swiglu_backward, swiglu_forward};

@@ -3,11 +3,12 @@
 //! The model code in src/model/llama.rs runs on it unchanged.
 
 use super::{
-    attention, embedding, logprob, matmul, residual, rmsnorm, rope, scalar_head, swiglu, CudaEngine,
+    attention, copy_rows, decode_attention, embedding, logprob, matmul, residual, rmsnorm, rope,
+    sample, scalar_head, swiglu, CudaEngine,
 };
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
-use crate::ops::cpu::AttentionShape;
+use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -21,6 +22,9 @@ struct Scratch {
     partial: Option<CudaSlice<f32>>,
     rowdot: Option<CudaSlice<f32>>,
     logprob: Option<(usize, logprob::LogprobScratch)>,
+    decode_partial: Option<CudaSlice<f32>>,
+    /// Sampling's uniforms in, ids and log-probs out, grown to the largest batch seen.
+    sample_io: Option<(CudaSlice<f32>, CudaSlice<u32>, CudaSlice<f32>)>,
 }
 
 pub struct Cuda {
@@ -107,6 +111,7 @@ impl Backend for Cuda {
     type Acc = CudaSlice<f32>;
     type Params = CudaSlice<bf16>;
     type Inputs = CudaInputs;
+    type Index = CudaSlice<u32>;
 
     // CUDA refuses zero-byte allocations; an absent head gets a one-element placeholder.
     fn act(&self, n: usize) -> Result<CudaSlice<bf16>> {
@@ -137,6 +142,9 @@ impl Backend for Cuda {
                 .eng
                 .upload(&crate::ops::cpu::rope::rope_inv_freq(cfg))?,
         })
+    }
+    fn index(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
+        self.eng.upload(host)
     }
     fn embedding_forward(
         &self,
@@ -437,5 +445,94 @@ impl Backend for Cuda {
     }
     fn cast_to_act(&self, out: &mut Self::Act, x: &Self::Acc) -> Result<()> {
         residual::cast_to_bf16(&self.eng, out, x)
+    }
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Act,
+        src: &Self::Act,
+        pairs: &CudaSlice<u32>,
+        m: usize,
+        width: usize,
+    ) -> Result<()> {
+        copy_rows::copy_rows(&self.eng, dst, src, pairs, m, width)
+    }
+    fn decode_attention(
+        &self,
+        out: &mut Self::Act,
+        q: &Self::Act,
+        k_cache: &Self::Act,
+        v_cache: &Self::Act,
+        block_table: &CudaSlice<u32>,
+        context_lens: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let need = decode_attention::partial_len(&s);
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch
+            .decode_partial
+            .as_ref()
+            .is_none_or(|p| p.len() < need)
+        {
+            scratch.decode_partial = Some(self.eng.zeros(need)?);
+        }
+        let partial = scratch.decode_partial.as_mut().expect("set above");
+        decode_attention::decode_attention(
+            &self.eng,
+            out,
+            partial,
+            q,
+            k_cache,
+            v_cache,
+            block_table,
+            context_lens,
+            s,
+        )
+    }
+    fn lm_logits(
+        &self,
+        logits: &mut Self::Acc,
+        h: &Self::Act,
+        p: &Self::Params,
+        w: &Range<usize>,
+        n: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<()> {
+        matmul::matmul_forward(
+            &self.eng,
+            &self.gemm,
+            logits,
+            h,
+            &p.slice(w.clone()),
+            n,
+            d,
+            v,
+        )
+    }
+    fn sample(
+        &self,
+        logits: &Self::Acc,
+        uniforms: &[f32],
+        v: usize,
+        p: SamplingParams,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let n = uniforms.len();
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch
+            .sample_io
+            .as_ref()
+            .is_none_or(|(u, _, _)| u.len() < n)
+        {
+            scratch.sample_io = Some((self.eng.zeros(n)?, self.eng.zeros(n)?, self.eng.zeros(n)?));
+        }
+        let (u, ids, logprobs) = scratch.sample_io.as_mut().expect("set above");
+        self.eng
+            .stream
+            .memcpy_htod(uniforms, &mut u.slice_mut(0..n))
+            .map_err(|e| anyhow::anyhow!("sample: uploading {n} uniforms: {e:?}"))?;
+        sample::sample_tokens(&self.eng, ids, logprobs, logits, u, n, v, p)?;
+        let ids = self.eng.download(ids)?;
+        let logprobs = self.eng.download(logprobs)?;
+        Ok((ids[..n].to_vec(), logprobs[..n].to_vec()))
     }
 }

@@ -5,6 +5,8 @@
 pub mod adamw;
 pub mod attention;
 pub mod backend;
+pub mod copy_rows;
+pub mod decode_attention;
 pub mod device;
 pub mod embedding;
 pub mod logprob;
@@ -12,6 +14,7 @@ pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod scalar_head;
 pub mod swiglu;
 

@@ -1,0 +1,406 @@
+//! The rollout engine: continuous batching over a paged KV cache.
+//!
+//! Prompts wait in order. A prompt is admitted with all its K rollouts at once, when K slots of
+//! the batch and the blocks its rollouts can ever need are free (so a running sequence never
+//! runs out of cache and nothing is preempted). Admitted prompts are prefilled together; each
+//! prompt's full blocks are written once and shared by its rollouts, and the last, partly
+//! filled block is written into each rollout's own block. Every step then decodes one token for
+//! every running sequence; a finished sequence frees its slot and blocks, and the next waiting
+//! prompt takes them before the next step, so the batch stays full until the prompts run out.
+//!
+//! The uniform that draws a token is a function of (seed, prompt index, rollout index, position)
+//! only, so a rollout's tokens do not depend on the batch around it.
+
+use super::blocks::BlockPool;
+use super::philox::draw_uniform;
+use crate::model::{Backend, Batch, DecodeView, KvCache, Llama, SlotMap};
+use crate::ops::cpu::SamplingParams;
+use anyhow::{bail, Result};
+use std::collections::VecDeque;
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Rollouts per prompt (K).
+    pub n: usize,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Sequences decoded together at most.
+    pub max_batch: usize,
+    /// Tokens per cache block.
+    pub block_size: usize,
+    /// Cache blocks in the pool.
+    pub kv_blocks: usize,
+    /// Ids that end a completion (kept as its last token).
+    pub eos: Vec<u32>,
+    /// Most prompt tokens prefilled in one forward (padded), beyond the first prompt.
+    pub prefill_tokens: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Eos,
+    Stop,
+    Length,
+}
+
+/// One finished completion.
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    pub prompt_index: usize,
+    pub rollout_index: usize,
+    pub completion_ids: Vec<u32>,
+    /// Each sampled token's log-prob under the distribution it was drawn from.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// What a run did, for tokens/s: generated tokens count no padding.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub generated_tokens: usize,
+    pub prompt_tokens: usize,
+    pub decode_steps: usize,
+    pub prefills: usize,
+    /// The most sequences decoded in one step.
+    pub peak_batch: usize,
+}
+
+struct Seq {
+    prompt: usize,
+    rollout: usize,
+    prompt_len: usize,
+    /// This sequence's blocks in order (shared prompt blocks first).
+    blocks: Vec<u32>,
+    /// Blocks reserved for it and not yet taken.
+    reserved: usize,
+    /// Tokens whose K/V are in the cache.
+    cached: usize,
+    completion: Vec<u32>,
+    logprobs: Vec<f32>,
+}
+
+impl Seq {
+    fn last_token(&self) -> u32 {
+        *self
+            .completion
+            .last()
+            .expect("a running sequence has sampled a token")
+    }
+}
+
+/// Private blocks a rollout may need: its share of the prompt's last partial block, plus room
+/// for every token it may feed back (the last sampled token is never fed).
+fn private_blocks(prompt_len: usize, max_new: usize, bs: usize) -> usize {
+    (prompt_len % bs + max_new.saturating_sub(1)).div_ceil(bs)
+}
+
+pub struct Engine<'m, B: Backend> {
+    model: &'m Llama<B>,
+    opts: EngineOptions,
+    cache: KvCache<B>,
+    pool: BlockPool,
+    pub stats: EngineStats,
+}
+
+impl<'m, B: Backend> Engine<'m, B> {
+    pub fn new(model: &'m Llama<B>, opts: EngineOptions) -> Result<Self> {
+        if opts.n == 0 || opts.max_batch == 0 || opts.block_size == 0 || opts.max_new_tokens == 0 {
+            bail!("--n, --max-batch, the block size and --max-new-tokens must be at least 1");
+        }
+        if opts.n > opts.max_batch {
+            bail!(
+                "--n {} rollouts of a prompt are decoded together: --max-batch ({}) must be at least --n",
+                opts.n,
+                opts.max_batch
+            );
+        }
+        let vocab = model.cfg.vocab_size;
+        if let Some(&bad) = opts.eos.iter().find(|&&e| e as usize >= vocab) {
+            bail!("EOS id {bad} is outside the model's vocabulary of {vocab}");
+        }
+        let cache = model.kv_cache(opts.kv_blocks, opts.block_size)?;
+        Ok(Engine {
+            model,
+            pool: BlockPool::new(opts.kv_blocks),
+            opts,
+            cache,
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// Blocks one prompt of `len` tokens needs with all its rollouts.
+    fn blocks_for(&self, len: usize) -> usize {
+        let bs = self.opts.block_size;
+        len / bs + self.opts.n * private_blocks(len, self.opts.max_new_tokens, bs)
+    }
+
+    /// Generates `n` completions of every prompt, handing each to `done` as it finishes.
+    /// `stopped(completion)` says whether a stop string has appeared.
+    pub fn run(
+        &mut self,
+        prompts: &[Vec<u32>],
+        stopped: &mut dyn FnMut(&[u32]) -> bool,
+        done: &mut dyn FnMut(Rollout) -> Result<()>,
+    ) -> Result<()> {
+        let max_pos = self.model.cfg.max_position_embeddings;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                bail!("prompt {i} is empty");
+            }
+            if p.len() >= max_pos {
+                bail!(
+                    "prompt {i} has {} tokens; the model's context is {max_pos} (max_position_embeddings), leaving no room to generate",
+                    p.len()
+                );
+            }
+            if self.blocks_for(p.len()) > self.pool.capacity() {
+                bail!(
+                    "prompt {i} ({} tokens, {} rollouts of up to {} new tokens) needs {} KV-cache blocks; the cache has {} (raise --kv-memory, or lower --n or --max-new-tokens)",
+                    p.len(),
+                    self.opts.n,
+                    self.opts.max_new_tokens,
+                    self.blocks_for(p.len()),
+                    self.pool.capacity()
+                );
+            }
+        }
+        let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();
+        let mut running: Vec<Seq> = Vec::new();
+        while !waiting.is_empty() || !running.is_empty() {
+            let admitted = self.admit(prompts, &mut waiting, running.len())?;
+            if !admitted.is_empty() {
+                let new = self.prefill(prompts, &admitted)?;
+                running.extend(new);
+            } else if running.is_empty() {
+                unreachable!("a prompt that fits an empty cache is always admitted");
+            } else {
+                self.decode_step(&mut running)?;
+            }
+            // Finished sequences leave at once; their slots go to waiting prompts next round.
+            let mut i = 0;
+            while i < running.len() {
+                if let Some(reason) = self.finished(&running[i], stopped, max_pos) {
+                    let s = running.swap_remove(i);
+                    self.pool.release(&s.blocks);
+                    self.pool.unreserve(s.reserved);
+                    done(Rollout {
+                        prompt_index: s.prompt,
+                        rollout_index: s.rollout,
+                        completion_ids: s.completion,
+                        logprobs: s.logprobs,
+                        finish_reason: reason,
+                    })?;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(
+        &self,
+        s: &Seq,
+        stopped: &mut dyn FnMut(&[u32]) -> bool,
+        max_pos: usize,
+    ) -> Option<FinishReason> {
+        if self.opts.eos.contains(&s.last_token()) {
+            Some(FinishReason::Eos)
+        } else if stopped(&s.completion) {
+            Some(FinishReason::Stop)
+        } else if s.completion.len() >= self.opts.max_new_tokens
+            || s.prompt_len + s.completion.len() >= max_pos
+        {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    /// Waiting prompts that fit now: batch slots for all their rollouts, their blocks, and the
+    /// prefill's token budget (the first always fits the budget).
+    fn admit(
+        &mut self,
+        prompts: &[Vec<u32>],
+        waiting: &mut VecDeque<usize>,
+        running: usize,
+    ) -> Result<Vec<usize>> {
+        let mut admitted: Vec<usize> = Vec::new();
+        let mut longest = 0;
+        while let Some(&p) = waiting.front() {
+            let len = prompts[p].len();
+            let slots = running + (admitted.len() + 1) * self.opts.n;
+            let padded = (admitted.len() + 1) * longest.max(len);
+            if slots > self.opts.max_batch
+                || self.blocks_for(len) > self.pool.available()
+                || (!admitted.is_empty() && padded > self.opts.prefill_tokens)
+            {
+                break;
+            }
+            self.pool.reserve(self.blocks_for(len))?;
+            longest = longest.max(len);
+            admitted.push(p);
+            waiting.pop_front();
+        }
+        Ok(admitted)
+    }
+
+    /// Prefills the admitted prompts and samples each rollout's first token.
+    fn prefill(&mut self, prompts: &[Vec<u32>], admitted: &[usize]) -> Result<Vec<Seq>> {
+        let (bs, n) = (self.opts.block_size, self.opts.n);
+        let seqs: Vec<Vec<u32>> = admitted.iter().map(|&p| prompts[p].clone()).collect();
+        let batch = Batch::right_padded(&seqs, self.model.cfg.pad_token_id.unwrap_or(0));
+        let t = batch.seq;
+        let mut slots: Vec<u32> = Vec::new();
+        let mut last: Vec<u32> = Vec::new();
+        let mut out = Vec::with_capacity(admitted.len() * n);
+        for (a, &p) in admitted.iter().enumerate() {
+            let len = prompts[p].len();
+            let reserve = private_blocks(len, self.opts.max_new_tokens, bs);
+            let shared: Vec<u32> = (0..len / bs).map(|_| self.pool.take(n as u32)).collect();
+            let mut rollouts: Vec<Seq> = (0..n)
+                .map(|r| Seq {
+                    prompt: p,
+                    rollout: r,
+                    prompt_len: len,
+                    blocks: shared.clone(),
+                    reserved: reserve,
+                    cached: len,
+                    completion: Vec::new(),
+                    logprobs: Vec::new(),
+                })
+                .collect();
+            for tok in 0..len {
+                let row = (a * t + tok) as u32;
+                let (blk, off) = (tok / bs, tok % bs);
+                if blk < shared.len() {
+                    slots.extend([row, (shared[blk] as usize * bs + off) as u32]);
+                    continue;
+                }
+                for s in rollouts.iter_mut() {
+                    if off == 0 {
+                        s.blocks.push(self.pool.take(1));
+                        s.reserved -= 1;
+                    }
+                    slots.extend([row, (s.blocks[blk] as usize * bs + off) as u32]);
+                }
+            }
+            for _ in 0..n {
+                let r = (last.len() / 2) as u32; // rollout rows in the order of `out`
+                last.extend([(a * t + len - 1) as u32, r]);
+            }
+            out.append(&mut rollouts);
+        }
+        let o = &self.model.backend;
+        let (slot_idx, last_idx) = (o.index(&slots)?, o.index(&last)?);
+        let logits = self.model.prefill(
+            &batch,
+            &mut self.cache,
+            SlotMap {
+                pairs: &slot_idx,
+                len: slots.len() / 2,
+            },
+            SlotMap {
+                pairs: &last_idx,
+                len: last.len() / 2,
+            },
+        )?;
+        self.stats.prefills += 1;
+        self.stats.prompt_tokens += admitted.iter().map(|&p| prompts[p].len()).sum::<usize>();
+        self.sample_into(&logits, &mut out)?;
+        Ok(out)
+    }
+
+    /// One token for every running sequence.
+    fn decode_step(&mut self, running: &mut [Seq]) -> Result<()> {
+        let bs = self.opts.block_size;
+        let b = running.len();
+        let mut ids = Vec::with_capacity(b);
+        let mut positions = Vec::with_capacity(b);
+        let mut slots = Vec::with_capacity(2 * b);
+        let mut lens = Vec::with_capacity(b);
+        for (i, s) in running.iter_mut().enumerate() {
+            let pos = s.cached;
+            if pos % bs == 0 {
+                s.blocks.push(self.pool.take(1));
+                s.reserved -= 1;
+            }
+            ids.push(s.last_token());
+            positions.push(pos as u32);
+            slots.extend([
+                i as u32,
+                (s.blocks[pos / bs] as usize * bs + pos % bs) as u32,
+            ]);
+            lens.push(pos as u32 + 1);
+            s.cached += 1;
+        }
+        let max_blocks = running.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
+        let mut table = vec![0u32; b * max_blocks];
+        for (i, s) in running.iter().enumerate() {
+            table[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
+        }
+        let batch = Batch {
+            batch: b,
+            seq: 1,
+            ids,
+            mask: vec![true; b],
+            positions,
+        };
+        let rows: Vec<u32> = (0..b as u32).flat_map(|i| [i, i]).collect();
+        let o = &self.model.backend;
+        let (slot_idx, table_idx, lens_idx, rows_idx) = (
+            o.index(&slots)?,
+            o.index(&table)?,
+            o.index(&lens)?,
+            o.index(&rows)?,
+        );
+        let logits = self.model.decode(
+            &batch,
+            &mut self.cache,
+            SlotMap {
+                pairs: &slot_idx,
+                len: b,
+            },
+            DecodeView {
+                block_table: &table_idx,
+                context_lens: &lens_idx,
+                max_blocks,
+            },
+            SlotMap {
+                pairs: &rows_idx,
+                len: b,
+            },
+        )?;
+        self.stats.decode_steps += 1;
+        self.stats.peak_batch = self.stats.peak_batch.max(b);
+        self.sample_into(&logits, running)
+    }
+
+    fn sample_into(&mut self, logits: &B::Acc, seqs: &mut [Seq]) -> Result<()> {
+        let uniforms: Vec<f32> = seqs
+            .iter()
+            .map(|s| {
+                draw_uniform(
+                    self.opts.seed,
+                    s.prompt as u64,
+                    s.rollout as u32,
+                    s.completion.len() as u32,
+                )
+            })
+            .collect();
+        let (ids, logprobs) = self.model.backend.sample(
+            logits,
+            &uniforms,
+            self.model.cfg.vocab_size,
+            self.opts.sampling,
+        )?;
+        for ((s, id), lp) in seqs.iter_mut().zip(ids).zip(logprobs) {
+            s.completion.push(id);
+            s.logprobs.push(lp);
+        }
+        self.stats.generated_tokens += seqs.len();
+        Ok(())
+    }
+}
