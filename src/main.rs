@@ -117,6 +117,9 @@ enum Command {
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
+    /// Completions for a JSONL file of prompts: paged KV cache, continuous batching, seeded
+    /// sampling; with --reward-model, rewards and best-of-N.
+    Generate(cmd::generate::GenerateArgs),
     /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
     Logprobs {
         /// An HF Llama folder (a causal LM, or a reward model with a scalar head).
@@ -261,6 +264,7 @@ fn run(command: Command) -> Result<()> {
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train)
         }
+        Command::Generate(args) => cmd::generate::run_generate(args).map(|_| ()),
         Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),
         Command::Info { kernels, device } => cmd::info::run_info(kernels, device),
         Command::Logprobs {

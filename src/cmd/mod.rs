@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod generate;
 pub mod info;
 pub mod init;
 pub mod logprobs;

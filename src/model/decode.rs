@@ -62,6 +62,26 @@ impl<B: Backend> Llama<B> {
         2 * self.cfg.num_hidden_layers * block_size * self.cfg.kv_dim() * bytes_per_value
     }
 
+    /// Logits [N, V] at every position by the training forward, with no cache: the reference
+    /// that decoding is checked against, and the bench's "recompute everything" baseline.
+    pub fn full_logits(&self, batch: &Batch) -> Result<B::Acc> {
+        let head = self
+            .layout
+            .lm_head
+            .as_ref()
+            .context("logits need an LM head; this checkpoint is a reward model")?;
+        let none = super::llama::Heads {
+            logp: false,
+            value: false,
+        };
+        let fwd = self.forward_heads(batch, none)?;
+        let (n, d, v) = (batch.tokens(), self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut logits = self.backend.acc(n * v)?;
+        self.backend
+            .lm_logits(&mut logits, fwd.hidden(), &self.params, head, n, d, v)?;
+        Ok(logits)
+    }
+
     /// Runs the prompts of `batch` (right-padded, positions from 0), writes their K/V rows to the
     /// cache by `slots`, and returns the LM head's f32 logits [R, V] at the rows `last`
     /// (pairs (batch row, r), usually each prompt's last real token).

@@ -47,6 +47,13 @@ pub struct Forward<B: Backend = Cpu> {
     heads: Heads,
 }
 
+impl<B: Backend> Forward<B> {
+    /// The final-normed hidden states [N, D] the heads read.
+    pub fn hidden(&self) -> &B::Act {
+        &self.h_f
+    }
+}
+
 /// Upstream gradients for the heads, each [N]; `None` means no gradient through that head.
 pub struct HeadGrads<'a, B: Backend = Cpu> {
     pub logp: Option<&'a B::Acc>,

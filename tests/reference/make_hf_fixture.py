@@ -3,6 +3,9 @@
 
     python3 tests/reference/make_hf_fixture.py --prefer target/release/prefer
 
+It also records transformers' greedy `generate` on a few prompts (expected_greedy.json), with
+the gap between the two largest logits at each step, so a divergence can be told from a tie.
+
 The config and tokenizer come from `prefer init --preset tiny`; the weights are transformers' own
 random init (seed 0, initializer_range 0.1 so log-probs are far from uniform), saved in bf16.
 """
@@ -40,4 +43,16 @@ with tempfile.TemporaryDirectory() as tmp:
     (out / "expected_logprobs.json").write_text(
         json.dumps({"input_ids": ids, "logprobs": logp.tolist(), "by": "transformers LlamaForCausalLM, f32"})
     )
+    greedy = []
+    for text in ["Hello", "The quick brown fox jumps over", "A prompt long enough to cross two cache blocks."]:
+        prompt = [cfg["bos_token_id"]] + list(text.encode())
+        with torch.no_grad():
+            out_ids = reloaded.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=40,
+                                        pad_token_id=cfg["pad_token_id"], output_scores=True,
+                                        return_dict_in_generate=True)
+        new = out_ids.sequences[0, len(prompt):].tolist()
+        gaps = [float((lambda t: t[0] - t[1])(torch.topk(s[0].float(), 2).values)) for s in out_ids.scores]
+        greedy.append({"prompt_ids": prompt, "completion_ids": new, "top2_gap": gaps})
+    (out / "expected_greedy.json").write_text(json.dumps(
+        {"greedy": greedy, "by": "transformers LlamaForCausalLM.generate(do_sample=False), f32"}))
 print("wrote", args.out)

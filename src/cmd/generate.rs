@@ -1,0 +1,469 @@
+//! `prefer generate`: completions for a JSONL file of prompts, on the rollout engine
+//! (src/generate/), with optional reward-model scores and best-of-N selection.
+
+use super::Device;
+use crate::data::chat_template::{ChatTemplate, Message};
+use crate::data::jsonl::read_jsonl;
+use crate::data::preference::Encoder;
+use crate::data::tokenizer::TextTokenizer;
+use crate::generate::stopping::{eos_ids, StopStrings};
+use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
+use crate::model::weights::load_checkpoint;
+use crate::model::{Backend, Batch, Heads, Llama};
+use crate::ops::cpu::SamplingParams;
+use crate::ops::cuda::backend::Cuda;
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Tokens per KV-cache block.
+pub const BLOCK_SIZE: usize = 16;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// The policy: an HF Llama folder with an LM head.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL of prompts: {"prompt": "..."} (rendered with the chat template), {"messages": [...]}
+    /// or {"prompt_ids": [...]}; other fields are copied to the output.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// JSONL written here, one line per completion.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep the smallest set of most likely tokens holding this probability (1: off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Keep the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Most tokens generated per completion.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Stop a completion when its text holds this string (repeatable); the text ends before it.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Seed of the sampling; a completion's tokens depend only on it, the prompt's index and the
+    /// completion's index.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Memory for the KV cache, e.g. 512M or 8G [default: what the batch can use, within 85% of
+    /// the GPU memory left after the weights].
+    #[arg(long)]
+    pub kv_memory: Option<String>,
+    /// A reward model (HF folder with a scalar head): each completion gets its "reward".
+    #[arg(long)]
+    pub reward_model: Option<PathBuf>,
+    /// Best-of-N: sample K completions per prompt and keep the one the reward model scores
+    /// highest (needs --reward-model; sets --n).
+    #[arg(long)]
+    pub best_of: Option<usize>,
+    /// cpu, cuda, emu (the software GPU) or auto.
+    #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+/// One prompt: its ids, and the input line's other fields.
+struct Prompt {
+    ids: Vec<u32>,
+    fields: Map<String, Value>,
+}
+
+/// What a run reports at the end.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GenerateSummary {
+    pub prompts: usize,
+    pub completions: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub prompts_per_s: f64,
+    pub mean_reward_best: Option<f64>,
+    pub mean_reward_first: Option<f64>,
+}
+
+impl GenerateArgs {
+    fn validate(&mut self) -> Result<()> {
+        if let Some(k) = self.best_of {
+            if k == 0 {
+                bail!("--best-of must be at least 1");
+            }
+            if self.reward_model.is_none() {
+                bail!("--best-of {k} keeps the completion a reward model scores highest: give --reward-model");
+            }
+            if self.n != 1 && self.n != k {
+                bail!(
+                    "--best-of {k} samples {k} completions per prompt; drop --n {}",
+                    self.n
+                );
+            }
+            self.n = k;
+        }
+        if self.n == 0 {
+            bail!("--n must be at least 1");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!(
+                "--temperature must be a finite number >= 0 (0 is greedy); got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1]; got {}", self.top_p);
+        }
+        if self.max_new_tokens == 0 || self.max_batch == 0 {
+            bail!("--max-new-tokens and --max-batch must be at least 1");
+        }
+        if self.stop.iter().any(String::is_empty) {
+            bail!("--stop takes a non-empty string");
+        }
+        Ok(())
+    }
+}
+
+/// "512M", "8G", "1.5G", "65536" (bytes).
+pub fn parse_bytes(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v > 0.0)
+        .with_context(|| format!("--kv-memory {s}: expected a size such as 512M or 8G"))?;
+    Ok((v * mult as f64) as usize)
+}
+
+fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
+    let vocab = enc.cfg.vocab_size;
+    let lines = read_jsonl::<Map<String, Value>>(path)?;
+    let mut out = Vec::with_capacity(lines.len());
+    for rec in lines {
+        let at = format!("{}:{}", path.display(), rec.line);
+        let mut fields = rec.value;
+        let ids = match (
+            fields.remove("prompt"),
+            fields.remove("messages"),
+            fields.remove("prompt_ids"),
+        ) {
+            (Some(Value::String(p)), None, None) => {
+                let turn = [Message {
+                    role: "user".into(),
+                    content: p.clone(),
+                }];
+                fields.insert("prompt".into(), Value::String(p));
+                enc.prompt_ids(&turn).with_context(|| at.clone())?
+            }
+            (None, Some(m), None) => {
+                let msgs: Vec<Message> = serde_json::from_value(m.clone()).map_err(|e| {
+                    anyhow::anyhow!("{at}: \"messages\" is not a list of {{role, content}}: {e}")
+                })?;
+                fields.insert("messages".into(), m);
+                enc.prompt_ids(&msgs).with_context(|| at.clone())?
+            }
+            (None, None, Some(ids)) => {
+                let ids: Vec<u32> = serde_json::from_value(ids.clone()).map_err(|e| {
+                    anyhow::anyhow!("{at}: \"prompt_ids\" must be a list of token ids: {e}")
+                })?;
+                fields.insert("prompt_ids".into(), serde_json::json!(ids));
+                ids
+            }
+            _ => bail!(
+                "{at}: expected exactly one of \"prompt\" (a string), \"messages\" or \"prompt_ids\""
+            ),
+        };
+        if ids.is_empty() {
+            bail!("{at}: the prompt is empty");
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("{at}: token id {id} is outside the model's vocabulary of {vocab}");
+        }
+        out.push(Prompt { ids, fields });
+    }
+    Ok(out)
+}
+
+pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
+    args.validate()?;
+    let (cfg, params) = load_checkpoint(&args.model)?;
+    let policy = Llama::new(cfg, params);
+    if policy.layout.lm_head.is_none() {
+        bail!(
+            "{} is a reward model (no LM head); generate needs a causal LM",
+            args.model.display()
+        );
+    }
+    let tokenizer = TextTokenizer::load(&args.model, &policy.cfg)?;
+    let template = ChatTemplate::for_model(&args.model)?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &policy.cfg,
+    };
+    let prompts = read_prompts(&args.prompts, &enc)?;
+    let mut eos = eos_ids(&args.model)?;
+    if eos.is_empty() {
+        eos.extend(policy.cfg.eos_token_id);
+    }
+    let reward = match &args.reward_model {
+        Some(dir) => {
+            let (rcfg, rparams) = load_checkpoint(dir)?;
+            let rm = Llama::new(rcfg, rparams);
+            if rm.layout.score.is_none() {
+                bail!(
+                    "{} has no scalar head (score.weight); it is not a reward model",
+                    dir.display()
+                );
+            }
+            if rm.cfg.vocab_size != policy.cfg.vocab_size {
+                bail!(
+                    "the reward model {} has a vocabulary of {}, the policy {}: they must share a tokenizer",
+                    dir.display(),
+                    rm.cfg.vocab_size,
+                    policy.cfg.vocab_size
+                );
+            }
+            Some(rm)
+        }
+        None => None,
+    };
+    let stops = StopStrings {
+        strings: args.stop.clone(),
+        tokenizer: &tokenizer,
+    };
+    let job = Job {
+        args: &args,
+        prompts: &prompts,
+        eos,
+        stops: &stops,
+    };
+    let (rollouts, rewards, stats, seconds) = match args.device.prepare()? {
+        Device::Cpu => job.run(&policy, reward.as_ref(), None)?,
+        Device::Cuda | Device::Emu => job.run_cuda(&policy, reward.as_ref())?,
+        Device::Auto => match Cuda::new() {
+            Ok(_) => job.run_cuda(&policy, reward.as_ref())?,
+            Err(_) => job.run(&policy, reward.as_ref(), None)?,
+        },
+    };
+    write_output(
+        &args,
+        &prompts,
+        &rollouts,
+        rewards.as_deref(),
+        &stops,
+        &tokenizer,
+    )?;
+
+    let mut summary = GenerateSummary {
+        prompts: prompts.len(),
+        completions: rollouts.len(),
+        generated_tokens: stats.generated_tokens,
+        seconds,
+        tokens_per_s: stats.generated_tokens as f64 / seconds.max(1e-9),
+        prompts_per_s: prompts.len() as f64 / seconds.max(1e-9),
+        ..Default::default()
+    };
+    eprintln!(
+        "{} prompts x {} -> {} completions, {} tokens in {:.2} s: {:.1} prompts/s, {:.0} generated tokens/s (no padding counted); wrote {}",
+        prompts.len(),
+        args.n,
+        rollouts.len(),
+        stats.generated_tokens,
+        seconds,
+        summary.prompts_per_s,
+        summary.tokens_per_s,
+        args.out.display()
+    );
+    if let Some(r) = &rewards {
+        let n = args.n;
+        let mean = |f: &dyn Fn(&[f32]) -> f32| {
+            r.chunks(n).map(|c| f(c) as f64).sum::<f64>() / prompts.len().max(1) as f64
+        };
+        let best = mean(&|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        let first = mean(&|c| c[0]);
+        summary.mean_reward_best = Some(best);
+        summary.mean_reward_first = Some(first);
+        eprintln!("mean reward: best of {n} {best:.4}, first completion {first:.4}");
+    }
+    Ok(summary)
+}
+
+struct Job<'a> {
+    args: &'a GenerateArgs,
+    prompts: &'a [Prompt],
+    eos: Vec<u32>,
+    stops: &'a StopStrings<'a>,
+}
+
+type JobResult = (Vec<Rollout>, Option<Vec<f32>>, EngineStats, f64);
+
+impl Job<'_> {
+    fn run_cuda(&self, policy: &Llama, reward: Option<&Llama>) -> Result<JobResult> {
+        let gpu = Cuda::new()?.upload_model(policy)?;
+        let rm = reward
+            .map(|r| Cuda::new().and_then(|c| c.upload_model(r)))
+            .transpose()?;
+        let free = cudarc::driver::result::mem_get_info()
+            .map(|(free, _)| free)
+            .ok();
+        self.run(&gpu, rm.as_ref(), free)
+    }
+
+    /// The engine on the policy's backend; rollouts in (prompt, rollout) order, and their rewards.
+    fn run<B: Backend>(
+        &self,
+        policy: &Llama<B>,
+        reward: Option<&Llama<B>>,
+        free_bytes: Option<usize>,
+    ) -> Result<JobResult> {
+        let a = self.args;
+        let bytes_per_value = if free_bytes.is_some() { 2 } else { 4 };
+        let block_bytes = policy.kv_block_bytes(BLOCK_SIZE, bytes_per_value);
+        let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
+        // Enough for a full batch of the longest prompts, within the memory there is.
+        let per_prompt = longest / BLOCK_SIZE
+            + a.n * (longest % BLOCK_SIZE + a.max_new_tokens).div_ceil(BLOCK_SIZE);
+        let mut blocks = per_prompt * a.max_batch.div_ceil(a.n);
+        if let Some(free) = free_bytes {
+            blocks = blocks.min(free / 100 * 85 / block_bytes);
+        }
+        if let Some(mem) = &a.kv_memory {
+            blocks = parse_bytes(mem)? / block_bytes;
+        }
+        let opts = EngineOptions {
+            n: a.n,
+            sampling: SamplingParams {
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
+            },
+            max_new_tokens: a.max_new_tokens,
+            seed: a.seed,
+            max_batch: a.max_batch,
+            block_size: BLOCK_SIZE,
+            kv_blocks: blocks.max(1),
+            eos: self.eos.clone(),
+            prefill_tokens: 8192,
+        };
+        let mut engine = Engine::new(policy, opts)?;
+        let total = self.prompts.len() * a.n;
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} completions [{elapsed}<{eta}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        let ids: Vec<Vec<u32>> = self.prompts.iter().map(|p| p.ids.clone()).collect();
+        let mut slots: Vec<Option<Rollout>> = vec![None; total];
+        let t0 = Instant::now();
+        engine.run(&ids, &mut |c| self.stops.hit(c), &mut |r| {
+            bar.inc(1);
+            let i = r.prompt_index * a.n + r.rollout_index;
+            slots[i] = Some(r);
+            Ok(())
+        })?;
+        let seconds = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let rollouts: Vec<Rollout> = slots
+            .into_iter()
+            .map(|r| r.expect("the engine finishes every rollout"))
+            .collect();
+        let rewards = reward
+            .map(|rm| score(rm, &ids, &rollouts, a.n))
+            .transpose()?;
+        Ok((rollouts, rewards, engine.stats, seconds))
+    }
+}
+
+/// The reward model's score of prompt + completion, for every rollout.
+fn score<B: Backend>(
+    rm: &Llama<B>,
+    prompts: &[Vec<u32>],
+    rollouts: &[Rollout],
+    n: usize,
+) -> Result<Vec<f32>> {
+    let pad = rm.cfg.pad_token_id;
+    let mut out = Vec::with_capacity(rollouts.len());
+    for chunk in rollouts.chunks(8) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| [prompts[r.prompt_index].as_slice(), &r.completion_ids].concat())
+            .collect();
+        let batch = Batch::right_padded(&seqs, pad.unwrap_or(0));
+        let f = rm.forward_heads(&batch, Heads::VALUE)?;
+        let value = rm.backend.to_host(&f.value)?;
+        for (b, s) in seqs.iter().enumerate() {
+            out.push(value[batch.reward_position(b, s.len(), pad)]);
+        }
+    }
+    debug_assert_eq!(out.len(), prompts.len() * n);
+    Ok(out)
+}
+
+fn write_output(
+    args: &GenerateArgs,
+    prompts: &[Prompt],
+    rollouts: &[Rollout],
+    rewards: Option<&[f32]>,
+    stops: &StopStrings,
+    tokenizer: &TextTokenizer,
+) -> Result<()> {
+    let out = &args.out;
+    let tmp = out.with_extension("jsonl.tmp");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for (p, prompt) in prompts.iter().enumerate() {
+        let group = &rollouts[p * args.n..(p + 1) * args.n];
+        let keep: Vec<usize> = match (args.best_of, rewards) {
+            (Some(_), Some(r)) => {
+                let r = &r[p * args.n..(p + 1) * args.n];
+                // The first of equal best rewards.
+                let best = (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+                vec![best]
+            }
+            _ => (0..args.n).collect(),
+        };
+        for i in keep {
+            let r = &group[i];
+            let mut text = tokenizer.decode_generated(&r.completion_ids)?;
+            if let Some(cut) = stops.find(&text) {
+                text.truncate(cut);
+            }
+            let mut line = prompt.fields.clone();
+            line.insert("prompt_index".into(), r.prompt_index.into());
+            line.insert("rollout_index".into(), r.rollout_index.into());
+            line.insert("text".into(), text.into());
+            line.insert("completion_ids".into(), serde_json::json!(r.completion_ids));
+            line.insert("logprobs".into(), serde_json::json!(r.logprobs));
+            line.insert(
+                "finish_reason".into(),
+                serde_json::to_value(r.finish_reason)?,
+            );
+            if let Some(rw) = rewards {
+                line.insert("reward".into(), rw[p * args.n + i].into());
+            }
+            writeln!(w, "{}", Value::Object(line))?;
+        }
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
