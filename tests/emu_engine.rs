@@ -270,3 +270,59 @@ fn a_checkpoint_transformers_wrote_gives_its_logprobs_on_cpu_and_software_gpu() 
     assert!(worst(&cpu) < 1e-4, "cpu vs transformers: {}", worst(&cpu));
     assert!(worst(&emu) < 0.05, "emu vs transformers: {}", worst(&emu));
 }
+
+/// `prefer generate` on the software GPU: every prompt × n once, with finite log-probs, and a
+/// seeded rollout that keeps its tokens when --max-batch changes (the kernels' per-row results do
+/// not depend on the batch).
+#[test]
+fn generate_on_the_software_gpu_ignores_the_batch_size() {
+    if !emu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    init_tiny(&base, Some(0.2));
+    let prompts = dir.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt_ids\": [256, 72, 105]}\n{\"prompt\": \"a longer prompt, past one cache block\"}\n{\"prompt_ids\": [256]}\n",
+    )
+    .unwrap();
+    let run = |max_batch: &str, out: &str| -> Vec<serde_json::Value> {
+        let out = dir.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_prefer"))
+            .args([
+                "generate",
+                "--device",
+                "emu",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "12",
+            ])
+            .args(["--top-k", "20", "--top-p", "0.9", "--max-batch", max_batch])
+            .arg("--model")
+            .arg(&base)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (wide, narrow) = (run("8", "wide.jsonl"), run("2", "narrow.jsonl"));
+    assert_eq!(wide.len(), 6);
+    for (a, b) in wide.iter().zip(&narrow) {
+        assert_eq!(a["completion_ids"], b["completion_ids"]);
+        for lp in a["logprobs"].as_array().unwrap() {
+            let lp = lp.as_f64().unwrap();
+            assert!(lp.is_finite() && lp <= 0.0, "{lp}");
+        }
+    }
+}

@@ -27,9 +27,9 @@ pub struct CheckRow {
 
 /// Tolerance for outputs stored in bf16 (2⁻⁸ relative spacing) after f32 accumulation whose order
 /// differs from the CPU's: 1e-2 of the tensor's scale leaves 2.5× margin over one rounding.
-const TOL_BF16: f32 = 1e-2;
+pub(super) const TOL_BF16: f32 = 1e-2;
 /// Tolerance for f32 outputs of bf16 inputs: only the summation order differs.
-const TOL_F32: f32 = 1e-4;
+pub(super) const TOL_F32: f32 = 1e-4;
 
 /// Runs every check whose op name contains `filter` (all without one).
 pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow>> {
@@ -107,6 +107,9 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
             rows.extend(check_model(preset, layers)?);
         }
     }
+    if wants("copy_rows") || wants("decode_attention") || wants("sample") || wants("generate") {
+        rows.extend(super::check_decode::run_decode_checks(eng, &wants)?);
+    }
     if wants("adamw") {
         for n in [1usize, 100_003] {
             rows.extend(check_adamw(eng, n)?);
@@ -139,10 +142,10 @@ pub fn print_table(rows: &[CheckRow]) -> bool {
 }
 
 /// A small deterministic generator: the same inputs on every machine.
-struct Lcg(u64);
+pub(super) struct Lcg(pub(super) u64);
 
 impl Lcg {
-    fn uniform(&mut self) -> f32 {
+    pub(super) fn uniform(&mut self) -> f32 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -150,22 +153,29 @@ impl Lcg {
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     /// Values in [-scale, scale), rounded to bf16.
-    fn bf16s(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    pub(super) fn bf16s(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| bf16::from_f32(self.uniform() * scale).to_f32())
             .collect()
     }
 }
 
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
+pub(super) fn to_bf16(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
-fn down_bf16(eng: &CudaEngine, d: &CudaSlice<bf16>) -> Result<Vec<f32>> {
+pub(super) fn down_bf16(eng: &CudaEngine, d: &CudaSlice<bf16>) -> Result<Vec<f32>> {
     Ok(eng.download(d)?.iter().map(|x| x.to_f32()).collect())
 }
 
-fn compare(op: &str, shape: &str, gpu: &[f32], cpu: &[f32], tol: f32, gpu_ms: f64) -> CheckRow {
+pub(super) fn compare(
+    op: &str,
+    shape: &str,
+    gpu: &[f32],
+    cpu: &[f32],
+    tol: f32,
+    gpu_ms: f64,
+) -> CheckRow {
     let scale = cpu.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
     let max_abs = gpu
         .iter()
@@ -186,7 +196,11 @@ fn compare(op: &str, shape: &str, gpu: &[f32], cpu: &[f32], tol: f32, gpu_ms: f6
 
 /// Runs `launch` twice (a warm-up, then timed) and returns the second run's milliseconds. Each
 /// launch must reset what it accumulates into, so both runs leave the same result.
-fn timed(eng: &CudaEngine, op: &str, mut launch: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn timed(
+    eng: &CudaEngine,
+    op: &str,
+    mut launch: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     launch()?;
     eng.synchronize(op)?;
     let t0 = Instant::now();

@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod check;
+mod check_decode;
 pub mod cpu;
 pub mod cuda;
