@@ -265,6 +265,14 @@ static void emu_call(void (*f)(A...), void** p, std::index_sequence<I...>) {
 }
 template <typename... A>
 static void emu_call(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequence_for<A...>{}); }
+template <typename... A>
+struct EmuArgSizes {
+    static constexpr size_t sizes[sizeof...(A) + 1] = {sizeof(std::remove_cv_t<std::remove_reference_t<A>>)..., 0};
+};
+template <typename... A>
+static constexpr const size_t* emu_arg_sizes(void (*)(A...)) { return EmuArgSizes<A...>::sizes; }
+template <typename... A>
+static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
 "#;
         for (ty, name) in &shared {
             unit += &format!(
@@ -273,7 +281,7 @@ static void emu_call(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequ
         }
         unit += "static const emu::Kernel emu_kernels[] = {\n";
         for k in &kernels {
-            unit += &format!("    {{\"{k}\", [](void** p) {{ emu_call(&{k}, p); }}}},\n");
+            unit += &format!("    {{\"{k}\", [](void** p) {{ emu_call(&{k}, p); }}, emu_arg_sizes(&{k}), emu_arg_count(&{k})}},\n");
         }
         unit += "};\n";
         unit += "extern \"C\" __attribute__((no_sanitize(\"thread\"))) const emu::Kernel* emu_kernel_table(size_t* n) {\n    *n = sizeof emu_kernels / sizeof emu_kernels[0];\n    return emu_kernels;\n}\n";
@@ -316,7 +324,9 @@ static void emu_call(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequ
         run(&mut c)?;
 
         let mut objects = vec![kernels_obj];
-        for name in ["fiber", "launch", "race", "fault", "memory", "driver"] {
+        for name in [
+            "fiber", "launch", "race", "fault", "memory", "driver", "graph",
+        ] {
             let src = emu.join("runtime").join(format!("{name}.cpp"));
             let obj = out.join(format!("emu_{name}.o"));
             let mut c = Command::new(cxx());

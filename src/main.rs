@@ -87,7 +87,7 @@ enum Command {
     /// Time the kernels at the shapes of the project's GPU targets (kernels), a training step
     /// (train) or a DPO step (dpo).
     Bench {
-        /// kernels, train (T1/T2) or dpo (T3)
+        /// kernels, train (T1/T2), dpo (T3) or generate (T4/T5; on the CPU too)
         what: String,
         /// Also write the results as JSON here.
         #[arg(long)]
@@ -95,16 +95,23 @@ enum Command {
         /// train/dpo: the model preset.
         #[arg(long, default_value = "llama-1b")]
         preset: String,
-        /// train: sequences per step; dpo: pairs per step.
+        /// train: sequences per step; dpo: pairs per step; generate: prompts decoded together.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// generate: tokens per prompt.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// generate: new tokens per prompt.
+        #[arg(long, default_value_t = 256)]
+        new: usize,
         /// train: tokens per sequence.
         #[arg(long, default_value_t = 1024)]
         seq: usize,
         /// train: timed steps (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         steps: usize,
-        /// cuda (or auto) on a GPU; emu on the software GPU, which times the CPU, not a GPU.
+        /// cuda (or auto) on a GPU; emu on the software GPU, which times the CPU, not a GPU;
+        /// generate also runs on cpu.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
@@ -254,15 +261,24 @@ fn run(command: Command) -> Result<()> {
             seq,
             steps,
             device,
+            prompt_len,
+            new,
         } => {
             device.prepare()?;
+            let generate = cmd::bench_generate::GenerateBenchArgs {
+                preset: preset.clone(),
+                batch,
+                prompt_len,
+                new_tokens: new,
+                device,
+            };
             let train = cmd::bench::TrainBenchArgs {
                 preset,
                 batch,
                 seq,
                 steps,
             };
-            cmd::bench::run_bench(&what, json.as_deref(), &train)
+            cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }
         Command::Generate(args) => cmd::generate::run_generate(args).map(|_| ()),
         Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),

@@ -650,3 +650,81 @@ fn cublaslt_strided_batches_match_a_triple_loop() {
         );
     }
 }
+
+#[test]
+fn a_captured_graph_replays_launches_memsets_and_matmuls_with_their_captured_values() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let Some((eng, _g)) = engine() else { return };
+    let n = 37usize;
+    let mut y = eng.upload(&vec![1.0f32; n]).unwrap();
+    let mut z = eng.upload(&vec![5.0f32; n]).unwrap();
+    let add = eng.function("emu_test_add").unwrap();
+    // A 2x3 · 3x2 product through the cuBLASLt stand-in, inside the same capture.
+    let gemm = Gemm::new(eng).unwrap();
+    let a = eng
+        .upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].map(bf16::from_f32))
+        .unwrap();
+    let b = eng
+        .upload(&[1.0f32, 0.0, 1.0, 0.0, 1.0, 1.0].map(bf16::from_f32))
+        .unwrap();
+    let mut c = eng.zeros::<f32>(4).unwrap();
+    let shape = GemmShape {
+        transa: false,
+        transb: false,
+        m: 2,
+        n: 2,
+        k: 3,
+        lda: 2,
+        ldb: 3,
+        ldc: 2,
+        c_f32: true,
+    };
+    gemm.gemm(eng, shape, 1.0, &a, &b, 0.0, &mut c, "warm-up")
+        .unwrap();
+    eng.zero(&mut c).unwrap();
+    let before = prefer::emu::counters().unwrap();
+
+    eng.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+        .unwrap();
+    let mut v = 1.5f32;
+    let ni = n as i32;
+    let mut l = eng.stream.launch_builder(&add);
+    l.arg(&mut y).arg(&v).arg(&ni);
+    // SAFETY: emu_test_add(float*, float, int).
+    unsafe { l.launch(cfg(1, 64, 0)) }.unwrap();
+    v = 100.0; // changed after the launch was captured: the graph keeps 1.5
+    let _ = v;
+    eng.stream.memset_zeros(&mut z).unwrap();
+    gemm.gemm(eng, shape, 2.0, &a, &b, 0.0, &mut c, "captured")
+        .unwrap();
+    // What CUDA refuses during capture is refused, by name.
+    let refused = eng.stream.memcpy_htod(&[9.0f32], &mut z.slice_mut(0..1));
+    let err = format!("{:?}", refused.unwrap_err());
+    assert!(
+        err.contains("CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"),
+        "{err}"
+    );
+    let graph = eng
+        .stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("a graph");
+    // Capture ran nothing.
+    assert_eq!(eng.download(&y).unwrap(), vec![1.0; n]);
+    assert_eq!(eng.download(&z).unwrap(), vec![5.0; n]);
+    assert_eq!(eng.download(&c).unwrap(), vec![0.0; 4]);
+
+    graph.launch().unwrap();
+    graph.launch().unwrap();
+    assert_eq!(eng.download(&y).unwrap(), vec![4.0; n], "1 + 2 × 1.5");
+    assert_eq!(eng.download(&z).unwrap(), vec![0.0; n]);
+    // A (2x3, column-major [[1,3,5],[2,4,6]]) times B (3x2 [[1,0],[0,1],[1,1]]), times alpha 2.
+    assert_eq!(eng.download(&c).unwrap(), vec![12.0, 16.0, 16.0, 20.0]);
+    let after = prefer::emu::counters().unwrap();
+    assert_eq!(
+        after.launches - before.launches,
+        2,
+        "one kernel node, replayed twice"
+    );
+}

@@ -387,7 +387,10 @@ fn data_files_a_user_might_hand_over() {
 #[test]
 fn commands_share_their_flags_and_name_what_they_accept() {
     let o = prefer().args(["bench", "foo"]).output().unwrap();
-    assert_stderr_has(&o, "unknown benchmark \"foo\" (kernels, train, dpo)");
+    assert_stderr_has(
+        &o,
+        "unknown benchmark \"foo\" (kernels, train, dpo, generate)",
+    );
     let o = prefer().args(["eval-rm", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("--device"), "{help}");

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -287,6 +288,52 @@ static void plain_sgemm(size_t m, size_t k, size_t n, const float* a, ptrdiff_t 
         }
 }
 
+/// One matmul with everything it reads copied, so that it can run now or later (a graph node).
+struct MatmulJob {
+    uint64_t m, n, k;
+    int transa, transb;
+    Layout la, lb, lc, ld;
+    const void *A, *B, *C;
+    void* D;
+    float alpha, beta;
+};
+
+static void drop_job(void* p) { delete (MatmulJob*)p; }
+
+static int run_job(void* p) {
+    const MatmulJob& j = *(const MatmulJob*)p;
+    const uint64_t m = j.m, n = j.n, k = j.k;
+    const Layout *la = &j.la, *lb = &j.lb, *lc = &j.lc, *ld = &j.ld;
+    const float alpha = j.alpha, beta = j.beta;
+    // A, B in f32 at their own column-major indices; the sgemm reads op(A) and op(B) by strides.
+    std::vector<float> a32, b32, c32(m * n);
+    const Sgemm sgemm = registered_sgemm ? registered_sgemm : plain_sgemm;
+    const size_t ea = type_bytes(la->type), ec = type_bytes(lc->type);
+    const ptrdiff_t lda = la->ld, ldb = lb->ld;
+    for (int batch = 0; batch < la->batch; ++batch) {
+        const uint8_t* a = (const uint8_t*)j.A + (size_t)batch * la->batch_stride * ea;
+        const uint8_t* b = (const uint8_t*)j.B + (size_t)batch * lb->batch_stride * ea;
+        const uint8_t* c = (const uint8_t*)j.C + (size_t)batch * lc->batch_stride * ec;
+        uint8_t* dst = (uint8_t*)j.D + (size_t)batch * ld->batch_stride * ec;
+        to_f32(a, *la, a32);
+        to_f32(b, *lb, b32);
+        if (k > 0) {
+            sgemm(m, k, n, a32.data(), j.transa ? lda : 1, j.transa ? 1 : lda, b32.data(), j.transb ? ldb : 1,
+                  j.transb ? 1 : ldb, c32.data(), 1, (ptrdiff_t)m);
+        } else {
+            std::fill(c32.begin(), c32.end(), 0.0f);
+        }
+        for (uint64_t jj = 0; jj < n; ++jj)
+            for (uint64_t i = 0; i < m; ++i) {
+                float v = alpha * c32[i + jj * m];
+                // beta == 0 never reads C, as cuBLAS documents: C may hold NaN.
+                if (beta != 0.0f) v += beta * load(c, lc->type, i + jj * lc->ld);
+                store(dst, ld->type, i + jj * ld->ld, v);
+            }
+    }
+    return kSuccess;
+}
+
 cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, const void* A, Layout* la,
                               const void* B, Layout* lb, const void* beta_p, const void* C, Layout* lc, void* D,
                               Layout* ld, const Algo*, void*, size_t, void*) {
@@ -297,37 +344,17 @@ cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, con
         return refuse(kNotSupported, "C and D in different buffers must share a layout");
     for (auto [name, p, l] : {std::tuple{"A", A, la}, {"B", B, lb}, {"C", C, lc}, {"D", (const void*)D, ld}})
         if (cublasStatus_t s = check_buffer(name, p, *l)) return s;
-    float alpha, beta;
-    memcpy(&alpha, alpha_p, 4);
-    memcpy(&beta, beta_p, 4);
-
-    // A, B in f32 at their own column-major indices; the sgemm reads op(A) and op(B) by strides.
-    std::vector<float> a32, b32, c32(m * n);
-    const Sgemm sgemm = registered_sgemm ? registered_sgemm : plain_sgemm;
-    const size_t ea = type_bytes(la->type), ec = type_bytes(lc->type);
-    const ptrdiff_t lda = la->ld, ldb = lb->ld;
-    for (int batch = 0; batch < la->batch; ++batch) {
-        const uint8_t* a = (const uint8_t*)A + (size_t)batch * la->batch_stride * ea;
-        const uint8_t* b = (const uint8_t*)B + (size_t)batch * lb->batch_stride * ea;
-        const uint8_t* c = (const uint8_t*)C + (size_t)batch * lc->batch_stride * ec;
-        uint8_t* dst = (uint8_t*)D + (size_t)batch * ld->batch_stride * ec;
-        to_f32(a, *la, a32);
-        to_f32(b, *lb, b32);
-        if (k > 0) {
-            sgemm(m, k, n, a32.data(), d->transa ? lda : 1, d->transa ? 1 : lda, b32.data(), d->transb ? ldb : 1,
-                  d->transb ? 1 : ldb, c32.data(), 1, (ptrdiff_t)m);
-        } else {
-            std::fill(c32.begin(), c32.end(), 0.0f);
-        }
-        for (uint64_t j = 0; j < n; ++j)
-            for (uint64_t i = 0; i < m; ++i) {
-                float v = alpha * c32[i + j * m];
-                // beta == 0 never reads C, as cuBLAS documents: C may hold NaN.
-                if (beta != 0.0f) v += beta * load(c, lc->type, i + j * lc->ld);
-                store(dst, ld->type, i + j * ld->ld, v);
-            }
-    }
-    return kSuccess;
+    auto* job = new MatmulJob{m, n, k, d->transa, d->transb, *la, *lb, *lc, *ld, A, B, C, D, 0.0f, 0.0f};
+    memcpy(&job->alpha, alpha_p, 4);
+    memcpy(&job->beta, beta_p, 4);
+    // Inside a stream capture the product becomes a node of the graph (libcuda's stand-in records
+    // it), with the scalars and layouts as they are now, as a captured cuBLASLt kernel bakes them.
+    using CaptureHost = int (*)(int (*)(void*), void*, void (*)(void*));
+    static const CaptureHost capture = (CaptureHost)dlsym(RTLD_DEFAULT, "prefer_emu_capture_host");
+    if (capture && capture(run_job, job, drop_job)) return kSuccess;
+    const int status = run_job(job);
+    drop_job(job);
+    return status;
 }
 
 }  // extern "C"

@@ -48,6 +48,8 @@ static const char* generic_error(int code) {
         case kIllegalAddress: return "an illegal memory access was encountered";
         case kLaunchFailed: return "unspecified launch failure";
         case kNotSupported: return "operation not supported";
+        case 900: return "operation not permitted when stream is capturing";
+        case 901: return "operation failed due to a previous error during capture";
         default: return "unknown error";
     }
 }
@@ -219,6 +221,7 @@ CUresult cuCtxGetDevice(CUdevice* dev) {
     return 0;
 }
 CUresult cuCtxSynchronize() {
+    if (CUresult r = refuse_in_capture("cuCtxSynchronize")) return r;
     ++n_syncs;
     return 0;
 }
@@ -234,6 +237,7 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
 }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* out, size_t bytes) {
+    if (CUresult r = refuse_in_capture("a memory allocation")) return r;
     ++n_allocs;
     uintptr_t p = 0;
     const int r = emu_mem_alloc(&p, bytes);
@@ -242,6 +246,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr* out, size_t bytes) {
 }
 CUresult cuMemAllocAsync(CUdeviceptr* out, size_t bytes, CUstream) { return cuMemAlloc_v2(out, bytes); }
 CUresult cuMemFree_v2(CUdeviceptr p) {
+    if (CUresult r = refuse_in_capture("freeing memory")) return r;
     ++n_frees;
     return emu_mem_free(p);
 }
@@ -258,16 +263,29 @@ CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
     memset((void*)dst, v, n);
     return 0;
 }
-CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(dst, v, n); }
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) {
+    if (capturing()) {
+        capture_node([=]() { return cuMemsetD8_v2(dst, v, n); });
+        return 0;
+    }
+    return cuMemsetD8_v2(dst, v, n);
+}
 CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned int v, size_t n) {
     if (CUresult r = check_range("cuMemsetD32", dst, n * 4)) return r;
     uint32_t* p = (uint32_t*)dst;
     for (size_t i = 0; i < n; ++i) p[i] = v;
     return 0;
 }
-CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream) { return cuMemsetD32_v2(dst, v, n); }
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream) {
+    if (capturing()) {
+        capture_node([=]() { return cuMemsetD32_v2(dst, v, n); });
+        return 0;
+    }
+    return cuMemsetD32_v2(dst, v, n);
+}
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
     ++n_htod;
     if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
     memcpy((void*)dst, src, bytes);
@@ -277,6 +295,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CU
     return cuMemcpyHtoD_v2(dst, src, bytes);
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    if (CUresult r = refuse_in_capture("a copy to host memory")) return r;
     ++n_dtoh;
     if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
     memcpy(dst, (const void*)src, bytes);
@@ -292,6 +311,10 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
     return 0;
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream) {
+    if (capturing()) {
+        capture_node([=]() { return cuMemcpyDtoD_v2(dst, src, bytes); });
+        return 0;
+    }
     return cuMemcpyDtoD_v2(dst, src, bytes);
 }
 
@@ -351,7 +374,6 @@ CUresult cuFuncSetCacheConfig(CUfunction, int) { return 0; }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared, CUstream, void** params, void** extra) {
-    ++n_launches;
     const char* name = f->kernel->name;
     if (extra) return fail(kNotSupported, format("kernel %s: launch parameters through `extra` are not modelled", name));
     const uint64_t threads = (uint64_t)bx * by * bz;
@@ -369,6 +391,28 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
                            "with cuFuncSetAttribute, at most %zu)",
                            name, shared, f->max_dynamic_shared, kMaxDynamicShared));
     if (!params) return fail(kInvalidValue, format("kernel %s: no kernel parameters", name));
+    if (capturing()) {
+        // The parameter values as they are now, each in its own 8-byte-aligned slot.
+        const Kernel* k = f->kernel;
+        std::vector<size_t> offsets;
+        size_t total = 0;
+        for (size_t i = 0; i < k->arg_count; ++i) {
+            offsets.push_back(total);
+            total += (k->arg_sizes[i] + 7) / 8 * 8;
+        }
+        auto values = std::make_shared<std::vector<uint64_t>>(total / 8 + 1);
+        for (size_t i = 0; i < k->arg_count; ++i)
+            memcpy((uint8_t*)values->data() + offsets[i], params[i], k->arg_sizes[i]);
+        const dim3 grid{gx, gy, gz}, block{bx, by, bz};
+        capture_node([k, grid, block, shared, values, offsets]() {
+            std::vector<void*> ptrs;
+            for (size_t off : offsets) ptrs.push_back((uint8_t*)values->data() + off);
+            ++n_launches;
+            return launch_kernel(k, grid, block, shared, ptrs.data());
+        });
+        return 0;
+    }
+    ++n_launches;
     return launch_kernel(f->kernel, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared, params);
 }
 
@@ -385,15 +429,12 @@ CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) {
 }
 CUresult cuStreamDestroy_v2(CUstream) { return 0; }
 CUresult cuStreamSynchronize(CUstream) {
+    if (CUresult r = refuse_in_capture("cuStreamSynchronize")) return r;
     ++n_syncs;
     return 0;
 }
 CUresult cuStreamQuery(CUstream) { return 0; }
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return 0; }
-CUresult cuStreamIsCapturing(CUstream, int* status) {
-    *status = 0;
-    return 0;
-}
 
 CUresult cuEventCreate(CUevent* e, unsigned) {
     *e = new EmuEvent{0.0};

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -25,6 +27,8 @@ namespace emu {
 struct Kernel {
     const char* name;
     void (*invoke)(void** params);  // calls the kernel with its real C++ signature
+    const size_t* arg_sizes;         // sizeof each parameter, so a captured launch can copy them
+    size_t arg_count;
 };
 
 extern "C" const Kernel* emu_kernel_table(size_t* count);
@@ -158,6 +162,12 @@ void install_fault_handler();
 void register_worker(Worker* w);
 void prepare_worker_signals(Worker& w);
 std::string describe_fault(Worker& w);
+
+// graph.cpp: stream capture. While a capture is open, stream work is recorded as nodes that
+// cuGraphLaunch replays in order; work that cannot be captured is refused, as CUDA refuses it.
+bool capturing();
+void capture_node(std::function<int()> node);
+int refuse_in_capture(const char* op);  // 0 when no capture is open, else the error code
 
 // memory.cpp
 std::string describe_address(uintptr_t addr);

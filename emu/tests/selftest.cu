@@ -136,3 +136,9 @@ extern "C" __global__ void emu_test_last_writer(int* out) {
     __syncthreads();
     if (threadIdx.x == 0) out[blockIdx.x] = winner;
 }
+
+// y[i] += v, for the graph tests: a parameter value that capture must copy.
+extern "C" __global__ void emu_test_add(float* y, float v, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += v;
+}

@@ -1,6 +1,7 @@
 //! `prefer bench`: kernel throughput at the targets' shapes (`kernels`), and a whole training step
 //! (`train`: forward, backward and AdamW) with tokens/s, MFU and peak memory.
 
+use super::bench_generate::{bench_generate, GenerateBenchArgs};
 use crate::model::init::init_params;
 use crate::model::{Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::bench::{print_bench, run_kernel_benches};
@@ -19,9 +20,21 @@ pub struct TrainBenchArgs {
     pub steps: usize,
 }
 
-pub fn run_bench(what: &str, json: Option<&Path>, train: &TrainBenchArgs) -> Result<()> {
-    if !matches!(what, "kernels" | "train" | "dpo") {
-        bail!("unknown benchmark {what:?} (kernels, train, dpo)");
+pub fn run_bench(
+    what: &str,
+    json: Option<&Path>,
+    train: &TrainBenchArgs,
+    generate: &GenerateBenchArgs,
+) -> Result<()> {
+    if !matches!(what, "kernels" | "train" | "dpo" | "generate") {
+        bail!("unknown benchmark {what:?} (kernels, train, dpo, generate)");
+    }
+    if what == "generate" {
+        let doc = bench_generate(generate)?;
+        if let Some(path) = json {
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        }
+        return Ok(());
     }
     let gpu = probe_gpu()?.name;
     let doc = match what {

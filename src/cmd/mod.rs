@@ -1,6 +1,7 @@
 //! The commands behind the CLI, one file each. `main.rs` only parses arguments.
 
 pub mod bench;
+pub mod bench_generate;
 pub mod check;
 pub mod demo;
 pub mod generate;

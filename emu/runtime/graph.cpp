@@ -1,0 +1,116 @@
+// Stream capture and CUDA graphs on the CPU. cuStreamBeginCapture opens a recording: kernel
+// launches (with a copy of their parameter values, as CUDA bakes them into the graph), memsets,
+// device-to-device copies and the cuBLASLt stand-in's matmuls become nodes instead of running.
+// cuStreamEndCapture hands the nodes over as a graph; cuGraphLaunch replays them in order, each
+// launch counted and checked as an eager one is. What CUDA refuses during capture (host copies,
+// allocations, synchronisation) is refused here too, with the operation named.
+#include "runtime.h"
+
+namespace emu {
+
+constexpr int kStreamCaptureUnsupported = 900, kStreamCaptureInvalidated = 901;
+
+struct Graph {
+    std::vector<std::function<int()>> nodes;
+};
+
+namespace {
+std::mutex capture_lock;
+Graph* open_capture = nullptr;
+}  // namespace
+
+bool capturing() {
+    std::lock_guard<std::mutex> g(capture_lock);
+    return open_capture != nullptr;
+}
+
+void capture_node(std::function<int()> node) {
+    std::lock_guard<std::mutex> g(capture_lock);
+    open_capture->nodes.push_back(std::move(node));
+}
+
+int refuse_in_capture(const char* op) {
+    if (!capturing()) return 0;
+    set_error(kStreamCaptureUnsupported,
+              format("%s is not permitted while a stream is being captured into a CUDA graph (do it before "
+                     "cuStreamBeginCapture, or replay it from device memory)",
+                     op));
+    return kStreamCaptureUnsupported;
+}
+
+}  // namespace emu
+
+using namespace emu;
+
+typedef int CUresult;
+typedef void* CUstream;
+typedef Graph* CUgraph;
+struct GraphExec {
+    Graph graph;
+};
+typedef GraphExec* CUgraphExec;
+
+extern "C" {
+
+CUresult cuStreamBeginCapture_v2(CUstream, int) {
+    std::lock_guard<std::mutex> g(capture_lock);
+    if (open_capture) {
+        set_error(kStreamCaptureUnsupported, "cuStreamBeginCapture: a capture is already open");
+        return kStreamCaptureUnsupported;
+    }
+    open_capture = new Graph{};
+    return 0;
+}
+
+CUresult cuStreamEndCapture(CUstream, CUgraph* out) {
+    std::lock_guard<std::mutex> g(capture_lock);
+    if (!open_capture) {
+        set_error(kStreamCaptureInvalidated, "cuStreamEndCapture: no capture is open");
+        return kStreamCaptureInvalidated;
+    }
+    *out = open_capture;
+    open_capture = nullptr;
+    return 0;
+}
+
+CUresult cuStreamIsCapturing(CUstream, int* status) {
+    *status = capturing() ? 1 : 0;  // CU_STREAM_CAPTURE_STATUS_ACTIVE : NONE
+    return 0;
+}
+
+CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph graph, unsigned long long) {
+    if (!graph) {
+        set_error(kInvalidValue, "cuGraphInstantiate: null graph");
+        return kInvalidValue;
+    }
+    *exec = new GraphExec{*graph};
+    return 0;
+}
+
+CUresult cuGraphLaunch(CUgraphExec exec, CUstream) {
+    if (CUresult r = refuse_in_capture("cuGraphLaunch")) return r;
+    for (auto& node : exec->graph.nodes)
+        if (CUresult r = node()) return r;
+    return 0;
+}
+
+CUresult cuGraphUpload(CUgraphExec, CUstream) { return 0; }
+CUresult cuGraphExecDestroy(CUgraphExec exec) {
+    delete exec;
+    return 0;
+}
+CUresult cuGraphDestroy(CUgraph graph) {
+    delete graph;
+    return 0;
+}
+
+// For the cuBLASLt stand-in: records `run(arg)` as a node when a capture is open (and returns 1;
+// the node owns `arg` and frees it with `drop`), else returns 0 and the caller runs it now.
+int prefer_emu_capture_host(int (*run)(void*), void* arg, void (*drop)(void*)) {
+    if (!capturing()) return 0;
+    std::shared_ptr<void> owned(arg, drop);
+    capture_node([run, owned]() { return run(owned.get()); });
+    return 1;
+}
+
+}  // extern "C"
