@@ -40,6 +40,7 @@ fn opts(n: usize, max_batch: usize, sampling: SamplingParams) -> EngineOptions {
         kv_blocks: 256,
         eos: vec![],
         prefill_tokens: 8192,
+        graphs: true,
     }
 }
 

@@ -134,6 +134,7 @@ fn time_engine<B: Backend>(
         kv_blocks: per_seq * a.batch,
         eos: vec![],
         prefill_tokens: usize::MAX,
+        graphs: true,
     };
     let mut engine = Engine::new(model, opts)?;
     let mut count = 0;

@@ -359,6 +359,7 @@ impl Job<'_> {
             kv_blocks: blocks.max(1),
             eos: self.eos.clone(),
             prefill_tokens: 8192,
+            graphs: true,
         };
         let mut engine = Engine::new(policy, opts)?;
         let total = self.prompts.len() * a.n;

@@ -13,7 +13,7 @@
 
 use super::blocks::BlockPool;
 use super::philox::draw_uniform;
-use crate::model::{Backend, Batch, DecodeView, KvCache, Llama, SlotMap};
+use crate::model::{Backend, Batch, DecodeWorkspace, KvCache, Llama, SlotMap};
 use crate::ops::cpu::SamplingParams;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -35,6 +35,8 @@ pub struct EngineOptions {
     pub eos: Vec<u32>,
     /// Most prompt tokens prefilled in one forward (padded), beyond the first prompt.
     pub prefill_tokens: usize,
+    /// Replay each batch size's decode step as a CUDA graph (where the backend has them).
+    pub graphs: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -65,6 +67,9 @@ pub struct EngineStats {
     pub prefills: usize,
     /// The most sequences decoded in one step.
     pub peak_batch: usize,
+    /// Decode steps replayed from a CUDA graph, and graphs captured.
+    pub graph_steps: usize,
+    pub graphs_captured: usize,
 }
 
 struct Seq {
@@ -96,11 +101,23 @@ fn private_blocks(prompt_len: usize, max_new: usize, bs: usize) -> usize {
     (prompt_len % bs + max_new.saturating_sub(1)).div_ceil(bs)
 }
 
+/// A decode step's buffers for one batch size (a power of two), and its graph once captured.
+struct StepSlot<B: Backend> {
+    ws: DecodeWorkspace<B>,
+    graph: Option<B::Graph>,
+    eager_runs: usize,
+}
+
 pub struct Engine<'m, B: Backend> {
     model: &'m Llama<B>,
     opts: EngineOptions,
     cache: KvCache<B>,
     pool: BlockPool,
+    /// A block no sequence owns: the padding rows of a decode step write and read it.
+    trash: u32,
+    /// Block-table width of this run's decode steps (the longest sequence's blocks).
+    max_blocks: usize,
+    slots: Vec<StepSlot<B>>,
     pub stats: EngineStats,
 }
 
@@ -120,12 +137,21 @@ impl<'m, B: Backend> Engine<'m, B> {
         if let Some(&bad) = opts.eos.iter().find(|&&e| e as usize >= vocab) {
             bail!("EOS id {bad} is outside the model's vocabulary of {vocab}");
         }
+        if opts.kv_blocks < 2 {
+            bail!("the KV cache needs at least 2 blocks");
+        }
         let cache = model.kv_cache(opts.kv_blocks, opts.block_size)?;
+        let mut pool = BlockPool::new(opts.kv_blocks);
+        pool.reserve(1)?;
+        let trash = pool.take(1);
         Ok(Engine {
             model,
-            pool: BlockPool::new(opts.kv_blocks),
+            pool,
             opts,
             cache,
+            trash,
+            max_blocks: 1,
+            slots: Vec::new(),
             stats: EngineStats::default(),
         })
     }
@@ -166,6 +192,12 @@ impl<'m, B: Backend> Engine<'m, B> {
                 );
             }
         }
+        let bs = self.opts.block_size;
+        self.max_blocks = prompts
+            .iter()
+            .map(|p| (p.len() + self.opts.max_new_tokens).div_ceil(bs))
+            .max()
+            .unwrap_or(1);
         let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();
         let mut running: Vec<Seq> = Vec::new();
         while !waiting.is_empty() || !running.is_empty() {
@@ -309,98 +341,116 @@ impl<'m, B: Backend> Engine<'m, B> {
         )?;
         self.stats.prefills += 1;
         self.stats.prompt_tokens += admitted.iter().map(|&p| prompts[p].len()).sum::<usize>();
-        self.sample_into(&logits, &mut out)?;
+        sample_into(self.model, &self.opts, &mut self.stats, &logits, &mut out)?;
         Ok(out)
     }
 
-    /// One token for every running sequence.
+    /// One token for every running sequence. The step runs at the next power-of-two batch size,
+    /// padded with rows that read and write only the trash block, in buffers kept for that size;
+    /// from its second use a size's step is captured once as a CUDA graph and replayed.
     fn decode_step(&mut self, running: &mut [Seq]) -> Result<()> {
         let bs = self.opts.block_size;
         let b = running.len();
-        let mut ids = Vec::with_capacity(b);
-        let mut positions = Vec::with_capacity(b);
-        let mut slots = Vec::with_capacity(2 * b);
-        let mut lens = Vec::with_capacity(b);
+        let bucket = b.next_power_of_two();
+        let mb = self.max_blocks;
+        let trash = self.trash as usize * bs;
+        let mut ids = vec![self.model.cfg.pad_token_id.unwrap_or(0); bucket];
+        let mut positions = vec![0u32; bucket];
+        let mut slots: Vec<u32> = (0..bucket as u32).flat_map(|i| [i, trash as u32]).collect();
+        let mut lens = vec![1u32; bucket];
+        let mut table = vec![self.trash; bucket * mb];
         for (i, s) in running.iter_mut().enumerate() {
             let pos = s.cached;
             if pos % bs == 0 {
                 s.blocks.push(self.pool.take(1));
                 s.reserved -= 1;
             }
-            ids.push(s.last_token());
-            positions.push(pos as u32);
-            slots.extend([
-                i as u32,
-                (s.blocks[pos / bs] as usize * bs + pos % bs) as u32,
-            ]);
-            lens.push(pos as u32 + 1);
+            ids[i] = s.last_token();
+            positions[i] = pos as u32;
+            slots[2 * i + 1] = (s.blocks[pos / bs] as usize * bs + pos % bs) as u32;
+            lens[i] = pos as u32 + 1;
+            table[i * mb..i * mb + s.blocks.len()].copy_from_slice(&s.blocks);
             s.cached += 1;
         }
-        let max_blocks = running.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
-        let mut table = vec![0u32; b * max_blocks];
-        for (i, s) in running.iter().enumerate() {
-            table[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
-        }
         let batch = Batch {
-            batch: b,
+            batch: bucket,
             seq: 1,
             ids,
-            mask: vec![true; b],
+            mask: vec![true; bucket],
             positions,
         };
-        let rows: Vec<u32> = (0..b as u32).flat_map(|i| [i, i]).collect();
-        let o = &self.model.backend;
-        let (slot_idx, table_idx, lens_idx, rows_idx) = (
-            o.index(&slots)?,
-            o.index(&table)?,
-            o.index(&lens)?,
-            o.index(&rows)?,
-        );
-        let logits = self.model.decode(
-            &batch,
-            &mut self.cache,
-            SlotMap {
-                pairs: &slot_idx,
-                len: b,
-            },
-            DecodeView {
-                block_table: &table_idx,
-                context_lens: &lens_idx,
-                max_blocks,
-            },
-            SlotMap {
-                pairs: &rows_idx,
-                len: b,
-            },
-        )?;
+        let (model, o) = (self.model, &self.model.backend);
+        let k = match self
+            .slots
+            .iter()
+            .position(|s| s.ws.batch == bucket && s.ws.max_blocks == mb)
+        {
+            Some(k) => k,
+            None => {
+                self.slots.push(StepSlot {
+                    ws: model.decode_workspace(bucket, mb)?,
+                    graph: None,
+                    eager_runs: 0,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[k];
+        o.write_inputs(&mut slot.ws.inputs, &batch)?;
+        o.write_index(&mut slot.ws.slots, &slots)?;
+        o.write_index(&mut slot.ws.block_table, &table)?;
+        o.write_index(&mut slot.ws.context_lens, &lens)?;
+        if let Some(g) = &slot.graph {
+            o.replay(g)?;
+            self.stats.graph_steps += 1;
+        } else if slot.eager_runs > 0 && self.opts.graphs && o.begin_capture()? {
+            // The first run of a size made its plans and scratch; this one is recorded.
+            let ran = model.decode_in(&mut slot.ws, &mut self.cache);
+            let graph = o.end_capture();
+            ran?;
+            let graph = graph?;
+            o.replay(&graph)?;
+            slot.graph = Some(graph);
+            self.stats.graphs_captured += 1;
+            self.stats.graph_steps += 1;
+        } else {
+            model.decode_in(&mut slot.ws, &mut self.cache)?;
+            slot.eager_runs += 1;
+        }
         self.stats.decode_steps += 1;
         self.stats.peak_batch = self.stats.peak_batch.max(b);
-        self.sample_into(&logits, running)
+        let logits = self.slots[k].ws.logits();
+        sample_into(self.model, &self.opts, &mut self.stats, logits, running)
     }
+}
 
-    fn sample_into(&mut self, logits: &B::Acc, seqs: &mut [Seq]) -> Result<()> {
-        let uniforms: Vec<f32> = seqs
-            .iter()
-            .map(|s| {
-                draw_uniform(
-                    self.opts.seed,
-                    s.prompt as u64,
-                    s.rollout as u32,
-                    s.completion.len() as u32,
-                )
-            })
-            .collect();
-        let (ids, logprobs) = self.model.backend.sample(
-            logits,
-            &uniforms,
-            self.model.cfg.vocab_size,
-            self.opts.sampling,
-        )?;
-        for ((s, id), lp) in seqs.iter_mut().zip(ids).zip(logprobs) {
-            s.completion.push(id);
-            s.logprobs.push(lp);
-        }
-        self.stats.generated_tokens += seqs.len();
-        Ok(())
+/// Draws the next token of each sequence from its row of `logits`.
+fn sample_into<B: Backend>(
+    model: &Llama<B>,
+    opts: &EngineOptions,
+    stats: &mut EngineStats,
+    logits: &B::Acc,
+    seqs: &mut [Seq],
+) -> Result<()> {
+    let uniforms: Vec<f32> = seqs
+        .iter()
+        .map(|s| {
+            draw_uniform(
+                opts.seed,
+                s.prompt as u64,
+                s.rollout as u32,
+                s.completion.len() as u32,
+            )
+        })
+        .collect();
+    let (ids, logprobs) =
+        model
+            .backend
+            .sample(logits, &uniforms, model.cfg.vocab_size, opts.sampling)?;
+    for ((s, id), lp) in seqs.iter_mut().zip(ids).zip(logprobs) {
+        s.completion.push(id);
+        s.logprobs.push(lp);
     }
+    stats.generated_tokens += seqs.len();
+    Ok(())
 }

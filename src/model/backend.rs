@@ -25,6 +25,8 @@ pub trait Backend {
     type Inputs;
     /// u32 indices where ops read them: block tables, context lengths, row maps.
     type Index;
+    /// Recorded work that can be replayed (a CUDA graph); `()` where there are none.
+    type Graph;
 
     fn act(&self, n: usize) -> Result<Self::Act>;
     /// A zeroed accumulator.
@@ -36,6 +38,16 @@ pub trait Backend {
     fn to_device(&self, x: &[f32]) -> Result<Self::Acc>;
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<Self::Inputs>;
     fn index(&self, host: &[u32]) -> Result<Self::Index>;
+    /// Overwrites an index buffer of the same length in place (a graph's inputs stay put).
+    fn write_index(&self, dst: &mut Self::Index, host: &[u32]) -> Result<()>;
+    /// Overwrites the ids, positions and mask of inputs made for a batch of the same shape, in
+    /// place, for forward-only use (what the embedding backward reads is not updated).
+    fn write_inputs(&self, inp: &mut Self::Inputs, batch: &Batch) -> Result<()>;
+    /// Starts recording instead of running (CUDA stream capture); false, and nothing recorded,
+    /// where the backend has no graphs.
+    fn begin_capture(&self) -> Result<bool>;
+    fn end_capture(&self) -> Result<Self::Graph>;
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 
     /// out[N,D] = table[ids]
     fn embedding_forward(
@@ -268,6 +280,7 @@ impl Backend for Cpu {
     type Params = Vec<f32>;
     type Inputs = CpuInputs;
     type Index = Vec<u32>;
+    type Graph = ();
 
     fn act(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -295,6 +308,25 @@ impl Backend for Cpu {
     }
     fn index(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
+    }
+    fn write_index(&self, dst: &mut Vec<u32>, host: &[u32]) -> Result<()> {
+        dst.copy_from_slice(host);
+        Ok(())
+    }
+    fn write_inputs(&self, inp: &mut CpuInputs, batch: &Batch) -> Result<()> {
+        inp.ids.copy_from_slice(&batch.ids);
+        inp.mask.copy_from_slice(&batch.mask);
+        inp.rope.set_positions(&batch.positions);
+        Ok(())
+    }
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    fn end_capture(&self) -> Result<()> {
+        anyhow::bail!("the CPU backend records no graphs")
+    }
+    fn replay(&self, _: &()) -> Result<()> {
+        anyhow::bail!("the CPU backend records no graphs")
     }
     fn embedding_forward(
         &self,

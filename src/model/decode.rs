@@ -122,51 +122,85 @@ impl<B: Backend> Llama<B> {
         last: SlotMap<B>,
         attend: Attend<B>,
     ) -> Result<B::Acc> {
+        let mut bufs = Buffers::new(self, batch.tokens(), last.len)?;
+        self.run_in(
+            &mut bufs,
+            batch.batch,
+            batch.seq,
+            inputs,
+            cache,
+            slots,
+            last,
+            attend,
+        )?;
+        Ok(bufs.logits)
+    }
+
+    /// The layers, the final norm and the LM head into `bufs` (sized for `b·t` tokens and
+    /// `last.len` output rows), allocating nothing: a decode step can run inside a CUDA graph.
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        bufs: &mut Buffers<B>,
+        b: usize,
+        t: usize,
+        inputs: &B::Inputs,
+        cache: &mut KvCache<B>,
+        slots: SlotMap<B>,
+        last: SlotMap<B>,
+        attend: Attend<B>,
+    ) -> Result<()> {
         let (c, o, p) = (&self.cfg, &self.backend, &self.params);
-        let (n, d, f) = (batch.tokens(), c.hidden_size, c.intermediate_size);
+        let (n, d, f) = (b * t, c.hidden_size, c.intermediate_size);
         let (qd, kvd, v) = (c.q_dim(), c.kv_dim(), c.vocab_size);
         let head = self
             .layout
             .lm_head
             .as_ref()
             .context("generation needs an LM head; this checkpoint is a reward model")?;
-        // Buffers reused by every layer.
-        let (mut xn, mut rstd) = (o.act(n * d)?, o.acc(n)?);
-        let (mut q, mut k, mut vv, mut att) = (
-            o.act(n * qd)?,
-            o.act(n * kvd)?,
-            o.act(n * kvd)?,
-            o.act(n * qd)?,
-        );
-        let mut lse = o.acc(n * c.num_attention_heads)?;
-        let (mut branch, mut x_mid) = (o.act(n * d)?, o.act(n * d)?);
-        let (mut gate, mut up, mut act) = (o.act(n * f)?, o.act(n * f)?, o.act(n * f)?);
-
-        let mut x = o.act(n * d)?;
-        o.embedding_forward(&mut x, inputs, p, &self.layout.embed, d)?;
+        let Buffers {
+            x,
+            xn,
+            rstd,
+            q,
+            k,
+            v: vv,
+            att,
+            lse,
+            branch,
+            x_mid,
+            gate,
+            up,
+            act,
+            rows,
+            h,
+            rstd_f,
+            logits,
+        } = bufs;
+        o.embedding_forward(x, inputs, p, &self.layout.embed, d)?;
         for (l, lay) in self.layout.layers.iter().enumerate() {
-            o.rmsnorm_forward(&mut xn, &mut rstd, &x, p, &lay.input_norm, c.rms_norm_eps)?;
-            o.matmul_forward(&mut q, &xn, p, &lay.q_proj, n, d, qd)?;
-            o.matmul_forward(&mut k, &xn, p, &lay.k_proj, n, d, kvd)?;
-            o.matmul_forward(&mut vv, &xn, p, &lay.v_proj, n, d, kvd)?;
-            o.rope_forward(&mut q, inputs, c.num_attention_heads)?;
-            o.rope_forward(&mut k, inputs, c.num_key_value_heads)?;
-            o.copy_rows(&mut cache.k[l], &k, slots.pairs, slots.len, kvd)?;
-            o.copy_rows(&mut cache.v[l], &vv, slots.pairs, slots.len, kvd)?;
+            o.rmsnorm_forward(xn, rstd, x, p, &lay.input_norm, c.rms_norm_eps)?;
+            o.matmul_forward(q, xn, p, &lay.q_proj, n, d, qd)?;
+            o.matmul_forward(k, xn, p, &lay.k_proj, n, d, kvd)?;
+            o.matmul_forward(vv, xn, p, &lay.v_proj, n, d, kvd)?;
+            o.rope_forward(q, inputs, c.num_attention_heads)?;
+            o.rope_forward(k, inputs, c.num_key_value_heads)?;
+            o.copy_rows(&mut cache.k[l], k, slots.pairs, slots.len, kvd)?;
+            o.copy_rows(&mut cache.v[l], vv, slots.pairs, slots.len, kvd)?;
             match &attend {
                 Attend::Causal => {
                     let shape = crate::ops::cpu::AttentionShape {
-                        batch: batch.batch,
-                        seq: batch.seq,
+                        batch: b,
+                        seq: t,
                         heads: c.num_attention_heads,
                         kv_heads: c.num_key_value_heads,
                         head_dim: c.head_dim,
                     };
-                    o.attention_forward(&mut att, &mut lse, &q, &k, &vv, inputs, shape)?
+                    o.attention_forward(att, lse, q, k, vv, inputs, shape)?
                 }
                 Attend::Cache(view) => {
                     let shape = DecodeShape {
-                        batch: batch.batch,
+                        batch: b,
                         heads: c.num_attention_heads,
                         kv_heads: c.num_key_value_heads,
                         head_dim: c.head_dim,
@@ -174,8 +208,8 @@ impl<B: Backend> Llama<B> {
                         max_blocks: view.max_blocks,
                     };
                     o.decode_attention(
-                        &mut att,
-                        &q,
+                        att,
+                        q,
                         &cache.k[l],
                         &cache.v[l],
                         view.block_table,
@@ -184,37 +218,146 @@ impl<B: Backend> Llama<B> {
                     )?
                 }
             }
-            o.matmul_forward(&mut branch, &att, p, &lay.o_proj, n, qd, d)?;
-            o.residual_forward(&mut x_mid, &x, &branch)?;
-            o.rmsnorm_forward(
-                &mut xn,
-                &mut rstd,
-                &x_mid,
-                p,
-                &lay.post_attn_norm,
-                c.rms_norm_eps,
-            )?;
-            o.matmul_forward(&mut gate, &xn, p, &lay.gate_proj, n, d, f)?;
-            o.matmul_forward(&mut up, &xn, p, &lay.up_proj, n, d, f)?;
-            o.swiglu_forward(&mut act, &gate, &up)?;
-            o.matmul_forward(&mut branch, &act, p, &lay.down_proj, n, f, d)?;
-            o.residual_forward(&mut x, &x_mid, &branch)?;
+            o.matmul_forward(branch, att, p, &lay.o_proj, n, qd, d)?;
+            o.residual_forward(x_mid, x, branch)?;
+            o.rmsnorm_forward(xn, rstd, x_mid, p, &lay.post_attn_norm, c.rms_norm_eps)?;
+            o.matmul_forward(gate, xn, p, &lay.gate_proj, n, d, f)?;
+            o.matmul_forward(up, xn, p, &lay.up_proj, n, d, f)?;
+            o.swiglu_forward(act, gate, up)?;
+            o.matmul_forward(branch, act, p, &lay.down_proj, n, f, d)?;
+            o.residual_forward(x, x_mid, branch)?;
         }
         // Only the rows that predict a token go through the final norm and the LM head.
         let r = last.len;
-        let mut rows = o.act(r * d)?;
-        o.copy_rows(&mut rows, &x, last.pairs, r, d)?;
-        let (mut h, mut rstd_f) = (o.act(r * d)?, o.acc(r)?);
-        o.rmsnorm_forward(
-            &mut h,
-            &mut rstd_f,
-            &rows,
-            p,
-            &self.layout.final_norm,
-            c.rms_norm_eps,
-        )?;
-        let mut logits = o.acc(r * v)?;
-        o.lm_logits(&mut logits, &h, p, head, r, d, v)?;
-        Ok(logits)
+        o.copy_rows(rows, x, last.pairs, r, d)?;
+        o.rmsnorm_forward(h, rstd_f, rows, p, &self.layout.final_norm, c.rms_norm_eps)?;
+        o.lm_logits(logits, h, p, head, r, d, v)?;
+        Ok(())
+    }
+
+    /// Buffers and inputs for decode steps of `batch` sequences over at most `max_blocks` blocks
+    /// each, made once and reused by every step of that batch size (and by its CUDA graph).
+    pub fn decode_workspace(&self, batch: usize, max_blocks: usize) -> Result<DecodeWorkspace<B>> {
+        let o = &self.backend;
+        let shape = Batch {
+            batch,
+            seq: 1,
+            ids: vec![0; batch],
+            mask: vec![true; batch],
+            positions: vec![0; batch],
+        };
+        let rows: Vec<u32> = (0..batch as u32).flat_map(|i| [i, i]).collect();
+        Ok(DecodeWorkspace {
+            batch,
+            max_blocks,
+            inputs: o.inputs(&self.cfg, &shape, &shape.ids)?,
+            slots: o.index(&vec![0; 2 * batch])?,
+            block_table: o.index(&vec![0; batch * max_blocks])?,
+            context_lens: o.index(&vec![1; batch])?,
+            rows: o.index(&rows)?,
+            bufs: Buffers::new(self, batch, batch)?,
+        })
+    }
+
+    /// One decode step in `ws`, whose inputs the caller has written: logits in `ws.logits()`.
+    pub fn decode_in(&self, ws: &mut DecodeWorkspace<B>, cache: &mut KvCache<B>) -> Result<()> {
+        let DecodeWorkspace {
+            batch,
+            max_blocks,
+            inputs,
+            slots,
+            block_table,
+            context_lens,
+            rows,
+            bufs,
+        } = ws;
+        self.run_in(
+            bufs,
+            *batch,
+            1,
+            inputs,
+            cache,
+            SlotMap {
+                pairs: slots,
+                len: *batch,
+            },
+            SlotMap {
+                pairs: rows,
+                len: *batch,
+            },
+            Attend::Cache(DecodeView {
+                block_table,
+                context_lens,
+                max_blocks: *max_blocks,
+            }),
+        )
+    }
+}
+
+/// Every activation of a run, sized for `n` tokens and `r` output rows.
+struct Buffers<B: Backend> {
+    x: B::Act,      // [N, D] the residual stream
+    xn: B::Act,     // [N, D]
+    rstd: B::Acc,   // [N]
+    q: B::Act,      // [N, H·hd]
+    k: B::Act,      // [N, Hkv·hd]
+    v: B::Act,      // [N, Hkv·hd]
+    att: B::Act,    // [N, H·hd]
+    lse: B::Acc,    // [N, H] (prefill only)
+    branch: B::Act, // [N, D] an attention or MLP output
+    x_mid: B::Act,  // [N, D]
+    gate: B::Act,   // [N, F]
+    up: B::Act,     // [N, F]
+    act: B::Act,    // [N, F]
+    rows: B::Act,   // [R, D] the rows that predict
+    h: B::Act,      // [R, D]
+    rstd_f: B::Acc, // [R]
+    logits: B::Acc, // [R, V] f32
+}
+
+impl<B: Backend> Buffers<B> {
+    fn new(m: &Llama<B>, n: usize, r: usize) -> Result<Self> {
+        let (c, o) = (&m.cfg, &m.backend);
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        Ok(Buffers {
+            x: o.act(n * d)?,
+            xn: o.act(n * d)?,
+            rstd: o.acc(n)?,
+            q: o.act(n * qd)?,
+            k: o.act(n * kvd)?,
+            v: o.act(n * kvd)?,
+            att: o.act(n * qd)?,
+            lse: o.acc(n * c.num_attention_heads)?,
+            branch: o.act(n * d)?,
+            x_mid: o.act(n * d)?,
+            gate: o.act(n * f)?,
+            up: o.act(n * f)?,
+            act: o.act(n * f)?,
+            rows: o.act(r * d)?,
+            h: o.act(r * d)?,
+            rstd_f: o.acc(r)?,
+            logits: o.acc(r * c.vocab_size)?,
+        })
+    }
+}
+
+/// A decode step's inputs and buffers for one batch size, on the device, reused every step.
+pub struct DecodeWorkspace<B: Backend> {
+    pub batch: usize,
+    pub max_blocks: usize,
+    /// Token ids and positions of the step.
+    pub inputs: B::Inputs,
+    /// (row, cache slot) for each new token's K/V, [B, 2].
+    pub slots: B::Index,
+    pub block_table: B::Index,  // [B, max_blocks]
+    pub context_lens: B::Index, // [B]
+    rows: B::Index,
+    bufs: Buffers<B>,
+}
+
+impl<B: Backend> DecodeWorkspace<B> {
+    /// The step's logits [B, V].
+    pub fn logits(&self) -> &B::Acc {
+        &self.bufs.logits
     }
 }

@@ -12,6 +12,6 @@ pub mod weights;
 pub use backend::{Backend, Cpu};
 pub use batch::Batch;
 pub use config::LlamaConfig;
-pub use decode::{DecodeView, KvCache, SlotMap};
+pub use decode::{DecodeView, DecodeWorkspace, KvCache, SlotMap};
 pub use llama::{Forward, HeadGrads, Heads, Llama};
 pub use params::ParamLayout;

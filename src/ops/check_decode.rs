@@ -219,6 +219,7 @@ fn check_generate() -> Result<Vec<CheckRow>> {
             kv_blocks: 64,
             eos: vec![],
             prefill_tokens: 8192,
+            graphs: true,
         };
         let mut engine = Engine::new(&gpu, o)?;
         let mut out = Vec::new();

@@ -8,6 +8,7 @@ pub struct RopeTables {
     pub half: usize,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    inv: Vec<f32>,
 }
 
 /// The rotary frequencies, [hd/2], computed in f32 as transformers does, with llama3 scaling when
@@ -39,17 +40,27 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
 impl RopeTables {
     pub fn new(cfg: &LlamaConfig, positions: &[u32]) -> Self {
         let inv = rope_inv_freq(cfg);
-        let half = inv.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
+        let mut t = RopeTables {
+            half: inv.len(),
+            cos: Vec::new(),
+            sin: Vec::new(),
+            inv,
+        };
+        t.set_positions(positions);
+        t
+    }
+
+    /// The tables for other positions, with the same frequencies.
+    pub fn set_positions(&mut self, positions: &[u32]) {
+        self.cos.clear();
+        self.sin.clear();
         for &p in positions {
-            for &f in &inv {
+            for &f in &self.inv {
                 let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                self.cos.push(angle.cos());
+                self.sin.push(angle.sin());
             }
         }
-        RopeTables { half, cos, sin }
     }
 }
 

@@ -112,6 +112,7 @@ impl Backend for Cuda {
     type Params = CudaSlice<bf16>;
     type Inputs = CudaInputs;
     type Index = CudaSlice<u32>;
+    type Graph = cudarc::driver::CudaGraph;
 
     // CUDA refuses zero-byte allocations; an absent head gets a one-element placeholder.
     fn act(&self, n: usize) -> Result<CudaSlice<bf16>> {
@@ -145,6 +146,55 @@ impl Backend for Cuda {
     }
     fn index(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
         self.eng.upload(host)
+    }
+    fn write_index(&self, dst: &mut CudaSlice<u32>, host: &[u32]) -> Result<()> {
+        anyhow::ensure!(
+            dst.len() == host.len(),
+            "write_index: {} values into {}",
+            host.len(),
+            dst.len()
+        );
+        self.eng
+            .stream
+            .memcpy_htod(host, dst)
+            .map_err(|e| anyhow::anyhow!("write_index ({} values): {e:?}", host.len()))
+    }
+    fn write_inputs(&self, inp: &mut CudaInputs, batch: &Batch) -> Result<()> {
+        anyhow::ensure!(
+            inp.ids_host.len() == batch.ids.len(),
+            "write_inputs: a batch of {} tokens into inputs for {}",
+            batch.ids.len(),
+            inp.ids_host.len()
+        );
+        let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
+        let s = &self.eng.stream;
+        let err = |e| anyhow::anyhow!("write_inputs: {e:?}");
+        s.memcpy_htod(&batch.ids, &mut inp.ids).map_err(err)?;
+        s.memcpy_htod(&batch.positions, &mut inp.positions)
+            .map_err(err)?;
+        s.memcpy_htod(&mask, &mut inp.mask).map_err(err)?;
+        inp.ids_host.copy_from_slice(&batch.ids);
+        Ok(())
+    }
+    fn begin_capture(&self) -> Result<bool> {
+        use cudarc::driver::sys::CUstreamCaptureMode;
+        self.eng
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| anyhow::anyhow!("beginning a CUDA graph capture: {e:?}"))?;
+        Ok(true)
+    }
+    fn end_capture(&self) -> Result<cudarc::driver::CudaGraph> {
+        self.eng
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| anyhow::anyhow!("ending a CUDA graph capture: {e:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("the CUDA graph capture recorded nothing"))
+    }
+    fn replay(&self, graph: &cudarc::driver::CudaGraph) -> Result<()> {
+        graph
+            .launch()
+            .map_err(|e| anyhow::anyhow!("launching a CUDA graph: {e:?}"))
     }
     fn embedding_forward(
         &self,
