@@ -513,3 +513,13 @@ fn generate_writes_one_line_per_completion_and_refuses_bad_input() {
     std::fs::remove_file(base.join("generation_config.json")).unwrap();
     bad(&[], "p.jsonl:2: expected exactly one of");
 }
+
+#[test]
+fn ids_past_the_tokenizer_decode_as_nothing() {
+    // A padded embedding (as Qwen's) can sample an id the tokenizer lacks: it decodes as nothing.
+    let tok = prefer::data::tokenizer::TextTokenizer::from_json(
+        &prefer::data::tokenizer::byte_tokenizer_json(),
+    )
+    .unwrap();
+    assert_eq!(tok.decode_generated(&[72, 300, 105, 4000]).unwrap(), "Hi");
+}

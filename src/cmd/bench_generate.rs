@@ -1,7 +1,8 @@
 //! `prefer bench generate`: rollout throughput on the engine `prefer generate` and PPO use
 //! (T4: llama-1b, 64 prompts of 128 tokens, 256 new tokens each; T5: the same at batch 1).
-//! Reports generated tokens/s (no padding counted) and, on a GPU, the memory bandwidth the decode
-//! steps achieve as a fraction of the card's. On the CPU it also times recomputing the whole
+//! Reports generated tokens/s (no padding counted; prefill included, as bench_torch.py counts HF
+//! generate) and, on a GPU, the memory bandwidth the decode steps achieve as a fraction of the
+//! card's. Sampling at temperature 0.7, as the PyTorch side samples. On the CPU it also times recomputing the whole
 //! forward for every new token, the speed-up the KV cache buys.
 
 use super::generate::BLOCK_SIZE;
@@ -14,6 +15,12 @@ use crate::ops::cuda::backend::Cuda;
 use crate::ops::cuda::probe_gpu;
 use anyhow::Result;
 use std::time::Instant;
+
+const SAMPLING: SamplingParams = SamplingParams {
+    temperature: 0.7,
+    top_k: 0,
+    top_p: 1.0,
+};
 
 pub struct GenerateBenchArgs {
     pub preset: String,
@@ -75,10 +82,12 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
             a.new_tokens
         );
         println!(
-            "{:.0} generated tokens/s ({} tokens in {:.2} s); decode reads {:.0} GB/s{}",
+            "{:.0} generated tokens/s ({} tokens in {:.2} s; {} of {} decode steps replayed from CUDA graphs); decode reads {:.0} GB/s{}",
             r.tokens_per_s,
             r.tokens,
             r.seconds,
+            r.stats.graph_steps,
+            r.stats.decode_steps,
             bw / 1e9,
             frac.map(|f| format!(", {:.0}% of the card's bandwidth", f * 100.0))
                 .unwrap_or_default()
@@ -86,6 +95,7 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
         return Ok(serde_json::json!({
             "device": name, "preset": a.preset, "batch": a.batch, "prompt_len": a.prompt_len,
             "new_tokens": a.new_tokens, "tokens_per_s": r.tokens_per_s, "seconds": r.seconds,
+            "graph_steps": r.stats.graph_steps, "decode_steps": r.stats.decode_steps,
             "bandwidth_gb_s": bw / 1e9, "bandwidth_fraction": frac,
         }));
     }
@@ -93,7 +103,7 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
     let recompute = time_recompute(&cpu, &prompts, a)?;
     let speedup = r.tokens_per_s / recompute;
     println!(
-        "prefer bench generate on the CPU: {} ({:.2}M parameters), {} prompts x {} tokens, {} new each",
+        "prefer bench generate on the CPU: {} ({:.1}M parameters), {} prompts x {} tokens, {} new each",
         a.preset,
         layout.len as f64 / 1e6,
         a.batch,
@@ -112,6 +122,7 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
 }
 
 struct EngineTiming {
+    stats: crate::generate::EngineStats,
     tokens: usize,
     seconds: f64,
     tokens_per_s: f64,
@@ -126,7 +137,7 @@ fn time_engine<B: Backend>(
     let per_seq = (a.prompt_len + a.new_tokens).div_ceil(BLOCK_SIZE) + 1;
     let opts = EngineOptions {
         n: 1,
-        sampling: SamplingParams::default(),
+        sampling: SAMPLING,
         max_new_tokens: a.new_tokens,
         seed: 0,
         max_batch: a.batch,
@@ -139,6 +150,7 @@ fn time_engine<B: Backend>(
     let mut engine = Engine::new(model, opts)?;
     let mut count = 0;
     engine.run(&prompts[..1], &mut |_| false, &mut |_| Ok(()))?; // warm-up: plans, scratch
+    engine.stats = Default::default();
     let t0 = Instant::now();
     engine.run(prompts, &mut |_| false, &mut |r| {
         count += r.completion_ids.len();
@@ -146,6 +158,7 @@ fn time_engine<B: Backend>(
     })?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(EngineTiming {
+        stats: engine.stats.clone(),
         tokens: count,
         seconds,
         tokens_per_s: count as f64 / seconds,
@@ -163,7 +176,7 @@ fn time_recompute(model: &Llama, prompts: &[Vec<u32>], a: &GenerateBenchArgs) ->
         for (b, s) in seqs.iter_mut().enumerate() {
             let row = &logits[(b * batch.seq + s.len() - 1) * v..][..v];
             let u = crate::generate::philox::draw_uniform(0, b as u64, 0, step as u32);
-            s.push(crate::ops::cpu::sample::sample_row(row, u, SamplingParams::default()).0);
+            s.push(crate::ops::cpu::sample::sample_row(row, u, SAMPLING).0);
         }
     }
     Ok((prompts.len() * a.new_tokens) as f64 / t0.elapsed().as_secs_f64())

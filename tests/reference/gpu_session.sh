@@ -21,6 +21,8 @@ step "$here/prefer" bench kernels --json "$out/bench_kernels.json"
 step "$here/prefer" bench train --preset llama-1b --batch 8 --seq 1024 --json "$out/bench_t1.json"
 step "$here/prefer" bench train --preset llama-134m --batch 16 --seq 1024 --json "$out/bench_t2.json"
 step "$here/prefer" bench dpo --preset llama-1b --batch 4 --seq 1024 --json "$out/bench_t3.json"
+step "$here/prefer" bench generate --preset llama-1b --batch 64 --prompt-len 128 --new 256 --json "$out/bench_t4.json"
+step "$here/prefer" bench generate --preset llama-1b --batch 1 --prompt-len 128 --new 256 --json "$out/bench_t5.json"
 [ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
 echo "done; results in $out" | tee -a "$log"
