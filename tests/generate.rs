@@ -523,3 +523,79 @@ fn ids_past_the_tokenizer_decode_as_nothing() {
     .unwrap();
     assert_eq!(tok.decode_generated(&[72, 300, 105, 4000]).unwrap(), "Hi");
 }
+
+#[test]
+fn best_of_n_keeps_the_completion_the_reward_model_scores_highest() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = |p: &str| root.join(p).to_str().unwrap().to_string();
+    for (out, extra) in [
+        ("base", vec![]),
+        ("rm", vec!["--scalar-head", "--init-std", "0.2"]),
+    ] {
+        let o = prefer()
+            .args(["init", "--preset", "tiny", "--seed", "4", "--out", &s(out)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    std::fs::write(
+        root.join("p.jsonl"),
+        "{\"prompt\": \"a\"}\n{\"prompt\": \"bb\"}\n",
+    )
+    .unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let o = prefer()
+            .args([
+                "generate",
+                "--device",
+                "cpu",
+                "--model",
+                &s("base"),
+                "--prompts",
+                &s("p.jsonl"),
+            ])
+            .args([
+                "--out",
+                &s(out),
+                "--max-new-tokens",
+                "6",
+                "--reward-model",
+                &s("rm"),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{e}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join(out))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, e)
+    };
+    let (all, _) = run("all.jsonl", &["--n", "3"]);
+    let (best, summary) = run("best.jsonl", &["--best-of", "3"]);
+    assert_eq!((all.len(), best.len()), (6, 2));
+    let reward = |l: &serde_json::Value| l["reward"].as_f64().unwrap();
+    let (mut sum_best, mut sum_first) = (0.0, 0.0);
+    for (p, b) in best.iter().enumerate() {
+        let group = &all[3 * p..3 * p + 3];
+        let top = group.iter().map(reward).fold(f64::NEG_INFINITY, f64::max);
+        // The same seed gives the same three candidates; the kept one is the best of them.
+        assert_eq!(reward(b), top);
+        assert!(group
+            .iter()
+            .any(|g| g["completion_ids"] == b["completion_ids"]));
+        sum_best += top;
+        sum_first += reward(&group[0]);
+    }
+    let want = format!(
+        "mean reward: best of 3 {:.4}, first completion {:.4}",
+        sum_best / 2.0,
+        sum_first / 2.0
+    );
+    assert!(summary.contains(&want), "{summary}\nwanted: {want}");
+}
