@@ -57,7 +57,7 @@ extern "C" __global__ void logprob_finish(float* logp, float* entropy, float* ls
 // with p = exp(z - lse). dentropy may be null (no entropy term).
 extern "C" __global__ void logprob_chunk_backward(__nv_bfloat16* dlogits, const float* logits, const float* lse,
                                                   const float* entropy, const float* dlogp, const float* dentropy,
-                                                  const uint32_t* targets, int n, int vc, int c0) {
+                                                  const uint32_t* targets, int n, int vc, int c0, float scale) {
     const int row = blockIdx.x;
     if (row >= n) return;
     const float gl = dlogp[row], ge = dentropy ? dentropy[row] : 0.0f, l = lse[row], h = entropy[row];
@@ -68,6 +68,7 @@ extern "C" __global__ void logprob_chunk_backward(__nv_bfloat16* dlogits, const 
         const float p = expf(log_p);
         float dz = -gl * p - ge * p * (log_p + h);
         if (j == t) dz += gl;
-        dlogits[k] = __float2bfloat16(dz);
+        // The logits were scale·(h·Wᵀ) (1/temperature): d(h·Wᵀ) = scale·dz.
+        dlogits[k] = __float2bfloat16(dz * scale);
     }
 }

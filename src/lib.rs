@@ -12,4 +12,5 @@ pub mod generate;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod rl;
 pub mod train;

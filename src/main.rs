@@ -124,6 +124,9 @@ enum Command {
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
     },
+    /// Online RL from a reward model or a verifiable reward: PPO (the paper's, with every switch),
+    /// GRPO or RLOO, on the rollout engine.
+    Ppo(prefer::rl::PpoArgs),
     /// Completions for a JSONL file of prompts: paged KV cache, continuous batching, seeded
     /// sampling; with --reward-model, rewards and best-of-N.
     Generate(cmd::generate::GenerateArgs),
@@ -279,6 +282,13 @@ fn run(command: Command) -> Result<()> {
                 steps,
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
+        }
+        Command::Ppo(args) => {
+            let s = prefer::rl::run_ppo(args)?;
+            if s.interrupted {
+                std::process::exit(130);
+            }
+            Ok(())
         }
         Command::Generate(args) => cmd::generate::run_generate(args).map(|_| ()),
         Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),

@@ -1,4 +1,4 @@
-// Stream capture and CUDA graphs on the CPU. cuStreamBeginCapture opens a recording: kernel
+// Stream capture and CUDA graphs on the CPU, per host thread. cuStreamBeginCapture opens a recording: kernel
 // launches (with a copy of their parameter values, as CUDA bakes them into the graph), memsets,
 // device-to-device copies and the cuBLASLt stand-in's matmuls become nodes instead of running.
 // cuStreamEndCapture hands the nodes over as a graph; cuGraphLaunch replays them in order, each
@@ -15,19 +15,14 @@ struct Graph {
 };
 
 namespace {
-std::mutex capture_lock;
-Graph* open_capture = nullptr;
+// A capture belongs to the host thread that opened it (each thread drives its own stream), as
+// CU_STREAM_CAPTURE_MODE_THREAD_LOCAL has it: other threads' work runs as usual meanwhile.
+thread_local Graph* open_capture = nullptr;
 }  // namespace
 
-bool capturing() {
-    std::lock_guard<std::mutex> g(capture_lock);
-    return open_capture != nullptr;
-}
+bool capturing() { return open_capture != nullptr; }
 
-void capture_node(std::function<int()> node) {
-    std::lock_guard<std::mutex> g(capture_lock);
-    open_capture->nodes.push_back(std::move(node));
-}
+void capture_node(std::function<int()> node) { open_capture->nodes.push_back(std::move(node)); }
 
 int refuse_in_capture(const char* op) {
     if (!capturing()) return 0;
@@ -53,7 +48,6 @@ typedef GraphExec* CUgraphExec;
 extern "C" {
 
 CUresult cuStreamBeginCapture_v2(CUstream, int) {
-    std::lock_guard<std::mutex> g(capture_lock);
     if (open_capture) {
         set_error(kStreamCaptureUnsupported, "cuStreamBeginCapture: a capture is already open");
         return kStreamCaptureUnsupported;
@@ -63,7 +57,6 @@ CUresult cuStreamBeginCapture_v2(CUstream, int) {
 }
 
 CUresult cuStreamEndCapture(CUstream, CUgraph* out) {
-    std::lock_guard<std::mutex> g(capture_lock);
     if (!open_capture) {
         set_error(kStreamCaptureInvalidated, "cuStreamEndCapture: no capture is open");
         return kStreamCaptureInvalidated;

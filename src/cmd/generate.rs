@@ -2,9 +2,9 @@
 //! (src/generate/), with optional reward-model scores and best-of-N selection.
 
 use super::Device;
-use crate::data::chat_template::{ChatTemplate, Message};
-use crate::data::jsonl::read_jsonl;
+use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
+use crate::data::prompts::{read_prompts, Prompt};
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::stopping::{eos_ids, StopStrings};
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
@@ -13,9 +13,9 @@ use crate::model::{Backend, Batch, Heads, Llama};
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::backend::Cuda;
 use anyhow::{bail, Context, Result};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Tokens per KV-cache block.
@@ -72,12 +72,6 @@ pub struct GenerateArgs {
     /// cpu, cuda, emu (the software GPU) or auto.
     #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
     pub device: Device,
-}
-
-/// One prompt: its ids, and the input line's other fields.
-struct Prompt {
-    ids: Vec<u32>,
-    fields: Map<String, Value>,
 }
 
 /// What a run reports at the end.
@@ -147,55 +141,6 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
         .filter(|v: &f64| v.is_finite() && *v > 0.0)
         .with_context(|| format!("--kv-memory {s}: expected a size such as 512M or 8G"))?;
     Ok((v * mult as f64) as usize)
-}
-
-fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
-    let vocab = enc.cfg.vocab_size;
-    let lines = read_jsonl::<Map<String, Value>>(path)?;
-    let mut out = Vec::with_capacity(lines.len());
-    for rec in lines {
-        let at = format!("{}:{}", path.display(), rec.line);
-        let mut fields = rec.value;
-        let ids = match (
-            fields.remove("prompt"),
-            fields.remove("messages"),
-            fields.remove("prompt_ids"),
-        ) {
-            (Some(Value::String(p)), None, None) => {
-                let turn = [Message {
-                    role: "user".into(),
-                    content: p.clone(),
-                }];
-                fields.insert("prompt".into(), Value::String(p));
-                enc.prompt_ids(&turn).with_context(|| at.clone())?
-            }
-            (None, Some(m), None) => {
-                let msgs: Vec<Message> = serde_json::from_value(m.clone()).map_err(|e| {
-                    anyhow::anyhow!("{at}: \"messages\" is not a list of {{role, content}}: {e}")
-                })?;
-                fields.insert("messages".into(), m);
-                enc.prompt_ids(&msgs).with_context(|| at.clone())?
-            }
-            (None, None, Some(ids)) => {
-                let ids: Vec<u32> = serde_json::from_value(ids.clone()).map_err(|e| {
-                    anyhow::anyhow!("{at}: \"prompt_ids\" must be a list of token ids: {e}")
-                })?;
-                fields.insert("prompt_ids".into(), serde_json::json!(ids));
-                ids
-            }
-            _ => bail!(
-                "{at}: expected exactly one of \"prompt\" (a string), \"messages\" or \"prompt_ids\""
-            ),
-        };
-        if ids.is_empty() {
-            bail!("{at}: the prompt is empty");
-        }
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            bail!("{at}: token id {id} is outside the model's vocabulary of {vocab}");
-        }
-        out.push(Prompt { ids, fields });
-    }
-    Ok(out)
 }
 
 pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
@@ -338,7 +283,8 @@ impl Job<'_> {
         // Enough for a full batch of the longest prompts, within the memory there is.
         let per_prompt = longest / BLOCK_SIZE
             + a.n * (longest % BLOCK_SIZE + a.max_new_tokens).div_ceil(BLOCK_SIZE);
-        let mut blocks = per_prompt * a.max_batch.div_ceil(a.n);
+        // One more for the block the padding rows of a decode step write to.
+        let mut blocks = per_prompt * a.max_batch.div_ceil(a.n) + 1;
         if let Some(free) = free_bytes {
             blocks = blocks.min(free / 100 * 85 / block_bytes);
         }

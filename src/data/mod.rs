@@ -3,5 +3,6 @@
 pub mod chat_template;
 pub mod jsonl;
 pub mod preference;
+pub mod prompts;
 pub mod synthetic;
 pub mod tokenizer;

@@ -181,14 +181,15 @@ impl<'m, B: Backend> Engine<'m, B> {
                     p.len()
                 );
             }
-            if self.blocks_for(p.len()) > self.pool.capacity() {
+            // One block is the trash block the padding rows of a decode step use.
+            if self.blocks_for(p.len()) > self.pool.capacity() - 1 {
                 bail!(
                     "prompt {i} ({} tokens, {} rollouts of up to {} new tokens) needs {} KV-cache blocks; the cache has {} (raise --kv-memory, or lower --n or --max-new-tokens)",
                     p.len(),
                     self.opts.n,
                     self.opts.max_new_tokens,
                     self.blocks_for(p.len()),
-                    self.pool.capacity()
+                    self.pool.capacity() - 1
                 );
             }
         }
@@ -206,7 +207,10 @@ impl<'m, B: Backend> Engine<'m, B> {
                 let new = self.prefill(prompts, &admitted)?;
                 running.extend(new);
             } else if running.is_empty() {
-                unreachable!("a prompt that fits an empty cache is always admitted");
+                bail!(
+                    "internal error: no prompt could be admitted to an empty KV cache of {} blocks",
+                    self.pool.capacity()
+                );
             } else {
                 self.decode_step(&mut running)?;
             }

@@ -8,7 +8,18 @@
 use super::numerics::{assert_shape, masked_sum_f64};
 
 /// Which per-token KL estimator to use. Default k1 (Ivison et al. 2024, TRL PPO).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum KlEstimator {
     /// k1 = −log r = log π − log π_ref;  ∂k1/∂log π = 1.
     #[default]

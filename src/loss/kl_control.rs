@@ -1,7 +1,7 @@
 //! The KL coefficient β of the reward shaping: fixed, or adapted towards a target KL.
 
 /// Fixed β (Ivison et al. 2024 use 0.05), or the adaptive controller of Ziegler et al. 2019.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum KlController {
     Fixed {
         coef: f32,

@@ -35,7 +35,7 @@ pub fn whiten(values: &[f32], mask: &[bool], shift_mean: bool) -> Vec<f32> {
 
 /// Running mean and variance of every score seen so far, merged batch by batch with the parallel
 /// form of Welford's algorithm (Chan et al. 1979), used for reward normalisation.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunningMoments {
     count: f64,
     mean: f64,

@@ -167,7 +167,7 @@ pub trait Backend {
         gate: &Self::Act,
         up: &Self::Act,
     ) -> Result<()>;
-    /// logp, entropy, lse [N] from h[N,D] and the LM head.
+    /// logp, entropy, lse [N] of the logits z = scale·(h[N,D]·Wᵀ) (scale = 1/temperature).
     #[allow(clippy::too_many_arguments)]
     fn logprob_forward(
         &self,
@@ -179,6 +179,7 @@ pub trait Backend {
         w: &Range<usize>,
         inp: &Self::Inputs,
         d: usize,
+        scale: f32,
     ) -> Result<()>;
     /// dh += …, grads[w] += …
     #[allow(clippy::too_many_arguments)]
@@ -194,6 +195,7 @@ pub trait Backend {
         inp: &Self::Inputs,
         stats: [&Self::Acc; 2], // lse, entropy
         d: usize,
+        scale: f32,
     ) -> Result<()>;
     fn scalar_head_forward(
         &self,
@@ -496,8 +498,18 @@ impl Backend for Cpu {
         w: &Range<usize>,
         inp: &CpuInputs,
         d: usize,
+        scale: f32,
     ) -> Result<()> {
-        cpu::logprob_forward(logp, entropy, lse, h, &p[w.clone()], &inp.targets, d);
+        cpu::logprob::logprob_forward_scaled(
+            logp,
+            entropy,
+            lse,
+            h,
+            &p[w.clone()],
+            &inp.targets,
+            d,
+            scale,
+        );
         Ok(())
     }
     fn logprob_backward(
@@ -512,9 +524,10 @@ impl Backend for Cpu {
         inp: &CpuInputs,
         [lse, entropy]: [&Vec<f32>; 2],
         d: usize,
+        scale: f32,
     ) -> Result<()> {
         let dent = dentropy.map(|v| v.as_slice());
-        cpu::logprob_backward(
+        cpu::logprob::logprob_backward_scaled(
             dh,
             &mut grads[w.clone()],
             dlogp,
@@ -525,6 +538,7 @@ impl Backend for Cpu {
             lse,
             entropy,
             d,
+            scale,
         );
         Ok(())
     }

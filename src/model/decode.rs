@@ -70,11 +70,7 @@ impl<B: Backend> Llama<B> {
             .lm_head
             .as_ref()
             .context("logits need an LM head; this checkpoint is a reward model")?;
-        let none = super::llama::Heads {
-            logp: false,
-            value: false,
-        };
-        let fwd = self.forward_heads(batch, none)?;
+        let fwd = self.forward_heads(batch, super::llama::Heads::NONE)?;
         let (n, d, v) = (batch.tokens(), self.cfg.hidden_size, self.cfg.vocab_size);
         let mut logits = self.backend.acc(n * v)?;
         self.backend

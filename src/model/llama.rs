@@ -72,26 +72,44 @@ impl<B: Backend> Default for HeadGrads<'_, B> {
 }
 
 /// Which heads a forward computes; skipping the LM head saves the vocabulary-sized work when only
-/// a reward is wanted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// a reward is wanted. `temperature` divides the logits before the log-softmax (PPO scores the
+/// distribution it samples from, as TRL does); 1 elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Heads {
     pub logp: bool,
     pub value: bool,
+    pub temperature: f32,
 }
 
 impl Heads {
     pub const ALL: Heads = Heads {
         logp: true,
         value: true,
+        temperature: 1.0,
     };
     pub const LOGP: Heads = Heads {
         logp: true,
         value: false,
+        temperature: 1.0,
     };
     pub const VALUE: Heads = Heads {
         logp: false,
         value: true,
+        temperature: 1.0,
     };
+    pub const NONE: Heads = Heads {
+        logp: false,
+        value: false,
+        temperature: 1.0,
+    };
+
+    /// Log-probs (and entropies) of the distribution at `temperature`.
+    pub fn logp_at(temperature: f32) -> Heads {
+        Heads {
+            temperature,
+            ..Heads::LOGP
+        }
+    }
 }
 
 /// A Llama model: config, flat parameter layout, the parameters, and the backend they live on.
@@ -246,11 +264,28 @@ impl<B: Backend> Llama<B> {
         let heads = Heads {
             logp: heads.logp && self.layout.lm_head.is_some(),
             value: heads.value && self.layout.score.is_some(),
+            temperature: heads.temperature,
         };
+        anyhow::ensure!(
+            heads.temperature > 0.0 && heads.temperature.is_finite(),
+            "log-probs at temperature {} (it must be positive)",
+            heads.temperature
+        );
         let (mut logp, mut entropy, mut lse) = (o.acc(0)?, o.acc(0)?, o.acc(0)?);
         if let (Some(head), true) = (&self.layout.lm_head, heads.logp) {
             (logp, entropy, lse) = (o.acc(n)?, o.acc(n)?, o.acc(n)?);
-            o.logprob_forward(&mut logp, &mut entropy, &mut lse, &h_f, p, head, &inputs, d)?;
+            let scale = 1.0 / heads.temperature;
+            o.logprob_forward(
+                &mut logp,
+                &mut entropy,
+                &mut lse,
+                &h_f,
+                p,
+                head,
+                &inputs,
+                d,
+                scale,
+            )?;
         }
         let mut value = o.acc(0)?;
         if let (Some(score), true) = (&self.layout.score, heads.value) {
@@ -308,6 +343,7 @@ impl<B: Backend> Llama<B> {
                 &fwd.inputs,
                 [&fwd.lse, &fwd.entropy],
                 d,
+                1.0 / fwd.heads.temperature,
             )?;
         }
         if let (Some(score), Some(dvalue)) = (&lay.score, g.value) {

@@ -136,6 +136,7 @@ pub fn run_kernel_benches(eng: &CudaEngine) -> Result<Vec<BenchRow>> {
             &w.as_view(),
             &targets,
             d,
+            1.0,
         )?;
         cuda::logprob::logprob_backward(
             eng,
@@ -151,6 +152,7 @@ pub fn run_kernel_benches(eng: &CudaEngine) -> Result<Vec<BenchRow>> {
             &lse,
             &ent,
             d,
+            1.0,
         )
     })?;
     // Forward GEMM, then recompute + two backward GEMMs: 4 × 2·N·D·V.

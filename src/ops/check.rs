@@ -93,9 +93,14 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
             }
         }
         if wants("logprob") {
-            // (N, D, V): one partial chunk, then llama-1b's vocabulary (15 full chunks and a partial).
-            for (n, d, v) in [(70, 64, 259), (64, 2048, 128256)] {
-                rows.extend(check_logprob(eng, &gemm, n, d, v)?);
+            // (N, D, V, temperature): one partial chunk, the same at PPO's temperature 0.7, then
+            // llama-1b's vocabulary (15 full chunks and a partial).
+            for (n, d, v, t) in [
+                (70, 64, 259, 1.0),
+                (70, 64, 259, 0.7),
+                (64, 2048, 128256, 1.0),
+            ] {
+                rows.extend(check_logprob(eng, &gemm, n, d, v, t)?);
             }
         }
     }
@@ -706,15 +711,17 @@ fn check_logprob(
     n: usize,
     d: usize,
     v: usize,
+    temperature: f32,
 ) -> Result<Vec<CheckRow>> {
+    let scale = 1.0 / temperature;
     let mut g = Lcg(31 + (n * v) as u64);
     let (h, w) = (g.bf16s(n * d, 1.0), g.bf16s(v * d, 0.1));
     let targets: Vec<u32> = (0..n).map(|t| ((t * 104_729) % v) as u32).collect();
     let (dlogp, dent) = (g.bf16s(n, 1.0), g.bf16s(n, 0.5));
     let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    cpu::logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d);
+    cpu::logprob::logprob_forward_scaled(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d, scale);
     let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
-    cpu::logprob_backward(
+    cpu::logprob::logprob_backward_scaled(
         &mut dh,
         &mut dw,
         &dlogp,
@@ -725,6 +732,7 @@ fn check_logprob(
         &lse,
         &ent,
         d,
+        scale,
     );
 
     let (h_d, w_d, t_d) = (
@@ -740,7 +748,7 @@ fn check_logprob(
         eng.zeros::<f32>(n)?,
     );
     let (mut dh_d, mut dw_d) = (eng.zeros::<f32>(n * d)?, eng.zeros::<f32>(v * d)?);
-    let shape = format!("N={n} D={d} V={v}");
+    let shape = format!("N={n} D={d} V={v} T={temperature}");
     let ms_f = timed(eng, "logprob_forward", || {
         cuda::logprob::logprob_forward(
             eng,
@@ -753,6 +761,7 @@ fn check_logprob(
             &w_d.as_view(),
             &t_d,
             d,
+            scale,
         )
     })?;
     let ms_b = timed(eng, "logprob_backward", || {
@@ -772,6 +781,7 @@ fn check_logprob(
             &lse_d,
             &ent_d,
             d,
+            scale,
         )
     })?;
     Ok(vec![

@@ -25,7 +25,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl-C finishes the step and writes a checkpoint; a second one exits at once.
+pub(crate) fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    INTERRUPTED.store(false, Ordering::SeqCst);
+}
 
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -333,13 +343,7 @@ where
         None
     };
 
-    // The first Ctrl-C finishes the step and writes a checkpoint; a second one exits at once.
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
-    INTERRUPTED.store(false, Ordering::SeqCst);
+    install_interrupt_handler();
     let bar = indicatif::ProgressBar::new(total_steps as u64).with_position(start_step as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")

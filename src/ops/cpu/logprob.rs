@@ -20,6 +20,21 @@ pub fn logprob_forward(
     targets: &[u32],
     d: usize,
 ) {
+    logprob_forward_scaled(logp, entropy, lse, h, w, targets, d, 1.0)
+}
+
+/// [`logprob_forward`] of the logits z = scale·(h·Wᵀ): the distribution at temperature 1/scale.
+#[allow(clippy::too_many_arguments)]
+pub fn logprob_forward_scaled(
+    logp: &mut [f32],
+    entropy: &mut [f32],
+    lse: &mut [f32],
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    d: usize,
+    scale: f32,
+) {
     let n = targets.len();
     let v = w.len() / d;
     assert_eq!(
@@ -42,6 +57,9 @@ pub fn logprob_forward(
                 d,
                 v,
             );
+            if scale != 1.0 {
+                logits.iter_mut().for_each(|x| *x *= scale);
+            }
             for r in 0..rows {
                 let z = &logits[r * v..(r + 1) * v];
                 let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -61,6 +79,7 @@ pub fn logprob_forward(
 /// With p = softmax(z) and H the entropy, the logit gradient of each row is
 ///   dz_v = dlogp · (1[v = target] − p_v) − dentropy · p_v (log p_v + H),
 /// and dh[N,D] += dz · W, dw[V,D] += dzᵀ · h.
+#[allow(clippy::too_many_arguments)]
 pub fn logprob_backward(
     dh: &mut [f32],
     dw: &mut [f32],
@@ -72,6 +91,24 @@ pub fn logprob_backward(
     lse: &[f32],
     entropy: &[f32],
     d: usize,
+) {
+    logprob_backward_scaled(dh, dw, dlogp, dentropy, h, w, targets, lse, entropy, d, 1.0)
+}
+
+/// [`logprob_backward`] of [`logprob_forward_scaled`].
+#[allow(clippy::too_many_arguments)]
+pub fn logprob_backward_scaled(
+    dh: &mut [f32],
+    dw: &mut [f32],
+    dlogp: &[f32],
+    dentropy: Option<&[f32]>,
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    entropy: &[f32],
+    d: usize,
+    scale: f32,
 ) {
     let n = targets.len();
     let v = w.len() / d;
@@ -85,6 +122,9 @@ pub fn logprob_backward(
         let hc = &h[first * d..(first + rows) * d];
         let dz = &mut logits[..rows * v];
         matmul_forward(dz, hc, w, rows, d, v);
+        if scale != 1.0 {
+            dz.iter_mut().for_each(|x| *x *= scale);
+        }
         for r in 0..rows {
             let t = first + r;
             let (gl, ge) = (dlogp[t], dentropy.map_or(0.0, |de| de[t]));
@@ -95,6 +135,10 @@ pub fn logprob_backward(
                 *x = -gl * p - ge * p * (log_p + entropy[t]);
             }
             z[targets[t] as usize] += gl;
+            // z = scale·(h·Wᵀ): the chain rule scales d(h·Wᵀ) by the same factor.
+            if scale != 1.0 {
+                z.iter_mut().for_each(|x| *x *= scale);
+            }
         }
         matmul_backward(
             Some(&mut dh[first * d..(first + rows) * d]),

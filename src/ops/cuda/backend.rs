@@ -410,6 +410,7 @@ impl Backend for Cuda {
         w: &Range<usize>,
         inp: &CudaInputs,
         d: usize,
+        scale: f32,
     ) -> Result<()> {
         let mut scratch = self.scratch.borrow_mut();
         let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
@@ -424,6 +425,7 @@ impl Backend for Cuda {
             &p.slice(w.clone()),
             &inp.targets,
             d,
+            scale,
         )
     }
     fn logprob_backward(
@@ -438,6 +440,7 @@ impl Backend for Cuda {
         inp: &CudaInputs,
         [lse, entropy]: [&Self::Acc; 2],
         d: usize,
+        scale: f32,
     ) -> Result<()> {
         let mut scratch = self.scratch.borrow_mut();
         let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
@@ -456,6 +459,7 @@ impl Backend for Cuda {
             lse,
             entropy,
             d,
+            scale,
         )
     }
     fn scalar_head_forward(

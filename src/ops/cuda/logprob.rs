@@ -44,7 +44,9 @@ fn rows(n: usize) -> LaunchConfig {
     }
 }
 
-/// logp, entropy, lse (N) f32 from h (N,D) bf16, W (V,D) bf16 and targets (N).
+/// logp, entropy, lse (N) f32 from h (N,D) bf16, W (V,D) bf16 and targets (N), for the logits
+/// z = scale·(h·Wᵀ) (scale = 1/temperature).
+#[allow(clippy::too_many_arguments)]
 pub fn logprob_forward(
     eng: &CudaEngine,
     gemm: &Gemm,
@@ -56,6 +58,7 @@ pub fn logprob_forward(
     w: &CudaView<bf16>,
     targets: &CudaSlice<u32>,
     d: usize,
+    scale: f32,
 ) -> Result<()> {
     let n = s.n;
     let v = w.len() / d;
@@ -72,15 +75,16 @@ pub fn logprob_forward(
     let fold = eng.function("logprob_chunk_forward")?;
     for c0 in (0..v).step_by(VOCAB_CHUNK) {
         let vc = VOCAB_CHUNK.min(v - c0);
-        matmul_forward(
+        chunk_logits(
             eng,
             gemm,
-            &mut s.logits.slice_mut(..n * vc),
+            s,
             h,
             &w.slice(c0 * d..(c0 + vc) * d),
             n,
             d,
             vc,
+            scale,
         )?;
         let logits = s.logits.slice(..n * vc);
         let (n_i, vc_i, c0_i) = (n as i32, vc as i32, c0 as i32);
@@ -111,6 +115,56 @@ pub fn logprob_forward(
     Ok(())
 }
 
+/// One vocabulary chunk's logits (N, vc) f32 = scale·(h·W_chunkᵀ).
+#[allow(clippy::too_many_arguments)]
+fn chunk_logits(
+    eng: &CudaEngine,
+    gemm: &Gemm,
+    s: &mut LogprobScratch,
+    h: &CudaSlice<bf16>,
+    w_chunk: &CudaView<bf16>,
+    n: usize,
+    d: usize,
+    vc: usize,
+    scale: f32,
+) -> Result<()> {
+    if scale == 1.0 {
+        return matmul_forward(
+            eng,
+            gemm,
+            &mut s.logits.slice_mut(..n * vc),
+            h,
+            w_chunk,
+            n,
+            d,
+            vc,
+        );
+    }
+    // matmul_forward's product, with alpha = scale.
+    let shape = GemmShape {
+        transa: true,
+        transb: false,
+        m: vc as u64,
+        n: n as u64,
+        k: d as u64,
+        lda: d as i64,
+        ldb: d as i64,
+        ldc: vc as i64,
+        c_f32: true,
+    };
+    let mut out = s.logits.slice_mut(..n * vc);
+    gemm.gemm(
+        eng,
+        shape,
+        scale,
+        w_chunk,
+        h,
+        0.0,
+        &mut out,
+        "logprob logits",
+    )
+}
+
 /// dh (N,D) f32 += and dW (V,D) f32 += the gradient of Σ dlogp·logp + Σ dentropy·entropy.
 #[allow(clippy::too_many_arguments)]
 pub fn logprob_backward(
@@ -127,6 +181,7 @@ pub fn logprob_backward(
     lse: &CudaSlice<f32>,
     entropy: &CudaSlice<f32>,
     d: usize,
+    scale: f32,
 ) -> Result<()> {
     let n = s.n;
     let v = w.len() / d;
@@ -145,16 +200,7 @@ pub fn logprob_backward(
     for c0 in (0..v).step_by(VOCAB_CHUNK) {
         let vc = VOCAB_CHUNK.min(v - c0);
         let w_chunk = w.slice(c0 * d..(c0 + vc) * d);
-        matmul_forward(
-            eng,
-            gemm,
-            &mut s.logits.slice_mut(..n * vc),
-            h,
-            &w_chunk,
-            n,
-            d,
-            vc,
-        )?;
+        chunk_logits(eng, gemm, s, h, &w_chunk, n, d, vc, scale)?;
         let logits = s.logits.slice(..n * vc);
         let mut dlogits = s.dlogits.slice_mut(..n * vc);
         let (n_i, vc_i, c0_i) = (n as i32, vc as i32, c0 as i32);
@@ -168,7 +214,7 @@ pub fn logprob_backward(
             Some(de) => l.arg(de),
             None => l.arg(&null),
         };
-        l.arg(targets).arg(&n_i).arg(&vc_i).arg(&c0_i);
+        l.arg(targets).arg(&n_i).arg(&vc_i).arg(&c0_i).arg(&scale);
         // SAFETY: arguments match the kernel (a null dentropy is a 0 pointer); sizes checked.
         unsafe { l.launch(rows(n)) }
             .map_err(|e| anyhow!("logprob_chunk_backward (N={n}, chunk {c0}+{vc}): {e:?}"))?;

@@ -1,0 +1,66 @@
+//! Prompt files for generation and online RL: {"prompt": "..."} (rendered with the chat
+//! template), {"messages": [...]} or {"prompt_ids": [...]}; other fields (an "answer", an id)
+//! travel with the prompt.
+
+use super::chat_template::Message;
+use super::jsonl::read_jsonl;
+use super::preference::Encoder;
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// One prompt: its ids, and the input line's other fields.
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    pub fields: Map<String, Value>,
+}
+
+/// Every prompt of `path`; a bad line is an error naming `file:line`.
+pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
+    let vocab = enc.cfg.vocab_size;
+    let lines = read_jsonl::<Map<String, Value>>(path)?;
+    let mut out = Vec::with_capacity(lines.len());
+    for rec in lines {
+        let at = format!("{}:{}", path.display(), rec.line);
+        let mut fields = rec.value;
+        let ids = match (
+            fields.remove("prompt"),
+            fields.remove("messages"),
+            fields.remove("prompt_ids"),
+        ) {
+            (Some(Value::String(p)), None, None) => {
+                let turn = [Message {
+                    role: "user".into(),
+                    content: p.clone(),
+                }];
+                fields.insert("prompt".into(), Value::String(p));
+                enc.prompt_ids(&turn).with_context(|| at.clone())?
+            }
+            (None, Some(m), None) => {
+                let msgs: Vec<Message> = serde_json::from_value(m.clone()).map_err(|e| {
+                    anyhow::anyhow!("{at}: \"messages\" is not a list of {{role, content}}: {e}")
+                })?;
+                fields.insert("messages".into(), m);
+                enc.prompt_ids(&msgs).with_context(|| at.clone())?
+            }
+            (None, None, Some(ids)) => {
+                let ids: Vec<u32> = serde_json::from_value(ids.clone()).map_err(|e| {
+                    anyhow::anyhow!("{at}: \"prompt_ids\" must be a list of token ids: {e}")
+                })?;
+                fields.insert("prompt_ids".into(), serde_json::json!(ids));
+                ids
+            }
+            _ => bail!(
+                "{at}: expected exactly one of \"prompt\" (a string), \"messages\" or \"prompt_ids\""
+            ),
+        };
+        if ids.is_empty() {
+            bail!("{at}: the prompt is empty");
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("{at}: token id {id} is outside the model's vocabulary of {vocab}");
+        }
+        out.push(Prompt { ids, fields });
+    }
+    Ok(out)
+}

@@ -1,0 +1,415 @@
+//! `prefer ppo`'s options, from flags or a TOML file (`--config`, keys are the flags' names); flags
+//! override the file, the file overrides the defaults, and a resumed run takes its run.toml.
+//! Defaults are the paper's (Ivison et al. 2024, and its table of PPO implementations).
+
+use super::advantages::{Algo, RewardSwitches};
+use crate::cmd::Device;
+use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where an iteration's scores come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardSource {
+    /// The reward model's score.
+    Rm,
+    /// 1 when the last number in the completion equals the prompt line's "answer" (GSM8K style).
+    MathAnswer,
+    /// The reward model's score plus --math-weight × the math-answer reward.
+    Both,
+}
+
+/// Every flag is optional so that a flag, a config key, a resumed run's value and a default can
+/// be told apart.
+#[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PpoArgs {
+    /// The starting policy (an HF Llama folder); also the frozen reference.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// The reward model (an HF folder with a scalar head).
+    #[arg(long)]
+    pub reward_model: Option<PathBuf>,
+    /// The value model's starting point [default: the reward model, as in the paper].
+    #[arg(long)]
+    pub value_model: Option<PathBuf>,
+    /// Prompts JSONL: {"prompt": ...}, {"messages": [...]} or {"prompt_ids": [...]}; with
+    /// --reward math-answer each line also has "answer".
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// The run folder: the final policy at its root, value/, checkpoint/, metrics.jsonl.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// ppo (GAE with a value model), grpo or rloo (group baselines, no value model).
+    #[arg(long, value_enum)]
+    pub algo: Option<Algo>,
+    /// Where scores come from.
+    #[arg(long, value_enum)]
+    pub reward: Option<RewardSource>,
+    /// Weight of the math-answer reward with --reward both.
+    #[arg(long, allow_negative_numbers = true)]
+    pub math_weight: Option<f32>,
+    /// β of the KL penalty (the starting β with --adaptive-kl).
+    #[arg(long, allow_negative_numbers = true)]
+    pub kl_coef: Option<f32>,
+    /// Adapt β towards --target-kl (Ziegler et al. 2019).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub adaptive_kl: Option<bool>,
+    /// The sequence KL the adaptive controller aims for.
+    #[arg(long, allow_negative_numbers = true)]
+    pub target_kl: Option<f32>,
+    /// The adaptive controller's horizon, in sequences.
+    #[arg(long)]
+    pub kl_horizon: Option<usize>,
+    /// The per-token KL estimator.
+    #[arg(long, value_enum)]
+    pub kl_estimator: Option<KlEstimator>,
+    /// Clamp the per-token log-ratio to [-C, C] before the KL estimate (off unless given).
+    #[arg(long, allow_negative_numbers = true)]
+    pub kl_clamp: Option<f32>,
+    /// The EOS trick's score for a completion that never emitted EOS.
+    #[arg(long, allow_negative_numbers = true)]
+    pub eos_penalty: Option<f32>,
+    /// Turn the EOS trick off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_eos_trick: Option<bool>,
+    /// Normalise scores by their running mean and std over the run.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reward_norm: Option<bool>,
+    /// Whiten the shaped per-token rewards over each batch.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reward_whiten: Option<bool>,
+    /// Turn advantage whitening off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_advantage_whiten: Option<bool>,
+    /// Completions sampled per prompt (at least 2 for grpo and rloo).
+    #[arg(long)]
+    pub rollouts_per_prompt: Option<usize>,
+    /// Prompts per iteration.
+    #[arg(long)]
+    pub prompt_batch_size: Option<usize>,
+    /// Passes over each iteration's rollouts.
+    #[arg(long)]
+    pub ppo_epochs: Option<usize>,
+    /// Sequences per optimiser step.
+    #[arg(long)]
+    pub minibatch_size: Option<usize>,
+    /// Micro-batches per minibatch (memory, not math).
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Stop after N iterations.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the prompts (when --max-steps is not given).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Most tokens per completion.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; the trainer scores log-probs at the same temperature.
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Learning rate of the policy and the value model, decayed linearly to 0.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f32>,
+    /// PPO's ε.
+    #[arg(long, allow_negative_numbers = true)]
+    pub clip: Option<f32>,
+    /// The value loss's clip range.
+    #[arg(long, allow_negative_numbers = true)]
+    pub value_clip: Option<f32>,
+    /// Weight of the value loss.
+    #[arg(long, allow_negative_numbers = true)]
+    pub value_coef: Option<f32>,
+    /// GAE's γ.
+    #[arg(long, allow_negative_numbers = true)]
+    pub gamma: Option<f32>,
+    /// GAE's λ.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lam: Option<f32>,
+    /// Global gradient-norm clip (0 turns it off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_grad_norm: Option<f32>,
+    /// Seed of the prompt order and the sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda, emu (the software GPU) or auto.
+    #[arg(long, value_enum, env = "PREFER_DEVICE")]
+    pub device: Option<Device>,
+    /// Write a resumable checkpoint every N iterations.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// A TOML file with any of the options above.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this folder where it stopped, with its saved options.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many iterations, as Ctrl-C would: for testing resumes.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
+}
+
+/// Concrete options of a run.
+#[derive(Clone, Debug)]
+pub struct PpoOptions {
+    pub policy: PathBuf,
+    pub reward_model: Option<PathBuf>,
+    pub value_model: Option<PathBuf>,
+    pub prompts: PathBuf,
+    pub out: PathBuf,
+    pub algo: Algo,
+    pub reward: RewardSource,
+    pub math_weight: f32,
+    pub kl: KlController,
+    pub switches: RewardSwitches,
+    pub rollouts_per_prompt: usize,
+    pub prompt_batch_size: usize,
+    pub ppo_epochs: usize,
+    pub minibatch_size: usize,
+    pub grad_accum: usize,
+    pub max_steps: Option<usize>,
+    pub epochs: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub lr: f32,
+    pub clip: f32,
+    pub value_clip: f32,
+    pub value_coef: f32,
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    pub device: Device,
+    pub save_every: usize,
+    pub stop_after: Option<usize>,
+}
+
+/// `a` over `b`, key by key (both tables of the same struct).
+fn merge(a: &PpoArgs, b: &PpoArgs) -> Result<PpoArgs> {
+    let (mut top, bottom) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
+    if let (Some(t), Some(bt)) = (top.as_table_mut(), bottom.as_table()) {
+        for (k, v) in bt {
+            t.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let mut merged: PpoArgs = top.try_into()?;
+    (merged.config, merged.resume, merged.stop_after) =
+        (a.config.clone(), a.resume.clone(), a.stop_after);
+    Ok(merged)
+}
+
+fn read_toml(path: &Path) -> Result<PpoArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: not a valid ppo config", path.display()))
+}
+
+impl PpoArgs {
+    /// The paper's defaults (what `--help` shows and `resolve` falls back on).
+    pub fn defaults() -> PpoArgs {
+        PpoArgs {
+            algo: Some(Algo::Ppo),
+            reward: Some(RewardSource::Rm),
+            math_weight: Some(1.0),
+            kl_coef: Some(0.05),
+            adaptive_kl: Some(false),
+            target_kl: Some(6.0),
+            kl_horizon: Some(10_000),
+            kl_estimator: Some(KlEstimator::K1),
+            eos_penalty: Some(EosPenalty::default().missing_eos_score),
+            no_eos_trick: Some(false),
+            reward_norm: Some(false),
+            reward_whiten: Some(false),
+            no_advantage_whiten: Some(false),
+            rollouts_per_prompt: Some(1),
+            prompt_batch_size: Some(64),
+            ppo_epochs: Some(1),
+            minibatch_size: Some(64),
+            grad_accum: Some(1),
+            epochs: Some(1),
+            max_new_tokens: Some(256),
+            temperature: Some(0.7),
+            lr: Some(1e-6),
+            clip: Some(0.2),
+            value_clip: Some(0.2),
+            value_coef: Some(crate::loss::DEFAULT_VALUE_COEF),
+            gamma: Some(1.0),
+            lam: Some(0.95),
+            max_grad_norm: Some(1.0),
+            seed: Some(0),
+            device: Some(Device::Auto),
+            save_every: Some(50),
+            ..PpoArgs::default()
+        }
+    }
+
+    /// Flags over `--config` over a resumed run's run.toml; a resumed run refuses changed options.
+    pub fn with_files(self) -> Result<PpoArgs> {
+        let mut args = self;
+        if let Some(run) = args.resume.clone() {
+            let given = toml::Value::try_from(&args)?;
+            let changed: Vec<String> = given
+                .as_table()
+                .map(|t| {
+                    t.keys()
+                        .filter(|k| k.as_str() != "device")
+                        .map(|k| format!("--{k}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !changed.is_empty() || args.config.is_some() {
+                bail!(
+                    "--resume continues {} with the options saved in its run.toml; drop {} (only --device may change)",
+                    run.display(),
+                    if changed.is_empty() { "--config".to_string() } else { changed.join(", ") }
+                );
+            }
+            let saved = read_toml(&run.join("run.toml"))
+                .context("--resume needs the run folder of an earlier prefer ppo run")?;
+            args = merge(&args, &saved)?;
+            args.out = Some(run);
+        } else if let Some(cfg) = args.config.clone() {
+            args = merge(&args, &read_toml(&cfg)?)?;
+        }
+        Ok(args)
+    }
+
+    pub fn resolve(self) -> Result<PpoOptions> {
+        let a = merge(&self, &PpoArgs::defaults())?;
+        let need =
+            |p: Option<PathBuf>, flag: &str| p.with_context(|| format!("--{flag} is required"));
+        let given = "set by PpoArgs::defaults";
+        let algo = a.algo.expect(given);
+        let reward = a.reward.expect(given);
+        let k = a.rollouts_per_prompt.expect(given);
+        if algo != Algo::Ppo && k < 2 {
+            bail!("--algo {algo:?} compares the rollouts of a prompt with each other: give --rollouts-per-prompt 2 or more");
+        }
+        if algo == Algo::Ppo && reward != RewardSource::MathAnswer && a.reward_model.is_none() {
+            bail!("--reward-model is required (it scores the rollouts and, for ppo, starts the value model)");
+        }
+        if reward != RewardSource::MathAnswer && a.reward_model.is_none() {
+            bail!("--reward {reward:?} needs --reward-model");
+        }
+        if algo == Algo::Ppo && a.reward_model.is_none() && a.value_model.is_none() {
+            bail!(
+                "ppo needs a value model: give --value-model (or --reward-model, which starts it)"
+            );
+        }
+        let kl_coef = a.kl_coef.expect(given);
+        let kl = if a.adaptive_kl.expect(given) {
+            KlController::Adaptive {
+                coef: kl_coef,
+                target: a.target_kl.expect(given),
+                horizon: a.kl_horizon.expect(given),
+            }
+        } else {
+            KlController::Fixed { coef: kl_coef }
+        };
+        let o = PpoOptions {
+            policy: need(a.policy, "policy")?,
+            value_model: a.value_model.or_else(|| a.reward_model.clone()),
+            reward_model: a.reward_model,
+            prompts: need(a.prompts, "prompts")?,
+            out: need(a.out, "out")?,
+            algo,
+            reward,
+            math_weight: a.math_weight.expect(given),
+            kl,
+            switches: RewardSwitches {
+                kl_estimator: a.kl_estimator.expect(given),
+                kl_clamp: a.kl_clamp,
+                eos_penalty: (!a.no_eos_trick.expect(given)).then(|| EosPenalty {
+                    missing_eos_score: a.eos_penalty.expect(given),
+                }),
+                reward_norm: a.reward_norm.expect(given),
+                reward_whiten: a.reward_whiten.expect(given),
+                advantage_whiten: !a.no_advantage_whiten.expect(given),
+                gae: GaeConfig {
+                    gamma: a.gamma.expect(given),
+                    lambda: a.lam.expect(given),
+                },
+            },
+            rollouts_per_prompt: k,
+            prompt_batch_size: a.prompt_batch_size.expect(given),
+            ppo_epochs: a.ppo_epochs.expect(given),
+            minibatch_size: a.minibatch_size.expect(given),
+            grad_accum: a.grad_accum.expect(given),
+            max_steps: a.max_steps,
+            epochs: a.epochs.expect(given),
+            max_new_tokens: a.max_new_tokens.expect(given),
+            temperature: a.temperature.expect(given),
+            lr: a.lr.expect(given),
+            clip: a.clip.expect(given),
+            value_clip: a.value_clip.expect(given),
+            value_coef: a.value_coef.expect(given),
+            max_grad_norm: a.max_grad_norm.expect(given),
+            seed: a.seed.expect(given),
+            device: a.device.expect(given),
+            save_every: a.save_every.expect(given),
+            stop_after: a.stop_after,
+        };
+        for (flag, v) in [
+            ("--prompt-batch-size", o.prompt_batch_size),
+            ("--ppo-epochs", o.ppo_epochs),
+            ("--minibatch-size", o.minibatch_size),
+            ("--grad-accum", o.grad_accum),
+            ("--epochs", o.epochs),
+            ("--max-new-tokens", o.max_new_tokens),
+        ] {
+            if v == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if o.max_steps == Some(0) {
+            bail!("--max-steps 0 would train nothing; give at least 1 (or leave it out)");
+        }
+        if !(o.temperature > 0.0 && o.temperature.is_finite()) {
+            bail!("--temperature must be positive (PPO samples; greedy rollouts have no ratio)");
+        }
+        if !(o.lr.is_finite() && o.lr >= 0.0) {
+            bail!("--lr must be a finite non-negative number");
+        }
+        if !(o.clip > 0.0 && o.clip < 1.0) {
+            bail!("--clip must be in (0, 1)");
+        }
+        if !(kl_coef.is_finite() && kl_coef >= 0.0) {
+            bail!("--kl-coef must be a finite number >= 0");
+        }
+        if let Some(c) = o.switches.kl_clamp {
+            if !(c > 0.0 && c.is_finite()) {
+                bail!("--kl-clamp must be positive");
+            }
+        }
+        if let KlController::Adaptive {
+            target, horizon, ..
+        } = o.kl
+        {
+            if target.is_nan() || target <= 0.0 || horizon == 0 {
+                bail!("--adaptive-kl needs --target-kl > 0 and --kl-horizon >= 1");
+            }
+        }
+        let batch = o.prompt_batch_size * o.rollouts_per_prompt;
+        if o.minibatch_size > batch || batch % o.minibatch_size != 0 {
+            bail!(
+                "--minibatch-size ({}) must divide the iteration's {} sequences (--prompt-batch-size {} x --rollouts-per-prompt {})",
+                o.minibatch_size,
+                batch,
+                o.prompt_batch_size,
+                o.rollouts_per_prompt
+            );
+        }
+        if o.minibatch_size % o.grad_accum != 0 {
+            bail!(
+                "--grad-accum ({}) must divide --minibatch-size ({})",
+                o.grad_accum,
+                o.minibatch_size
+            );
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,818 @@
+//! `prefer ppo`: online RL on the rollout engine, written once over `TrainState` (the CPU oracle
+//! and the CUDA engine run the same loop). One iteration:
+//! 1. rollouts of the policy's own weights through the engine (src/generate/);
+//! 2. one scoring pass per model: the policy's and the reference's log-probs (at the sampling
+//!    temperature), the value model's estimates, the reward model's scores;
+//! 3. advantages (src/rl/advantages.rs: GAE, or GRPO/RLOO group baselines);
+//! 4. PPO epochs over shuffled minibatches: clipped policy loss, clipped value loss.
+//!
+//! The run folder holds run.toml, metrics.jsonl, checkpoint/ (policy and value with their AdamW
+//! state, and rl_state.json: the iteration, the KL controller and the score statistics), and at
+//! the end the policy at its root and the value model in value/.
+
+use super::advantages::{advantages, Advantages, Algo, ScoredBatch};
+use super::options::{PpoArgs, PpoOptions, RewardSource};
+use super::rewards::{answer_of, math_answer};
+use crate::cmd::Device;
+use crate::data::chat_template::ChatTemplate;
+use crate::data::preference::Encoder;
+use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::tokenizer::TextTokenizer;
+use crate::generate::philox::philox4x32;
+use crate::generate::stopping::eos_ids;
+use crate::generate::{Engine, EngineOptions, Rollout};
+use crate::loss::{
+    clipped_policy_loss, clipped_value_loss, mean_sequence_kl, per_token_kl, KlController,
+    KlEstimator, PolicyLossConfig, RunningMoments, ValueLossConfig,
+};
+use crate::model::weights::{load_checkpoint, save_checkpoint, save_model_into, SaveDtype};
+use crate::model::{Backend, Batch, HeadGrads, Heads, Llama, LlamaConfig};
+use crate::ops::cpu::SamplingParams;
+use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
+use crate::train::gpu_step::GpuTrainer;
+use crate::train::metrics::MetricsLog;
+use crate::train::state::{CpuState, TrainState};
+use anyhow::{bail, Context, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// What a run did, for the command line and the demo.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PpoSummary {
+    pub iterations: usize,
+    pub interrupted: bool,
+    /// Mean raw score (reward model, or math-answer accuracy) of each iteration's rollouts.
+    pub scores: Vec<f64>,
+    /// Largest gap between a rollout's log-probs and the trainer's for the same tokens.
+    pub max_logprob_gap: f64,
+}
+
+/// The run position that is not in the models: saved with every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RlState {
+    next_iteration: usize,
+    total_iterations: usize,
+    kl: KlController,
+    moments: RunningMoments,
+}
+
+/// The two trained models and the two frozen ones, on one backend.
+struct Models<'a, S: TrainState> {
+    policy: &'a mut S,
+    value: Option<&'a mut S>,
+    reference: &'a Llama<S::B>,
+    reward: Option<&'a Llama<S::B>>,
+}
+
+/// Everything an iteration reads that does not change.
+struct Setup {
+    opts: PpoOptions,
+    prompts: Vec<Prompt>,
+    tokenizer: TextTokenizer,
+    eos: Vec<u32>,
+    pad: u32,
+    policy_cfg: LlamaConfig,
+    value_cfg: Option<LlamaConfig>,
+    extra_files: Vec<(String, Vec<u8>)>,
+}
+
+pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
+    let resume = args.resume.is_some();
+    let args = args.with_files()?;
+    let opts = args.clone().resolve()?;
+    let ckpt = opts.out.join("checkpoint");
+    if !resume && ckpt.exists() {
+        bail!(
+            "{} already holds a run: continue it with --resume {0}, or choose another --out",
+            opts.out.display()
+        );
+    }
+    if resume && !crate::model::weights::resolve_checkpoint_dir(&ckpt).exists() {
+        bail!(
+            "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again without --resume",
+            opts.out.display()
+        );
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    if !resume {
+        let mut saved = args.clone();
+        for p in [
+            &mut saved.policy,
+            &mut saved.reward_model,
+            &mut saved.value_model,
+            &mut saved.prompts,
+            &mut saved.out,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
+        }
+        std::fs::write(opts.out.join("run.toml"), toml::to_string(&saved)?)?;
+    }
+
+    let (policy_cfg, policy_params) = load_checkpoint(&opts.policy)?;
+    if !policy_cfg.has_lm_head() || policy_cfg.scalar_head {
+        bail!(
+            "{} is not a causal LM (the policy needs an LM head and no scalar head)",
+            opts.policy.display()
+        );
+    }
+    let tokenizer = TextTokenizer::load(&opts.policy, &policy_cfg)?;
+    let template = ChatTemplate::for_model(&opts.policy)?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &policy_cfg,
+    };
+    let prompts = read_prompts(&opts.prompts, &enc)?;
+    if prompts.len() < opts.prompt_batch_size {
+        bail!(
+            "{} has {} prompts, fewer than --prompt-batch-size {}",
+            opts.prompts.display(),
+            prompts.len(),
+            opts.prompt_batch_size
+        );
+    }
+    if opts.reward != RewardSource::Rm {
+        for (i, p) in prompts.iter().enumerate() {
+            if p.fields.get("answer").and_then(answer_of).is_none() {
+                bail!("{}: prompt {} has no numeric \"answer\" field, which --reward math-answer grades against", opts.prompts.display(), i + 1);
+            }
+        }
+    }
+    let mut eos = eos_ids(&opts.policy)?;
+    if eos.is_empty() {
+        eos.extend(policy_cfg.eos_token_id);
+    }
+    let load_scalar = |dir: &Path, what: &str| -> Result<(LlamaConfig, Vec<f32>)> {
+        let (cfg, params) = load_checkpoint(dir)?;
+        if !cfg.scalar_head {
+            bail!(
+                "{} has no scalar head (score.weight); it cannot be the {what}",
+                dir.display()
+            );
+        }
+        if cfg.vocab_size != policy_cfg.vocab_size {
+            bail!(
+                "the {what} {} has a vocabulary of {}, the policy {}: they must share a tokenizer",
+                dir.display(),
+                cfg.vocab_size,
+                policy_cfg.vocab_size
+            );
+        }
+        Ok((cfg, params))
+    };
+    let reward = match (&opts.reward_model, opts.reward) {
+        (Some(dir), RewardSource::Rm | RewardSource::Both) => {
+            Some(load_scalar(dir, "reward model")?)
+        }
+        _ => None,
+    };
+    let value = match (&opts.value_model, opts.algo) {
+        (Some(dir), Algo::Ppo) => Some(load_scalar(dir, "value model")?),
+        _ => None,
+    };
+    let mut extra_files = Vec::new();
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        if let Ok(bytes) = std::fs::read(opts.policy.join(name)) {
+            extra_files.push((name.to_string(), bytes));
+        }
+    }
+    let setup = Setup {
+        pad: policy_cfg.pad_token_id.unwrap_or(0),
+        value_cfg: value.as_ref().map(|(c, _)| c.clone()),
+        policy_cfg: policy_cfg.clone(),
+        opts,
+        prompts,
+        tokenizer,
+        eos,
+        extra_files,
+    };
+    print_memory_plan(&setup, reward.as_ref().map(|r| &r.0));
+
+    let policy = Llama::new(policy_cfg, policy_params);
+    let reference = policy.clone();
+    let reward = reward.map(|(c, p)| Llama::new(c, p));
+    let value = value.map(|(c, p)| Llama::new(c, p));
+    let gpu = match setup.opts.device.prepare()? {
+        Device::Cpu => false,
+        Device::Cuda | Device::Emu => true,
+        Device::Auto => crate::ops::cuda::backend::Cuda::new().is_ok(),
+    };
+    if gpu {
+        let up = |m: &Llama| crate::ops::cuda::backend::Cuda::new()?.upload_model(m);
+        let mut p = GpuTrainer::new(&policy)?;
+        let mut v = value.as_ref().map(GpuTrainer::new).transpose()?;
+        let r = up(&reference)?;
+        let rm = reward.as_ref().map(up).transpose()?;
+        let models = Models {
+            policy: &mut p,
+            value: v.as_mut(),
+            reference: &r,
+            reward: rm.as_ref(),
+        };
+        train(models, &setup, resume)
+    } else {
+        let mut p = CpuState::new(policy, 0.0);
+        let mut v = value.map(|m| CpuState::new(m, 0.0));
+        let models = Models::<CpuState> {
+            policy: &mut p,
+            value: v.as_mut(),
+            reference: &reference,
+            reward: reward.as_ref(),
+        };
+        train(models, &setup, resume)
+    }
+}
+
+fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let params = |c: &LlamaConfig| crate::model::ParamLayout::new(c).len as f64;
+    let p = params(&s.policy_cfg);
+    // Trained: bf16 weights + fp32 master, gradient, two AdamW moments (18 bytes a parameter).
+    let trained = 18.0 * (p + s.value_cfg.as_ref().map_or(0.0, params));
+    let frozen = 2.0 * (p + reward.map_or(0.0, params));
+    let seqs = s.opts.prompt_batch_size * s.opts.rollouts_per_prompt;
+    eprintln!(
+        "memory plan (GPU): policy{} trained (bf16 weights, fp32 masters, grads, AdamW) {:.2} GiB; reference{} frozen bf16 {:.2} GiB; {} sequences an iteration",
+        if s.value_cfg.is_some() { " and value" } else { "" },
+        gib(trained),
+        if reward.is_some() { " and reward" } else { "" },
+        gib(frozen),
+        seqs
+    );
+}
+
+/// Token tensors of one iteration's rollouts: sequences right-padded to T, and which positions
+/// predict a completion token (position t holds the log-prob of token t+1).
+struct RolloutBatch {
+    batch: Batch,
+    mask: Vec<bool>,
+    lens: Vec<usize>,
+    /// The engine's log-probs, at their positions [N, T] (0 elsewhere).
+    rollout_logp: Vec<f32>,
+    ends_with_eos: Vec<bool>,
+}
+
+fn rollout_batch(prompts: &[&[u32]], rollouts: &[Rollout], eos: &[u32], pad: u32) -> RolloutBatch {
+    let seqs: Vec<Vec<u32>> = rollouts
+        .iter()
+        .zip(prompts)
+        .map(|(r, p)| [*p, &r.completion_ids].concat())
+        .collect();
+    let batch = Batch::right_padded(&seqs, pad);
+    let t = batch.seq;
+    let mut mask = vec![false; batch.tokens()];
+    let mut rollout_logp = vec![0.0; batch.tokens()];
+    for (b, (r, p)) in rollouts.iter().zip(prompts).enumerate() {
+        for (j, &lp) in r.logprobs.iter().enumerate() {
+            let pos = b * t + p.len() - 1 + j;
+            mask[pos] = true;
+            rollout_logp[pos] = lp;
+        }
+    }
+    RolloutBatch {
+        lens: seqs.iter().map(Vec::len).collect(),
+        ends_with_eos: rollouts
+            .iter()
+            .map(|r| r.completion_ids.last().is_some_and(|id| eos.contains(id)))
+            .collect(),
+        batch,
+        mask,
+        rollout_logp,
+    }
+}
+
+/// Rows `rows` of `b`, at the same length.
+fn rows_of(b: &Batch, rows: &[usize]) -> Batch {
+    let t = b.seq;
+    let pick = |v: &[u32]| {
+        rows.iter()
+            .flat_map(|&r| v[r * t..(r + 1) * t].to_vec())
+            .collect()
+    };
+    Batch {
+        batch: rows.len(),
+        seq: t,
+        ids: pick(&b.ids),
+        positions: pick(&b.positions),
+        mask: rows
+            .iter()
+            .flat_map(|&r| b.mask[r * t..(r + 1) * t].to_vec())
+            .collect(),
+    }
+}
+
+fn gather<T: Copy>(v: &[T], rows: &[usize], t: usize) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&r| v[r * t..(r + 1) * t].to_vec())
+        .collect()
+}
+
+/// The iteration's prompt indices: a shuffled order per pass over the prompts, a pure function of
+/// (seed, pass), so a resumed run draws the same prompts.
+fn iteration_prompts(n_prompts: usize, per_iter: usize, seed: u64, iteration: usize) -> Vec<usize> {
+    let per_pass = n_prompts / per_iter;
+    let (pass, k) = (iteration / per_pass, iteration % per_pass);
+    let mut order: Vec<usize> = (0..n_prompts).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed ^ (pass as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    order[k * per_iter..(k + 1) * per_iter].to_vec()
+}
+
+fn mean(v: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut s, mut n) = (0.0, 0usize);
+    for x in v {
+        s += x;
+        n += 1;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<PpoSummary> {
+    let o = &s.opts;
+    let ckpt = o.out.join("checkpoint");
+    let per_pass = s.prompts.len() / o.prompt_batch_size;
+    let total = o.max_steps.unwrap_or(per_pass * o.epochs);
+    let mut state = RlState {
+        next_iteration: 0,
+        total_iterations: total,
+        kl: o.kl,
+        moments: RunningMoments::new(),
+    };
+    if resume {
+        let dir = crate::model::weights::resolve_checkpoint_dir(&ckpt);
+        state = serde_json::from_slice(
+            &std::fs::read(dir.join("rl_state.json"))
+                .with_context(|| format!("reading {}", dir.join("rl_state.json").display()))?,
+        )?;
+        if state.next_iteration >= state.total_iterations {
+            eprintln!(
+                "the run in {} is finished (iteration {}); nothing to do",
+                o.out.display(),
+                state.next_iteration
+            );
+            return Ok(PpoSummary {
+                iterations: state.next_iteration,
+                ..Default::default()
+            });
+        }
+        let (_, host, _) = load_training_checkpoint(&dir.join("policy"))?;
+        m.policy.restore(host)?;
+        if let Some(v) = m.value.as_mut() {
+            let (_, host, _) = load_training_checkpoint(&dir.join("value"))?;
+            v.restore(host)?;
+        }
+        eprintln!(
+            "resuming {} at iteration {}/{}",
+            o.out.display(),
+            state.next_iteration,
+            total
+        );
+    }
+    crate::train::trainer::install_interrupt_handler();
+    let mut metrics = MetricsLog::open(&o.out.join("metrics.jsonl"), state.next_iteration + 1)?;
+    let mut summary = PpoSummary::default();
+    let k = o.rollouts_per_prompt;
+    let log_every = (total / 20).max(1);
+    for it in state.next_iteration..total {
+        let t_start = Instant::now();
+        // 1. Rollouts.
+        let picked = iteration_prompts(s.prompts.len(), o.prompt_batch_size, o.seed, it);
+        let prompt_ids: Vec<Vec<u32>> = picked.iter().map(|&i| s.prompts[i].ids.clone()).collect();
+        let iteration_seed = {
+            let r = philox4x32(
+                [it as u32, (it >> 32) as u32, 0x5050_4f00, 0],
+                [o.seed as u32, (o.seed >> 32) as u32],
+            );
+            (r[0] as u64) << 32 | r[1] as u64
+        };
+        let rollouts = generate(m.policy.model(), &prompt_ids, s, iteration_seed)?;
+        let t_gen = t_start.elapsed().as_secs_f64();
+        let prompts_per_row: Vec<&[u32]> = rollouts
+            .iter()
+            .map(|r| prompt_ids[r.prompt_index].as_slice())
+            .collect();
+        let rb = rollout_batch(&prompts_per_row, &rollouts, &s.eos, s.pad);
+        let (n, t) = (rb.batch.batch, rb.batch.seq);
+
+        // 2. Scoring: one pass per model.
+        let t1 = Instant::now();
+        let micro = o.minibatch_size / o.grad_accum;
+        let heads = Heads::logp_at(o.temperature);
+        let (mut old_logp, mut entropy, mut ref_logp, mut values) = (
+            vec![0.0; n * t],
+            vec![0.0; n * t],
+            vec![0.0; n * t],
+            vec![0.0; n * t],
+        );
+        let mut rm_scores = vec![0.0f32; n];
+        for chunk in (0..n).collect::<Vec<_>>().chunks(micro) {
+            let sub = rows_of(&rb.batch, chunk);
+            let f = m.policy.model().forward_heads(&sub, heads)?;
+            let (lp, ent) = (
+                m.policy.model().backend.to_host(&f.logp)?,
+                m.policy.model().backend.to_host(&f.entropy)?,
+            );
+            let f = m.reference.forward_heads(&sub, heads)?;
+            let rl = m.reference.backend.to_host(&f.logp)?;
+            for (i, &row) in chunk.iter().enumerate() {
+                old_logp[row * t..(row + 1) * t].copy_from_slice(&lp[i * t..(i + 1) * t]);
+                entropy[row * t..(row + 1) * t].copy_from_slice(&ent[i * t..(i + 1) * t]);
+                ref_logp[row * t..(row + 1) * t].copy_from_slice(&rl[i * t..(i + 1) * t]);
+            }
+            if let Some(vm) = m.value.as_ref() {
+                let f = vm.model().forward_heads(&sub, Heads::VALUE)?;
+                let vals = vm.model().backend.to_host(&f.value)?;
+                for (i, &row) in chunk.iter().enumerate() {
+                    values[row * t..(row + 1) * t].copy_from_slice(&vals[i * t..(i + 1) * t]);
+                }
+            }
+            if let Some(rm) = m.reward {
+                let f = rm.forward_heads(&sub, Heads::VALUE)?;
+                let r = rm.backend.to_host(&f.value)?;
+                for (i, &row) in chunk.iter().enumerate() {
+                    rm_scores[row] = r[sub.reward_position(i, rb.lens[row], rm.cfg.pad_token_id)];
+                }
+            }
+        }
+        let math: Vec<f32> = rollouts
+            .iter()
+            .map(|r| {
+                let answer = s.prompts[picked[r.prompt_index]]
+                    .fields
+                    .get("answer")
+                    .and_then(answer_of);
+                match answer {
+                    Some(a) => math_answer(
+                        &s.tokenizer
+                            .decode_generated(&r.completion_ids)
+                            .unwrap_or_default(),
+                        a,
+                    ),
+                    None => 0.0,
+                }
+            })
+            .collect();
+        let scores: Vec<f32> = match o.reward {
+            RewardSource::Rm => rm_scores.clone(),
+            RewardSource::MathAnswer => math.clone(),
+            RewardSource::Both => rm_scores
+                .iter()
+                .zip(&math)
+                .map(|(r, a)| r + o.math_weight * a)
+                .collect(),
+        };
+        let gaps: Vec<f64> = (0..n * t)
+            .filter(|&i| rb.mask[i])
+            .map(|i| (rb.rollout_logp[i] as f64 - old_logp[i] as f64).abs())
+            .collect();
+        let t_score = t1.elapsed().as_secs_f64();
+
+        // 3. Advantages.
+        let kl_coef = state.kl.coef();
+        let scored = ScoredBatch {
+            batch: n,
+            time: t,
+            mask: &rb.mask,
+            old_logp: &old_logp,
+            ref_logp: &ref_logp,
+            values: if m.value.is_some() { &values } else { &[] },
+            scores: &scores,
+            ends_with_eos: &rb.ends_with_eos,
+        };
+        let adv: Advantages =
+            advantages(o.algo, &scored, &o.switches, kl_coef, k, &mut state.moments);
+
+        // 4. PPO epochs over minibatches.
+        let t2 = Instant::now();
+        let lr = o.lr * (1.0 - it as f32 / total as f32);
+        let policy_cfg = PolicyLossConfig {
+            clip_eps: o.clip,
+            ..Default::default()
+        };
+        let value_cfg = ValueLossConfig {
+            clip_range: Some(o.value_clip),
+        };
+        let (mut pl, mut vl, mut clipfrac, mut approxkl, mut vclip) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut explained = Vec::new();
+        let scale = 1.0 / o.grad_accum as f32;
+        for epoch in 0..o.ppo_epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(
+                iteration_seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+            ));
+            for mb in order.chunks(o.minibatch_size) {
+                m.policy.zero_grads()?;
+                if let Some(vm) = m.value.as_mut() {
+                    vm.zero_grads()?;
+                }
+                for rows in mb.chunks(micro) {
+                    let sub = rows_of(&rb.batch, rows);
+                    let mask = gather(&rb.mask, rows, t);
+                    let (pol, grads) = m.policy.model_and_grads();
+                    let f = pol.forward_heads(&sub, heads)?;
+                    let logp = pol.backend.to_host(&f.logp)?;
+                    let out = clipped_policy_loss(
+                        &logp,
+                        &gather(&old_logp, rows, t),
+                        &gather(&adv.advantages, rows, t),
+                        &mask,
+                        rows.len(),
+                        t,
+                        &policy_cfg,
+                    );
+                    let g: Vec<f32> = out.grad_logp.iter().map(|x| x * scale).collect();
+                    let g = pol.backend.to_device(&g)?;
+                    pol.backward(
+                        &f,
+                        &HeadGrads {
+                            logp: Some(&g),
+                            ..Default::default()
+                        },
+                        grads,
+                    )?;
+                    pl.push(out.loss as f64);
+                    clipfrac.push(out.clip_fraction as f64);
+                    approxkl.push(out.approx_kl as f64);
+                    if let Some(vm) = m.value.as_mut() {
+                        let (val, vgrads) = vm.model_and_grads();
+                        let f = val.forward_heads(&sub, Heads::VALUE)?;
+                        let vals = val.backend.to_host(&f.value)?;
+                        let out = clipped_value_loss(
+                            &vals,
+                            &gather(&values, rows, t),
+                            &gather(&adv.returns, rows, t),
+                            &mask,
+                            rows.len(),
+                            t,
+                            &value_cfg,
+                        );
+                        let g: Vec<f32> = out
+                            .grad_values
+                            .iter()
+                            .map(|x| x * scale * o.value_coef)
+                            .collect();
+                        let g = val.backend.to_device(&g)?;
+                        val.backward(
+                            &f,
+                            &HeadGrads {
+                                value: Some(&g),
+                                ..Default::default()
+                            },
+                            vgrads,
+                        )?;
+                        vl.push(out.loss as f64);
+                        vclip.push(out.clip_fraction as f64);
+                        explained.push(out.explained_variance as f64);
+                    }
+                }
+                m.policy.step(lr, o.max_grad_norm)?;
+                if let Some(vm) = m.value.as_mut() {
+                    vm.step(lr, o.max_grad_norm)?;
+                }
+            }
+        }
+        let t_train = t2.elapsed().as_secs_f64();
+
+        // KL control, metrics.
+        let seq_kl = mean_sequence_kl(&adv.kl, &rb.mask, n, t);
+        let k3 = per_token_kl(&old_logp, &ref_logp, &rb.mask, KlEstimator::K3, None).kl;
+        let k1 = per_token_kl(&old_logp, &ref_logp, &rb.mask, KlEstimator::K1, None).kl;
+        state.kl.update(mean_sequence_kl(&k1, &rb.mask, n, t), n);
+        let seq_entropy = mean((0..n).map(|b| {
+            (0..t)
+                .filter(|&j| rb.mask[b * t + j])
+                .map(|j| entropy[b * t + j] as f64)
+                .sum::<f64>()
+        }));
+        let lengths: Vec<f64> = rollouts
+            .iter()
+            .map(|r| r.completion_ids.len() as f64)
+            .collect();
+        let eos_count = rb.ends_with_eos.iter().filter(|&&e| e).count();
+        let raw_score = mean(scores.iter().map(|&x| x as f64));
+        let final_mean = mean(adv.scores.iter().map(|&x| x as f64));
+        let final_std = (mean(adv.scores.iter().map(|&x| (x as f64 - final_mean).powi(2)))).sqrt();
+        let gap_max = gaps.iter().copied().fold(0.0, f64::max);
+        let elapsed = t_start.elapsed().as_secs_f64();
+        let tokens = rollouts
+            .iter()
+            .map(|r| r.completion_ids.len())
+            .sum::<usize>();
+        metrics.write(&json!({
+            "step": it + 1, "episode": (it + 1) * n,
+            "objective/scores": if o.reward == RewardSource::MathAnswer { mean(math.iter().map(|&x| x as f64)) } else { raw_score },
+            "objective/kl": seq_kl,
+            "objective/entropy": seq_entropy,
+            "objective/rlhf_reward": mean(adv.rlhf_reward.iter().map(|&x| x as f64)),
+            "policy/clipfrac_avg": mean(clipfrac.iter().copied()),
+            "policy/approxkl_avg": mean(approxkl.iter().copied()),
+            "loss/policy_avg": mean(pl.iter().copied()),
+            "loss/value_avg": mean(vl.iter().copied()),
+            "val/num_eos_tokens": eos_count,
+            "lr": lr,
+            "reward/mean": final_mean, "reward/std": final_std,
+            "reward/rm_score": mean(rm_scores.iter().map(|&x| x as f64)),
+            "reward/math_accuracy": mean(math.iter().map(|&x| x as f64)),
+            "kl/k1": mean_sequence_kl(&k1, &rb.mask, n, t), "kl/k3": mean_sequence_kl(&k3, &rb.mask, n, t),
+            "kl/coef": kl_coef,
+            "value/explained_variance": mean(explained.iter().copied()),
+            "value/clipfrac": mean(vclip.iter().copied()),
+            "response/length": mean(lengths.iter().copied()), "response/eos_rate": eos_count as f64 / n as f64,
+            "logprob_gap/max": gap_max, "logprob_gap/mean": mean(gaps.iter().copied()),
+            "tokens_per_s": tokens as f64 / elapsed,
+            "time/generate": t_gen, "time/score": t_score, "time/train": t_train,
+        }))?;
+        summary.scores.push(raw_score);
+        summary.max_logprob_gap = summary.max_logprob_gap.max(gap_max);
+        summary.iterations = it + 1;
+        let done = it + 1;
+        if done % log_every == 0 || done == total {
+            eprintln!(
+                "iteration {done}/{total}: score {raw_score:.4}, kl {seq_kl:.4}, policy loss {:.4}, {:.1} s (generate {t_gen:.1}, score {t_score:.1}, train {t_train:.1})",
+                mean(pl.iter().copied()),
+                elapsed
+            );
+        }
+        state.next_iteration = done;
+        let by_user = crate::train::trainer::INTERRUPTED.load(Ordering::SeqCst);
+        let stop = by_user || o.stop_after == Some(done);
+        if stop || done % o.save_every == 0 || done == total {
+            save_rl_checkpoint(&ckpt, &m, s, &state)?;
+        }
+        if stop && done < total {
+            eprintln!(
+                "{} at iteration {done}/{total}; checkpoint saved; continue with prefer ppo --resume {}",
+                if by_user { "interrupted" } else { "stopped" },
+                o.out.display()
+            );
+            summary.interrupted = by_user;
+            return Ok(summary);
+        }
+    }
+    // The final policy at the run's root, the value model in value/.
+    let extra: Vec<(&str, &[u8])> = s
+        .extra_files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    save_model_into(
+        &o.out,
+        &s.policy_cfg,
+        &m.policy.host_state()?.params,
+        SaveDtype::F32,
+        &extra,
+    )?;
+    if let (Some(vm), Some(cfg)) = (m.value.as_ref(), &s.value_cfg) {
+        save_checkpoint(
+            &o.out.join("value"),
+            cfg,
+            &vm.host_state()?.params,
+            SaveDtype::F32,
+            &extra,
+        )?;
+    }
+    let plotted = crate::train::metrics::plot_curves(
+        &o.out.join("metrics.jsonl"),
+        &o.out.join("nonexistent-eval.jsonl"),
+        &["objective/scores", "objective/kl", "loss/policy_avg", "lr"],
+        &o.out.join("curves.png"),
+        &format!(
+            "{} - {}",
+            format!("{:?}", o.algo).to_uppercase(),
+            o.out.display()
+        ),
+    )?;
+    eprintln!(
+        "policy in {}{}",
+        o.out.display(),
+        if plotted {
+            format!(", curves in {}", o.out.join("curves.png").display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(summary)
+}
+
+fn generate<B: Backend>(
+    policy: &Llama<B>,
+    prompts: &[Vec<u32>],
+    s: &Setup,
+    seed: u64,
+) -> Result<Vec<Rollout>> {
+    let o = &s.opts;
+    let k = o.rollouts_per_prompt;
+    let bs = crate::cmd::generate::BLOCK_SIZE;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let per_prompt = longest / bs + k * (longest % bs + o.max_new_tokens).div_ceil(bs);
+    let max_batch = (prompts.len() * k).min(256);
+    let opts = EngineOptions {
+        n: k,
+        sampling: SamplingParams {
+            temperature: o.temperature,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        max_new_tokens: o.max_new_tokens,
+        seed,
+        max_batch,
+        block_size: bs,
+        kv_blocks: per_prompt * max_batch.div_ceil(k) + 1,
+        eos: s.eos.clone(),
+        prefill_tokens: 8192,
+        graphs: true,
+    };
+    let mut engine = Engine::new(policy, opts)?;
+    let mut out: Vec<Option<Rollout>> = vec![None; prompts.len() * k];
+    engine.run(prompts, &mut |_| false, &mut |r| {
+        let i = r.prompt_index * k + r.rollout_index;
+        out[i] = Some(r);
+        Ok(())
+    })?;
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every rollout finishes"))
+        .collect())
+}
+
+/// policy/ and value/ (each an HF folder with its AdamW state) and rl_state.json, swapped in as
+/// one folder so a crash leaves the previous checkpoint whole.
+fn save_rl_checkpoint<S: TrainState>(
+    dir: &Path,
+    m: &Models<S>,
+    s: &Setup,
+    state: &RlState,
+) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let extra: Vec<(&str, &[u8])> = s
+        .extra_files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let pos = TrainerState {
+        next_step: state.next_iteration,
+        total_steps: state.total_iterations,
+        adam_t: 0,
+    };
+    let host = m.policy.host_state()?;
+    save_training_checkpoint(
+        &tmp.join("policy"),
+        &s.policy_cfg,
+        &host,
+        &TrainerState {
+            adam_t: host.t,
+            ..pos.clone()
+        },
+        &extra,
+    )?;
+    if let (Some(vm), Some(cfg)) = (m.value.as_ref(), &s.value_cfg) {
+        let host = vm.host_state()?;
+        save_training_checkpoint(
+            &tmp.join("value"),
+            cfg,
+            &host,
+            &TrainerState {
+                adam_t: host.t,
+                ..pos
+            },
+            &[],
+        )?;
+    }
+    std::fs::write(tmp.join("rl_state.json"), serde_json::to_vec_pretty(state)?)?;
+    let old = dir.with_extension("old");
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
