@@ -1,6 +1,7 @@
-//! `prefer demo`: the whole offline pipeline on an embedded default, with no downloads. Builds the
-//! tiny model, writes the built-in synthetic preference task, trains a reward model and a DPO
-//! policy on it, and prints their held-out accuracy before and after.
+//! `prefer demo`: the whole pipeline on an embedded default, with no downloads. Builds the tiny
+//! model, writes the built-in synthetic preference task, trains a reward model and a DPO policy on
+//! it, then PPO from the base model against that reward model, and prints held-out accuracy before
+//! and after, and the reward model's score of the PPO policy's completions.
 
 use super::init::{run_init, InitOptions};
 use super::Device;
@@ -41,7 +42,7 @@ fn demo_args(
 /// Marks a folder as the demo's own, so a later demo may replace what it wrote there.
 const MARKER: &str = ".prefer-demo";
 /// Everything the demo writes in its folder.
-const DEMO_ENTRIES: [&str; 5] = [MARKER, "base", "data", "rm", "dpo"];
+const DEMO_ENTRIES: [&str; 6] = [MARKER, "base", "data", "rm", "dpo", "ppo"];
 
 /// Makes `out` ready for a fresh demo without ever deleting what the user put there: an empty or
 /// missing folder is fine; a previous demo's folder loses only the entries the demo wrote; any
@@ -122,6 +123,31 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
     )?;
     super::train::exit_if_interrupted(&dpo);
 
+    eprintln!("\n== PPO (the paper's switches: KL 0.05, EOS trick, advantage whitening) ==");
+    let prompts = out.join("data/prompts.jsonl");
+    std::fs::write(&prompts, demo_prompts(&std::fs::read_to_string(&train)?))?;
+    let ppo_out = out.join("ppo");
+    let ppo = crate::rl::run_ppo(crate::rl::PpoArgs {
+        policy: Some(base.clone()),
+        reward_model: Some(rm_out.clone()),
+        prompts: Some(prompts),
+        out: Some(ppo_out.clone()),
+        prompt_batch_size: Some(12),
+        rollouts_per_prompt: Some(4),
+        minibatch_size: Some(16),
+        max_new_tokens: Some(40),
+        ppo_epochs: Some(2),
+        temperature: Some(1.0),
+        lr: Some(3e-3),
+        max_steps: Some(40),
+        seed: Some(seed),
+        device: Some(device),
+        ..Default::default()
+    })?;
+    if ppo.interrupted {
+        std::process::exit(130);
+    }
+
     let show = |name: &str, s: &RunSummary, dir: &Path| {
         println!(
             "{name:<14} held-out accuracy {:.3} -> {:.3} (ties {:.3} -> {:.3}, counted as wrong)   ({} steps; model, metrics.jsonl and curves.png in {})",
@@ -136,5 +162,30 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
     println!();
     show("reward model", &rm, &rm_out);
     show("DPO policy", &dpo, &dpo_out);
+    let (first, last) = (
+        ppo.scores.first().copied().unwrap_or(f64::NAN),
+        ppo.scores.iter().rev().take(5).sum::<f64>() / ppo.scores.len().clamp(1, 5) as f64,
+    );
+    println!(
+        "PPO policy     reward-model score of its completions {first:.3} -> {last:.3} (mean of the last 5 of {} iterations; policy, metrics.jsonl and curves.png in {})",
+        ppo.iterations,
+        ppo_out.display()
+    );
     Ok(())
+}
+
+/// The task's distinct prompts, one JSONL line each, for PPO's rollouts.
+fn demo_prompts(pairs: &str) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for line in pairs.lines() {
+        let p = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["prompt"].as_str().map(str::to_string));
+        if let Some(p) = p.filter(|p| !seen.contains(p)) {
+            seen.push(p);
+        }
+    }
+    seen.iter()
+        .map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n")
+        .collect()
 }

@@ -3,8 +3,11 @@
 //!
 //! PPO: EOS trick → score normalisation → per-token KL (estimator, clamp) → shaped rewards with
 //! β → reward whitening → GAE → advantage whitening.
-//! GRPO / RLOO: EOS trick → score normalisation → score − β·(sequence KL) → group baseline,
-//! broadcast to the completion's tokens (no value model).
+//! RLOO: EOS trick → score normalisation → score − β·(sequence KL) → leave-one-out baseline,
+//! broadcast to the completion's tokens (no value model), as TRL's RLOOTrainer.
+//! GRPO: EOS trick → score normalisation → group-normalised scores, broadcast; its KL is a loss
+//! term (β·k3 per token, Shao et al. 2024) that the trainer adds, not part of the reward: the
+//! group's std would otherwise blow the KL's noise up to unit advantages when the scores tie.
 
 use crate::loss::{
     apply_eos_penalty, gae, grpo_advantages, per_token_kl, rloo_advantages, shaped_rewards, whiten,
@@ -139,7 +142,7 @@ pub fn advantages(
         }
         Algo::Grpo | Algo::Rloo => {
             let per_seq = if algo == Algo::Grpo {
-                grpo_advantages(&rlhf_reward, group, true)
+                grpo_advantages(&scores, group, true)
             } else {
                 rloo_advantages(&rlhf_reward, group)
             };

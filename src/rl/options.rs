@@ -153,6 +153,11 @@ pub struct PpoArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub stop_after: Option<usize>,
+    /// Take each iteration's completions from this rollouts.jsonl (another run's) instead of
+    /// sampling them: for comparing devices on the same rollouts.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub replay_rollouts: Option<PathBuf>,
 }
 
 /// Concrete options of a run.
@@ -186,6 +191,7 @@ pub struct PpoOptions {
     pub device: Device,
     pub save_every: usize,
     pub stop_after: Option<usize>,
+    pub replay_rollouts: Option<PathBuf>,
 }
 
 /// `a` over `b`, key by key (both tables of the same struct).
@@ -199,6 +205,7 @@ fn merge(a: &PpoArgs, b: &PpoArgs) -> Result<PpoArgs> {
     let mut merged: PpoArgs = top.try_into()?;
     (merged.config, merged.resume, merged.stop_after) =
         (a.config.clone(), a.resume.clone(), a.stop_after);
+    merged.replay_rollouts = a.replay_rollouts.clone();
     Ok(merged)
 }
 
@@ -352,6 +359,7 @@ impl PpoArgs {
             device: a.device.expect(given),
             save_every: a.save_every.expect(given),
             stop_after: a.stop_after,
+            replay_rollouts: a.replay_rollouts,
         };
         for (flag, v) in [
             ("--prompt-batch-size", o.prompt_batch_size),

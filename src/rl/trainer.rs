@@ -389,6 +389,9 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
     }
     crate::train::trainer::install_interrupt_handler();
     let mut metrics = MetricsLog::open(&o.out.join("metrics.jsonl"), state.next_iteration + 1)?;
+    // Every completion with its score, per iteration (TRL logs a table of them).
+    let mut rollout_log =
+        MetricsLog::open(&o.out.join("rollouts.jsonl"), state.next_iteration + 1)?;
     let mut summary = PpoSummary::default();
     let k = o.rollouts_per_prompt;
     let log_every = (total / 20).max(1);
@@ -404,7 +407,10 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             );
             (r[0] as u64) << 32 | r[1] as u64
         };
-        let rollouts = generate(m.policy.model(), &prompt_ids, s, iteration_seed)?;
+        let rollouts = match &o.replay_rollouts {
+            Some(file) => replayed_rollouts(file, it, prompt_ids.len(), k)?,
+            None => generate(m.policy.model(), &prompt_ids, s, iteration_seed)?,
+        };
         let t_gen = t_start.elapsed().as_secs_f64();
         let prompts_per_row: Vec<&[u32]> = rollouts
             .iter()
@@ -540,7 +546,21 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                         t,
                         &policy_cfg,
                     );
-                    let g: Vec<f32> = out.grad_logp.iter().map(|x| x * scale).collect();
+                    let mut g: Vec<f32> = out.grad_logp.iter().map(|x| x * scale).collect();
+                    if o.algo == Algo::Grpo && kl_coef > 0.0 {
+                        // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
+                        let kl = per_token_kl(
+                            &logp,
+                            &gather(&ref_logp, rows, t),
+                            &mask,
+                            KlEstimator::K3,
+                            o.switches.kl_clamp,
+                        );
+                        let count = mask.iter().filter(|&&m| m).count().max(1) as f32;
+                        for (gi, d) in g.iter_mut().zip(&kl.grad_logp) {
+                            *gi += kl_coef * d / count * scale;
+                        }
+                    }
                     let g = pol.backend.to_device(&g)?;
                     pol.backward(
                         &f,
@@ -618,6 +638,14 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             .iter()
             .map(|r| r.completion_ids.len())
             .sum::<usize>();
+        for (r, score) in rollouts.iter().zip(&scores) {
+            rollout_log.write(&json!({
+                "step": it + 1, "prompt_index": picked[r.prompt_index], "rollout_index": r.rollout_index,
+                "text": s.tokenizer.decode_generated(&r.completion_ids).unwrap_or_default(),
+                "completion_ids": r.completion_ids, "logprobs": r.logprobs,
+                "finish_reason": r.finish_reason, "score": score,
+            }))?;
+        }
         metrics.write(&json!({
             "step": it + 1, "episode": (it + 1) * n,
             "objective/scores": if o.reward == RewardSource::MathAnswer { mean(math.iter().map(|&x| x as f64)) } else { raw_score },
@@ -815,4 +843,38 @@ fn save_rl_checkpoint<S: TrainState>(
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// Iteration `it`'s completions from another run's rollouts.jsonl, in (prompt, rollout) order.
+fn replayed_rollouts(file: &Path, it: usize, prompts: usize, k: usize) -> Result<Vec<Rollout>> {
+    let n = prompts * k;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut out = Vec::with_capacity(n);
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", file.display(), i + 1))?;
+        if v["step"].as_u64() != Some(it as u64 + 1) {
+            continue;
+        }
+        let ids = serde_json::from_value(v["completion_ids"].clone())?;
+        let logprobs = serde_json::from_value(v["logprobs"].clone())?;
+        let finish = serde_json::from_value(v["finish_reason"].clone())?;
+        out.push(Rollout {
+            prompt_index: out.len() / k,
+            rollout_index: out.len() % k,
+            completion_ids: ids,
+            logprobs,
+            finish_reason: finish,
+        });
+    }
+    if out.len() != n {
+        bail!(
+            "{}: iteration {} has {} completions, this run needs {n}",
+            file.display(),
+            it + 1,
+            out.len()
+        );
+    }
+    Ok(out)
 }
