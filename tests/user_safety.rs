@@ -540,3 +540,14 @@ fn check_bench_and_info_say_the_same_thing_without_a_gpu() {
         );
     }
 }
+
+#[test]
+fn the_134m_preset_is_named_for_its_parameter_count() {
+    use prefer::model::{LlamaConfig, ParamLayout};
+    let millions = |name: &str| {
+        (ParamLayout::new(&LlamaConfig::preset(name).unwrap()).len as f64 / 1e6).round() as usize
+    };
+    assert_eq!(millions("llama-134m"), 134);
+    // DESIGN.md's name for T2 still works, for the same model.
+    assert_eq!(millions("llama-124m"), 134);
+}
