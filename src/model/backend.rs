@@ -13,6 +13,7 @@
 
 use super::batch::Batch;
 use super::config::LlamaConfig;
+use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
 use anyhow::Result;
 use std::ops::Range;
@@ -253,6 +254,35 @@ pub trait Backend {
         d: usize,
         v: usize,
     ) -> Result<()>;
+    // Online RL's losses (src/rl/trainer.rs), fused on the device.
+
+    /// grad[N] (written) = the scaled gradient of PPO's clipped policy loss at `logp` (+ GRPO's
+    /// β·k3 term against `ref_logp` when `p.kl_coef > 0`); `weights` are the token-mean weights
+    /// (1/count at completion tokens, 0 elsewhere). Returns the loss and metrics.
+    #[allow(clippy::too_many_arguments)]
+    fn ppo_policy_loss(
+        &self,
+        grad: &mut Self::Acc,
+        logp: &Self::Acc,
+        old_logp: &Self::Acc,
+        advantages: &Self::Acc,
+        weights: &Self::Acc,
+        ref_logp: Option<&Self::Acc>,
+        p: PolicyLossParams,
+    ) -> Result<PolicyLossStats>;
+    /// grad[N] (written) = the scaled gradient of the clipped value loss at `values`.
+    #[allow(clippy::too_many_arguments)]
+    fn ppo_value_loss(
+        &self,
+        grad: &mut Self::Acc,
+        values: &Self::Acc,
+        old_values: &Self::Acc,
+        returns: &Self::Acc,
+        weights: &Self::Acc,
+        clip: Option<f32>,
+        grad_scale: f32,
+    ) -> Result<ValueLossStats>;
+
     /// One token per row of logits[N, V], row r drawn with uniforms[r]: (ids, log-probs) on the
     /// host, where the scheduler needs them.
     fn sample(
@@ -616,5 +646,51 @@ impl Backend for Cpu {
         let (mut ids, mut logprobs) = (vec![0; n], vec![0.0; n]);
         cpu::sample(&mut ids, &mut logprobs, &logits[..n * v], uniforms, p);
         Ok((ids, logprobs))
+    }
+    fn ppo_policy_loss(
+        &self,
+        grad: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        advantages: &Vec<f32>,
+        weights: &Vec<f32>,
+        ref_logp: Option<&Vec<f32>>,
+        p: PolicyLossParams,
+    ) -> Result<PolicyLossStats> {
+        let mask: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
+        Ok(cpu::ppo_loss::ppo_policy_loss(
+            grad,
+            logp,
+            old_logp,
+            advantages,
+            &mask,
+            ref_logp.map(|r| r.as_slice()),
+            1,
+            logp.len(),
+            p,
+        ))
+    }
+    fn ppo_value_loss(
+        &self,
+        grad: &mut Vec<f32>,
+        values: &Vec<f32>,
+        old_values: &Vec<f32>,
+        returns: &Vec<f32>,
+        weights: &Vec<f32>,
+        clip: Option<f32>,
+        grad_scale: f32,
+    ) -> Result<ValueLossStats> {
+        let mask: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
+        Ok(cpu::ppo_loss::ppo_value_loss(
+            grad,
+            values,
+            old_values,
+            returns,
+            &mask,
+            1,
+            values.len(),
+            clip,
+            grad_scale,
+        ))
     }
 }

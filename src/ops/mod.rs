@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod check;
 mod check_decode;
+mod check_rl;
 pub mod cpu;
 pub mod cuda;

@@ -22,11 +22,12 @@ use crate::generate::philox::philox4x32;
 use crate::generate::stopping::eos_ids;
 use crate::generate::{Engine, EngineOptions, Rollout};
 use crate::loss::{
-    clipped_policy_loss, clipped_value_loss, mean_sequence_kl, per_token_kl, KlController,
-    KlEstimator, PolicyLossConfig, RunningMoments, ValueLossConfig,
+    aggregation_weights, mean_sequence_kl, per_token_kl, KlController, KlEstimator,
+    LossAggregation, RunningMoments,
 };
 use crate::model::weights::{load_checkpoint, save_checkpoint, save_model_into, SaveDtype};
 use crate::model::{Backend, Batch, HeadGrads, Heads, Llama, LlamaConfig};
+use crate::ops::cpu::ppo_loss::PolicyLossParams;
 use crate::ops::cpu::SamplingParams;
 use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
 use crate::train::gpu_step::GpuTrainer;
@@ -510,13 +511,6 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
         // 4. PPO epochs over minibatches.
         let t2 = Instant::now();
         let lr = o.lr * (1.0 - it as f32 / total as f32);
-        let policy_cfg = PolicyLossConfig {
-            clip_eps: o.clip,
-            ..Default::default()
-        };
-        let value_cfg = ValueLossConfig {
-            clip_range: Some(o.value_clip),
-        };
         let (mut pl, mut vl, mut clipfrac, mut approxkl, mut vclip) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut explained = Vec::new();
@@ -534,34 +528,41 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                 for rows in mb.chunks(micro) {
                     let sub = rows_of(&rb.batch, rows);
                     let mask = gather(&rb.mask, rows, t);
+                    // The micro-batch's inputs go to the device; the losses run there, fused
+                    // (kernels/ppo_loss.cu on CUDA, the src/loss functions on the CPU).
+                    let weights =
+                        aggregation_weights(&mask, rows.len(), t, LossAggregation::TokenMean);
                     let (pol, grads) = m.policy.model_and_grads();
-                    let f = pol.forward_heads(&sub, heads)?;
-                    let logp = pol.backend.to_host(&f.logp)?;
-                    let out = clipped_policy_loss(
-                        &logp,
-                        &gather(&old_logp, rows, t),
-                        &gather(&adv.advantages, rows, t),
-                        &mask,
-                        rows.len(),
-                        t,
-                        &policy_cfg,
+                    let o_dev = &pol.backend;
+                    let (w_d, old_d, adv_d) = (
+                        o_dev.to_device(&weights)?,
+                        o_dev.to_device(&gather(&old_logp, rows, t))?,
+                        o_dev.to_device(&gather(&adv.advantages, rows, t))?,
                     );
-                    let mut g: Vec<f32> = out.grad_logp.iter().map(|x| x * scale).collect();
-                    if o.algo == Algo::Grpo && kl_coef > 0.0 {
-                        // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
-                        let kl = per_token_kl(
-                            &logp,
-                            &gather(&ref_logp, rows, t),
-                            &mask,
-                            KlEstimator::K3,
-                            o.switches.kl_clamp,
-                        );
-                        let count = mask.iter().filter(|&&m| m).count().max(1) as f32;
-                        for (gi, d) in g.iter_mut().zip(&kl.grad_logp) {
-                            *gi += kl_coef * d / count * scale;
-                        }
-                    }
-                    let g = pol.backend.to_device(&g)?;
+                    let grpo_kl = o.algo == Algo::Grpo && kl_coef > 0.0;
+                    let ref_d = if grpo_kl {
+                        Some(o_dev.to_device(&gather(&ref_logp, rows, t))?)
+                    } else {
+                        None
+                    };
+                    let f = pol.forward_heads(&sub, heads)?;
+                    let mut g = o_dev.acc(rows.len() * t)?;
+                    // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
+                    let params = PolicyLossParams {
+                        clip: o.clip,
+                        kl_coef: if grpo_kl { kl_coef } else { 0.0 },
+                        kl_clamp: o.switches.kl_clamp,
+                        grad_scale: scale,
+                    };
+                    let out = o_dev.ppo_policy_loss(
+                        &mut g,
+                        &f.logp,
+                        &old_d,
+                        &adv_d,
+                        &w_d,
+                        ref_d.as_ref(),
+                        params,
+                    )?;
                     pol.backward(
                         &f,
                         &HeadGrads {
@@ -575,23 +576,23 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                     approxkl.push(out.approx_kl as f64);
                     if let Some(vm) = m.value.as_mut() {
                         let (val, vgrads) = vm.model_and_grads();
-                        let f = val.forward_heads(&sub, Heads::VALUE)?;
-                        let vals = val.backend.to_host(&f.value)?;
-                        let out = clipped_value_loss(
-                            &vals,
-                            &gather(&values, rows, t),
-                            &gather(&adv.returns, rows, t),
-                            &mask,
-                            rows.len(),
-                            t,
-                            &value_cfg,
+                        let v_dev = &val.backend;
+                        let (w_d, old_v, ret_d) = (
+                            v_dev.to_device(&weights)?,
+                            v_dev.to_device(&gather(&values, rows, t))?,
+                            v_dev.to_device(&gather(&adv.returns, rows, t))?,
                         );
-                        let g: Vec<f32> = out
-                            .grad_values
-                            .iter()
-                            .map(|x| x * scale * o.value_coef)
-                            .collect();
-                        let g = val.backend.to_device(&g)?;
+                        let f = val.forward_heads(&sub, Heads::VALUE)?;
+                        let mut g = v_dev.acc(rows.len() * t)?;
+                        let out = v_dev.ppo_value_loss(
+                            &mut g,
+                            &f.value,
+                            &old_v,
+                            &ret_d,
+                            &w_d,
+                            Some(o.value_clip),
+                            scale * o.value_coef,
+                        )?;
                         val.backward(
                             &f,
                             &HeadGrads {

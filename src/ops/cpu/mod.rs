@@ -13,6 +13,7 @@ pub mod decode_attention;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod ppo_loss;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;

@@ -3,11 +3,12 @@
 //! The model code in src/model/llama.rs runs on it unchanged.
 
 use super::{
-    attention, copy_rows, decode_attention, embedding, logprob, matmul, residual, rmsnorm, rope,
-    sample, scalar_head, swiglu, CudaEngine,
+    attention, copy_rows, decode_attention, embedding, logprob, matmul, ppo_loss, residual,
+    rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
 };
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
+use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -588,5 +589,33 @@ impl Backend for Cuda {
         let ids = self.eng.download(ids)?;
         let logprobs = self.eng.download(logprobs)?;
         Ok((ids[..n].to_vec(), logprobs[..n].to_vec()))
+    }
+    fn ppo_policy_loss(
+        &self,
+        grad: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        weights: &CudaSlice<f32>,
+        ref_logp: Option<&CudaSlice<f32>>,
+        p: PolicyLossParams,
+    ) -> Result<PolicyLossStats> {
+        ppo_loss::ppo_policy_loss(
+            &self.eng, grad, logp, old_logp, advantages, weights, ref_logp, p,
+        )
+    }
+    fn ppo_value_loss(
+        &self,
+        grad: &mut CudaSlice<f32>,
+        values: &CudaSlice<f32>,
+        old_values: &CudaSlice<f32>,
+        returns: &CudaSlice<f32>,
+        weights: &CudaSlice<f32>,
+        clip: Option<f32>,
+        grad_scale: f32,
+    ) -> Result<ValueLossStats> {
+        ppo_loss::ppo_value_loss(
+            &self.eng, grad, values, old_values, returns, weights, clip, grad_scale,
+        )
     }
 }

@@ -11,6 +11,7 @@ pub mod device;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod ppo_loss;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;

@@ -1,0 +1,179 @@
+//! `prefer check` for online RL's fused losses (kernels/ppo_loss.cu) against the src/loss
+//! functions they implement, to 1e-5: the policy loss with GRPO's k3 term and a KL clamp, and the
+//! clipped value loss.
+
+use super::check::{compare, timed, CheckRow, Lcg};
+use super::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
+use super::cuda::{self, CudaEngine};
+use crate::loss::{aggregation_weights, LossAggregation};
+use anyhow::Result;
+
+pub(super) fn run_rl_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    for (b, t) in [(1, 37), (8, 600), (64, 1100)] {
+        rows.extend(check_ppo_losses(eng, b, t)?);
+    }
+    Ok(rows)
+}
+
+/// A scalar against its reference, as a row (absolute, and relative to max(1, |reference|)).
+fn scalar(op: &str, shape: &str, gpu: f32, cpu: f32, tol: f32, ms: f64) -> CheckRow {
+    let err = (gpu - cpu).abs() / cpu.abs().max(1.0);
+    CheckRow {
+        op: op.into(),
+        shape: shape.into(),
+        max_abs: (gpu - cpu).abs(),
+        max_rel: err,
+        tol,
+        pass: err <= tol && gpu.is_finite(),
+        gpu_ms: ms,
+    }
+}
+
+fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<CheckRow>> {
+    let n = batch * time;
+    let mut g = Lcg(97 + n as u64);
+    let mask: Vec<bool> = (0..n).map(|_| g.uniform() > -0.4).collect(); // 70% completion tokens
+    let count = mask.iter().filter(|&&m| m).count();
+    let old: Vec<f32> = (0..n).map(|_| -1.5 + g.uniform()).collect();
+    // Log-ratios up to ±0.4, so that both sides of PPO's clip (0.2) are taken.
+    let logp: Vec<f32> = old.iter().map(|&x| x + 0.4 * g.uniform()).collect();
+    let reference: Vec<f32> = old.iter().map(|&x| x + 0.6 * g.uniform()).collect();
+    let adv: Vec<f32> = (0..n).map(|_| 2.0 * g.uniform()).collect();
+    let values: Vec<f32> = (0..n).map(|_| g.uniform()).collect();
+    let old_values: Vec<f32> = values.iter().map(|&v| v + 0.3 * g.uniform()).collect();
+    let returns: Vec<f32> = (0..n).map(|_| 1.5 * g.uniform()).collect();
+    let weights = aggregation_weights(&mask, batch, time, LossAggregation::TokenMean);
+    let p = PolicyLossParams {
+        clip: 0.2,
+        kl_coef: 0.05,
+        kl_clamp: Some(0.5),
+        grad_scale: 0.5,
+    };
+
+    let mut grad = vec![0.0; n];
+    let cpu_p = cpu_loss::ppo_policy_loss(
+        &mut grad,
+        &logp,
+        &old,
+        &adv,
+        &mask,
+        Some(&reference),
+        batch,
+        time,
+        p,
+    );
+    let mut vgrad = vec![0.0; n];
+    let cpu_v = cpu_loss::ppo_value_loss(
+        &mut vgrad,
+        &values,
+        &old_values,
+        &returns,
+        &mask,
+        batch,
+        time,
+        Some(0.2),
+        0.05,
+    );
+
+    let up = |x: &[f32]| eng.upload(x);
+    let (logp_d, old_d, adv_d, w_d, ref_d) = (
+        up(&logp)?,
+        up(&old)?,
+        up(&adv)?,
+        up(&weights)?,
+        up(&reference)?,
+    );
+    let (v_d, ov_d, r_d) = (up(&values)?, up(&old_values)?, up(&returns)?);
+    let mut grad_d = eng.zeros::<f32>(n)?;
+    let mut vgrad_d = eng.zeros::<f32>(n)?;
+    let mut gpu_p = Default::default();
+    let ms_p = timed(eng, "ppo_policy_loss", || {
+        gpu_p = cuda::ppo_loss::ppo_policy_loss(
+            eng,
+            &mut grad_d,
+            &logp_d,
+            &old_d,
+            &adv_d,
+            &w_d,
+            Some(&ref_d),
+            p,
+        )?;
+        Ok(())
+    })?;
+    let mut gpu_v = Default::default();
+    let ms_v = timed(eng, "ppo_value_loss", || {
+        gpu_v = cuda::ppo_loss::ppo_value_loss(
+            eng,
+            &mut vgrad_d,
+            &v_d,
+            &ov_d,
+            &r_d,
+            &w_d,
+            Some(0.2),
+            0.05,
+        )?;
+        Ok(())
+    })?;
+    let shape = format!("B={batch} T={time} ({count} tokens)");
+    // A clip decision may flip on one token where exp rounds differently: one token's share.
+    let one = 1.0 / count.max(1) as f32;
+    Ok(vec![
+        compare(
+            "ppo_policy_loss grad",
+            &shape,
+            &eng.download(&grad_d)?,
+            &grad,
+            1e-5,
+            ms_p,
+        ),
+        scalar(
+            "ppo_policy_loss loss",
+            &shape,
+            gpu_p.loss,
+            cpu_p.loss,
+            1e-5,
+            ms_p,
+        ),
+        scalar(
+            "ppo_policy_loss approx_kl",
+            &shape,
+            gpu_p.approx_kl,
+            cpu_p.approx_kl,
+            1e-5,
+            ms_p,
+        ),
+        scalar(
+            "ppo_policy_loss clipfrac",
+            &shape,
+            gpu_p.clip_fraction,
+            cpu_p.clip_fraction,
+            one,
+            ms_p,
+        ),
+        compare(
+            "ppo_value_loss grad",
+            &shape,
+            &eng.download(&vgrad_d)?,
+            &vgrad,
+            1e-5,
+            ms_v,
+        ),
+        scalar(
+            "ppo_value_loss loss",
+            &shape,
+            gpu_v.loss,
+            cpu_v.loss,
+            1e-5,
+            ms_v,
+        ),
+        scalar(
+            "ppo_value_loss explained var",
+            &shape,
+            gpu_v.explained_variance,
+            cpu_v.explained_variance,
+            1e-5,
+            ms_v,
+        ),
+    ])
+}
