@@ -561,3 +561,112 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
     );
     assert!(!out.join("value").exists(), "GRPO trains no value model");
 }
+
+#[test]
+fn a_ppo_config_file_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "algo = \"grpo\"\nrollouts-per-prompt = 1\n").unwrap();
+    let o = prefer()
+        .args([
+            "ppo",
+            "--policy",
+            "p",
+            "--prompts",
+            "x",
+            "--out",
+            "o",
+            "--reward-model",
+            "r",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--rollouts-per-prompt 2 or more"),
+        "the file's algo and rollouts: {e}"
+    );
+    // A flag wins over the file: with 4 rollouts the options pass, and the missing policy is next.
+    let o = prefer()
+        .args(["ppo", "--policy", "p", "--prompts", "x", "--out"])
+        .arg(dir.path().join("o"))
+        .args([
+            "--reward-model",
+            "r",
+            "--rollouts-per-prompt",
+            "4",
+            "--minibatch-size",
+            "4",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("p/config.json") || e.contains("reading p"),
+        "{e}"
+    );
+    std::fs::write(&cfg, "algoo = \"grpo\"\n").unwrap();
+    let o = prefer()
+        .args(["ppo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("not a valid ppo config") && e.contains("algoo"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_ppo_saves_exits_130_and_the_resume_ends_bitwise_equal() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (base, rm, prompts) = setup(dir.path());
+    let args = |out: &str| ppo_args(&base, &rm, &prompts, &dir.path().join(out), "12", "12");
+    let o = prefer().args(args("straight")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let child = prefer()
+        .args(args("run"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rows = dir.path().join("run/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&rows).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no iteration in 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{e}");
+    assert!(
+        e.contains("interrupted at iteration ") && e.contains("/12; checkpoint saved"),
+        "{e}"
+    );
+    let o = prefer()
+        .args(["ppo", "--resume"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |d: &str| std::fs::read(dir.path().join(d).join("model.safetensors")).unwrap();
+    assert!(
+        read("straight") == read("run"),
+        "the resumed policy differs"
+    );
+}

@@ -23,6 +23,15 @@ step "$here/prefer" bench train --preset llama-134m --batch 16 --seq 1024 --json
 step "$here/prefer" bench dpo --preset llama-1b --batch 4 --seq 1024 --json "$out/bench_t3.json"
 step "$here/prefer" bench generate --preset llama-1b --batch 64 --prompt-len 128 --new 256 --json "$out/bench_t4.json"
 step "$here/prefer" bench generate --preset llama-1b --batch 1 --prompt-len 128 --new 256 --json "$out/bench_t5.json"
+# T6: PPO iterations, llama-1b policy + value + reference + RM, 64 prompts x (128 + 256 new), 4 minibatches.
+# metrics.jsonl has time/generate, time/score and time/train per iteration; the log has the memory plan.
+t6="$out/t6"; mkdir -p "$t6"
+step "$here/prefer" init --preset llama-1b --out "$t6/policy" --dtype bf16
+step "$here/prefer" init --preset llama-1b --out "$t6/rm" --scalar-head --dtype bf16
+python3 -c "import json,random; random.seed(0); print('\n'.join(json.dumps({'prompt_ids': [256] + [random.randrange(1000, 30000) for _ in range(127)]}) for _ in range(64)))" > "$t6/prompts.jsonl"
+step "$here/prefer" ppo --device cuda --policy "$t6/policy" --reward-model "$t6/rm" --prompts "$t6/prompts.jsonl" \
+  --out "$t6/run" --prompt-batch-size 64 --minibatch-size 16 --max-new-tokens 256 --max-steps 3 --no-eos-trick
+cp "$t6/run/metrics.jsonl" "$out/bench_t6_metrics.jsonl" 2>/dev/null
 [ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
 echo "done; results in $out" | tee -a "$log"
