@@ -3,24 +3,25 @@
 // The CPU oracle is src/train/optimizer.rs; the launchers are src/ops/cuda/adamw.rs.
 #include "common.cuh"
 
-// Pass 1 of the global norm: partial[b] = sum of g^2 over block b's grid-stride share.
-// A fixed grid and a fixed order make the norm identical from run to run.
-extern "C" __global__ void grad_norm_partial(float* partial, const float* grads, size_t n) {
-    __shared__ float scratch[WARP_SIZE];
-    float s = 0.0f;
+// Pass 1 of the global norm: partial[b] = sum of g^2 over block b's grid-stride share, in f64
+// (each thread sums tens of thousands of squares at 8B parameters, where f32 loses the small
+// ones). A fixed grid and a fixed order make the norm identical from run to run.
+extern "C" __global__ void grad_norm_partial(double* partial, const float* grads, size_t n) {
+    __shared__ double scratch[WARP_SIZE];
+    double s = 0.0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        s += grads[i] * grads[i];
-    s = block_sum(s, scratch);
+        s += (double)grads[i] * (double)grads[i];
+    s = block_sum_f64(s, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 // Pass 2: one block sums the partials; out[0] = the norm.
-extern "C" __global__ void grad_norm_finish(float* out, const float* partial, int blocks) {
-    __shared__ float scratch[WARP_SIZE];
-    float s = 0.0f;
+extern "C" __global__ void grad_norm_finish(float* out, const double* partial, int blocks) {
+    __shared__ double scratch[WARP_SIZE];
+    double s = 0.0;
     for (int i = threadIdx.x; i < blocks; i += blockDim.x) s += partial[i];
-    s = block_sum(s, scratch);
-    if (threadIdx.x == 0) out[0] = sqrtf(s);
+    s = block_sum_f64(s, scratch);
+    if (threadIdx.x == 0) out[0] = (float)sqrt(s);
 }
 
 // g = grads * clip_scale, where clip_scale = min(1, max_norm / (norm + 1e-6)) is computed on the

@@ -16,7 +16,7 @@ pub struct GpuTrainer {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     norm: CudaSlice<f32>,
-    norm_partial: CudaSlice<f32>,
+    norm_partial: CudaSlice<f64>,
     pub t: u64,
     pub max_grad_norm: f32,
     pub weight_decay: f32,

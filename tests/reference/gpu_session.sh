@@ -32,6 +32,25 @@ python3 -c "import json,random; random.seed(0); print('\n'.join(json.dumps({'pro
 step "$here/prefer" ppo --device cuda --policy "$t6/policy" --reward-model "$t6/rm" --prompts "$t6/prompts.jsonl" \
   --out "$t6/run" --prompt-batch-size 64 --minibatch-size 16 --max-new-tokens 256 --max-steps 3 --no-eos-trick
 cp "$t6/run/metrics.jsonl" "$out/bench_t6_metrics.jsonl" 2>/dev/null
+# ncu: the five slowest kernels of a llama-1b training step (duration, achieved occupancy, DRAM
+# throughput, L2 sectors, tensor-pipe use), for optimising offline between GPU sessions.
+if command -v ncu >/dev/null; then
+  step ncu --target-processes all --launch-skip 40 --launch-count 120 --csv \
+    --metrics gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_sectors.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
+    --log-file "$out/ncu.csv" "$here/prefer" bench train --preset llama-1b --batch 1 --seq 1024 --steps 1
+  step python3 -c "
+import csv, collections, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('\"'))]
+by = collections.defaultdict(dict)
+for r in rows:
+    by[(r['ID'], r['Kernel Name'])][r['Metric Name']] = r['Metric Value']
+top = sorted(by.items(), key=lambda kv: -float(kv[1].get('gpu__time_duration.sum', '0').replace(',', '')))[:5]
+for (i, name), m in top:
+    print(name[:60], {k.split('.')[0]: v for k, v in m.items()})
+" "$out/ncu.csv" > "$out/ncu_top5.txt"
+else
+  echo "ncu not found on this host: no kernel profile" | tee -a "$log"
+fi
 [ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
 echo "done; results in $out" | tee -a "$log"

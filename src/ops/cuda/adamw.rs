@@ -9,11 +9,11 @@ use half::bf16;
 /// Blocks of the norm's first pass: fixed, so the sum's order (and value) never changes.
 const NORM_BLOCKS: usize = 512;
 
-/// norm[0] = ‖grads‖₂, in two deterministic passes through `partial` (NORM_BLOCKS floats).
+/// norm[0] = ‖grads‖₂, in two deterministic passes through `partial` (NORM_BLOCKS f64 sums).
 pub fn grad_norm(
     eng: &CudaEngine,
     norm: &mut CudaSlice<f32>,
-    partial: &mut CudaSlice<f32>,
+    partial: &mut CudaSlice<f64>,
     grads: &CudaSlice<f32>,
 ) -> Result<()> {
     ensure!(
@@ -45,7 +45,7 @@ pub fn grad_norm(
     Ok(())
 }
 
-pub fn norm_scratch(eng: &CudaEngine) -> Result<CudaSlice<f32>> {
+pub fn norm_scratch(eng: &CudaEngine) -> Result<CudaSlice<f64>> {
     eng.zeros(NORM_BLOCKS)
 }
 
