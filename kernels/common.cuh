@@ -38,7 +38,7 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return v;
 }
 
-// f64 sum over a block of up to 1024 threads (thread 0 gets the result), for sums of many
+// f64 sum over a block of up to 1024 threads (every thread gets the result), for sums of many
 // squares where f32 would drop the small terms. `scratch` holds one double per warp.
 __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;

@@ -13,6 +13,8 @@
 
 use super::batch::Batch;
 use super::config::LlamaConfig;
+use crate::loss::{DpoConfig, SeqReduction};
+use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
 use anyhow::Result;
@@ -254,6 +256,24 @@ pub trait Backend {
         d: usize,
         v: usize,
     ) -> Result<()>;
+    /// The DPO family on a micro-batch of pairs (src/train/dpo.rs): dlogp[2P·T] (written) =
+    /// grad_scale · ∂(mean pair loss)/∂logp; `weights` [2P·T] are the response-token weights of the
+    /// sequence reduction (1, or 1/n for a mean); `reference` the frozen model's sequence
+    /// log-probs [2P]. Per-pair results come back to the host (a few floats per pair).
+    #[allow(clippy::too_many_arguments)]
+    fn dpo_loss(
+        &self,
+        dlogp: &mut Self::Acc,
+        logp: &Self::Acc,
+        weights: &Self::Acc,
+        reduction: SeqReduction,
+        reference: Option<&[f32]>,
+        pairs: usize,
+        t: usize,
+        cfg: &DpoConfig,
+        grad_scale: f32,
+    ) -> Result<DpoPairs>;
+
     // Online RL's losses (src/rl/trainer.rs), fused on the device.
 
     /// grad[N] (written) = the scaled gradient of PPO's clipped policy loss at `logp` (+ GRPO's
@@ -691,6 +711,23 @@ impl Backend for Cpu {
             values.len(),
             clip,
             grad_scale,
+        ))
+    }
+    fn dpo_loss(
+        &self,
+        dlogp: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        weights: &Vec<f32>,
+        reduction: SeqReduction,
+        reference: Option<&[f32]>,
+        pairs: usize,
+        t: usize,
+        cfg: &DpoConfig,
+        grad_scale: f32,
+    ) -> Result<DpoPairs> {
+        let mask: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
+        Ok(cpu::dpo_loss::dpo_loss(
+            dlogp, logp, &mask, reduction, reference, pairs, t, cfg, grad_scale,
         ))
     }
 }

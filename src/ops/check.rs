@@ -115,8 +115,11 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
     if wants("copy_rows") || wants("decode_attention") || wants("sample") || wants("generate") {
         rows.extend(super::check_decode::run_decode_checks(eng, &wants)?);
     }
+    if wants("dpo_loss") {
+        rows.extend(super::check_losses::run_dpo_checks(eng)?);
+    }
     if wants("ppo_loss") {
-        rows.extend(super::check_rl::run_rl_checks(eng)?);
+        rows.extend(super::check_losses::run_ppo_checks(eng)?);
     }
     if wants("adamw") {
         for n in [1usize, 100_003] {

@@ -3,6 +3,6 @@
 pub mod bench;
 pub mod check;
 mod check_decode;
-mod check_rl;
+mod check_losses;
 pub mod cpu;
 pub mod cuda;

@@ -5,13 +5,28 @@
 use super::objective::{Objective, PairStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
-use crate::loss::{
-    dpo_loss, sequence_logprobs, sequence_logprobs_backward, DpoConfig, DpoInputs, DpoLoss,
-    SeqReduction,
-};
+use crate::loss::{sequence_logprobs, DpoConfig, DpoLoss, SeqReduction};
 use crate::model::{Backend, HeadGrads, Heads, Llama, LlamaConfig};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+
+/// The per-token weights of a sequence reduction, [rows·T]: 1 at response tokens for a sum, 1/n
+/// for a mean (n the row's response tokens), 0 elsewhere.
+pub fn response_weights(mask: &[bool], rows: usize, t: usize, reduction: SeqReduction) -> Vec<f32> {
+    let mut w = vec![0.0f32; rows * t];
+    for r in 0..rows {
+        let row = r * t..(r + 1) * t;
+        let n = mask[row.clone()].iter().filter(|&&m| m).count();
+        let v = match reduction {
+            SeqReduction::Sum => 1.0,
+            SeqReduction::Mean => 1.0 / n.max(1) as f32,
+        };
+        for i in row.filter(|&i| mask[i]) {
+            w[i] = v;
+        }
+    }
+    w
+}
 
 pub struct DpoObjective {
     pub config: DpoConfig,
@@ -37,31 +52,30 @@ impl DpoObjective {
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
         let (b, rows, t) = (pb.pairs, 2 * pb.pairs, pb.batch.seq);
         let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
-        let logp = model.backend.to_host(&fwd.logp)?; // [2B·T]: the loss runs on the host
-        let seq = sequence_logprobs(&logp, &pb.response_mask, rows, t, self.reduction());
-        let (ref_c, ref_r): (Vec<f32>, Vec<f32>) = match split.reference {
-            Some(r) => idx.iter().map(|&i| r[i]).unzip(),
-            None => (Vec::new(), Vec::new()),
-        };
-        let out = dpo_loss(
-            &DpoInputs {
-                policy_chosen: &seq[..b],
-                policy_rejected: &seq[b..],
-                reference_chosen: &ref_c,
-                reference_rejected: &ref_r,
-            },
+        // The loss runs where the log-probs are (kernels/dpo_loss.cu on CUDA): only the
+        // response weights and reference log-probs go up, a few floats per pair come back.
+        let reduction = self.reduction();
+        let weights = response_weights(&pb.response_mask, rows, t, reduction);
+        let reference: Option<Vec<f32>> = split.reference.map(|r| {
+            let (c, r): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| r[i]).unzip();
+            [c, r].concat()
+        });
+        let o = &model.backend;
+        let weights = o.to_device(&weights)?;
+        let mut dlogp = o.acc(rows * t)?;
+        let scale = grad.as_ref().map_or(0.0, |(s, _)| *s);
+        let out = o.dpo_loss(
+            &mut dlogp,
+            &fwd.logp,
+            &weights,
+            reduction,
+            reference.as_deref(),
+            b,
+            t,
             &self.config,
-        );
-        if let Some((scale, grads)) = grad {
-            let dseq: Vec<f32> = out
-                .grad_policy_chosen
-                .iter()
-                .chain(&out.grad_policy_rejected)
-                .map(|g| g * scale)
-                .collect();
-            let dlogp =
-                sequence_logprobs_backward(&dseq, &pb.response_mask, rows, t, self.reduction());
-            let dlogp = model.backend.to_device(&dlogp)?;
+            scale,
+        )?;
+        if let Some((_, grads)) = grad {
             let heads = HeadGrads {
                 logp: Some(&dlogp),
                 ..Default::default()
@@ -69,16 +83,22 @@ impl DpoObjective {
             model.backward(&fwd, &heads, grads)?;
         }
         let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+        let margins: Vec<f32> = out
+            .chosen_rewards
+            .iter()
+            .zip(&out.rejected_rewards)
+            .map(|(c, r)| c - r)
+            .collect();
         Ok(PairStats {
             pairs: b,
             tokens: pb.real_tokens(),
             loss_sum: sum(&out.losses),
-            correct: out.reward_correct.iter().filter(|&&c| c).count(),
-            ties: out.reward_margins.iter().filter(|&&m| m == 0.0).count(),
-            margin_sum: sum(&out.reward_margins),
+            correct: margins.iter().filter(|&&m| m > 0.0).count(),
+            ties: margins.iter().filter(|&&m| m == 0.0).count(),
+            margin_sum: sum(&margins),
             chosen_reward_sum: sum(&out.chosen_rewards),
             rejected_reward_sum: sum(&out.rejected_rewards),
-            policy_logp_sums: Some((sum(&seq[..b]), sum(&seq[b..]))),
+            policy_logp_sums: Some((sum(&out.seq[..b]), sum(&out.seq[b..]))),
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod copy_rows;
 pub mod decode_attention;
+pub mod dpo_loss;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;

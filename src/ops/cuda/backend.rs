@@ -3,11 +3,13 @@
 //! The model code in src/model/llama.rs runs on it unchanged.
 
 use super::{
-    attention, copy_rows, decode_attention, embedding, logprob, matmul, ppo_loss, residual,
-    rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
+    attention, copy_rows, decode_attention, dpo_loss, embedding, logprob, matmul, ppo_loss,
+    residual, rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
 };
+use crate::loss::{DpoConfig, SeqReduction};
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
+use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
 use anyhow::Result;
@@ -616,6 +618,31 @@ impl Backend for Cuda {
     ) -> Result<ValueLossStats> {
         ppo_loss::ppo_value_loss(
             &self.eng, grad, values, old_values, returns, weights, clip, grad_scale,
+        )
+    }
+    fn dpo_loss(
+        &self,
+        dlogp: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        weights: &CudaSlice<f32>,
+        _reduction: SeqReduction, // carried by the weights
+        reference: Option<&[f32]>,
+        pairs: usize,
+        t: usize,
+        cfg: &DpoConfig,
+        grad_scale: f32,
+    ) -> Result<DpoPairs> {
+        let reference = reference.map(|r| self.eng.upload(r)).transpose()?;
+        dpo_loss::dpo_loss(
+            &self.eng,
+            dlogp,
+            logp,
+            weights,
+            reference.as_ref(),
+            pairs,
+            t,
+            cfg,
+            grad_scale,
         )
     }
 }

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod copy_rows;
 pub mod decode_attention;
 pub mod device;
+pub mod dpo_loss;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;

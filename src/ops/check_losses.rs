@@ -1,14 +1,127 @@
-//! `prefer check` for online RL's fused losses (kernels/ppo_loss.cu) against the src/loss
-//! functions they implement, to 1e-5: the policy loss with GRPO's k3 term and a KL clamp, and the
-//! clipped value loss.
+//! `prefer check` for the fused loss kernels against the src/loss functions they implement, to
+//! 1e-5: the DPO family with its sequence reduction (kernels/dpo_loss.cu), PPO's policy loss with
+//! GRPO's k3 term and a KL clamp, and the clipped value loss (kernels/ppo_loss.cu).
 
 use super::check::{compare, timed, CheckRow, Lcg};
+use super::cpu::dpo_loss as cpu_dpo;
 use super::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
 use super::cuda::{self, CudaEngine};
 use crate::loss::{aggregation_weights, LossAggregation};
 use anyhow::Result;
 
-pub(super) fn run_rl_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+pub(super) fn run_dpo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    use crate::loss::DpoLoss;
+    let mut rows = Vec::new();
+    for (loss, pairs, t) in [
+        (DpoLoss::Sigmoid, 3, 37),
+        (DpoLoss::Ipo, 4, 100),
+        (DpoLoss::Hinge, 4, 100),
+        (DpoLoss::Simpo, 8, 600),
+        (DpoLoss::RefFreeSigmoid, 2, 1024),
+    ] {
+        rows.extend(check_dpo(eng, loss, pairs, t)?);
+    }
+    Ok(rows)
+}
+
+fn check_dpo(
+    eng: &CudaEngine,
+    loss: crate::loss::DpoLoss,
+    pairs: usize,
+    t: usize,
+) -> Result<Vec<CheckRow>> {
+    use crate::loss::{DpoConfig, DpoLoss, SeqReduction};
+    let rows = 2 * pairs;
+    let n = rows * t;
+    let mut g = Lcg(131 + n as u64);
+    // Responses start a third of the way in, and rows end at different lengths.
+    let mask: Vec<bool> = (0..n)
+        .map(|i| {
+            let (r, j) = (i / t, i % t);
+            j >= t / 3 && j < t - (r * 7) % (t / 3).max(1)
+        })
+        .collect();
+    let logp: Vec<f32> = (0..n).map(|_| -2.0 + 1.5 * g.uniform()).collect();
+    let reduction = if loss == DpoLoss::Simpo {
+        SeqReduction::Mean
+    } else {
+        SeqReduction::Sum
+    };
+    // Reference log-probs near the policy's, so that h is small and the losses are not saturated.
+    let seq = crate::loss::sequence_logprobs(&logp, &mask, rows, t, reduction);
+    let reference: Vec<f32> = seq.iter().map(|&s| s + 2.0 * g.uniform()).collect();
+    let cfg = DpoConfig {
+        loss,
+        beta: 0.1,
+        label_smoothing: if loss == DpoLoss::Sigmoid { 0.1 } else { 0.0 },
+        simpo_gamma: 0.5,
+    };
+    let mut dlogp = vec![0.0; n];
+    let cpu = cpu_dpo::dpo_loss(
+        &mut dlogp,
+        &logp,
+        &mask,
+        reduction,
+        Some(&reference),
+        pairs,
+        t,
+        &cfg,
+        0.5,
+    );
+    let weights = crate::train::dpo::response_weights(&mask, rows, t, reduction);
+    let (logp_d, w_d, ref_d) = (
+        eng.upload(&logp)?,
+        eng.upload(&weights)?,
+        eng.upload(&reference)?,
+    );
+    let mut dlogp_d = eng.zeros::<f32>(n)?;
+    let mut gpu = Default::default();
+    let ms = timed(eng, "dpo_loss", || {
+        gpu = cuda::dpo_loss::dpo_loss(
+            eng,
+            &mut dlogp_d,
+            &logp_d,
+            &w_d,
+            Some(&ref_d),
+            pairs,
+            t,
+            &cfg,
+            0.5,
+        )?;
+        Ok(())
+    })?;
+    let gpu: crate::ops::cpu::dpo_loss::DpoPairs = gpu;
+    let shape = format!("{loss:?} P={pairs} T={t}");
+    Ok(vec![
+        compare(
+            "dpo_loss dlogp",
+            &shape,
+            &eng.download(&dlogp_d)?,
+            &dlogp,
+            1e-5,
+            ms,
+        ),
+        compare(
+            "dpo_loss losses",
+            &shape,
+            &gpu.losses,
+            &cpu.losses,
+            1e-5,
+            ms,
+        ),
+        compare(
+            "dpo_loss rewards",
+            &shape,
+            &gpu.chosen_rewards,
+            &cpu.chosen_rewards,
+            1e-5,
+            ms,
+        ),
+        compare("dpo_loss seq logp", &shape, &gpu.seq, &cpu.seq, 1e-5, ms),
+    ])
+}
+
+pub(super) fn run_ppo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     for (b, t) in [(1, 37), (8, 600), (64, 1100)] {
         rows.extend(check_ppo_losses(eng, b, t)?);

@@ -1,0 +1,63 @@
+//! The DPO family on a micro-batch of pairs, as the trainer applies it: the oracle of
+//! kernels/dpo_loss.cu, made of the src/loss functions (sequence_logprobs, dpo_loss,
+//! sequence_logprobs_backward).
+
+use crate::loss::{
+    dpo_loss as dpo_pair_loss, sequence_logprobs, sequence_logprobs_backward, DpoConfig, DpoInputs,
+    SeqReduction,
+};
+
+/// Per-pair results, each `[pairs]`, and the sequence log-probs `[2·pairs]` (chosen, then
+/// rejected).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DpoPairs {
+    pub losses: Vec<f32>,
+    pub chosen_rewards: Vec<f32>,
+    pub rejected_rewards: Vec<f32>,
+    pub seq: Vec<f32>,
+}
+
+/// dlogp[2P·T] (written) = grad_scale · ∂(mean pair loss)/∂logp, from token log-probs
+/// logp[2P·T] (rows: the chosen responses, then the rejected), the response mask, and the
+/// reference's sequence log-probs [2P] (ignored by the reference-free losses).
+#[allow(clippy::too_many_arguments)]
+pub fn dpo_loss(
+    dlogp: &mut [f32],
+    logp: &[f32],
+    mask: &[bool],
+    reduction: SeqReduction,
+    reference: Option<&[f32]>,
+    pairs: usize,
+    t: usize,
+    cfg: &DpoConfig,
+    grad_scale: f32,
+) -> DpoPairs {
+    let rows = 2 * pairs;
+    let seq = sequence_logprobs(logp, mask, rows, t, reduction);
+    let (ref_c, ref_r) = match reference {
+        Some(r) => (&r[..pairs], &r[pairs..]),
+        None => (&[][..], &[][..]),
+    };
+    let out = dpo_pair_loss(
+        &DpoInputs {
+            policy_chosen: &seq[..pairs],
+            policy_rejected: &seq[pairs..],
+            reference_chosen: ref_c,
+            reference_rejected: ref_r,
+        },
+        cfg,
+    );
+    let dseq: Vec<f32> = out
+        .grad_policy_chosen
+        .iter()
+        .chain(&out.grad_policy_rejected)
+        .map(|g| g * grad_scale)
+        .collect();
+    dlogp.copy_from_slice(&sequence_logprobs_backward(&dseq, mask, rows, t, reduction));
+    DpoPairs {
+        losses: out.losses,
+        chosen_rewards: out.chosen_rewards,
+        rejected_rewards: out.rejected_rewards,
+        seq,
+    }
+}
