@@ -51,3 +51,11 @@ __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
+
+// log σ(x) and σ(x) in the sign-split stable forms of src/loss/numerics.rs (exp never overflows).
+__device__ __forceinline__ float log_sigmoid(float x) { return x >= 0.0f ? -log1pf(expf(-x)) : x - log1pf(expf(x)); }
+__device__ __forceinline__ float sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    const float e = expf(x);
+    return e / (1.0f + e);
+}

@@ -4,15 +4,6 @@
 // src/loss functions: sequence_logprobs, dpo_loss, sequence_logprobs_backward).
 #include "common.cuh"
 
-// ℓ(z) = −(1 − ε) log σ(z) − ε log σ(−z), and dℓ/dz, in the sign-split stable forms of
-// src/loss/numerics.rs.
-__device__ __forceinline__ float log_sigmoid(float x) { return x >= 0.0f ? -log1pf(expf(-x)) : x - log1pf(expf(x)); }
-__device__ __forceinline__ float sigmoid(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    const float e = expf(x);
-    return e / (1.0f + e);
-}
-
 // Loss kinds, as DpoLoss in src/loss/dpo.rs.
 #define DPO_SIGMOID 0
 #define DPO_IPO 1

@@ -16,6 +16,7 @@ use super::config::LlamaConfig;
 use crate::loss::{DpoConfig, SeqReduction};
 use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
+use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
 use anyhow::Result;
 use std::ops::Range;
@@ -273,6 +274,19 @@ pub trait Backend {
         cfg: &DpoConfig,
         grad_scale: f32,
     ) -> Result<DpoPairs>;
+
+    /// The Bradley-Terry loss on a micro-batch of pairs (src/train/rm.rs): `dvalue` (zeroed by the
+    /// caller) gets grad_scale · ∂(mean loss)/∂value at the reward tokens [2P] (chosen, then
+    /// rejected); the mean loss and the rewards come back to the host.
+    fn bradley_terry_loss(
+        &self,
+        dvalue: &mut Self::Acc,
+        value: &Self::Acc,
+        token: &[u32],
+        margin: Option<&[f32]>,
+        pairs: usize,
+        grad_scale: f32,
+    ) -> Result<RewardPairs>;
 
     // Online RL's losses (src/rl/trainer.rs), fused on the device.
 
@@ -728,6 +742,19 @@ impl Backend for Cpu {
         let mask: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
         Ok(cpu::dpo_loss::dpo_loss(
             dlogp, logp, &mask, reduction, reference, pairs, t, cfg, grad_scale,
+        ))
+    }
+    fn bradley_terry_loss(
+        &self,
+        dvalue: &mut Vec<f32>,
+        value: &Vec<f32>,
+        token: &[u32],
+        margin: Option<&[f32]>,
+        pairs: usize,
+        grad_scale: f32,
+    ) -> Result<RewardPairs> {
+        Ok(cpu::reward_loss::bradley_terry_loss(
+            dvalue, value, token, margin, pairs, grad_scale,
         ))
     }
 }

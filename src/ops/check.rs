@@ -118,6 +118,9 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
     if wants("dpo_loss") {
         rows.extend(super::check_losses::run_dpo_checks(eng)?);
     }
+    if wants("bradley_terry") {
+        rows.extend(super::check_losses::run_reward_checks(eng)?);
+    }
     if wants("ppo_loss") {
         rows.extend(super::check_losses::run_ppo_checks(eng)?);
     }

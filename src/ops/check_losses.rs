@@ -1,5 +1,6 @@
 //! `prefer check` for the fused loss kernels against the src/loss functions they implement, to
-//! 1e-5: the DPO family with its sequence reduction (kernels/dpo_loss.cu), PPO's policy loss with
+//! 1e-5: the DPO family with its sequence reduction (kernels/dpo_loss.cu), the Bradley-Terry loss
+//! (kernels/reward_loss.cu), PPO's policy loss with
 //! GRPO's k3 term and a KL clamp, and the clipped value loss (kernels/ppo_loss.cu).
 
 use super::check::{compare, timed, CheckRow, Lcg};
@@ -119,6 +120,65 @@ fn check_dpo(
         ),
         compare("dpo_loss seq logp", &shape, &gpu.seq, &cpu.seq, 1e-5, ms),
     ])
+}
+
+pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    for (pairs, t, margins) in [(1, 9, false), (16, 130, true), (300, 64, false)] {
+        let n = 2 * pairs * t;
+        let mut g = Lcg(211 + n as u64);
+        let value: Vec<f32> = (0..n).map(|_| 3.0 * g.uniform()).collect();
+        // The reward token: somewhere in each row, as a sequence's last real token.
+        let token: Vec<u32> = (0..2 * pairs)
+            .map(|r| (r * t + t / 2 + (r * 13) % (t / 2)) as u32)
+            .collect();
+        let margin: Option<Vec<f32>> = margins.then(|| (0..pairs).map(|_| g.uniform()).collect());
+        let mut dvalue = vec![0.0; n];
+        let cpu = super::cpu::reward_loss::bradley_terry_loss(
+            &mut dvalue,
+            &value,
+            &token,
+            margin.as_deref(),
+            pairs,
+            0.5,
+        );
+        let (v_d, t_d) = (eng.upload(&value)?, eng.upload(&token)?);
+        let m_d = margin.as_ref().map(|m| eng.upload(m)).transpose()?;
+        let mut dv_d = eng.zeros::<f32>(n)?;
+        let mut gpu = Default::default();
+        let ms = timed(eng, "bradley_terry_loss", || {
+            eng.zero(&mut dv_d)?;
+            gpu = cuda::reward_loss::bradley_terry_loss(
+                eng,
+                &mut dv_d,
+                &v_d,
+                &t_d,
+                m_d.as_ref(),
+                pairs,
+                0.5,
+            )?;
+            Ok(())
+        })?;
+        let gpu: super::cpu::reward_loss::RewardPairs = gpu;
+        let shape = format!("P={pairs} T={t}{}", if margins { " margins" } else { "" });
+        rows.push(compare(
+            "bradley_terry_loss dvalue",
+            &shape,
+            &eng.download(&dv_d)?,
+            &dvalue,
+            1e-5,
+            ms,
+        ));
+        rows.push(scalar(
+            "bradley_terry_loss loss",
+            &shape,
+            gpu.loss,
+            cpu.loss,
+            1e-5,
+            ms,
+        ));
+    }
+    Ok(rows)
 }
 
 pub(super) fn run_ppo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {

@@ -3,7 +3,6 @@
 
 use super::objective::{Objective, PairStats, Split};
 use super::pair_batch::PairBatch;
-use crate::loss::reward_model_loss;
 use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
 
@@ -22,34 +21,43 @@ impl RewardObjective {
         let pb = PairBatch::new(&pairs, pad.unwrap_or(0));
         let b = pb.pairs;
         let fwd = model.forward_heads(&pb.batch, Heads::VALUE)?;
-        let value = model.backend.to_host(&fwd.value)?; // [2B·T]: the loss runs on the host
-        let chosen: Vec<f32> = (0..b).map(|i| value[pb.reward_token(i, pad)]).collect();
-        let rejected: Vec<f32> = (0..b).map(|i| value[pb.reward_token(b + i, pad)]).collect();
+        // The loss runs where the values are (kernels/reward_loss.cu on CUDA): the reward tokens'
+        // positions go up, three floats per pair come back.
+        let token: Vec<u32> = (0..2 * b).map(|r| pb.reward_token(r, pad) as u32).collect();
         let margins: Option<Vec<f32>> = pairs
             .iter()
             .any(|p| p.margin.is_some())
             .then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
-        let out = reward_model_loss(&chosen, &rejected, margins.as_deref());
-        if let Some((scale, grads)) = grad {
-            let mut dvalue = vec![0.0; pb.batch.tokens()];
-            for i in 0..b {
-                dvalue[pb.reward_token(i, pad)] = scale * out.grad_chosen[i];
-                dvalue[pb.reward_token(b + i, pad)] = scale * out.grad_rejected[i];
-            }
-            let dvalue = model.backend.to_device(&dvalue)?;
+        let o = &model.backend;
+        let mut dvalue = o.acc(pb.batch.tokens())?;
+        let scale = grad.as_ref().map_or(0.0, |(s, _)| *s);
+        let out = o.bradley_terry_loss(
+            &mut dvalue,
+            &fwd.value,
+            &token,
+            margins.as_deref(),
+            b,
+            scale,
+        )?;
+        if let Some((_, grads)) = grad {
             let heads = HeadGrads {
                 value: Some(&dvalue),
                 ..Default::default()
             };
             model.backward(&fwd, &heads, grads)?;
         }
+        let (chosen, rejected) = (&out.chosen, &out.rejected);
         Ok(PairStats {
             pairs: b,
             tokens: pb.real_tokens(),
             loss_sum: out.loss as f64 * b as f64,
-            correct: chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count(),
-            ties: chosen.iter().zip(&rejected).filter(|(c, r)| c == r).count(),
-            margin_sum: out.margins.iter().map(|&m| m as f64).sum(),
+            correct: chosen.iter().zip(rejected).filter(|(c, r)| c > r).count(),
+            ties: chosen.iter().zip(rejected).filter(|(c, r)| c == r).count(),
+            margin_sum: chosen
+                .iter()
+                .zip(rejected)
+                .map(|(c, r)| (c - r) as f64)
+                .sum(),
             chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
             rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),
             policy_logp_sums: None,

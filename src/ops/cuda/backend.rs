@@ -4,13 +4,14 @@
 
 use super::{
     attention, copy_rows, decode_attention, dpo_loss, embedding, logprob, matmul, ppo_loss,
-    residual, rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
+    residual, reward_loss, rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
 };
 use crate::loss::{DpoConfig, SeqReduction};
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
 use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
+use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -642,6 +643,27 @@ impl Backend for Cuda {
             pairs,
             t,
             cfg,
+            grad_scale,
+        )
+    }
+    fn bradley_terry_loss(
+        &self,
+        dvalue: &mut CudaSlice<f32>,
+        value: &CudaSlice<f32>,
+        token: &[u32],
+        margin: Option<&[f32]>,
+        pairs: usize,
+        grad_scale: f32,
+    ) -> Result<RewardPairs> {
+        let token = self.eng.upload(token)?;
+        let margin = margin.map(|m| self.eng.upload(m)).transpose()?;
+        reward_loss::bradley_terry_loss(
+            &self.eng,
+            dvalue,
+            value,
+            &token,
+            margin.as_ref(),
+            pairs,
             grad_scale,
         )
     }

@@ -14,6 +14,7 @@ pub mod logprob;
 pub mod matmul;
 pub mod ppo_loss;
 pub mod residual;
+pub mod reward_loss;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
