@@ -6,6 +6,7 @@ use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
 use crate::data::prompts::{read_prompts, Prompt};
 use crate::data::tokenizer::TextTokenizer;
+use crate::generate::engine::pool_blocks;
 use crate::generate::stopping::{eos_ids, StopStrings};
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
 use crate::model::weights::load_checkpoint;
@@ -281,10 +282,7 @@ impl Job<'_> {
         let block_bytes = policy.kv_block_bytes(BLOCK_SIZE, bytes_per_value);
         let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
         // Enough for a full batch of the longest prompts, within the memory there is.
-        let per_prompt = longest / BLOCK_SIZE
-            + a.n * (longest % BLOCK_SIZE + a.max_new_tokens).div_ceil(BLOCK_SIZE);
-        // One more for the block the padding rows of a decode step write to.
-        let mut blocks = per_prompt * a.max_batch.div_ceil(a.n) + 1;
+        let mut blocks = pool_blocks(longest, a.n, a.max_new_tokens, a.max_batch, BLOCK_SIZE);
         if let Some(free) = free_bytes {
             blocks = blocks.min(free / 100 * 85 / block_bytes);
         }
@@ -317,20 +315,11 @@ impl Job<'_> {
             .expect("valid template"),
         );
         let ids: Vec<Vec<u32>> = self.prompts.iter().map(|p| p.ids.clone()).collect();
-        let mut slots: Vec<Option<Rollout>> = vec![None; total];
         let t0 = Instant::now();
-        engine.run(&ids, &mut |c| self.stops.hit(c), &mut |r| {
-            bar.inc(1);
-            let i = r.prompt_index * a.n + r.rollout_index;
-            slots[i] = Some(r);
-            Ok(())
-        })?;
+        let rollouts =
+            engine.run_in_order(&ids, &mut |c| self.stops.hit(c), &mut |_| bar.inc(1))?;
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let rollouts: Vec<Rollout> = slots
-            .into_iter()
-            .map(|r| r.expect("the engine finishes every rollout"))
-            .collect();
         let rewards = reward
             .map(|rm| score(rm, &ids, &rollouts, a.n))
             .transpose()?;

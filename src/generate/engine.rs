@@ -101,6 +101,18 @@ fn private_blocks(prompt_len: usize, max_new: usize, bs: usize) -> usize {
     (prompt_len % bs + max_new.saturating_sub(1)).div_ceil(bs)
 }
 
+/// Blocks one prompt of `len` tokens needs with all its `n` rollouts: its full blocks, shared,
+/// and each rollout's private ones.
+pub fn prompt_blocks(len: usize, n: usize, max_new: usize, bs: usize) -> usize {
+    len / bs + n * private_blocks(len, max_new, bs)
+}
+
+/// A pool that holds a full batch (`max_batch` sequences, `n` per prompt) of prompts as long as
+/// `longest`, plus the trash block the padding rows of a decode step use.
+pub fn pool_blocks(longest: usize, n: usize, max_new: usize, max_batch: usize, bs: usize) -> usize {
+    prompt_blocks(longest, n, max_new, bs) * max_batch.div_ceil(n) + 1
+}
+
 /// A decode step's buffers for one batch size (a power of two), and its graph once captured.
 struct StepSlot<B: Backend> {
     ws: DecodeWorkspace<B>,
@@ -158,8 +170,12 @@ impl<'m, B: Backend> Engine<'m, B> {
 
     /// Blocks one prompt of `len` tokens needs with all its rollouts.
     fn blocks_for(&self, len: usize) -> usize {
-        let bs = self.opts.block_size;
-        len / bs + self.opts.n * private_blocks(len, self.opts.max_new_tokens, bs)
+        prompt_blocks(
+            len,
+            self.opts.n,
+            self.opts.max_new_tokens,
+            self.opts.block_size,
+        )
     }
 
     /// Generates `n` completions of every prompt, handing each to `done` as it finishes.
@@ -234,6 +250,28 @@ impl<'m, B: Backend> Engine<'m, B> {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::run`], collecting every rollout in (prompt, rollout) order; `finished` sees each
+    /// as it completes (for progress).
+    pub fn run_in_order(
+        &mut self,
+        prompts: &[Vec<u32>],
+        stopped: &mut dyn FnMut(&[u32]) -> bool,
+        finished: &mut dyn FnMut(&Rollout),
+    ) -> Result<Vec<Rollout>> {
+        let n = self.opts.n;
+        let mut slots: Vec<Option<Rollout>> = vec![None; prompts.len() * n];
+        self.run(prompts, stopped, &mut |r| {
+            finished(&r);
+            let i = r.prompt_index * n + r.rollout_index;
+            slots[i] = Some(r);
+            Ok(())
+        })?;
+        Ok(slots
+            .into_iter()
+            .map(|r| r.expect("the engine finishes every rollout"))
+            .collect())
     }
 
     fn finished(

@@ -169,11 +169,7 @@ pub fn save_checkpoint(
         params.len(),
         layout.len
     );
-    let tmp = sibling(dir, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = staging_dir(dir)?;
 
     let bytes: Vec<Vec<u8>> = layout
         .slots
@@ -203,11 +199,29 @@ pub fn save_checkpoint(
     for (name, data) in extra_files {
         std::fs::write(tmp.join(name), data).with_context(|| format!("writing {name}"))?;
     }
+    replace_dir(&tmp, dir)
+}
+
+/// A fresh, empty sibling of `dir` (`dir.tmp`) to write a folder's new contents into, for
+/// [`replace_dir`].
+pub fn staging_dir(dir: &Path) -> Result<PathBuf> {
+    let tmp = sibling(dir, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Makes the staged folder `tmp` (from [`staging_dir`]) the new `dir`, atomically: its entries
+/// reach the disk first, then the old folder moves aside (to `dir.old`, which
+/// [`resolve_checkpoint_dir`] falls back on) and the new one takes its name.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     // Everything on disk before the rename makes it visible, so a crash leaves whole files.
-    for entry in std::fs::read_dir(&tmp)? {
+    for entry in std::fs::read_dir(tmp)? {
         File::open(entry?.path())?.sync_all()?;
     }
-    sync_dir(&tmp)?;
+    sync_dir(tmp)?;
 
     // Swap the folders: the old one (if any) moves aside, the new one takes its name.
     let old = sibling(dir, "old");
@@ -217,7 +231,7 @@ pub fn save_checkpoint(
         }
         std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    std::fs::rename(tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
     }

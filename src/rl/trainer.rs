@@ -25,7 +25,9 @@ use crate::loss::{
     aggregation_weights, mean_sequence_kl, per_token_kl, KlController, KlEstimator,
     LossAggregation, RunningMoments,
 };
-use crate::model::weights::{load_checkpoint, save_checkpoint, save_model_into, SaveDtype};
+use crate::model::weights::{
+    load_checkpoint, replace_dir, save_checkpoint, save_model_into, staging_dir, SaveDtype,
+};
 use crate::model::{Backend, Batch, HeadGrads, Heads, Llama, LlamaConfig};
 use crate::ops::cpu::ppo_loss::PolicyLossParams;
 use crate::ops::cpu::SamplingParams;
@@ -78,7 +80,7 @@ struct Setup {
     pad: u32,
     policy_cfg: LlamaConfig,
     value_cfg: Option<LlamaConfig>,
-    extra_files: Vec<(String, Vec<u8>)>,
+    extra_files: Vec<(&'static str, Vec<u8>)>,
 }
 
 pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
@@ -101,20 +103,15 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     if !resume {
-        let mut saved = args.clone();
-        for p in [
-            &mut saved.policy,
-            &mut saved.reward_model,
-            &mut saved.value_model,
-            &mut saved.prompts,
-            &mut saved.out,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
-        }
-        std::fs::write(opts.out.join("run.toml"), toml::to_string(&saved)?)?;
+        crate::train::options::write_run_toml(&opts.out, args.clone(), |a| {
+            vec![
+                &mut a.policy,
+                &mut a.reward_model,
+                &mut a.value_model,
+                &mut a.prompts,
+                &mut a.out,
+            ]
+        })?;
     }
 
     let (policy_cfg, policy_params) = load_checkpoint(&opts.policy)?;
@@ -179,18 +176,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         (Some(dir), Algo::Ppo) => Some(load_scalar(dir, "value model")?),
         _ => None,
     };
-    let mut extra_files = Vec::new();
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-        "generation_config.json",
-    ] {
-        if let Ok(bytes) = std::fs::read(opts.policy.join(name)) {
-            extra_files.push((name.to_string(), bytes));
-        }
-    }
+    let extra_files = crate::train::trainer::tokenizer_files(&opts.policy);
     let setup = Setup {
         pad: policy_cfg.pad_token_id.unwrap_or(0),
         value_cfg: value.as_ref().map(|(c, _)| c.clone()),
@@ -702,7 +688,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
     let extra: Vec<(&str, &[u8])> = s
         .extra_files
         .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .map(|(n, b)| (*n, b.as_slice()))
         .collect();
     save_model_into(
         &o.out,
@@ -753,7 +739,6 @@ fn generate<B: Backend>(
     let k = o.rollouts_per_prompt;
     let bs = crate::cmd::generate::BLOCK_SIZE;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let per_prompt = longest / bs + k * (longest % bs + o.max_new_tokens).div_ceil(bs);
     let max_batch = (prompts.len() * k).min(256);
     let opts = EngineOptions {
         n: k,
@@ -766,22 +751,19 @@ fn generate<B: Backend>(
         seed,
         max_batch,
         block_size: bs,
-        kv_blocks: per_prompt * max_batch.div_ceil(k) + 1,
+        kv_blocks: crate::generate::engine::pool_blocks(
+            longest,
+            k,
+            o.max_new_tokens,
+            max_batch,
+            bs,
+        ),
         eos: s.eos.clone(),
         prefill_tokens: 8192,
         graphs: true,
     };
     let mut engine = Engine::new(policy, opts)?;
-    let mut out: Vec<Option<Rollout>> = vec![None; prompts.len() * k];
-    engine.run(prompts, &mut |_| false, &mut |r| {
-        let i = r.prompt_index * k + r.rollout_index;
-        out[i] = Some(r);
-        Ok(())
-    })?;
-    Ok(out
-        .into_iter()
-        .map(|r| r.expect("every rollout finishes"))
-        .collect())
+    engine.run_in_order(prompts, &mut |_| false, &mut |_| {})
 }
 
 /// policy/ and value/ (each an HF folder with its AdamW state) and rl_state.json, swapped in as
@@ -792,15 +774,11 @@ fn save_rl_checkpoint<S: TrainState>(
     s: &Setup,
     state: &RlState,
 ) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
+    let tmp = staging_dir(dir)?;
     let extra: Vec<(&str, &[u8])> = s
         .extra_files
         .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .map(|(n, b)| (*n, b.as_slice()))
         .collect();
     let pos = TrainerState {
         next_step: state.next_iteration,
@@ -832,18 +810,7 @@ fn save_rl_checkpoint<S: TrainState>(
         )?;
     }
     std::fs::write(tmp.join("rl_state.json"), serde_json::to_vec_pretty(state)?)?;
-    let old = dir.with_extension("old");
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
+    replace_dir(&tmp, dir)
 }
 
 /// Iteration `it`'s completions from another run's rollouts.jsonl, in (prompt, rollout) order.

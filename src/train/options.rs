@@ -202,6 +202,20 @@ fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
     )
 }
 
+/// Writes a run's options to `out/run.toml` with the path options `paths` picks made absolute,
+/// so `--resume` works from any directory. Shared by the offline trainers and `prefer ppo`.
+pub(crate) fn write_run_toml<T: Serialize>(
+    out: &Path,
+    mut saved: T,
+    paths: impl FnOnce(&mut T) -> Vec<&mut Option<PathBuf>>,
+) -> Result<()> {
+    for p in paths(&mut saved).into_iter().flatten() {
+        *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
+    }
+    std::fs::write(out.join("run.toml"), toml::to_string(&saved)?)
+        .with_context(|| format!("writing {}", out.join("run.toml").display()))
+}
+
 pub fn read_toml(path: &Path) -> Result<TrainArgs> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -62,6 +62,14 @@ const TOKENIZER_FILES: [&str; 5] = [
     "generation_config.json",
 ];
 
+/// The tokenizer files `dir` holds, read, to travel with every checkpoint written from it.
+pub(crate) fn tokenizer_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    TOKENIZER_FILES
+        .iter()
+        .filter_map(|&name| std::fs::read(dir.join(name)).ok().map(|b| (name, b)))
+        .collect()
+}
+
 /// The step a finished run ended at: it has its final model and a checkpoint at the last step.
 fn finished_run(out: &Path) -> Option<usize> {
     if !out.join("config.json").is_file() {
@@ -106,20 +114,15 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         .with_context(|| format!("creating {}", opts.out.display()))?;
     if !resume {
         // Absolute paths, so --resume works from any directory.
-        let mut saved = args.clone();
-        for p in [
-            &mut saved.model,
-            &mut saved.data,
-            &mut saved.eval_data,
-            &mut saved.out,
-            &mut saved.ref_cache_dir,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
-        }
-        std::fs::write(opts.out.join("run.toml"), toml::to_string(&saved)?)?;
+        crate::train::options::write_run_toml(&opts.out, args.clone(), |a| {
+            vec![
+                &mut a.model,
+                &mut a.data,
+                &mut a.eval_data,
+                &mut a.out,
+                &mut a.ref_cache_dir,
+            ]
+        })?;
     }
 
     // The starting model: the policy's initial weights and, for DPO, the frozen reference.
@@ -152,14 +155,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         }
         None => None,
     };
-    let tokenizer_files: Vec<(&str, Vec<u8>)> = TOKENIZER_FILES
-        .iter()
-        .filter_map(|name| {
-            std::fs::read(opts.model.join(name))
-                .ok()
-                .map(|b| (*name, b))
-        })
-        .collect();
+    let tokenizer_files = tokenizer_files(&opts.model);
     let extra: Vec<(&str, &[u8])> = tokenizer_files
         .iter()
         .map(|(n, b)| (*n, b.as_slice()))
