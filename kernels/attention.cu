@@ -3,9 +3,10 @@
 //   q, out, dout (B,T,H,hd) bf16; k, v (B,T,Hkv,hd) bf16; key_mask (B,T) u8; lse, D (B,H,T) f32.
 // Query i sees key j when j <= i and key_mask[b,j]; a query that sees no key gets out = 0 and
 // lse = -inf, and passes no gradient.
-// This first version is plain fp32 FMA in shared-memory tiles (one warp per row, one lane per key
-// of a 32-key tile), written to be obviously right; the tensor-core version replaces it once the
-// check below passes on the GPU. The CPU oracle is src/ops/cpu/attention.rs.
+// Plain fp32 FMA in shared-memory tiles (one warp per row, one lane per key of a 32-key tile),
+// written to be obviously right. The engine runs kernels/flash_attention.cu (tensor cores) for head
+// dims 16, 32, 64 and 128, and these for any other; `prefer check` holds both to the CPU oracle,
+// src/ops/cpu/attention.rs. attention_backward_rowdot serves both.
 #include "common.cuh"
 #include <math.h>
 
@@ -25,7 +26,7 @@ __device__ __forceinline__ size_t row_of(int b, int t, int h, int T, int heads, 
 
 // Grid (ceil(T/ATT_ROWS), H, B), block ATT_ROWS warps. Shared: q rows, then K and V tiles with
 // a padded stride (hd + 1) so lanes reading different keys hit different banks.
-extern "C" __global__ void attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
+extern "C" __global__ void attention_reference_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
                                              const __nv_bfloat16* k, const __nv_bfloat16* v,
                                              const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd,
                                              float scale) {
@@ -109,7 +110,7 @@ extern "C" __global__ void attention_backward_rowdot(float* D, const __nv_bfloat
 
 // dq (B,T,H,hd) bf16 = scale * sum_j ds_ij k_j, with p_ij = exp(s_ij - lse_i),
 // ds_ij = p_ij (dout_i . v_j - D_i). Same grid and tiling as the forward.
-extern "C" __global__ void attention_backward_dq(__nv_bfloat16* dq, const __nv_bfloat16* dout,
+extern "C" __global__ void attention_reference_backward_dq(__nv_bfloat16* dq, const __nv_bfloat16* dout,
                                                  const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                  const __nv_bfloat16* v, const float* lse, const float* D,
                                                  const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd,
@@ -181,7 +182,7 @@ extern "C" __global__ void attention_backward_dq(__nv_bfloat16* dq, const __nv_b
 // queries i >= j that see it: dv_j = sum p_ij dout_i, dk_j = scale * sum ds_ij q_i. One warp per
 // key row, one lane per query of a 32-query tile: every sum has one owner, so no atomics.
 // Grid (ceil(T/ATT_ROWS), Hkv, B).
-extern "C" __global__ void attention_backward_dkv(__nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
+extern "C" __global__ void attention_reference_backward_dkv(__nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
                                                   const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                   const __nv_bfloat16* v, const float* lse, const float* D,
                                                   const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd,

@@ -96,6 +96,7 @@ int emu_syncthreads_op(int op, int predicate);
 void emu_syncwarp(unsigned mask);
 // Every lane in `mask` deposits `value` and names the lane it reads; returns that lane's value.
 uint32_t emu_shfl(unsigned mask, uint32_t value, int src_lane);
+void emu_warp_gather(unsigned mask, const uint32_t* mine, uint32_t words, uint32_t* all);
 uint32_t emu_vote(unsigned mask, int op, uint32_t value);
 unsigned emu_activemask(void);
 [[noreturn]] void emu_trap(const char* why);

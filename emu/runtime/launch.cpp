@@ -117,12 +117,13 @@ static void release_barrier(Worker& w) {
 }
 
 // ---- warp collectives -------------------------------------------------------------------------
-static constexpr int kShuffle = -1, kSyncWarp = -2;
+static constexpr int kShuffle = -1, kSyncWarp = -2, kGather = -3;
 
 static const char* collective_name(int kind) {
     switch (kind) {
         case kShuffle: return "a shuffle";
         case kSyncWarp: return "__syncwarp";
+        case kGather: return "a warp gather (mma/ldmatrix)";
         case EMU_BALLOT: return "__ballot_sync";
         case EMU_ANY: return "__any_sync";
         case EMU_ALL: return "__all_sync";
@@ -176,6 +177,14 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
                 break;
             }
             case kSyncWarp: f.coll_result = 0; break;
+            case kGather:
+                // Every lane of the mask lands in its slot; the others' slots are zero.
+                for (uint32_t s = 0; s < 32; ++s)
+                    for (uint32_t i = 0; i < f.gather_words; ++i)
+                        f.gather_dst[s * f.gather_words + i] =
+                            (need >> s & 1) && i < lanes[s].gather_words ? lanes[s].gather_src[i] : 0u;
+                f.coll_result = 0;
+                break;
             case EMU_BALLOT: f.coll_result = ballot; break;
             case EMU_ANY: f.coll_result = ballot != 0; break;
             case EMU_ALL: f.coll_result = ballot == need; break;
@@ -225,6 +234,17 @@ extern "C" uint32_t emu_shfl(unsigned mask, uint32_t value, int src_lane) {
 }
 extern "C" uint32_t emu_vote(unsigned mask, int op, uint32_t value) { return warp_collective(mask, op, value, 0); }
 extern "C" void emu_syncwarp(unsigned mask) { warp_collective(mask, kSyncWarp, 0, 0); }
+
+// The emulated twins of the warp-wide tensor-core instructions (kernels/mma.cuh) need every
+// lane's operands at once: one collective copies `words` words from each lane into `all`
+// (lane-major, 32 × words), instead of 32 × words shuffles.
+extern "C" void emu_warp_gather(unsigned mask, const uint32_t* mine, uint32_t words, uint32_t* all) {
+    Fiber& f = *current_fiber();
+    f.gather_src = mine;
+    f.gather_dst = all;
+    f.gather_words = words;
+    warp_collective(mask, kGather, 0, 0);
+}
 
 extern "C" unsigned emu_activemask(void) {
     Fiber& f = *current_fiber();

@@ -66,6 +66,10 @@ struct Fiber {
     uint32_t coll_value;
     int coll_src;
     uint32_t coll_result;
+    // emu_warp_gather: this lane's words, and where every lane's words go.
+    const uint32_t* gather_src;
+    uint32_t* gather_dst;
+    uint32_t gather_words;
     int barrier_pred;
 };
 

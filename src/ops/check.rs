@@ -55,12 +55,16 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
         }
     }
     if wants("attention") {
-        // (batch, seq, heads, kv_heads, head_dim): GQA 1, 4 and 8, head dims 64 and 128, odd lengths.
+        // (batch, seq, heads, kv_heads, head_dim): GQA 1, 3, 4 and 8, every tensor-core head dim,
+        // odd lengths, tiles that end mid-group; hd 24 runs the fp32 reference kernels.
         for (b, t, h, kvh, hd) in [
             (2, 37, 4, 4, 64),
             (3, 130, 8, 2, 64),
             (2, 100, 16, 2, 128),
             (1, 64, 8, 8, 128),
+            (2, 70, 6, 2, 32),
+            (2, 21, 4, 2, 16),
+            (2, 45, 4, 2, 24),
         ] {
             rows.extend(check_attention(
                 eng,
@@ -439,8 +443,12 @@ fn check_attention(eng: &CudaEngine, s: AttentionShape) -> Result<Vec<CheckRow>>
     let (q_d, k_d, v_d, dout_d) = (up(&q)?, up(&k)?, up(&v)?, up(&dout)?);
     let mask_d = eng.upload(&mask.iter().map(|&m| m as u8).collect::<Vec<u8>>())?;
     let (mut out_d, mut lse_d) = (eng.zeros::<bf16>(n * qd)?, eng.zeros::<f32>(n * s.heads)?);
+    let kernel = match cuda::attention::AttentionKernel::for_shape(&s) {
+        cuda::attention::AttentionKernel::Flash => "flash",
+        cuda::attention::AttentionKernel::Reference => "reference",
+    };
     let shape = format!(
-        "B={} T={} H={} Hkv={} hd={}",
+        "B={} T={} H={} Hkv={} hd={} {kernel}",
         s.batch, s.seq, s.heads, s.kv_heads, s.head_dim
     );
     let ms_f = timed(eng, "attention_forward", || {

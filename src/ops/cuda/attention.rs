@@ -1,16 +1,76 @@
-//! Launchers for kernels/attention.cu. The CPU oracle of the same names is
-//! src/ops/cpu/attention.rs; shapes are in `AttentionShape`.
+//! Launchers for kernels/flash_attention.cu (tensor cores, head dims 16, 32, 64, 128) and
+//! kernels/attention.cu (the fp32 reference kernels, every other head dim). The CPU oracle of
+//! the same names is src/ops/cpu/attention.rs; shapes are in `AttentionShape`.
 
 use super::CudaEngine;
 use crate::ops::cpu::AttentionShape;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// Must match ATT_ROWS, ATT_TILE and ATT_MAX_HD in kernels/attention.cu.
 const ROWS: usize = 4;
 const TILE: usize = 32;
 const MAX_HD: usize = 128;
+
+/// Must match kernels/flash_attention.cu: FA_WARPS warps of 16 rows, 64-row tiles, FA_PAD.
+const FA_THREADS: u32 = 128;
+const FA_TILE: usize = 64;
+const FA_DKV_QTILE: usize = 32;
+const FA_PAD: usize = 8;
+
+/// Which kernels serve a shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// kernels/flash_attention.cu: bf16 tensor cores.
+    Flash,
+    /// kernels/attention.cu: fp32 FMA, any head dim up to 128.
+    Reference,
+}
+
+impl AttentionKernel {
+    /// The tensor-core kernels where they are instantiated for the head dim.
+    pub fn for_shape(s: &AttentionShape) -> Self {
+        if matches!(s.head_dim, 16 | 32 | 64 | 128) {
+            AttentionKernel::Flash
+        } else {
+            AttentionKernel::Reference
+        }
+    }
+}
+
+/// Tensor-core launch: grid (tiles, Hkv, B) over `rows` rows per KV head, with `shared` bytes.
+/// Tiles above 48 KB need the function's opt-in.
+fn flash_launch(
+    f: &CudaFunction,
+    s: &AttentionShape,
+    rows: usize,
+    tile: usize,
+    shared: usize,
+) -> Result<LaunchConfig> {
+    if shared > 48 * 1024 {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared as i32,
+        )
+        .map_err(|e| anyhow!("attention: {shared} bytes of shared memory per block: {e:?}"))?;
+    }
+    Ok(LaunchConfig {
+        grid_dim: (
+            rows.div_ceil(tile) as u32,
+            s.kv_heads as u32,
+            s.batch as u32,
+        ),
+        block_dim: (FA_THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    })
+}
+
+/// Bytes of `n` shared rows of the head dim, padded.
+fn fa_rows(s: &AttentionShape, n: usize) -> usize {
+    n * (s.head_dim + FA_PAD) * 2
+}
 
 fn check_shape(s: &AttentionShape, op: &str) -> Result<()> {
     ensure!(
@@ -66,7 +126,19 @@ pub fn attention_forward(
     );
     let [b, t, h, hkv, hd] = dims(&s);
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let f = eng.function("attention_forward")?;
+    if AttentionKernel::for_shape(&s) == AttentionKernel::Flash {
+        let f = eng.function(&format!("flash_forward_hd{}", s.head_dim))?;
+        // Q tile, K and V double-buffered, and the key tiles' masks (u16).
+        let shared = fa_rows(&s, FA_TILE + 4 * FA_TILE) + 2 * FA_TILE * 2;
+        let cfg = flash_launch(&f, &s, s.seq * (s.heads / s.kv_heads), FA_TILE, shared)?;
+        let mut l = eng.stream.launch_builder(&f);
+        l.arg(out).arg(lse).arg(q).arg(k).arg(v).arg(key_mask);
+        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
+        // SAFETY: arguments match flash_forward_hd*; lengths checked above; shared as the kernel lays it out.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_forward ({s:?}): {e:?}"))?;
+        return Ok(());
+    }
+    let f = eng.function("attention_reference_forward")?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(out).arg(lse).arg(q).arg(k).arg(v).arg(key_mask);
     l.arg(&b).arg(&t).arg(&h).arg(&hkv).arg(&hd).arg(&scale);
@@ -129,7 +201,45 @@ pub fn attention_backward(
     // SAFETY: one warp per (b,t,h) row; lengths checked above.
     unsafe { l.launch(cfg) }.map_err(|e| anyhow!("attention_backward_rowdot ({s:?}): {e:?}"))?;
 
-    let f = eng.function("attention_backward_dq")?;
+    if AttentionKernel::for_shape(&s) == AttentionKernel::Flash {
+        let group = s.heads / s.kv_heads;
+        let f = eng.function(&format!("flash_backward_dq_hd{}", s.head_dim))?;
+        // Q and dO tiles, K and V double-buffered, masks (u16).
+        let shared = fa_rows(&s, 2 * FA_TILE + 4 * FA_TILE) + 2 * FA_TILE * 2;
+        let cfg = flash_launch(&f, &s, s.seq * group, FA_TILE, shared)?;
+        let mut l = eng.stream.launch_builder(&f);
+        l.arg(dq)
+            .arg(dout)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(lse)
+            .arg(&*rowdot)
+            .arg(key_mask);
+        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
+        // SAFETY: arguments match flash_backward_dq_hd*; lengths checked above.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_backward_dq ({s:?}): {e:?}"))?;
+
+        let f = eng.function(&format!("flash_backward_dkv_hd{}", s.head_dim))?;
+        // K and V of the block's keys, Q and dO tiles double-buffered, their lse and D.
+        let shared = fa_rows(&s, 2 * FA_TILE + 4 * FA_DKV_QTILE) + 4 * FA_DKV_QTILE * 4;
+        let cfg = flash_launch(&f, &s, s.seq, FA_TILE, shared)?;
+        let mut l = eng.stream.launch_builder(&f);
+        l.arg(dk)
+            .arg(dv)
+            .arg(dout)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(lse)
+            .arg(&*rowdot)
+            .arg(key_mask);
+        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
+        // SAFETY: arguments match flash_backward_dkv_hd*; lengths checked above.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_backward_dkv ({s:?}): {e:?}"))?;
+        return Ok(());
+    }
+    let f = eng.function("attention_reference_backward_dq")?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dq)
         .arg(dout)
@@ -144,7 +254,7 @@ pub fn attention_backward(
     unsafe { l.launch(grid(&s, s.heads, 2, 2)) }
         .map_err(|e| anyhow!("attention_backward_dq ({s:?}): {e:?}"))?;
 
-    let f = eng.function("attention_backward_dkv")?;
+    let f = eng.function("attention_reference_backward_dkv")?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dk)
         .arg(dv)

@@ -1,0 +1,116 @@
+// Tensor-core and asynchronous-copy instructions, each behind one wrapper. On the GPU a wrapper is
+// one inline-PTX instruction; on the software GPU (__CUDACC__EMU) it is an emulated twin with the
+// instruction's exact data movement, so a kernel built on these runs and is checked on the CPU.
+//
+// Fragment layouts are the PTX ISA's for mma.m16n8k16 with bf16 inputs. With g = lane / 4 and
+// c = lane % 4, and two bf16 per 32-bit register (the lower column in the low half):
+//   A (16x16, row-major)  a[0] = A[g][2c..2c+1]   a[1] = A[g+8][2c..]   a[2] = A[g][2c+8..]   a[3] = A[g+8][2c+8..]
+//   B (16x8, col-major)   b[0] = B[2c..2c+1][g]   b[1] = B[2c+8..2c+9][g]
+//   C, D (16x8, f32)      d[0], d[1] = D[g][2c], D[g][2c+1]     d[2], d[3] = D[g+8][2c], D[g+8][2c+1]
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16);
+}
+
+#ifdef __CUDACC__EMU
+__device__ __forceinline__ float emu_bf16_half(uint32_t word, int high) {
+    return __bfloat162float(__ushort_as_bfloat16((unsigned short)(high ? word >> 16 : word & 0xffffu)));
+}
+#endif
+
+// d (16x8 f32) += a (16x16 bf16) · b (16x8 bf16), warp-wide.
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef __CUDACC__EMU
+    const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    uint32_t all[32 * 6];
+    emu_warp_gather(0xffffffffu, mine, 6, all);
+    const int lane = (int)emu_lane(), g = lane / 4, c = lane % 4;
+    // A[r][k] sits in lane (r % 8)·4 + (k % 8)/2, register (r ≥ 8) + 2(k ≥ 8); B[k][n] in lane
+    // n·4 + (k % 8)/2, register 4 + (k ≥ 8); the half is k % 2.
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + 8 * (i / 2), n = 2 * c + (i % 2);
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) {
+            const float x = emu_bf16_half(all[((r % 8) * 4 + (k % 8) / 2) * 6 + (r >= 8) + 2 * (k >= 8)], k % 2);
+            const float y = emu_bf16_half(all[(n * 4 + (k % 8) / 2) * 6 + 4 + (k >= 8)], k % 2);
+            acc = fmaf(x, y, acc);
+        }
+        d[i] = acc;
+    }
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Four 8x8 bf16 matrices from shared memory, warp-wide: lanes 8i..8i+7 give the addresses of
+// matrix i's rows (16 bytes each, 16-byte aligned). r[i] = matrix i's [lane/4][2(lane%4)..+1];
+// with `trans`, its [2(lane%4)][lane/4] and [2(lane%4)+1][lane/4] (the transpose's fragment).
+template <bool trans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16* row) {
+#ifdef __CUDACC__EMU
+    const uint64_t p = (uint64_t)(uintptr_t)row;
+    const uint32_t mine[2] = {(uint32_t)p, (uint32_t)(p >> 32)};
+    uint32_t all[32 * 2];
+    emu_warp_gather(0xffffffffu, mine, 2, all);
+    const int lane = (int)emu_lane();
+    auto row_of = [&](int l) {
+        return (const __nv_bfloat16*)(uintptr_t)((uint64_t)all[2 * l] | ((uint64_t)all[2 * l + 1] << 32));
+    };
+    for (int i = 0; i < 4; ++i) {
+        if (!trans) {
+            r[i] = *(const uint32_t*)(row_of(8 * i + lane / 4) + 2 * (lane % 4));
+        } else {
+            const unsigned short lo = __bfloat16_as_ushort(row_of(8 * i + 2 * (lane % 4))[lane / 4]);
+            const unsigned short hi = __bfloat16_as_ushort(row_of(8 * i + 2 * (lane % 4) + 1)[lane / 4]);
+            r[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+    }
+#else
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+
+// 16 bytes from global to shared memory without passing through registers; zero-filled when
+// `valid` is false (then `src` is not read, but must still be a global address). The data is
+// there after cp_async_wait and visible to other threads after the barrier that follows it.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+#ifdef __CUDACC__EMU
+    uint32_t* d = (uint32_t*)dst;
+    const uint32_t* s = (const uint32_t*)src;
+    for (int i = 0; i < 4; ++i) d[i] = valid ? s[i] : 0u;
+#else
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(valid ? 16 : 0));
+#endif
+}
+
+// Closes the group of cp.async issued so far by this thread.
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef __CUDACC__EMU
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `pending` of this thread's committed groups are still in flight.
+template <int pending>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef __CUDACC__EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
+#endif
+}
