@@ -36,8 +36,14 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
     let wants = |op: &str| filter.is_none_or(|f| op.contains(f));
     let mut rows = Vec::new();
     if wants("embedding") {
-        for (n, v, d) in [(7, 50, 64), (1000, 259, 2048)] {
-            rows.extend(check_embedding(eng, n, v, d)?);
+        // (tokens, vocabulary, hidden, padded): padded batches repeat one pad token on two
+        // positions in three, so its group runs through the chunked sums.
+        for (n, v, d, padded) in [
+            (7, 50, 64, false),
+            (1000, 259, 2048, false),
+            (3001, 259, 320, true),
+        ] {
+            rows.extend(check_embedding(eng, n, v, d, padded)?);
         }
     }
     if wants("rmsnorm") {
@@ -227,9 +233,20 @@ pub(super) fn timed(
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
-fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec<CheckRow>> {
+fn check_embedding(
+    eng: &CudaEngine,
+    n: usize,
+    v: usize,
+    d: usize,
+    padded: bool,
+) -> Result<Vec<CheckRow>> {
     let mut g = Lcg(1 + n as u64);
-    let ids: Vec<u32> = (0..n).map(|i| ((i * 7919 + i * i) % v) as u32).collect();
+    let ids: Vec<u32> = (0..n)
+        .map(|i| match padded && i % 3 != 0 {
+            true => (v - 1) as u32,
+            false => ((i * 7919 + i * i) % v) as u32,
+        })
+        .collect();
     let table = g.bf16s(v * d, 1.0);
     let dout = g.bf16s(n * d, 1.0);
     let (mut out, mut dtable) = (vec![0.0; n * d], vec![0.0; v * d]);
@@ -244,13 +261,21 @@ fn check_embedding(eng: &CudaEngine, n: usize, v: usize, d: usize) -> Result<Vec
     let mut out_d = eng.zeros::<bf16>(n * d)?;
     let mut dtable_d = eng.zeros::<f32>(v * d)?;
     let groups = cuda::embedding::TokenGroups::new(eng, &ids)?;
-    let shape = format!("N={n} V={v} D={d}");
+    let mut partial = eng.zeros::<f32>(cuda::embedding::partial_len(n, d))?;
+    let shape = format!("N={n} V={v} D={d}{}", if padded { " padded" } else { "" });
     let ms_f = timed(eng, "embedding_forward", || {
         cuda::embedding::embedding_forward(eng, &mut out_d, &ids_d, &table_d.as_view(), n, d)
     })?;
     let ms_b = timed(eng, "embedding_backward", || {
         eng.zero(&mut dtable_d)?;
-        cuda::embedding::embedding_backward(eng, &mut dtable_d.as_view_mut(), &dout_d, &groups, d)
+        cuda::embedding::embedding_backward(
+            eng,
+            &mut dtable_d.as_view_mut(),
+            &dout_d,
+            &groups,
+            &mut partial,
+            d,
+        )
     })?;
     Ok(vec![
         compare(

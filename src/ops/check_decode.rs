@@ -281,15 +281,20 @@ fn check_generate() -> Result<Vec<CheckRow>> {
             forward_lp.push(logp[b * batch.seq + p + i - 1]);
         }
     }
+    // The training forward's attention rounds its probabilities to bf16 before P·V (as
+    // FlashAttention does); decode attention keeps them in f32. On this deliberately sharp
+    // model (initializer range 0.2) that alone moves log-probs by up to ~0.05 nats; a wrong
+    // position or cache row moves them by whole nats.
+    const TOL_NATS: f32 = 0.1;
     let mut lp_row = compare(
         "generate logprobs",
         &format!("{shape}; vs forward recompute (nats)"),
         &engine_lp,
         &forward_lp,
-        0.05,
+        TOL_NATS,
         ms_s,
     );
     lp_row.max_rel = lp_row.max_abs;
-    lp_row.pass = lp_row.max_abs <= 0.05 && engine_lp.iter().all(|x| x.is_finite());
+    lp_row.pass = lp_row.max_abs <= TOL_NATS && engine_lp.iter().all(|x| x.is_finite());
     Ok(vec![greedy_row, lp_row])
 }

@@ -24,6 +24,8 @@ use std::ops::Range;
 #[derive(Default)]
 struct Scratch {
     partial: Option<CudaSlice<f32>>,
+    /// The embedding backward's chunk sums, grown to the largest batch seen.
+    embedding_partial: Option<CudaSlice<f32>>,
     rowdot: Option<CudaSlice<f32>>,
     logprob: Option<(usize, logprob::LogprobScratch)>,
     decode_partial: Option<CudaSlice<f32>>,
@@ -225,11 +227,17 @@ impl Backend for Cuda {
         inp: &CudaInputs,
         d: usize,
     ) -> Result<()> {
+        let mut s = self.scratch.borrow_mut();
+        let need = embedding::partial_len(inp.ids_host.len(), d);
+        if s.embedding_partial.as_ref().is_none_or(|p| p.len() < need) {
+            s.embedding_partial = Some(self.eng.zeros(need)?);
+        }
         embedding::embedding_backward(
             &self.eng,
             &mut grads.slice_mut(table.clone()),
             dout,
             &inp.groups,
+            s.embedding_partial.as_mut().expect("set above"),
             d,
         )
     }

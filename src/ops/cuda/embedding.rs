@@ -32,18 +32,50 @@ pub fn embedding_forward(
     Ok(())
 }
 
-/// Each distinct token's positions, in order (CSR), on the device: built once per batch on the
-/// host (before the forward, where the ids are known), so the backward needs no host copy.
+/// Must match EMB_CHUNK in kernels/embedding.cu.
+const CHUNK: usize = 64;
+
+/// Each distinct token's positions, in order (CSR), on the device, and the chunks that cut the
+/// long groups: built on the host before the forward (where the ids are known), so the backward
+/// needs no host copy. Buffers are sized for N tokens once; `fill` rewrites them in place for
+/// another batch of N, so reused inputs allocate nothing.
 pub struct TokenGroups {
-    tokens: CudaSlice<u32>,
-    starts: CudaSlice<u32>,
-    positions: CudaSlice<u32>,
+    tokens: CudaSlice<u32>,    // [≤ N] distinct tokens
+    starts: CudaSlice<u32>,    // [≤ N + 1] each token's first index into `positions`
+    first: CudaSlice<u32>,     // [≤ N + 1] each token's first chunk (equal neighbours: none)
+    chunks: CudaSlice<u32>,    // [≤ N/32 + 1, 2] each chunk's [start, end) in `positions`
+    positions: CudaSlice<u32>, // [N]
     unique: usize,
+    n_chunks: usize,
     n: usize,
 }
 
 impl TokenGroups {
+    /// Buffers for batches of `ids.len()` tokens, filled from `ids`.
     pub fn new(eng: &CudaEngine, ids: &[u32]) -> Result<Self> {
+        let n = ids.len();
+        let mut g = TokenGroups {
+            tokens: eng.zeros(n.max(1))?,
+            starts: eng.zeros(n + 1)?,
+            first: eng.zeros(n + 1)?,
+            chunks: eng.zeros(2 * max_chunks(n))?,
+            positions: eng.zeros(n.max(1))?,
+            unique: 0,
+            n_chunks: 0,
+            n,
+        };
+        g.fill(eng, ids)?;
+        Ok(g)
+    }
+
+    /// Regroups for new ids of the same count, in place.
+    pub fn fill(&mut self, eng: &CudaEngine, ids: &[u32]) -> Result<()> {
+        ensure!(
+            ids.len() == self.n,
+            "token groups for {} tokens refilled with {}",
+            self.n,
+            ids.len()
+        );
         let mut order: Vec<u32> = (0..ids.len() as u32).collect();
         order.sort_by_key(|&p| (ids[p as usize], p)); // position order within a token
         let (mut tokens, mut starts) = (Vec::new(), Vec::new());
@@ -54,49 +86,99 @@ impl TokenGroups {
             }
         }
         starts.push(order.len() as u32);
-        let unique = tokens.len();
-        // CUDA refuses empty allocations; an empty batch keeps one unused element.
-        tokens.resize(unique.max(1), 0);
-        order.resize(ids.len().max(1), 0);
-        Ok(TokenGroups {
-            tokens: eng.upload(&tokens)?,
-            starts: eng.upload(&starts)?,
-            positions: eng.upload(&order)?,
-            unique,
-            n: ids.len(),
-        })
+        let (mut first, mut chunks) = (Vec::with_capacity(starts.len()), Vec::new());
+        for w in starts.windows(2) {
+            first.push((chunks.len() / 2) as u32);
+            if (w[1] - w[0]) as usize > CHUNK {
+                for a in (w[0]..w[1]).step_by(CHUNK) {
+                    chunks.extend([a, (a + CHUNK as u32).min(w[1])]);
+                }
+            }
+        }
+        first.push((chunks.len() / 2) as u32);
+        (self.unique, self.n_chunks) = (tokens.len(), chunks.len() / 2);
+        debug_assert!(self.n_chunks <= max_chunks(self.n));
+        let s = &eng.stream;
+        let put = |host: &[u32], dst: &mut CudaSlice<u32>, what: &str| -> Result<()> {
+            if host.is_empty() {
+                return Ok(());
+            }
+            s.memcpy_htod(host, &mut dst.slice_mut(0..host.len()))
+                .map_err(|e| anyhow!("embedding groups ({what}, {} values): {e:?}", host.len()))
+        };
+        put(&tokens, &mut self.tokens, "tokens")?;
+        put(&starts, &mut self.starts, "starts")?;
+        put(&first, &mut self.first, "first chunks")?;
+        put(&chunks, &mut self.chunks, "chunks")?;
+        put(&order, &mut self.positions, "positions")
     }
 }
 
-/// dtable (V,D) f32 += dout (N,D) f32 rows by token: one block per distinct token sums its rows
-/// in position order, so the result is deterministic without float atomics.
+/// Chunks of the long groups of N tokens, at most: a long group has over CHUNK positions, so there
+/// are under N/CHUNK of them and under N/CHUNK + their count chunks.
+fn max_chunks(n: usize) -> usize {
+    n / (CHUNK / 2) + 1
+}
+
+/// f32 values of the chunk sums' scratch for N tokens of hidden size D.
+pub fn partial_len(n: usize, d: usize) -> usize {
+    max_chunks(n) * d
+}
+
+/// dtable (V,D) f32 += dout (N,D) f32 rows by token, deterministically without float atomics: a
+/// block per distinct token sums its rows in position order, a long group through its chunk sums.
 pub fn embedding_backward(
     eng: &CudaEngine,
     dtable: &mut CudaViewMut<f32>,
     dout: &CudaSlice<f32>,
     groups: &TokenGroups,
+    partial: &mut CudaSlice<f32>,
     d: usize,
 ) -> Result<()> {
     let n = groups.n;
     ensure!(
-        dout.len() == n * d && dtable.len() % d == 0,
-        "embedding_backward: N={n}, D={d}"
+        dout.len() == n * d && dtable.len() % d == 0 && partial.len() >= groups.n_chunks * d,
+        "embedding_backward: N={n}, D={d}, {} chunk sums into {} values",
+        groups.n_chunks,
+        partial.len()
     );
     if groups.unique == 0 {
         return Ok(());
     }
+    let (d_i, cols) = (d as i32, d.div_ceil(256) as u32);
+    if groups.n_chunks > 0 {
+        let f = eng.function("embedding_backward_chunks")?;
+        let cfg = LaunchConfig {
+            grid_dim: (groups.n_chunks as u32, cols, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let c_i = groups.n_chunks as i32;
+        let mut l = eng.stream.launch_builder(&f);
+        l.arg(&mut *partial)
+            .arg(dout)
+            .arg(&groups.chunks)
+            .arg(&groups.positions)
+            .arg(&c_i)
+            .arg(&d_i);
+        // SAFETY: arguments match the kernel; chunks index `positions`, partial holds them all.
+        unsafe { l.launch(cfg) }
+            .map_err(|e| anyhow!("embedding_backward_chunks (N={n}, D={d}): {e:?}"))?;
+    }
     let f = eng.function("embedding_backward")?;
     let cfg = LaunchConfig {
-        grid_dim: (groups.unique as u32, 1, 1),
+        grid_dim: (groups.unique as u32, cols, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (u_i, d_i) = (groups.unique as i32, d as i32);
+    let u_i = groups.unique as i32;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dtable)
         .arg(dout)
+        .arg(&*partial)
         .arg(&groups.tokens)
         .arg(&groups.starts)
+        .arg(&groups.first)
         .arg(&groups.positions)
         .arg(&u_i)
         .arg(&d_i);
