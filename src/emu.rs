@@ -202,3 +202,34 @@ pub fn counters() -> Result<Counters> {
         host_syncs: raw[5],
     })
 }
+
+/// Device bytes the software GPU holds now, and at the most since the last `reset_peak`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub live_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+fn memory_call(reset_peak: bool) -> Result<Memory> {
+    let libs = loaded()?;
+    let mut raw = [0u64; 2];
+    // SAFETY: the symbol's type is the one emu/runtime/memory.cpp defines; it fills two u64s.
+    unsafe {
+        let f: libloading::os::unix::Symbol<unsafe extern "C" fn(*mut u64, i32)> =
+            libs.cuda.get(b"prefer_emu_memory")?;
+        f(raw.as_mut_ptr(), reset_peak as i32);
+    }
+    Ok(Memory {
+        live_bytes: raw[0],
+        peak_bytes: raw[1],
+    })
+}
+
+pub fn memory() -> Result<Memory> {
+    memory_call(false)
+}
+
+/// Starts a new peak at the bytes live now.
+pub fn reset_peak() -> Result<Memory> {
+    memory_call(true)
+}

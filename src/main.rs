@@ -110,6 +110,13 @@ enum Command {
         /// train: timed steps (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// train/dpo: keep only each layer's input through the forward and recompute the rest in
+        /// the backward (less memory, about a third more compute).
+        #[arg(long)]
+        recompute: bool,
+        /// train/dpo: print the memory plan and stop; needs no GPU.
+        #[arg(long)]
+        plan_only: bool,
         /// cuda (or auto) on a GPU; emu on the software GPU, which times the CPU, not a GPU;
         /// generate also runs on cpu.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
@@ -263,11 +270,15 @@ fn run(command: Command) -> Result<()> {
             batch,
             seq,
             steps,
+            recompute,
+            plan_only,
             device,
             prompt_len,
             new,
         } => {
-            device.prepare()?;
+            if !plan_only {
+                device.prepare()?;
+            }
             let generate = cmd::bench_generate::GenerateBenchArgs {
                 preset: preset.clone(),
                 batch,
@@ -280,6 +291,8 @@ fn run(command: Command) -> Result<()> {
                 batch,
                 seq,
                 steps,
+                recompute,
+                plan_only,
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }

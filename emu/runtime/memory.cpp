@@ -29,6 +29,7 @@ struct Allocation {
 
 std::mutex lock;
 std::map<uintptr_t, Allocation> live;  // by data address
+size_t live_bytes = 0, peak_bytes = 0;  // bytes asked for, now and at the most
 
 size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
@@ -64,8 +65,19 @@ extern "C" int emu_mem_alloc(uintptr_t* out, size_t size) {
     Allocation a{map, map_bytes, map + kPage + data_pages - padded, size, padded};
     std::lock_guard<std::mutex> g(lock);
     live[(uintptr_t)a.data] = a;
+    live_bytes += size;
+    peak_bytes = live_bytes > peak_bytes ? live_bytes : peak_bytes;
     *out = (uintptr_t)a.data;
     return 0;
+}
+
+// Device bytes allocated now and at the most since the last reset, for tests that hold a memory
+// plan to what a step really allocates.
+extern "C" void prefer_emu_memory(uint64_t out[2], int reset_peak) {
+    std::lock_guard<std::mutex> g(lock);
+    if (reset_peak) peak_bytes = live_bytes;
+    out[0] = live_bytes;
+    out[1] = peak_bytes;
 }
 
 extern "C" int emu_mem_free(uintptr_t ptr) {
@@ -76,6 +88,7 @@ extern "C" int emu_mem_free(uintptr_t ptr) {
         return kInvalidValue;
     }
     munmap(it->second.map, it->second.map_bytes);
+    live_bytes -= it->second.size;
     live.erase(it);
     return 0;
 }

@@ -6,7 +6,8 @@ use crate::model::init::init_params;
 use crate::model::{Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::bench::{print_bench, run_kernel_benches};
 use crate::ops::cuda::{probe_gpu, CudaEngine};
-use crate::train::gpu_step::{state_bytes, GpuTrainer};
+use crate::train::gpu_step::GpuTrainer;
+use crate::train::memory_plan::MemoryPlan;
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
@@ -18,6 +19,35 @@ pub struct TrainBenchArgs {
     pub batch: usize,
     pub seq: usize,
     pub steps: usize,
+    pub recompute: bool,
+    /// Print the memory plan and stop.
+    pub plan_only: bool,
+}
+
+impl TrainBenchArgs {
+    /// The step's memory plan (a DPO step runs 2·batch sequences).
+    fn plan(&self, cfg: &LlamaConfig, what: &str) -> MemoryPlan {
+        let rows = if what == "dpo" {
+            2 * self.batch
+        } else {
+            self.batch
+        };
+        MemoryPlan::training(cfg, rows, self.seq, self.recompute)
+    }
+
+    fn plan_title(&self, what: &str) -> String {
+        let rows = if what == "dpo" {
+            format!("{} pairs", self.batch)
+        } else {
+            format!("{} sequences", self.batch)
+        };
+        format!(
+            "{}, {rows} x {} tokens{}",
+            self.preset,
+            self.seq,
+            if self.recompute { ", --recompute" } else { "" }
+        )
+    }
 }
 
 pub fn run_bench(
@@ -28,6 +58,18 @@ pub fn run_bench(
 ) -> Result<()> {
     if !matches!(what, "kernels" | "train" | "dpo" | "generate") {
         bail!("unknown benchmark {what:?} (kernels, train, dpo, generate)");
+    }
+    if train.plan_only {
+        if !matches!(what, "train" | "dpo") {
+            bail!("--plan-only is for bench train and bench dpo");
+        }
+        let cfg = LlamaConfig::preset(&train.preset)?;
+        let plan = train.plan(&cfg, what);
+        print!("{}", plan.render(&train.plan_title(what)));
+        if let Some(path) = json {
+            std::fs::write(path, serde_json::to_string_pretty(&plan)?)?;
+        }
+        return Ok(());
     }
     if what == "generate" {
         let doc = bench_generate(generate)?;
@@ -64,7 +106,10 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
     let cfg = LlamaConfig::preset(&a.preset)?;
     let layout = ParamLayout::new(&cfg);
     let n_params = layout.len;
-    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    let plan = a.plan(&cfg, "train");
+    print!("{}", plan.render(&a.plan_title("train")));
+    let mut cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    cpu.recompute = a.recompute;
     let mut trainer = GpuTrainer::new(&cpu)?;
 
     let seqs: Vec<Vec<u32>> = (0..a.batch)
@@ -118,15 +163,20 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
         a.batch,
         a.seq
     );
-    println!("memory plan: weights bf16 + master/grads/AdamW fp32 {:.2} GiB; in use after the steps {:.2} GiB of {:.1} GiB", gib(state_bytes(n_params)), gib(total - free1), gib(total));
+    println!(
+        "memory: planned {:.2} GiB; in use after the steps {:.2} GiB of {:.1} GiB",
+        plan.total_gib(),
+        gib(total - free1),
+        gib(total)
+    );
     println!(
         "step {eng_ms:.1} ms, {tok_s:.0} tokens/s, MFU {:.1}%",
         mfu * 100.0
     );
     Ok(serde_json::json!({
         "gpu": gpu, "preset": a.preset, "batch": a.batch, "seq": a.seq, "params": n_params,
-        "step_ms": eng_ms, "tokens_per_s": tok_s, "mfu": mfu,
-        "state_gib": gib(state_bytes(n_params)), "used_gib": gib(total - free1),
+        "recompute": a.recompute, "step_ms": eng_ms, "tokens_per_s": tok_s, "mfu": mfu,
+        "planned_gib": plan.total_gib(), "used_gib": gib(total - free1),
     }))
 }
 
@@ -141,7 +191,10 @@ fn bench_dpo(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
 
     let cfg = LlamaConfig::preset(&a.preset)?;
     let layout = ParamLayout::new(&cfg);
-    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    let plan = a.plan(&cfg, "dpo");
+    print!("{}", plan.render(&a.plan_title("dpo")));
+    let mut cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
+    cpu.recompute = a.recompute;
     let mut state = GpuTrainer::new(&cpu)?;
     let half = a.seq / 2;
     let ids = |salt: usize, len: usize| {
@@ -189,8 +242,8 @@ fn bench_dpo(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
     let tokens = (2 * a.batch * a.seq) as f64;
     let tok_s = tokens / (ms / 1e3);
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-    println!("prefer bench dpo on {gpu}: {}, {} pairs × {} tokens: step {ms:.1} ms, {tok_s:.0} tokens/s, {:.2} GiB in use", a.preset, a.batch, a.seq, gib(total - free));
+    println!("prefer bench dpo on {gpu}: {}, {} pairs × {} tokens: step {ms:.1} ms, {tok_s:.0} tokens/s, {:.2} GiB in use ({:.2} GiB planned)", a.preset, a.batch, a.seq, gib(total - free), plan.total_gib());
     Ok(
-        serde_json::json!({"gpu": gpu, "preset": a.preset, "pairs": a.batch, "seq": a.seq, "step_ms": ms, "tokens_per_s": tok_s, "used_gib": gib(total - free)}),
+        serde_json::json!({"gpu": gpu, "preset": a.preset, "pairs": a.batch, "seq": a.seq, "recompute": a.recompute, "step_ms": ms, "tokens_per_s": tok_s, "used_gib": gib(total - free), "planned_gib": plan.total_gib()}),
     )
 }

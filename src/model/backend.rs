@@ -32,9 +32,17 @@ pub trait Backend {
     /// Recorded work that can be replayed (a CUDA graph); `()` where there are none.
     type Graph;
 
+    /// A zeroed activation buffer.
     fn act(&self, n: usize) -> Result<Self::Act>;
     /// A zeroed accumulator.
     fn acc(&self, n: usize) -> Result<Self::Acc>;
+    /// Hands a buffer back for a later `act` of the same length, so a steady loop allocates
+    /// nothing after its first step. Dropping it instead is always correct, only slower.
+    fn recycle_act(&self, _x: Self::Act) {}
+    /// As `recycle_act`, for `acc` and `to_device`.
+    fn recycle_acc(&self, _x: Self::Acc) {}
+    /// As `recycle_act`, for `inputs` of the same token count.
+    fn recycle_inputs(&self, _x: Self::Inputs) {}
     fn zero(&self, x: &mut Self::Acc) -> Result<()>;
     /// An accumulator's values on the host (head outputs for the losses, which run there).
     fn to_host(&self, x: &Self::Acc) -> Result<Vec<f32>>;

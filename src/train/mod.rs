@@ -5,6 +5,7 @@ pub mod batching;
 pub mod checkpoint;
 pub mod dpo;
 pub mod gpu_step;
+pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
 pub mod optimizer;

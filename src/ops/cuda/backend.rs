@@ -3,7 +3,7 @@
 //! The model code in src/model/llama.rs runs on it unchanged.
 
 use super::{
-    attention, copy_rows, decode_attention, dpo_loss, embedding, logprob, matmul, ppo_loss,
+    attention, copy_rows, decode_attention, dpo_loss, embedding, logprob, matmul, pool, ppo_loss,
     residual, reward_loss, rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
 };
 use crate::loss::{DpoConfig, SeqReduction};
@@ -37,6 +37,9 @@ pub struct Cuda {
     pub eng: CudaEngine,
     gemm: matmul::Gemm,
     scratch: RefCell<Scratch>,
+    pool: RefCell<pool::Pool>,
+    /// Inputs handed back, by token count.
+    spare_inputs: RefCell<Vec<CudaInputs>>,
 }
 
 /// What the kernels read of a batch.
@@ -59,6 +62,31 @@ impl Cuda {
             eng,
             gemm,
             scratch: RefCell::new(Scratch::default()),
+            pool: Default::default(),
+            spare_inputs: Default::default(),
+        })
+    }
+
+    /// Bytes of device buffers held for reuse (not in use).
+    pub fn idle_bytes(&self) -> usize {
+        self.pool.borrow().idle_bytes
+    }
+
+    /// Gives every buffer held for reuse back to the driver.
+    pub fn trim(&self) {
+        self.pool.borrow_mut().trim();
+        self.spare_inputs.borrow_mut().clear();
+    }
+
+    /// A fresh zeroed allocation; when the device is full, the idle buffers go back first and
+    /// the allocation is tried once more.
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.eng.zeros(n).or_else(|_| {
+            self.trim();
+            self.eng.zeros(n)
         })
     }
 
@@ -84,6 +112,7 @@ impl Cuda {
             layout: cpu.layout.clone(),
             params,
             backend: self,
+            recompute: cpu.recompute,
         })
     }
 
@@ -122,10 +151,35 @@ impl Backend for Cuda {
 
     // CUDA refuses zero-byte allocations; an absent head gets a one-element placeholder.
     fn act(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        self.eng.zeros(n.max(1))
+        let n = n.max(1);
+        let kept = self.pool.borrow_mut().take_bf16(n);
+        match kept {
+            Some(mut x) => {
+                self.eng.zero(&mut x)?;
+                Ok(x)
+            }
+            None => self.alloc(n),
+        }
     }
     fn acc(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.eng.zeros(n.max(1))
+        let n = n.max(1);
+        let kept = self.pool.borrow_mut().take_f32(n);
+        match kept {
+            Some(mut x) => {
+                self.eng.zero(&mut x)?;
+                Ok(x)
+            }
+            None => self.alloc(n),
+        }
+    }
+    fn recycle_act(&self, x: CudaSlice<bf16>) {
+        self.pool.borrow_mut().give_bf16(x);
+    }
+    fn recycle_acc(&self, x: CudaSlice<f32>) {
+        self.pool.borrow_mut().give_f32(x);
+    }
+    fn recycle_inputs(&self, x: CudaInputs) {
+        self.spare_inputs.borrow_mut().push(x);
     }
     fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
         self.eng.zero(x)
@@ -134,9 +188,42 @@ impl Backend for Cuda {
         self.eng.download(x)
     }
     fn to_device(&self, x: &[f32]) -> Result<CudaSlice<f32>> {
-        self.eng.upload(x)
+        let kept = self.pool.borrow_mut().take_f32(x.len().max(1));
+        match kept {
+            Some(mut d) if !x.is_empty() => {
+                self.eng
+                    .stream
+                    .memcpy_htod(x, &mut d)
+                    .map_err(|e| anyhow::anyhow!("copying {} values to the GPU: {e:?}", x.len()))?;
+                Ok(d)
+            }
+            Some(d) => Ok(d),
+            None => self.eng.upload(x),
+        }
     }
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
+        let spare = {
+            let mut spares = self.spare_inputs.borrow_mut();
+            let i = spares.iter().position(|x| {
+                x.ids_host.len() == batch.ids.len() && x.targets.len() == targets.len()
+            });
+            i.map(|i| spares.swap_remove(i))
+        };
+        if let Some(mut inp) = spare {
+            // The same token count: everything is rewritten in place.
+            self.write_inputs(&mut inp, batch)?;
+            let s = &self.eng.stream;
+            let err = |e| anyhow::anyhow!("inputs: {e:?}");
+            s.memcpy_htod(targets, &mut inp.targets).map_err(err)?;
+            let inv_freq = crate::ops::cpu::rope::rope_inv_freq(cfg);
+            if inv_freq.len() == inp.inv_freq.len() {
+                s.memcpy_htod(&inv_freq, &mut inp.inv_freq).map_err(err)?;
+            } else {
+                inp.inv_freq = self.eng.upload(&inv_freq)?;
+            }
+            inp.groups.fill(&self.eng, &batch.ids)?;
+            return Ok(inp);
+        }
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
         Ok(CudaInputs {
             ids_host: batch.ids.clone(),

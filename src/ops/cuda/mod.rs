@@ -12,6 +12,7 @@ pub mod dpo_loss;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod pool;
 pub mod ppo_loss;
 pub mod residual;
 pub mod reward_loss;

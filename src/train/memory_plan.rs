@@ -1,0 +1,112 @@
+//! The GPU memory of a training step, planned from (config, batch, sequence) before anything is
+//! allocated: what `prefer bench train` prints, and `--plan-only` prints without a GPU.
+//!
+//! Each line counts the buffers src/model/llama.rs asks the backend for (bf16 activations, f32
+//! statistics and gradients) and the CUDA engine's own workspaces, at their peak: the forward's
+//! saved tensors are all alive when the backward starts, and the backward's scratch is shared by
+//! all layers. A test on the software GPU holds this plan to the bytes a step really allocates.
+
+use crate::model::{LlamaConfig, ParamLayout};
+use crate::ops::cuda::logprob::VOCAB_CHUNK;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes per category, and the total.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryPlan {
+    pub lines: Vec<(&'static str, u64)>,
+    pub total: u64,
+}
+
+impl MemoryPlan {
+    /// A training step of `batch` × `seq` tokens on one model with AdamW; with `recompute`, only
+    /// the layer inputs are kept through the forward.
+    pub fn training(cfg: &LlamaConfig, batch: usize, seq: usize, recompute: bool) -> MemoryPlan {
+        let params = ParamLayout::new(cfg).len as u64;
+        let n = (batch * seq) as u64;
+        let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+        let (qd, kvd) = (cfg.q_dim() as u64, cfg.kv_dim() as u64);
+        let (layers, heads) = (cfg.num_hidden_layers as u64, cfg.num_attention_heads as u64);
+        let (bf16, f32) = (2u64, 4u64);
+
+        // One layer's saved tensors (LayerCache): xn1, q, k, v, att, x_mid, xn2, gate, up, act in
+        // bf16; rstd1, lse, rstd2 in f32.
+        let layer_cache =
+            bf16 * n * (d + qd + 2 * kvd + qd + d + d + 3 * f) + f32 * (2 * n + n * heads);
+        let layer_input = bf16 * n * d;
+        let kept_layers = layers * layer_input + if recompute { 0 } else { layers * layer_cache };
+        // After the layers: x_last and h_f (bf16), rstd_f, log-probs, entropies, lse (f32), and
+        // the batch's ids, targets, positions, mask and token groups.
+        let heads_and_inputs = bf16 * 2 * n * d + f32 * 4 * n + 4 * 6 * n + n;
+        // The backward's scratch, shared by the layers: dh, dx, dxn (f32); dx_act, dact, dgate,
+        // dup, datt, dq, dk, dv (bf16); under recompute also one rebuilt layer and its output.
+        let backward = f32 * 3 * n * d
+            + bf16 * n * (d + 3 * f + 2 * qd + 2 * kvd)
+            + if recompute {
+                layer_cache + layer_input
+            } else {
+                0
+            };
+        // The fused log-prob's vocabulary chunk (f32 logits and bf16 gradients), attention's
+        // row dots, the embedding backward's chunk sums, cuBLASLt's workspace.
+        let workspace = n * VOCAB_CHUNK as u64 * (f32 + bf16)
+            + f32 * n * heads
+            + f32 * (n / 32 + 1) * d
+            + (32 << 20);
+
+        let lines = vec![
+            ("weights (bf16)", bf16 * params),
+            ("master weights (f32)", f32 * params),
+            ("AdamW moments (2 x f32)", 2 * f32 * params),
+            ("gradients (f32)", f32 * params),
+            (
+                "activations kept for the backward",
+                kept_layers + heads_and_inputs,
+            ),
+            ("backward scratch", backward),
+            ("workspace", workspace),
+        ];
+        let total = lines.iter().map(|(_, b)| b).sum();
+        MemoryPlan { lines, total }
+    }
+
+    /// The plan as a table, one line per category and a `total` line, in GiB.
+    pub fn render(&self, title: &str) -> String {
+        let mut s = format!("memory plan: {title}\n");
+        for (name, bytes) in &self.lines {
+            s += &format!("  {name:<36} {:>8.2} GiB\n", *bytes as f64 / GIB);
+        }
+        s += &format!("  {:<36} {:>8.2} GiB\n", "total", self.total as f64 / GIB);
+        s
+    }
+
+    pub fn total_gib(&self) -> f64 {
+        self.total as f64 / GIB
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_1b_at_8x1024_fits_t1s_30_gib_with_recompute() {
+        let cfg = LlamaConfig::preset("llama-1b").unwrap();
+        let full = MemoryPlan::training(&cfg, 8, 1024, false);
+        let recompute = MemoryPlan::training(&cfg, 8, 1024, true);
+        assert!(
+            recompute.total_gib() <= 30.0,
+            "{}",
+            recompute.render("recompute")
+        );
+        assert!(
+            full.total_gib() > recompute.total_gib() + 5.0,
+            "{}",
+            full.render("full")
+        );
+        // The state is 18 bytes a parameter.
+        let params = ParamLayout::new(&cfg).len as u64;
+        let state: u64 = full.lines[..4].iter().map(|(_, b)| b).sum();
+        assert_eq!(state, 18 * params);
+    }
+}
