@@ -14,7 +14,6 @@
 use super::batch::Batch;
 use super::config::LlamaConfig;
 use crate::loss::{DpoConfig, SeqReduction};
-use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
@@ -268,20 +267,22 @@ pub trait Backend {
     /// The DPO family on a micro-batch of pairs (src/train/dpo.rs): dlogp[2P·T] (written) =
     /// grad_scale · ∂(mean pair loss)/∂logp; `weights` [2P·T] are the response-token weights of the
     /// sequence reduction (1, or 1/n for a mean); `reference` the frozen model's sequence
-    /// log-probs [2P]. Per-pair results come back to the host (a few floats per pair).
+    /// log-probs [2P]. Per-pair results go to rows [P, 5] (`DpoPairs::from_rows`), where they
+    /// stay until a training loop logs.
     #[allow(clippy::too_many_arguments)]
     fn dpo_loss(
         &self,
         dlogp: &mut Self::Acc,
+        rows: &mut Self::Acc,
         logp: &Self::Acc,
         weights: &Self::Acc,
         reduction: SeqReduction,
-        reference: Option<&[f32]>,
+        reference: Option<&Self::Acc>,
         pairs: usize,
         t: usize,
         cfg: &DpoConfig,
         grad_scale: f32,
-    ) -> Result<DpoPairs>;
+    ) -> Result<()>;
 
     /// The Bradley-Terry loss on a micro-batch of pairs (src/train/rm.rs): `dvalue` (zeroed by the
     /// caller) gets grad_scale · ∂(mean loss)/∂value at the reward tokens [2P] (chosen, then
@@ -738,19 +739,28 @@ impl Backend for Cpu {
     fn dpo_loss(
         &self,
         dlogp: &mut Vec<f32>,
+        rows: &mut Vec<f32>,
         logp: &Vec<f32>,
         weights: &Vec<f32>,
         reduction: SeqReduction,
-        reference: Option<&[f32]>,
+        reference: Option<&Vec<f32>>,
         pairs: usize,
         t: usize,
         cfg: &DpoConfig,
         grad_scale: f32,
-    ) -> Result<DpoPairs> {
+    ) -> Result<()> {
         let mask: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
-        Ok(cpu::dpo_loss::dpo_loss(
+        let reference = reference.map(|r| r.as_slice());
+        let out = cpu::dpo_loss::dpo_loss(
             dlogp, logp, &mask, reduction, reference, pairs, t, cfg, grad_scale,
-        ))
+        );
+        anyhow::ensure!(
+            rows.len() == 5 * pairs,
+            "dpo_loss: {} values for {pairs} pairs' rows",
+            rows.len()
+        );
+        out.write_rows(rows);
+        Ok(())
     }
     fn bradley_terry_loss(
         &self,

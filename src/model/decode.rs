@@ -75,6 +75,7 @@ impl<B: Backend> Llama<B> {
         let mut logits = self.backend.acc(n * v)?;
         self.backend
             .lm_logits(&mut logits, fwd.hidden(), &self.params, head, n, d, v)?;
+        fwd.recycle(&self.backend);
         Ok(logits)
     }
 

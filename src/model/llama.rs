@@ -260,9 +260,11 @@ impl<B: Backend> Llama<B> {
             "log-probs at temperature {} (it must be positive)",
             heads.temperature
         );
-        let (mut logp, mut entropy, mut lse) = (o.acc(0)?, o.acc(0)?, o.acc(0)?);
+        // Heads not computed get empty buffers.
+        let per_token = |on: bool| if on { n } else { 0 };
+        let lm = per_token(heads.logp);
+        let (mut logp, mut entropy, mut lse) = (o.acc(lm)?, o.acc(lm)?, o.acc(lm)?);
         if let (Some(head), true) = (&self.layout.lm_head, heads.logp) {
-            (logp, entropy, lse) = (o.acc(n)?, o.acc(n)?, o.acc(n)?);
             let scale = 1.0 / heads.temperature;
             o.logprob_forward(
                 &mut logp,
@@ -276,9 +278,8 @@ impl<B: Backend> Llama<B> {
                 scale,
             )?;
         }
-        let mut value = o.acc(0)?;
+        let mut value = o.acc(per_token(heads.value))?;
         if let (Some(score), true) = (&self.layout.score, heads.value) {
-            value = o.acc(n)?;
             o.scalar_head_forward(&mut value, &h_f, p, score)?;
         }
         Ok(Forward {

@@ -318,7 +318,7 @@ fn check_rmsnorm(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRow>> 
     let (mut dx_d, mut dw_d, mut part) = (
         eng.zeros::<f32>(n * d)?,
         eng.zeros::<f32>(d)?,
-        eng.zeros::<f32>(n * d)?,
+        eng.zeros::<f32>(cuda::rmsnorm::column_scratch_len(n, d))?,
     );
     let shape = format!("N={n} D={d}");
     let ms_f = timed(eng, "rmsnorm_forward", || {
@@ -625,7 +625,7 @@ fn check_scalar_head(eng: &CudaEngine, n: usize, d: usize) -> Result<Vec<CheckRo
     let (mut dh_d, mut dw_d, mut part) = (
         eng.zeros::<f32>(n * d)?,
         eng.zeros::<f32>(d)?,
-        eng.zeros::<f32>(n * d)?,
+        eng.zeros::<f32>(cuda::rmsnorm::column_scratch_len(n, d))?,
     );
     let shape = format!("N={n} D={d}");
     let ms_f = timed(eng, "scalar_head_forward", || {

@@ -76,11 +76,12 @@ fn check_dpo(
         eng.upload(&reference)?,
     );
     let mut dlogp_d = eng.zeros::<f32>(n)?;
-    let mut gpu = Default::default();
+    let mut rows_d = eng.zeros::<f32>(5 * pairs)?;
     let ms = timed(eng, "dpo_loss", || {
-        gpu = cuda::dpo_loss::dpo_loss(
+        cuda::dpo_loss::dpo_loss(
             eng,
             &mut dlogp_d,
+            &mut rows_d,
             &logp_d,
             &w_d,
             Some(&ref_d),
@@ -88,10 +89,9 @@ fn check_dpo(
             t,
             &cfg,
             0.5,
-        )?;
-        Ok(())
+        )
     })?;
-    let gpu: crate::ops::cpu::dpo_loss::DpoPairs = gpu;
+    let gpu = cpu_dpo::DpoPairs::from_rows(&eng.download(&rows_d)?, pairs);
     let shape = format!("{loss:?} P={pairs} T={t}");
     Ok(vec![
         compare(

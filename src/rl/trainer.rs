@@ -424,8 +424,10 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                 m.policy.model().backend.to_host(&f.logp)?,
                 m.policy.model().backend.to_host(&f.entropy)?,
             );
+            f.recycle(&m.policy.model().backend);
             let f = m.reference.forward_heads(&sub, heads)?;
             let rl = m.reference.backend.to_host(&f.logp)?;
+            f.recycle(&m.reference.backend);
             for (i, &row) in chunk.iter().enumerate() {
                 old_logp[row * t..(row + 1) * t].copy_from_slice(&lp[i * t..(i + 1) * t]);
                 entropy[row * t..(row + 1) * t].copy_from_slice(&ent[i * t..(i + 1) * t]);
@@ -434,6 +436,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             if let Some(vm) = m.value.as_ref() {
                 let f = vm.model().forward_heads(&sub, Heads::VALUE)?;
                 let vals = vm.model().backend.to_host(&f.value)?;
+                f.recycle(&vm.model().backend);
                 for (i, &row) in chunk.iter().enumerate() {
                     values[row * t..(row + 1) * t].copy_from_slice(&vals[i * t..(i + 1) * t]);
                 }
@@ -441,6 +444,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             if let Some(rm) = m.reward {
                 let f = rm.forward_heads(&sub, Heads::VALUE)?;
                 let r = rm.backend.to_host(&f.value)?;
+                f.recycle(&rm.backend);
                 for (i, &row) in chunk.iter().enumerate() {
                     rm_scores[row] = r[sub.reward_position(i, rb.lens[row], rm.cfg.pad_token_id)];
                 }
@@ -557,6 +561,8 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                         },
                         grads,
                     )?;
+                    f.recycle(o_dev);
+                    o_dev.recycle_acc(g);
                     pl.push(out.loss as f64);
                     clipfrac.push(out.clip_fraction as f64);
                     approxkl.push(out.approx_kl as f64);
@@ -587,6 +593,8 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                             },
                             vgrads,
                         )?;
+                        f.recycle(v_dev);
+                        v_dev.recycle_acc(g);
                         vl.push(out.loss as f64);
                         vclip.push(out.clip_fraction as f64);
                         explained.push(out.explained_variance as f64);
@@ -599,6 +607,13 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             }
         }
         let t_train = t2.elapsed().as_secs_f64();
+        // The optimiser steps' gradient norms (before clipping), read once an iteration.
+        let policy_norms = m.policy.take_grad_norms()?;
+        let value_norms = match m.value.as_mut() {
+            Some(vm) => vm.take_grad_norms()?,
+            None => Vec::new(),
+        };
+        let mean_norm = |v: &[f32]| mean(v.iter().map(|&x| x as f64));
 
         // KL control, metrics.
         let seq_kl = mean_sequence_kl(&adv.kl, &rb.mask, n, t);
@@ -643,6 +658,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             "policy/approxkl_avg": mean(approxkl.iter().copied()),
             "loss/policy_avg": mean(pl.iter().copied()),
             "loss/value_avg": mean(vl.iter().copied()),
+            "policy/grad_norm": mean_norm(&policy_norms), "value/grad_norm": mean_norm(&value_norms),
             "val/num_eos_tokens": eos_count,
             "lr": lr,
             "reward/mean": final_mean, "reward/std": final_std,

@@ -2,7 +2,7 @@
 //! frozen starting model, cached on disk under the hashes of the model and the data, and reused
 //! across epochs and runs. The reference model is never held in memory while training.
 
-use super::objective::{Objective, PairStats, Split};
+use super::objective::{Objective, PairStats, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::loss::{sequence_logprobs, DpoConfig, DpoLoss, SeqReduction};
@@ -47,29 +47,35 @@ impl DpoObjective {
         split: &Split,
         idx: &[usize],
         grad: Option<(f32, &mut B::Acc)>,
-    ) -> Result<PairStats> {
+    ) -> Result<PendingStats<B>> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));
         let (b, rows, t) = (pb.pairs, 2 * pb.pairs, pb.batch.seq);
         let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
-        // The loss runs where the log-probs are (kernels/dpo_loss.cu on CUDA): only the
-        // response weights and reference log-probs go up, a few floats per pair come back.
+        // The loss runs where the log-probs are (kernels/dpo_loss.cu on CUDA): the response
+        // weights and reference log-probs go up, and the per-pair results stay there until the
+        // training loop logs.
         let reduction = self.reduction();
         let weights = response_weights(&pb.response_mask, rows, t, reduction);
-        let reference: Option<Vec<f32>> = split.reference.map(|r| {
-            let (c, r): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| r[i]).unzip();
-            [c, r].concat()
-        });
         let o = &model.backend;
+        let reference = match split.reference {
+            Some(r) => {
+                let (c, r): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| r[i]).unzip();
+                Some(o.to_device(&[c, r].concat())?)
+            }
+            None => None,
+        };
         let weights = o.to_device(&weights)?;
         let mut dlogp = o.acc(rows * t)?;
+        let mut out = o.acc(5 * b)?;
         let scale = grad.as_ref().map_or(0.0, |(s, _)| *s);
-        let out = o.dpo_loss(
+        o.dpo_loss(
             &mut dlogp,
+            &mut out,
             &fwd.logp,
             &weights,
             reduction,
-            reference.as_deref(),
+            reference.as_ref(),
             b,
             t,
             &self.config,
@@ -82,23 +88,17 @@ impl DpoObjective {
             };
             model.backward(&fwd, &heads, grads)?;
         }
-        let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
-        let margins: Vec<f32> = out
-            .chosen_rewards
-            .iter()
-            .zip(&out.rejected_rewards)
-            .map(|(c, r)| c - r)
-            .collect();
-        Ok(PairStats {
+        fwd.recycle(o);
+        for x in [Some(dlogp), Some(weights), reference]
+            .into_iter()
+            .flatten()
+        {
+            o.recycle_acc(x);
+        }
+        Ok(PendingStats::DpoRows {
+            rows: out,
             pairs: b,
             tokens: pb.real_tokens(),
-            loss_sum: sum(&out.losses),
-            correct: margins.iter().filter(|&&m| m > 0.0).count(),
-            ties: margins.iter().filter(|&&m| m == 0.0).count(),
-            margin_sum: sum(&margins),
-            chosen_reward_sum: sum(&out.chosen_rewards),
-            rejected_reward_sum: sum(&out.rejected_rewards),
-            policy_logp_sums: Some((sum(&out.seq[..b]), sum(&out.seq[b..]))),
         })
     }
 
@@ -123,6 +123,7 @@ impl DpoObjective {
                 self.reduction(),
             );
             out.extend((0..pb.pairs).map(|i| (seq[i], seq[pb.pairs + i])));
+            fwd.recycle(&model.backend);
         }
         Ok(out)
     }
@@ -169,11 +170,11 @@ impl<B: Backend> Objective<B> for DpoObjective {
         idx: &[usize],
         scale: f32,
         grads: &mut B::Acc,
-    ) -> Result<PairStats> {
+    ) -> Result<PendingStats<B>> {
         self.run(model, split, idx, Some((scale, grads)))
     }
     fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
-        self.run(model, split, idx, None)
+        self.run(model, split, idx, None)?.resolve(&model.backend)
     }
 }
 

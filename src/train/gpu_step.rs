@@ -9,6 +9,10 @@ use crate::ops::cuda::backend::Cuda;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 
+/// Gradient norms kept on the device between reads: a loop that logs less often than this reads
+/// them early (one host sync per NORM_HISTORY steps).
+const NORM_HISTORY: usize = 1024;
+
 pub struct GpuTrainer {
     pub model: Llama<Cuda>,
     master: CudaSlice<f32>,
@@ -17,15 +21,14 @@ pub struct GpuTrainer {
     v: CudaSlice<f32>,
     norm: CudaSlice<f32>,
     norm_partial: CudaSlice<f64>,
+    /// The norms of the steps not yet read, [NORM_HISTORY], the first `pending_norms` set.
+    norm_history: CudaSlice<f32>,
+    pending_norms: usize,
+    /// Norms read early because the history filled up.
+    read_norms: Vec<f32>,
     pub t: u64,
     pub max_grad_norm: f32,
     pub weight_decay: f32,
-}
-
-/// Bytes of the fixed allocations for `params` parameters: bf16 weights, and fp32 master weights,
-/// gradients and the two AdamW moments.
-pub fn state_bytes(params: usize) -> usize {
-    params * (2 + 4 * 4)
 }
 
 impl GpuTrainer {
@@ -40,6 +43,9 @@ impl GpuTrainer {
             v: eng.zeros(n)?,
             norm: eng.zeros(1)?,
             norm_partial: norm_scratch(eng)?,
+            norm_history: eng.zeros(NORM_HISTORY)?,
+            pending_norms: 0,
+            read_norms: Vec::new(),
             t: 0,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
@@ -57,13 +63,24 @@ impl GpuTrainer {
             ..Default::default()
         };
         self.model.backward(&fwd, &heads, &mut self.grads)?;
+        fwd.recycle(&self.model.backend);
         self.apply(lr, self.max_grad_norm)
     }
 
     /// The global norm, then AdamW with the clip folded in; all on the device, no host round trip.
+    /// The norm joins the history that `take_grad_norms` reads.
     fn apply(&mut self, lr: f32, max_norm: f32) -> Result<()> {
+        if self.pending_norms == NORM_HISTORY {
+            let early = self.read_history()?;
+            self.read_norms.extend(early);
+        }
         let eng = &self.model.backend.eng;
         grad_norm(eng, &mut self.norm, &mut self.norm_partial, &self.grads)?;
+        let k = self.pending_norms;
+        eng.stream
+            .memcpy_dtod(&self.norm, &mut self.norm_history.slice_mut(k..k + 1))
+            .map_err(|e| anyhow::anyhow!("keeping the gradient norm: {e:?}"))?;
+        self.pending_norms += 1;
         self.t += 1;
         let h = AdamWStep {
             lr,
@@ -85,6 +102,17 @@ impl GpuTrainer {
             &self.norm,
             h,
         )
+    }
+
+    /// The pending norms, oldest first, and an empty history.
+    fn read_history(&mut self) -> Result<Vec<f32>> {
+        let n = self.pending_norms;
+        self.pending_norms = 0;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let all = self.model.backend.eng.download(&self.norm_history)?;
+        Ok(all[..n].to_vec())
     }
 
     /// The upstream log-prob gradient of the mean next-token cross-entropy of `batch`.
@@ -110,9 +138,13 @@ impl TrainState for GpuTrainer {
     fn zero_grads(&mut self) -> Result<()> {
         self.model.backend.eng.zero(&mut self.grads)
     }
-    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32> {
-        self.apply(lr, max_norm)?;
-        Ok(self.model.backend.eng.download(&self.norm)?[0])
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
+        self.apply(lr, max_norm)
+    }
+    fn take_grad_norms(&mut self) -> Result<Vec<f32>> {
+        let mut norms = std::mem::take(&mut self.read_norms);
+        norms.extend(self.read_history()?);
+        Ok(norms)
     }
     fn host_state(&self) -> Result<HostState> {
         let eng = &self.model.backend.eng;

@@ -3,6 +3,7 @@
 
 use crate::data::preference::PreferencePair;
 use crate::model::{Backend, Llama};
+use crate::ops::cpu::dpo_loss::DpoPairs;
 use anyhow::Result;
 
 /// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.
@@ -71,6 +72,65 @@ impl PairStats {
     }
 }
 
+/// A micro-batch's loss and metrics where they were computed: on the host, or (DPO) still on
+/// the device as one row per pair, read back only when the training loop logs, so the steps in
+/// between never wait for the device.
+pub enum PendingStats<B: Backend> {
+    Host(PairStats),
+    /// [pairs, 5] rows of `DpoPairs::from_rows`.
+    DpoRows {
+        rows: B::Acc,
+        pairs: usize,
+        tokens: usize,
+    },
+}
+
+impl<B: Backend> PendingStats<B> {
+    /// The stats on the host (a device-to-host copy for `DpoRows`).
+    pub fn resolve(self, o: &B) -> Result<PairStats> {
+        match self {
+            PendingStats::Host(s) => Ok(s),
+            PendingStats::DpoRows {
+                rows,
+                pairs,
+                tokens,
+            } => {
+                let host = o.to_host(&rows)?;
+                o.recycle_acc(rows);
+                Ok(PairStats::of_dpo(
+                    &DpoPairs::from_rows(&host, pairs),
+                    tokens,
+                ))
+            }
+        }
+    }
+}
+
+impl PairStats {
+    /// The sums of a DPO micro-batch's per-pair outputs.
+    pub fn of_dpo(out: &DpoPairs, tokens: usize) -> PairStats {
+        let b = out.losses.len();
+        let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+        let margins: Vec<f32> = out
+            .chosen_rewards
+            .iter()
+            .zip(&out.rejected_rewards)
+            .map(|(c, r)| c - r)
+            .collect();
+        PairStats {
+            pairs: b,
+            tokens,
+            loss_sum: sum(&out.losses),
+            correct: margins.iter().filter(|&&m| m > 0.0).count(),
+            ties: margins.iter().filter(|&&m| m == 0.0).count(),
+            margin_sum: sum(&margins),
+            chosen_reward_sum: sum(&out.chosen_rewards),
+            rejected_reward_sum: sum(&out.rejected_rewards),
+            policy_logp_sums: Some((sum(&out.seq[..b]), sum(&out.seq[b..]))),
+        }
+    }
+}
+
 /// A data split and what the objective precomputed for it (DPO's reference log-probs).
 pub struct Split<'a> {
     pub pairs: &'a [PreferencePair],
@@ -80,7 +140,7 @@ pub struct Split<'a> {
 
 pub trait Objective<B: Backend> {
     /// Adds `scale` × the gradient of the mean loss over the pairs `idx` of `split` to `grads`
-    /// (the parameter layout), and returns the pairs' loss and metrics.
+    /// (the parameter layout), and returns the pairs' loss and metrics, perhaps still pending.
     fn accumulate(
         &self,
         model: &Llama<B>,
@@ -88,7 +148,7 @@ pub trait Objective<B: Backend> {
         idx: &[usize],
         scale: f32,
         grads: &mut B::Acc,
-    ) -> Result<PairStats>;
+    ) -> Result<PendingStats<B>>;
 
     /// Loss and metrics of the pairs `idx`, without gradients.
     fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats>;

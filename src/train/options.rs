@@ -52,6 +52,10 @@ pub struct TrainArgs {
     /// Global gradient-norm clip (0 turns it off).
     #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f32>,
+    /// Keep only each layer's input through the forward and recompute the rest in the backward:
+    /// far less activation memory for about a third more compute; the same gradients.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub recompute: Option<bool>,
     /// Seed of the data order.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -155,6 +159,7 @@ pub struct TrainOptions {
     pub decay: Decay,
     pub weight_decay: f32,
     pub max_grad_norm: f32,
+    pub recompute: bool,
     pub seed: u64,
     pub device: Device,
     pub save_every: usize,
@@ -185,6 +190,7 @@ fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
         decay,
         weight_decay,
         max_grad_norm,
+        recompute,
         seed,
         device,
         save_every,
@@ -242,6 +248,7 @@ impl TrainArgs {
             decay: Some(Decay::Linear),
             weight_decay: Some(0.0),
             max_grad_norm: Some(1.0),
+            recompute: Some(false),
             seed: Some(0),
             device: Some(Device::Auto),
             save_every: Some(500),
@@ -348,6 +355,7 @@ impl TrainArgs {
             decay: a.decay.expect(given),
             weight_decay: a.weight_decay.expect(given),
             max_grad_norm: a.max_grad_norm.expect(given),
+            recompute: a.recompute.expect(given),
             seed: a.seed.expect(given),
             device: a.device.expect(given),
             save_every: a.save_every.expect(given),

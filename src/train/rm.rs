@@ -1,7 +1,7 @@
 //! The reward model's objective: Bradley-Terry, −log σ(r_c − r_r − margin), with r the scalar
 //! head at each sequence's last token.
 
-use super::objective::{Objective, PairStats, Split};
+use super::objective::{Objective, PairStats, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
@@ -46,6 +46,8 @@ impl RewardObjective {
             };
             model.backward(&fwd, &heads, grads)?;
         }
+        fwd.recycle(o);
+        o.recycle_acc(dvalue);
         let (chosen, rejected) = (&out.chosen, &out.rejected);
         Ok(PairStats {
             pairs: b,
@@ -73,8 +75,14 @@ impl<B: Backend> Objective<B> for RewardObjective {
         idx: &[usize],
         scale: f32,
         grads: &mut B::Acc,
-    ) -> Result<PairStats> {
-        self.run(model, split, idx, Some((scale, grads)))
+    ) -> Result<PendingStats<B>> {
+        // The reward model's three floats per pair come back at once (kernels/reward_loss.cu).
+        Ok(PendingStats::Host(self.run(
+            model,
+            split,
+            idx,
+            Some((scale, grads)),
+        )?))
     }
     fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
         self.run(model, split, idx, None)

@@ -21,9 +21,13 @@ pub trait TrainState {
     /// The model to run and the gradient buffer to accumulate into, borrowed together.
     fn model_and_grads(&mut self) -> (&Llama<Self::B>, &mut <Self::B as Backend>::Acc);
     fn zero_grads(&mut self) -> Result<()>;
-    /// Clips the gradients to `max_norm` (0: no clipping) and takes one AdamW step at `lr`;
-    /// returns the norm before clipping.
-    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32>;
+    /// Clips the gradients to `max_norm` (0: no clipping) and takes one AdamW step at `lr`. The
+    /// norm before clipping stays where it was computed (on a GPU: the device, so a step never
+    /// waits for it) until `take_grad_norms`.
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<()>;
+    /// The gradient norms of the steps since the last call, oldest first; on a GPU this is the
+    /// host synchronisation a training loop makes only when it logs.
+    fn take_grad_norms(&mut self) -> Result<Vec<f32>>;
     /// The fp32 master weights and AdamW moments, on the host.
     fn host_state(&self) -> Result<HostState>;
     fn restore(&mut self, s: HostState) -> Result<()>;
@@ -34,6 +38,7 @@ pub struct CpuState {
     pub model: Llama<Cpu>,
     grads: Vec<f32>,
     adam: AdamW,
+    norms: Vec<f32>,
 }
 
 impl CpuState {
@@ -43,6 +48,7 @@ impl CpuState {
             model,
             grads: vec![0.0; n],
             adam: AdamW::new(n, weight_decay),
+            norms: Vec::new(),
         }
     }
 }
@@ -59,10 +65,14 @@ impl TrainState for CpuState {
         self.grads.fill(0.0);
         Ok(())
     }
-    fn step(&mut self, lr: f32, max_norm: f32) -> Result<f32> {
+    fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
         let norm = clip_grad_norm(&mut self.grads, max_norm);
         self.adam.step(&mut self.model.params, &self.grads, lr);
-        Ok(norm)
+        self.norms.push(norm);
+        Ok(())
+    }
+    fn take_grad_norms(&mut self) -> Result<Vec<f32>> {
+        Ok(std::mem::take(&mut self.norms))
     }
     fn host_state(&self) -> Result<HostState> {
         Ok(HostState {

@@ -8,7 +8,7 @@ use super::checkpoint::{
 use super::dpo::DpoObjective;
 use super::gpu_step::GpuTrainer;
 use super::metrics::{plot_curves, MetricsLog};
-use super::objective::{Objective, PairStats, Split};
+use super::objective::{Objective, PairStats, PendingStats, Split};
 use super::options::{TrainArgs, TrainOptions, TrainerKind};
 use super::rm::RewardObjective;
 use super::schedule::Schedule;
@@ -35,6 +35,13 @@ pub(crate) fn install_interrupt_handler() {
         }
     });
     INTERRUPTED.store(false, Ordering::SeqCst);
+}
+
+/// An optimiser step whose micro-batch metrics may still be on the device.
+struct PendingStep<B: crate::model::Backend> {
+    step: usize,
+    lr: f32,
+    micro: Vec<PendingStats<B>>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -161,7 +168,8 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         .map(|(n, b)| (*n, b.as_slice()))
         .collect();
 
-    let cpu_model = Llama::new(cfg, start_params);
+    let mut cpu_model = Llama::new(cfg, start_params);
+    cpu_model.recompute = opts.recompute;
     let data = RunData {
         opts: &opts,
         kind,
@@ -365,50 +373,64 @@ where
     let mut stopped_early = false;
     let mut interrupted_by_user = false;
     let mut steps = total_steps;
-    for step in start_step..total_steps {
-        let t0 = Instant::now();
-        state.zero_grads()?;
-        let mut stats = PairStats::default();
-        let micro = step * opts.grad_accum..((step + 1) * opts.grad_accum).min(total_micro);
-        let scale = 1.0 / micro.len() as f32;
-        for g in micro {
-            let epoch = g / batches_per_epoch;
-            if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                epoch_cache = Some((
-                    epoch,
-                    epoch_batches(train, opts.batch_size, opts.seed, epoch),
-                ));
+    // Steps whose metrics are still on the device: they are read back together when the loop
+    // logs (on a GPU the loop's only host synchronisation), evaluates, saves or stops.
+    let mut pending: Vec<PendingStep<S::B>> = Vec::new();
+    let mut since = Instant::now();
+    let mut flush = |state: &mut S,
+                     pending: &mut Vec<PendingStep<S::B>>,
+                     since: &mut Instant|
+     -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let norms = state.take_grad_norms()?;
+        anyhow::ensure!(
+            norms.len() == pending.len(),
+            "{} gradient norms for {} steps",
+            norms.len(),
+            pending.len()
+        );
+        let mut steps_stats = Vec::with_capacity(pending.len());
+        for p in pending.drain(..) {
+            let mut stats = PairStats::default();
+            for m in p.micro {
+                stats.add(&m.resolve(&state.model().backend)?);
             }
-            let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
-            let (model, grads) = state.model_and_grads();
-            stats.add(&objective.accumulate(model, &train_split, idx, scale, grads)?);
+            steps_stats.push((p.step, p.lr, stats));
         }
-        if !stats.loss().is_finite() {
-            bail!(
-                "step {step}: the loss is {} (not finite); the last checkpoint is in {}",
-                stats.loss(),
-                ckpt_dir.display()
-            );
+        // Tokens per second over the interval: the device has finished its steps by now.
+        let interval_tokens: usize = steps_stats.iter().map(|(_, _, s)| s.tokens).sum();
+        let tokens_per_s = interval_tokens as f64 / since.elapsed().as_secs_f64();
+        *since = Instant::now();
+        for ((step, lr, stats), grad_norm) in steps_stats.iter().zip(norms) {
+            let (step, lr) = (*step, *lr);
+            if !stats.loss().is_finite() {
+                bail!(
+                    "step {}: the loss is {} (not finite); the last checkpoint is in {}",
+                    step + 1,
+                    stats.loss(),
+                    ckpt_dir.display()
+                );
+            }
+            // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
+            let mut row = json!({
+                "step": step + 1, "epoch": ((step + 1) * opts.grad_accum).min(total_micro) as f64 / batches_per_epoch as f64,
+                "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
+                "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
+                "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "pairs": stats.pairs,
+                "rewards/chosen": stats.chosen_reward(), "rewards/rejected": stats.rejected_reward(),
+                "rewards/accuracies": stats.accuracy(), "rewards/margins": stats.margin(),
+                "learning_rate": lr,
+            });
+            if let Some((chosen, rejected)) = stats.policy_logps() {
+                row["logps/chosen"] = json!(chosen);
+                row["logps/rejected"] = json!(rejected);
+            }
+            metrics.write(&row)?;
         }
-        let lr = schedule.lr(step);
-        let grad_norm = state.step(lr, opts.max_grad_norm)?;
-        let tokens_per_s = stats.tokens as f64 / t0.elapsed().as_secs_f64();
-        // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
-        let mut row = json!({
-            "step": step + 1, "epoch": ((step + 1) * opts.grad_accum).min(total_micro) as f64 / batches_per_epoch as f64,
-            "loss": stats.loss(), "accuracy": stats.accuracy(), "margin": stats.margin(),
-            "chosen_reward": stats.chosen_reward(), "rejected_reward": stats.rejected_reward(),
-            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "pairs": stats.pairs,
-            "rewards/chosen": stats.chosen_reward(), "rewards/rejected": stats.rejected_reward(),
-            "rewards/accuracies": stats.accuracy(), "rewards/margins": stats.margin(),
-            "learning_rate": lr,
-        });
-        if let Some((chosen, rejected)) = stats.policy_logps() {
-            row["logps/chosen"] = json!(chosen);
-            row["logps/rejected"] = json!(rejected);
-        }
-        metrics.write(&row)?;
-        if log_plain && ((step + 1) % log_every == 0 || step + 1 == total_steps) {
+        let (step, lr, stats) = steps_stats.last().expect("not empty");
+        if log_plain {
             eprintln!(
                 "step {}/{total_steps}: loss {:.4}, accuracy {:.3}, lr {lr:.3e}, {:.0} tokens/s",
                 step + 1,
@@ -423,15 +445,46 @@ where
             stats.accuracy(),
             tokens_per_s
         ));
+        Ok(())
+    };
+    for step in start_step..total_steps {
+        state.zero_grads()?;
+        let mut micro_stats = Vec::with_capacity(opts.grad_accum);
+        let micro = step * opts.grad_accum..((step + 1) * opts.grad_accum).min(total_micro);
+        let scale = 1.0 / micro.len() as f32;
+        for g in micro {
+            let epoch = g / batches_per_epoch;
+            if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                epoch_cache = Some((
+                    epoch,
+                    epoch_batches(train, opts.batch_size, opts.seed, epoch),
+                ));
+            }
+            let idx = &epoch_cache.as_ref().expect("set above").1[g % batches_per_epoch];
+            let (model, grads) = state.model_and_grads();
+            micro_stats.push(objective.accumulate(model, &train_split, idx, scale, grads)?);
+        }
+        let lr = schedule.lr(step);
+        state.step(lr, opts.max_grad_norm)?;
+        pending.push(PendingStep {
+            step,
+            lr,
+            micro: micro_stats,
+        });
         bar.inc(1);
 
         let done = step + 1;
-        if opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps {
-            run_eval(state.model(), done, &mut eval_log)?;
-        }
+        let eval_now = opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps;
         let by_user = INTERRUPTED.load(Ordering::SeqCst);
         let interrupted = by_user || opts.stop_after == Some(done);
-        if interrupted || (opts.save_every > 0 && done % opts.save_every == 0) {
+        let save_now = interrupted || (opts.save_every > 0 && done % opts.save_every == 0);
+        if done % log_every == 0 || done == total_steps || eval_now || save_now {
+            flush(&mut state, &mut pending, &mut since)?;
+        }
+        if eval_now {
+            run_eval(state.model(), done, &mut eval_log)?;
+        }
+        if save_now {
             save(&state, done)?;
         }
         if interrupted && done < total_steps {

@@ -19,8 +19,10 @@ step python3 "$here/reference/check_transformers.py" --prefer "$here/prefer" --p
   --prefer-device cuda --torch-device cuda --torch-dtype bfloat16 --tol 0.05 --mean-tol 0.005
 step "$here/prefer" bench kernels --json "$out/bench_kernels.json"
 step "$here/prefer" bench train --preset llama-1b --batch 8 --seq 1024 --json "$out/bench_t1.json"
+step "$here/prefer" bench train --preset llama-1b --batch 8 --seq 1024 --recompute --json "$out/bench_t1_recompute.json"
 step "$here/prefer" bench train --preset llama-134m --batch 16 --seq 1024 --json "$out/bench_t2.json"
 step "$here/prefer" bench dpo --preset llama-1b --batch 4 --seq 1024 --json "$out/bench_t3.json"
+step "$here/prefer" bench dpo --preset llama-1b --batch 4 --seq 1024 --recompute --json "$out/bench_t3_recompute.json"
 step "$here/prefer" bench generate --preset llama-1b --batch 64 --prompt-len 128 --new 256 --json "$out/bench_t4.json"
 step "$here/prefer" bench generate --preset llama-1b --batch 1 --prompt-len 128 --new 256 --json "$out/bench_t5.json"
 # T6: PPO iterations, llama-1b policy + value + reference + RM, 64 prompts x (128 + 256 new), 4 minibatches.
@@ -51,6 +53,9 @@ for (i, name), m in top:
 else
   echo "ncu not found on this host: no kernel profile" | tee -a "$log"
 fi
-[ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" --out "$out/bench_torch.json"
+[ -f "$here/reference/bench_torch.py" ] && step python3 "$here/reference/bench_torch.py" \
+  --targets T1,T2,T3,T4,T5,T7,T8 --iters 5 --gen-iters 1 --out "$out/bench_torch.json"
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
+# Every figure above in one JSON and one table beside PyTorch's and the targets: summary.{json,md}.
+step python3 "$here/reference/gpu_summary.py" "$out"
 echo "done; results in $out" | tee -a "$log"

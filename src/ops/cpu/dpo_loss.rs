@@ -14,7 +14,38 @@ pub struct DpoPairs {
     pub losses: Vec<f32>,
     pub chosen_rewards: Vec<f32>,
     pub rejected_rewards: Vec<f32>,
+    /// Sequence log-probs: the chosen responses', then the rejected.
     pub seq: Vec<f32>,
+}
+
+impl DpoPairs {
+    /// From the device layout, [pairs, 5]: loss, chosen reward, rejected reward, chosen and
+    /// rejected sequence log-probs (kernels/dpo_loss.cu writes it).
+    pub fn from_rows(rows: &[f32], pairs: usize) -> DpoPairs {
+        let col = |k: usize| (0..pairs).map(|i| rows[i * 5 + k]).collect::<Vec<f32>>();
+        let mut seq = col(3);
+        seq.extend(col(4));
+        DpoPairs {
+            losses: col(0),
+            chosen_rewards: col(1),
+            rejected_rewards: col(2),
+            seq,
+        }
+    }
+
+    /// Into the device layout (`from_rows`).
+    pub fn write_rows(&self, rows: &mut [f32]) {
+        let p = self.losses.len();
+        for i in 0..p {
+            rows[i * 5..i * 5 + 5].copy_from_slice(&[
+                self.losses[i],
+                self.chosen_rewards[i],
+                self.rejected_rewards[i],
+                self.seq[i],
+                self.seq[p + i],
+            ]);
+        }
+    }
 }
 
 /// dlogp[2P·T] (written) = grad_scale · ∂(mean pair loss)/∂logp, from token log-probs

@@ -9,7 +9,6 @@ use super::{
 use crate::loss::{DpoConfig, SeqReduction};
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
-use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
 use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
@@ -122,7 +121,7 @@ impl Cuda {
         f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>,
     ) -> Result<R> {
         let mut s = self.scratch.borrow_mut();
-        if s.partial.as_ref().is_none_or(|p| p.len() != n) {
+        if s.partial.as_ref().is_none_or(|p| p.len() < n) {
             s.partial = Some(self.eng.zeros(n)?);
         }
         f(s.partial.as_mut().expect("set above"))
@@ -361,7 +360,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let d = w.len();
         let n = x.len() / d;
-        self.with_partial(n * d, |partial| {
+        self.with_partial(rmsnorm::column_scratch_len(n, d), |partial| {
             rmsnorm::rmsnorm_backward(
                 &self.eng,
                 dx,
@@ -582,7 +581,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let d = w.len();
         let n = h.len() / d;
-        self.with_partial(n * d, |partial| {
+        self.with_partial(rmsnorm::column_scratch_len(n, d), |partial| {
             scalar_head::scalar_head_backward(
                 &self.eng,
                 dh,
@@ -719,26 +718,18 @@ impl Backend for Cuda {
     fn dpo_loss(
         &self,
         dlogp: &mut CudaSlice<f32>,
+        rows: &mut CudaSlice<f32>,
         logp: &CudaSlice<f32>,
         weights: &CudaSlice<f32>,
         _reduction: SeqReduction, // carried by the weights
-        reference: Option<&[f32]>,
+        reference: Option<&CudaSlice<f32>>,
         pairs: usize,
         t: usize,
         cfg: &DpoConfig,
         grad_scale: f32,
-    ) -> Result<DpoPairs> {
-        let reference = reference.map(|r| self.eng.upload(r)).transpose()?;
+    ) -> Result<()> {
         dpo_loss::dpo_loss(
-            &self.eng,
-            dlogp,
-            logp,
-            weights,
-            reference.as_ref(),
-            pairs,
-            t,
-            cfg,
-            grad_scale,
+            &self.eng, dlogp, rows, logp, weights, reference, pairs, t, cfg, grad_scale,
         )
     }
     fn bradley_terry_loss(

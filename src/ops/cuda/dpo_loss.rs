@@ -2,17 +2,18 @@
 
 use super::CudaEngine;
 use crate::loss::{DpoConfig, DpoLoss};
-use crate::ops::cpu::dpo_loss::DpoPairs;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-/// dlogp [2P·T] (written) and the pairs' losses, rewards and sequence log-probs, from logp and
-/// the response weights w [2P·T] (1 per response token for a sum, 1/n for a mean) and the
-/// reference's sequence log-probs [2P] (for the losses that read them).
+/// dlogp [2P·T] (written) and rows [P, 5] (the pairs' losses, rewards and sequence log-probs, as
+/// `DpoPairs::from_rows` reads them), from logp and the response weights w [2P·T] (1 per
+/// response token for a sum, 1/n for a mean) and the reference's sequence log-probs [2P] (for
+/// the losses that read them). Nothing comes back to the host.
 #[allow(clippy::too_many_arguments)]
 pub fn dpo_loss(
     eng: &CudaEngine,
     dlogp: &mut CudaSlice<f32>,
+    rows: &mut CudaSlice<f32>,
     logp: &CudaSlice<f32>,
     weights: &CudaSlice<f32>,
     reference: Option<&CudaSlice<f32>>,
@@ -20,14 +21,19 @@ pub fn dpo_loss(
     t: usize,
     cfg: &DpoConfig,
     grad_scale: f32,
-) -> Result<DpoPairs> {
+) -> Result<()> {
     let n = 2 * pairs * t;
     ensure!(
-        pairs > 0 && dlogp.len() == n && logp.len() == n && weights.len() == n,
-        "dpo_loss: {pairs} pairs of {t} tokens, buffers of {}, {}, {}",
+        pairs > 0
+            && dlogp.len() == n
+            && logp.len() == n
+            && weights.len() == n
+            && rows.len() == 5 * pairs,
+        "dpo_loss: {pairs} pairs of {t} tokens, buffers of {}, {}, {}, {}",
         dlogp.len(),
         logp.len(),
-        weights.len()
+        weights.len(),
+        rows.len()
     );
     let kind: i32 = match cfg.loss {
         DpoLoss::Sigmoid => 0,
@@ -42,12 +48,11 @@ pub fn dpo_loss(
         cfg.loss,
         2 * pairs
     );
-    let mut out = eng.zeros::<f32>(pairs * 5)?;
     let (p, ti) = (pairs as i32, t as i32);
     let null: u64 = 0;
     let f = eng.function("dpo_loss")?;
     let mut l = eng.stream.launch_builder(&f);
-    l.arg(dlogp).arg(&mut out).arg(logp).arg(weights);
+    l.arg(dlogp).arg(rows).arg(logp).arg(weights);
     match reference {
         Some(r) => l.arg(r),
         None => l.arg(&null),
@@ -66,14 +71,5 @@ pub fn dpo_loss(
     };
     // SAFETY: arguments match the kernel (a null reference is a 0 pointer); lengths checked above.
     unsafe { l.launch(launch) }.map_err(|e| anyhow!("dpo_loss ({pairs} pairs, T={t}): {e:?}"))?;
-    let host = eng.download(&out)?;
-    let col = |k: usize| (0..pairs).map(|i| host[i * 5 + k]).collect::<Vec<f32>>();
-    let mut seq = col(3);
-    seq.extend(col(4));
-    Ok(DpoPairs {
-        losses: col(0),
-        chosen_rewards: col(1),
-        rejected_rewards: col(2),
-        seq,
-    })
+    Ok(())
 }

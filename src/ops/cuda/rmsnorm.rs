@@ -59,9 +59,13 @@ pub fn rmsnorm_backward(
     d: usize,
 ) -> Result<()> {
     ensure!(
-        dx.len() == n * d && partial.len() == n * d && dout.len() == n * d && x.len() == n * d,
+        dx.len() == n * d
+            && partial.len() >= column_scratch_len(n, d)
+            && dout.len() == n * d
+            && x.len() == n * d,
         "rmsnorm_backward: buffers do not match N={n}, D={d}"
     );
+    let (mut rows, mut sums) = partial.split_at_mut(n * d);
     ensure!(
         dw.len() == d && w.len() == d && rstd.len() == n,
         "rmsnorm_backward: D={d}, N={n}"
@@ -76,7 +80,7 @@ pub fn rmsnorm_backward(
     let mut launch = eng.stream.launch_builder(&f);
     launch
         .arg(&mut *dx)
-        .arg(&mut *partial)
+        .arg(&mut rows)
         .arg(dout)
         .arg(x)
         .arg(w)
@@ -86,7 +90,7 @@ pub fn rmsnorm_backward(
     // SAFETY: matches the kernel's signature; lengths checked above.
     unsafe { launch.launch(cfg) }.map_err(|e| anyhow!("rmsnorm_backward (N={n}, D={d}): {e:?}"))?;
 
-    column_sum_accumulate(eng, dw, partial, n, d)
+    column_sum_accumulate(eng, dw, &mut rows, &mut sums, n, d)
 }
 
 /// Rows per chunk of the column sums' first pass: enough chunks to fill the GPU at D = 2048
@@ -94,22 +98,33 @@ pub fn rmsnorm_backward(
 const ROWS_PER_CHUNK_MIN: usize = 32;
 const MAX_CHUNKS: usize = 128;
 
-/// dw (D) f32 += the column sums of partial (N,D) f32, in two passes of fixed order
-/// (deterministic: the chunking depends on N alone).
+/// Rows of each chunk and the chunks, for N rows.
+fn chunking(n: usize) -> (usize, usize) {
+    let rows_per_chunk = n.div_ceil(MAX_CHUNKS).max(ROWS_PER_CHUNK_MIN);
+    (rows_per_chunk, n.div_ceil(rows_per_chunk))
+}
+
+/// f32 values of the scratch a backward with column sums needs: the rows' partial products
+/// [N, D], then the chunk sums [chunks, D].
+pub fn column_scratch_len(n: usize, d: usize) -> usize {
+    (n + chunking(n).1) * d
+}
+
+/// dw (D) f32 += the column sums of partial (N,D) f32, in two passes of fixed order through
+/// chunk_sums (deterministic: the chunking depends on N alone).
 pub fn column_sum_accumulate(
     eng: &CudaEngine,
     dw: &mut CudaViewMut<f32>,
-    partial: &CudaSlice<f32>,
+    partial: &mut CudaViewMut<f32>, // read only
+    chunk_sums: &mut CudaViewMut<f32>,
     n: usize,
     d: usize,
 ) -> Result<()> {
+    let (rows_per_chunk, chunks) = chunking(n);
     ensure!(
-        dw.len() == d && partial.len() == n * d && n > 0,
+        dw.len() == d && partial.len() == n * d && chunk_sums.len() >= chunks * d && n > 0,
         "column_sum_accumulate: N={n}, D={d}"
     );
-    let rows_per_chunk = n.div_ceil(MAX_CHUNKS).max(ROWS_PER_CHUNK_MIN);
-    let chunks = n.div_ceil(rows_per_chunk);
-    let mut chunk_sums = eng.zeros::<f32>(chunks * d)?;
     let col_blocks = d.div_ceil(256) as u32;
     let (n_i, d_i, r_i, c_i) = (n as i32, d as i32, rows_per_chunk as i32, chunks as i32);
     let err = |pass: &str, e| anyhow!("column_sum_accumulate {pass} (N={n}, D={d}): {e:?}");
@@ -122,8 +137,8 @@ pub fn column_sum_accumulate(
     };
     let mut launch = eng.stream.launch_builder(&f);
     launch
-        .arg(&mut chunk_sums)
-        .arg(partial)
+        .arg(&mut *chunk_sums)
+        .arg(&mut *partial)
         .arg(&n_i)
         .arg(&d_i)
         .arg(&r_i);
@@ -137,7 +152,7 @@ pub fn column_sum_accumulate(
         shared_mem_bytes: 0,
     };
     let mut launch = eng.stream.launch_builder(&f);
-    launch.arg(dw).arg(&chunk_sums).arg(&c_i).arg(&d_i);
+    launch.arg(dw).arg(&mut *chunk_sums).arg(&c_i).arg(&d_i);
     // SAFETY: matches the kernel's signature; lengths checked above.
     unsafe { launch.launch(cfg) }.map_err(|e| err("finish", e))?;
     Ok(())

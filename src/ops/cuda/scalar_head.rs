@@ -46,9 +46,13 @@ pub fn scalar_head_backward(
     d: usize,
 ) -> Result<()> {
     ensure!(
-        dh.len() == n * d && partial.len() == n * d && dvalue.len() == n && dw.len() == d,
+        dh.len() == n * d
+            && partial.len() >= super::rmsnorm::column_scratch_len(n, d)
+            && dvalue.len() == n
+            && dw.len() == d,
         "scalar_head_backward: N={n}, D={d}"
     );
+    let (mut rows, mut sums) = partial.split_at_mut(n * d);
     let f = eng.function("scalar_head_backward")?;
     let cfg = LaunchConfig {
         grid_dim: (n as u32, 1, 1),
@@ -58,7 +62,7 @@ pub fn scalar_head_backward(
     let (n_i, d_i) = (n as i32, d as i32);
     let mut l = eng.stream.launch_builder(&f);
     l.arg(&mut *dh)
-        .arg(&mut *partial)
+        .arg(&mut rows)
         .arg(dvalue)
         .arg(h)
         .arg(w)
@@ -66,5 +70,5 @@ pub fn scalar_head_backward(
         .arg(&d_i);
     // SAFETY: as above.
     unsafe { l.launch(cfg) }.map_err(|e| anyhow!("scalar_head_backward (N={n}, D={d}): {e:?}"))?;
-    super::rmsnorm::column_sum_accumulate(eng, dw, partial, n, d)
+    super::rmsnorm::column_sum_accumulate(eng, dw, &mut rows, &mut sums, n, d)
 }
