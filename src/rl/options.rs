@@ -132,6 +132,10 @@ pub struct PpoArgs {
     /// Global gradient-norm clip (0 turns it off).
     #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f32>,
+    /// Train the policy and value model keeping only each layer's input through the forward and
+    /// recomputing the rest in the backward (less memory, the same gradients).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub recompute: Option<bool>,
     /// Seed of the prompt order and the sampling.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -187,6 +191,7 @@ pub struct PpoOptions {
     pub value_clip: f32,
     pub value_coef: f32,
     pub max_grad_norm: f32,
+    pub recompute: bool,
     pub seed: u64,
     pub device: Device,
     pub save_every: usize,
@@ -247,6 +252,7 @@ impl PpoArgs {
             gamma: Some(1.0),
             lam: Some(0.95),
             max_grad_norm: Some(1.0),
+            recompute: Some(false),
             seed: Some(0),
             device: Some(Device::Auto),
             save_every: Some(50),
@@ -355,6 +361,7 @@ impl PpoArgs {
             value_clip: a.value_clip.expect(given),
             value_coef: a.value_coef.expect(given),
             max_grad_norm: a.max_grad_norm.expect(given),
+            recompute: a.recompute.expect(given),
             seed: a.seed.expect(given),
             device: a.device.expect(given),
             save_every: a.save_every.expect(given),

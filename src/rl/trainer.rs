@@ -189,10 +189,14 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     };
     print_memory_plan(&setup, reward.as_ref().map(|r| &r.0));
 
-    let policy = Llama::new(policy_cfg, policy_params);
+    let mut policy = Llama::new(policy_cfg, policy_params);
     let reference = policy.clone();
+    policy.recompute = setup.opts.recompute;
     let reward = reward.map(|(c, p)| Llama::new(c, p));
-    let value = value.map(|(c, p)| Llama::new(c, p));
+    let value = value.map(|(c, p)| Llama {
+        recompute: setup.opts.recompute,
+        ..Llama::new(c, p)
+    });
     let gpu = match setup.opts.device.prepare()? {
         Device::Cpu => false,
         Device::Cuda | Device::Emu => true,

@@ -70,13 +70,17 @@ impl MemoryPlan {
         MemoryPlan { lines, total }
     }
 
-    /// The plan as a table, one line per category and a `total` line, in GiB.
+    /// The plan as a table, one line per category and a `total` line, in GiB (MiB for a plan
+    /// under 1 GiB).
     pub fn render(&self, title: &str) -> String {
+        let (unit, scale) = match self.total as f64 >= GIB {
+            true => ("GiB", GIB),
+            false => ("MiB", (1u64 << 20) as f64),
+        };
         let mut s = format!("memory plan: {title}\n");
-        for (name, bytes) in &self.lines {
-            s += &format!("  {name:<36} {:>8.2} GiB\n", *bytes as f64 / GIB);
+        for (name, bytes) in self.lines.iter().chain([&("total", self.total)]) {
+            s += &format!("  {name:<36} {:>8.2} {unit}\n", *bytes as f64 / scale);
         }
-        s += &format!("  {:<36} {:>8.2} GiB\n", "total", self.total as f64 / GIB);
         s
     }
 
