@@ -59,6 +59,34 @@ __device__ __forceinline__ void fa_load_rows(bf16* dst, int n, const bf16* base,
     }
 }
 
+// Keys j0..j0+BN-1 of KV head `kvh` into buffer `buf` of the K and V tiles ([2][BN][LD] each) and
+// their masks ([2][BN] u16: 2 bytes a key, the software GPU race check's granule). The caller commits.
+template <int HD, int BN>
+__device__ __forceinline__ void fa_load_kv(bf16* ks, bf16* vs, uint16_t* kmask, int buf, int j0, int b, int kvh,
+                                           const bf16* k, const bf16* v, const uint8_t* key_mask, const FaDims& s) {
+    constexpr int LD = HD + FA_PAD;
+    auto off = [&](int r) { return fa_kv_row<HD>(b, j0 + r, kvh, s); };
+    auto live = [&](int r) { return j0 + r < s.T; };
+    fa_load_rows<HD>(ks + buf * BN * LD, BN, k, off, live);
+    fa_load_rows<HD>(vs + buf * BN * LD, BN, v, off, live);
+    for (int r = threadIdx.x; r < BN; r += blockDim.x)
+        kmask[buf * BN + r] = j0 + r < s.T && key_mask[(size_t)b * s.T + j0 + r];
+}
+
+// A warp's C fragments acc[NO][4] as bf16 rows: this thread's row g (times scale_a) to dst + off_a
+// when live_a, row g + 8 (times scale_b) to dst + off_b when live_b; columns 2c, 2c+1 of each n-tile.
+template <int NO>
+__device__ __forceinline__ void fa_store_rows(bf16* dst, bool live_a, size_t off_a, float scale_a, bool live_b,
+                                              size_t off_b, float scale_b, const float (*acc)[4]) {
+    const int c = threadIdx.x % 4;
+    #pragma unroll
+    for (int nt = 0; nt < NO; ++nt) {
+        const int e = nt * 8 + 2 * c;
+        if (live_a) *(uint32_t*)(dst + off_a + e) = pack_bf16x2(scale_a * acc[nt][0], scale_a * acc[nt][1]);
+        if (live_b) *(uint32_t*)(dst + off_b + e) = pack_bf16x2(scale_b * acc[nt][2], scale_b * acc[nt][3]);
+    }
+}
+
 // acc[NT][4] (16 x 8·NT) += the warp's 16 rows of `a` (row-major, 16 x 16·KT) times the
 // transpose of `b`'s 8·NT rows (row-major, 8·NT x 16·KT): S = Q Kᵀ and its kin. Both in shared
 // memory, rows LD apart.
@@ -126,13 +154,7 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
     const int tiles = (min(R0 + BM, rows) - 1) / s.group / BN + 1;  // keys up to the block's last token
 
     auto load_kv = [&](int tile, int buf) {
-        const int j0 = tile * BN;
-        auto off = [&](int r) { return fa_kv_row<HD>(b, j0 + r, kvh, s); };
-        auto live = [&](int r) { return j0 + r < s.T; };
-        fa_load_rows<HD>(ks + buf * BN * LD, BN, k, off, live);
-        fa_load_rows<HD>(vs + buf * BN * LD, BN, v, off, live);
-        for (int r = threadIdx.x; r < BN; r += blockDim.x)
-            kmask[buf * BN + r] = j0 + r < s.T && key_mask[(size_t)b * s.T + j0 + r];
+        fa_load_kv<HD, BN>(ks, vs, kmask, buf, tile * BN, b, kvh, k, v, key_mask, s);
     };
     fa_load_rows<HD>(qs, BM, q, [&](int r) { return fa_q_row<HD>(b, R0 + r, kvh, s); },
                      [&](int r) { return R0 + r < rows; });
@@ -199,12 +221,7 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
     lA = fa_quad_sum(lA);
     lB = fa_quad_sum(lB);
     const float invA = lA > 0.0f ? 1.0f / lA : 0.0f, invB = lB > 0.0f ? 1.0f / lB : 0.0f;
-    #pragma unroll
-    for (int nt = 0; nt < NO; ++nt) {
-        const int e = nt * 8 + 2 * c;
-        if (tA >= 0) *(uint32_t*)(out + fa_q_row<HD>(b, rA, kvh, s) + e) = pack_bf16x2(o[nt][0] * invA, o[nt][1] * invA);
-        if (tB >= 0) *(uint32_t*)(out + fa_q_row<HD>(b, rB, kvh, s) + e) = pack_bf16x2(o[nt][2] * invB, o[nt][3] * invB);
-    }
+    fa_store_rows<NO>(out, tA >= 0, fa_q_row<HD>(b, rA, kvh, s), invA, tB >= 0, fa_q_row<HD>(b, rB, kvh, s), invB, o);
     if (c == 0) {
         if (tA >= 0) lse[fa_stat(b, rA, kvh, s)] = lA > 0.0f ? mA + logf(lA) : -INFINITY;
         if (tB >= 0) lse[fa_stat(b, rB, kvh, s)] = lB > 0.0f ? mB + logf(lB) : -INFINITY;
@@ -230,13 +247,7 @@ __device__ __forceinline__ void flash_backward_dq(bf16* dq, const bf16* dout, co
     const int tiles = (min(R0 + BM, rows) - 1) / s.group / BN + 1;
 
     auto load_kv = [&](int tile, int buf) {
-        const int j0 = tile * BN;
-        auto off = [&](int r) { return fa_kv_row<HD>(b, j0 + r, kvh, s); };
-        auto live = [&](int r) { return j0 + r < s.T; };
-        fa_load_rows<HD>(ks + buf * BN * LD, BN, k, off, live);
-        fa_load_rows<HD>(vs + buf * BN * LD, BN, v, off, live);
-        for (int r = threadIdx.x; r < BN; r += blockDim.x)
-            kmask[buf * BN + r] = j0 + r < s.T && key_mask[(size_t)b * s.T + j0 + r];
+        fa_load_kv<HD, BN>(ks, vs, kmask, buf, tile * BN, b, kvh, k, v, key_mask, s);
     };
     auto q_off = [&](int r) { return fa_q_row<HD>(b, R0 + r, kvh, s); };
     auto q_live = [&](int r) { return R0 + r < rows; };
@@ -279,14 +290,8 @@ __device__ __forceinline__ void flash_backward_dq(bf16* dq, const bf16* dout, co
         fa_mma_pb<BN / 16, NO, LD>(acc, sc, ks + buf * BN * LD);
     }
     cp_async_wait<0>();
-    #pragma unroll
-    for (int nt = 0; nt < NO; ++nt) {
-        const int e = nt * 8 + 2 * c;
-        if (tA >= 0)
-            *(uint32_t*)(dq + fa_q_row<HD>(b, rA, kvh, s) + e) = pack_bf16x2(s.scale * acc[nt][0], s.scale * acc[nt][1]);
-        if (tB >= 0)
-            *(uint32_t*)(dq + fa_q_row<HD>(b, rB, kvh, s) + e) = pack_bf16x2(s.scale * acc[nt][2], s.scale * acc[nt][3]);
-    }
+    fa_store_rows<NO>(dq, tA >= 0, fa_q_row<HD>(b, rA, kvh, s), s.scale, tB >= 0, fa_q_row<HD>(b, rB, kvh, s), s.scale,
+                      acc);
 }
 
 // ---- backward: dk, dv -------------------------------------------------------------------------
@@ -365,20 +370,9 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dk, bf16* dv, const bf1
         fa_mma_pb<BQ / 16, NO, LD>(dk_acc, dpt, qs + buf * BQ * LD);
     }
     cp_async_wait<0>();
-    #pragma unroll
-    for (int nt = 0; nt < NO; ++nt) {
-        const int e = nt * 8 + 2 * c;
-        if (jA < s.T) {
-            const size_t row = fa_kv_row<HD>(b, jA, kvh, s) + e;
-            *(uint32_t*)(dk + row) = pack_bf16x2(s.scale * dk_acc[nt][0], s.scale * dk_acc[nt][1]);
-            *(uint32_t*)(dv + row) = pack_bf16x2(dv_acc[nt][0], dv_acc[nt][1]);
-        }
-        if (jB < s.T) {
-            const size_t row = fa_kv_row<HD>(b, jB, kvh, s) + e;
-            *(uint32_t*)(dk + row) = pack_bf16x2(s.scale * dk_acc[nt][2], s.scale * dk_acc[nt][3]);
-            *(uint32_t*)(dv + row) = pack_bf16x2(dv_acc[nt][2], dv_acc[nt][3]);
-        }
-    }
+    const size_t rowA = jA < s.T ? fa_kv_row<HD>(b, jA, kvh, s) : 0, rowB = jB < s.T ? fa_kv_row<HD>(b, jB, kvh, s) : 0;
+    fa_store_rows<NO>(dk, jA < s.T, rowA, s.scale, jB < s.T, rowB, s.scale, dk_acc);
+    fa_store_rows<NO>(dv, jA < s.T, rowA, 1.0f, jB < s.T, rowB, 1.0f, dv_acc);
 }
 
 // ---- entry points, one per head dim -----------------------------------------------------------

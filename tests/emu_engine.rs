@@ -4,27 +4,15 @@
 //! The software GPU runs every GPU thread as a fiber, so these use short sequences: a step of the
 //! built-in demo task (about 150 bytes a sequence) takes seconds here.
 
+mod common;
+use common::emu_available;
+
 use prefer::cmd::init::{run_init, InitOptions};
 use prefer::cmd::Device;
 use prefer::model::weights::SaveDtype;
 use prefer::train::{run_training, TrainArgs, TrainerKind};
 use std::path::Path;
 use std::process::Command;
-
-/// None (after printing why) where this build has no software GPU.
-fn emu_available() -> bool {
-    match prefer::emu::built() {
-        Ok(()) => true,
-        Err(why) if std::env::var("PREFER_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("PREFER_REQUIRE_CUDA=1 but {why:#}")
-        }
-        Err(why) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why:#}");
-            false
-        }
-    }
-}
 
 fn init_tiny(dir: &Path, std: Option<f32>) {
     let opts = InitOptions {

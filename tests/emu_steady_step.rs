@@ -6,6 +6,9 @@
 //! The driver's counters and byte counts are global to the process, so this file's tests take a
 //! lock and no other file's tests share the process.
 
+mod common;
+use common::emu_available;
+
 use prefer::data::preference::PreferencePair;
 use prefer::loss::DpoConfig;
 use prefer::model::init::init_params;
@@ -15,20 +18,6 @@ use prefer::train::gpu_step::GpuTrainer;
 use prefer::train::memory_plan::MemoryPlan;
 use prefer::train::objective::{Objective, PairStats, PendingStats, Split};
 use prefer::train::state::TrainState;
-
-fn emu_available() -> bool {
-    match prefer::emu::built() {
-        Ok(()) => true,
-        Err(why) if std::env::var("PREFER_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("PREFER_REQUIRE_CUDA=1 but {why:#}")
-        }
-        Err(why) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why:#}");
-            false
-        }
-    }
-}
 
 fn pairs(cfg: &LlamaConfig, n: usize, prompt: usize, reply: usize) -> Vec<PreferencePair> {
     let ids = |salt: usize, len: usize| -> Vec<u32> {

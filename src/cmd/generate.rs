@@ -260,10 +260,9 @@ type JobResult = (Vec<Rollout>, Option<Vec<f32>>, EngineStats, f64);
 
 impl Job<'_> {
     fn run_cuda(&self, policy: &Llama, reward: Option<&Llama>) -> Result<JobResult> {
-        let gpu = Cuda::new()?.upload_model(policy)?;
-        let rm = reward
-            .map(|r| Cuda::new().and_then(|c| c.upload_model(r)))
-            .transpose()?;
+        let cuda = Cuda::new()?;
+        let gpu = cuda.share().upload_model(policy)?;
+        let rm = reward.map(|r| cuda.share().upload_model(r)).transpose()?;
         let free = cudarc::driver::result::mem_get_info()
             .map(|(free, _)| free)
             .ok();
@@ -323,7 +322,12 @@ impl Job<'_> {
         let rewards = reward
             .map(|rm| score(rm, &ids, &rollouts, a.n))
             .transpose()?;
-        Ok((rollouts, rewards, engine.stats, seconds))
+        Ok((
+            rollouts,
+            rewards,
+            std::mem::take(&mut engine.stats),
+            seconds,
+        ))
     }
 }
 

@@ -133,6 +133,22 @@ pub struct Engine<'m, B: Backend> {
     pub stats: EngineStats,
 }
 
+/// The cache and the step buffers go back to the backend, so the next engine on this model (the
+/// next PPO iteration's rollouts) reuses them instead of allocating. Graphs go first: they point
+/// into the buffers.
+impl<B: Backend> Drop for Engine<'_, B> {
+    fn drop(&mut self) {
+        let o = &self.model.backend;
+        for slot in self.slots.drain(..) {
+            drop(slot.graph);
+            slot.ws.recycle(o);
+        }
+        for x in self.cache.k.drain(..).chain(self.cache.v.drain(..)) {
+            o.recycle_act(x);
+        }
+    }
+}
+
 impl<'m, B: Backend> Engine<'m, B> {
     pub fn new(model: &'m Llama<B>, opts: EngineOptions) -> Result<Self> {
         if opts.n == 0 || opts.max_batch == 0 || opts.block_size == 0 || opts.max_new_tokens == 0 {
@@ -384,6 +400,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.stats.prefills += 1;
         self.stats.prompt_tokens += admitted.iter().map(|&p| prompts[p].len()).sum::<usize>();
         sample_into(self.model, &self.opts, &mut self.stats, &logits, &mut out)?;
+        o.recycle_acc(logits);
         Ok(out)
     }
 

@@ -31,7 +31,7 @@ pub trait Backend {
     /// Recorded work that can be replayed (a CUDA graph); `()` where there are none.
     type Graph;
 
-    /// A zeroed activation buffer.
+    /// An activation buffer, its contents undefined: every op writes the whole of its output.
     fn act(&self, n: usize) -> Result<Self::Act>;
     /// A zeroed accumulator.
     fn acc(&self, n: usize) -> Result<Self::Acc>;

@@ -91,7 +91,9 @@ impl<B: Backend> Llama<B> {
     ) -> Result<B::Acc> {
         self.check_batch(batch)?;
         let inputs = self.backend.inputs(&self.cfg, batch, &batch.ids)?;
-        self.run(batch, &inputs, cache, slots, last, Attend::Causal)
+        let logits = self.run(batch, &inputs, cache, slots, last, Attend::Causal);
+        self.backend.recycle_inputs(inputs);
+        logits
     }
 
     /// One new token per sequence: `batch` is [B, 1] with each token's position; its K/V go to
@@ -107,7 +109,9 @@ impl<B: Backend> Llama<B> {
         ensure!(batch.seq == 1, "a decode step takes one token per sequence");
         self.check_batch(batch)?;
         let inputs = self.backend.inputs(&self.cfg, batch, &batch.ids)?;
-        self.run(batch, &inputs, cache, slots, last, Attend::Cache(view))
+        let logits = self.run(batch, &inputs, cache, slots, last, Attend::Cache(view));
+        self.backend.recycle_inputs(inputs);
+        logits
     }
 
     fn run(
@@ -130,7 +134,7 @@ impl<B: Backend> Llama<B> {
             last,
             attend,
         )?;
-        Ok(bufs.logits)
+        Ok(bufs.into_logits(&self.backend))
     }
 
     /// The layers, the final norm and the LM head into `bufs` (sized for `b·t` tokens and
@@ -313,6 +317,29 @@ struct Buffers<B: Backend> {
 }
 
 impl<B: Backend> Buffers<B> {
+    /// The logits; every other buffer goes back to the backend.
+    fn into_logits(self, o: &B) -> B::Acc {
+        for a in [
+            self.x,
+            self.xn,
+            self.q,
+            self.k,
+            self.v,
+            self.att,
+            self.branch,
+            self.x_mid,
+        ] {
+            o.recycle_act(a);
+        }
+        for a in [self.gate, self.up, self.act, self.rows, self.h] {
+            o.recycle_act(a);
+        }
+        for a in [self.rstd, self.lse, self.rstd_f] {
+            o.recycle_acc(a);
+        }
+        self.logits
+    }
+
     fn new(m: &Llama<B>, n: usize, r: usize) -> Result<Self> {
         let (c, o) = (&m.cfg, &m.backend);
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
@@ -353,6 +380,12 @@ pub struct DecodeWorkspace<B: Backend> {
 }
 
 impl<B: Backend> DecodeWorkspace<B> {
+    /// Hands the step's buffers back to the backend.
+    pub fn recycle(self, o: &B) {
+        o.recycle_acc(self.bufs.into_logits(o));
+        o.recycle_inputs(self.inputs);
+    }
+
     /// The step's logits [B, V].
     pub fn logits(&self) -> &B::Acc {
         &self.bufs.logits

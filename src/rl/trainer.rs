@@ -203,9 +203,15 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         Device::Auto => crate::ops::cuda::backend::Cuda::new().is_ok(),
     };
     if gpu {
-        let up = |m: &Llama| crate::ops::cuda::backend::Cuda::new()?.upload_model(m);
-        let mut p = GpuTrainer::new(&policy)?;
-        let mut v = value.as_ref().map(GpuTrainer::new).transpose()?;
+        // One engine for the four models: one stream, and one set of recycled buffers that the
+        // scoring passes, the PPO micro-batches and the rollouts take turns with.
+        let cuda = crate::ops::cuda::backend::Cuda::new()?;
+        let up = |m: &Llama| cuda.share().upload_model(m);
+        let mut p = GpuTrainer::on(cuda.share(), &policy)?;
+        let mut v = value
+            .as_ref()
+            .map(|m| GpuTrainer::on(cuda.share(), m))
+            .transpose()?;
         let r = up(&reference)?;
         let rm = reward.as_ref().map(up).transpose()?;
         let models = Models {

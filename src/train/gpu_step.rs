@@ -33,7 +33,12 @@ pub struct GpuTrainer {
 
 impl GpuTrainer {
     pub fn new(cpu: &Llama) -> Result<Self> {
-        let model = Cuda::new()?.upload_model(cpu)?;
+        Self::on(Cuda::new()?, cpu)
+    }
+
+    /// The trainer of `cpu`'s weights on `backend` (which other models may share).
+    pub fn on(backend: Cuda, cpu: &Llama) -> Result<Self> {
+        let model = backend.upload_model(cpu)?;
         let eng = &model.backend.eng;
         let n = cpu.layout.len;
         Ok(GpuTrainer {

@@ -103,3 +103,19 @@ pub fn check_directional(
         "{what}: directional finite difference {fd:.6e} vs analytic {an:.6e} (‖g‖ = {gnorm:.3e})"
     );
 }
+
+/// Whether this build has the software GPU; if not, says why (and fails under
+/// PREFER_REQUIRE_CUDA=1, where every kernel must have been built).
+pub fn emu_available() -> bool {
+    match prefer::emu::built() {
+        Ok(()) => true,
+        Err(why) if std::env::var("PREFER_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("PREFER_REQUIRE_CUDA=1 but {why:#}")
+        }
+        Err(why) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {why:#}");
+            false
+        }
+    }
+}

@@ -17,6 +17,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use std::cell::RefCell;
 use std::ops::Range;
+use std::rc::Rc;
 
 /// Scratch the ops need beside their outputs, kept between calls and grown only when a larger
 /// batch arrives, so a steady training loop allocates nothing.
@@ -32,13 +33,16 @@ struct Scratch {
     sample_io: Option<(CudaSlice<f32>, CudaSlice<u32>, CudaSlice<f32>)>,
 }
 
+/// One CUDA engine (context, stream, module, cuBLASLt) and what its models share: scratch,
+/// recycled buffers and inputs. `share` gives another handle on the same engine, so the models of
+/// a PPO run (policy, value, reference, reward) run on one stream and reuse one set of buffers.
 pub struct Cuda {
-    pub eng: CudaEngine,
-    gemm: matmul::Gemm,
-    scratch: RefCell<Scratch>,
-    pool: RefCell<pool::Pool>,
+    pub eng: Rc<CudaEngine>,
+    gemm: Rc<matmul::Gemm>,
+    scratch: Rc<RefCell<Scratch>>,
+    pool: Rc<RefCell<pool::Pool>>,
     /// Inputs handed back, by token count.
-    spare_inputs: RefCell<Vec<CudaInputs>>,
+    spare_inputs: Rc<RefCell<Vec<CudaInputs>>>,
 }
 
 /// What the kernels read of a batch.
@@ -58,12 +62,23 @@ impl Cuda {
         let eng = CudaEngine::new()?;
         let gemm = matmul::Gemm::new(&eng)?;
         Ok(Cuda {
-            eng,
-            gemm,
-            scratch: RefCell::new(Scratch::default()),
+            eng: Rc::new(eng),
+            gemm: Rc::new(gemm),
+            scratch: Default::default(),
             pool: Default::default(),
             spare_inputs: Default::default(),
         })
+    }
+
+    /// Another handle on this engine, for another model: same stream, scratch and buffers.
+    pub fn share(&self) -> Cuda {
+        Cuda {
+            eng: self.eng.clone(),
+            gemm: self.gemm.clone(),
+            scratch: self.scratch.clone(),
+            pool: self.pool.clone(),
+            spare_inputs: self.spare_inputs.clone(),
+        }
     }
 
     /// Bytes of device buffers held for reuse (not in use).
@@ -153,11 +168,19 @@ impl Backend for Cuda {
         let n = n.max(1);
         let kept = self.pool.borrow_mut().take_bf16(n);
         match kept {
-            Some(mut x) => {
-                self.eng.zero(&mut x)?;
-                Ok(x)
+            // Not cleared: every op writes the whole of its output (on the software GPU a
+            // fresh buffer is NaN, so a read of an unwritten activation shows in every check).
+            Some(x) => Ok(x),
+            None => {
+                // SAFETY: bf16 has no invalid bit patterns; the contents are written before use.
+                let fresh = unsafe { self.eng.stream.alloc::<bf16>(n) };
+                fresh
+                    .or_else(|_| {
+                        self.trim();
+                        unsafe { self.eng.stream.alloc::<bf16>(n) }
+                    })
+                    .map_err(|e| anyhow::anyhow!("allocating {} bytes on the GPU: {e:?}", 2 * n))
             }
-            None => self.alloc(n),
         }
     }
     fn acc(&self, n: usize) -> Result<CudaSlice<f32>> {
