@@ -235,20 +235,31 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
 }
 
 fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    let params = |c: &LlamaConfig| crate::model::ParamLayout::new(c).len as f64;
-    let p = params(&s.policy_cfg);
-    // Trained: bf16 weights + fp32 master, gradient, two AdamW moments (18 bytes a parameter).
-    let trained = 18.0 * (p + s.value_cfg.as_ref().map_or(0.0, params));
-    let frozen = 2.0 * (p + reward.map_or(0.0, params));
-    let seqs = s.opts.prompt_batch_size * s.opts.rollouts_per_prompt;
-    eprintln!(
-        "memory plan (GPU): policy{} trained (bf16 weights, fp32 masters, grads, AdamW) {:.2} GiB; reference{} frozen bf16 {:.2} GiB; {} sequences an iteration",
-        if s.value_cfg.is_some() { " and value" } else { "" },
-        gib(trained),
-        if reward.is_some() { " and reward" } else { "" },
-        gib(frozen),
-        seqs
+    let o = &s.opts;
+    let longest = s.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
+    let seq = longest + o.max_new_tokens;
+    let k = o.rollouts_per_prompt;
+    let bs = crate::cmd::generate::BLOCK_SIZE;
+    let max_batch = (o.prompt_batch_size * k).min(256);
+    let kv_blocks =
+        crate::generate::engine::pool_blocks(longest, k, o.max_new_tokens, max_batch, bs);
+    let plan = crate::train::memory_plan::MemoryPlan::ppo(
+        &s.policy_cfg,
+        s.value_cfg.as_ref(),
+        reward,
+        o.minibatch_size / o.grad_accum,
+        seq,
+        kv_blocks * bs,
+        o.recompute,
+    );
+    eprint!(
+        "{}",
+        plan.render(&format!(
+            "GPU, {} sequences an iteration, micro-batches of {} x {seq} tokens{}",
+            o.prompt_batch_size * k,
+            o.minibatch_size / o.grad_accum,
+            if o.recompute { ", --recompute" } else { "" }
+        ))
     );
 }
 

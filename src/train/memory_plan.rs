@@ -70,8 +70,44 @@ impl MemoryPlan {
         MemoryPlan { lines, total }
     }
 
+    /// A PPO iteration: the policy and (for PPO) the value model trained, the reference and the
+    /// reward model frozen in bf16, all on one engine, so the biggest phase sets the activations:
+    /// a training micro-batch of `micro` sequences of `seq` tokens (policy or value; the scoring
+    /// passes are forward-only and smaller), or the rollouts' KV cache of `kv_tokens` tokens.
+    pub fn ppo(
+        policy: &LlamaConfig,
+        value: Option<&LlamaConfig>,
+        reward: Option<&LlamaConfig>,
+        micro: usize,
+        seq: usize,
+        kv_tokens: usize,
+        recompute: bool,
+    ) -> MemoryPlan {
+        let params = |c: &LlamaConfig| ParamLayout::new(c).len as u64;
+        let state = |c: &LlamaConfig| 18 * params(c);
+        let step = |c: &LlamaConfig| {
+            let plan = MemoryPlan::training(c, micro, seq, recompute);
+            plan.lines[4..].iter().map(|(_, b)| b).sum::<u64>()
+        };
+        let kv = 2 * 2 * (kv_tokens * policy.kv_dim() * policy.num_hidden_layers) as u64;
+        let lines = vec![
+            ("policy (bf16 + f32 master, grads, AdamW)", state(policy)),
+            ("value model (the same)", value.map_or(0, state)),
+            ("reference (bf16)", 2 * params(policy)),
+            ("reward model (bf16)", reward.map_or(0, |c| 2 * params(c))),
+            (
+                "activations: largest micro-batch",
+                step(policy).max(value.map_or(0, step)),
+            ),
+            ("rollouts' KV cache", kv),
+        ];
+        let total = lines[..4].iter().map(|(_, b)| b).sum::<u64>() + lines[4].1.max(lines[5].1);
+        MemoryPlan { lines, total }
+    }
+
     /// The plan as a table, one line per category and a `total` line, in GiB (MiB for a plan
-    /// under 1 GiB).
+    /// under 1 GiB). (A PPO plan's total counts the larger of its activations and KV cache: they
+    /// take turns with the same recycled buffers.)
     pub fn render(&self, title: &str) -> String {
         let (unit, scale) = match self.total as f64 >= GIB {
             true => ("GiB", GIB),
@@ -112,5 +148,28 @@ mod tests {
         let params = ParamLayout::new(&cfg).len as u64;
         let state: u64 = full.lines[..4].iter().map(|(_, b)| b).sum();
         assert_eq!(state, 18 * params);
+    }
+
+    #[test]
+    fn t6s_ppo_iteration_plan() {
+        // DESIGN.md's T6: four llama-1b models, 64 prompts x (128 + 256), minibatches of 16.
+        let cfg = LlamaConfig::preset("llama-1b").unwrap();
+        let plan =
+            |recompute| MemoryPlan::ppo(&cfg, Some(&cfg), Some(&cfg), 16, 384, 64 * 400, recompute);
+        let (full, rc) = (plan(false), plan(true));
+        // Two trained models at 18 bytes a parameter dominate: 41.5 GiB before activations.
+        let params = ParamLayout::new(&cfg).len as u64;
+        assert_eq!(full.lines[0].1 + full.lines[1].1, 36 * params);
+        assert!(
+            rc.total < full.total,
+            "{}\n{}",
+            full.render("full"),
+            rc.render("recompute")
+        );
+        assert!(
+            full.total_gib() < 62.6,
+            "PyTorch's loop takes 62.6 GiB: {}",
+            full.render("T6")
+        );
     }
 }
