@@ -115,7 +115,7 @@ impl MemoryPlan {
         };
         let mut s = format!("memory plan: {title}\n");
         for (name, bytes) in self.lines.iter().chain([&("total", self.total)]) {
-            s += &format!("  {name:<36} {:>8.2} {unit}\n", *bytes as f64 / scale);
+            s += &format!("  {name:<42} {:>8.2} {unit}\n", *bytes as f64 / scale);
         }
         s
     }
