@@ -193,3 +193,33 @@ fn config_file_fills_what_flags_leave_unset() {
         "{err}"
     );
 }
+
+#[test]
+fn a_loss_that_stops_being_finite_ends_the_run_naming_the_step() {
+    // An absurd learning rate blows the weights up within a few steps. Metrics are read when the
+    // loop logs (every 4 steps here), and the first non-finite loss read ends the run there.
+    let s = setup(64);
+    let a = TrainArgs {
+        device: Some(prefer::cmd::Device::Cpu),
+        max_grad_norm: Some(0.0),
+        warmup_ratio: Some(0.0),
+        log_every: Some(4),
+        eval_data: None,
+        ..args(&s, "nan", 1e30)
+    };
+    let err = run_training(a, TrainerKind::Dpo).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("(not finite)"), "{msg}");
+    assert!(msg.starts_with("step "), "{msg}");
+    assert!(msg.contains("the last checkpoint is in"), "{msg}");
+    // The rows before the bad step were written, each finite.
+    let rows = metrics(&s.root.join("nan"));
+    let bad_step: usize = msg["step ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(rows.len(), bad_step - 1, "{msg}");
+    assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+}
