@@ -153,3 +153,44 @@ fn the_memory_plan_matches_what_a_training_step_holds() {
 
 /// The two tests one at a time: each reads process-wide counters.
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn buffers_of_shapes_no_longer_used_go_back_to_the_driver() {
+    if !emu_available() {
+        return;
+    }
+    prefer::emu::activate().unwrap();
+    let _serial = LOCK.lock().unwrap();
+    let cfg = LlamaConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 1));
+    let mut state = GpuTrainer::new(&cpu).unwrap();
+    let objective = DpoObjective {
+        config: DpoConfig::default(),
+    };
+    // DPO pads each batch to its longest pair: eight steps of growing lengths, then three of the
+    // shortest again.
+    let mut idle = Vec::new();
+    for step in 0..11 {
+        let reply = if step < 8 { 5 + 3 * step } else { 5 };
+        let data = pairs(&cfg, 4, 9, reply);
+        let reference = vec![(-40.0, -41.0); data.len()];
+        let split = Split {
+            pairs: &data,
+            reference: Some(&reference),
+        };
+        state.zero_grads().unwrap();
+        let (model, grads) = state.model_and_grads();
+        let pending = objective.accumulate(model, &split, &[0, 1, 2, 3], 1.0, grads);
+        state.step(1e-3, 1.0).unwrap();
+        pending.unwrap().resolve(&state.model.backend).unwrap();
+        idle.push(state.model.backend.idle_bytes());
+    }
+    // The pool keeps the last three steps' shapes: after three steps of one short shape, the
+    // long shapes' buffers are gone (all eight would hold many times more).
+    assert!(idle[10] > 0, "{idle:?}");
+    assert!(
+        (idle[10] as f64) < 0.5 * idle[7] as f64,
+        "buffers of old shapes were kept: {idle:?}"
+    );
+}

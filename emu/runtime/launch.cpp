@@ -178,6 +178,9 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
             }
             case kSyncWarp: f.coll_result = 0; break;
             case kGather:
+                if (lanes[l].gather_words != self.gather_words)
+                    abort_fiber(self, format("lanes %u and %u of warp %u gather %u and %u words", l, self.tid % 32, warp,
+                                             lanes[l].gather_words, self.gather_words));
                 // Every lane of the mask lands in its slot; the others' slots are zero.
                 for (uint32_t s = 0; s < 32; ++s)
                     for (uint32_t i = 0; i < f.gather_words; ++i)

@@ -42,6 +42,9 @@ pub trait Backend {
     fn recycle_acc(&self, _x: Self::Acc) {}
     /// As `recycle_act`, for `inputs` of the same token count.
     fn recycle_inputs(&self, _x: Self::Inputs) {}
+    /// Frees the buffers held for reuse: between phases that use different shapes (PPO's rollouts
+    /// and its training), so the phases take turns with the memory instead of adding up.
+    fn release_idle(&self) {}
     fn zero(&self, x: &mut Self::Acc) -> Result<()>;
     /// An accumulator's values on the host (head outputs for the losses, which run there).
     fn to_host(&self, x: &Self::Acc) -> Result<Vec<f32>>;

@@ -315,14 +315,11 @@ impl<B: Backend> Llama<B> {
 
         let mut dh = o.acc(n * d)?;
         if let (Some(head), true) = (&lay.lm_head, g.logp.is_some() || g.entropy.is_some()) {
-            let zeros;
-            let dlogp = match g.logp {
-                Some(x) => x,
-                None => {
-                    zeros = o.acc(n)?;
-                    &zeros
-                }
+            let zeros = match g.logp {
+                Some(_) => None,
+                None => Some(o.acc(n)?),
             };
+            let dlogp = g.logp.or(zeros.as_ref()).expect("one of the two");
             o.logprob_backward(
                 &mut dh,
                 grads,
@@ -336,6 +333,9 @@ impl<B: Backend> Llama<B> {
                 d,
                 1.0 / fwd.heads.temperature,
             )?;
+            if let Some(z) = zeros {
+                o.recycle_acc(z);
+            }
         }
         if let (Some(score), Some(dvalue)) = (&lay.score, g.value) {
             o.scalar_head_backward(&mut dh, grads, score, dvalue, &fwd.h_f, p)?;

@@ -190,9 +190,15 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     print_memory_plan(&setup, reward.as_ref().map(|r| &r.0));
 
     let mut policy = Llama::new(policy_cfg, policy_params);
-    let reference = policy.clone();
+    // The frozen models only run forwards: with `recompute` a forward keeps no layer's tensors
+    // (nothing is rebuilt, as no backward follows), so their scoring passes stay small.
+    let mut reference = policy.clone();
+    reference.recompute = true;
     policy.recompute = setup.opts.recompute;
-    let reward = reward.map(|(c, p)| Llama::new(c, p));
+    let reward = reward.map(|(c, p)| Llama {
+        recompute: true,
+        ..Llama::new(c, p)
+    });
     let value = value.map(|(c, p)| Llama {
         recompute: setup.opts.recompute,
         ..Llama::new(c, p)
@@ -415,10 +421,14 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             );
             (r[0] as u64) << 32 | r[1] as u64
         };
+        // The rollouts' KV cache and the training buffers take turns with the device memory: each
+        // phase starts with the other's idle buffers freed (the four models share one engine).
+        m.policy.model().backend.release_idle();
         let rollouts = match &o.replay_rollouts {
             Some(file) => replayed_rollouts(file, it, prompt_ids.len(), k)?,
             None => generate(m.policy.model(), &prompt_ids, s, iteration_seed)?,
         };
+        m.policy.model().backend.release_idle();
         let t_gen = t_start.elapsed().as_secs_f64();
         let prompts_per_row: Vec<&[u32]> = rollouts
             .iter()
@@ -583,7 +593,9 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                         grads,
                     )?;
                     f.recycle(o_dev);
-                    o_dev.recycle_acc(g);
+                    for x in [Some(g), Some(w_d), Some(old_d), Some(adv_d), ref_d] {
+                        x.into_iter().for_each(|x| o_dev.recycle_acc(x));
+                    }
                     pl.push(out.loss as f64);
                     clipfrac.push(out.clip_fraction as f64);
                     approxkl.push(out.approx_kl as f64);
@@ -615,7 +627,9 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                             vgrads,
                         )?;
                         f.recycle(v_dev);
-                        v_dev.recycle_acc(g);
+                        for x in [g, w_d, old_v, ret_d] {
+                            v_dev.recycle_acc(x);
+                        }
                         vl.push(out.loss as f64);
                         vclip.push(out.clip_fraction as f64);
                         explained.push(out.explained_variance as f64);

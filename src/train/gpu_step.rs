@@ -86,6 +86,7 @@ impl GpuTrainer {
             .memcpy_dtod(&self.norm, &mut self.norm_history.slice_mut(k..k + 1))
             .map_err(|e| anyhow::anyhow!("keeping the gradient norm: {e:?}"))?;
         self.pending_norms += 1;
+        self.model.backend.retire();
         self.t += 1;
         let h = AdamWStep {
             lr,

@@ -36,21 +36,26 @@ impl MemoryPlan {
         let layer_input = bf16 * n * d;
         let kept_layers = layers * layer_input + if recompute { 0 } else { layers * layer_cache };
         // After the layers: x_last and h_f (bf16), rstd_f, log-probs, entropies, lse (f32), and
-        // the batch's ids, targets, positions, mask and token groups.
-        let heads_and_inputs = bf16 * 2 * n * d + f32 * 4 * n + 4 * 6 * n + n;
+        // the batch's ids, targets, positions, mask and token groups (tokens, starts, first
+        // chunks, positions, chunk bounds).
+        let heads_and_inputs = bf16 * 2 * n * d + f32 * 4 * n + 4 * (7 * n + 2 * (n / 32 + 1)) + n;
         // The backward's scratch, shared by the layers: dh, dx, dxn (f32); dx_act, dact, dgate,
-        // dup, datt, dq, dk, dv (bf16); under recompute also one rebuilt layer and its output.
+        // dup, datt, dq, dk, dv (bf16); under recompute also one rebuilt layer, its projection
+        // and its output.
         let backward = f32 * 3 * n * d
             + bf16 * n * (d + 3 * f + 2 * qd + 2 * kvd)
             + if recompute {
-                layer_cache + layer_input
+                layer_cache + 2 * layer_input
             } else {
                 0
             };
         // The fused log-prob's vocabulary chunk (f32 logits and bf16 gradients), attention's
-        // row dots, the embedding backward's chunk sums, cuBLASLt's workspace.
+        // row dots, the norm weights' column sums (rows, then chunk sums), the embedding
+        // backward's chunk sums, cuBLASLt's workspace.
+        let column_sums = f32 * d * (n + n.div_ceil(n.div_ceil(128).max(32)));
         let workspace = n * VOCAB_CHUNK as u64 * (f32 + bf16)
             + f32 * n * heads
+            + column_sums
             + f32 * (n / 32 + 1) * d
             + (32 << 20);
 

@@ -487,6 +487,9 @@ where
         if save_now {
             save(&state, done)?;
         }
+        if eval_now || save_now {
+            since = Instant::now(); // tokens/s counts training only
+        }
         if interrupted && done < total_steps {
             bar.abandon();
             // A plain line that stays, whether stderr is a terminal or a log file.

@@ -27,8 +27,11 @@ struct Scratch {
     /// The embedding backward's chunk sums, grown to the largest batch seen.
     embedding_partial: Option<CudaSlice<f32>>,
     rowdot: Option<CudaSlice<f32>>,
-    logprob: Option<(usize, logprob::LogprobScratch)>,
+    logprob: Option<logprob::LogprobScratch>,
     decode_partial: Option<CudaSlice<f32>>,
+    /// Decode partials outgrown: CUDA graphs captured before the growth still write them, so they
+    /// live as long as the engine.
+    outgrown: Vec<CudaSlice<f32>>,
     /// Sampling's uniforms in, ids and log-probs out, grown to the largest batch seen.
     sample_io: Option<(CudaSlice<f32>, CudaSlice<u32>, CudaSlice<f32>)>,
 }
@@ -86,22 +89,33 @@ impl Cuda {
         self.pool.borrow().idle_bytes
     }
 
+    /// An optimiser step is over: buffers of lengths the recent steps did not use go back to
+    /// the driver (a run whose shapes change keeps only its recent shapes' buffers).
+    pub fn retire(&self) {
+        self.pool.borrow_mut().retire();
+    }
+
     /// Gives every buffer held for reuse back to the driver.
     pub fn trim(&self) {
         self.pool.borrow_mut().trim();
         self.spare_inputs.borrow_mut().clear();
     }
 
-    /// A fresh zeroed allocation; when the device is full, the idle buffers go back first and
-    /// the allocation is tried once more.
+    /// `make` (an allocation, or something that allocates); when the device is full, the idle
+    /// buffers go back to the driver first and `make` is tried once more.
+    fn retrying<T>(&self, make: impl Fn() -> Result<T>) -> Result<T> {
+        make().or_else(|_| {
+            self.trim();
+            make()
+        })
+    }
+
+    /// A fresh zeroed allocation, retried after freeing the idle buffers.
     fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>> {
-        self.eng.zeros(n).or_else(|_| {
-            self.trim();
-            self.eng.zeros(n)
-        })
+        self.retrying(|| self.eng.zeros(n))
     }
 
     /// f32 parameters to the flat bf16 buffer the forward reads.
@@ -143,16 +157,18 @@ impl Cuda {
     }
 }
 
-/// The fused log-prob's chunk buffers for `n` tokens, reallocated only when `n` changes.
+/// The fused log-prob's chunk buffers for `n` tokens, reallocated only when `n` outgrows them.
 fn logprob_scratch<'a>(
     s: &'a mut Scratch,
-    eng: &CudaEngine,
+    cuda: &Cuda,
     n: usize,
 ) -> Result<&'a mut logprob::LogprobScratch> {
-    if s.logprob.as_ref().is_none_or(|(m, _)| *m != n) {
-        s.logprob = Some((n, logprob::LogprobScratch::new(eng, n)?));
+    // Grown, never shrunk: models sharing an engine and last, smaller chunks take turns with it.
+    if s.logprob.as_mut().is_none_or(|l| !l.fit(n)) {
+        s.logprob = None; // the old one goes before the new one is made
+        s.logprob = Some(cuda.retrying(|| logprob::LogprobScratch::new(&cuda.eng, n))?);
     }
-    Ok(&mut s.logprob.as_mut().expect("set above").1)
+    Ok(s.logprob.as_mut().expect("set above"))
 }
 
 impl Backend for Cuda {
@@ -201,7 +217,15 @@ impl Backend for Cuda {
         self.pool.borrow_mut().give_f32(x);
     }
     fn recycle_inputs(&self, x: CudaInputs) {
-        self.spare_inputs.borrow_mut().push(x);
+        let mut spares = self.spare_inputs.borrow_mut();
+        // Inputs for a few recent token counts; the oldest go when shapes keep changing.
+        if spares.len() >= 8 {
+            spares.remove(0);
+        }
+        spares.push(x);
+    }
+    fn release_idle(&self) {
+        self.trim();
     }
     fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
         self.eng.zero(x)
@@ -220,7 +244,7 @@ impl Backend for Cuda {
                 Ok(d)
             }
             Some(d) => Ok(d),
-            None => self.eng.upload(x),
+            None => self.retrying(|| self.eng.upload(x)),
         }
     }
     fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
@@ -247,20 +271,22 @@ impl Backend for Cuda {
             return Ok(inp);
         }
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
-        Ok(CudaInputs {
-            ids_host: batch.ids.clone(),
-            groups: embedding::TokenGroups::new(&self.eng, &batch.ids)?,
-            ids: self.eng.upload(&batch.ids)?,
-            targets: self.eng.upload(targets)?,
-            mask: self.eng.upload(&mask)?,
-            positions: self.eng.upload(&batch.positions)?,
-            inv_freq: self
-                .eng
-                .upload(&crate::ops::cpu::rope::rope_inv_freq(cfg))?,
+        self.retrying(|| {
+            Ok(CudaInputs {
+                ids_host: batch.ids.clone(),
+                groups: embedding::TokenGroups::new(&self.eng, &batch.ids)?,
+                ids: self.eng.upload(&batch.ids)?,
+                targets: self.eng.upload(targets)?,
+                mask: self.eng.upload(&mask)?,
+                positions: self.eng.upload(&batch.positions)?,
+                inv_freq: self
+                    .eng
+                    .upload(&crate::ops::cpu::rope::rope_inv_freq(cfg))?,
+            })
         })
     }
     fn index(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        self.eng.upload(host)
+        self.retrying(|| self.eng.upload(host))
     }
     fn write_index(&self, dst: &mut CudaSlice<u32>, host: &[u32]) -> Result<()> {
         anyhow::ensure!(
@@ -498,6 +524,8 @@ impl Backend for Cuda {
         let rows = s.batch * s.seq * s.heads;
         let mut scratch = self.scratch.borrow_mut();
         if scratch.rowdot.as_ref().is_none_or(|r| r.len() != rows) {
+            // (exact: the launcher checks its length; a model sharing the engine with another
+            // head count reallocates it when they alternate)
             scratch.rowdot = Some(self.eng.zeros(rows)?);
         }
         let rowdot = scratch.rowdot.as_mut().expect("set above");
@@ -534,7 +562,7 @@ impl Backend for Cuda {
         scale: f32,
     ) -> Result<()> {
         let mut scratch = self.scratch.borrow_mut();
-        let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
+        let s = logprob_scratch(&mut scratch, self, inp.ids_host.len())?;
         logprob::logprob_forward(
             &self.eng,
             &self.gemm,
@@ -564,7 +592,7 @@ impl Backend for Cuda {
         scale: f32,
     ) -> Result<()> {
         let mut scratch = self.scratch.borrow_mut();
-        let s = logprob_scratch(&mut scratch, &self.eng, inp.ids_host.len())?;
+        let s = logprob_scratch(&mut scratch, self, inp.ids_host.len())?;
         let mut dw = grads.slice_mut(w.clone());
         logprob::logprob_backward(
             &self.eng,
@@ -648,7 +676,10 @@ impl Backend for Cuda {
             .as_ref()
             .is_none_or(|p| p.len() < need)
         {
-            scratch.decode_partial = Some(self.eng.zeros(need)?);
+            let grown = self.eng.zeros(need)?;
+            if let Some(old) = scratch.decode_partial.replace(grown) {
+                scratch.outgrown.push(old);
+            }
         }
         let partial = scratch.decode_partial.as_mut().expect("set above");
         decode_attention::decode_attention(

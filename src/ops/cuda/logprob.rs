@@ -11,9 +11,11 @@ use half::bf16;
 /// Vocabulary columns per chunk.
 pub const VOCAB_CHUNK: usize = 8192;
 
-/// Per-token state and chunk buffers, sized once for N tokens.
+/// Per-token state and chunk buffers, sized once for up to `cap` tokens; `n` is the current
+/// batch's count (the kernels take it; buffers may be longer).
 pub struct LogprobScratch {
     n: usize,
+    cap: usize,
     logits: CudaSlice<f32>,   // [N, VOCAB_CHUNK]
     dlogits: CudaSlice<bf16>, // [N, VOCAB_CHUNK]
     run_max: CudaSlice<f32>,
@@ -26,6 +28,7 @@ impl LogprobScratch {
     pub fn new(eng: &CudaEngine, n: usize) -> Result<Self> {
         Ok(LogprobScratch {
             n,
+            cap: n,
             logits: eng.zeros(n * VOCAB_CHUNK)?,
             dlogits: eng.zeros(n * VOCAB_CHUNK)?,
             run_max: eng.zeros(n)?,
@@ -33,6 +36,12 @@ impl LogprobScratch {
             run_sumz: eng.zeros(n)?,
             target_logit: eng.zeros(n)?,
         })
+    }
+
+    /// Serves `n` tokens from these buffers if they are long enough.
+    pub fn fit(&mut self, n: usize) -> bool {
+        self.n = n;
+        n <= self.cap
     }
 }
 
