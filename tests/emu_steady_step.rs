@@ -17,6 +17,7 @@ use prefer::train::dpo::DpoObjective;
 use prefer::train::gpu_step::GpuTrainer;
 use prefer::train::memory_plan::MemoryPlan;
 use prefer::train::objective::{Objective, PairStats, PendingStats, Split};
+use prefer::train::rm::RewardObjective;
 use prefer::train::state::TrainState;
 
 fn pairs(cfg: &LlamaConfig, n: usize, prompt: usize, reply: usize) -> Vec<PreferencePair> {
@@ -36,25 +37,25 @@ fn pairs(cfg: &LlamaConfig, n: usize, prompt: usize, reply: usize) -> Vec<Prefer
         .collect()
 }
 
-#[test]
-fn a_steady_dpo_step_allocates_nothing_and_never_waits_for_the_device() {
-    if !emu_available() {
-        return;
-    }
-    prefer::emu::activate().unwrap();
-    let _serial = LOCK.lock().unwrap();
-    let cfg = LlamaConfig::preset("tiny").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 1));
+/// Three steps of `objective` after a three-step warm-up (one logging interval): what the driver
+/// served during them, then their stats read back.
+fn steady_steps<O: Objective<prefer::ops::cuda::backend::Cuda>>(
+    cfg: &LlamaConfig,
+    objective: &O,
+) -> (
+    prefer::emu::Counters,
+    prefer::emu::Counters,
+    Vec<PairStats>,
+    Vec<f32>,
+) {
+    let layout = ParamLayout::new(cfg);
+    let cpu = Llama::new(cfg.clone(), init_params(cfg, &layout, 1));
     let mut state = GpuTrainer::new(&cpu).unwrap();
-    let data = pairs(&cfg, 4, 9, 7);
+    let data = pairs(cfg, 4, 9, 7);
     let reference: Vec<(f32, f32)> = vec![(-40.0, -41.0); data.len()];
     let split = Split {
         pairs: &data,
         reference: Some(&reference),
-    };
-    let objective = DpoObjective {
-        config: DpoConfig::default(),
     };
     let idx: Vec<usize> = (0..data.len()).collect();
     let step = |state: &mut GpuTrainer| -> PendingStats<_> {
@@ -71,16 +72,22 @@ fn a_steady_dpo_step_allocates_nothing_and_never_waits_for_the_device() {
             .map(|s| s.resolve(&state.model.backend).unwrap())
             .collect()
     };
-
     // Warm-up, one logging interval of three steps: the first step of a shape allocates its
     // buffers and plans its GEMMs, and each pending step holds its metrics rows until the read.
     let warm: Vec<_> = (0..3).map(|_| step(&mut state)).collect();
-    let warm = resolve(&state, warm);
+    let mut stats = resolve(&state, warm);
     assert_eq!(state.take_grad_norms().unwrap().len(), 3);
 
     let before = prefer::emu::counters().unwrap();
     let steady: Vec<_> = (0..3).map(|_| step(&mut state)).collect();
     let after = prefer::emu::counters().unwrap();
+    // Then the loop reads them.
+    stats.extend(resolve(&state, steady));
+    let norms = state.take_grad_norms().unwrap();
+    (before, after, stats, norms)
+}
+
+fn assert_steady(before: prefer::emu::Counters, after: prefer::emu::Counters) {
     let d = |f: fn(&prefer::emu::Counters) -> u64| f(&after) - f(&before);
     assert!(d(|c| c.launches) > 50, "{before:?} → {after:?}");
     assert_eq!(
@@ -91,13 +98,25 @@ fn a_steady_dpo_step_allocates_nothing_and_never_waits_for_the_device() {
     assert_eq!(d(|c| c.frees), 0, "frees: {before:?} → {after:?}");
     assert_eq!(d(|c| c.host_syncs), 0, "host syncs: {before:?} → {after:?}");
     assert_eq!(d(|c| c.device_to_host), 0, "reads: {before:?} → {after:?}");
+}
 
-    // Then the loop reads them: the same pairs, so the loss moves as the policy trains.
-    let stats = resolve(&state, steady);
-    let norms = state.take_grad_norms().unwrap();
+#[test]
+fn a_steady_dpo_step_allocates_nothing_and_never_waits_for_the_device() {
+    if !emu_available() {
+        return;
+    }
+    prefer::emu::activate().unwrap();
+    let _serial = LOCK.lock().unwrap();
+    let cfg = LlamaConfig::preset("tiny").unwrap();
+    let objective = DpoObjective {
+        config: DpoConfig::default(),
+    };
+    let (before, after, stats, norms) = steady_steps(&cfg, &objective);
+    assert_steady(before, after);
     assert_eq!(norms.len(), 3);
     assert!(norms.iter().all(|n| n.is_finite() && *n > 0.0), "{norms:?}");
-    let losses: Vec<f64> = warm.iter().chain(&stats).map(|s| s.loss()).collect();
+    // The same pairs every step, so the loss falls as the policy trains.
+    let losses: Vec<f64> = stats.iter().map(|s| s.loss()).collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(
         losses[5] < losses[0],
@@ -106,6 +125,29 @@ fn a_steady_dpo_step_allocates_nothing_and_never_waits_for_the_device() {
     assert!(stats
         .iter()
         .all(|s| s.pairs == 4 && s.policy_logps().is_some()));
+}
+
+#[test]
+fn a_steady_reward_model_step_allocates_nothing_and_never_waits_for_the_device() {
+    if !emu_available() {
+        return;
+    }
+    prefer::emu::activate().unwrap();
+    let _serial = LOCK.lock().unwrap();
+    let mut cfg = LlamaConfig::preset("tiny").unwrap();
+    cfg.scalar_head = true;
+    let (before, after, stats, norms) = steady_steps(&cfg, &RewardObjective);
+    assert_steady(before, after);
+    assert_eq!(norms.len(), 3);
+    let losses: Vec<f64> = stats.iter().map(|s| s.loss()).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses[5] < losses[0],
+        "the reward model learns fixed pairs: {losses:?}"
+    );
+    assert!(stats
+        .iter()
+        .all(|s| s.pairs == 4 && s.policy_logps().is_none()));
 }
 
 #[test]

@@ -15,7 +15,6 @@ use super::batch::Batch;
 use super::config::LlamaConfig;
 use crate::loss::{DpoConfig, SeqReduction};
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
-use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{self, AttentionShape, DecodeShape, RopeTables, SamplingParams};
 use anyhow::Result;
 use std::ops::Range;
@@ -35,6 +34,8 @@ pub trait Backend {
     fn act(&self, n: usize) -> Result<Self::Act>;
     /// A zeroed accumulator.
     fn acc(&self, n: usize) -> Result<Self::Acc>;
+    /// As `recycle_act`, for `index` buffers.
+    fn recycle_index(&self, _x: Self::Index) {}
     /// Hands a buffer back for a later `act` of the same length, so a steady loop allocates
     /// nothing after its first step. Dropping it instead is always correct, only slower.
     fn recycle_act(&self, _x: Self::Act) {}
@@ -290,15 +291,17 @@ pub trait Backend {
     /// The Bradley-Terry loss on a micro-batch of pairs (src/train/rm.rs): `dvalue` (zeroed by the
     /// caller) gets grad_scale · ∂(mean loss)/∂value at the reward tokens [2P] (chosen, then
     /// rejected); the mean loss and the rewards come back to the host.
+    #[allow(clippy::too_many_arguments)]
     fn bradley_terry_loss(
         &self,
         dvalue: &mut Self::Acc,
+        rows: &mut Self::Acc,
         value: &Self::Acc,
-        token: &[u32],
-        margin: Option<&[f32]>,
+        token: &Self::Index,
+        margin: Option<&Self::Acc>,
         pairs: usize,
         grad_scale: f32,
-    ) -> Result<RewardPairs>;
+    ) -> Result<()>;
 
     // Online RL's losses (src/rl/trainer.rs), fused on the device.
 
@@ -768,14 +771,17 @@ impl Backend for Cpu {
     fn bradley_terry_loss(
         &self,
         dvalue: &mut Vec<f32>,
+        rows: &mut Vec<f32>,
         value: &Vec<f32>,
-        token: &[u32],
-        margin: Option<&[f32]>,
+        token: &Vec<u32>,
+        margin: Option<&Vec<f32>>,
         pairs: usize,
         grad_scale: f32,
-    ) -> Result<RewardPairs> {
-        Ok(cpu::reward_loss::bradley_terry_loss(
-            dvalue, value, token, margin, pairs, grad_scale,
-        ))
+    ) -> Result<()> {
+        let margin = margin.map(|m| m.as_slice());
+        let out =
+            cpu::reward_loss::bradley_terry_loss(dvalue, value, token, margin, pairs, grad_scale);
+        *rows = cpu::reward_loss::reward_rows(&out, margin);
+        Ok(())
     }
 }

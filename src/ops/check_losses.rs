@@ -145,21 +145,22 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
         let (v_d, t_d) = (eng.upload(&value)?, eng.upload(&token)?);
         let m_d = margin.as_ref().map(|m| eng.upload(m)).transpose()?;
         let mut dv_d = eng.zeros::<f32>(n)?;
-        let mut gpu = Default::default();
+        let mut rows_d = eng.zeros::<f32>(3 * pairs)?;
         let ms = timed(eng, "bradley_terry_loss", || {
             eng.zero(&mut dv_d)?;
-            gpu = cuda::reward_loss::bradley_terry_loss(
+            cuda::reward_loss::bradley_terry_loss(
                 eng,
                 &mut dv_d,
+                &mut rows_d,
                 &v_d,
                 &t_d,
                 m_d.as_ref(),
                 pairs,
                 0.5,
-            )?;
-            Ok(())
+            )
         })?;
-        let gpu: super::cpu::reward_loss::RewardPairs = gpu;
+        let gpu_rows = eng.download(&rows_d)?;
+        let gpu = super::cpu::reward_loss::RewardPairs::from_rows(&gpu_rows, pairs);
         let shape = format!("P={pairs} T={t}{}", if margins { " margins" } else { "" });
         rows.push(compare(
             "bradley_terry_loss dvalue",
@@ -174,6 +175,15 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
             &shape,
             gpu.loss,
             cpu.loss,
+            1e-5,
+            ms,
+        ));
+        let cpu_rows = super::cpu::reward_loss::reward_rows(&cpu, margin.as_deref());
+        rows.push(compare(
+            "bradley_terry_loss pairs",
+            &shape,
+            &gpu_rows,
+            &cpu_rows,
             1e-5,
             ms,
         ));

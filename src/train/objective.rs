@@ -72,13 +72,18 @@ impl PairStats {
     }
 }
 
-/// A micro-batch's loss and metrics where they were computed: on the host, or (DPO) still on
-/// the device as one row per pair, read back only when the training loop logs, so the steps in
-/// between never wait for the device.
+/// A micro-batch's loss and metrics where they were computed, one row per pair (on the device
+/// for a GPU), read back only when the training loop logs, so the steps in between never wait
+/// for the device.
 pub enum PendingStats<B: Backend> {
-    Host(PairStats),
     /// [pairs, 5] rows of `DpoPairs::from_rows`.
     DpoRows {
+        rows: B::Acc,
+        pairs: usize,
+        tokens: usize,
+    },
+    /// [pairs, 3] rows of `RewardPairs::from_rows`.
+    RewardRows {
         rows: B::Acc,
         pairs: usize,
         tokens: usize,
@@ -86,10 +91,9 @@ pub enum PendingStats<B: Backend> {
 }
 
 impl<B: Backend> PendingStats<B> {
-    /// The stats on the host (a device-to-host copy for `DpoRows`).
+    /// The stats on the host (a device-to-host copy for the device rows).
     pub fn resolve(self, o: &B) -> Result<PairStats> {
         match self {
-            PendingStats::Host(s) => Ok(s),
             PendingStats::DpoRows {
                 rows,
                 pairs,
@@ -102,11 +106,37 @@ impl<B: Backend> PendingStats<B> {
                     tokens,
                 ))
             }
+            PendingStats::RewardRows {
+                rows,
+                pairs,
+                tokens,
+            } => {
+                let host = o.to_host(&rows)?;
+                o.recycle_acc(rows);
+                Ok(PairStats::of_reward(&host, pairs, tokens))
+            }
         }
     }
 }
 
 impl PairStats {
+    /// The sums of a reward-model micro-batch's rows [pairs, 3]: loss, chosen and rejected reward.
+    pub fn of_reward(rows: &[f32], pairs: usize, tokens: usize) -> PairStats {
+        let col = |k: usize| (0..pairs).map(move |i| rows[i * 3 + k]);
+        let margins: Vec<f32> = col(1).zip(col(2)).map(|(c, r)| c - r).collect();
+        PairStats {
+            pairs,
+            tokens,
+            loss_sum: col(0).map(|x| x as f64).sum(),
+            correct: margins.iter().filter(|&&m| m > 0.0).count(),
+            ties: margins.iter().filter(|&&m| m == 0.0).count(),
+            margin_sum: margins.iter().map(|&m| m as f64).sum(),
+            chosen_reward_sum: col(1).map(|x| x as f64).sum(),
+            rejected_reward_sum: col(2).map(|x| x as f64).sum(),
+            policy_logp_sums: None,
+        }
+    }
+
     /// The sums of a DPO micro-batch's per-pair outputs.
     pub fn of_dpo(out: &DpoPairs, tokens: usize) -> PairStats {
         let b = out.losses.len();

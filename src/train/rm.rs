@@ -15,27 +15,37 @@ impl RewardObjective {
         split: &Split,
         idx: &[usize],
         grad: Option<(f32, &mut B::Acc)>,
-    ) -> Result<PairStats> {
+    ) -> Result<PendingStats<B>> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pad = model.cfg.pad_token_id;
         let pb = PairBatch::new(&pairs, pad.unwrap_or(0));
         let b = pb.pairs;
         let fwd = model.forward_heads(&pb.batch, Heads::VALUE)?;
         // The loss runs where the values are (kernels/reward_loss.cu on CUDA): the reward tokens'
-        // positions go up, three floats per pair come back.
+        // positions go up, and each pair's loss and rewards stay there until the loop logs.
         let token: Vec<u32> = (0..2 * b).map(|r| pb.reward_token(r, pad) as u32).collect();
-        let margins: Option<Vec<f32>> = pairs
-            .iter()
-            .any(|p| p.margin.is_some())
-            .then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
         let o = &model.backend;
+        let token = o.index(&token)?;
+        let margins = match pairs.iter().any(|p| p.margin.is_some()) {
+            true => Some(
+                o.to_device(
+                    &pairs
+                        .iter()
+                        .map(|p| p.margin.unwrap_or(0.0))
+                        .collect::<Vec<_>>(),
+                )?,
+            ),
+            false => None,
+        };
         let mut dvalue = o.acc(pb.batch.tokens())?;
+        let mut rows = o.acc(3 * b)?;
         let scale = grad.as_ref().map_or(0.0, |(s, _)| *s);
-        let out = o.bradley_terry_loss(
+        o.bradley_terry_loss(
             &mut dvalue,
+            &mut rows,
             &fwd.value,
             &token,
-            margins.as_deref(),
+            margins.as_ref(),
             b,
             scale,
         )?;
@@ -47,22 +57,14 @@ impl RewardObjective {
             model.backward(&fwd, &heads, grads)?;
         }
         fwd.recycle(o);
-        o.recycle_acc(dvalue);
-        let (chosen, rejected) = (&out.chosen, &out.rejected);
-        Ok(PairStats {
+        o.recycle_index(token);
+        for x in [Some(dvalue), margins].into_iter().flatten() {
+            o.recycle_acc(x);
+        }
+        Ok(PendingStats::RewardRows {
+            rows,
             pairs: b,
             tokens: pb.real_tokens(),
-            loss_sum: out.loss as f64 * b as f64,
-            correct: chosen.iter().zip(rejected).filter(|(c, r)| c > r).count(),
-            ties: chosen.iter().zip(rejected).filter(|(c, r)| c == r).count(),
-            margin_sum: chosen
-                .iter()
-                .zip(rejected)
-                .map(|(c, r)| (c - r) as f64)
-                .sum(),
-            chosen_reward_sum: chosen.iter().map(|&r| r as f64).sum(),
-            rejected_reward_sum: rejected.iter().map(|&r| r as f64).sum(),
-            policy_logp_sums: None,
         })
     }
 }
@@ -76,15 +78,9 @@ impl<B: Backend> Objective<B> for RewardObjective {
         scale: f32,
         grads: &mut B::Acc,
     ) -> Result<PendingStats<B>> {
-        // The reward model's three floats per pair come back at once (kernels/reward_loss.cu).
-        Ok(PendingStats::Host(self.run(
-            model,
-            split,
-            idx,
-            Some((scale, grads)),
-        )?))
+        self.run(model, split, idx, Some((scale, grads)))
     }
     fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
-        self.run(model, split, idx, None)
+        self.run(model, split, idx, None)?.resolve(&model.backend)
     }
 }

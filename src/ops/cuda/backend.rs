@@ -10,7 +10,6 @@ use crate::loss::{DpoConfig, SeqReduction};
 use crate::model::backend::Backend;
 use crate::model::{Batch, Llama, LlamaConfig};
 use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
-use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -286,7 +285,20 @@ impl Backend for Cuda {
         })
     }
     fn index(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        self.retrying(|| self.eng.upload(host))
+        let kept = self.pool.borrow_mut().take_u32(host.len().max(1));
+        match kept {
+            Some(mut d) if !host.is_empty() => {
+                self.eng.stream.memcpy_htod(host, &mut d).map_err(|e| {
+                    anyhow::anyhow!("copying {} indices to the GPU: {e:?}", host.len())
+                })?;
+                Ok(d)
+            }
+            Some(d) => Ok(d),
+            None => self.retrying(|| self.eng.upload(host)),
+        }
+    }
+    fn recycle_index(&self, x: CudaSlice<u32>) {
+        self.pool.borrow_mut().give_u32(x);
     }
     fn write_index(&self, dst: &mut CudaSlice<u32>, host: &[u32]) -> Result<()> {
         anyhow::ensure!(
@@ -789,22 +801,15 @@ impl Backend for Cuda {
     fn bradley_terry_loss(
         &self,
         dvalue: &mut CudaSlice<f32>,
+        rows: &mut CudaSlice<f32>,
         value: &CudaSlice<f32>,
-        token: &[u32],
-        margin: Option<&[f32]>,
+        token: &CudaSlice<u32>,
+        margin: Option<&CudaSlice<f32>>,
         pairs: usize,
         grad_scale: f32,
-    ) -> Result<RewardPairs> {
-        let token = self.eng.upload(token)?;
-        let margin = margin.map(|m| self.eng.upload(m)).transpose()?;
+    ) -> Result<()> {
         reward_loss::bradley_terry_loss(
-            &self.eng,
-            dvalue,
-            value,
-            &token,
-            margin.as_ref(),
-            pairs,
-            grad_scale,
+            &self.eng, dvalue, rows, value, token, margin, pairs, grad_scale,
         )
     }
 }

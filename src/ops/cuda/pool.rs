@@ -24,6 +24,7 @@ struct Shelf<T> {
 pub struct Pool {
     bf16: HashMap<usize, Shelf<bf16>>,
     f32: HashMap<usize, Shelf<f32>>,
+    u32: HashMap<usize, Shelf<u32>>,
     /// Counts `retire` calls: the optimiser steps so far.
     step: u64,
     /// Bytes held here, not in use.
@@ -69,6 +70,15 @@ impl Pool {
         self.idle_bytes -= 4 * n;
         Some(x)
     }
+    pub fn take_u32(&mut self, n: usize) -> Option<CudaSlice<u32>> {
+        let x = take(&mut self.u32, n, self.step)?;
+        self.idle_bytes -= 4 * n;
+        Some(x)
+    }
+    pub fn give_u32(&mut self, x: CudaSlice<u32>) {
+        self.idle_bytes += 4 * x.len();
+        give(&mut self.u32, x, self.step);
+    }
     pub fn give_bf16(&mut self, x: CudaSlice<bf16>) {
         self.idle_bytes += 2 * x.len();
         give(&mut self.bf16, x, self.step);
@@ -81,12 +91,15 @@ impl Pool {
     pub fn retire(&mut self) {
         self.step += 1;
         let oldest = self.step.saturating_sub(2);
-        self.idle_bytes -= evict(&mut self.bf16, oldest, 2) + evict(&mut self.f32, oldest, 4);
+        self.idle_bytes -= evict(&mut self.bf16, oldest, 2)
+            + evict(&mut self.f32, oldest, 4)
+            + evict(&mut self.u32, oldest, 4);
     }
     /// Frees every idle buffer.
     pub fn trim(&mut self) {
         self.bf16.clear();
         self.f32.clear();
+        self.u32.clear();
         self.idle_bytes = 0;
     }
 }

@@ -2,23 +2,25 @@
 //! src/ops/cpu/reward_loss.rs.
 
 use super::CudaEngine;
-use crate::ops::cpu::reward_loss::RewardPairs;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-/// dvalue (zeroed by the caller) gets the loss's gradient at the reward tokens; returns the mean
-/// loss and the rewards.
+/// dvalue (zeroed by the caller) gets the loss's gradient at the reward tokens; rows [P, 3] each
+/// pair's loss and rewards (`RewardPairs::from_rows`). Nothing comes back to the host.
+#[allow(clippy::too_many_arguments)]
 pub fn bradley_terry_loss(
     eng: &CudaEngine,
     dvalue: &mut CudaSlice<f32>,
+    rows: &mut CudaSlice<f32>,
     value: &CudaSlice<f32>,
     token: &CudaSlice<u32>,
     margin: Option<&CudaSlice<f32>>,
     pairs: usize,
     grad_scale: f32,
-) -> Result<RewardPairs> {
+) -> Result<()> {
     ensure!(
         pairs > 0
+            && rows.len() == 3 * pairs
             && token.len() == 2 * pairs
             && dvalue.len() == value.len()
             && margin.is_none_or(|m| m.len() == pairs),
@@ -26,12 +28,11 @@ pub fn bradley_terry_loss(
         token.len(),
         value.len()
     );
-    let mut out = eng.zeros::<f32>(pairs * 3)?;
     let p = pairs as i32;
     let null: u64 = 0;
     let f = eng.function("bradley_terry_loss")?;
     let mut l = eng.stream.launch_builder(&f);
-    l.arg(dvalue).arg(&mut out).arg(value).arg(token);
+    l.arg(dvalue).arg(rows).arg(value).arg(token);
     match margin {
         Some(m) => l.arg(m),
         None => l.arg(&null),
@@ -41,11 +42,5 @@ pub fn bradley_terry_loss(
     // the caller's positions in `value`, checked on the host when the batch was built.
     unsafe { l.launch(super::grid_for(pairs, "bradley_terry_loss")?) }
         .map_err(|e| anyhow!("bradley_terry_loss ({pairs} pairs): {e:?}"))?;
-    let host = eng.download(&out)?;
-    let loss = (0..pairs).map(|i| host[i * 3] as f64).sum::<f64>() / pairs as f64;
-    Ok(RewardPairs {
-        loss: loss as f32,
-        chosen: (0..pairs).map(|i| host[i * 3 + 1]).collect(),
-        rejected: (0..pairs).map(|i| host[i * 3 + 2]).collect(),
-    })
+    Ok(())
 }
