@@ -2,7 +2,7 @@
 //! frozen starting model, cached on disk under the hashes of the model and the data, and reused
 //! across epochs and runs. The reference model is never held in memory while training.
 
-use super::objective::{Objective, PairStats, PendingStats, Split};
+use super::objective::{Objective, PairRows, PairStats, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::loss::{sequence_logprobs, DpoConfig, DpoLoss, SeqReduction};
@@ -95,8 +95,9 @@ impl DpoObjective {
         {
             o.recycle_acc(x);
         }
-        Ok(PendingStats::DpoRows {
+        Ok(PendingStats {
             rows: out,
+            layout: PairRows::Dpo,
             pairs: b,
             tokens: pb.real_tokens(),
         })

@@ -4,6 +4,7 @@
 use crate::data::preference::PreferencePair;
 use crate::model::{Backend, Llama};
 use crate::ops::cpu::dpo_loss::DpoPairs;
+use crate::ops::cpu::reward_loss::RewardPairs;
 use anyhow::Result;
 
 /// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.
@@ -72,91 +73,78 @@ impl PairStats {
     }
 }
 
+/// What a pending micro-batch's rows hold.
+#[derive(Clone, Copy, Debug)]
+pub enum PairRows {
+    /// [pairs, 5] of `DpoPairs::from_rows`.
+    Dpo,
+    /// [pairs, 3] of `RewardPairs::from_rows`.
+    Reward,
+}
+
 /// A micro-batch's loss and metrics where they were computed, one row per pair (on the device
 /// for a GPU), read back only when the training loop logs, so the steps in between never wait
 /// for the device.
-pub enum PendingStats<B: Backend> {
-    /// [pairs, 5] rows of `DpoPairs::from_rows`.
-    DpoRows {
-        rows: B::Acc,
-        pairs: usize,
-        tokens: usize,
-    },
-    /// [pairs, 3] rows of `RewardPairs::from_rows`.
-    RewardRows {
-        rows: B::Acc,
-        pairs: usize,
-        tokens: usize,
-    },
+pub struct PendingStats<B: Backend> {
+    pub rows: B::Acc,
+    pub layout: PairRows,
+    pub pairs: usize,
+    pub tokens: usize,
 }
 
 impl<B: Backend> PendingStats<B> {
-    /// The stats on the host (a device-to-host copy for the device rows).
+    /// The stats on the host (a device-to-host copy of the rows).
     pub fn resolve(self, o: &B) -> Result<PairStats> {
-        match self {
-            PendingStats::DpoRows {
-                rows,
-                pairs,
-                tokens,
-            } => {
-                let host = o.to_host(&rows)?;
-                o.recycle_acc(rows);
-                Ok(PairStats::of_dpo(
-                    &DpoPairs::from_rows(&host, pairs),
-                    tokens,
-                ))
+        let host = o.to_host(&self.rows)?;
+        o.recycle_acc(self.rows);
+        Ok(match self.layout {
+            PairRows::Dpo => {
+                PairStats::of_dpo(&DpoPairs::from_rows(&host, self.pairs), self.tokens)
             }
-            PendingStats::RewardRows {
-                rows,
-                pairs,
-                tokens,
-            } => {
-                let host = o.to_host(&rows)?;
-                o.recycle_acc(rows);
-                Ok(PairStats::of_reward(&host, pairs, tokens))
+            PairRows::Reward => {
+                PairStats::of_reward(&RewardPairs::from_rows(&host, self.pairs), self.tokens)
             }
-        }
+        })
     }
 }
 
 impl PairStats {
-    /// The sums of a reward-model micro-batch's rows [pairs, 3]: loss, chosen and rejected reward.
-    pub fn of_reward(rows: &[f32], pairs: usize, tokens: usize) -> PairStats {
-        let col = |k: usize| (0..pairs).map(move |i| rows[i * 3 + k]);
-        let margins: Vec<f32> = col(1).zip(col(2)).map(|(c, r)| c - r).collect();
-        PairStats {
-            pairs,
-            tokens,
-            loss_sum: col(0).map(|x| x as f64).sum(),
-            correct: margins.iter().filter(|&&m| m > 0.0).count(),
-            ties: margins.iter().filter(|&&m| m == 0.0).count(),
-            margin_sum: margins.iter().map(|&m| m as f64).sum(),
-            chosen_reward_sum: col(1).map(|x| x as f64).sum(),
-            rejected_reward_sum: col(2).map(|x| x as f64).sum(),
-            policy_logp_sums: None,
-        }
+    /// A reward-model micro-batch's sums.
+    pub fn of_reward(out: &RewardPairs, tokens: usize) -> PairStats {
+        let loss_sum = out.loss as f64 * out.chosen.len() as f64;
+        PairStats::of_pairs(loss_sum, &out.chosen, &out.rejected, tokens, None)
     }
 
-    /// The sums of a DPO micro-batch's per-pair outputs.
+    /// A DPO micro-batch's sums, with the policy's sequence log-probs.
     pub fn of_dpo(out: &DpoPairs, tokens: usize) -> PairStats {
         let b = out.losses.len();
         let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
-        let margins: Vec<f32> = out
-            .chosen_rewards
-            .iter()
-            .zip(&out.rejected_rewards)
-            .map(|(c, r)| c - r)
-            .collect();
+        let logps = Some((sum(&out.seq[..b]), sum(&out.seq[b..])));
+        let (chosen, rejected) = (&out.chosen_rewards, &out.rejected_rewards);
+        PairStats::of_pairs(sum(&out.losses), chosen, rejected, tokens, logps)
+    }
+
+    /// Sums over pairs with these rewards: a pair counts as correct when its chosen reward is
+    /// higher, a tie when they are equal.
+    fn of_pairs(
+        loss_sum: f64,
+        chosen: &[f32],
+        rejected: &[f32],
+        tokens: usize,
+        policy_logp_sums: Option<(f64, f64)>,
+    ) -> PairStats {
+        let margins: Vec<f32> = chosen.iter().zip(rejected).map(|(c, r)| c - r).collect();
+        let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
         PairStats {
-            pairs: b,
+            pairs: chosen.len(),
             tokens,
-            loss_sum: sum(&out.losses),
+            loss_sum,
             correct: margins.iter().filter(|&&m| m > 0.0).count(),
             ties: margins.iter().filter(|&&m| m == 0.0).count(),
             margin_sum: sum(&margins),
-            chosen_reward_sum: sum(&out.chosen_rewards),
-            rejected_reward_sum: sum(&out.rejected_rewards),
-            policy_logp_sums: Some((sum(&out.seq[..b]), sum(&out.seq[b..]))),
+            chosen_reward_sum: sum(chosen),
+            rejected_reward_sum: sum(rejected),
+            policy_logp_sums,
         }
     }
 }

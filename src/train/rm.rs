@@ -1,7 +1,7 @@
 //! The reward model's objective: Bradley-Terry, −log σ(r_c − r_r − margin), with r the scalar
 //! head at each sequence's last token.
 
-use super::objective::{Objective, PairStats, PendingStats, Split};
+use super::objective::{Objective, PairRows, PairStats, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
@@ -61,8 +61,9 @@ impl RewardObjective {
         for x in [Some(dvalue), margins].into_iter().flatten() {
             o.recycle_acc(x);
         }
-        Ok(PendingStats::RewardRows {
+        Ok(PendingStats {
             rows,
+            layout: PairRows::Reward,
             pairs: b,
             tokens: pb.real_tokens(),
         })
