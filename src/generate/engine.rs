@@ -401,6 +401,8 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.stats.prompt_tokens += admitted.iter().map(|&p| prompts[p].len()).sum::<usize>();
         sample_into(self.model, &self.opts, &mut self.stats, &logits, &mut out)?;
         o.recycle_acc(logits);
+        // Each prefill has its own token count: keep only the recent ones' buffers.
+        o.retire();
         Ok(out)
     }
 

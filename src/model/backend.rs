@@ -46,6 +46,9 @@ pub trait Backend {
     /// Frees the buffers held for reuse: between phases that use different shapes (PPO's rollouts
     /// and its training), so the phases take turns with the memory instead of adding up.
     fn release_idle(&self) {}
+    /// A step is over (an optimiser step, a prefill): buffers of lengths the last few steps did
+    /// not use go back, so a run whose shapes change keeps only its recent shapes' buffers.
+    fn retire(&self) {}
     fn zero(&self, x: &mut Self::Acc) -> Result<()>;
     /// An accumulator's values on the host (head outputs for the losses, which run there).
     fn to_host(&self, x: &Self::Acc) -> Result<Vec<f32>>;

@@ -3,7 +3,7 @@
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
 use super::state::{HostState, TrainState};
-use crate::model::{Batch, HeadGrads, Heads, Llama};
+use crate::model::{Backend, Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
 use anyhow::Result;

@@ -57,6 +57,7 @@ pub struct CudaInputs {
     mask: CudaSlice<u8>,
     positions: CudaSlice<u32>,
     inv_freq: CudaSlice<f32>,
+    inv_freq_host: Vec<f32>,
 }
 
 impl Cuda {
@@ -86,12 +87,6 @@ impl Cuda {
     /// Bytes of device buffers held for reuse (not in use).
     pub fn idle_bytes(&self) -> usize {
         self.pool.borrow().idle_bytes
-    }
-
-    /// An optimiser step is over: buffers of lengths the recent steps did not use go back to
-    /// the driver (a run whose shapes change keeps only its recent shapes' buffers).
-    pub fn retire(&self) {
-        self.pool.borrow_mut().retire();
     }
 
     /// Gives every buffer held for reuse back to the driver.
@@ -226,6 +221,9 @@ impl Backend for Cuda {
     fn release_idle(&self) {
         self.trim();
     }
+    fn retire(&self) {
+        self.pool.borrow_mut().retire();
+    }
     fn zero(&self, x: &mut CudaSlice<f32>) -> Result<()> {
         self.eng.zero(x)
     }
@@ -260,16 +258,17 @@ impl Backend for Cuda {
             let s = &self.eng.stream;
             let err = |e| anyhow::anyhow!("inputs: {e:?}");
             s.memcpy_htod(targets, &mut inp.targets).map_err(err)?;
+            // Another model on this engine may have left them: its rotary frequencies differ.
             let inv_freq = crate::ops::cpu::rope::rope_inv_freq(cfg);
-            if inv_freq.len() == inp.inv_freq.len() {
-                s.memcpy_htod(&inv_freq, &mut inp.inv_freq).map_err(err)?;
-            } else {
-                inp.inv_freq = self.eng.upload(&inv_freq)?;
+            if inv_freq != inp.inv_freq_host {
+                inp.inv_freq = self.retrying(|| self.eng.upload(&inv_freq))?;
+                inp.inv_freq_host = inv_freq;
             }
             inp.groups.fill(&self.eng, &batch.ids)?;
             return Ok(inp);
         }
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
+        let inv_freq = crate::ops::cpu::rope::rope_inv_freq(cfg);
         self.retrying(|| {
             Ok(CudaInputs {
                 ids_host: batch.ids.clone(),
@@ -278,9 +277,8 @@ impl Backend for Cuda {
                 targets: self.eng.upload(targets)?,
                 mask: self.eng.upload(&mask)?,
                 positions: self.eng.upload(&batch.positions)?,
-                inv_freq: self
-                    .eng
-                    .upload(&crate::ops::cpu::rope::rope_inv_freq(cfg))?,
+                inv_freq: self.eng.upload(&inv_freq)?,
+                inv_freq_host: inv_freq.clone(),
             })
         })
     }

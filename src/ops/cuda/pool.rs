@@ -4,8 +4,8 @@
 //! no stream-ordered malloc, no free, in the steady state (DESIGN.md, principle 3).
 //!
 //! Lengths are exact because the launchers check them. Shapes change (DPO pads each batch to its
-//! longest pair), so each length remembers the last step that used it, and `retire` (once an
-//! optimiser step) frees the lengths the last three steps did not touch (PPO's policy and value
+//! longest pair; prefills change with the prompts admitted), so each length remembers the last
+//! step that used it, and `retire` (once an optimiser step or a prefill) frees the lengths the last three steps did not touch (PPO's policy and value
 //! step together: two retires a minibatch); `trim` frees everything
 //! idle (between PPO's rollout and training phases, and before retrying an allocation that ran
 //! out of memory).
@@ -25,7 +25,7 @@ pub struct Pool {
     bf16: HashMap<usize, Shelf<bf16>>,
     f32: HashMap<usize, Shelf<f32>>,
     u32: HashMap<usize, Shelf<u32>>,
-    /// Counts `retire` calls: the optimiser steps so far.
+    /// Counts `retire` calls: the steps so far.
     step: u64,
     /// Bytes held here, not in use.
     pub idle_bytes: usize,
@@ -87,7 +87,7 @@ impl Pool {
         self.idle_bytes += 4 * x.len();
         give(&mut self.f32, x, self.step);
     }
-    /// One optimiser step is over: frees the lengths the last three steps did not use.
+    /// One step is over: frees the lengths the last three steps did not use.
     pub fn retire(&mut self) {
         self.step += 1;
         let oldest = self.step.saturating_sub(2);
