@@ -9,6 +9,9 @@ use prefer::rl::advantages::{advantages, Algo, RewardSwitches, ScoredBatch};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::interrupt_after_rows;
+
 const B: usize = 3;
 const T: usize = 4;
 
@@ -625,7 +628,6 @@ fn a_ppo_config_file_is_read_and_flags_override_it() {
 #[test]
 fn ctrl_c_during_ppo_saves_exits_130_and_the_resume_ends_bitwise_equal() {
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (base, rm, prompts) = setup(dir.path());
     let args = |out: &str| ppo_args(&base, &rm, &prompts, &dir.path().join(out), "12", "12");
@@ -637,21 +639,7 @@ fn ctrl_c_during_ppo_saves_exits_130_and_the_resume_ends_bitwise_equal() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let rows = dir.path().join("run/metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&rows).map_or(0, |m| m.lines().count()) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no iteration in 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt_after_rows(child, &dir.path().join("run/metrics.jsonl"), 2);
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{e}");
     assert!(

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
+use common::interrupt_after_rows;
 
 fn prefer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prefer"))
@@ -99,21 +101,7 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         .spawn()
         .unwrap();
     // Interrupt once a few steps are done.
-    let metrics = root.join("run/metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no steps in 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt_after_rows(child, &root.join("run/metrics.jsonl"), 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted at step "), "{stderr}");

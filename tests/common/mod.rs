@@ -119,3 +119,28 @@ pub fn emu_available() -> bool {
         }
     }
 }
+
+/// Sends Ctrl-C (SIGINT) to `child` once `rows` (a metrics.jsonl) has `n` lines, and returns its
+/// output; fails if that takes over two minutes.
+pub fn interrupt_after_rows(
+    child: std::process::Child,
+    rows: &std::path::Path,
+    n: usize,
+) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    while std::fs::read_to_string(rows).map_or(0, |m| m.lines().count()) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "fewer than {n} rows in {} after 2 minutes",
+            rows.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
+}
