@@ -376,43 +376,45 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dk, bf16* dv, const bf1
 }
 
 // ---- entry points, one per head dim -----------------------------------------------------------
+// Their arguments are the reference kernels' (kernels/attention.cu), so one launcher serves both;
+// B and hd are also carried by the grid and the template.
 #define FA_DIMS FaDims{T, H, Hkv, H / Hkv, scale}
 
-extern "C" __global__ void flash_forward_hd16(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_forward_hd16(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_forward<16>(out, lse, q, k, v, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_forward_hd32(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_forward_hd32(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_forward<32>(out, lse, q, k, v, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_forward_hd64(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_forward_hd64(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_forward<64>(out, lse, q, k, v, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_forward_hd128(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_forward_hd128(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_forward<128>(out, lse, q, k, v, key_mask, FA_DIMS);
 }
 
-extern "C" __global__ void flash_backward_dq_hd16(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dq_hd16(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dq<16>(dq, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dq_hd32(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dq_hd32(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dq<32>(dq, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dq_hd64(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dq_hd64(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dq<64>(dq, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dq_hd128(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dq_hd128(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dq<128>(dq, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
 
-extern "C" __global__ void flash_backward_dkv_hd16(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dkv_hd16(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dkv<16>(dk, dv, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dkv_hd32(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dkv_hd32(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dkv<32>(dk, dv, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dkv_hd64(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dkv_hd64(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dkv<64>(dk, dv, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }
-extern "C" __global__ void flash_backward_dkv_hd128(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int T, int H, int Hkv, float scale) {
+extern "C" __global__ void flash_backward_dkv_hd128(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, const uint8_t* key_mask, int B, int T, int H, int Hkv, int hd, float scale) {
     flash_backward_dkv<128>(dk, dv, dout, q, k, v, lse, D, key_mask, FA_DIMS);
 }

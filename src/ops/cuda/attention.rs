@@ -40,15 +40,45 @@ impl AttentionKernel {
     }
 }
 
-/// Tensor-core launch: grid (tiles, Hkv, B) over `rows` rows per KV head, with `shared` bytes.
-/// Tiles above 48 KB need the function's opt-in.
-fn flash_launch(
-    f: &CudaFunction,
-    s: &AttentionShape,
-    rows: usize,
-    tile: usize,
-    shared: usize,
-) -> Result<LaunchConfig> {
+/// The three attention kernels of each implementation.
+#[derive(Clone, Copy)]
+enum Op {
+    Forward,
+    BackwardDq,
+    BackwardDkv,
+}
+
+/// The kernel that serves `op` at this shape, and its launch. Tensor cores: grid (tiles, Hkv, B)
+/// over packed query rows (or keys, for dk/dv), shared memory as the kernel lays its tiles out
+/// (above 48 KB with the function's opt-in). Reference: grid (ceil(T/ROWS), heads, B).
+fn kernel_for(eng: &CudaEngine, s: &AttentionShape, op: Op) -> Result<(CudaFunction, LaunchConfig)> {
+    let name = match op {
+        Op::Forward => "forward",
+        Op::BackwardDq => "backward_dq",
+        Op::BackwardDkv => "backward_dkv",
+    };
+    if AttentionKernel::for_shape(s) == AttentionKernel::Reference {
+        let f = eng.function(&format!("attention_reference_{name}"))?;
+        let cfg = match op {
+            Op::Forward => grid(s, s.heads, 1, 2),
+            Op::BackwardDq => grid(s, s.heads, 2, 2),
+            Op::BackwardDkv => grid(s, s.kv_heads, 2, 2),
+        };
+        return Ok((f, cfg));
+    }
+    let f = eng.function(&format!("flash_{name}_hd{}", s.head_dim))?;
+    let packed = s.seq * (s.heads / s.kv_heads);
+    let (rows, shared) = match op {
+        // Q tile, K and V double-buffered, the key tiles' masks (u16).
+        Op::Forward => (packed, fa_rows(s, 5 * FA_TILE) + 2 * FA_TILE * 2),
+        // Q and dO tiles, K and V double-buffered, masks.
+        Op::BackwardDq => (packed, fa_rows(s, 6 * FA_TILE) + 2 * FA_TILE * 2),
+        // K and V of the block's keys, Q and dO tiles double-buffered, their lse and D (f32).
+        Op::BackwardDkv => (
+            s.seq,
+            fa_rows(s, 2 * FA_TILE + 4 * FA_DKV_QTILE) + 4 * FA_DKV_QTILE * 4,
+        ),
+    };
     if shared > 48 * 1024 {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -56,15 +86,12 @@ fn flash_launch(
         )
         .map_err(|e| anyhow!("attention: {shared} bytes of shared memory per block: {e:?}"))?;
     }
-    Ok(LaunchConfig {
-        grid_dim: (
-            rows.div_ceil(tile) as u32,
-            s.kv_heads as u32,
-            s.batch as u32,
-        ),
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(FA_TILE) as u32, s.kv_heads as u32, s.batch as u32),
         block_dim: (FA_THREADS, 1, 1),
         shared_mem_bytes: shared as u32,
-    })
+    };
+    Ok((f, cfg))
 }
 
 /// Bytes of `n` shared rows of the head dim, padded.
@@ -126,25 +153,13 @@ pub fn attention_forward(
     );
     let [b, t, h, hkv, hd] = dims(&s);
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    if AttentionKernel::for_shape(&s) == AttentionKernel::Flash {
-        let f = eng.function(&format!("flash_forward_hd{}", s.head_dim))?;
-        // Q tile, K and V double-buffered, and the key tiles' masks (u16).
-        let shared = fa_rows(&s, FA_TILE + 4 * FA_TILE) + 2 * FA_TILE * 2;
-        let cfg = flash_launch(&f, &s, s.seq * (s.heads / s.kv_heads), FA_TILE, shared)?;
-        let mut l = eng.stream.launch_builder(&f);
-        l.arg(out).arg(lse).arg(q).arg(k).arg(v).arg(key_mask);
-        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
-        // SAFETY: arguments match flash_forward_hd*; lengths checked above; shared as the kernel lays it out.
-        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_forward ({s:?}): {e:?}"))?;
-        return Ok(());
-    }
-    let f = eng.function("attention_reference_forward")?;
+    let (f, cfg) = kernel_for(eng, &s, Op::Forward)?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(out).arg(lse).arg(q).arg(k).arg(v).arg(key_mask);
     l.arg(&b).arg(&t).arg(&h).arg(&hkv).arg(&hd).arg(&scale);
-    // SAFETY: arguments match the kernel; lengths checked above; shared memory sized for its tiles.
-    unsafe { l.launch(grid(&s, s.heads, 1, 2)) }
-        .map_err(|e| anyhow!("attention_forward ({s:?}): {e:?}"))?;
+    // SAFETY: arguments match both kernels' signatures; lengths checked above; shared memory
+    // sized for the chosen kernel's tiles.
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("attention_forward ({s:?}): {e:?}"))?;
     Ok(())
 }
 
@@ -201,45 +216,7 @@ pub fn attention_backward(
     // SAFETY: one warp per (b,t,h) row; lengths checked above.
     unsafe { l.launch(cfg) }.map_err(|e| anyhow!("attention_backward_rowdot ({s:?}): {e:?}"))?;
 
-    if AttentionKernel::for_shape(&s) == AttentionKernel::Flash {
-        let group = s.heads / s.kv_heads;
-        let f = eng.function(&format!("flash_backward_dq_hd{}", s.head_dim))?;
-        // Q and dO tiles, K and V double-buffered, masks (u16).
-        let shared = fa_rows(&s, 2 * FA_TILE + 4 * FA_TILE) + 2 * FA_TILE * 2;
-        let cfg = flash_launch(&f, &s, s.seq * group, FA_TILE, shared)?;
-        let mut l = eng.stream.launch_builder(&f);
-        l.arg(dq)
-            .arg(dout)
-            .arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(lse)
-            .arg(&*rowdot)
-            .arg(key_mask);
-        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
-        // SAFETY: arguments match flash_backward_dq_hd*; lengths checked above.
-        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_backward_dq ({s:?}): {e:?}"))?;
-
-        let f = eng.function(&format!("flash_backward_dkv_hd{}", s.head_dim))?;
-        // K and V of the block's keys, Q and dO tiles double-buffered, their lse and D.
-        let shared = fa_rows(&s, 2 * FA_TILE + 4 * FA_DKV_QTILE) + 4 * FA_DKV_QTILE * 4;
-        let cfg = flash_launch(&f, &s, s.seq, FA_TILE, shared)?;
-        let mut l = eng.stream.launch_builder(&f);
-        l.arg(dk)
-            .arg(dv)
-            .arg(dout)
-            .arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(lse)
-            .arg(&*rowdot)
-            .arg(key_mask);
-        l.arg(&t).arg(&h).arg(&hkv).arg(&scale);
-        // SAFETY: arguments match flash_backward_dkv_hd*; lengths checked above.
-        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("flash_backward_dkv ({s:?}): {e:?}"))?;
-        return Ok(());
-    }
-    let f = eng.function("attention_reference_backward_dq")?;
+    let (f, cfg) = kernel_for(eng, &s, Op::BackwardDq)?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dq)
         .arg(dout)
@@ -251,10 +228,9 @@ pub fn attention_backward(
         .arg(key_mask);
     l.arg(&b).arg(&t).arg(&h).arg(&hkv).arg(&hd).arg(&scale);
     // SAFETY: as the forward.
-    unsafe { l.launch(grid(&s, s.heads, 2, 2)) }
-        .map_err(|e| anyhow!("attention_backward_dq ({s:?}): {e:?}"))?;
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("attention_backward_dq ({s:?}): {e:?}"))?;
 
-    let f = eng.function("attention_reference_backward_dkv")?;
+    let (f, cfg) = kernel_for(eng, &s, Op::BackwardDkv)?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(dk)
         .arg(dv)
@@ -266,8 +242,7 @@ pub fn attention_backward(
         .arg(&*rowdot)
         .arg(key_mask);
     l.arg(&b).arg(&t).arg(&h).arg(&hkv).arg(&hd).arg(&scale);
-    // SAFETY: as the forward, one block per ROWS keys of one KV head.
-    unsafe { l.launch(grid(&s, s.kv_heads, 2, 2)) }
-        .map_err(|e| anyhow!("attention_backward_dkv ({s:?}): {e:?}"))?;
+    // SAFETY: as the forward; one block per tile of keys of one KV head.
+    unsafe { l.launch(cfg) }.map_err(|e| anyhow!("attention_backward_dkv ({s:?}): {e:?}"))?;
     Ok(())
 }
