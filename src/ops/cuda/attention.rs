@@ -51,7 +51,11 @@ enum Op {
 /// The kernel that serves `op` at this shape, and its launch. Tensor cores: grid (tiles, Hkv, B)
 /// over packed query rows (or keys, for dk/dv), shared memory as the kernel lays its tiles out
 /// (above 48 KB with the function's opt-in). Reference: grid (ceil(T/ROWS), heads, B).
-fn kernel_for(eng: &CudaEngine, s: &AttentionShape, op: Op) -> Result<(CudaFunction, LaunchConfig)> {
+fn kernel_for(
+    eng: &CudaEngine,
+    s: &AttentionShape,
+    op: Op,
+) -> Result<(CudaFunction, LaunchConfig)> {
     let name = match op {
         Op::Forward => "forward",
         Op::BackwardDq => "backward_dq",
@@ -87,7 +91,11 @@ fn kernel_for(eng: &CudaEngine, s: &AttentionShape, op: Op) -> Result<(CudaFunct
         .map_err(|e| anyhow!("attention: {shared} bytes of shared memory per block: {e:?}"))?;
     }
     let cfg = LaunchConfig {
-        grid_dim: (rows.div_ceil(FA_TILE) as u32, s.kv_heads as u32, s.batch as u32),
+        grid_dim: (
+            rows.div_ceil(FA_TILE) as u32,
+            s.kv_heads as u32,
+            s.batch as u32,
+        ),
         block_dim: (FA_THREADS, 1, 1),
         shared_mem_bytes: shared as u32,
     };
