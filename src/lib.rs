@@ -12,5 +12,7 @@ pub mod generate;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod output;
 pub mod rl;
+pub mod signals;
 pub mod train;

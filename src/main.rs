@@ -56,9 +56,12 @@ enum Command {
         /// tiny, llama-134m or llama-1b
         #[arg(long)]
         preset: String,
-        /// The folder to write (created; an existing checkpoint there is replaced).
+        /// The folder to write: new or empty (or, with --overwrite, an earlier init's checkpoint).
         #[arg(long)]
         out: PathBuf,
+        /// Replace the checkpoint an earlier prefer init wrote in --out (only its files).
+        #[arg(long)]
+        overwrite: bool,
         /// Seed of the random weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -229,7 +232,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A command a signal stopped (generate, logprobs, eval-rm) exits as one killed by it.
+            match e.downcast_ref::<prefer::signals::Interrupted>() {
+                Some(i) => {
+                    std::process::ExitCode::from(prefer::signals::exit_status(i.signal) as u8)
+                }
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -244,6 +253,7 @@ fn run(command: Command) -> Result<()> {
             dtype,
             layers,
             init_std,
+            overwrite,
         } => {
             let opts = cmd::init::InitOptions {
                 seed,
@@ -251,6 +261,7 @@ fn run(command: Command) -> Result<()> {
                 dtype,
                 layers,
                 init_std,
+                overwrite,
             };
             cmd::init::run_init(&preset, &out, &opts)
         }
@@ -299,7 +310,7 @@ fn run(command: Command) -> Result<()> {
         Command::Ppo(args) => {
             let s = prefer::rl::run_ppo(args)?;
             if s.interrupted {
-                std::process::exit(130);
+                cmd::train::exit_for_signal();
             }
             Ok(())
         }

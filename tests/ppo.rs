@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::interrupt_after_rows;
+use common::signal_after_rows;
 
 const B: usize = 3;
 const T: usize = 4;
@@ -244,6 +244,7 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     run_init("tiny", &base, &opts).unwrap();
     let data = root.join("train.jsonl");
@@ -503,6 +504,7 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     run_init("tiny", &base, &opts).unwrap();
     let prompts = dir.path().join("plus1.jsonl");
@@ -639,11 +641,11 @@ fn ctrl_c_during_ppo_saves_exits_130_and_the_resume_ends_bitwise_equal() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let out = interrupt_after_rows(child, &dir.path().join("run/metrics.jsonl"), 2);
+    let out = signal_after_rows(child, &dir.path().join("run/metrics.jsonl"), 2, "INT");
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{e}");
     assert!(
-        e.contains("interrupted at iteration ") && e.contains("/12; checkpoint saved"),
+        e.contains("interrupted by SIGINT at iteration ") && e.contains("/12; checkpoint saved"),
         "{e}"
     );
     let o = prefer()

@@ -244,6 +244,7 @@ fn trainer_refuses_a_tokenizer_that_does_not_fit_the_model() {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     prefer::cmd::init::run_init("tiny", &base, &opts).unwrap();
     // A model whose vocabulary (200) is smaller than the tokenizer's 259 ids; its own special ids

@@ -80,6 +80,7 @@ fn epochs_count_micro_batches_not_rounded_up_steps() {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     run_init("tiny", &dir.path().join("base"), &opts).unwrap();
     std::fs::write(dir.path().join("d.jsonl"), synthetic_preferences(10, 1)).unwrap();

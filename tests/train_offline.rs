@@ -22,6 +22,7 @@ fn setup(train_pairs: usize) -> Setup {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     run_init("tiny", &root.join("base"), &opts).unwrap();
     std::fs::write(
@@ -211,7 +212,10 @@ fn a_loss_that_stops_being_finite_ends_the_run_naming_the_step() {
     let msg = format!("{err:#}");
     assert!(msg.contains("(not finite)"), "{msg}");
     assert!(msg.starts_with("step "), "{msg}");
-    assert!(msg.contains("the last checkpoint is in"), "{msg}");
+    // Nothing was saved before the blow-up (--save-every 500): the message names no checkpoint
+    // folder that does not exist.
+    assert!(msg.contains("no checkpoint was saved before it"), "{msg}");
+    assert!(!s.root.join("nan/checkpoint").exists());
     // The rows before the bad step were written, each finite.
     let rows = metrics(&s.root.join("nan"));
     let bad_step: usize = msg["step ".len()..]

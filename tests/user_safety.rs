@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::interrupt_after_rows;
+use common::signal_after_rows;
 
 fn prefer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prefer"))
@@ -101,10 +101,13 @@ fn ctrl_c_saves_says_so_exits_130_and_resumes_bitwise() {
         .spawn()
         .unwrap();
     // Interrupt once a few steps are done.
-    let out = interrupt_after_rows(child, &root.join("run/metrics.jsonl"), 3);
+    let out = signal_after_rows(child, &root.join("run/metrics.jsonl"), 3, "INT");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted at step "), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT at step "),
+        "{stderr}"
+    );
     assert!(stderr.contains("/24; checkpoint saved in "), "{stderr}"); // 256 pairs, 3 epochs, 32 a step
     assert!(
         stderr.contains(&format!(

@@ -95,6 +95,7 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        overwrite: false,
     };
     run_init("tiny", &base, &opts)?;
     let (train, eval) = (out.join("data/train.jsonl"), out.join("data/eval.jsonl"));
@@ -145,7 +146,7 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         ..Default::default()
     })?;
     if ppo.interrupted {
-        std::process::exit(130);
+        super::train::exit_for_signal();
     }
 
     let show = |name: &str, s: &RunSummary, dir: &Path| {

@@ -13,6 +13,7 @@ use crate::model::weights::load_checkpoint;
 use crate::model::{Backend, Batch, Heads, Llama};
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::backend::Cuda;
+use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::Write;
@@ -146,6 +147,8 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
 
 pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
     args.validate()?;
+    refuse_output_that_is_an_input(("--out", &args.out), &[("--prompts", Some(&args.prompts))])?;
+    crate::signals::install();
     let (cfg, params) = load_checkpoint(&args.model)?;
     let policy = Llama::new(cfg, params);
     if policy.layout.lm_head.is_none() {
@@ -305,6 +308,7 @@ impl Job<'_> {
             graphs: true,
         };
         let mut engine = Engine::new(policy, opts)?;
+        engine.stop_on_signal = true;
         let total = self.prompts.len() * a.n;
         let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
@@ -364,11 +368,9 @@ fn write_output(
     stops: &StopStrings,
     tokenizer: &TextTokenizer,
 ) -> Result<()> {
-    let out = &args.out;
-    let tmp = out.with_extension("jsonl.tmp");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
+    crate::signals::check(|| format!("{} was not written", args.out.display()))?;
+    // A uniquely named file beside --out, renamed over it when whole (see AtomicFile).
+    let mut w = AtomicFile::create(&args.out)?;
     for (p, prompt) in prompts.iter().enumerate() {
         let group = &rollouts[p * args.n..(p + 1) * args.n];
         let keep: Vec<usize> = match (args.best_of, rewards) {
@@ -402,8 +404,5 @@ fn write_output(
             writeln!(w, "{}", Value::Object(line))?;
         }
     }
-    w.flush()?;
-    drop(w);
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    w.commit()
 }

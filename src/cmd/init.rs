@@ -2,9 +2,11 @@
 
 use crate::data::tokenizer::{byte_tokenizer_config_json, byte_tokenizer_json};
 use crate::model::init::init_params;
-use crate::model::weights::{save_checkpoint, SaveDtype};
+use crate::model::weights::{save_model_into, SaveDtype};
 use crate::model::{LlamaConfig, ParamLayout};
-use anyhow::Result;
+use crate::output::folder::{list_entries, INIT_MARKER};
+use crate::output::{inspect_folder, write_file_atomically, FolderState};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 pub struct InitOptions {
@@ -13,6 +15,27 @@ pub struct InitOptions {
     pub dtype: SaveDtype,
     pub layers: Option<usize>,
     pub init_std: Option<f32>,
+    /// Replace a checkpoint an earlier `prefer init` wrote in the folder.
+    pub overwrite: bool,
+}
+
+/// Refuses any folder but a new or empty one, or (with `--overwrite`) one an earlier `prefer init`
+/// wrote: init never writes over a user's model or files.
+fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+    let shown = out.display();
+    match inspect_folder(out)? {
+        FolderState::Absent | FolderState::Empty => Ok(()),
+        FolderState::InitCheckpoint if overwrite => Ok(()),
+        FolderState::InitCheckpoint => bail!(
+            "{shown} holds a checkpoint an earlier prefer init wrote; --overwrite replaces it"
+        ),
+        FolderState::Run => bail!("{shown} is a training run's folder; choose another --out"),
+        FolderState::Foreign(names) => bail!(
+            "{shown} is not empty (it holds {}) and prefer init did not write it; choose a new or empty folder",
+            list_entries(&names)
+        ),
+        FolderState::NotAFolder => bail!("--out {shown} exists and is not a folder"),
+    }
 }
 
 pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
@@ -22,6 +45,7 @@ pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
         dtype,
         ..
     } = *opts;
+    check_out(out, opts.overwrite)?;
     let mut cfg = LlamaConfig::preset(preset)?;
     cfg.scalar_head = scalar_head;
     if let Some(layers) = opts.layers {
@@ -39,7 +63,12 @@ pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
     let params = init_params(&cfg, &layout, seed);
     let tokenizer = byte_tokenizer_json();
     let tokenizer_config = byte_tokenizer_config_json();
-    save_checkpoint(
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // The marker first: an interrupted init leaves a folder it may finish later.
+    let marker = serde_json::json!({"written_by": "prefer init", "preset": preset, "seed": seed});
+    write_file_atomically(&out.join(INIT_MARKER), marker.to_string().as_bytes())?;
+    // Each file whole (staged in the folder, renamed in with config.json last).
+    save_model_into(
         out,
         &cfg,
         &params,

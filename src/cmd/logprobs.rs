@@ -7,6 +7,7 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Batch, Llama};
 use crate::ops::cuda::backend::Cuda;
+use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::io::Write;
@@ -23,6 +24,8 @@ struct InputLine {
 }
 
 pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) -> Result<()> {
+    refuse_output_that_is_an_input(("--out", out), &[("--input", Some(input))])?;
+    crate::signals::install();
     let (cfg, params) = load_checkpoint(model_dir)?;
     let model = Llama::new(cfg, params);
     let lines = read_jsonl::<InputLine>(input)?;
@@ -107,9 +110,11 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     };
 
     let pad = model.cfg.pad_token_id.unwrap_or(0);
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = std::io::BufWriter::new(file);
+    // Written beside --out and renamed over it when whole: a failure or a signal leaves the old
+    // file as it was.
+    let mut w = AtomicFile::create(out)?;
     for chunk in seqs.chunks(BATCH) {
+        crate::signals::check(|| format!("{} was left as it was", out.display()))?;
         let batch = Batch::right_padded(chunk, pad);
         let (logp, value) = run(&batch)?;
         for (b, s) in chunk.iter().enumerate() {
@@ -125,7 +130,7 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
             writeln!(w, "{}", serde_json::Value::Object(line))?;
         }
     }
-    w.flush()?;
+    w.commit()?;
     eprintln!("wrote {} lines to {}", seqs.len(), out.display());
     Ok(())
 }

@@ -15,12 +15,19 @@ pub fn run_dpo(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A run stopped by Ctrl-C has saved its checkpoint and said so; the exit status is 130 (128 +
-/// SIGINT), so scripts and shells see the interruption.
+/// A run stopped by a signal has saved its checkpoint and said so; the exit status is 128 + the
+/// signal (130 for Ctrl-C, 143 for SIGTERM), so schedulers, scripts and shells see the
+/// interruption.
 pub fn exit_if_interrupted(summary: &RunSummary) {
     if summary.interrupted {
-        std::process::exit(130);
+        exit_for_signal();
     }
+}
+
+/// Exits with 128 + the stop signal received (130 when none is known).
+pub fn exit_for_signal() -> ! {
+    let sig = crate::signals::received().unwrap_or(signal_hook::consts::SIGINT);
+    std::process::exit(crate::signals::exit_status(sig));
 }
 
 pub fn run_eval_rm(model: &Path, data: &Path, batch_size: usize, device: Device) -> Result<()> {

@@ -131,6 +131,9 @@ pub struct Engine<'m, B: Backend> {
     max_blocks: usize,
     slots: Vec<StepSlot<B>>,
     pub stats: EngineStats,
+    /// Stop between steps with [`crate::signals::Interrupted`] once a stop signal arrives (for
+    /// `prefer generate`; a PPO iteration instead finishes its rollouts and then saves).
+    pub stop_on_signal: bool,
 }
 
 /// The cache and the step buffers go back to the backend, so the next engine on this model (the
@@ -181,6 +184,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             max_blocks: 1,
             slots: Vec::new(),
             stats: EngineStats::default(),
+            stop_on_signal: false,
         })
     }
 
@@ -234,6 +238,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();
         let mut running: Vec<Seq> = Vec::new();
         while !waiting.is_empty() || !running.is_empty() {
+            if self.stop_on_signal {
+                crate::signals::check(|| "no output was written".to_string())?;
+            }
             let admitted = self.admit(prompts, &mut waiting, running.len())?;
             if !admitted.is_empty() {
                 let new = self.prefill(prompts, &admitted)?;

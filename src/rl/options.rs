@@ -153,6 +153,11 @@ pub struct PpoArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Replace the earlier run in --out: its own files (checkpoint, logs, models) are removed
+    /// first, and nothing else in the folder is touched.
+    #[arg(long)]
+    #[serde(skip)]
+    pub overwrite: bool,
     /// Stop (with a checkpoint) after this many iterations, as Ctrl-C would: for testing resumes.
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -211,13 +216,12 @@ fn merge(a: &PpoArgs, b: &PpoArgs) -> Result<PpoArgs> {
     (merged.config, merged.resume, merged.stop_after) =
         (a.config.clone(), a.resume.clone(), a.stop_after);
     merged.replay_rollouts = a.replay_rollouts.clone();
+    merged.overwrite = a.overwrite;
     Ok(merged)
 }
 
 fn read_toml(path: &Path) -> Result<PpoArgs> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: not a valid ppo config", path.display()))
+    Ok(crate::train::run_folder::read_options_toml(path)?.0)
 }
 
 impl PpoArgs {

@@ -34,13 +34,13 @@ use crate::ops::cpu::SamplingParams;
 use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
 use crate::train::gpu_step::GpuTrainer;
 use crate::train::metrics::MetricsLog;
+use crate::train::run_folder::{refuse_changed_run_inputs, write_run_toml, OpenRun};
 use crate::train::state::{CpuState, TrainState};
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// What a run did, for the command line and the demo.
@@ -85,25 +85,38 @@ struct Setup {
 
 pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     let resume = args.resume.is_some();
+    if resume && args.overwrite {
+        bail!("--overwrite starts a new run in place of an earlier one; --resume continues one: give one of them");
+    }
+    let overwrite = args.overwrite;
     let args = args.with_files()?;
     let opts = args.clone().resolve()?;
     let ckpt = opts.out.join("checkpoint");
-    if !resume && ckpt.exists() {
-        bail!(
-            "{} already holds a run: continue it with --resume {0}, or choose another --out",
-            opts.out.display()
-        );
+    let inputs = [
+        ("--policy", Some(opts.policy.as_path())),
+        ("--reward-model", opts.reward_model.as_deref()),
+        ("--value-model", opts.value_model.as_deref()),
+        ("--prompts", Some(opts.prompts.as_path())),
+    ];
+    // Held until the run ends: a second run in the same folder fails at once.
+    let _folder = OpenRun {
+        out: &opts.out,
+        resume,
+        overwrite,
+        inputs: &inputs,
+        command: "prefer ppo",
     }
-    if resume && !crate::model::weights::resolve_checkpoint_dir(&ckpt).exists() {
-        bail!(
-            "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again without --resume",
-            opts.out.display()
-        );
-    }
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("creating {}", opts.out.display()))?;
-    if !resume {
-        crate::train::options::write_run_toml(&opts.out, args.clone(), |a| {
+    .open()?;
+    if resume {
+        if !crate::model::weights::resolve_checkpoint_dir(&ckpt).exists() {
+            bail!(
+                "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again with --overwrite",
+                opts.out.display()
+            );
+        }
+        refuse_changed_run_inputs(&opts.out, &inputs.map(|(_, p)| p))?;
+    } else {
+        write_run_toml(&opts.out, args.clone(), |a| {
             vec![
                 &mut a.policy,
                 &mut a.reward_model,
@@ -113,6 +126,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
             ]
         })?;
     }
+    crate::signals::install();
 
     let (policy_cfg, policy_params) = load_checkpoint(&opts.policy)?;
     if !policy_cfg.has_lm_head() || policy_cfg.scalar_head {
@@ -401,7 +415,6 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             total
         );
     }
-    crate::train::trainer::install_interrupt_handler();
     let mut metrics = MetricsLog::open(&o.out.join("metrics.jsonl"), state.next_iteration + 1)?;
     // Every completion with its score, per iteration (TRL logs a table of them).
     let mut rollout_log =
@@ -720,7 +733,8 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             );
         }
         state.next_iteration = done;
-        let by_user = crate::train::trainer::INTERRUPTED.load(Ordering::SeqCst);
+        let signal = crate::signals::received();
+        let by_user = signal.is_some();
         let stop = by_user || o.stop_after == Some(done);
         if stop || done % o.save_every == 0 || done == total {
             save_rl_checkpoint(&ckpt, &m, s, &state)?;
@@ -728,7 +742,10 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
         if stop && done < total {
             eprintln!(
                 "{} at iteration {done}/{total}; checkpoint saved; continue with prefer ppo --resume {}",
-                if by_user { "interrupted" } else { "stopped" },
+                match signal {
+                    Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
+                    None => "stopped".to_string(),
+                },
                 o.out.display()
             );
             summary.interrupted = by_user;

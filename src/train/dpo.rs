@@ -155,10 +155,8 @@ impl DpoObjective {
         let values = self.reference_logprobs(model, pairs, batch_size)?;
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating {}", cache_dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string(&values)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)?;
+        // Whole or not at all, under a name of its own: runs share the cache.
+        crate::output::write_file_atomically(&path, serde_json::to_string(&values)?.as_bytes())?;
         Ok((values, false))
     }
 }

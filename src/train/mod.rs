@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod dpo;
+pub mod fingerprint;
 pub mod gpu_step;
 pub mod memory_plan;
 pub mod metrics;
@@ -12,6 +13,7 @@ pub mod optimizer;
 pub mod options;
 pub mod pair_batch;
 pub mod rm;
+pub mod run_folder;
 pub mod schedule;
 pub mod state;
 pub mod trainer;

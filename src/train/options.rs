@@ -108,6 +108,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Replace the earlier run in --out: its own files (checkpoint, logs, model) are removed
+    /// first, and nothing else in the folder is touched.
+    #[arg(long)]
+    #[serde(skip)]
+    pub overwrite: bool,
     /// Stop (with a checkpoint) after this many steps, as Ctrl-C would: for testing resumes.
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -174,7 +179,7 @@ pub struct TrainOptions {
 /// Fills every field of `a` that is unset from `b`.
 fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
     macro_rules! pick {
-        ($($f:ident),*) => { TrainArgs { $($f: a.$f.or(b.$f),)* config: a.config, resume: a.resume, stop_after: a.stop_after, trainer: a.trainer.or(b.trainer) } };
+        ($($f:ident),*) => { TrainArgs { $($f: a.$f.or(b.$f),)* config: a.config, resume: a.resume, overwrite: a.overwrite, stop_after: a.stop_after, trainer: a.trainer.or(b.trainer) } };
     }
     pick!(
         model,
@@ -208,24 +213,8 @@ fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
     )
 }
 
-/// Writes a run's options to `out/run.toml` with the path options `paths` picks made absolute,
-/// so `--resume` works from any directory. Shared by the offline trainers and `prefer ppo`.
-pub(crate) fn write_run_toml<T: Serialize>(
-    out: &Path,
-    mut saved: T,
-    paths: impl FnOnce(&mut T) -> Vec<&mut Option<PathBuf>>,
-) -> Result<()> {
-    for p in paths(&mut saved).into_iter().flatten() {
-        *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
-    }
-    std::fs::write(out.join("run.toml"), toml::to_string(&saved)?)
-        .with_context(|| format!("writing {}", out.join("run.toml").display()))
-}
-
 pub fn read_toml(path: &Path) -> Result<TrainArgs> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: not a valid run config", path.display()))
+    Ok(crate::train::run_folder::read_options_toml(path)?.0)
 }
 
 impl TrainArgs {

@@ -11,6 +11,7 @@ use super::metrics::{plot_curves, MetricsLog};
 use super::objective::{Objective, PairStats, PendingStats, Split};
 use super::options::{TrainArgs, TrainOptions, TrainerKind};
 use super::rm::RewardObjective;
+use super::run_folder::{refuse_changed_run_inputs, write_run_toml, OpenRun};
 use super::schedule::Schedule;
 use super::state::{CpuState, TrainState};
 use crate::cmd::Device;
@@ -22,20 +23,7 @@ use crate::model::{Llama, LlamaConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// The first Ctrl-C finishes the step and writes a checkpoint; a second one exits at once.
-pub(crate) fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
-    INTERRUPTED.store(false, Ordering::SeqCst);
-}
 
 /// An optimiser step whose micro-batch metrics may still be on the device.
 struct PendingStep<B: crate::model::Backend> {
@@ -49,7 +37,8 @@ struct PendingStep<B: crate::model::Backend> {
 pub struct RunSummary {
     pub steps: usize,
     pub stopped_early: bool,
-    /// Stopped by Ctrl-C (SIGINT): the command then exits with 130, as shells expect.
+    /// Stopped by a signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1) after saving: the command then exits
+    /// with 128 + the signal, as shells expect.
     pub interrupted: bool,
     pub initial_eval_accuracy: Option<f64>,
     /// Fraction of held-out pairs with a margin of exactly 0 before training (counted as wrong).
@@ -88,16 +77,30 @@ fn finished_run(out: &Path) -> Option<usize> {
 
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let resume = args.resume.is_some();
+    if resume && args.overwrite {
+        bail!("--overwrite starts a new run in place of an earlier one; --resume continues one: give one of them");
+    }
+    let overwrite = args.overwrite;
+    // From here on SIGINT, SIGTERM, SIGHUP and SIGUSR1 finish the step and save.
+    crate::signals::install();
     let mut args = args.with_files()?;
     args.trainer.get_or_insert(kind); // a resumed run keeps the trainer that started it
     let opts = args.clone().resolve(kind)?;
     let ckpt_dir = opts.out.join("checkpoint");
-    if !resume && ckpt_dir.exists() {
-        bail!(
-            "{} already holds a run: continue it with --resume {0}, or choose another --out",
-            opts.out.display()
-        );
+    let inputs = [
+        ("--model", Some(opts.model.as_path())),
+        ("--data", Some(opts.data.as_path())),
+        ("--eval-data", opts.eval_data.as_deref()),
+    ];
+    // Held until the run ends: a second run in the same folder fails at once.
+    let _folder = OpenRun {
+        out: &opts.out,
+        resume,
+        overwrite,
+        inputs: &inputs,
+        command: &format!("prefer {}", kind.command()),
     }
+    .open()?;
     if resume {
         if let Some(done) = finished_run(&opts.out) {
             eprintln!(
@@ -112,16 +115,13 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         }
         if !crate::model::weights::resolve_checkpoint_dir(&ckpt_dir).exists() {
             bail!(
-                "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again without --resume",
+                "{} has run.toml but no checkpoint yet (it stopped before its first save); start it again with --overwrite",
                 opts.out.display()
             );
         }
-    }
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("creating {}", opts.out.display()))?;
-    if !resume {
-        // Absolute paths, so --resume works from any directory.
-        crate::train::options::write_run_toml(&opts.out, args.clone(), |a| {
+        refuse_changed_run_inputs(&opts.out, &inputs.map(|(_, p)| p))?;
+    } else {
+        write_run_toml(&opts.out, args.clone(), |a| {
             vec![
                 &mut a.model,
                 &mut a.data,
@@ -347,7 +347,6 @@ where
         None
     };
 
-    install_interrupt_handler();
     let bar = indicatif::ProgressBar::new(total_steps as u64).with_position(start_step as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
@@ -406,11 +405,16 @@ where
         for ((step, lr, stats), grad_norm) in steps_stats.iter().zip(norms) {
             let (step, lr) = (*step, *lr);
             if !stats.loss().is_finite() {
+                let last = crate::model::weights::resolve_checkpoint_dir(ckpt_dir);
                 bail!(
-                    "step {}: the loss is {} (not finite); the last checkpoint is in {}",
+                    "step {}: the loss is {} (not finite); {}",
                     step + 1,
                     stats.loss(),
-                    ckpt_dir.display()
+                    if last.join("config.json").is_file() {
+                        format!("the last checkpoint is in {}", last.display())
+                    } else {
+                        "no checkpoint was saved before it".to_string()
+                    }
                 );
             }
             // The short names, and TRL's (DPOTrainer, RewardTrainer) for the same values.
@@ -475,7 +479,8 @@ where
 
         let done = step + 1;
         let eval_now = opts.eval_every > 0 && done % opts.eval_every == 0 && done < total_steps;
-        let by_user = INTERRUPTED.load(Ordering::SeqCst);
+        let signal = crate::signals::received();
+        let by_user = signal.is_some();
         let interrupted = by_user || opts.stop_after == Some(done);
         let save_now = interrupted || (opts.save_every > 0 && done % opts.save_every == 0);
         if done % log_every == 0 || done == total_steps || eval_now || save_now {
@@ -495,7 +500,10 @@ where
             // A plain line that stays, whether stderr is a terminal or a log file.
             eprintln!(
                 "{} at step {done}/{total_steps}; checkpoint saved in {}; continue with prefer {} --resume {}",
-                if by_user { "interrupted" } else { "stopped" },
+                match signal {
+                    Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
+                    None => "stopped".to_string(),
+                },
                 ckpt_dir.display(),
                 data.kind.command(),
                 opts.out.display()
@@ -631,15 +639,24 @@ pub fn evaluate_reward_model(
         template: &template,
         cfg: &cfg,
     };
-    // Evaluation keeps every pair: long ones are truncated, not dropped, and the report says so.
+    // Evaluation keeps every pair: one longer than the model's context is cut to fit it (the
+    // prompt's start first), not dropped, and the report counts it.
+    let context = cfg.max_position_embeddings;
     let opts = DataOptions {
-        max_prompt_len: usize::MAX / 2,
-        max_len: usize::MAX,
+        max_prompt_len: context.saturating_sub(1),
+        max_len: context,
         overflow: Overflow::Truncate,
         skip_bad: false,
     };
     let (pairs, report) = load_preferences(data, &enc, &opts)?;
     eprintln!("{}: {report}", data.display());
+    if pairs.is_empty() {
+        bail!(
+            "{}: no preference pairs to score; an accuracy over no pairs would mean nothing",
+            data.display()
+        );
+    }
+    crate::signals::install();
     let model = Llama::new(cfg, params);
     let split = Split {
         pairs: &pairs,
@@ -656,6 +673,7 @@ pub fn evaluate_reward_model(
         let mut stats = PairStats::default();
         let idx: Vec<usize> = (0..split.pairs.len()).collect();
         for chunk in idx.chunks(batch_size) {
+            crate::signals::check(|| "no result was printed".to_string())?;
             stats.add(&RewardObjective.evaluate(model, split, chunk)?);
         }
         Ok(stats)

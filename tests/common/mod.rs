@@ -120,12 +120,13 @@ pub fn emu_available() -> bool {
     }
 }
 
-/// Sends Ctrl-C (SIGINT) to `child` once `rows` (a metrics.jsonl) has `n` lines, and returns its
-/// output; fails if that takes over two minutes.
-pub fn interrupt_after_rows(
+/// Sends `signal` (`INT` for Ctrl-C, `TERM`, `HUP`, `USR1`) to `child` once `rows` (a
+/// metrics.jsonl) has `n` lines, and returns its output; fails if that takes over two minutes.
+pub fn signal_after_rows(
     child: std::process::Child,
     rows: &std::path::Path,
     n: usize,
+    signal: &str,
 ) -> std::process::Output {
     use std::time::{Duration, Instant};
     let start = Instant::now();
@@ -138,7 +139,7 @@ pub fn interrupt_after_rows(
         std::thread::sleep(Duration::from_millis(5));
     }
     let sent = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
