@@ -473,7 +473,10 @@ fn wait_until_it_handles_sigterm(pid: u32) {
         if caught & (1 << (15 - 1)) != 0 {
             return;
         }
-        assert!(start.elapsed().as_secs() < 120, "pid {pid} never handled SIGTERM");
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "pid {pid} never handled SIGTERM"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

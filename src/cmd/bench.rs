@@ -67,17 +67,26 @@ pub fn run_bench(
         let plan = train.plan(&cfg, what);
         print!("{}", plan.render(&train.plan_title(what)));
         if let Some(path) = json {
-            std::fs::write(path, serde_json::to_string_pretty(&plan)?)?;
+            crate::output::write_file_atomically(
+                path,
+                serde_json::to_string_pretty(&plan)?.as_bytes(),
+            )?;
         }
         return Ok(());
     }
     if what == "generate" {
         let doc = bench_generate(generate)?;
         if let Some(path) = json {
-            std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+            crate::output::write_file_atomically(
+                path,
+                serde_json::to_string_pretty(&doc)?.as_bytes(),
+            )?;
         }
         return Ok(());
     }
+    // The engine first: where it cannot run, its error names what is missing in the order
+    // `prefer check` and `info` give it (kernels in this build, a driver, a GPU).
+    CudaEngine::new()?;
     let gpu = probe_gpu()?.name;
     let doc = match what {
         "kernels" => {
@@ -91,7 +100,7 @@ pub fn run_bench(
         _ => unreachable!("checked above"),
     };
     if let Some(path) = json {
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        crate::output::write_file_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())
 }

@@ -32,7 +32,12 @@ pub fn run_info(list_kernels: bool, device: Device) -> Result<()> {
                 Err(e) => println!("kernels: not usable here: {e:#}"),
             }
         }
-        Err(e) => println!("gpu: not usable: {e:#}"),
+        // The reason `prefer check` and `bench` give too: the engine names what is missing first
+        // (kernels in this build, then a driver, then a GPU).
+        Err(probe) => println!(
+            "gpu: not usable: {:#}",
+            CudaEngine::new().err().unwrap_or(probe)
+        ),
     }
     if list_kernels {
         let rows = kernel_resources();

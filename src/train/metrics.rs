@@ -27,11 +27,17 @@ impl MetricsLog {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let mut file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        // The kept rows replace the file whole (a crash here keeps the old rows), then new rows
+        // are appended.
+        let mut rewrite = crate::output::AtomicFile::create(path)?;
         for l in kept {
-            writeln!(file, "{l}")?;
+            writeln!(rewrite, "{l}")?;
         }
+        rewrite.commit()?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLog { file })
     }
 

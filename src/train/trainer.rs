@@ -564,9 +564,9 @@ where
             &plot,
             &title,
         )?;
-        std::fs::write(
-            opts.out.join("summary.json"),
-            serde_json::to_string_pretty(&summary)?,
+        crate::output::write_file_atomically(
+            &opts.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
         if plotted {
             eprintln!(
