@@ -622,7 +622,7 @@ fn a_ppo_config_file_is_read_and_flags_override_it() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
-        e.contains("not a valid ppo config") && e.contains("algoo"),
+        e.contains("not a valid run config") && e.contains("algoo"),
         "{e}"
     );
 }
