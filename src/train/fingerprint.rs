@@ -1,8 +1,8 @@
 //! What a run read when it started, so that a resume can refuse inputs that changed since: the
 //! starting model's weights and config, its tokenizer, and the data. A changed base model would
 //! otherwise silently change the DPO reference, and changed data the meaning of every step
-//! count. Each file is identified by its length and the xxh3 hash of its bytes (memory-mapped;
-//! a few seconds for a 13B checkpoint), so a copy or `touch` of the same bytes still resumes.
+//! count. Each file is identified by its length and the xxh3 hash of its bytes (read at disk
+//! speed: seconds for a 13B checkpoint), so a copy or `touch` of the same bytes still resumes.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -22,21 +22,25 @@ const MODEL_FILES: [&str; 6] = [
 ];
 
 fn fingerprint_file(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let hash = if len == 0 {
-        xxhash_rust::xxh3::xxh3_64(&[])
-    } else {
-        // SAFETY: read-only map of a file this process only reads; a concurrent writer could
-        // change the bytes under us, which at worst yields a fingerprint that mismatches later.
-        let map = unsafe { memmap2::Mmap::map(&file) }
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // Streamed rather than memory-mapped: a file truncated while it is read is an error, not a
+    // SIGBUS.
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
             .with_context(|| format!("reading {}", path.display()))?;
-        xxhash_rust::xxh3::xxh3_64(&map)
-    };
-    Ok(format!("xxh3:{hash:016x}:{len}"))
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(format!("xxh3:{:016x}:{len}", hasher.digest()))
 }
 
 /// The files of `input` to fingerprint: a model folder's config, weights and tokenizer files, or

@@ -133,10 +133,12 @@ pub fn write_run_toml<T: Serialize>(
     mut saved: T,
     paths: impl FnOnce(&mut T) -> Vec<&mut Option<PathBuf>>,
 ) -> Result<()> {
+    let out_abs =
+        std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let mut inputs = Vec::new();
     for p in paths(&mut saved).into_iter().flatten() {
         *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
-        if p.exists() && !p.starts_with(out) {
+        if p.exists() && !p.starts_with(&out_abs) {
             inputs.push(p.clone());
         }
     }
@@ -171,11 +173,13 @@ pub fn read_options_toml<T: DeserializeOwned>(path: &Path) -> Result<(T, Fingerp
 pub fn refuse_changed_run_inputs(out: &Path, inputs: &[Option<&Path>]) -> Result<()> {
     let run_toml = out.join("run.toml");
     let (_, recorded): (toml::Table, Fingerprints) = read_options_toml(&run_toml)?;
+    let out_abs =
+        std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let inputs: Vec<&Path> = inputs
         .iter()
         .flatten()
         .copied()
-        .filter(|p| !p.starts_with(out))
+        .filter(|p| std::path::absolute(p).is_ok_and(|p| !p.starts_with(&out_abs)))
         .collect();
     refuse_changed_inputs(&recorded, &inputs, &run_toml)
 }
