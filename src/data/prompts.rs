@@ -15,9 +15,11 @@ pub struct Prompt {
     pub fields: Map<String, Value>,
 }
 
-/// Every prompt of `path`; a bad line is an error naming `file:line`.
+/// Every prompt of `path`; a bad line, or a prompt that leaves no room in the model's context
+/// for one new token, is an error naming `file:line`.
 pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
     let vocab = enc.cfg.vocab_size;
+    let context = enc.cfg.max_position_embeddings;
     let lines = read_jsonl::<Map<String, Value>>(path)?;
     let mut out = Vec::with_capacity(lines.len());
     for rec in lines {
@@ -59,6 +61,16 @@ pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
         }
         if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("{at}: token id {id} is outside the model's vocabulary of {vocab}");
+        }
+        // Found here, by its line, rather than when its batch comes up. A prompt that fits with
+        // room to spare generates until the context is full (finish_reason "length"), however
+        // many new tokens were asked for.
+        if ids.len() >= context {
+            bail!(
+                "{at}: prompt of {} tokens leaves no room to generate: the model's context is {context} tokens (max_position_embeddings); shorten it to at most {} tokens",
+                ids.len(),
+                context.saturating_sub(1)
+            );
         }
         out.push(Prompt { ids, fields });
     }

@@ -1,0 +1,143 @@
+//! What a reward model reads for a prompt and a policy's completion.
+//!
+//! A reward model that shares the policy's tokenizer and chat template reads the policy's token
+//! ids as they are (no decoding, no re-tokenising). One that does not (a Llama 3 reward model
+//! scoring a Tulu 2 policy) would read those ids as different tokens, even when the two
+//! vocabularies have the same size; it reads the conversation as text instead: the prompt's
+//! messages and the completion decoded with the policy's tokenizer, rendered with the reward
+//! model's own chat template and tokenised with its own tokenizer, exactly as its training pairs
+//! were (`Encoder::prompt_ids` then the reply's ids).
+
+use super::chat_template::{ChatTemplate, Message};
+use super::preference::Encoder;
+use super::prompts::Prompt;
+use super::tokenizer::TextTokenizer;
+use crate::model::LlamaConfig;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// How a reward model's input is made from the policy's tokens.
+pub enum RewardInput {
+    /// The same tokenizer and chat template: the policy's ids, as they are.
+    PolicyIds,
+    /// Another tokenizer or template: the text, re-tokenised the reward model's way.
+    Text {
+        tokenizer: TextTokenizer,
+        template: ChatTemplate,
+        cfg: LlamaConfig,
+    },
+}
+
+/// `dir/tokenizer.json` as a JSON value (so whitespace and key order do not count), or None
+/// where the folder has none.
+fn tokenizer_json(dir: &Path) -> Result<Option<serde_json::Value>> {
+    let path = dir.join("tokenizer.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+impl RewardInput {
+    /// Compares the tokenizer.json contents and chat templates of the policy in `policy_dir` and
+    /// the reward model in `rm_dir`. A reward model with no tokenizer.json is taken to share the
+    /// policy's (as before this comparison existed), which needs equal vocabulary sizes.
+    pub fn for_models(
+        policy_dir: &Path,
+        policy_cfg: &LlamaConfig,
+        rm_dir: &Path,
+        rm_cfg: &LlamaConfig,
+    ) -> Result<RewardInput> {
+        let rm_tokenizer = tokenizer_json(rm_dir)?;
+        let same = match &rm_tokenizer {
+            None => true,
+            Some(rm) => {
+                tokenizer_json(policy_dir)?.as_ref() == Some(rm)
+                    && ChatTemplate::for_model(policy_dir)? == ChatTemplate::for_model(rm_dir)?
+            }
+        };
+        if same {
+            if rm_cfg.vocab_size != policy_cfg.vocab_size {
+                bail!(
+                    "the reward model {} has a vocabulary of {} and the policy {} has {}, yet {}: give the reward model its own tokenizer.json",
+                    rm_dir.display(),
+                    rm_cfg.vocab_size,
+                    policy_dir.display(),
+                    policy_cfg.vocab_size,
+                    if rm_tokenizer.is_none() {
+                        "the reward model has no tokenizer.json"
+                    } else {
+                        "they have the same tokenizer.json"
+                    }
+                );
+            }
+            return Ok(RewardInput::PolicyIds);
+        }
+        Ok(RewardInput::Text {
+            tokenizer: TextTokenizer::load(rm_dir, rm_cfg)?,
+            template: ChatTemplate::for_model(rm_dir)?,
+            cfg: rm_cfg.clone(),
+        })
+    }
+
+    pub fn is_text(&self) -> bool {
+        matches!(self, RewardInput::Text { .. })
+    }
+
+    /// The reward model's ids for `prompt` followed by `completion_ids` (the policy's ids; its
+    /// EOS, if it stopped, last). `prompt_ids` are the policy's ids of the prompt.
+    pub fn ids(
+        &self,
+        prompt: &Prompt,
+        prompt_ids: &[u32],
+        completion_ids: &[u32],
+        ended_with_eos: bool,
+        policy_tokenizer: &TextTokenizer,
+    ) -> Result<Vec<u32>> {
+        let (tokenizer, template, cfg) = match self {
+            RewardInput::PolicyIds => return Ok([prompt_ids, completion_ids].concat()),
+            RewardInput::Text {
+                tokenizer,
+                template,
+                cfg,
+            } => (tokenizer, template, cfg),
+        };
+        let enc = Encoder {
+            tokenizer,
+            template,
+            cfg,
+        };
+        let messages = prompt_messages(prompt, policy_tokenizer)?;
+        let mut ids = enc.prompt_ids(&messages)?;
+        // The completion's text without the policy's special tokens (its EOS among them); the
+        // reward model's end-of-turn token takes the EOS's place, as in its training replies.
+        let text = policy_tokenizer.decode_generated(completion_ids)?;
+        if ended_with_eos {
+            ids.extend(enc.response_ids(&text)?);
+        } else {
+            ids.extend(tokenizer.encode(&text, false)?);
+        }
+        Ok(ids)
+    }
+}
+
+/// The conversation a prompt line holds: its "messages", its "prompt" as one user turn, or its
+/// "prompt_ids" decoded with the policy's tokenizer (special tokens skipped) as one user turn.
+pub fn prompt_messages(prompt: &Prompt, policy_tokenizer: &TextTokenizer) -> Result<Vec<Message>> {
+    let user = |content: String| {
+        vec![Message {
+            role: "user".into(),
+            content,
+        }]
+    };
+    if let Some(serde_json::Value::String(p)) = prompt.fields.get("prompt") {
+        return Ok(user(p.clone()));
+    }
+    if let Some(m) = prompt.fields.get("messages") {
+        return Ok(serde_json::from_value(m.clone())?);
+    }
+    Ok(user(policy_tokenizer.decode_generated(&prompt.ids)?))
+}
