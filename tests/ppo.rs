@@ -580,7 +580,9 @@ fn ppo_help_lists_each_algorithms_defaults() {
     assert!(o.status.success(), "{help}");
     // One line per option holds its default for each algorithm where they differ.
     let line = |flag: &str| {
-        let start = help.find(flag).unwrap_or_else(|| panic!("no {flag} in {help}"));
+        let start = help
+            .find(&format!("\n      {flag} "))
+            .unwrap_or_else(|| panic!("no {flag} in {help}"));
         let rest = &help[start..];
         let end = rest.find("\n  -").unwrap_or(rest.len());
         rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
