@@ -563,13 +563,15 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
     );
     assert!(!out.join("value").exists(), "GRPO trains no value model");
     // GRPO's own defaults (TRL's), saved in full so a resume keeps them: no EOS trick, T 1, β 0.
-    let saved: toml::Value = toml::from_str(&std::fs::read_to_string(out.join("run.toml")).unwrap())
-        .unwrap();
+    let saved: toml::Value =
+        toml::from_str(&std::fs::read_to_string(out.join("run.toml")).unwrap()).unwrap();
     assert_eq!(saved["no-eos-trick"].as_bool(), Some(true));
     assert_eq!(saved["temperature"].as_float(), Some(1.0));
     assert_eq!(saved["kl-coef"].as_float(), Some(0.0));
     // At β = 0 the reference model never runs, so no KL is reported.
-    assert!(rows.iter().all(|r| r.get("objective/kl").is_none() && r.get("kl/k1").is_none()));
+    assert!(rows
+        .iter()
+        .all(|r| r.get("objective/kl").is_none() && r.get("kl/k1").is_none()));
     assert!(rows.iter().all(|r| r["kl/coef"].as_f64() == Some(0.0)));
 }
 
@@ -587,11 +589,23 @@ fn ppo_help_lists_each_algorithms_defaults() {
         let end = rest.find("\n  -").unwrap_or(rest.len());
         rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
     };
-    assert!(line("--temperature").contains("[default: ppo 0.7, grpo 1, rloo 1]"), "{}", line("--temperature"));
-    assert!(line("--kl-coef").contains("[default: ppo 0.05, grpo 0, rloo 0.05]"), "{}", line("--kl-coef"));
+    assert!(
+        line("--temperature").contains("[default: ppo 0.7, grpo 1, rloo 1]"),
+        "{}",
+        line("--temperature")
+    );
+    assert!(
+        line("--kl-coef").contains("[default: ppo 0.05, grpo 0, rloo 0.05]"),
+        "{}",
+        line("--kl-coef")
+    );
     assert!(line("--rollouts-per-prompt").contains("[default: ppo 1, grpo 8, rloo 2]"));
     assert!(line("--no-eos-trick").contains("[default: ppo false, grpo true, rloo true]"));
-    assert!(line("--clip").contains("[default: 0.2]"), "{}", line("--clip"));
+    assert!(
+        line("--clip").contains("[default: 0.2]"),
+        "{}",
+        line("--clip")
+    );
     assert!(line("--lr").contains("[default: 1e-6]"), "{}", line("--lr"));
 }
 
@@ -621,8 +635,23 @@ fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_r
         "prompts.jsonl:3: prompt of {context} tokens leaves no room to generate: the model's context is {context} tokens"
     );
     let o = prefer()
-        .args(["ppo", "--device", "cpu", "--algo", "grpo", "--reward", "math-answer"])
-        .args(["--prompt-batch-size", "2", "--rollouts-per-prompt", "2", "--minibatch-size", "4"])
+        .args([
+            "ppo",
+            "--device",
+            "cpu",
+            "--algo",
+            "grpo",
+            "--reward",
+            "math-answer",
+        ])
+        .args([
+            "--prompt-batch-size",
+            "2",
+            "--rollouts-per-prompt",
+            "2",
+            "--minibatch-size",
+            "4",
+        ])
         .args(["--max-new-tokens", "4", "--max-steps", "3"])
         .arg("--policy")
         .arg(&base)
@@ -652,7 +681,15 @@ fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_r
     let shorter = &long[1..];
     std::fs::write(&prompts, line(shorter)).unwrap();
     let o = prefer()
-        .args(["generate", "--device", "cpu", "--max-new-tokens", "5", "--temperature", "0"])
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ])
         .arg("--model")
         .arg(&base)
         .arg("--prompts")
@@ -664,7 +701,11 @@ fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_r
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // It generates until the context is full: one token, though five were asked for.
     let out: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(dir.path().join("gen.jsonl")).unwrap().lines().next().unwrap(),
+        std::fs::read_to_string(dir.path().join("gen.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(out["completion_ids"].as_array().unwrap().len(), 1, "{out}");

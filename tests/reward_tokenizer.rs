@@ -98,7 +98,12 @@ fn jsonl(path: &Path) -> Vec<serde_json::Value> {
 
 /// Each completion's score against the reward model's own score of its text, and of the policy's
 /// ids: equal to the first (within f32 noise), unlike the second.
-fn check_scores(rm: &Path, dir: &Path, users: &[&str], rows: &[(usize, String, Vec<u64>, bool, f64)]) {
+fn check_scores(
+    rm: &Path,
+    dir: &Path,
+    users: &[&str],
+    rows: &[(usize, String, Vec<u64>, bool, f64)],
+) {
     let by_text: Vec<serde_json::Value> = rows
         .iter()
         .map(|(p, text, _, eos, _)| serde_json::json!({"text": rm_text(users[*p], text, *eos)}))
@@ -145,7 +150,15 @@ fn best_of_n_scores_the_text_with_the_reward_models_own_tokenizer_and_template()
     .unwrap();
     let out = dir.path().join("gen.jsonl");
     let o = prefer()
-        .args(["generate", "--device", "cpu", "--n", "3", "--max-new-tokens", "8"])
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "8",
+        ])
         .arg("--model")
         .arg(&policy)
         .arg("--prompts")
@@ -158,7 +171,10 @@ fn best_of_n_scores_the_text_with_the_reward_models_own_tokenizer_and_template()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{e}");
-    assert!(e.contains("has another tokenizer or chat template than the policy"), "{e}");
+    assert!(
+        e.contains("has another tokenizer or chat template than the policy"),
+        "{e}"
+    );
     let rows: Vec<_> = jsonl(&out)
         .iter()
         .map(|l| {
@@ -184,7 +200,15 @@ fn best_of_n_scores_the_text_with_the_reward_models_own_tokenizer_and_template()
         std::fs::copy(policy.join(f), same.join(f)).unwrap();
     }
     let o = prefer()
-        .args(["generate", "--device", "cpu", "--n", "3", "--max-new-tokens", "8"])
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "8",
+        ])
         .arg("--model")
         .arg(&policy)
         .arg("--prompts")
@@ -196,7 +220,10 @@ fn best_of_n_scores_the_text_with_the_reward_models_own_tokenizer_and_template()
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && !e.contains("another tokenizer"), "{e}");
+    assert!(
+        o.status.success() && !e.contains("another tokenizer"),
+        "{e}"
+    );
     let lines = jsonl(&out);
     let by_ids: Vec<serde_json::Value> = lines
         .iter()
@@ -208,13 +235,15 @@ fn best_of_n_scores_the_text_with_the_reward_models_own_tokenizer_and_template()
         .collect();
     for (l, want) in lines.iter().zip(rewards(&same, &by_ids, dir.path())) {
         let got = l["reward"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 }
 
 #[test]
-fn ppo_scores_the_text_with_the_reward_models_tokenizer_and_keeps_the_value_model_on_the_policys()
-{
+fn ppo_scores_the_text_with_the_reward_models_tokenizer_and_keeps_the_value_model_on_the_policys() {
     let dir = tempfile::tempdir().unwrap();
     let (policy, rm) = models(dir.path());
     let users = ["hello there", "be kind", "what is 2+2?"];
@@ -228,7 +257,14 @@ fn ppo_scores_the_text_with_the_reward_models_tokenizer_and_keeps_the_value_mode
         prefer()
             .args(["ppo", "--device", "cpu", "--algo", algo])
             .args(["--prompt-batch-size", "3", "--rollouts-per-prompt", "2"])
-            .args(["--minibatch-size", "6", "--max-new-tokens", "8", "--max-steps", "1"])
+            .args([
+                "--minibatch-size",
+                "6",
+                "--max-new-tokens",
+                "8",
+                "--max-steps",
+                "1",
+            ])
             .arg("--policy")
             .arg(&policy)
             .arg("--reward-model")
@@ -244,7 +280,10 @@ fn ppo_scores_the_text_with_the_reward_models_tokenizer_and_keeps_the_value_mode
     let o = run("rloo", &out);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{e}");
-    assert!(e.contains("has another tokenizer or chat template than the policy"), "{e}");
+    assert!(
+        e.contains("has another tokenizer or chat template than the policy"),
+        "{e}"
+    );
     let rows: Vec<_> = jsonl(&out.join("rollouts.jsonl"))
         .iter()
         .map(|l| {

@@ -178,7 +178,8 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
                     dir.display()
                 );
             }
-            let input = RewardInput::for_models(&args.model, &policy.cfg, dir, &rm.cfg)?;
+            let input =
+                RewardInput::for_models(&args.model, &policy.cfg, dir, &rm.cfg, "reward model")?;
             if input.is_text() {
                 eprintln!(
                     "the reward model {} has another tokenizer or chat template than the policy: it scores each prompt and completion as text, tokenised its own way",
@@ -355,7 +356,10 @@ impl Job<'_> {
             let seqs = chunk
                 .iter()
                 .map(|r| {
-                    let ended = r.completion_ids.last().is_some_and(|id| self.eos.contains(id));
+                    let ended = r
+                        .completion_ids
+                        .last()
+                        .is_some_and(|id| self.eos.contains(id));
                     input.ids(
                         &self.prompts[r.prompt_index],
                         &prompts[r.prompt_index],

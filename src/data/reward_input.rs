@@ -43,13 +43,15 @@ fn tokenizer_json(dir: &Path) -> Result<Option<serde_json::Value>> {
 
 impl RewardInput {
     /// Compares the tokenizer.json contents and chat templates of the policy in `policy_dir` and
-    /// the reward model in `rm_dir`. A reward model with no tokenizer.json is taken to share the
-    /// policy's (as before this comparison existed), which needs equal vocabulary sizes.
+    /// the scalar-head model in `rm_dir` (`what` it is, for errors). One with no tokenizer.json is
+    /// taken to share the policy's (as before this comparison existed), which needs equal
+    /// vocabulary sizes.
     pub fn for_models(
         policy_dir: &Path,
         policy_cfg: &LlamaConfig,
         rm_dir: &Path,
         rm_cfg: &LlamaConfig,
+        what: &str,
     ) -> Result<RewardInput> {
         let rm_tokenizer = tokenizer_json(rm_dir)?;
         let same = match &rm_tokenizer {
@@ -62,13 +64,13 @@ impl RewardInput {
         if same {
             if rm_cfg.vocab_size != policy_cfg.vocab_size {
                 bail!(
-                    "the reward model {} has a vocabulary of {} and the policy {} has {}, yet {}: give the reward model its own tokenizer.json",
+                    "the {what} {} has a vocabulary of {} and the policy {} has {}, yet {}: give the {what} its own tokenizer.json",
                     rm_dir.display(),
                     rm_cfg.vocab_size,
                     policy_dir.display(),
                     policy_cfg.vocab_size,
                     if rm_tokenizer.is_none() {
-                        "the reward model has no tokenizer.json"
+                        "it has no tokenizer.json"
                     } else {
                         "they have the same tokenizer.json"
                     }
@@ -140,4 +142,73 @@ pub fn prompt_messages(prompt: &Prompt, policy_tokenizer: &TextTokenizer) -> Res
         return Ok(serde_json::from_value(m.clone())?);
     }
     Ok(user(policy_tokenizer.decode_generated(&prompt.ids)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::tokenizer::byte_tokenizer_json;
+
+    fn folder(root: &Path, name: &str, tokenizer: Option<&str>) -> std::path::PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(json) = tokenizer {
+            std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_same_tokenizer_passes_ids_through_and_another_reads_text() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = LlamaConfig::preset("tiny").unwrap();
+        let json = byte_tokenizer_json();
+        let policy = folder(root.path(), "policy", Some(&json));
+        // The same content written another way (no indentation) is the same tokenizer.
+        let compact: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let same = folder(root.path(), "same", Some(&compact.to_string()));
+        let input = RewardInput::for_models(&policy, &cfg, &same, &cfg, "reward model").unwrap();
+        assert!(!input.is_text());
+        // Two bytes' ids swapped is another tokenizer, though the vocabulary size is the same.
+        let mut other = compact.clone();
+        other["model"]["vocab"]["a"] = serde_json::json!(98);
+        other["model"]["vocab"]["b"] = serde_json::json!(97);
+        let other = folder(root.path(), "other", Some(&other.to_string()));
+        let input = RewardInput::for_models(&policy, &cfg, &other, &cfg, "reward model").unwrap();
+        assert!(input.is_text());
+        // The same tokenizer with another chat template reads text too.
+        let templated = folder(root.path(), "templated", Some(&json));
+        std::fs::write(
+            templated.join("chat_template.jinja"),
+            "{{ messages[0].content }}",
+        )
+        .unwrap();
+        let input =
+            RewardInput::for_models(&policy, &cfg, &templated, &cfg, "reward model").unwrap();
+        assert!(input.is_text());
+    }
+
+    #[test]
+    fn a_model_without_a_tokenizer_must_match_the_policys_vocabulary() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = LlamaConfig::preset("tiny").unwrap();
+        let policy = folder(root.path(), "policy", Some(&byte_tokenizer_json()));
+        let bare = folder(root.path(), "bare", None);
+        let input = RewardInput::for_models(&policy, &cfg, &bare, &cfg, "value model").unwrap();
+        assert!(!input.is_text());
+        let wider = LlamaConfig {
+            vocab_size: cfg.vocab_size + 5,
+            ..cfg.clone()
+        };
+        let e = RewardInput::for_models(&policy, &cfg, &bare, &wider, "value model")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("the value model")
+                && e.contains("has a vocabulary of 264")
+                && e.contains("it has no tokenizer.json"),
+            "{e}"
+        );
+    }
 }

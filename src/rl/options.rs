@@ -207,7 +207,8 @@ pub struct PpoOptions {
 /// `[default: ppo 0.7, grpo 1, rloo 1]`.
 pub fn with_default_help(cmd: clap::Command) -> clap::Command {
     let algos = [Algo::Ppo, Algo::Grpo, Algo::Rloo];
-    let tables = algos.map(|a| toml::Value::try_from(PpoArgs::defaults(a)).expect("defaults serialise"));
+    let tables =
+        algos.map(|a| toml::Value::try_from(PpoArgs::defaults(a)).expect("defaults serialise"));
     let show = |v: &toml::Value| match v {
         // f32 options print in their shortest form: 1e-6, not 9.999999974752427e-7.
         toml::Value::Float(f) => {
@@ -221,7 +222,10 @@ pub fn with_default_help(cmd: clap::Command) -> clap::Command {
         toml::Value::String(s) => s.clone(),
         v => v.to_string(),
     };
-    let ids: Vec<String> = cmd.get_arguments().map(|a| a.get_id().to_string()).collect();
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
     ids.into_iter().fold(cmd, |cmd, id| {
         let key = id.replace('_', "-");
         let values: Vec<Option<String>> = tables.iter().map(|t| t.get(&key).map(show)).collect();
@@ -236,7 +240,13 @@ pub fn with_default_help(cmd: clap::Command) -> clap::Command {
             algos
                 .iter()
                 .zip(&values)
-                .map(|(a, v)| format!("{} {}", format!("{a:?}").to_lowercase(), v.as_deref().unwrap_or("none")))
+                .map(|(a, v)| {
+                    format!(
+                        "{} {}",
+                        format!("{a:?}").to_lowercase(),
+                        v.as_deref().unwrap_or("none")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -564,11 +574,19 @@ mod tests {
         }
         .with_files()
         .unwrap();
-        assert_eq!(key_values(&given.clone().resolve().unwrap()), (None, 1.0, 0.05, 2));
+        assert_eq!(
+            key_values(&given.clone().resolve().unwrap()),
+            (None, 1.0, 0.05, 2)
+        );
         // What run.toml holds: every value, so a resume does not depend on today's defaults.
         let saved = given.with_defaults().unwrap();
         assert_eq!(
-            (saved.no_eos_trick, saved.temperature, saved.kl_coef, saved.rollouts_per_prompt),
+            (
+                saved.no_eos_trick,
+                saved.temperature,
+                saved.kl_coef,
+                saved.rollouts_per_prompt
+            ),
             (Some(true), Some(1.0), Some(0.05), Some(2))
         );
         let text = toml::to_string(&saved).unwrap();

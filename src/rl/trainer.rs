@@ -163,8 +163,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
                 dir.display()
             );
         }
-        let input = RewardInput::for_models(&opts.policy, &policy_cfg, dir, &cfg)
-            .with_context(|| format!("the {what} {}", dir.display()))?;
+        let input = RewardInput::for_models(&opts.policy, &policy_cfg, dir, &cfg, what)?;
         Ok((cfg, params, input))
     };
     let reward = match (&opts.reward_model, opts.reward) {
@@ -779,8 +778,12 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
         summary.iterations = it + 1;
         let done = it + 1;
         if done % log_every == 0 || done == total {
+            let kl = match m.reference {
+                Some(_) => format!(", kl {seq_kl:.4}"),
+                None => String::new(),
+            };
             eprintln!(
-                "iteration {done}/{total}: score {raw_score:.4}, kl {seq_kl:.4}, policy loss {:.4}, {:.1} s (generate {t_gen:.1}, score {t_score:.1}, train {t_train:.1})",
+                "iteration {done}/{total}: score {raw_score:.4}{kl}, policy loss {:.4}, {:.1} s (generate {t_gen:.1}, score {t_score:.1}, train {t_train:.1})",
                 mean(pl.iter().copied()),
                 elapsed
             );
