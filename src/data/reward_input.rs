@@ -20,12 +20,16 @@ use std::path::Path;
 pub enum RewardInput {
     /// The same tokenizer and chat template: the policy's ids, as they are.
     PolicyIds,
-    /// Another tokenizer or template: the text, re-tokenised the reward model's way.
-    Text {
-        tokenizer: TextTokenizer,
-        template: ChatTemplate,
-        cfg: LlamaConfig,
-    },
+    /// Another tokenizer or template: the text, re-tokenised the reward model's way (boxed: most
+    /// runs pass ids through, and a tokenizer is large).
+    Text(Box<OwnWay>),
+}
+
+/// The reward model's own way of turning a conversation into ids.
+pub struct OwnWay {
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    cfg: LlamaConfig,
 }
 
 /// `dir/tokenizer.json` as a JSON value (so whitespace and key order do not count), or None
@@ -78,15 +82,15 @@ impl RewardInput {
             }
             return Ok(RewardInput::PolicyIds);
         }
-        Ok(RewardInput::Text {
+        Ok(RewardInput::Text(Box::new(OwnWay {
             tokenizer: TextTokenizer::load(rm_dir, rm_cfg)?,
             template: ChatTemplate::for_model(rm_dir)?,
             cfg: rm_cfg.clone(),
-        })
+        })))
     }
 
     pub fn is_text(&self) -> bool {
-        matches!(self, RewardInput::Text { .. })
+        matches!(self, RewardInput::Text(_))
     }
 
     /// The reward model's ids for `prompt` followed by `completion_ids` (the policy's ids; its
@@ -99,18 +103,14 @@ impl RewardInput {
         ended_with_eos: bool,
         policy_tokenizer: &TextTokenizer,
     ) -> Result<Vec<u32>> {
-        let (tokenizer, template, cfg) = match self {
+        let own = match self {
             RewardInput::PolicyIds => return Ok([prompt_ids, completion_ids].concat()),
-            RewardInput::Text {
-                tokenizer,
-                template,
-                cfg,
-            } => (tokenizer, template, cfg),
+            RewardInput::Text(own) => own,
         };
         let enc = Encoder {
-            tokenizer,
-            template,
-            cfg,
+            tokenizer: &own.tokenizer,
+            template: &own.template,
+            cfg: &own.cfg,
         };
         let messages = prompt_messages(prompt, policy_tokenizer)?;
         let mut ids = enc.prompt_ids(&messages)?;
@@ -120,7 +120,7 @@ impl RewardInput {
         if ended_with_eos {
             ids.extend(enc.response_ids(&text)?);
         } else {
-            ids.extend(tokenizer.encode(&text, false)?);
+            ids.extend(own.tokenizer.encode(&text, false)?);
         }
         Ok(ids)
     }
