@@ -573,6 +573,8 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
         .iter()
         .all(|r| r.get("objective/kl").is_none() && r.get("kl/k1").is_none()));
     assert!(rows.iter().all(|r| r["kl/coef"].as_f64() == Some(0.0)));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("reference (not loaded: β is 0)"), "{e}");
 }
 
 #[test]

@@ -357,8 +357,13 @@ impl PpoArgs {
                     if changed.is_empty() { "--config".to_string() } else { changed.join(", ") }
                 );
             }
-            let saved = read_toml(&run.join("run.toml"))
+            let mut saved = read_toml(&run.join("run.toml"))
                 .context("--resume needs the run folder of an earlier prefer ppo run")?;
+            if saved.temperature.is_none() {
+                // A run.toml from before per-algorithm defaults holds only the options given (a
+                // new one holds every value); the rest were the paper's for every algorithm.
+                saved = merge(&saved, &PpoArgs::defaults(Algo::Ppo))?;
+            }
             args = merge(&args, &saved)?;
             args.out = Some(run);
         } else if let Some(cfg) = args.config.clone() {
@@ -592,5 +597,26 @@ mod tests {
         let text = toml::to_string(&saved).unwrap();
         let back: PpoArgs = toml::from_str(&text).unwrap();
         assert_eq!(key_values(&back.resolve().unwrap()), (None, 1.0, 0.05, 2));
+    }
+
+    #[test]
+    fn a_run_started_before_per_algorithm_defaults_resumes_with_the_papers() {
+        let dir = tempfile::tempdir().unwrap();
+        // What such a run wrote: the options given, no defaults.
+        std::fs::write(
+            dir.path().join("run.toml"),
+            "policy = \"/p\"\nprompts = \"/x\"\nout = \"/o\"\nreward-model = \"/r\"\nalgo = \"grpo\"\nrollouts-per-prompt = 4\n",
+        )
+        .unwrap();
+        let resumed = PpoArgs {
+            resume: Some(dir.path().to_path_buf()),
+            ..PpoArgs::default()
+        }
+        .with_files()
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(resumed.algo, Algo::Grpo);
+        assert_eq!(key_values(&resumed), (Some(-10.0), 0.7, 0.05, 4));
     }
 }

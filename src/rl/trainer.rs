@@ -213,8 +213,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     let mut policy = Llama::new(policy_cfg, policy_params);
     // The frozen models only run forwards: with `recompute` a forward keeps no layer's tensors
     // (nothing is rebuilt, as no backward follows), so their scoring passes stay small.
-    let kl_off = matches!(setup.opts.kl, KlController::Fixed { coef } if coef == 0.0);
-    let reference = (!kl_off).then(|| Llama {
+    let reference = needs_reference(&setup.opts).then(|| Llama {
         recompute: true,
         ..policy.clone()
     });
@@ -264,6 +263,12 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     }
 }
 
+/// Whether the frozen reference model is loaded and scored: not when β is fixed at 0, where the
+/// KL it measures would be multiplied by 0 (TRL's GRPO does not load it either).
+fn needs_reference(o: &PpoOptions) -> bool {
+    !matches!(o.kl, KlController::Fixed { coef } if coef == 0.0)
+}
+
 fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let o = &s.opts;
     let longest = s.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
@@ -273,7 +278,7 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let max_batch = (o.prompt_batch_size * k).min(256);
     let kv_blocks =
         crate::generate::engine::pool_blocks(longest, k, o.max_new_tokens, max_batch, bs);
-    let plan = crate::train::memory_plan::MemoryPlan::ppo(
+    let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
         &s.policy_cfg,
         s.value_cfg.as_ref(),
         reward,
@@ -282,6 +287,12 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         kv_blocks * bs,
         o.recompute,
     );
+    if !needs_reference(o) {
+        if let Some(line) = plan.lines.iter_mut().find(|l| l.0.starts_with("reference")) {
+            plan.total -= line.1;
+            *line = ("reference (not loaded: β is 0)", 0);
+        }
+    }
     eprint!(
         "{}",
         plan.render(&format!(
