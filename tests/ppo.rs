@@ -700,8 +700,17 @@ fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_r
         .arg(dir.path().join("gen.jsonl"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // It generates until the context is full: one token, though five were asked for.
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    // It generates until the context is full: one token, though five were asked for, and says so.
+    assert!(
+        e.contains(&format!("note: 1 of 1 prompts leave less than --max-new-tokens 5 of the model's context of {context} tokens (the first: ")),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("prompts.jsonl:1, {} tokens)", context - 1)),
+        "{e}"
+    );
     let out: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(dir.path().join("gen.jsonl"))
             .unwrap()

@@ -4,7 +4,7 @@
 use super::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
-use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::prompts::{context_note, read_prompts, Prompt};
 use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::engine::pool_blocks;
@@ -164,6 +164,10 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         cfg: &policy.cfg,
     };
     let prompts = read_prompts(&args.prompts, &enc)?;
+    let context = policy.cfg.max_position_embeddings;
+    if let Some(note) = context_note(&args.prompts, &prompts, args.max_new_tokens, context) {
+        eprintln!("{note}");
+    }
     let mut eos = eos_ids(&args.model)?;
     if eos.is_empty() {
         eos.extend(policy.cfg.eos_token_id);

@@ -13,6 +13,8 @@ use std::path::Path;
 pub struct Prompt {
     pub ids: Vec<u32>,
     pub fields: Map<String, Value>,
+    /// The line of the file it came from.
+    pub line: usize,
 }
 
 /// Every prompt of `path`; a bad line, or a prompt that leaves no room in the model's context
@@ -72,7 +74,33 @@ pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
                 context.saturating_sub(1)
             );
         }
-        out.push(Prompt { ids, fields });
+        out.push(Prompt {
+            ids,
+            fields,
+            line: rec.line,
+        });
     }
     Ok(out)
+}
+
+/// A note on the prompts whose completions the model's context cuts short: generation stops
+/// where the context is full (finish_reason "length"), before `max_new_tokens`. None if no
+/// prompt is that long.
+pub fn context_note(
+    path: &Path,
+    prompts: &[Prompt],
+    max_new_tokens: usize,
+    context: usize,
+) -> Option<String> {
+    let room = context.saturating_sub(max_new_tokens);
+    let long: Vec<&Prompt> = prompts.iter().filter(|p| p.ids.len() > room).collect();
+    let first = long.first()?;
+    Some(format!(
+        "note: {} of {} prompts leave less than --max-new-tokens {max_new_tokens} of the model's context of {context} tokens (the first: {}:{}, {} tokens); their completions stop where the context is full (finish_reason \"length\")",
+        long.len(),
+        prompts.len(),
+        path.display(),
+        first.line,
+        first.ids.len()
+    ))
 }

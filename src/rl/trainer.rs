@@ -17,7 +17,7 @@ use super::rewards::{answer_of, math_answer};
 use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
-use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::prompts::{context_note, read_prompts, Prompt};
 use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::philox::philox4x32;
@@ -136,6 +136,10 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         cfg: &policy_cfg,
     };
     let prompts = read_prompts(&opts.prompts, &enc)?;
+    let context = policy_cfg.max_position_embeddings;
+    if let Some(note) = context_note(&opts.prompts, &prompts, opts.max_new_tokens, context) {
+        eprintln!("{note}");
+    }
     if prompts.len() < opts.prompt_batch_size {
         bail!(
             "{} has {} prompts, fewer than --prompt-batch-size {}",
