@@ -164,6 +164,7 @@ fn cli_command() -> clap::Command {
     Cli::command()
         .mut_subcommand("rm", |c| trainer_help(c, TrainerKind::RewardModel))
         .mut_subcommand("dpo", |c| trainer_help(c, TrainerKind::Dpo))
+        .mut_subcommand("ppo", prefer::rl::options::with_default_help)
         .mut_subcommands(mark_required)
 }
 

@@ -478,7 +478,7 @@ fn generate_writes_one_line_per_completion_and_refuses_bad_input() {
     bad(&["--top-p", "0"], "--top-p must be in (0, 1]");
     bad(&["--top-p", "1.5"], "--top-p must be in (0, 1]");
     bad(&["--best-of", "4"], "give --reward-model");
-    // A prompt longer than the context.
+    // A prompt that leaves no room in the context, named by its line when the prompts are read.
     let long = root.join("long.jsonl");
     let ids: Vec<u32> = vec![65; 2048];
     std::fs::write(
@@ -498,7 +498,7 @@ fn generate_writes_one_line_per_completion_and_refuses_bad_input() {
         &o,
     ]);
     assert!(
-        e.contains("prompt 0 has 2048 tokens; the model's context is 2048"),
+        e.contains("long.jsonl:1: prompt of 2048 tokens leaves no room to generate: the model's context is 2048 tokens"),
         "{e}"
     );
     // An EOS id outside the vocabulary.

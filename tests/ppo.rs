@@ -455,6 +455,8 @@ fn bad_ppo_options_are_refused_with_their_names() {
             "r",
             "--algo",
             "grpo",
+            "--rollouts-per-prompt",
+            "1",
         ],
         "--rollouts-per-prompt 2 or more",
     );
@@ -527,7 +529,6 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
             "grpo",
             "--reward",
             "math-answer",
-            "--no-eos-trick",
         ])
         .args([
             "--prompt-batch-size",
@@ -542,8 +543,6 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
             "3",
             "--lr",
             "3e-3",
-            "--temperature",
-            "1.0",
             "--max-steps",
             "150",
         ])
@@ -565,6 +564,166 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
         "accuracy {first:.3} -> {last:.3}"
     );
     assert!(!out.join("value").exists(), "GRPO trains no value model");
+    // GRPO's own defaults (TRL's), saved in full so a resume keeps them: no EOS trick, T 1, β 0.
+    let saved: toml::Value =
+        toml::from_str(&std::fs::read_to_string(out.join("run.toml")).unwrap()).unwrap();
+    assert_eq!(saved["no-eos-trick"].as_bool(), Some(true));
+    assert_eq!(saved["temperature"].as_float(), Some(1.0));
+    assert_eq!(saved["kl-coef"].as_float(), Some(0.0));
+    // At β = 0 the reference model never runs, so no KL is reported.
+    assert!(rows
+        .iter()
+        .all(|r| r.get("objective/kl").is_none() && r.get("kl/k1").is_none()));
+    assert!(rows.iter().all(|r| r["kl/coef"].as_f64() == Some(0.0)));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("reference (not loaded: β is 0)"), "{e}");
+}
+
+#[test]
+fn ppo_help_lists_each_algorithms_defaults() {
+    let o = prefer().args(["ppo", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{help}");
+    // One line per option holds its default for each algorithm where they differ.
+    let line = |flag: &str| {
+        let start = help
+            .find(&format!("\n      {flag} "))
+            .unwrap_or_else(|| panic!("no {flag} in {help}"));
+        let rest = &help[start..];
+        let end = rest.find("\n  -").unwrap_or(rest.len());
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert!(
+        line("--temperature").contains("[default: ppo 0.7, grpo 1, rloo 1]"),
+        "{}",
+        line("--temperature")
+    );
+    assert!(
+        line("--kl-coef").contains("[default: ppo 0.05, grpo 0, rloo 0.05]"),
+        "{}",
+        line("--kl-coef")
+    );
+    assert!(line("--rollouts-per-prompt").contains("[default: ppo 1, grpo 8, rloo 2]"));
+    assert!(line("--no-eos-trick").contains("[default: ppo false, grpo true, rloo true]"));
+    assert!(
+        line("--clip").contains("[default: 0.2]"),
+        "{}",
+        line("--clip")
+    );
+    assert!(line("--lr").contains("[default: 1e-6]"), "{}", line("--lr"));
+}
+
+#[test]
+fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_read() {
+    use prefer::cmd::init::{run_init, InitOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let opts = InitOptions {
+        seed: 0,
+        scalar_head: false,
+        dtype: prefer::model::weights::SaveDtype::F32,
+        layers: None,
+        init_std: None,
+        overwrite: false,
+    };
+    run_init("tiny", &base, &opts).unwrap();
+    let context = prefer::model::weights::load_checkpoint(&base)
+        .unwrap()
+        .0
+        .max_position_embeddings;
+    // Line 3 renders (Tulu template, one byte a token, BOS first) to exactly the context.
+    let long = "x".repeat(context - 1 - "<|user|>\n".len() - "\n<|assistant|>\n".len());
+    let prompts = dir.path().join("prompts.jsonl");
+    let line = |p: &str| serde_json::json!({"prompt": p, "answer": 1}).to_string() + "\n";
+    std::fs::write(&prompts, line("1") + &line("2") + &line(&long) + &line("4")).unwrap();
+    let want = format!(
+        "prompts.jsonl:3: prompt of {context} tokens leaves no room to generate: the model's context is {context} tokens"
+    );
+    let o = prefer()
+        .args([
+            "ppo",
+            "--device",
+            "cpu",
+            "--algo",
+            "grpo",
+            "--reward",
+            "math-answer",
+        ])
+        .args([
+            "--prompt-batch-size",
+            "2",
+            "--rollouts-per-prompt",
+            "2",
+            "--minibatch-size",
+            "4",
+        ])
+        .args(["--max-new-tokens", "4", "--max-steps", "3"])
+        .arg("--policy")
+        .arg(&base)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains(&want), "{e}");
+    assert!(!e.contains("iteration"), "found before any iteration: {e}");
+    assert!(!dir.path().join("run/metrics.jsonl").exists());
+    // The same file for generate, and one token less fits.
+    let o = prefer()
+        .args(["generate", "--device", "cpu", "--max-new-tokens", "2"])
+        .arg("--model")
+        .arg(&base)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("gen.jsonl"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains(&want), "{e}");
+    let shorter = &long[1..];
+    std::fs::write(&prompts, line(shorter)).unwrap();
+    let o = prefer()
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ])
+        .arg("--model")
+        .arg(&base)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("gen.jsonl"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    // It generates until the context is full: one token, though five were asked for, and says so.
+    assert!(
+        e.contains(&format!("note: 1 of 1 prompts leave less than --max-new-tokens 5 of the model's context of {context} tokens (the first: ")),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("prompts.jsonl:1, {} tokens)", context - 1)),
+        "{e}"
+    );
+    let out: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("gen.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["completion_ids"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(out["finish_reason"], "length");
 }
 
 #[test]

@@ -4,16 +4,18 @@
 use super::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
-use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::prompts::{context_note, read_prompts, Prompt};
+use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::engine::pool_blocks;
 use crate::generate::stopping::{eos_ids, StopStrings};
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
 use crate::model::weights::load_checkpoint;
-use crate::model::{Backend, Batch, Heads, Llama};
+use crate::model::{Backend, Llama};
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::backend::Cuda;
 use crate::output::{refuse_output_that_is_an_input, AtomicFile};
+use crate::rl::reward_model::reward_model_scores;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::Write;
@@ -165,6 +167,10 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         cfg: &policy.cfg,
     };
     let prompts = read_prompts(&args.prompts, &enc)?;
+    let context = policy.cfg.max_position_embeddings;
+    if let Some(note) = context_note(&args.prompts, &prompts, args.max_new_tokens, context) {
+        eprintln!("{note}");
+    }
     let mut eos = eos_ids(&args.model)?;
     if eos.is_empty() {
         eos.extend(policy.cfg.eos_token_id);
@@ -179,17 +185,21 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
                     dir.display()
                 );
             }
-            if rm.cfg.vocab_size != policy.cfg.vocab_size {
-                bail!(
-                    "the reward model {} has a vocabulary of {}, the policy {}: they must share a tokenizer",
-                    dir.display(),
-                    rm.cfg.vocab_size,
-                    policy.cfg.vocab_size
+            let input =
+                RewardInput::for_models(&args.model, &policy.cfg, dir, &rm.cfg, "reward model")?;
+            if input.is_text() {
+                eprintln!(
+                    "the reward model {} has another tokenizer or chat template than the policy: it scores each prompt and completion as text, tokenised its own way",
+                    dir.display()
                 );
             }
-            Some(rm)
+            Some((rm, input))
         }
         None => None,
+    };
+    let (reward, reward_input) = match reward {
+        Some((rm, input)) => (Some(rm), Some(input)),
+        None => (None, None),
     };
     let stops = StopStrings {
         strings: args.stop.clone(),
@@ -200,6 +210,8 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         prompts: &prompts,
         eos,
         stops: &stops,
+        tokenizer: &tokenizer,
+        reward_input: reward_input.as_ref(),
     };
     let (rollouts, rewards, stats, seconds) = match args.device.prepare()? {
         Device::Cpu => job.run(&policy, reward.as_ref(), None)?,
@@ -257,6 +269,9 @@ struct Job<'a> {
     prompts: &'a [Prompt],
     eos: Vec<u32>,
     stops: &'a StopStrings<'a>,
+    tokenizer: &'a TextTokenizer,
+    /// How the reward model's input is made (with --reward-model).
+    reward_input: Option<&'a RewardInput>,
 }
 
 type JobResult = (Vec<Rollout>, Option<Vec<f32>>, EngineStats, f64);
@@ -323,9 +338,10 @@ impl Job<'_> {
             engine.run_in_order(&ids, &mut |c| self.stops.hit(c), &mut |_| bar.inc(1))?;
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let rewards = reward
-            .map(|rm| score(rm, &ids, &rollouts, a.n))
-            .transpose()?;
+        let rewards = match (reward, self.reward_input) {
+            (Some(rm), Some(input)) => Some(self.score(rm, input, &ids, &rollouts)?),
+            _ => None,
+        };
         Ok((
             rollouts,
             rewards,
@@ -333,31 +349,39 @@ impl Job<'_> {
             seconds,
         ))
     }
-}
 
-/// The reward model's score of prompt + completion, for every rollout.
-fn score<B: Backend>(
-    rm: &Llama<B>,
-    prompts: &[Vec<u32>],
-    rollouts: &[Rollout],
-    n: usize,
-) -> Result<Vec<f32>> {
-    let pad = rm.cfg.pad_token_id;
-    let mut out = Vec::with_capacity(rollouts.len());
-    for chunk in rollouts.chunks(8) {
-        let seqs: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|r| [prompts[r.prompt_index].as_slice(), &r.completion_ids].concat())
-            .collect();
-        let batch = Batch::right_padded(&seqs, pad.unwrap_or(0));
-        let f = rm.forward_heads(&batch, Heads::VALUE)?;
-        let value = rm.backend.to_host(&f.value)?;
-        for (b, s) in seqs.iter().enumerate() {
-            out.push(value[batch.reward_position(b, s.len(), pad)]);
+    /// The reward model's score of prompt + completion, for every rollout: the policy's ids, or
+    /// the text re-tokenised the reward model's way when its tokenizer differs.
+    fn score<B: Backend>(
+        &self,
+        rm: &Llama<B>,
+        input: &RewardInput,
+        prompts: &[Vec<u32>],
+        rollouts: &[Rollout],
+    ) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(rollouts.len());
+        for chunk in rollouts.chunks(8) {
+            let seqs = chunk
+                .iter()
+                .map(|r| {
+                    let ended = r
+                        .completion_ids
+                        .last()
+                        .is_some_and(|id| self.eos.contains(id));
+                    input.ids(
+                        &self.prompts[r.prompt_index],
+                        &prompts[r.prompt_index],
+                        &r.completion_ids,
+                        ended,
+                        self.tokenizer,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.extend(reward_model_scores(rm, &seqs)?);
         }
+        debug_assert_eq!(out.len(), prompts.len() * self.args.n);
+        Ok(out)
     }
-    debug_assert_eq!(out.len(), prompts.len() * n);
-    Ok(out)
 }
 
 fn write_output(

@@ -11,6 +11,8 @@ pub struct Message {
     pub content: String,
 }
 
+/// Equal templates render every conversation the same way.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ChatTemplate {
     /// A Jinja template with the special tokens it may refer to.
     Jinja {

@@ -4,5 +4,6 @@ pub mod chat_template;
 pub mod jsonl;
 pub mod preference;
 pub mod prompts;
+pub mod reward_input;
 pub mod synthetic;
 pub mod tokenizer;

@@ -13,11 +13,15 @@ use std::path::Path;
 pub struct Prompt {
     pub ids: Vec<u32>,
     pub fields: Map<String, Value>,
+    /// The line of the file it came from.
+    pub line: usize,
 }
 
-/// Every prompt of `path`; a bad line is an error naming `file:line`.
+/// Every prompt of `path`; a bad line, or a prompt that leaves no room in the model's context
+/// for one new token, is an error naming `file:line`.
 pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
     let vocab = enc.cfg.vocab_size;
+    let context = enc.cfg.max_position_embeddings;
     let lines = read_jsonl::<Map<String, Value>>(path)?;
     let mut out = Vec::with_capacity(lines.len());
     for rec in lines {
@@ -60,7 +64,43 @@ pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
         if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("{at}: token id {id} is outside the model's vocabulary of {vocab}");
         }
-        out.push(Prompt { ids, fields });
+        // Found here, by its line, rather than when its batch comes up. A prompt that fits with
+        // room to spare generates until the context is full (finish_reason "length"), however
+        // many new tokens were asked for.
+        if ids.len() >= context {
+            bail!(
+                "{at}: prompt of {} tokens leaves no room to generate: the model's context is {context} tokens (max_position_embeddings); shorten it to at most {} tokens",
+                ids.len(),
+                context.saturating_sub(1)
+            );
+        }
+        out.push(Prompt {
+            ids,
+            fields,
+            line: rec.line,
+        });
     }
     Ok(out)
+}
+
+/// A note on the prompts whose completions the model's context cuts short: generation stops
+/// where the context is full (finish_reason "length"), before `max_new_tokens`. None if no
+/// prompt is that long.
+pub fn context_note(
+    path: &Path,
+    prompts: &[Prompt],
+    max_new_tokens: usize,
+    context: usize,
+) -> Option<String> {
+    let room = context.saturating_sub(max_new_tokens);
+    let long: Vec<&Prompt> = prompts.iter().filter(|p| p.ids.len() > room).collect();
+    let first = long.first()?;
+    Some(format!(
+        "note: {} of {} prompts leave less than --max-new-tokens {max_new_tokens} of the model's context of {context} tokens (the first: {}:{}, {} tokens); their completions stop where the context is full (finish_reason \"length\")",
+        long.len(),
+        prompts.len(),
+        path.display(),
+        first.line,
+        first.ids.len()
+    ))
 }

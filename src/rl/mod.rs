@@ -3,6 +3,7 @@
 
 pub mod advantages;
 pub mod options;
+pub mod reward_model;
 pub mod rewards;
 pub mod trainer;
 

@@ -1,6 +1,7 @@
 //! `prefer ppo`'s options, from flags or a TOML file (`--config`, keys are the flags' names); flags
 //! override the file, the file overrides the defaults, and a resumed run takes its run.toml.
-//! Defaults are the paper's (Ivison et al. 2024, and its table of PPO implementations).
+//! Defaults depend on the algorithm: PPO's are the paper's (Ivison et al. 2024, and its table of
+//! PPO implementations), GRPO's and RLOO's are TRL's (`PpoArgs::defaults`).
 
 use super::advantages::{Algo, RewardSwitches};
 use crate::cmd::Device;
@@ -42,7 +43,9 @@ pub struct PpoArgs {
     /// The run folder: the final policy at its root, value/, checkpoint/, metrics.jsonl.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// ppo (GAE with a value model), grpo or rloo (group baselines, no value model).
+    /// ppo (GAE with a value model), grpo or rloo (group baselines, no value model). Each takes
+    /// its own defaults: ppo the paper's, grpo and rloo TRL's (no EOS trick, temperature 1, and
+    /// their own β and --rollouts-per-prompt), as each option's default below shows.
     #[arg(long, value_enum)]
     pub algo: Option<Algo>,
     /// Where scores come from.
@@ -51,7 +54,8 @@ pub struct PpoArgs {
     /// Weight of the math-answer reward with --reward both.
     #[arg(long, allow_negative_numbers = true)]
     pub math_weight: Option<f32>,
-    /// β of the KL penalty (the starting β with --adaptive-kl).
+    /// β of the KL penalty (the starting β with --adaptive-kl). At 0 (and not adaptive) the
+    /// reference model is not run at all.
     #[arg(long, allow_negative_numbers = true)]
     pub kl_coef: Option<f32>,
     /// Adapt β towards --target-kl (Ziegler et al. 2019).
@@ -72,7 +76,7 @@ pub struct PpoArgs {
     /// The EOS trick's score for a completion that never emitted EOS.
     #[arg(long, allow_negative_numbers = true)]
     pub eos_penalty: Option<f32>,
-    /// Turn the EOS trick off.
+    /// Turn the EOS trick off (`--no-eos-trick false` turns it on for grpo and rloo).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub no_eos_trick: Option<bool>,
     /// Normalise scores by their running mean and std over the run.
@@ -105,7 +109,7 @@ pub struct PpoArgs {
     /// Passes over the prompts (when --max-steps is not given).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Most tokens per completion.
+    /// Most tokens per completion; a completion also stops where the policy's context is full.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Sampling temperature; the trainer scores log-probs at the same temperature.
@@ -204,6 +208,60 @@ pub struct PpoOptions {
     pub replay_rollouts: Option<PathBuf>,
 }
 
+/// `prefer ppo --help` with each option's default, per algorithm where they differ:
+/// `[default: ppo 0.7, grpo 1, rloo 1]`.
+pub fn with_default_help(cmd: clap::Command) -> clap::Command {
+    let algos = [Algo::Ppo, Algo::Grpo, Algo::Rloo];
+    let tables =
+        algos.map(|a| toml::Value::try_from(PpoArgs::defaults(a)).expect("defaults serialise"));
+    let show = |v: &toml::Value| match v {
+        // f32 options print in their shortest form: 1e-6, not 9.999999974752427e-7.
+        toml::Value::Float(f) => {
+            let x = *f as f32;
+            if x != 0.0 && x.abs() < 1e-3 {
+                format!("{x:e}")
+            } else {
+                x.to_string()
+            }
+        }
+        toml::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    ids.into_iter().fold(cmd, |cmd, id| {
+        let key = id.replace('_', "-");
+        let values: Vec<Option<String>> = tables.iter().map(|t| t.get(&key).map(show)).collect();
+        let shown = if key == "algo" {
+            "ppo".to_string()
+        } else if values.iter().all(|v| v == &values[0]) {
+            match &values[0] {
+                Some(v) => v.clone(),
+                None => return cmd,
+            }
+        } else {
+            algos
+                .iter()
+                .zip(&values)
+                .map(|(a, v)| {
+                    format!(
+                        "{} {}",
+                        format!("{a:?}").to_lowercase(),
+                        v.as_deref().unwrap_or("none")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        cmd.mut_arg(id.as_str(), |a| {
+            let text = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{text} [default: {shown}]"))
+        })
+    })
+}
+
 /// `a` over `b`, key by key (both tables of the same struct).
 fn merge(a: &PpoArgs, b: &PpoArgs) -> Result<PpoArgs> {
     let (mut top, bottom) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
@@ -225,30 +283,41 @@ fn read_toml(path: &Path) -> Result<PpoArgs> {
 }
 
 impl PpoArgs {
-    /// The paper's defaults (what `--help` shows and `resolve` falls back on).
-    pub fn defaults() -> PpoArgs {
+    /// The defaults of `algo` (what `--help` shows and `resolve` falls back on). PPO's are the
+    /// paper's. GRPO and RLOO take their own methods' defaults as TRL has them (GRPOConfig and
+    /// RLOOConfig in trl/trainer/grpo_config.py and rloo_config.py, TRL main of 2026): sampling
+    /// temperature 1.0 for both; β 0.0 with 8 generations per prompt for GRPO, β 0.05 with 2 for
+    /// RLOO (rewritten GRPO-style in TRL 0.2x); and neither has an EOS penalty, nor does
+    /// DeepSeekMath's GRPO. The paper's −10 for a completion without EOS would swamp a 0/1
+    /// verifiable reward, so GRPO would learn to stop instead of to answer.
+    pub fn defaults(algo: Algo) -> PpoArgs {
+        let (no_eos_trick, temperature, kl_coef, rollouts_per_prompt) = match algo {
+            Algo::Ppo => (false, 0.7, 0.05, 1),
+            Algo::Grpo => (true, 1.0, 0.0, 8),
+            Algo::Rloo => (true, 1.0, 0.05, 2),
+        };
         PpoArgs {
-            algo: Some(Algo::Ppo),
+            algo: Some(algo),
             reward: Some(RewardSource::Rm),
             math_weight: Some(1.0),
-            kl_coef: Some(0.05),
+            kl_coef: Some(kl_coef),
             adaptive_kl: Some(false),
             target_kl: Some(6.0),
             kl_horizon: Some(10_000),
             kl_estimator: Some(KlEstimator::K1),
             eos_penalty: Some(EosPenalty::default().missing_eos_score),
-            no_eos_trick: Some(false),
+            no_eos_trick: Some(no_eos_trick),
             reward_norm: Some(false),
             reward_whiten: Some(false),
             no_advantage_whiten: Some(false),
-            rollouts_per_prompt: Some(1),
+            rollouts_per_prompt: Some(rollouts_per_prompt),
             prompt_batch_size: Some(64),
             ppo_epochs: Some(1),
             minibatch_size: Some(64),
             grad_accum: Some(1),
             epochs: Some(1),
             max_new_tokens: Some(256),
-            temperature: Some(0.7),
+            temperature: Some(temperature),
             lr: Some(1e-6),
             clip: Some(0.2),
             value_clip: Some(0.2),
@@ -262,6 +331,13 @@ impl PpoArgs {
             save_every: Some(50),
             ..PpoArgs::default()
         }
+    }
+
+    /// These options over the defaults of their algorithm (the algorithm is resolved first, from
+    /// the same layers: flag, --config, run.toml, else ppo). A new run saves this in run.toml, so
+    /// a resumed run keeps the values it started with even if a default changes.
+    pub fn with_defaults(&self) -> Result<PpoArgs> {
+        merge(self, &PpoArgs::defaults(self.algo.unwrap_or(Algo::Ppo)))
     }
 
     /// Flags over `--config` over a resumed run's run.toml; a resumed run refuses changed options.
@@ -285,8 +361,13 @@ impl PpoArgs {
                     if changed.is_empty() { "--config".to_string() } else { changed.join(", ") }
                 );
             }
-            let saved = read_toml(&run.join("run.toml"))
+            let mut saved = read_toml(&run.join("run.toml"))
                 .context("--resume needs the run folder of an earlier prefer ppo run")?;
+            if saved.temperature.is_none() {
+                // A run.toml from before per-algorithm defaults holds only the options given (a
+                // new one holds every value); the rest were the paper's for every algorithm.
+                saved = merge(&saved, &PpoArgs::defaults(Algo::Ppo))?;
+            }
             args = merge(&args, &saved)?;
             args.out = Some(run);
         } else if let Some(cfg) = args.config.clone() {
@@ -296,7 +377,7 @@ impl PpoArgs {
     }
 
     pub fn resolve(self) -> Result<PpoOptions> {
-        let a = merge(&self, &PpoArgs::defaults())?;
+        let a = self.with_defaults()?;
         let need =
             |p: Option<PathBuf>, flag: &str| p.with_context(|| format!("--{flag} is required"));
         let given = "set by PpoArgs::defaults";
@@ -430,5 +511,116 @@ impl PpoArgs {
             );
         }
         Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(algo: Option<Algo>) -> PpoArgs {
+        PpoArgs {
+            policy: Some("p".into()),
+            prompts: Some("x".into()),
+            out: Some("o".into()),
+            reward_model: Some("r".into()),
+            algo,
+            ..PpoArgs::default()
+        }
+    }
+
+    /// (EOS trick's score, temperature, β, rollouts per prompt) of resolved options.
+    fn key_values(o: &PpoOptions) -> (Option<f32>, f32, f32, usize) {
+        (
+            o.switches.eos_penalty.map(|p| p.missing_eos_score),
+            o.temperature,
+            o.kl.coef(),
+            o.rollouts_per_prompt,
+        )
+    }
+
+    #[test]
+    fn each_algorithm_takes_its_own_defaults() {
+        let ppo = args(None).resolve().unwrap();
+        assert_eq!(ppo.algo, Algo::Ppo);
+        assert_eq!(key_values(&ppo), (Some(-10.0), 0.7, 0.05, 1));
+        // TRL's GRPOConfig: no EOS penalty, temperature 1.0, beta 0.0, num_generations 8.
+        let grpo = args(Some(Algo::Grpo)).resolve().unwrap();
+        assert_eq!(key_values(&grpo), (None, 1.0, 0.0, 8));
+        assert_eq!(grpo.kl, KlController::Fixed { coef: 0.0 });
+        // TRL's RLOOConfig: no EOS penalty, temperature 1.0, beta 0.05, num_generations 2.
+        let rloo = args(Some(Algo::Rloo)).resolve().unwrap();
+        assert_eq!(key_values(&rloo), (None, 1.0, 0.05, 2));
+        // The rest stays the paper's for all three.
+        for o in [&grpo, &rloo] {
+            assert_eq!((o.lr, o.clip, o.max_new_tokens), (1e-6, 0.2, 256));
+        }
+    }
+
+    #[test]
+    fn a_flag_overrides_the_algorithms_default() {
+        let o = PpoArgs {
+            temperature: Some(0.7),
+            kl_coef: Some(0.04),
+            rollouts_per_prompt: Some(4),
+            no_eos_trick: Some(false),
+            eos_penalty: Some(-3.0),
+            ..args(Some(Algo::Grpo))
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(key_values(&o), (Some(-3.0), 0.7, 0.04, 4));
+    }
+
+    #[test]
+    fn the_algorithm_from_a_config_file_picks_the_defaults_and_run_toml_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "algo = \"rloo\"\n").unwrap();
+        let given = PpoArgs {
+            config: Some(cfg),
+            ..args(None)
+        }
+        .with_files()
+        .unwrap();
+        assert_eq!(
+            key_values(&given.clone().resolve().unwrap()),
+            (None, 1.0, 0.05, 2)
+        );
+        // What run.toml holds: every value, so a resume does not depend on today's defaults.
+        let saved = given.with_defaults().unwrap();
+        assert_eq!(
+            (
+                saved.no_eos_trick,
+                saved.temperature,
+                saved.kl_coef,
+                saved.rollouts_per_prompt
+            ),
+            (Some(true), Some(1.0), Some(0.05), Some(2))
+        );
+        let text = toml::to_string(&saved).unwrap();
+        let back: PpoArgs = toml::from_str(&text).unwrap();
+        assert_eq!(key_values(&back.resolve().unwrap()), (None, 1.0, 0.05, 2));
+    }
+
+    #[test]
+    fn a_run_started_before_per_algorithm_defaults_resumes_with_the_papers() {
+        let dir = tempfile::tempdir().unwrap();
+        // What such a run wrote: the options given, no defaults.
+        std::fs::write(
+            dir.path().join("run.toml"),
+            "policy = \"/p\"\nprompts = \"/x\"\nout = \"/o\"\nreward-model = \"/r\"\nalgo = \"grpo\"\nrollouts-per-prompt = 4\n",
+        )
+        .unwrap();
+        let resumed = PpoArgs {
+            resume: Some(dir.path().to_path_buf()),
+            ..PpoArgs::default()
+        }
+        .with_files()
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(resumed.algo, Algo::Grpo);
+        assert_eq!(key_values(&resumed), (Some(-10.0), 0.7, 0.05, 4));
     }
 }

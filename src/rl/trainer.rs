@@ -12,11 +12,13 @@
 
 use super::advantages::{advantages, Advantages, Algo, ScoredBatch};
 use super::options::{PpoArgs, PpoOptions, RewardSource};
+use super::reward_model::reward_model_scores;
 use super::rewards::{answer_of, math_answer};
 use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
-use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::prompts::{context_note, read_prompts, Prompt};
+use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::philox::philox4x32;
 use crate::generate::stopping::eos_ids;
@@ -67,7 +69,9 @@ struct RlState {
 struct Models<'a, S: TrainState> {
     policy: &'a mut S,
     value: Option<&'a mut S>,
-    reference: &'a Llama<S::B>,
+    /// None when β is 0 and fixed: the KL is not needed, so neither is the reference's forward
+    /// (as TRL's GRPO skips its reference model at β = 0).
+    reference: Option<&'a Llama<S::B>>,
     reward: Option<&'a Llama<S::B>>,
 }
 
@@ -80,6 +84,8 @@ struct Setup {
     pad: u32,
     policy_cfg: LlamaConfig,
     value_cfg: Option<LlamaConfig>,
+    /// How the reward model reads a rollout: the policy's ids, or the text re-tokenised.
+    reward_input: Option<RewardInput>,
     extra_files: Vec<(&'static str, Vec<u8>)>,
 }
 
@@ -115,16 +121,6 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
             );
         }
         refuse_changed_run_inputs(&opts.out, &inputs.map(|(_, p)| p))?;
-    } else {
-        write_run_toml(&opts.out, args.clone(), |a| {
-            vec![
-                &mut a.policy,
-                &mut a.reward_model,
-                &mut a.value_model,
-                &mut a.prompts,
-                &mut a.out,
-            ]
-        })?;
     }
     crate::signals::install();
 
@@ -143,6 +139,10 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         cfg: &policy_cfg,
     };
     let prompts = read_prompts(&opts.prompts, &enc)?;
+    let context = policy_cfg.max_position_embeddings;
+    if let Some(note) = context_note(&opts.prompts, &prompts, opts.max_new_tokens, context) {
+        eprintln!("{note}");
+    }
     if prompts.len() < opts.prompt_batch_size {
         bail!(
             "{} has {} prompts, fewer than --prompt-batch-size {}",
@@ -162,7 +162,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     if eos.is_empty() {
         eos.extend(policy_cfg.eos_token_id);
     }
-    let load_scalar = |dir: &Path, what: &str| -> Result<(LlamaConfig, Vec<f32>)> {
+    let load_scalar = |dir: &Path, what: &str| -> Result<(LlamaConfig, Vec<f32>, RewardInput)> {
         let (cfg, params) = load_checkpoint(dir)?;
         if !cfg.scalar_head {
             bail!(
@@ -170,30 +170,58 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
                 dir.display()
             );
         }
-        if cfg.vocab_size != policy_cfg.vocab_size {
-            bail!(
-                "the {what} {} has a vocabulary of {}, the policy {}: they must share a tokenizer",
-                dir.display(),
-                cfg.vocab_size,
-                policy_cfg.vocab_size
-            );
-        }
-        Ok((cfg, params))
+        let input = RewardInput::for_models(&opts.policy, &policy_cfg, dir, &cfg, what)?;
+        Ok((cfg, params, input))
     };
     let reward = match (&opts.reward_model, opts.reward) {
         (Some(dir), RewardSource::Rm | RewardSource::Both) => {
-            Some(load_scalar(dir, "reward model")?)
+            let (cfg, params, input) = load_scalar(dir, "reward model")?;
+            if input.is_text() {
+                eprintln!(
+                    "the reward model {} has another tokenizer or chat template than the policy: it scores each prompt and completion as text, tokenised its own way",
+                    dir.display()
+                );
+            }
+            Some((cfg, params, input))
         }
         _ => None,
     };
     let value = match (&opts.value_model, opts.algo) {
-        (Some(dir), Algo::Ppo) => Some(load_scalar(dir, "value model")?),
+        (Some(dir), Algo::Ppo) => {
+            let (cfg, params, input) = load_scalar(dir, "value model")?;
+            if input.is_text() {
+                bail!(
+                    "the value model {} (by default the reward model) has another tokenizer or chat template than the policy, but a value model reads the policy's own tokens: give --value-model a scalar-head model with the policy's tokenizer, or use --algo grpo or rloo (no value model)",
+                    dir.display()
+                );
+            }
+            Some((cfg, params))
+        }
         _ => None,
     };
+    let (reward, reward_input) = match reward {
+        Some((cfg, params, input)) => (Some((cfg, params)), Some(input)),
+        None => (None, None),
+    };
     let extra_files = crate::train::trainer::tokenizer_files(&opts.policy);
+    // run.toml once the inputs have been read and found usable: a refused start leaves the
+    // folder empty, free for the next try.
+    if !resume {
+        // Every value, defaults included, so a resume keeps them even if a default changes.
+        write_run_toml(&opts.out, args.with_defaults()?, |a| {
+            vec![
+                &mut a.policy,
+                &mut a.reward_model,
+                &mut a.value_model,
+                &mut a.prompts,
+                &mut a.out,
+            ]
+        })?;
+    }
     let setup = Setup {
         pad: policy_cfg.pad_token_id.unwrap_or(0),
         value_cfg: value.as_ref().map(|(c, _)| c.clone()),
+        reward_input,
         policy_cfg: policy_cfg.clone(),
         opts,
         prompts,
@@ -206,8 +234,10 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     let mut policy = Llama::new(policy_cfg, policy_params);
     // The frozen models only run forwards: with `recompute` a forward keeps no layer's tensors
     // (nothing is rebuilt, as no backward follows), so their scoring passes stay small.
-    let mut reference = policy.clone();
-    reference.recompute = true;
+    let reference = needs_reference(&setup.opts).then(|| Llama {
+        recompute: true,
+        ..policy.clone()
+    });
     policy.recompute = setup.opts.recompute;
     let reward = reward.map(|(c, p)| Llama {
         recompute: true,
@@ -232,12 +262,12 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
             .as_ref()
             .map(|m| GpuTrainer::on(cuda.share(), m))
             .transpose()?;
-        let r = up(&reference)?;
+        let r = reference.as_ref().map(up).transpose()?;
         let rm = reward.as_ref().map(up).transpose()?;
         let models = Models {
             policy: &mut p,
             value: v.as_mut(),
-            reference: &r,
+            reference: r.as_ref(),
             reward: rm.as_ref(),
         };
         train(models, &setup, resume)
@@ -247,11 +277,17 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         let models = Models::<CpuState> {
             policy: &mut p,
             value: v.as_mut(),
-            reference: &reference,
+            reference: reference.as_ref(),
             reward: reward.as_ref(),
         };
         train(models, &setup, resume)
     }
+}
+
+/// Whether the frozen reference model is loaded and scored: not when β is fixed at 0, where the
+/// KL it measures would be multiplied by 0 (TRL's GRPO does not load it either).
+fn needs_reference(o: &PpoOptions) -> bool {
+    !matches!(o.kl, KlController::Fixed { coef } if coef == 0.0)
 }
 
 fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
@@ -263,7 +299,7 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let max_batch = (o.prompt_batch_size * k).min(256);
     let kv_blocks =
         crate::generate::engine::pool_blocks(longest, k, o.max_new_tokens, max_batch, bs);
-    let plan = crate::train::memory_plan::MemoryPlan::ppo(
+    let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
         &s.policy_cfg,
         s.value_cfg.as_ref(),
         reward,
@@ -272,6 +308,12 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         kv_blocks * bs,
         o.recompute,
     );
+    if !needs_reference(o) {
+        if let Some(line) = plan.lines.iter_mut().find(|l| l.0.starts_with("reference")) {
+            plan.total -= line.1;
+            *line = ("reference (not loaded: β is 0)", 0);
+        }
+    }
     eprint!(
         "{}",
         plan.render(&format!(
@@ -469,9 +511,17 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                 m.policy.model().backend.to_host(&f.entropy)?,
             );
             f.recycle(&m.policy.model().backend);
-            let f = m.reference.forward_heads(&sub, heads)?;
-            let rl = m.reference.backend.to_host(&f.logp)?;
-            f.recycle(&m.reference.backend);
+            // With no reference (β fixed at 0) its log-probs are taken as the policy's: every KL
+            // is then exactly 0, which β = 0 multiplies anyway.
+            let rl = match m.reference {
+                Some(reference) => {
+                    let f = reference.forward_heads(&sub, heads)?;
+                    let rl = reference.backend.to_host(&f.logp)?;
+                    f.recycle(&reference.backend);
+                    rl
+                }
+                None => lp.clone(),
+            };
             for (i, &row) in chunk.iter().enumerate() {
                 old_logp[row * t..(row + 1) * t].copy_from_slice(&lp[i * t..(i + 1) * t]);
                 entropy[row * t..(row + 1) * t].copy_from_slice(&ent[i * t..(i + 1) * t]);
@@ -485,13 +535,37 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                     values[row * t..(row + 1) * t].copy_from_slice(&vals[i * t..(i + 1) * t]);
                 }
             }
-            if let Some(rm) = m.reward {
-                let f = rm.forward_heads(&sub, Heads::VALUE)?;
-                let r = rm.backend.to_host(&f.value)?;
-                f.recycle(&rm.backend);
-                for (i, &row) in chunk.iter().enumerate() {
-                    rm_scores[row] = r[sub.reward_position(i, rb.lens[row], rm.cfg.pad_token_id)];
+            match (m.reward, &s.reward_input) {
+                (Some(rm), Some(RewardInput::PolicyIds)) => {
+                    let f = rm.forward_heads(&sub, Heads::VALUE)?;
+                    let r = rm.backend.to_host(&f.value)?;
+                    f.recycle(&rm.backend);
+                    for (i, &row) in chunk.iter().enumerate() {
+                        rm_scores[row] =
+                            r[sub.reward_position(i, rb.lens[row], rm.cfg.pad_token_id)];
+                    }
                 }
+                // Another tokenizer: the prompt and the completion's text, tokenised its way.
+                (Some(rm), Some(input)) => {
+                    let seqs = chunk
+                        .iter()
+                        .map(|&row| {
+                            let r = &rollouts[row];
+                            input.ids(
+                                &s.prompts[picked[r.prompt_index]],
+                                &prompt_ids[r.prompt_index],
+                                &r.completion_ids,
+                                rb.ends_with_eos[row],
+                                &s.tokenizer,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let r = reward_model_scores(rm, &seqs)?;
+                    for (&row, score) in chunk.iter().zip(r) {
+                        rm_scores[row] = score;
+                    }
+                }
+                _ => {}
             }
         }
         let math: Vec<f32> = rollouts
@@ -696,7 +770,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                 "finish_reason": r.finish_reason, "score": score,
             }))?;
         }
-        metrics.write(&json!({
+        let mut row = json!({
             "step": it + 1, "episode": (it + 1) * n,
             "objective/scores": if o.reward == RewardSource::MathAnswer { mean(math.iter().map(|&x| x as f64)) } else { raw_score },
             "objective/kl": seq_kl,
@@ -720,14 +794,27 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
             "logprob_gap/max": gap_max, "logprob_gap/mean": mean(gaps.iter().copied()),
             "tokens_per_s": tokens as f64 / elapsed,
             "time/generate": t_gen, "time/score": t_score, "time/train": t_train,
-        }))?;
+        });
+        if m.reference.is_none() {
+            // No reference pass (β fixed at 0), so no KL was measured; TRL's GRPO logs none either.
+            if let Some(fields) = row.as_object_mut() {
+                for key in ["objective/kl", "kl/k1", "kl/k3"] {
+                    fields.remove(key);
+                }
+            }
+        }
+        metrics.write(&row)?;
         summary.scores.push(raw_score);
         summary.max_logprob_gap = summary.max_logprob_gap.max(gap_max);
         summary.iterations = it + 1;
         let done = it + 1;
         if done % log_every == 0 || done == total {
+            let kl = match m.reference {
+                Some(_) => format!(", kl {seq_kl:.4}"),
+                None => String::new(),
+            };
             eprintln!(
-                "iteration {done}/{total}: score {raw_score:.4}, kl {seq_kl:.4}, policy loss {:.4}, {:.1} s (generate {t_gen:.1}, score {t_score:.1}, train {t_train:.1})",
+                "iteration {done}/{total}: score {raw_score:.4}{kl}, policy loss {:.4}, {:.1} s (generate {t_gen:.1}, score {t_score:.1}, train {t_train:.1})",
                 mean(pl.iter().copied()),
                 elapsed
             );

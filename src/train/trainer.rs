@@ -120,16 +120,6 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             );
         }
         refuse_changed_run_inputs(&opts.out, &inputs.map(|(_, p)| p))?;
-    } else {
-        write_run_toml(&opts.out, args.clone(), |a| {
-            vec![
-                &mut a.model,
-                &mut a.data,
-                &mut a.eval_data,
-                &mut a.out,
-                &mut a.ref_cache_dir,
-            ]
-        })?;
     }
 
     // The starting model: the policy's initial weights and, for DPO, the frozen reference.
@@ -162,6 +152,19 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         }
         None => None,
     };
+    // run.toml once the inputs have been read and found usable: a refused start leaves the
+    // folder empty, free for the next try.
+    if !resume {
+        write_run_toml(&opts.out, args.clone(), |a| {
+            vec![
+                &mut a.model,
+                &mut a.data,
+                &mut a.eval_data,
+                &mut a.out,
+                &mut a.ref_cache_dir,
+            ]
+        })?;
+    }
     let tokenizer_files = tokenizer_files(&opts.model);
     let extra: Vec<(&str, &[u8])> = tokenizer_files
         .iter()
