@@ -371,7 +371,12 @@ fn trl_ipo_on_averaged_logprobs_matches_a_worked_example() {
     assert_all_close(&dlogp, &want, 1e-5, "TRL IPO token gradient");
     // The implicit rewards are β times the mean gaps: 0.1 · (−1 − −1.5) = 0.05, ...
     assert_all_close(&out.chosen_rewards, &[0.05, -0.05], 1e-6, "chosen rewards");
-    assert_all_close(&out.rejected_rewards, &[-0.15, 0.05], 1e-6, "rejected rewards");
+    assert_all_close(
+        &out.rejected_rewards,
+        &[-0.15, 0.05],
+        1e-6,
+        "rejected rewards",
+    );
 }
 
 #[test]
@@ -411,16 +416,14 @@ fn average_logps_gradients_match_finite_differences_for_every_loss() {
             let out = run(x, &mut [0.0; 16]);
             out.losses.iter().sum::<f32>() / 2.0
         };
-        assert_gradient_matches(
-            &analytic,
-            mean_loss,
-            &TOKENS,
-            &format!("{loss:?} on means"),
-        );
+        assert_gradient_matches(&analytic, mean_loss, &TOKENS, &format!("{loss:?} on means"));
         // On means every token of a response gets the same share, and padding none.
         assert_eq!(analytic[2], 0.0, "{loss:?}");
         assert_eq!(analytic[0], analytic[1], "{loss:?}");
-        assert!(analytic[12..16].iter().all(|&g| g == analytic[12]), "{loss:?}");
+        assert!(
+            analytic[12..16].iter().all(|&g| g == analytic[12]),
+            "{loss:?}"
+        );
         assert_ne!(analytic[12], 0.0, "{loss:?}");
     }
 }

@@ -139,6 +139,19 @@ fn string_prompts_are_read_raw_as_trl_reads_them() {
     let (pairs, _) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
     assert_eq!(pairs[0].prompt, bytes("Hi"));
     assert_eq!(pairs[0].chosen, [bytes(" Yes"), vec![257]].concat());
+
+    // An EOS name the tokenizer does not know is not spelt out as text: config.json's id ends
+    // the responses instead.
+    let unknown = ChatTemplate::Tulu {
+        eos_token: "<|end|>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &unknown,
+        cfg: &cfg,
+    };
+    let (pairs, _) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(pairs[0].chosen, [bytes(" Yes"), vec![257]].concat());
 }
 
 #[test]

@@ -85,9 +85,9 @@ fn compare_steps(case: &Value, rows: &[Value], keys: &[(&str, &str)]) {
     for (i, (trl, ours)) in steps.iter().zip(rows).enumerate() {
         for (trl_key, our_key) in keys {
             let want = trl[*trl_key].as_f64().unwrap();
-            let got = ours[*our_key].as_f64().unwrap_or_else(|| {
-                panic!("{name} step {}: no {our_key} in {ours}", i + 1)
-            });
+            let got = ours[*our_key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name} step {}: no {our_key} in {ours}", i + 1));
             close(&format!("{name} step {} {our_key}", i + 1), got, want);
         }
     }
@@ -106,7 +106,11 @@ fn compare_weights(case: &Value, out: &Path) {
             .map(|&v| (v as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        close(&format!("{name} {tensor} L2"), l2, want["l2"].as_f64().unwrap());
+        close(
+            &format!("{name} {tensor} L2"),
+            l2,
+            want["l2"].as_f64().unwrap(),
+        );
         for (j, w) in want["first"].as_array().unwrap().iter().enumerate() {
             close(
                 &format!("{name} {tensor}[{j}]"),
@@ -179,4 +183,46 @@ fn reward_model_matches_trl_step_by_step() {
     keys.extend([("accuracy", "accuracy"), ("margin", "margin")]);
     compare_steps(&c, &metrics(&out), &keys);
     compare_weights(&c, &out);
+}
+
+fn prefer(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prefer"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_options_that_differ_from_trl_say_so() {
+    // prefer rm --help states the zero-initialised head and how TRL's differs.
+    let (ok, help) = prefer(&["rm", "--help"]);
+    assert!(ok, "{help}");
+    assert!(
+        help.contains("starts at zero") && help.contains("initializer_range"),
+        "{help}"
+    );
+    assert!(help.contains("--chat-template"), "{help}");
+    assert!(
+        !help.contains("--average-logps"),
+        "a DPO option in rm's help: {help}"
+    );
+    let (_, help) = prefer(&["dpo", "--help"]);
+    assert!(
+        help.contains("--average-logps") && help.contains("TRL's IPO"),
+        "{help}"
+    );
+    // --average-logps is a DPO option, and SimPO is defined on averages.
+    let (ok, err) = prefer(&["rm", "--average-logps"]);
+    assert!(
+        !ok && err.contains("--average-logps are DPO options"),
+        "{err}"
+    );
+    let (ok, err) = prefer(&["dpo", "--loss", "simpo", "--average-logps", "false"]);
+    assert!(
+        !ok && err.contains("--loss simpo is defined on averaged log-probs"),
+        "{err}"
+    );
 }

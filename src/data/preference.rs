@@ -145,8 +145,11 @@ impl Encoder<'_> {
         rejected: &str,
     ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
         let eos = self.template.eos_token();
+        // An EOS name the tokenizer does not know would be tokenised as plain text: then the
+        // responses end with config.json's eos id instead, as `response_ids` does.
+        let eos_known = self.tokenizer.token_id(eos).is_some();
         let with_eos = |text: &str| {
-            if text.ends_with(eos) {
+            if !eos_known || text.ends_with(eos) {
                 text.to_string()
             } else {
                 format!("{text}{eos}")
@@ -159,13 +162,21 @@ impl Encoder<'_> {
         let full_rejected = self
             .tokenizer
             .encode(&format!("{prompt}{}", with_eos(rejected)), true)?;
-        let shared = |full: &[u32]| prompt_ids.iter().zip(full).take_while(|(a, b)| a == b).count();
+        let shared = |full: &[u32]| {
+            prompt_ids
+                .iter()
+                .zip(full)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
         let cut = shared(&full_chosen).min(shared(&full_rejected));
-        Ok((
-            prompt_ids[..cut].to_vec(),
-            full_chosen[cut..].to_vec(),
-            full_rejected[cut..].to_vec(),
-        ))
+        let (mut chosen, mut rejected) =
+            (full_chosen[cut..].to_vec(), full_rejected[cut..].to_vec());
+        if !eos_known {
+            chosen.extend(self.cfg.eos_token_id);
+            rejected.extend(self.cfg.eos_token_id);
+        }
+        Ok((prompt_ids[..cut].to_vec(), chosen, rejected))
     }
 
     /// A reply: its text's ids, then the tokenizer's end-of-turn token (config.json's eos id

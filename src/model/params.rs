@@ -149,7 +149,10 @@ mod tests {
         assert_eq!(*ranges.last().expect("not empty"), layout.final_norm);
         assert!(ranges.windows(2).all(|w| w[0].end < w[1].start));
         // The embedding, projections and LM head decay.
-        for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"] {
+        for name in [
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ] {
             let slot = layout.slot(name).expect("a slot");
             assert!(!ParamLayout::skips_weight_decay(slot), "{name}");
         }

@@ -24,8 +24,9 @@ pub struct Schedule {
 
 impl Schedule {
     /// W = ⌈T · warmup_ratio⌉ in f64, as transformers' `TrainingArguments.get_warmup_steps`
-    /// (`math.ceil(num_training_steps * warmup_ratio)`): 0.1 · 70 rounds up to 8 there, so it
-    /// does here.
+    /// (`math.ceil(num_training_steps * warmup_ratio)`): 100 · 0.07 is 7.000000000000001 there,
+    /// so W is 8, here too; and the ratio stays f64 from the flag or TOML on, as a Python float
+    /// (0.1 as an f32 is 0.10000000149, which would make W = 4 of 30 steps, not 3).
     pub fn new(peak_lr: f32, warmup_ratio: f64, total_steps: usize, decay: Decay) -> Self {
         let warmup_steps = (total_steps as f64 * warmup_ratio).ceil() as usize;
         Schedule {
@@ -97,16 +98,26 @@ mod tests {
 
     #[test]
     fn warmup_steps_round_up_in_f64_as_python_does() {
-        // 70 · 0.1 = 7.000000000000001 in f64, so math.ceil gives 8; 30 · 0.1 = 3.0 gives 3.
-        assert_eq!(Schedule::new(1.0, 0.1, 70, Decay::Linear).warmup_steps, 8);
+        // Python: math.ceil(100 * 0.07) = 8 (the product is 7.000000000000001), ceil(50 * 0.14)
+        // = 8, ceil(30 * 0.1) = 3, ceil(0.25 * 8) = 2.
+        assert_eq!(Schedule::new(1.0, 0.07, 100, Decay::Linear).warmup_steps, 8);
+        assert_eq!(Schedule::new(1.0, 0.14, 50, Decay::Linear).warmup_steps, 8);
         assert_eq!(Schedule::new(1.0, 0.1, 30, Decay::Linear).warmup_steps, 3);
+        assert_eq!(Schedule::new(1.0, 0.25, 8, Decay::Linear).warmup_steps, 2);
         assert_eq!(Schedule::new(1.0, 0.0, 30, Decay::Linear).warmup_steps, 0);
     }
 
     #[test]
     fn every_decay_matches_transformers_lambdas() {
         for decay in [Decay::Linear, Decay::Cosine, Decay::Constant] {
-            for (ratio, total) in [(0.0, 1), (0.0, 7), (0.1, 7), (0.25, 13), (0.5, 4), (0.1, 70)] {
+            for (ratio, total) in [
+                (0.0, 1),
+                (0.0, 7),
+                (0.1, 7),
+                (0.25, 13),
+                (0.5, 4),
+                (0.07, 100),
+            ] {
                 let s = Schedule::new(3e-4, ratio, total, decay);
                 for step in 0..total {
                     let want = 3e-4 * hf_factor(decay, step, s.warmup_steps, total);
