@@ -19,7 +19,8 @@ from a rate of 0, then linear decay. Everything runs in f32 with eager attention
 The reward model's new scalar head is set to zero before training, as prefer starts it (TRL and
 transformers start it random, normal with std = initializer_range).
 
-Checked with torch 2.15.0, transformers 5.24.0, trl 1.16.0 (Python 3.11, CPU wheels from PyPI).
+Checked with torch 2.15.0 (the PyPI wheel, CUDA build, run on the CPU), transformers 5.24.0,
+trl 1.16.0, datasets 5.2.0, Python 3.11: `pip install torch transformers trl` in a venv.
 transformers 5 has no `warmup_ratio`: a float `warmup_steps` below 1 is the ratio, with the same
 ceil(steps · ratio) rule.
 """
