@@ -90,7 +90,7 @@ def training_args(cls, out_dir, lr, **extra):
     )
 
 
-def watched(model, prefix=""):
+def watched(model):
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     out = {}
     for name in WATCHED:
