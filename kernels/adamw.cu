@@ -24,13 +24,27 @@ extern "C" __global__ void grad_norm_finish(float* out, const double* partial, i
     if (threadIdx.x == 0) out[0] = (float)sqrt(s);
 }
 
+// Whether weight decay applies at i: not inside any of the `count` sorted, disjoint ranges
+// [no_decay[2k], no_decay[2k+1]) (norm gains and biases, as transformers' Trainer exempts them).
+// A binary search over a few dozen ranges that every thread reads, so they stay in cache.
+__device__ __forceinline__ bool decays_at(size_t i, const unsigned long long* no_decay, int count) {
+    int lo = 0, hi = count;  // the first range that ends after i
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (no_decay[2 * mid + 1] <= i) lo = mid + 1;
+        else hi = mid;
+    }
+    return !(lo < count && no_decay[2 * lo] <= i);
+}
+
 // g = grads * clip_scale, where clip_scale = min(1, max_norm / (norm + 1e-6)) is computed on the
 // device from norm[0], so the step needs no host round trip. max_norm <= 0 turns clipping off.
-// bias1 = 1 - beta1^t, bias2 = 1 - beta2^t.
+// bias1 = 1 - beta1^t, bias2 = 1 - beta2^t. no_decay [2·no_decay_count] (may be null when the
+// count is 0): the ranges weight decay skips.
 extern "C" __global__ void adamw_step(float* master, __nv_bfloat16* params_bf16, const float* grads, float* m,
                                       float* v, const float* norm, float max_norm, float lr, float beta1,
                                       float beta2, float eps, float weight_decay, float bias1, float bias2,
-                                      size_t n) {
+                                      const unsigned long long* no_decay, int no_decay_count, size_t n) {
     const float scale = (max_norm > 0.0f && norm[0] > max_norm) ? max_norm / (norm[0] + 1e-6f) : 1.0f;
     // Grid-stride: a fixed grid covers any parameter count (7B+ exceeds a u32 grid of threads).
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -40,7 +54,8 @@ extern "C" __global__ void adamw_step(float* master, __nv_bfloat16* params_bf16,
         m[i] = mi;
         v[i] = vi;
         const float p = master[i];
-        const float updated = p - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps) + weight_decay * p);
+        const float wd = decays_at(i, no_decay, no_decay_count) ? weight_decay : 0.0f;
+        const float updated = p - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps) + wd * p);
         master[i] = updated;
         params_bf16[i] = __float2bfloat16(updated);
     }

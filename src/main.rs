@@ -50,6 +50,9 @@ enum Command {
         /// cpu, cuda, emu (the software GPU) or auto.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
+        /// Render string prompts with the chat template, as `prefer rm --chat-template` trained.
+        #[arg(long)]
+        chat_template: bool,
     },
     /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
     Init {
@@ -162,11 +165,22 @@ enum Command {
 /// options.
 fn cli_command() -> clap::Command {
     Cli::command()
-        .mut_subcommand("rm", |c| trainer_help(c, TrainerKind::RewardModel))
+        .mut_subcommand("rm", |c| {
+            trainer_help(c, TrainerKind::RewardModel).after_help(REWARD_HEAD_INIT)
+        })
         .mut_subcommand("dpo", |c| trainer_help(c, TrainerKind::Dpo))
         .mut_subcommand("ppo", prefer::rl::options::with_default_help)
         .mut_subcommands(mark_required)
 }
+
+/// How `prefer rm` starts the reward head, and how that differs from TRL.
+const REWARD_HEAD_INIT: &str = "\
+The reward head: a new scalar head (score.weight) starts at zero, so every reward is 0 and the \
+loss is ln 2 at the first step, whatever the base model and seed, and the first gradient reaches \
+the head alone (the body's first update waits for a non-zero head). transformers and TRL start \
+it random (normal, std = initializer_range), which gives random step-0 rewards that depend on the \
+seed. A base model that already has a score.weight keeps it: to reproduce a TRL run exactly, \
+save TRL's initial head into the base model.";
 
 fn trainer_help(cmd: clap::Command, kind: TrainerKind) -> clap::Command {
     let defaults = toml::Value::try_from(TrainArgs::defaults(kind)).expect("defaults serialise");
@@ -274,7 +288,8 @@ fn run(command: Command) -> Result<()> {
             data,
             batch_size,
             device,
-        } => cmd::train::run_eval_rm(&model, &data, batch_size, device),
+            chat_template,
+        } => cmd::train::run_eval_rm(&model, &data, batch_size, device, chat_template),
         Command::Bench {
             what,
             json,

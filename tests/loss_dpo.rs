@@ -233,6 +233,7 @@ fn gradients_match_finite_differences_for_every_loss() {
             beta: if loss == DpoLoss::Simpo { 2.0 } else { 0.5 },
             label_smoothing,
             simpo_gamma: 0.4,
+            average_logps: false,
         };
         let reference = (&reference_chosen[..], &reference_rejected[..]);
         let inputs = DpoInputs {
@@ -294,4 +295,135 @@ fn reference_losses_require_reference() {
         reference_rejected: &[],
     };
     dpo_loss(&inputs, &DpoConfig::default());
+}
+
+/// Token log-probs of two pairs, [4 rows, T 4]: rows 0-1 chosen, 2-3 rejected, with responses of
+/// 2, 3, 1 and 4 tokens.
+const TOKENS: [f32; 16] = [
+    -0.5, -1.5, 0.0, 0.0, //
+    -1.0, -2.0, -3.0, 0.0, //
+    -4.0, 0.0, 0.0, 0.0, //
+    -0.5, -0.5, -1.0, -2.0,
+];
+const MASK: [bool; 16] = [
+    true, true, false, false, //
+    true, true, true, false, //
+    true, false, false, false, //
+    true, true, true, true,
+];
+
+#[test]
+fn average_logps_turns_every_loss_to_means() {
+    for loss in [
+        DpoLoss::Sigmoid,
+        DpoLoss::Ipo,
+        DpoLoss::Hinge,
+        DpoLoss::RefFreeSigmoid,
+    ] {
+        let on = DpoConfig {
+            loss,
+            average_logps: true,
+            ..DpoConfig::default()
+        };
+        assert_eq!(on.reduction(), SeqReduction::Mean, "{loss:?}");
+        assert_eq!(config(loss).reduction(), SeqReduction::Sum, "{loss:?}");
+    }
+    // SimPO averages whatever the switch says.
+    assert_eq!(config(DpoLoss::Simpo).reduction(), SeqReduction::Mean);
+}
+
+#[test]
+fn trl_ipo_on_averaged_logprobs_matches_a_worked_example() {
+    // Means: chosen (−0.5 − 1.5)/2 = −1, (−1 − 2 − 3)/3 = −2; rejected −4, (−0.5 − 0.5 − 1 − 2)/4 = −1.
+    let mean = sequence_logprobs(&TOKENS, &MASK, 4, 4, SeqReduction::Mean);
+    assert_all_close(&mean, &[-1.0, -2.0, -4.0, -1.0], 1e-7, "means");
+    // Reference means −1.5, −1.5, −2.5, −1.5. Pair 0: h = (−1 − −4) − (−1.5 − −2.5) = 2;
+    // pair 1: h = (−2 − −1) − (−1.5 − −1.5) = −1. β = 0.1: target 1/(2β) = 5,
+    // ℓ = (2 − 5)² = 9 and (−1 − 5)² = 36, mean 22.5.
+    let ipo = DpoConfig {
+        loss: DpoLoss::Ipo,
+        average_logps: true,
+        ..DpoConfig::default()
+    };
+    let reference = [-1.5, -1.5, -2.5, -1.5];
+    let mut dlogp = vec![0.0; 16];
+    let out = prefer::ops::cpu::dpo_loss::dpo_loss(
+        &mut dlogp,
+        &TOKENS,
+        &MASK,
+        ipo.reduction(),
+        Some(&reference),
+        2,
+        4,
+        &ipo,
+        1.0,
+    );
+    assert_all_close(&out.losses, &[9.0, 36.0], 1e-5, "TRL IPO losses");
+    // ∂ℓ/∂h = 2(h − 5) = −6 and −12, over N = 2 pairs, then 1/n to each response token:
+    // chosen row 0 gets −3/2 per token, row 1 (pair 1's chosen) −6/3; the rejected rows the
+    // opposite over their own lengths.
+    let want = [
+        -1.5, -1.5, 0.0, 0.0, //
+        -2.0, -2.0, -2.0, 0.0, //
+        3.0, 0.0, 0.0, 0.0, //
+        1.5, 1.5, 1.5, 1.5,
+    ];
+    assert_all_close(&dlogp, &want, 1e-5, "TRL IPO token gradient");
+    // The implicit rewards are β times the mean gaps: 0.1 · (−1 − −1.5) = 0.05, ...
+    assert_all_close(&out.chosen_rewards, &[0.05, -0.05], 1e-6, "chosen rewards");
+    assert_all_close(
+        &out.rejected_rewards,
+        &[-0.15, 0.05],
+        1e-6,
+        "rejected rewards",
+    );
+}
+
+#[test]
+fn average_logps_gradients_match_finite_differences_for_every_loss() {
+    // The whole chain a DPO step runs: token log-probs → per-sequence means → loss, against
+    // finite differences of the token log-probs.
+    let reference = [-1.2, -2.5, -3.0, -1.4];
+    for (loss, beta) in [
+        (DpoLoss::Sigmoid, 0.5),
+        (DpoLoss::Ipo, 0.5),
+        (DpoLoss::Hinge, 0.5),
+        (DpoLoss::RefFreeSigmoid, 0.5),
+    ] {
+        let cfg = DpoConfig {
+            loss,
+            beta,
+            label_smoothing: if loss == DpoLoss::Sigmoid { 0.1 } else { 0.0 },
+            average_logps: true,
+            ..DpoConfig::default()
+        };
+        let run = |x: &[f32], dlogp: &mut [f32]| {
+            prefer::ops::cpu::dpo_loss::dpo_loss(
+                dlogp,
+                x,
+                &MASK,
+                cfg.reduction(),
+                Some(&reference),
+                2,
+                4,
+                &cfg,
+                1.0,
+            )
+        };
+        let mut analytic = vec![0.0; 16];
+        run(&TOKENS, &mut analytic);
+        let mean_loss = |x: &[f32]| {
+            let out = run(x, &mut [0.0; 16]);
+            out.losses.iter().sum::<f32>() / 2.0
+        };
+        assert_gradient_matches(&analytic, mean_loss, &TOKENS, &format!("{loss:?} on means"));
+        // On means every token of a response gets the same share, and padding none.
+        assert_eq!(analytic[2], 0.0, "{loss:?}");
+        assert_eq!(analytic[0], analytic[1], "{loss:?}");
+        assert!(
+            analytic[12..16].iter().all(|&g| g == analytic[12]),
+            "{loss:?}"
+        );
+        assert_ne!(analytic[12], 0.0, "{loss:?}");
+    }
 }

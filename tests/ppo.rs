@@ -281,6 +281,8 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
             grad_accum: Some(1),
             epochs: Some(2),
             warmup_ratio: Some(0.1),
+            // PPO renders its prompts with the chat template: the RM reads them the same way.
+            chat_template: Some(true),
             device: Some(prefer::cmd::Device::Cpu),
             ..TrainArgs::default()
         },

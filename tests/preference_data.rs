@@ -51,7 +51,12 @@ fn three_shapes_give_the_same_pair() {
         r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Yes"}], "rejected": [{"role": "assistant", "content": "No"}]}"#,
     );
     let (_d, path) = write(&lines);
-    let (pairs, report) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    // A string prompt is one user turn under --chat-template.
+    let templated = DataOptions {
+        chat_template: true,
+        ..DataOptions::default()
+    };
+    let (pairs, report) = load_preferences(&path, &enc, &templated).unwrap();
     assert_eq!(report.pairs, 4);
     for p in &pairs {
         assert_eq!(p.prompt, prompt);
@@ -98,6 +103,58 @@ fn the_models_own_jinja_template_is_used() {
 }
 
 #[test]
+fn string_prompts_are_read_raw_as_trl_reads_them() {
+    let (tok, cfg) = fixture();
+    let tulu = ChatTemplate::Tulu {
+        eos_token: "</s>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    // TRL 1.x: tokenizer(prompt) and tokenizer(prompt + response + eos_token), BOS from the
+    // tokenizer's post-processor; a response that already ends with the EOS text keeps one.
+    let (_d, path) = write(concat!(
+        r#"{"prompt": "Hi", "chosen": " Yes", "rejected": "No</s>"}"#,
+        "
+"
+    ));
+    let (pairs, _) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(pairs[0].prompt, [vec![256], bytes("Hi")].concat());
+    assert_eq!(pairs[0].chosen, [bytes(" Yes"), vec![257]].concat());
+    assert_eq!(pairs[0].rejected, [bytes("No"), vec![257]].concat());
+
+    // A tokenizer that adds no BOS (no post-processor) gets none, as in TRL, even though the
+    // model's config names a BOS id.
+    let mut json: serde_json::Value = serde_json::from_str(&byte_tokenizer_json()).unwrap();
+    json["post_processor"] = serde_json::Value::Null;
+    let bare = TextTokenizer::from_json(&json.to_string()).unwrap();
+    assert_eq!(cfg.bos_token_id, Some(256));
+    let enc = Encoder {
+        tokenizer: &bare,
+        template: &tulu,
+        cfg: &cfg,
+    };
+    let (pairs, _) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(pairs[0].prompt, bytes("Hi"));
+    assert_eq!(pairs[0].chosen, [bytes(" Yes"), vec![257]].concat());
+
+    // An EOS name the tokenizer does not know is not spelt out as text: config.json's id ends
+    // the responses instead.
+    let unknown = ChatTemplate::Tulu {
+        eos_token: "<|end|>".into(),
+    };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: &unknown,
+        cfg: &cfg,
+    };
+    let (pairs, _) = load_preferences(&path, &enc, &DataOptions::default()).unwrap();
+    assert_eq!(pairs[0].chosen, [bytes(" Yes"), vec![257]].concat());
+}
+
+#[test]
 fn long_pairs_are_dropped_or_truncated_and_counted() {
     let (tok, cfg) = fixture();
     let tulu = ChatTemplate::Tulu {
@@ -120,6 +177,7 @@ fn long_pairs_are_dropped_or_truncated_and_counted() {
         max_len: 96,
         overflow: Overflow::Drop,
         skip_bad: false,
+        chat_template: true,
     };
     let (pairs, report) = load_preferences(&path, &enc, &opts).unwrap();
     assert_eq!(

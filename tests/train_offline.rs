@@ -83,6 +83,7 @@ fn reward_model_learns_the_synthetic_task() {
         &s.root.join("eval.jsonl"),
         32,
         prefer::cmd::Device::Cpu,
+        false,
     )
     .unwrap();
     assert!((eval.accuracy() - acc).abs() < 1e-9);

@@ -30,6 +30,9 @@ fn demo_args(
         grad_accum: Some(1),
         epochs: Some(2),
         warmup_ratio: Some(0.1),
+        // The PPO stage renders its prompts with the chat template, so the reward model and the
+        // DPO policy learn them in the same form.
+        chat_template: Some(true),
         seed: Some(seed),
         device: Some(device),
         eval_every: Some(20),

@@ -30,8 +30,14 @@ pub fn exit_for_signal() -> ! {
     std::process::exit(crate::signals::exit_status(sig));
 }
 
-pub fn run_eval_rm(model: &Path, data: &Path, batch_size: usize, device: Device) -> Result<()> {
-    let s = evaluate_reward_model(model, data, batch_size, device)?;
+pub fn run_eval_rm(
+    model: &Path,
+    data: &Path,
+    batch_size: usize,
+    device: Device,
+    chat_template: bool,
+) -> Result<()> {
+    let s = evaluate_reward_model(model, data, batch_size, device, chat_template)?;
     let report = serde_json::json!({
         "pairs": s.pairs, "accuracy": s.accuracy(), "loss": s.loss(), "mean_margin": s.margin(),
         "mean_chosen_reward": s.chosen_reward(), "mean_rejected_reward": s.rejected_reward(),

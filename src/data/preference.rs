@@ -1,5 +1,7 @@
 //! Preference pairs from JSONL, in the shapes people already have:
-//!   {"prompt": str, "chosen": str, "rejected": str}            (the prompt is one user turn)
+//!   {"prompt": str, "chosen": str, "rejected": str}            (raw text, as TRL's "standard"
+//!                                                              format; with `chat_template`, the
+//!                                                              prompt is one user turn)
 //!   {"chosen": [messages], "rejected": [messages]}            (UltraFeedback-binarized; the prompt
 //!                                                              is the messages both share)
 //!   {"prompt": [messages], "chosen": [reply], "rejected": [reply]}  (TRL's explicit prompt)
@@ -57,6 +59,10 @@ pub struct DataOptions {
     pub overflow: Overflow,
     /// Count and report bad lines instead of stopping at the first.
     pub skip_bad: bool,
+    /// Render a string `"prompt"` as one user turn of the model's chat template (the paper's
+    /// Tulu format needs it). Off, it is read raw, as TRL reads its "standard" format: the
+    /// prompt's ids, then the response's, as they are. Message lists are always templated.
+    pub chat_template: bool,
 }
 
 impl Default for DataOptions {
@@ -66,6 +72,7 @@ impl Default for DataOptions {
             max_len: 1024,
             overflow: Overflow::Drop,
             skip_bad: false,
+            chat_template: false,
         }
     }
 }
@@ -126,16 +133,50 @@ impl Encoder<'_> {
         Ok(ids)
     }
 
-    /// A prompt given as plain text (TRL's implicit-prompt form): its ids as they are, with no
-    /// chat template, BOS first.
-    pub fn text_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tokenizer.encode(text, false)?;
-        if let Some(bos) = self.cfg.bos_token_id {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
+    /// A pair given as plain text, tokenised as TRL 1.x tokenises its "standard" format: the
+    /// prompt, and the prompt followed by each response and the EOS token's text, each with the
+    /// tokenizer's own special tokens (BOS where its post-processor adds one, as
+    /// `tokenizer(text)` does; none where it does not); the prompt is the ids the three share,
+    /// so a token merged across the boundary goes to the responses, as in TRL.
+    pub fn raw_pair(
+        &self,
+        prompt: &str,
+        chosen: &str,
+        rejected: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
+        let eos = self.template.eos_token();
+        // An EOS name the tokenizer does not know would be tokenised as plain text: then the
+        // responses end with config.json's eos id instead, as `response_ids` does.
+        let eos_known = self.tokenizer.token_id(eos).is_some();
+        let with_eos = |text: &str| {
+            if !eos_known || text.ends_with(eos) {
+                text.to_string()
+            } else {
+                format!("{text}{eos}")
             }
+        };
+        let prompt_ids = self.tokenizer.encode(prompt, true)?;
+        let full_chosen = self
+            .tokenizer
+            .encode(&format!("{prompt}{}", with_eos(chosen)), true)?;
+        let full_rejected = self
+            .tokenizer
+            .encode(&format!("{prompt}{}", with_eos(rejected)), true)?;
+        let shared = |full: &[u32]| {
+            prompt_ids
+                .iter()
+                .zip(full)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let cut = shared(&full_chosen).min(shared(&full_rejected));
+        let (mut chosen, mut rejected) =
+            (full_chosen[cut..].to_vec(), full_rejected[cut..].to_vec());
+        if !eos_known {
+            chosen.extend(self.cfg.eos_token_id);
+            rejected.extend(self.cfg.eos_token_id);
         }
-        Ok(ids)
+        Ok((prompt_ids[..cut].to_vec(), chosen, rejected))
     }
 
     /// A reply: its text's ids, then the tokenizer's end-of-turn token (config.json's eos id
@@ -164,7 +205,8 @@ pub fn load_preferences(
         let line_no = i + 1;
         let parsed = match &line {
             Ok(l) if l.trim().is_empty() => continue,
-            Ok(l) => parse_pair(l, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size)),
+            Ok(l) => parse_pair(l, enc, opts.chat_template)
+                .and_then(|p| check_ids(p, enc.cfg.vocab_size)),
             Err(e) => Err(anyhow!("unreadable line (not UTF-8?): {e}")),
         };
         let mut pair = match parsed {
@@ -213,7 +255,7 @@ fn truncate(pair: &mut PreferencePair, opts: &DataOptions, bos: Option<u32>) {
     pair.rejected.truncate(room);
 }
 
-fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
+fn parse_pair(line: &str, enc: &Encoder, chat_template: bool) -> Result<PreferencePair> {
     let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("not valid JSON: {e}"))?;
     let obj = v
         .as_object()
@@ -243,26 +285,28 @@ fn parse_pair(line: &str, enc: &Encoder) -> Result<PreferencePair> {
         match (chosen, rejected) {
             (Value::String(c), Value::String(r)) if !obj.contains_key("prompt") => {
                 let (prompt, c, r) = split_implicit_prompt(c, r)?;
-                (
-                    enc.text_prompt_ids(prompt)?,
-                    nonempty("chosen", c, enc)?,
-                    nonempty("rejected", r, enc)?,
-                )
+                nonempty_text(c, r)?;
+                enc.raw_pair(prompt, c, r)?
             }
             (Value::String(c), Value::String(r)) => {
                 let prompt = obj
                     .get("prompt")
                     .and_then(Value::as_str)
                     .ok_or_else(|| anyhow!("missing string field \"prompt\""))?;
-                let turn = [Message {
-                    role: "user".into(),
-                    content: prompt.into(),
-                }];
-                (
-                    enc.prompt_ids(&turn)?,
-                    nonempty("chosen", c, enc)?,
-                    nonempty("rejected", r, enc)?,
-                )
+                if chat_template {
+                    let turn = [Message {
+                        role: "user".into(),
+                        content: prompt.into(),
+                    }];
+                    (
+                        enc.prompt_ids(&turn)?,
+                        nonempty("chosen", c, enc)?,
+                        nonempty("rejected", r, enc)?,
+                    )
+                } else {
+                    nonempty_text(c, r)?;
+                    enc.raw_pair(prompt, c, r)?
+                }
             }
             (Value::Array(_), Value::Array(_)) => {
                 let c: Vec<Message> = serde_json::from_value(chosen.clone()).map_err(|e| {
@@ -353,6 +397,16 @@ fn nonempty(which: &str, text: &str, enc: &Encoder) -> Result<Vec<u32>> {
         bail!("empty {which} response");
     }
     enc.response_ids(text)
+}
+
+/// Refuses a pair with a blank response, naming which.
+fn nonempty_text(chosen: &str, rejected: &str) -> Result<()> {
+    for (which, text) in [("chosen", chosen), ("rejected", rejected)] {
+        if text.trim().is_empty() {
+            bail!("empty {which} response");
+        }
+    }
+    Ok(())
 }
 
 fn ids_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<u32>> {

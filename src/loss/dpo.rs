@@ -5,6 +5,7 @@
 //! `grad_policy_chosen` / `grad_policy_rejected` to [`super::sequence_logprobs_backward`].
 
 use super::numerics::{log_sigmoid, sigmoid};
+use super::seq_logprob::SeqReduction;
 
 /// Which DPO-family loss to use. With h = (π_c − π_r) − (ref_c − ref_r) (sequence log-probs):
 #[derive(
@@ -24,7 +25,8 @@ pub enum DpoLoss {
     /// ℓ = −(1 − ε) log σ(βh) − ε log σ(−βh).
     #[default]
     Sigmoid,
-    /// IPO (Azar et al. 2023): ℓ = (h − 1/(2β))². TRL feeds it length-normalised log-probs.
+    /// IPO (Azar et al. 2023): ℓ = (h − 1/(2β))². TRL feeds it length-normalised log-probs:
+    /// `average_logps` gives TRL's IPO.
     Ipo,
     /// SLiC-HF hinge (Zhao et al. 2023): ℓ = max(0, 1 − βh).
     Hinge,
@@ -55,6 +57,22 @@ pub struct DpoConfig {
     /// SimPO target reward margin γ (on the β-scaled logit, as in the paper; TRL's
     /// `simpo_gamma` is γ/β). Used by Simpo only. Default 0.5.
     pub simpo_gamma: f32,
+    /// Compare per-token means of the response log-probs (policy's and reference's) instead of
+    /// sums, for every loss: with Ipo it is TRL's IPO, with Sigmoid open-instruct's `dpo_norm`.
+    /// SimPO always averages. Default false (the papers' sums).
+    pub average_logps: bool,
+}
+
+impl DpoConfig {
+    /// How each sequence's token log-probs are reduced before the loss: a mean for SimPO and
+    /// under `average_logps`, else a sum.
+    pub fn reduction(&self) -> SeqReduction {
+        if self.average_logps || self.loss == DpoLoss::Simpo {
+            SeqReduction::Mean
+        } else {
+            SeqReduction::Sum
+        }
+    }
 }
 
 impl Default for DpoConfig {
@@ -64,6 +82,7 @@ impl Default for DpoConfig {
             beta: 0.1,
             label_smoothing: 0.0,
             simpo_gamma: 0.5,
+            average_logps: false,
         }
     }
 }

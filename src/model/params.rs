@@ -103,7 +103,58 @@ impl ParamLayout {
         slot.name.ends_with("norm.weight")
     }
 
+    /// Whether AdamW's weight decay skips a parameter: norm gains and biases, as transformers'
+    /// Trainer exempts them (`get_decay_parameter_names`: LayerNorm/RMSNorm weights and every
+    /// bias). Decaying a gain towards 0 would shrink the layer's output, not regularise it.
+    pub fn skips_weight_decay(slot: &TensorSlot) -> bool {
+        slot.name.ends_with("norm.weight") || slot.name.ends_with(".bias")
+    }
+
+    /// The flat-buffer ranges weight decay skips, sorted, with touching ranges merged.
+    pub fn no_decay_ranges(&self) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for r in self
+            .slots
+            .iter()
+            .filter(|s| Self::skips_weight_decay(s))
+            .map(|s| s.range.clone())
+        {
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
     pub fn slot(&self, name: &str) -> Option<&TensorSlot> {
         self.slots.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_decay_skips_exactly_the_norm_gains() {
+        let cfg = LlamaConfig::preset("tiny").expect("a preset");
+        let layout = ParamLayout::new(&cfg);
+        let ranges = layout.no_decay_ranges();
+        // Two norms per layer and the final one, each [hidden], none of them adjacent.
+        assert_eq!(ranges.len(), 2 * cfg.num_hidden_layers + 1);
+        assert!(ranges.iter().all(|r| r.len() == cfg.hidden_size));
+        assert_eq!(ranges[0], layout.layers[0].input_norm);
+        assert_eq!(ranges[1], layout.layers[0].post_attn_norm);
+        assert_eq!(*ranges.last().expect("not empty"), layout.final_norm);
+        assert!(ranges.windows(2).all(|w| w[0].end < w[1].start));
+        // The embedding, projections and LM head decay.
+        for name in [
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ] {
+            let slot = layout.slot(name).expect("a slot");
+            assert!(!ParamLayout::skips_weight_decay(slot), "{name}");
+        }
     }
 }

@@ -135,8 +135,12 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
         rows.extend(super::check_losses::run_ppo_checks(eng)?);
     }
     if wants("adamw") {
-        for n in [1usize, 100_003] {
-            rows.extend(check_adamw(eng, n)?);
+        // Weight decay skips the ranges (norm gains in a model): none, the only element, and
+        // ranges at the buffer's start and end and across the grid-stride boundaries.
+        let ranges = vec![0..5, 64..320, 50_000..50_257, 99_990..100_003];
+        let whole = std::iter::once(0..1).collect();
+        for (n, no_decay) in [(1usize, Vec::new()), (1, whole), (100_003, ranges)] {
+            rows.extend(check_adamw(eng, n, no_decay)?);
         }
     }
     Ok(rows)
@@ -1021,14 +1025,23 @@ fn check_model(preset: &str, layers: Option<usize>) -> Result<Vec<CheckRow>> {
     Ok(vec![lp_row, v_row, grad_row, recompute_row])
 }
 
-fn check_adamw(eng: &CudaEngine, n: usize) -> Result<Vec<CheckRow>> {
+fn check_adamw(
+    eng: &CudaEngine,
+    n: usize,
+    no_decay: Vec<std::ops::Range<usize>>,
+) -> Result<Vec<CheckRow>> {
     use crate::train::optimizer::{clip_grad_norm, AdamW};
     let mut g = Lcg(23 + n as u64);
     let params = g.bf16s(n, 1.0);
     let grads: Vec<f32> = (0..n).map(|_| g.uniform() * 0.05).collect();
     let max_norm = 1.0;
+    // A decay as large as the Adam update, so decaying an exempt weight (or sparing one that
+    // decays) moves it by about half the update and fails the row.
+    let weight_decay = 1.0;
+    let no_decay_d = cuda::adamw::upload_no_decay(eng, &no_decay)?;
+    let exempt = no_decay.len();
     // CPU: two steps, so the moments from the first are used by the second.
-    let mut adam = AdamW::new(n, 0.01);
+    let mut adam = AdamW::new(n, weight_decay, no_decay);
     let mut p = params.clone();
     let mut norms = Vec::new();
     for _ in 0..2 {
@@ -1050,7 +1063,7 @@ fn check_adamw(eng: &CudaEngine, n: usize) -> Result<Vec<CheckRow>> {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            weight_decay: 0.01,
+            weight_decay,
             t,
             max_norm,
         };
@@ -1062,12 +1075,13 @@ fn check_adamw(eng: &CudaEngine, n: usize) -> Result<Vec<CheckRow>> {
             &mut m_d,
             &mut v_d,
             &norm_d,
+            no_decay_d.as_ref(),
             hp,
         )?;
         eng.synchronize("adamw_step")?;
         ms = t0.elapsed().as_secs_f64() * 1e3;
     }
-    let shape = format!("n={n}, 2 steps");
+    let shape = format!("n={n}, 2 steps, {exempt} no-decay ranges");
     // Compare the update (p − p0), which is what the optimiser computes, not p itself.
     let delta = |a: &[f32]| {
         a.iter()

@@ -13,14 +13,19 @@ use anyhow::Result;
 pub(super) fn run_dpo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     use crate::loss::DpoLoss;
     let mut rows = Vec::new();
-    for (loss, pairs, t) in [
-        (DpoLoss::Sigmoid, 3, 37),
-        (DpoLoss::Ipo, 4, 100),
-        (DpoLoss::Hinge, 4, 100),
-        (DpoLoss::Simpo, 8, 600),
-        (DpoLoss::RefFreeSigmoid, 2, 1024),
+    // (loss, --average-logps, pairs, T): every loss on sums, and on means (SimPO always averages).
+    for (loss, average_logps, pairs, t) in [
+        (DpoLoss::Sigmoid, false, 3, 37),
+        (DpoLoss::Ipo, false, 4, 100),
+        (DpoLoss::Hinge, false, 4, 100),
+        (DpoLoss::Simpo, true, 8, 600),
+        (DpoLoss::RefFreeSigmoid, false, 2, 1024),
+        (DpoLoss::Sigmoid, true, 5, 77),
+        (DpoLoss::Ipo, true, 4, 100),
+        (DpoLoss::Hinge, true, 3, 256),
+        (DpoLoss::RefFreeSigmoid, true, 2, 513),
     ] {
-        rows.extend(check_dpo(eng, loss, pairs, t)?);
+        rows.extend(check_dpo(eng, loss, average_logps, pairs, t)?);
     }
     Ok(rows)
 }
@@ -28,10 +33,11 @@ pub(super) fn run_dpo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
 fn check_dpo(
     eng: &CudaEngine,
     loss: crate::loss::DpoLoss,
+    average_logps: bool,
     pairs: usize,
     t: usize,
 ) -> Result<Vec<CheckRow>> {
-    use crate::loss::{DpoConfig, DpoLoss, SeqReduction};
+    use crate::loss::{DpoConfig, DpoLoss};
     let rows = 2 * pairs;
     let n = rows * t;
     let mut g = Lcg(131 + n as u64);
@@ -43,20 +49,19 @@ fn check_dpo(
         })
         .collect();
     let logp: Vec<f32> = (0..n).map(|_| -2.0 + 1.5 * g.uniform()).collect();
-    let reduction = if loss == DpoLoss::Simpo {
-        SeqReduction::Mean
-    } else {
-        SeqReduction::Sum
-    };
-    // Reference log-probs near the policy's, so that h is small and the losses are not saturated.
-    let seq = crate::loss::sequence_logprobs(&logp, &mask, rows, t, reduction);
-    let reference: Vec<f32> = seq.iter().map(|&s| s + 2.0 * g.uniform()).collect();
     let cfg = DpoConfig {
         loss,
         beta: 0.1,
         label_smoothing: if loss == DpoLoss::Sigmoid { 0.1 } else { 0.0 },
         simpo_gamma: 0.5,
+        average_logps,
     };
+    let reduction = cfg.reduction();
+    // Reference log-probs near the policy's, so that h is small and the losses are not saturated
+    // (on means the spread is smaller, as a mean's scale is a token's).
+    let seq = crate::loss::sequence_logprobs(&logp, &mask, rows, t, reduction);
+    let spread = if average_logps { 0.2 } else { 2.0 };
+    let reference: Vec<f32> = seq.iter().map(|&s| s + spread * g.uniform()).collect();
     let mut dlogp = vec![0.0; n];
     let cpu = cpu_dpo::dpo_loss(
         &mut dlogp,
@@ -92,7 +97,14 @@ fn check_dpo(
         )
     })?;
     let gpu = cpu_dpo::DpoPairs::from_rows(&eng.download(&rows_d)?, pairs);
-    let shape = format!("{loss:?} P={pairs} T={t}");
+    let shape = format!(
+        "{loss:?}{} P={pairs} T={t}",
+        if average_logps && loss != DpoLoss::Simpo {
+            " mean"
+        } else {
+            ""
+        }
+    );
     Ok(vec![
         compare(
             "dpo_loss dlogp",

@@ -37,6 +37,7 @@ use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoin
 use crate::train::gpu_step::GpuTrainer;
 use crate::train::metrics::MetricsLog;
 use crate::train::run_folder::{refuse_changed_run_inputs, write_run_toml, OpenRun};
+use crate::train::schedule::{Decay, Schedule};
 use crate::train::state::{CpuState, TrainState};
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -618,7 +619,8 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
 
         // 4. PPO epochs over minibatches.
         let t2 = Instant::now();
-        let lr = o.lr * (1.0 - it as f32 / total as f32);
+        // transformers' linear decay with no warm-up, as the offline trainers' schedule.
+        let lr = Schedule::new(o.lr, 0.0, total, Decay::Linear).lr(it);
         let (mut pl, mut vl, mut clipfrac, mut approxkl, mut vclip) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut explained = Vec::new();

@@ -5,7 +5,7 @@
 use super::objective::{Objective, PairRows, PairStats, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
-use crate::loss::{sequence_logprobs, DpoConfig, DpoLoss, SeqReduction};
+use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
 use crate::model::{Backend, HeadGrads, Heads, Llama, LlamaConfig};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -33,14 +33,6 @@ pub struct DpoObjective {
 }
 
 impl DpoObjective {
-    /// SimPO compares length-normalised log-probs; the others compare sums.
-    pub fn reduction(&self) -> SeqReduction {
-        match self.config.loss {
-            DpoLoss::Simpo => SeqReduction::Mean,
-            _ => SeqReduction::Sum,
-        }
-    }
-
     fn run<B: Backend>(
         &self,
         model: &Llama<B>,
@@ -55,7 +47,7 @@ impl DpoObjective {
         // The loss runs where the log-probs are (kernels/dpo_loss.cu on CUDA): the response
         // weights and reference log-probs go up, and the per-pair results stay there until the
         // training loop logs.
-        let reduction = self.reduction();
+        let reduction = self.config.reduction();
         let weights = response_weights(&pb.response_mask, rows, t, reduction);
         let o = &model.backend;
         let reference = match split.reference {
@@ -121,7 +113,7 @@ impl DpoObjective {
                 &pb.response_mask,
                 2 * pb.pairs,
                 pb.batch.seq,
-                self.reduction(),
+                self.config.reduction(),
             );
             out.extend((0..pb.pairs).map(|i| (seq[i], seq[pb.pairs + i])));
             fwd.recycle(&model.backend);
@@ -144,7 +136,7 @@ impl DpoObjective {
             params: host_params,
             device: std::any::type_name::<B>(),
         };
-        let path = cache_path(cache_dir, &key, pairs, self.reduction());
+        let path = cache_path(cache_dir, &key, pairs, self.config.reduction());
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(values) = serde_json::from_str::<Vec<(f32, f32)>>(&text) {
                 if values.len() == pairs.len() {

@@ -4,7 +4,7 @@
 
 use super::state::{HostState, TrainState};
 use crate::model::{Backend, Batch, HeadGrads, Heads, Llama};
-use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, AdamWStep};
+use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -20,6 +20,8 @@ pub struct GpuTrainer {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     norm: CudaSlice<f32>,
+    /// The ranges weight decay skips (the norm gains), uploaded once.
+    no_decay: Option<CudaSlice<u64>>,
     norm_partial: CudaSlice<f64>,
     /// The norms of the steps not yet read, [NORM_HISTORY], the first `pending_norms` set.
     norm_history: CudaSlice<f32>,
@@ -47,6 +49,7 @@ impl GpuTrainer {
             m: eng.zeros(n)?,
             v: eng.zeros(n)?,
             norm: eng.zeros(1)?,
+            no_decay: upload_no_decay(eng, &cpu.layout.no_decay_ranges())?,
             norm_partial: norm_scratch(eng)?,
             norm_history: eng.zeros(NORM_HISTORY)?,
             pending_norms: 0,
@@ -106,6 +109,7 @@ impl GpuTrainer {
             &mut self.m,
             &mut self.v,
             &self.norm,
+            self.no_decay.as_ref(),
             h,
         )
     }

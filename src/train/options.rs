@@ -40,9 +40,11 @@ pub struct TrainArgs {
     /// Micro-batches per optimiser step.
     #[arg(long)]
     pub grad_accum: Option<usize>,
-    /// Fraction of the steps over which the learning rate rises linearly from 0.
+    /// Fraction of the steps over which the learning rate rises linearly from 0: W = ⌈steps ×
+    /// ratio⌉ warm-up steps, step t < W at lr·t/W (the first step's rate is 0), as transformers'
+    /// schedules.
     #[arg(long, allow_negative_numbers = true)]
-    pub warmup_ratio: Option<f32>,
+    pub warmup_ratio: Option<f64>,
     /// The learning rate's shape after the warm-up.
     #[arg(long, value_enum)]
     pub decay: Option<Decay>,
@@ -84,6 +86,11 @@ pub struct TrainArgs {
     /// Count and report bad JSONL lines instead of stopping at the first.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_bad: Option<bool>,
+    /// Render a string "prompt" as a user turn of the model's chat template (else the Tulu format
+    /// `<|user|>\n…\n<|assistant|>\n`), as the paper's Tulu data needs. Off, string prompts and
+    /// responses are read raw, as TRL reads them; message lists are always templated.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub chat_template: Option<bool>,
     /// DPO: the loss.
     #[arg(long, value_enum)]
     pub loss: Option<DpoLoss>,
@@ -96,6 +103,11 @@ pub struct TrainArgs {
     /// DPO: SimPO's target margin γ.
     #[arg(long, allow_negative_numbers = true)]
     pub simpo_gamma: Option<f32>,
+    /// DPO: compare per-token means of the response log-probs instead of sums, for every loss
+    /// (`--loss ipo --average-logps` is TRL's IPO; `--loss sigmoid --average-logps` is
+    /// open-instruct's dpo_norm). SimPO always averages: it is a no-op there, and `false` an error.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub average_logps: Option<bool>,
     /// DPO: where reference log-probs are cached (default: ~/.cache/prefer/reference).
     #[arg(long)]
     pub ref_cache_dir: Option<PathBuf>,
@@ -160,7 +172,7 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     pub batch_size: usize,
     pub grad_accum: usize,
-    pub warmup_ratio: f32,
+    pub warmup_ratio: f64,
     pub decay: Decay,
     pub weight_decay: f32,
     pub max_grad_norm: f32,
@@ -204,10 +216,12 @@ fn merge(a: TrainArgs, b: TrainArgs) -> TrainArgs {
         max_len,
         overflow,
         skip_bad,
+        chat_template,
         loss,
         beta,
         label_smoothing,
         simpo_gamma,
+        average_logps,
         ref_cache_dir,
         log_every
     )
@@ -246,21 +260,24 @@ impl TrainArgs {
             max_len: Some(data.max_len),
             overflow: Some(data.overflow),
             skip_bad: Some(data.skip_bad),
+            chat_template: Some(data.chat_template),
             loss: Some(dpo.loss),
             beta: Some(dpo.beta),
             label_smoothing: Some(dpo.label_smoothing),
             simpo_gamma: Some(dpo.simpo_gamma),
+            average_logps: Some(dpo.average_logps),
             ref_cache_dir: Some(default_cache_dir()),
             ..TrainArgs::default()
         }
     }
 
     /// The DPO-only options, which `prefer rm` neither shows nor takes.
-    pub const DPO_ONLY: [&'static str; 5] = [
+    pub const DPO_ONLY: [&'static str; 6] = [
         "loss",
         "beta",
         "label_smoothing",
         "simpo_gamma",
+        "average_logps",
         "ref_cache_dir",
     ];
 
@@ -323,9 +340,13 @@ impl TrainArgs {
             && (a.loss.is_some()
                 || a.beta.is_some()
                 || a.label_smoothing.is_some()
-                || a.simpo_gamma.is_some())
+                || a.simpo_gamma.is_some()
+                || a.average_logps.is_some())
         {
-            bail!("--loss, --beta, --label-smoothing and --simpo-gamma are DPO options; the reward model trains with the Bradley-Terry loss");
+            bail!("--loss, --beta, --label-smoothing, --simpo-gamma and --average-logps are DPO options; the reward model trains with the Bradley-Terry loss");
+        }
+        if a.loss == Some(DpoLoss::Simpo) && a.average_logps == Some(false) {
+            bail!("--loss simpo is defined on averaged log-probs; drop --average-logps false");
         }
         let a = merge(a, TrainArgs::defaults(kind));
         let given = "set by TrainArgs::defaults";
@@ -355,12 +376,14 @@ impl TrainArgs {
                 max_len: a.max_len.expect(given),
                 overflow: a.overflow.expect(given),
                 skip_bad: a.skip_bad.expect(given),
+                chat_template: a.chat_template.expect(given),
             },
             dpo: DpoConfig {
                 loss: a.loss.expect(given),
                 beta: a.beta.expect(given),
                 label_smoothing: a.label_smoothing.expect(given),
                 simpo_gamma: a.simpo_gamma.expect(given),
+                average_logps: a.average_logps.expect(given),
             },
             ref_cache_dir: a.ref_cache_dir.expect(given),
             stop_after: a.stop_after,

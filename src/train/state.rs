@@ -42,12 +42,14 @@ pub struct CpuState {
 }
 
 impl CpuState {
+    /// Weight decay skips the model's norm gains and biases (`ParamLayout::no_decay_ranges`).
     pub fn new(model: Llama<Cpu>, weight_decay: f32) -> Self {
         let n = model.layout.len;
+        let no_decay = model.layout.no_decay_ranges();
         CpuState {
             model,
             grads: vec![0.0; n],
-            adam: AdamW::new(n, weight_decay),
+            adam: AdamW::new(n, weight_decay, no_decay),
             norms: Vec::new(),
         }
     }

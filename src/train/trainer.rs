@@ -617,12 +617,14 @@ fn relayout(from: &LlamaConfig, params: &[f32], to: &LlamaConfig) -> Vec<f32> {
     out
 }
 
-/// Pairwise accuracy of a reward model on a preference file (the `eval-rm` command).
+/// Pairwise accuracy of a reward model on a preference file (the `eval-rm` command), with string
+/// prompts read raw or, under `chat_template`, templated as the model was trained.
 pub fn evaluate_reward_model(
     model_dir: &Path,
     data: &Path,
     batch_size: usize,
     device: Device,
+    chat_template: bool,
 ) -> Result<PairStats> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -650,6 +652,7 @@ pub fn evaluate_reward_model(
         max_len: context,
         overflow: Overflow::Truncate,
         skip_bad: false,
+        chat_template,
     };
     let (pairs, report) = load_preferences(data, &enc, &opts)?;
     eprintln!("{}: {report}", data.display());

@@ -63,8 +63,30 @@ pub struct AdamWStep {
     pub max_norm: f32,
 }
 
+/// The ranges weight decay skips, on the device as the kernel reads them: [start, end) pairs,
+/// flattened. None for no ranges (a zero-length allocation is not a thing to ask a driver for).
+pub fn upload_no_decay(
+    eng: &CudaEngine,
+    ranges: &[std::ops::Range<usize>],
+) -> Result<Option<CudaSlice<u64>>> {
+    ensure!(
+        ranges.windows(2).all(|w| w[0].end <= w[1].start),
+        "adamw: the no-decay ranges must be sorted and disjoint"
+    );
+    if ranges.is_empty() {
+        return Ok(None);
+    }
+    let flat: Vec<u64> = ranges
+        .iter()
+        .flat_map(|r| [r.start as u64, r.end as u64])
+        .collect();
+    Ok(Some(eng.upload(&flat)?))
+}
+
 /// One AdamW step over the flat buffers: master (f32) and its bf16 copy, m and v, with the
-/// gradient scaled by min(1, max_norm / norm[0]).
+/// gradient scaled by min(1, max_norm / norm[0]) and no weight decay inside `no_decay`
+/// (from [`upload_no_decay`]).
+#[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     eng: &CudaEngine,
     master: &mut CudaSlice<f32>,
@@ -73,6 +95,7 @@ pub fn adamw_step(
     m: &mut CudaSlice<f32>,
     v: &mut CudaSlice<f32>,
     norm: &CudaSlice<f32>,
+    no_decay: Option<&CudaSlice<u64>>,
     h: AdamWStep,
 ) -> Result<()> {
     let n = master.len();
@@ -80,6 +103,8 @@ pub fn adamw_step(
         params_bf16.len() == n && grads.len() == n && m.len() == n && v.len() == n,
         "adamw_step: n={n}"
     );
+    let no_decay_count = no_decay.map_or(0, |r| r.len() / 2) as i32;
+    let null: u64 = 0;
     let bias1 = 1.0 - h.beta1.powi(h.t as i32);
     let bias2 = 1.0 - h.beta2.powi(h.t as i32);
     let f = eng.function("adamw_step")?;
@@ -96,8 +121,14 @@ pub fn adamw_step(
         .arg(&h.beta2)
         .arg(&h.eps)
         .arg(&h.weight_decay);
-    l.arg(&bias1).arg(&bias2).arg(&n);
-    // SAFETY: arguments match the kernel's signature; lengths checked above.
+    l.arg(&bias1).arg(&bias2);
+    match no_decay {
+        Some(r) => l.arg(r),
+        None => l.arg(&null),
+    };
+    l.arg(&no_decay_count).arg(&n);
+    // SAFETY: arguments match the kernel's signature (a null no_decay is a 0 pointer with a count
+    // of 0); lengths checked above.
     unsafe {
         l.launch(LaunchConfig {
             grid_dim: (n.div_ceil(256).clamp(1, 132 * 16) as u32, 1, 1),
