@@ -4,7 +4,7 @@ use crate::data::tokenizer::{byte_tokenizer_config_json, byte_tokenizer_json};
 use crate::model::init::init_params;
 use crate::model::weights::{save_checkpoint, SaveDtype};
 use crate::model::{LlamaConfig, ParamLayout};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 pub struct InitOptions {
@@ -35,7 +35,14 @@ pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
         );
         cfg.initializer_range = std;
     }
+    cfg.validate().context("--layers")?;
     let layout = ParamLayout::new(&cfg);
+    // Held twice at the peak: the f32 values and their encoded bytes while saving.
+    crate::model::memory_budget::ensure_fits_host(
+        &format!("a {preset} model of {} parameters", layout.len),
+        layout.len as u128 * 8,
+        "lower --layers",
+    )?;
     let params = init_params(&cfg, &layout, seed);
     let tokenizer = byte_tokenizer_json();
     let tokenizer_config = byte_tokenizer_config_json();

@@ -164,8 +164,14 @@ pub fn load_preferences(
         let line_no = i + 1;
         let parsed = match &line {
             Ok(l) if l.trim().is_empty() => continue,
+            // Known too long from its bytes: dropped without tokenising (which would take a
+            // minute and gigabytes for a 50 MB line).
+            Ok(l) if opts.overflow == Overflow::Drop && certainly_too_long(l, enc, opts) => {
+                report.dropped_too_long += 1;
+                continue;
+            }
             Ok(l) => parse_pair(l, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size)),
-            Err(e) => Err(anyhow!("unreadable line (not UTF-8?): {e}")),
+            Err(e) => Err(anyhow!("unreadable line: {e}")),
         };
         let mut pair = match parsed {
             Ok(p) => p,
@@ -197,6 +203,33 @@ pub fn load_preferences(
     }
     report.pairs = pairs.len();
     Ok((pairs, report))
+}
+
+/// Whether a line's pair is sure to be over `--max-len` before tokenising: its prompt, chosen or
+/// rejected text alone has more bytes than `max_len` tokens can cover. The line's own length
+/// bounds every text in it (JSON escapes only lengthen text), so a short line costs nothing.
+fn certainly_too_long(line: &str, enc: &Encoder, opts: &DataOptions) -> bool {
+    let tok = enc.tokenizer;
+    if !tok.certainly_longer(line, opts.max_len) {
+        return false;
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+        return false; // parse_pair names the problem
+    };
+    ["prompt", "chosen", "rejected"].iter().any(|k| {
+        obj.get(*k)
+            .is_some_and(|v| tok.certainly_longer(&text_of(v), opts.max_len))
+    })
+}
+
+/// Every string inside `v` (a text, or a list of messages' roles and contents), joined.
+pub(super) fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text_of).collect(),
+        Value::Object(o) => o.values().map(text_of).collect(),
+        _ => String::new(),
+    }
 }
 
 fn truncate(pair: &mut PreferencePair, opts: &DataOptions, bos: Option<u32>) {
