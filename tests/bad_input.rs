@@ -85,8 +85,9 @@ impl Files {
         std::fs::write(root.join("prompts.jsonl"), "{\"prompt\": \"hello\"}\n").unwrap();
         Files { _dir: dir, root }
     }
-    fn p(&self, name: &str) -> String {
-        self.root.join(name).display().to_string()
+    /// The path of `name` in the test's folder (leaked: a test's few paths live as long as it).
+    fn p(&self, name: &str) -> &'static str {
+        Box::leak(self.root.join(name).display().to_string().into_boxed_str())
     }
 }
 
@@ -106,8 +107,8 @@ fn huge_config_sizes_are_refused_naming_config_json_and_the_field() {
         checkpoint(&m, |_, _| {});
         set_config(&m, field, value.into());
         let o = prefer(&[
-            "logprobs", "--device", "cpu", "--model", &f.p("big"), "--input", &f.p("prompts.jsonl"),
-            "--out", &f.p("lp.jsonl"),
+            "logprobs", "--device", "cpu", "--model", f.p("big"), "--input", f.p("prompts.jsonl"),
+            "--out", f.p("lp.jsonl"),
         ]);
         assert_refused(&o, &["config.json", field, "out of range"]);
     }
@@ -118,8 +119,8 @@ fn huge_config_sizes_are_refused_naming_config_json_and_the_field() {
     set_config(&m, "hidden_size", 65536.into());
     set_config(&m, "head_dim", 16.into());
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", &f.p("big"), "--input", &f.p("prompts.jsonl"),
-        "--out", &f.p("lp.jsonl"),
+        "logprobs", "--device", "cpu", "--model", f.p("big"), "--input", f.p("prompts.jsonl"),
+        "--out", f.p("lp.jsonl"),
     ]);
     assert_refused(&o, &["parameters (f32) needs 1.0 TiB", "is available", "vocab_size"]);
 }
@@ -135,15 +136,15 @@ fn an_8m_character_prompt_is_refused_before_tokenising_naming_file_and_line() {
     .unwrap();
     let start = Instant::now();
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", &f.p("base"), "--prompts", &f.p("long.jsonl"),
-        "--out", &f.p("g.jsonl"),
+        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("long.jsonl"),
+        "--out", f.p("g.jsonl"),
     ]);
     assert_refused(&o, &["long.jsonl:2", "8388608 bytes", "context of 2048 tokens"]);
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     std::fs::write(f.root.join("long_lp.jsonl"), format!("{{\"text\": \"{long}\"}}\n")).unwrap();
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", &f.p("base"), "--input", &f.p("long_lp.jsonl"),
-        "--out", &f.p("lp.jsonl"),
+        "logprobs", "--device", "cpu", "--model", f.p("base"), "--input", f.p("long_lp.jsonl"),
+        "--out", f.p("lp.jsonl"),
     ]);
     assert_refused(&o, &["long_lp.jsonl:1", "longer than the model's context of 2048"]);
 }
@@ -155,8 +156,8 @@ fn max_new_tokens_past_the_context_ends_at_the_context_and_u64_max_is_refused() 
     // cache is sized for that, not for ten million tokens.
     checkpoint(&f.root.join("short"), |c, _| c.max_position_embeddings = 64);
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", &f.p("short"), "--prompts", &f.p("prompts.jsonl"),
-        "--out", &f.p("g.jsonl"), "--max-new-tokens", "10000000", "--temperature", "0",
+        "generate", "--device", "cpu", "--model", f.p("short"), "--prompts", f.p("prompts.jsonl"),
+        "--out", f.p("g.jsonl"), "--max-new-tokens", "10000000", "--temperature", "0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let line: serde_json::Value =
@@ -173,14 +174,14 @@ fn max_new_tokens_past_the_context_ends_at_the_context_and_u64_max_is_refused() 
     }
     for v in ["18446744073709551615", "-1"] {
         let o = prefer(&[
-            "generate", "--device", "cpu", "--model", &f.p("base"), "--prompts",
-            &f.p("prompts.jsonl"), "--out", &f.p("g.jsonl"), "--max-new-tokens", v,
+            "generate", "--device", "cpu", "--model", f.p("base"), "--prompts",
+            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"), "--max-new-tokens", v,
         ]);
         assert_refused(&o, &["--max-new-tokens"]);
     }
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", &f.p("base"), "--prompts", &f.p("prompts.jsonl"),
-        "--out", &f.p("g.jsonl"), "--max-new-tokens", "100000000",
+        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("prompts.jsonl"),
+        "--out", f.p("g.jsonl"), "--max-new-tokens", "100000000",
     ]);
     assert_refused(&o, &["--max-new-tokens 100000000 is out of range", "1 to 16777216"]);
 }
@@ -189,8 +190,8 @@ fn max_new_tokens_past_the_context_ends_at_the_context_and_u64_max_is_refused() 
 fn a_kv_memory_past_the_machine_is_refused_naming_the_sizes() {
     let f = Files::new();
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", &f.p("base"), "--prompts", &f.p("prompts.jsonl"),
-        "--out", &f.p("g.jsonl"), "--kv-memory", "1000000G",
+        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("prompts.jsonl"),
+        "--out", f.p("g.jsonl"), "--kv-memory", "1000000G",
     ]);
     assert_refused(&o, &["--kv-memory 1000000G needs 976.6 TiB", "is available"]);
     assert!(!f.root.join("g.jsonl").exists());
@@ -207,8 +208,8 @@ fn a_50_mb_jsonl_line_is_dropped_as_too_long_in_well_under_a_few_seconds() {
     std::fs::write(f.root.join("big.jsonl"), data).unwrap();
     let start = Instant::now();
     let o = prefer(&[
-        "rm", "--device", "cpu", "--model", &f.p("base"), "--data", &f.p("big.jsonl"), "--out",
-        &f.p("rm"), "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1",
+        "rm", "--device", "cpu", "--model", f.p("base"), "--data", f.p("big.jsonl"), "--out",
+        f.p("rm"), "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1",
     ]);
     let took = start.elapsed();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -223,8 +224,8 @@ fn bad_training_options_are_refused_by_name_and_range_from_flags_and_config() {
     let f = Files::new();
     let base = |extra: &[&str]| {
         let mut a = vec![
-            "dpo", "--device", "cpu", "--model", &f.p("base"), "--data", &f.p("prefs.jsonl"),
-            "--out", &f.p("run"),
+            "dpo", "--device", "cpu", "--model", f.p("base"), "--data", f.p("prefs.jsonl"),
+            "--out", f.p("run"),
         ]
         .into_iter()
         .map(String::from)
@@ -270,8 +271,8 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
     let f = Files::new();
     let run = |extra: &[&str]| {
         let mut a = vec![
-            "ppo", "--device", "cpu", "--policy", &f.p("base"), "--reward-model", &f.p("base"),
-            "--prompts", &f.p("prompts.jsonl"), "--out", &f.p("ppo"),
+            "ppo", "--device", "cpu", "--policy", f.p("base"), "--reward-model", f.p("base"),
+            "--prompts", f.p("prompts.jsonl"), "--out", f.p("ppo"),
         ];
         a.extend(extra);
         prefer(&a)
@@ -281,7 +282,7 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
     assert_refused(&run(&["--value-coef", "nan"]), &["--value-coef NaN is not a finite number"]);
     assert_refused(&run(&["--gamma", "NaN"]), &["--gamma NaN is not a finite number", "[0, 1]"]);
     assert_refused(&run(&["--lam", "1.5"]), &["--lam 1.5 is out of range"]);
-    assert_refused(&run(&["--eos-penalty", "-inf"]), &["--eos-penalty -inf is not a finite number"]);
+    assert_refused(&run(&["--eos-penalty=-inf"]), &["--eos-penalty -inf is not a finite number"]);
     assert_refused(&run(&["--grad-accum", "18446744073709551615"]), &["--grad-accum", "too large"]);
     assert_refused(&run(&["--max-new-tokens", "-1"]), &["--max-new-tokens", "negative"]);
     assert_refused(
@@ -303,8 +304,8 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
     let f = Files::new();
     let gen = |extra: &[&str]| {
         let mut a = vec![
-            "generate", "--device", "cpu", "--model", &f.p("base"), "--prompts",
-            &f.p("prompts.jsonl"), "--out", &f.p("g.jsonl"),
+            "generate", "--device", "cpu", "--model", f.p("base"), "--prompts",
+            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"),
         ];
         a.extend(extra);
         prefer(&a)
@@ -314,13 +315,13 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
     assert_refused(&gen(&["--n", "0"]), &["--n 0 is out of range"]);
     assert_refused(&gen(&["--max-batch", "-4"]), &["--max-batch", "negative"]);
     let o = prefer(&[
-        "eval-rm", "--device", "cpu", "--model", &f.p("base"), "--data", &f.p("prefs.jsonl"),
+        "eval-rm", "--device", "cpu", "--model", f.p("base"), "--data", f.p("prefs.jsonl"),
         "--batch-size", "0",
     ]);
     assert_refused(&o, &["--batch-size 0 is out of range"]);
-    let o = prefer(&["init", "--preset", "tiny", "--out", &f.p("i"), "--layers", "100000"]);
+    let o = prefer(&["init", "--preset", "tiny", "--out", f.p("i"), "--layers", "100000"]);
     assert_refused(&o, &["--layers", "num_hidden_layers 100000 is out of range"]);
-    let o = prefer(&["init", "--preset", "tiny", "--out", &f.p("i"), "--layers", "-2"]);
+    let o = prefer(&["init", "--preset", "tiny", "--out", f.p("i"), "--layers", "-2"]);
     assert_refused(&o, &["--layers", "negative"]);
 }
 
@@ -329,18 +330,21 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
 #[test]
 fn a_nan_weight_is_refused_at_load_naming_the_tensor() {
     let f = Files::new();
-    checkpoint(&f.root.join("nan"), |_, p| p[p.len() - 3] = f32::NAN);
+    checkpoint(&f.root.join("nan"), |_, p| {
+        let at = p.len() - 3;
+        p[at] = f32::NAN;
+    });
     let layout = ParamLayout::new(&LlamaConfig {
         num_hidden_layers: 1,
         ..LlamaConfig::preset("tiny").unwrap()
     });
     let last = layout.slots.last().unwrap().name.clone();
     for cmd in [
-        vec!["logprobs", "--input", &f.p("prompts.jsonl"), "--out", &f.p("lp.jsonl")],
-        vec!["generate", "--prompts", &f.p("prompts.jsonl"), "--out", &f.p("g.jsonl")],
+        vec!["logprobs", "--input", f.p("prompts.jsonl"), "--out", f.p("lp.jsonl")],
+        vec!["generate", "--prompts", f.p("prompts.jsonl"), "--out", f.p("g.jsonl")],
     ] {
         let mut a = cmd.clone();
-        a.extend(["--device", "cpu", "--model", &f.p("nan")]);
+        a.extend(["--device", "cpu", "--model", f.p("nan")]);
         let o = prefer(&a);
         assert_refused(&o, &[&format!("tensor {last}"), "non-finite weight (NaN"]);
     }
@@ -359,8 +363,8 @@ fn rms_norm_eps_minus_one_and_other_bad_config_floats_are_refused() {
         checkpoint(&m, |_, _| {});
         set_config(&m, field, value);
         let o = prefer(&[
-            "generate", "--device", "cpu", "--model", &f.p("eps"), "--prompts",
-            &f.p("prompts.jsonl"), "--out", &f.p("g.jsonl"),
+            "generate", "--device", "cpu", "--model", f.p("eps"), "--prompts",
+            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"),
         ]);
         assert_refused(&o, &["config.json", words]);
     }
@@ -369,21 +373,22 @@ fn rms_norm_eps_minus_one_and_other_bad_config_floats_are_refused() {
 #[test]
 fn non_finite_logits_are_an_error_naming_the_prompt_and_position_never_null_logprobs() {
     let f = Files::new();
-    // Finite weights whose forward overflows: the embedding's squares overflow in RMSNorm.
+    // Finite weights whose forward overflows: the MLP's up-projection gives ±inf, and the next
+    // RMSNorm turns inf · 0 into NaN.
     checkpoint(&f.root.join("inf"), |c, p| {
         let l = ParamLayout::new(c);
-        p[l.embed.clone()].fill(3e38);
+        p[l.layers[0].up_proj.clone()].fill(3e38);
     });
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", &f.p("inf"), "--prompts", &f.p("prompts.jsonl"),
-        "--out", &f.p("g.jsonl"), "--temperature", "0",
+        "generate", "--device", "cpu", "--model", f.p("inf"), "--prompts", f.p("prompts.jsonl"),
+        "--out", f.p("g.jsonl"), "--temperature", "0",
     ]);
     assert_refused(&o, &["logits are not finite", "prompt 0", "position 0"]);
     assert!(!f.root.join("g.jsonl").exists());
     std::fs::write(f.root.join("ids.jsonl"), "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n").unwrap();
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", &f.p("inf"), "--input", &f.p("ids.jsonl"),
-        "--out", &f.p("lp.jsonl"),
+        "logprobs", "--device", "cpu", "--model", f.p("inf"), "--input", f.p("ids.jsonl"),
+        "--out", f.p("lp.jsonl"),
     ]);
     assert_refused(&o, &["ids.jsonl:1", "log-prob of token 1 is NaN", "not finite"]);
 }
