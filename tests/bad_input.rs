@@ -32,7 +32,15 @@ fn assert_refused(o: &Output, words: &[&str]) {
         !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
         "a panic:\n{e}"
     );
-    assert_eq!(o.status.code(), Some(if e.contains("For more information") { 2 } else { 1 }), "{e}");
+    assert_eq!(
+        o.status.code(),
+        Some(if e.contains("For more information") {
+            2
+        } else {
+            1
+        }),
+        "{e}"
+    );
     for w in words {
         assert!(e.contains(w), "{w:?} missing from:\n{e}");
     }
@@ -107,8 +115,15 @@ fn huge_config_sizes_are_refused_naming_config_json_and_the_field() {
         checkpoint(&m, |_, _| {});
         set_config(&m, field, value.into());
         let o = prefer(&[
-            "logprobs", "--device", "cpu", "--model", f.p("big"), "--input", f.p("prompts.jsonl"),
-            "--out", f.p("lp.jsonl"),
+            "logprobs",
+            "--device",
+            "cpu",
+            "--model",
+            f.p("big"),
+            "--input",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("lp.jsonl"),
         ]);
         assert_refused(&o, &["config.json", field, "out of range"]);
     }
@@ -119,10 +134,24 @@ fn huge_config_sizes_are_refused_naming_config_json_and_the_field() {
     set_config(&m, "hidden_size", 65536.into());
     set_config(&m, "head_dim", 16.into());
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", f.p("big"), "--input", f.p("prompts.jsonl"),
-        "--out", f.p("lp.jsonl"),
+        "logprobs",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("big"),
+        "--input",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("lp.jsonl"),
     ]);
-    assert_refused(&o, &["parameters (f32) needs 1.0 TiB", "is available", "vocab_size"]);
+    assert_refused(
+        &o,
+        &[
+            "parameters (f32) needs 1.0 TiB",
+            "is available",
+            "vocab_size",
+        ],
+    );
 }
 
 #[test]
@@ -136,17 +165,45 @@ fn an_8m_character_prompt_is_refused_before_tokenising_naming_file_and_line() {
     .unwrap();
     let start = Instant::now();
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("long.jsonl"),
-        "--out", f.p("g.jsonl"),
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--prompts",
+        f.p("long.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
     ]);
-    assert_refused(&o, &["long.jsonl:2", "8388608 bytes", "context of 2048 tokens"]);
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
-    std::fs::write(f.root.join("long_lp.jsonl"), format!("{{\"text\": \"{long}\"}}\n")).unwrap();
+    assert_refused(
+        &o,
+        &["long.jsonl:2", "8388608 bytes", "context of 2048 tokens"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    std::fs::write(
+        f.root.join("long_lp.jsonl"),
+        format!("{{\"text\": \"{long}\"}}\n"),
+    )
+    .unwrap();
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", f.p("base"), "--input", f.p("long_lp.jsonl"),
-        "--out", f.p("lp.jsonl"),
+        "logprobs",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--input",
+        f.p("long_lp.jsonl"),
+        "--out",
+        f.p("lp.jsonl"),
     ]);
-    assert_refused(&o, &["long_lp.jsonl:1", "longer than the model's context of 2048"]);
+    assert_refused(
+        &o,
+        &["long_lp.jsonl:1", "longer than the model's context of 2048"],
+    );
 }
 
 #[test]
@@ -156,13 +213,29 @@ fn max_new_tokens_past_the_context_ends_at_the_context_and_u64_max_is_refused() 
     // cache is sized for that, not for ten million tokens.
     checkpoint(&f.root.join("short"), |c, _| c.max_position_embeddings = 64);
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", f.p("short"), "--prompts", f.p("prompts.jsonl"),
-        "--out", f.p("g.jsonl"), "--max-new-tokens", "10000000", "--temperature", "0",
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("short"),
+        "--prompts",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
+        "--max-new-tokens",
+        "10000000",
+        "--temperature",
+        "0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let line: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(f.root.join("g.jsonl")).unwrap().lines().next().unwrap())
-            .unwrap();
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(f.root.join("g.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     let n = line["completion_ids"].as_array().unwrap().len();
     // "hello" in the Tulu template: BOS + "<|user|>\nhello\n<|assistant|>\n".
     let prompt = 1 + "<|user|>\nhello\n<|assistant|>\n".len();
@@ -174,26 +247,62 @@ fn max_new_tokens_past_the_context_ends_at_the_context_and_u64_max_is_refused() 
     }
     for v in ["18446744073709551615", "-1"] {
         let o = prefer(&[
-            "generate", "--device", "cpu", "--model", f.p("base"), "--prompts",
-            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"), "--max-new-tokens", v,
+            "generate",
+            "--device",
+            "cpu",
+            "--model",
+            f.p("base"),
+            "--prompts",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("g.jsonl"),
+            "--max-new-tokens",
+            v,
         ]);
         assert_refused(&o, &["--max-new-tokens"]);
     }
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("prompts.jsonl"),
-        "--out", f.p("g.jsonl"), "--max-new-tokens", "100000000",
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--prompts",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
+        "--max-new-tokens",
+        "100000000",
     ]);
-    assert_refused(&o, &["--max-new-tokens 100000000 is out of range", "1 to 16777216"]);
+    assert_refused(
+        &o,
+        &[
+            "--max-new-tokens 100000000 is out of range",
+            "1 to 16777216",
+        ],
+    );
 }
 
 #[test]
 fn a_kv_memory_past_the_machine_is_refused_naming_the_sizes() {
     let f = Files::new();
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", f.p("base"), "--prompts", f.p("prompts.jsonl"),
-        "--out", f.p("g.jsonl"), "--kv-memory", "1000000G",
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--prompts",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
+        "--kv-memory",
+        "1000000G",
     ]);
-    assert_refused(&o, &["--kv-memory 1000000G needs 976.6 TiB", "is available"]);
+    assert_refused(
+        &o,
+        &["--kv-memory 1000000G needs 976.6 TiB", "is available"],
+    );
     assert!(!f.root.join("g.jsonl").exists());
 }
 
@@ -208,12 +317,29 @@ fn a_50_mb_jsonl_line_is_dropped_as_too_long_in_well_under_a_few_seconds() {
     std::fs::write(f.root.join("big.jsonl"), data).unwrap();
     let start = Instant::now();
     let o = prefer(&[
-        "rm", "--device", "cpu", "--model", f.p("base"), "--data", f.p("big.jsonl"), "--out",
-        f.p("rm"), "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1",
+        "rm",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--data",
+        f.p("big.jsonl"),
+        "--out",
+        f.p("rm"),
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "1",
     ]);
     let took = start.elapsed();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("4 pairs (0 bad lines skipped, 1 dropped as too long"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("4 pairs (0 bad lines skipped, 1 dropped as too long"),
+        "{}",
+        stderr(&o)
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
@@ -224,8 +350,15 @@ fn bad_training_options_are_refused_by_name_and_range_from_flags_and_config() {
     let f = Files::new();
     let base = |extra: &[&str]| {
         let mut a = vec![
-            "dpo", "--device", "cpu", "--model", f.p("base"), "--data", f.p("prefs.jsonl"),
-            "--out", f.p("run"),
+            "dpo",
+            "--device",
+            "cpu",
+            "--model",
+            f.p("base"),
+            "--data",
+            f.p("prefs.jsonl"),
+            "--out",
+            f.p("run"),
         ]
         .into_iter()
         .map(String::from)
@@ -244,21 +377,42 @@ fn bad_training_options_are_refused_by_name_and_range_from_flags_and_config() {
     );
     assert_refused(
         &run(&["--grad-accum", "9223372036854775807"]),
-        &["--grad-accum 9223372036854775807 is out of range", "1 to 65536"],
+        &[
+            "--grad-accum 9223372036854775807 is out of range",
+            "1 to 65536",
+        ],
     );
     assert_refused(
         &run(&["--epochs", "4611686018427387904"]),
-        &["--epochs 4611686018427387904 is out of range", "1 to 1000000"],
+        &[
+            "--epochs 4611686018427387904 is out of range",
+            "1 to 1000000",
+        ],
     );
-    assert_refused(&run(&["--lr", "NaN"]), &["--lr NaN is not a finite number", "[0, 1]"]);
-    assert_refused(&run(&["--beta", "inf"]), &["--beta inf is not a finite number"]);
-    assert_refused(&run(&["--save-every", "0"]), &["--save-every 0 is out of range"]);
+    assert_refused(
+        &run(&["--lr", "NaN"]),
+        &["--lr NaN is not a finite number", "[0, 1]"],
+    );
+    assert_refused(
+        &run(&["--beta", "inf"]),
+        &["--beta inf is not a finite number"],
+    );
+    assert_refused(
+        &run(&["--save-every", "0"]),
+        &["--save-every 0 is out of range"],
+    );
     let cfg = f.root.join("run.toml");
     for (toml, words) in [
-        ("epochs = 0\n", &["--epochs 0 is out of range", "1 to 1000000"][..]),
+        (
+            "epochs = 0\n",
+            &["--epochs 0 is out of range", "1 to 1000000"][..],
+        ),
         ("lr = nan\n", &["--lr NaN is not a finite number"]),
         ("batch-size = -3\n", &["run.toml", "batch-size"]),
-        ("warmup-ratio = 1.5\n", &["--warmup-ratio 1.5 is out of range", "[0, 1)"]),
+        (
+            "warmup-ratio = 1.5\n",
+            &["--warmup-ratio 1.5 is out of range", "[0, 1)"],
+        ),
     ] {
         std::fs::write(&cfg, toml).unwrap();
         assert_refused(&run(&["--config", cfg.to_str().unwrap()]), words);
@@ -271,20 +425,50 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
     let f = Files::new();
     let run = |extra: &[&str]| {
         let mut a = vec![
-            "ppo", "--device", "cpu", "--policy", f.p("base"), "--reward-model", f.p("base"),
-            "--prompts", f.p("prompts.jsonl"), "--out", f.p("ppo"),
+            "ppo",
+            "--device",
+            "cpu",
+            "--policy",
+            f.p("base"),
+            "--reward-model",
+            f.p("base"),
+            "--prompts",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("ppo"),
         ];
         a.extend(extra);
         prefer(&a)
     };
-    assert_refused(&run(&["--value-clip", "-0.5"]), &["--value-clip -0.5 is out of range", "(0, 1000000]"]);
-    assert_refused(&run(&["--value-clip", "NaN"]), &["--value-clip NaN is not a finite number"]);
-    assert_refused(&run(&["--value-coef", "nan"]), &["--value-coef NaN is not a finite number"]);
-    assert_refused(&run(&["--gamma", "NaN"]), &["--gamma NaN is not a finite number", "[0, 1]"]);
+    assert_refused(
+        &run(&["--value-clip", "-0.5"]),
+        &["--value-clip -0.5 is out of range", "(0, 1000000]"],
+    );
+    assert_refused(
+        &run(&["--value-clip", "NaN"]),
+        &["--value-clip NaN is not a finite number"],
+    );
+    assert_refused(
+        &run(&["--value-coef", "nan"]),
+        &["--value-coef NaN is not a finite number"],
+    );
+    assert_refused(
+        &run(&["--gamma", "NaN"]),
+        &["--gamma NaN is not a finite number", "[0, 1]"],
+    );
     assert_refused(&run(&["--lam", "1.5"]), &["--lam 1.5 is out of range"]);
-    assert_refused(&run(&["--eos-penalty=-inf"]), &["--eos-penalty -inf is not a finite number"]);
-    assert_refused(&run(&["--grad-accum", "18446744073709551615"]), &["--grad-accum", "too large"]);
-    assert_refused(&run(&["--max-new-tokens", "-1"]), &["--max-new-tokens", "negative"]);
+    assert_refused(
+        &run(&["--eos-penalty=-inf"]),
+        &["--eos-penalty -inf is not a finite number"],
+    );
+    assert_refused(
+        &run(&["--grad-accum", "18446744073709551615"]),
+        &["--grad-accum", "too large"],
+    );
+    assert_refused(
+        &run(&["--max-new-tokens", "-1"]),
+        &["--max-new-tokens", "negative"],
+    );
     assert_refused(
         &run(&["--epochs", "9223372036854775807"]),
         &["--epochs 9223372036854775807 is out of range"],
@@ -296,7 +480,10 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
         &["--value-coef NaN is not a finite number"],
     );
     std::fs::write(&cfg, "temperature = -1.0\n").unwrap();
-    assert_refused(&run(&["--config", cfg.to_str().unwrap()]), &["--temperature -1 is out of range"]);
+    assert_refused(
+        &run(&["--config", cfg.to_str().unwrap()]),
+        &["--temperature -1 is out of range"],
+    );
 }
 
 #[test]
@@ -304,24 +491,63 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
     let f = Files::new();
     let gen = |extra: &[&str]| {
         let mut a = vec![
-            "generate", "--device", "cpu", "--model", f.p("base"), "--prompts",
-            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"),
+            "generate",
+            "--device",
+            "cpu",
+            "--model",
+            f.p("base"),
+            "--prompts",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("g.jsonl"),
         ];
         a.extend(extra);
         prefer(&a)
     };
-    assert_refused(&gen(&["--temperature", "NaN"]), &["--temperature NaN is not a finite number"]);
-    assert_refused(&gen(&["--top-p", "2"]), &["--top-p 2 is out of range", "(0, 1]"]);
+    assert_refused(
+        &gen(&["--temperature", "NaN"]),
+        &["--temperature NaN is not a finite number"],
+    );
+    assert_refused(
+        &gen(&["--top-p", "2"]),
+        &["--top-p 2 is out of range", "(0, 1]"],
+    );
     assert_refused(&gen(&["--n", "0"]), &["--n 0 is out of range"]);
     assert_refused(&gen(&["--max-batch", "-4"]), &["--max-batch", "negative"]);
     let o = prefer(&[
-        "eval-rm", "--device", "cpu", "--model", f.p("base"), "--data", f.p("prefs.jsonl"),
-        "--batch-size", "0",
+        "eval-rm",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("base"),
+        "--data",
+        f.p("prefs.jsonl"),
+        "--batch-size",
+        "0",
     ]);
     assert_refused(&o, &["--batch-size 0 is out of range"]);
-    let o = prefer(&["init", "--preset", "tiny", "--out", f.p("i"), "--layers", "100000"]);
-    assert_refused(&o, &["--layers", "num_hidden_layers 100000 is out of range"]);
-    let o = prefer(&["init", "--preset", "tiny", "--out", f.p("i"), "--layers", "-2"]);
+    let o = prefer(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        f.p("i"),
+        "--layers",
+        "100000",
+    ]);
+    assert_refused(
+        &o,
+        &["--layers", "num_hidden_layers 100000 is out of range"],
+    );
+    let o = prefer(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        f.p("i"),
+        "--layers",
+        "-2",
+    ]);
     assert_refused(&o, &["--layers", "negative"]);
 }
 
@@ -340,8 +566,20 @@ fn a_nan_weight_is_refused_at_load_naming_the_tensor() {
     });
     let last = layout.slots.last().unwrap().name.clone();
     for cmd in [
-        vec!["logprobs", "--input", f.p("prompts.jsonl"), "--out", f.p("lp.jsonl")],
-        vec!["generate", "--prompts", f.p("prompts.jsonl"), "--out", f.p("g.jsonl")],
+        vec![
+            "logprobs",
+            "--input",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("lp.jsonl"),
+        ],
+        vec![
+            "generate",
+            "--prompts",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("g.jsonl"),
+        ],
     ] {
         let mut a = cmd.clone();
         a.extend(["--device", "cpu", "--model", f.p("nan")]);
@@ -355,16 +593,39 @@ fn rms_norm_eps_minus_one_and_other_bad_config_floats_are_refused() {
     let f = Files::new();
     let m = f.root.join("eps");
     for (field, value, words) in [
-        ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps -1 is out of range"),
-        ("rms_norm_eps", serde_json::json!(0.0), "rms_norm_eps 0 is out of range"),
-        ("rope_theta", serde_json::json!(-5.0), "rope_theta -5 is out of range"),
-        ("rms_norm_eps", serde_json::json!(1e39), "rms_norm_eps inf is out of range"),
+        (
+            "rms_norm_eps",
+            serde_json::json!(-1.0),
+            "rms_norm_eps -1 is out of range",
+        ),
+        (
+            "rms_norm_eps",
+            serde_json::json!(0.0),
+            "rms_norm_eps 0 is out of range",
+        ),
+        (
+            "rope_theta",
+            serde_json::json!(-5.0),
+            "rope_theta -5 is out of range",
+        ),
+        (
+            "rms_norm_eps",
+            serde_json::json!(1e39),
+            "rms_norm_eps inf is out of range",
+        ),
     ] {
         checkpoint(&m, |_, _| {});
         set_config(&m, field, value);
         let o = prefer(&[
-            "generate", "--device", "cpu", "--model", f.p("eps"), "--prompts",
-            f.p("prompts.jsonl"), "--out", f.p("g.jsonl"),
+            "generate",
+            "--device",
+            "cpu",
+            "--model",
+            f.p("eps"),
+            "--prompts",
+            f.p("prompts.jsonl"),
+            "--out",
+            f.p("g.jsonl"),
         ]);
         assert_refused(&o, &["config.json", words]);
     }
@@ -380,17 +641,40 @@ fn non_finite_logits_are_an_error_naming_the_prompt_and_position_never_null_logp
         p[l.layers[0].up_proj.clone()].fill(3e38);
     });
     let o = prefer(&[
-        "generate", "--device", "cpu", "--model", f.p("inf"), "--prompts", f.p("prompts.jsonl"),
-        "--out", f.p("g.jsonl"), "--temperature", "0",
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("inf"),
+        "--prompts",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
+        "--temperature",
+        "0",
     ]);
     assert_refused(&o, &["logits are not finite", "prompt 0", "position 0"]);
     assert!(!f.root.join("g.jsonl").exists());
-    std::fs::write(f.root.join("ids.jsonl"), "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n").unwrap();
+    std::fs::write(
+        f.root.join("ids.jsonl"),
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n",
+    )
+    .unwrap();
     let o = prefer(&[
-        "logprobs", "--device", "cpu", "--model", f.p("inf"), "--input", f.p("ids.jsonl"),
-        "--out", f.p("lp.jsonl"),
+        "logprobs",
+        "--device",
+        "cpu",
+        "--model",
+        f.p("inf"),
+        "--input",
+        f.p("ids.jsonl"),
+        "--out",
+        f.p("lp.jsonl"),
     ]);
-    assert_refused(&o, &["ids.jsonl:1", "log-prob of token 1 is NaN", "not finite"]);
+    assert_refused(
+        &o,
+        &["ids.jsonl:1", "log-prob of token 1 is NaN", "not finite"],
+    );
 }
 
 #[test]
@@ -412,7 +696,10 @@ fn the_cpu_oracles_attention_propagates_nan_as_pytorch_does() {
     attention_forward(&mut out, &mut lse, &q, &k, &v, &[true; 3], s);
     assert_eq!(&out[..2], &[1.0, 2.0], "row 0 attends only to key 0");
     assert!(out[2..].iter().all(|x| x.is_nan()), "{out:?}");
-    assert!(lse[1].is_nan() && lse[2].is_nan() && lse[0].is_finite(), "{lse:?}");
+    assert!(
+        lse[1].is_nan() && lse[2].is_nan() && lse[0].is_finite(),
+        "{lse:?}"
+    );
     // A fully masked row (a pad in front of a left-padded sequence) still gives zeros, lse −∞.
     k[2] = 0.3;
     attention_forward(&mut out, &mut lse, &q, &k, &v, &[false, true, true], s);

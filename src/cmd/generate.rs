@@ -279,7 +279,14 @@ impl Job<'_> {
         let max_pos = policy.cfg.max_position_embeddings;
         // Enough for a full batch of the neediest prompts (never more than the context can
         // hold), within the memory there is: the GPU's free memory, or the host's.
-        let need = pool_blocks(&lens, a.n, a.max_new_tokens, a.max_batch, BLOCK_SIZE, max_pos);
+        let need = pool_blocks(
+            &lens,
+            a.n,
+            a.max_new_tokens,
+            a.max_batch,
+            BLOCK_SIZE,
+            max_pos,
+        );
         let available = free_bytes
             .map(|f| f as u128)
             .or_else(memory_budget::host_available_bytes);

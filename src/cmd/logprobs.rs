@@ -147,7 +147,10 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
             if !value.is_empty() {
                 let r = value[batch.reward_position(b, s.len(), model.cfg.pad_token_id)];
                 if !r.is_finite() {
-                    bail!("{}: the reward is {r}: the reward model's output is not finite", at());
+                    bail!(
+                        "{}: the reward is {r}: the reward model's output is not finite",
+                        at()
+                    );
                 }
                 line.insert("reward".into(), r.into());
             }

@@ -42,7 +42,10 @@ pub const MAX_LINE_BYTES: usize = 1 << 30;
 /// error (and the rest of it is skipped, so the next call reads the next line).
 fn read_line_bounded(r: &mut impl BufRead, limit: usize) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
-    let n = r.by_ref().take(limit as u64 + 1).read_until(b'\n', &mut buf)?;
+    let n = r
+        .by_ref()
+        .take(limit as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
     if n == 0 {
         return Ok(None);
     }
@@ -67,9 +70,9 @@ fn read_line_bounded(r: &mut impl BufRead, limit: usize) -> std::io::Result<Opti
             buf.pop();
         }
     }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 ({e})")))
+    String::from_utf8(buf).map(Some).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 ({e})"))
+    })
 }
 
 /// Parses every non-blank line of `path` as a `T`. The first bad line is an error that names the

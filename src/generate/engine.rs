@@ -252,7 +252,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         let bs = self.opts.block_size;
         self.max_blocks = prompts
             .iter()
-            .map(|p| (p.len() + new_tokens_room(p.len(), self.opts.max_new_tokens, max_pos)).div_ceil(bs))
+            .map(|p| {
+                (p.len() + new_tokens_room(p.len(), self.opts.max_new_tokens, max_pos)).div_ceil(bs)
+            })
             .max()
             .unwrap_or(1);
         let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();

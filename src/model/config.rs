@@ -146,20 +146,32 @@ impl LlamaConfig {
             ("num_attention_heads", c.num_attention_heads, MAX_HEADS),
             ("num_key_value_heads", c.num_key_value_heads, MAX_HEADS),
             ("head_dim", c.head_dim, MAX_HEAD_DIM),
-            ("max_position_embeddings", c.max_position_embeddings, MAX_CONTEXT),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
         ] {
             if !(1..=max).contains(&v) {
                 bail!("config: {field} {v} is out of range: it must be from 1 to {max}");
             }
         }
         for (field, v, ok) in [
-            ("rms_norm_eps", c.rms_norm_eps, c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0),
+            (
+                "rms_norm_eps",
+                c.rms_norm_eps,
+                c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0,
+            ),
             ("rope_theta", c.rope_theta, c.rope_theta > 0.0),
         ] {
             if !(v.is_finite() && ok) {
                 bail!(
                     "config: {field} {v} is out of range: it must be a finite number above 0{}",
-                    if field == "rms_norm_eps" { " and below 1" } else { "" }
+                    if field == "rms_norm_eps" {
+                        " and below 1"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

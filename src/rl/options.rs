@@ -369,7 +369,11 @@ impl PpoArgs {
             stop_after: a.stop_after,
             replay_rollouts: a.replay_rollouts,
         };
-        o.check_ranges(kl_coef, a.target_kl.expect(given), a.kl_horizon.expect(given))?;
+        o.check_ranges(
+            kl_coef,
+            a.target_kl.expect(given),
+            a.kl_horizon.expect(given),
+        )?;
         let batch = o.prompt_batch_size * o.rollouts_per_prompt;
         if o.minibatch_size > batch || batch % o.minibatch_size != 0 {
             bail!(
@@ -416,13 +420,21 @@ impl PpoOptions {
             Float("--math-weight", self.math_weight, R::closed(-1e6, 1e6)),
             Float("--kl-coef", kl_coef, R::closed(0.0, 1e3)),
             Float("--target-kl", target_kl, R::open_closed(0.0, 1e6)),
-            Float("--kl-clamp", sw.kl_clamp.unwrap_or(1.0), R::open_closed(0.0, 1e3)),
+            Float(
+                "--kl-clamp",
+                sw.kl_clamp.unwrap_or(1.0),
+                R::open_closed(0.0, 1e3),
+            ),
             Float(
                 "--eos-penalty",
                 sw.eos_penalty.map_or(0.0, |p| p.missing_eos_score),
                 R::closed(-1e6, 1e6),
             ),
-            Float("--temperature", self.temperature, R::open_closed(0.0, 100.0)),
+            Float(
+                "--temperature",
+                self.temperature,
+                R::open_closed(0.0, 100.0),
+            ),
             Float("--lr", self.lr, R::closed(0.0, 1.0)),
             Float("--clip", self.clip, R::open(0.0, 1.0)),
             Float("--value-clip", self.value_clip, R::open_closed(0.0, 1e6)),

@@ -245,7 +245,8 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let lens: Vec<usize> = s.prompts.iter().map(|p| p.ids.len()).collect();
     let longest = lens.iter().copied().max().unwrap_or(1);
     let max_pos = s.policy_cfg.max_position_embeddings;
-    let seq = longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
+    let seq =
+        longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
     let bs = crate::cmd::generate::BLOCK_SIZE;
     let max_batch = (o.prompt_batch_size * k).min(256);

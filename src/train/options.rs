@@ -404,15 +404,27 @@ impl TrainOptions {
             Int("--save-every", self.save_every, 1..=BIG),
             Int("--eval-every", self.eval_every, 0..=BIG),
             Int("--log-every", optional(self.log_every), 1..=BIG),
-            Int("--max-prompt-len", self.data_opts.max_prompt_len, 1..=MAX_TOKENS),
+            Int(
+                "--max-prompt-len",
+                self.data_opts.max_prompt_len,
+                1..=MAX_TOKENS,
+            ),
             Int("--max-len", self.data_opts.max_len, 2..=MAX_TOKENS),
             Int("--stop-after", optional(self.stop_after), 1..=BIG),
             Float("--lr", self.lr, R::closed(0.0, 1.0)),
-            Float("--warmup-ratio", self.warmup_ratio, R::closed_open(0.0, 1.0)),
+            Float(
+                "--warmup-ratio",
+                self.warmup_ratio,
+                R::closed_open(0.0, 1.0),
+            ),
             Float("--weight-decay", self.weight_decay, R::closed(0.0, 10.0)),
             Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
             Float("--beta", self.dpo.beta, R::open_closed(0.0, 1e3)),
-            Float("--label-smoothing", self.dpo.label_smoothing, R::closed_open(0.0, 0.5)),
+            Float(
+                "--label-smoothing",
+                self.dpo.label_smoothing,
+                R::closed_open(0.0, 0.5),
+            ),
             Float("--simpo-gamma", self.dpo.simpo_gamma, R::closed(-1e3, 1e3)),
         ])
     }
