@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn prefer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prefer"))
         .args(args)
@@ -675,6 +677,47 @@ fn non_finite_logits_are_an_error_naming_the_prompt_and_position_never_null_logp
         &o,
         &["ids.jsonl:1", "log-prob of token 1 is NaN", "not finite"],
     );
+}
+
+#[test]
+fn non_finite_logits_are_an_error_on_the_cuda_engine_too() {
+    if !common::emu_available() {
+        return;
+    }
+    let f = Files::new();
+    checkpoint(&f.root.join("inf"), |c, p| {
+        let l = ParamLayout::new(c);
+        p[l.layers[0].up_proj.clone()].fill(3e38);
+    });
+    let o = prefer(&[
+        "generate",
+        "--device",
+        "emu",
+        "--model",
+        f.p("inf"),
+        "--prompts",
+        f.p("prompts.jsonl"),
+        "--out",
+        f.p("g.jsonl"),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_refused(&o, &["logits are not finite", "prompt 0", "position 0"]);
+    std::fs::write(f.root.join("ids.jsonl"), "{\"input_ids\": [1, 2, 3]}\n").unwrap();
+    let o = prefer(&[
+        "logprobs",
+        "--device",
+        "emu",
+        "--model",
+        f.p("inf"),
+        "--input",
+        f.p("ids.jsonl"),
+        "--out",
+        f.p("lp.jsonl"),
+    ]);
+    assert_refused(&o, &["ids.jsonl:1", "is NaN", "not finite"]);
 }
 
 #[test]
