@@ -345,6 +345,49 @@ fn a_50_mb_jsonl_line_is_dropped_as_too_long_in_well_under_a_few_seconds() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
+#[test]
+fn a_50_mb_reply_is_truncated_from_its_first_kilobytes_with_the_tokens_the_whole_text_gives() {
+    use prefer::data::chat_template::ChatTemplate;
+    use prefer::data::preference::{load_preferences, DataOptions, Encoder, Overflow};
+    use prefer::data::tokenizer::TextTokenizer;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LlamaConfig::preset("tiny").unwrap();
+    let tokenizer = TextTokenizer::from_json(&byte_tokenizer_json()).unwrap();
+    let template = ChatTemplate::for_model(dir.path()).unwrap();
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        template: &template,
+        cfg: &cfg,
+    };
+    let reply = "word ".repeat(10 << 20);
+    let path = dir.path().join("big.jsonl");
+    std::fs::write(
+        &path,
+        serde_json::json!({"prompt": "hi", "chosen": reply, "rejected": "no"}).to_string(),
+    )
+    .unwrap();
+    let opts = DataOptions {
+        max_prompt_len: 16,
+        max_len: 64,
+        overflow: Overflow::Truncate,
+        skip_bad: false,
+    };
+    let start = Instant::now();
+    let (pairs, report) = load_preferences(&path, &enc, &opts).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!((report.pairs, report.truncated), (1, 1));
+    // The byte tokenizer gives one token per byte: the reply keeps its first bytes.
+    let p = &pairs[0];
+    let room = 64 - p.prompt.len();
+    let want: Vec<u32> = reply.bytes().take(room).map(u32::from).collect();
+    assert_eq!(p.chosen, want);
+    assert_eq!(p.max_len(), 64);
+}
+
 // ---- option values ----------------------------------------------------------------------------
 
 #[test]

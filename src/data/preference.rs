@@ -170,7 +170,9 @@ pub fn load_preferences(
                 report.dropped_too_long += 1;
                 continue;
             }
-            Ok(l) => parse_pair(l, enc).and_then(|p| check_ids(p, enc.cfg.vocab_size)),
+            // With --overflow truncate only the texts' ends that truncation keeps are tokenised.
+            Ok(l) => parse_pair(&shortened(l, enc, opts), enc)
+                .and_then(|p| check_ids(p, enc.cfg.vocab_size)),
             Err(e) => Err(anyhow!("unreadable line: {e}")),
         };
         let mut pair = match parsed {
@@ -220,6 +222,49 @@ fn certainly_too_long(line: &str, enc: &Encoder, opts: &DataOptions) -> bool {
         obj.get(*k)
             .is_some_and(|v| tok.certainly_longer(&text_of(v), opts.max_len))
     })
+}
+
+/// `line` with every text longer than `--max-len` can use cut to twice the bytes that many
+/// tokens can cover (its end for "prompt", which truncation keeps the end of; its start
+/// elsewhere, for the replies), so truncating a 50 MB pair tokenises kilobytes. The tokens kept
+/// lie far from the cut, so they are the ones the whole text gives. A line with no such text is
+/// returned as it is.
+fn shortened<'a>(line: &'a str, enc: &Encoder, opts: &DataOptions) -> std::borrow::Cow<'a, str> {
+    let tok = enc.tokenizer;
+    if !tok.certainly_longer(line, opts.max_len) {
+        return line.into();
+    }
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(line) else {
+        return line.into(); // parse_pair names the problem
+    };
+    let keep = tok.most_bytes(opts.max_len).saturating_mul(2);
+    for (key, v) in obj.iter_mut() {
+        cut_texts(v, keep, key == "prompt");
+    }
+    Value::Object(obj).to_string().into()
+}
+
+fn cut_texts(v: &mut Value, keep: usize, keep_end: bool) {
+    match v {
+        Value::String(s) if s.len() > keep => {
+            *s = if keep_end {
+                let mut at = s.len() - keep;
+                while !s.is_char_boundary(at) {
+                    at += 1;
+                }
+                s[at..].to_string()
+            } else {
+                let mut at = keep;
+                while !s.is_char_boundary(at) {
+                    at -= 1;
+                }
+                s[..at].to_string()
+            };
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| cut_texts(x, keep, keep_end)),
+        Value::Object(o) => o.values_mut().for_each(|x| cut_texts(x, keep, keep_end)),
+        _ => {}
+    }
 }
 
 /// Every string inside `v` (a text, or a list of messages' roles and contents), joined.

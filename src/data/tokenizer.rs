@@ -67,10 +67,15 @@ impl TextTokenizer {
     /// text is refused in microseconds this way, where tokenising it takes a minute and
     /// gigabytes.
     pub fn certainly_longer(&self, text: &str, tokens: usize) -> bool {
-        let most = tokens
+        text.len() > self.most_bytes(tokens)
+    }
+
+    /// The most bytes `tokens` tokens can cover (with room for normalizers): a text with more
+    /// is sure to give more tokens.
+    pub fn most_bytes(&self, tokens: usize) -> usize {
+        tokens
             .saturating_mul(self.longest_token_bytes)
-            .saturating_mul(NORMALIZER_SLACK);
-        text.len() > most
+            .saturating_mul(NORMALIZER_SLACK)
     }
 
     /// Ids for `text`, with the tokenizer's own special tokens (BOS) when `add_special` is set.
