@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use prefer::cmd::{self, Device};
 use prefer::model::weights::SaveDtype;
+use prefer::train::bounds::{check_all, whole_number, Bound::Int};
 use prefer::train::{TrainArgs, TrainerKind};
 use std::path::PathBuf;
 
@@ -45,7 +46,7 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Pairs per forward pass.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = whole_number, allow_negative_numbers = true)]
         batch_size: usize,
         /// cpu, cuda, emu (the software GPU) or auto.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
@@ -75,10 +76,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
         dtype: SaveDtype,
         /// Override the preset's layer count (e.g. a 2-layer model with llama-1b widths).
-        #[arg(long)]
+        #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
         layers: Option<usize>,
         /// Override the init std (initializer_range); larger values give a sharper random model.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         init_std: Option<f32>,
     },
     /// Print the version, the compiled kernels, the driver in use and whether a GPU is usable.
@@ -102,19 +103,19 @@ enum Command {
         #[arg(long, default_value = "llama-1b")]
         preset: String,
         /// train: sequences per step; dpo: pairs per step; generate: prompts decoded together.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = whole_number, allow_negative_numbers = true)]
         batch: usize,
         /// generate: tokens per prompt.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = whole_number, allow_negative_numbers = true)]
         prompt_len: usize,
         /// generate: new tokens per prompt.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = whole_number, allow_negative_numbers = true)]
         new: usize,
         /// train: tokens per sequence.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = whole_number, allow_negative_numbers = true)]
         seq: usize,
         /// train: timed steps (after one warm-up step).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = whole_number, allow_negative_numbers = true)]
         steps: usize,
         /// train/dpo: keep only each layer's input through the forward and recompute the rest in
         /// the backward (less memory, about a third more compute).
@@ -289,7 +290,10 @@ fn run(command: Command) -> Result<()> {
             batch_size,
             device,
             chat_template,
-        } => cmd::train::run_eval_rm(&model, &data, batch_size, device, chat_template),
+        } => {
+            check_all(&[Int("--batch-size", batch_size, 1..=65_536)])?;
+            cmd::train::run_eval_rm(&model, &data, batch_size, device, chat_template)
+        }
         Command::Bench {
             what,
             json,
@@ -303,6 +307,13 @@ fn run(command: Command) -> Result<()> {
             prompt_len,
             new,
         } => {
+            check_all(&[
+                Int("--batch", batch, 1..=65_536),
+                Int("--prompt-len", prompt_len, 1..=1 << 24),
+                Int("--new", new, 1..=1 << 24),
+                Int("--seq", seq, 1..=1 << 24),
+                Int("--steps", steps, 1..=1_000_000),
+            ])?;
             if !plan_only {
                 device.prepare()?;
             }

@@ -470,13 +470,22 @@ fn generate_writes_one_line_per_completion_and_refuses_bad_input() {
         let e = stderr_of(&args);
         assert!(e.contains(want), "{extra:?}: {e}");
     };
-    bad(&["--n", "0"], "--n must be at least 1");
+    bad(
+        &["--n", "0"],
+        "--n 0 is out of range: give a whole number from 1 to 4096",
+    );
     bad(
         &["--temperature", "-1"],
-        "--temperature must be a finite number >= 0",
+        "--temperature -1 is out of range: give a number in [0, 100]",
     );
-    bad(&["--top-p", "0"], "--top-p must be in (0, 1]");
-    bad(&["--top-p", "1.5"], "--top-p must be in (0, 1]");
+    bad(
+        &["--top-p", "0"],
+        "--top-p 0 is out of range: give a number in (0, 1]",
+    );
+    bad(
+        &["--top-p", "1.5"],
+        "--top-p 1.5 is out of range: give a number in (0, 1]",
+    );
     bad(&["--best-of", "4"], "give --reward-model");
     // A prompt that leaves no room in the context, named by its line when the prompts are read.
     let long = root.join("long.jsonl");

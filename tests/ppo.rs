@@ -492,7 +492,7 @@ fn bad_ppo_options_are_refused_with_their_names() {
             "--temperature",
             "0",
         ],
-        "--temperature must be positive",
+        "--temperature 0 is out of range: give a number in (0, 100]",
     );
 }
 

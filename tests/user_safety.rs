@@ -283,7 +283,7 @@ fn options_that_would_do_nothing_are_refused() {
     assert_stderr_has(&o, "are DPO options");
     // Negative values reach the validation and its message instead of clap's "unknown flag".
     let o = relative_run(root, "b", &["--lr", "-1"]);
-    assert_stderr_has(&o, "--lr must be a finite non-negative number");
+    assert_stderr_has(&o, "--lr -1 is out of range: give a number in [0, 1]");
 }
 
 #[test]
@@ -397,7 +397,10 @@ fn commands_share_their_flags_and_name_what_they_accept() {
         ])
         .output()
         .unwrap();
-    assert_stderr_has(&o, "--batch-size must be at least 1");
+    assert_stderr_has(
+        &o,
+        "--batch-size 0 is out of range: give a whole number from 1 to 65536",
+    );
     let o = prefer().args(["dpo", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(!help.contains("[`"), "no rustdoc links in help: {help}");

@@ -10,12 +10,15 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::generate::engine::pool_blocks;
 use crate::generate::stopping::{eos_ids, StopStrings};
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
+use crate::model::memory_budget;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Backend, Llama};
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::backend::Cuda;
 use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use crate::rl::reward_model::reward_model_scores;
+use crate::train::bounds::whole_number;
+use crate::train::options::MAX_TOKENS;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::Write;
@@ -38,7 +41,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Completions per prompt.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = whole_number, allow_negative_numbers = true)]
     pub n: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -47,10 +50,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Keep the K most likely tokens (0: off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole_number, allow_negative_numbers = true)]
     pub top_k: usize,
     /// Most tokens generated per completion.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_new_tokens: usize,
     /// Stop a completion when its text holds this string (repeatable); the text ends before it.
     #[arg(long)]
@@ -60,7 +63,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Most sequences decoded together.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_batch: usize,
     /// Memory for the KV cache, e.g. 512M or 8G [default: what the batch can use, within 85% of
     /// the GPU memory left after the weights].
@@ -71,7 +74,7 @@ pub struct GenerateArgs {
     pub reward_model: Option<PathBuf>,
     /// Best-of-N: sample K completions per prompt and keep the one the reward model scores
     /// highest (needs --reward-model; sets --n).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub best_of: Option<usize>,
     /// cpu, cuda, emu (the software GPU) or auto.
     #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
@@ -92,11 +95,10 @@ pub struct GenerateSummary {
 }
 
 impl GenerateArgs {
-    fn validate(&mut self) -> Result<()> {
+    /// Every option against its range and the others (also what tests/fuzz.rs drives).
+    pub fn validate(&mut self) -> Result<()> {
         if let Some(k) = self.best_of {
-            if k == 0 {
-                bail!("--best-of must be at least 1");
-            }
+            crate::train::bounds::check_int("--best-of", k, 1..=4096)?;
             if self.reward_model.is_none() {
                 bail!("--best-of {k} keeps the completion a reward model scores highest: give --reward-model");
             }
@@ -108,21 +110,15 @@ impl GenerateArgs {
             }
             self.n = k;
         }
-        if self.n == 0 {
-            bail!("--n must be at least 1");
-        }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!(
-                "--temperature must be a finite number >= 0 (0 is greedy); got {}",
-                self.temperature
-            );
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1]; got {}", self.top_p);
-        }
-        if self.max_new_tokens == 0 || self.max_batch == 0 {
-            bail!("--max-new-tokens and --max-batch must be at least 1");
-        }
+        use crate::train::bounds::{check_all, Bound::*, FloatRange as R};
+        check_all(&[
+            Int("--n", self.n, 1..=4096),
+            Int("--top-k", self.top_k, 0..=1 << 24),
+            Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
+            Int("--max-batch", self.max_batch, 1..=65_536),
+            Float("--temperature", self.temperature, R::closed(0.0, 100.0)),
+            Float("--top-p", self.top_p, R::open_closed(0.0, 1.0)),
+        ])?;
         if self.stop.iter().any(String::is_empty) {
             bail!("--stop takes a non-empty string");
         }
@@ -297,14 +293,34 @@ impl Job<'_> {
         let a = self.args;
         let bytes_per_value = if free_bytes.is_some() { 2 } else { 4 };
         let block_bytes = policy.kv_block_bytes(BLOCK_SIZE, bytes_per_value);
-        let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
-        // Enough for a full batch of the longest prompts, within the memory there is.
-        let mut blocks = pool_blocks(longest, a.n, a.max_new_tokens, a.max_batch, BLOCK_SIZE);
-        if let Some(free) = free_bytes {
-            blocks = blocks.min(free / 100 * 85 / block_bytes);
+        let lens: Vec<usize> = self.prompts.iter().map(|p| p.ids.len()).collect();
+        let max_pos = policy.cfg.max_position_embeddings;
+        // Enough for a full batch of the neediest prompts (never more than the context can
+        // hold), within the memory there is: the GPU's free memory, or the host's.
+        let need = pool_blocks(
+            &lens,
+            a.n,
+            a.max_new_tokens,
+            a.max_batch,
+            BLOCK_SIZE,
+            max_pos,
+        );
+        let available = free_bytes
+            .map(|f| f as u128)
+            .or_else(memory_budget::host_available_bytes);
+        let mut blocks = need;
+        if let Some(free) = available {
+            blocks = blocks.min((free / 100 * 85 / block_bytes as u128) as usize);
         }
         if let Some(mem) = &a.kv_memory {
-            blocks = parse_bytes(mem)? / block_bytes;
+            let asked = parse_bytes(mem)?;
+            memory_budget::ensure_fits(
+                &format!("--kv-memory {mem}"),
+                asked as u128,
+                available,
+                "give a smaller --kv-memory, or leave it out to size the cache from the batch",
+            )?;
+            blocks = (asked / block_bytes).min(need);
         }
         let opts = EngineOptions {
             n: a.n,

@@ -31,6 +31,7 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     let lines = read_jsonl::<InputLine>(input)?;
     let mut tokenizer = None;
     let mut seqs = Vec::with_capacity(lines.len());
+    let max_pos = model.cfg.max_position_embeddings;
     for rec in &lines {
         let at = || format!("{}:{}", input.display(), rec.line);
         let ids = match (&rec.value.input_ids, &rec.value.text) {
@@ -54,6 +55,13 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
                     tokenizer = Some(TextTokenizer::load(model_dir, &model.cfg)?);
                 }
                 let tok = tokenizer.as_ref().expect("loaded above");
+                if tok.certainly_longer(text, max_pos) {
+                    bail!(
+                        "{}: the text ({} bytes) is longer than the model's context of {max_pos} tokens (max_position_embeddings)",
+                        at(),
+                        text.len()
+                    );
+                }
                 tok.encode(text, true).with_context(at)?
             }
             _ => bail!(
@@ -63,6 +71,13 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
         };
         if ids.is_empty() {
             bail!("{}: the sequence is empty", at());
+        }
+        if ids.len() > max_pos {
+            bail!(
+                "{}: {} tokens, longer than the model's context of {max_pos} (max_position_embeddings)",
+                at(),
+                ids.len()
+            );
         }
         seqs.push(ids);
     }
@@ -113,19 +128,36 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     // Written beside --out and renamed over it when whole: a failure or a signal leaves the old
     // file as it was.
     let mut w = AtomicFile::create(out)?;
-    for chunk in seqs.chunks(BATCH) {
+    for (c, chunk) in seqs.chunks(BATCH).enumerate() {
         crate::signals::check(|| format!("{} was left as it was", out.display()))?;
         let batch = Batch::right_padded(chunk, pad);
         let (logp, value) = run(&batch)?;
         for (b, s) in chunk.iter().enumerate() {
             let row = b * batch.seq;
+            let at = || format!("{}:{}", input.display(), lines[c * BATCH + b].line);
             let mut line = serde_json::Map::new();
             if !logp.is_empty() {
-                line.insert("logprobs".into(), logp[row..row + s.len() - 1].into());
+                let lp = &logp[row..row + s.len() - 1];
+                // JSON has no NaN: written out it would be a silent null.
+                if let Some(p) = lp.iter().position(|x| !x.is_finite()) {
+                    bail!(
+                        "{}: the log-prob of token {} is {}: the model's logits are not finite (broken weights or config numerics)",
+                        at(),
+                        p + 1,
+                        lp[p]
+                    );
+                }
+                line.insert("logprobs".into(), lp.into());
             }
             if !value.is_empty() {
-                let at = batch.reward_position(b, s.len(), model.cfg.pad_token_id);
-                line.insert("reward".into(), value[at].into());
+                let r = value[batch.reward_position(b, s.len(), model.cfg.pad_token_id)];
+                if !r.is_finite() {
+                    bail!(
+                        "{}: the reward is {r}: the reward model's output is not finite",
+                        at()
+                    );
+                }
+                line.insert("reward".into(), r.into());
             }
             writeln!(w, "{}", serde_json::Value::Object(line))?;
         }

@@ -205,7 +205,14 @@ pub fn load_preferences(
         let line_no = i + 1;
         let parsed = match &line {
             Ok(l) if l.trim().is_empty() => continue,
-            Ok(l) => parse_pair(l, enc, opts.chat_template)
+            // Known too long from its bytes: dropped without tokenising (which would take a
+            // minute and gigabytes for a 50 MB line).
+            Ok(l) if opts.overflow == Overflow::Drop && certainly_too_long(l, enc, opts) => {
+                report.dropped_too_long += 1;
+                continue;
+            }
+            // With --overflow truncate only the texts' ends that truncation keeps are tokenised.
+            Ok(l) => parse_pair(&shortened(l, enc, opts), enc, opts.chat_template)
                 .and_then(|p| check_ids(p, enc.cfg.vocab_size)),
             Err(e) => Err(anyhow!("unreadable line (not UTF-8?): {e}")),
         };
@@ -239,6 +246,76 @@ pub fn load_preferences(
     }
     report.pairs = pairs.len();
     Ok((pairs, report))
+}
+
+/// Whether a line's pair is sure to be over `--max-len` before tokenising: its prompt, chosen or
+/// rejected text alone has more bytes than `max_len` tokens can cover. The line's own length
+/// bounds every text in it (JSON escapes only lengthen text), so a short line costs nothing.
+fn certainly_too_long(line: &str, enc: &Encoder, opts: &DataOptions) -> bool {
+    let tok = enc.tokenizer;
+    if !tok.certainly_longer(line, opts.max_len) {
+        return false;
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+        return false; // parse_pair names the problem
+    };
+    ["prompt", "chosen", "rejected"].iter().any(|k| {
+        obj.get(*k)
+            .is_some_and(|v| tok.certainly_longer(&text_of(v), opts.max_len))
+    })
+}
+
+/// `line` with every text longer than `--max-len` can use cut to twice the bytes that many
+/// tokens can cover (its end for "prompt", which truncation keeps the end of; its start
+/// elsewhere, for the replies), so truncating a 50 MB pair tokenises kilobytes. The tokens kept
+/// lie far from the cut, so they are the ones the whole text gives. A line with no such text is
+/// returned as it is.
+fn shortened<'a>(line: &'a str, enc: &Encoder, opts: &DataOptions) -> std::borrow::Cow<'a, str> {
+    let tok = enc.tokenizer;
+    if !tok.certainly_longer(line, opts.max_len) {
+        return line.into();
+    }
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(line) else {
+        return line.into(); // parse_pair names the problem
+    };
+    let keep = tok.most_bytes(opts.max_len).saturating_mul(2);
+    for (key, v) in obj.iter_mut() {
+        cut_texts(v, keep, key == "prompt");
+    }
+    Value::Object(obj).to_string().into()
+}
+
+fn cut_texts(v: &mut Value, keep: usize, keep_end: bool) {
+    match v {
+        Value::String(s) if s.len() > keep => {
+            *s = if keep_end {
+                let mut at = s.len() - keep;
+                while !s.is_char_boundary(at) {
+                    at += 1;
+                }
+                s[at..].to_string()
+            } else {
+                let mut at = keep;
+                while !s.is_char_boundary(at) {
+                    at -= 1;
+                }
+                s[..at].to_string()
+            };
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| cut_texts(x, keep, keep_end)),
+        Value::Object(o) => o.values_mut().for_each(|x| cut_texts(x, keep, keep_end)),
+        _ => {}
+    }
+}
+
+/// Every string inside `v` (a text, or a list of messages' roles and contents), joined.
+pub(super) fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text_of).collect(),
+        Value::Object(o) => o.values().map(text_of).collect(),
+        _ => String::new(),
+    }
 }
 
 fn truncate(pair: &mut PreferencePair, opts: &DataOptions, bos: Option<u32>) {

@@ -27,6 +27,18 @@ pub fn read_prompts(path: &Path, enc: &Encoder) -> Result<Vec<Prompt>> {
     for rec in lines {
         let at = format!("{}:{}", path.display(), rec.line);
         let mut fields = rec.value;
+        // Known longer than the context from its bytes: refused before tokenising it.
+        let max_pos = enc.cfg.max_position_embeddings;
+        for key in ["prompt", "messages"] {
+            if let Some(text) = fields.get(key).map(super::preference::text_of) {
+                if enc.tokenizer.certainly_longer(&text, max_pos) {
+                    bail!(
+                        "{at}: the prompt ({} bytes) is longer than the model's context of {max_pos} tokens (max_position_embeddings)",
+                        text.len()
+                    );
+                }
+            }
+        }
         let ids = match (
             fields.remove("prompt"),
             fields.remove("messages"),

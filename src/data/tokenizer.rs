@@ -8,6 +8,24 @@ use std::path::Path;
 
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The most UTF-8 bytes any token's vocabulary string has: an upper bound on the input bytes
+    /// one token covers (byte-level and SentencePiece vocabularies spell a byte with one or more
+    /// bytes, never fewer), for knowing a text is too long without tokenising it.
+    longest_token_bytes: usize,
+}
+
+/// Room for normalizers that shrink text before it is split (NFKC folds a 3-byte full-width
+/// letter to 1 byte), in [`TextTokenizer::certainly_longer`].
+const NORMALIZER_SLACK: usize = 4;
+
+fn longest_token_bytes(inner: &tokenizers::Tokenizer) -> usize {
+    inner
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl TextTokenizer {
@@ -26,14 +44,38 @@ impl TextTokenizer {
                 cfg.vocab_size
             );
         }
-        Ok(TextTokenizer { inner })
+        let longest_token_bytes = longest_token_bytes(&inner);
+        Ok(TextTokenizer {
+            inner,
+            longest_token_bytes,
+        })
     }
 
     pub fn from_json(json: &str) -> Result<Self> {
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| anyhow!("parsing tokenizer json: {e}"))?;
-        Ok(TextTokenizer { inner })
+        let longest_token_bytes = longest_token_bytes(&inner);
+        Ok(TextTokenizer {
+            inner,
+            longest_token_bytes,
+        })
+    }
+
+    /// Whether `text` is sure to give more than `tokens` tokens, from its length alone: more
+    /// bytes than `tokens` of the longest token could cover (with room for normalizers). A 50 MB
+    /// text is refused in microseconds this way, where tokenising it takes a minute and
+    /// gigabytes.
+    pub fn certainly_longer(&self, text: &str, tokens: usize) -> bool {
+        text.len() > self.most_bytes(tokens)
+    }
+
+    /// The most bytes `tokens` tokens can cover (with room for normalizers): a text with more
+    /// is sure to give more tokens.
+    pub fn most_bytes(&self, tokens: usize) -> usize {
+        tokens
+            .saturating_mul(self.longest_token_bytes)
+            .saturating_mul(NORMALIZER_SLACK)
     }
 
     /// Ids for `text`, with the tokenizer's own special tokens (BOS) when `add_special` is set.

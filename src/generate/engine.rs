@@ -107,10 +107,33 @@ pub fn prompt_blocks(len: usize, n: usize, max_new: usize, bs: usize) -> usize {
     len / bs + n * private_blocks(len, max_new, bs)
 }
 
-/// A pool that holds a full batch (`max_batch` sequences, `n` per prompt) of prompts as long as
-/// `longest`, plus the trash block the padding rows of a decode step use.
-pub fn pool_blocks(longest: usize, n: usize, max_new: usize, max_batch: usize, bs: usize) -> usize {
-    prompt_blocks(longest, n, max_new, bs) * max_batch.div_ceil(n) + 1
+/// New tokens a prompt of `len` tokens can really get: `max_new`, clamped to what the model's
+/// context (`max_pos` tokens) leaves after the prompt. A larger `--max-new-tokens` is accepted
+/// and ends at the context (finish reason "length"), and the cache is never sized past it.
+pub fn new_tokens_room(len: usize, max_new: usize, max_pos: usize) -> usize {
+    max_new.min(max_pos.saturating_sub(len))
+}
+
+/// A pool that holds a full batch (`max_batch` sequences, `n` per prompt) of the neediest of
+/// prompts of lengths `lens` within a context of `max_pos` tokens, plus the trash block the
+/// padding rows of a decode step use. Saturates rather than wrapping, so an absurd request is
+/// caught by the memory check that follows, never by the allocator.
+pub fn pool_blocks(
+    lens: &[usize],
+    n: usize,
+    max_new: usize,
+    max_batch: usize,
+    bs: usize,
+    max_pos: usize,
+) -> usize {
+    let neediest = lens
+        .iter()
+        .map(|&len| prompt_blocks(len, n, new_tokens_room(len, max_new, max_pos), bs))
+        .max()
+        .unwrap_or(1);
+    neediest
+        .saturating_mul(max_batch.div_ceil(n))
+        .saturating_add(1)
 }
 
 /// A decode step's buffers for one batch size (a power of two), and its graph once captured.
@@ -190,10 +213,11 @@ impl<'m, B: Backend> Engine<'m, B> {
 
     /// Blocks one prompt of `len` tokens needs with all its rollouts.
     fn blocks_for(&self, len: usize) -> usize {
+        let max_pos = self.model.cfg.max_position_embeddings;
         prompt_blocks(
             len,
             self.opts.n,
-            self.opts.max_new_tokens,
+            new_tokens_room(len, self.opts.max_new_tokens, max_pos),
             self.opts.block_size,
         )
     }
@@ -232,7 +256,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         let bs = self.opts.block_size;
         self.max_blocks = prompts
             .iter()
-            .map(|p| (p.len() + self.opts.max_new_tokens).div_ceil(bs))
+            .map(|p| {
+                (p.len() + new_tokens_room(p.len(), self.opts.max_new_tokens, max_pos)).div_ceil(bs)
+            })
             .max()
             .unwrap_or(1);
         let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();
@@ -516,6 +542,17 @@ fn sample_into<B: Backend>(
             .backend
             .sample(logits, &uniforms, model.cfg.vocab_size, opts.sampling)?;
     for ((s, id), lp) in seqs.iter_mut().zip(ids).zip(logprobs) {
+        // The sampled token's log-prob comes back anyway, so checking it costs no sync: NaN or
+        // infinite logits (a diverged model) must stop here, not become pad tokens with null
+        // log-probs in the output.
+        if !lp.is_finite() {
+            bail!(
+                "the model's logits are not finite (log-prob {lp}) for prompt {} (rollout {}) at completion position {}: the weights or the config's numerics are broken",
+                s.prompt,
+                s.rollout,
+                s.completion.len()
+            );
+        }
         s.completion.push(id);
         s.logprobs.push(lp);
     }

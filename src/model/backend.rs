@@ -358,6 +358,30 @@ pub struct CpuInputs {
     pub rope: RopeTables,
 }
 
+/// `n` zeros on the host, or an error naming the size: `vec![0.0; n]` aborts the process when
+/// the allocator refuses, and sizes here come from input (prompt lengths, batch, the cache).
+/// A large buffer is also checked against the host's available memory first: the allocator may
+/// promise more than there is, and touching it would bring the OOM killer instead of an error.
+fn host_zeros(n: usize) -> Result<Vec<f32>> {
+    let bytes = n as u128 * 4;
+    if bytes >= 256 << 20 {
+        crate::model::memory_budget::ensure_fits_host(
+            &format!("a host buffer of {n} f32 values"),
+            bytes,
+            "lower the batch, the sequence lengths, --max-new-tokens or --kv-memory",
+        )?;
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        anyhow::anyhow!(
+            "allocating {n} f32 values ({}) on the host failed: {e}",
+            crate::model::memory_budget::human_bytes(n as u128 * 4)
+        )
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 impl Backend for Cpu {
     type Act = Vec<f32>;
     type Acc = Vec<f32>;
@@ -367,10 +391,10 @@ impl Backend for Cpu {
     type Graph = ();
 
     fn act(&self, n: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; n])
+        host_zeros(n)
     }
     fn acc(&self, n: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; n])
+        host_zeros(n)
     }
     fn zero(&self, x: &mut Vec<f32>) -> Result<()> {
         x.fill(0.0);

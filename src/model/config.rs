@@ -20,6 +20,16 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// Bounds on config.json's sizes: well past any Llama released (Llama 3.1 405B has a 128256
+/// vocabulary, hidden 16384, 126 layers, 128 heads), and small enough that every size computed
+/// from them fits in 64 bits.
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_HEAD_DIM: usize = 1024;
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// The shape and numerics of a Llama model, the subset of HF `LlamaConfig` this engine honours.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -123,13 +133,71 @@ impl LlamaConfig {
         self.tie_word_embeddings || !self.scalar_head
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Every field against the bounds a Llama model can have: sizes far past any real model
+    /// (they would only make an allocation that aborts) and floats that would make the forward
+    /// NaN. Each error names the field and its range.
+    pub fn validate(&self) -> Result<()> {
         let c = self;
-        if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
-            bail!("config: hidden_size, num_hidden_layers and vocab_size must be positive");
+        for (field, v, max) in [
+            ("vocab_size", c.vocab_size, MAX_VOCAB),
+            ("hidden_size", c.hidden_size, MAX_WIDTH),
+            ("intermediate_size", c.intermediate_size, 4 * MAX_WIDTH),
+            ("num_hidden_layers", c.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", c.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", c.num_key_value_heads, MAX_HEADS),
+            ("head_dim", c.head_dim, MAX_HEAD_DIM),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
+        ] {
+            if !(1..=max).contains(&v) {
+                bail!("config: {field} {v} is out of range: it must be from 1 to {max}");
+            }
         }
-        if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
-            bail!("config: num_attention_heads and num_key_value_heads must be positive");
+        for (field, v, ok) in [
+            (
+                "rms_norm_eps",
+                c.rms_norm_eps,
+                c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0,
+            ),
+            ("rope_theta", c.rope_theta, c.rope_theta > 0.0),
+        ] {
+            if !(v.is_finite() && ok) {
+                bail!(
+                    "config: {field} {v} is out of range: it must be a finite number above 0{}",
+                    if field == "rms_norm_eps" {
+                        " and below 1"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if let Some(s) = &c.rope_scaling {
+            for (field, v) in [
+                ("rope_scaling.factor", s.factor),
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("config: {field} {v} must be a finite number above 0");
+                }
+            }
+            if s.high_freq_factor <= s.low_freq_factor {
+                bail!(
+                    "config: rope_scaling.high_freq_factor ({}) must be above low_freq_factor ({})",
+                    s.high_freq_factor,
+                    s.low_freq_factor
+                );
+            }
+            if !(1..=MAX_CONTEXT).contains(&s.original_max_position_embeddings) {
+                bail!(
+                    "config: rope_scaling.original_max_position_embeddings {} is out of range: it must be from 1 to {MAX_CONTEXT}",
+                    s.original_max_position_embeddings
+                );
+            }
         }
         if c.num_attention_heads % c.num_key_value_heads != 0 {
             bail!(

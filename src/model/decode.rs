@@ -41,8 +41,13 @@ enum Attend<'a, B: Backend> {
 impl<B: Backend> Llama<B> {
     /// A cache of `blocks` blocks of `block_size` tokens for every layer.
     pub fn kv_cache(&self, blocks: usize, block_size: usize) -> Result<KvCache<B>> {
-        let n = blocks * block_size * self.cfg.kv_dim();
         let layers = self.cfg.num_hidden_layers;
+        let n = blocks
+            .checked_mul(block_size)
+            .and_then(|t| t.checked_mul(self.cfg.kv_dim()))
+            .with_context(|| {
+                format!("a KV cache of {blocks} blocks of {block_size} tokens overflows a size")
+            })?;
         let alloc = || -> Result<Vec<B::Act>> {
             (0..layers)
                 .map(|_| self.backend.act(n))

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod init;
 pub mod llama;
+pub mod memory_budget;
 pub mod params;
 pub mod weights;
 

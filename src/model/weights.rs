@@ -103,6 +103,13 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
         }
     }
 
+    // The buffer is sized by config.json: refused by name if the machine cannot hold it, rather
+    // than aborting in the allocator.
+    super::memory_budget::ensure_fits_host(
+        &format!("{}'s {} parameters (f32)", dir.display(), layout.len),
+        layout.len as u128 * 4,
+        "check config.json's sizes (vocab_size, hidden_size, intermediate_size, num_hidden_layers)",
+    )?;
     let mut params = vec![0.0f32; layout.len];
     for slot in &layout.slots {
         let Some(&i) = where_is.get(&slot.name) else {
@@ -129,26 +136,41 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     Ok(params)
 }
 
+/// Decodes a tensor's bytes into `dst`, refusing a NaN or infinite weight: one would make every
+/// log-prob NaN (and `generate` emit garbage) with no word of where it came from. The finiteness
+/// test rides along the conversion, so the weights are read once.
 fn convert_to_f32(dst: &mut [f32], dtype: Dtype, bytes: &[u8]) -> Result<()> {
     // safetensors data is little-endian and may sit at any alignment inside the mmap, so each
     // element is decoded from its bytes rather than cast in place.
+    let mut all_finite = true;
+    let mut put = |d: &mut f32, x: f32| {
+        all_finite &= x.is_finite();
+        *d = x;
+    };
     match dtype {
         Dtype::F32 => {
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                put(d, f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             }
         }
         Dtype::BF16 => {
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                *d = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                put(d, bf16::from_le_bytes([b[0], b[1]]).to_f32());
             }
         }
         Dtype::F16 => {
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                *d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                put(d, f16::from_le_bytes([b[0], b[1]]).to_f32());
             }
         }
         other => bail!("has dtype {other:?}; supported are F32, BF16 and F16"),
+    }
+    if !all_finite {
+        let i = dst.iter().position(|x| !x.is_finite()).unwrap_or(0);
+        bail!(
+            "holds a non-finite weight ({} at flat index {i}); the checkpoint is corrupt or diverged",
+            dst[i]
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use super::advantages::{Algo, RewardSwitches};
 use crate::cmd::Device;
 use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
+use crate::train::bounds::whole_number;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -65,7 +66,7 @@ pub struct PpoArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub target_kl: Option<f32>,
     /// The adaptive controller's horizon, in sequences.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub kl_horizon: Option<usize>,
     /// The per-token KL estimator.
     #[arg(long, value_enum)]
@@ -89,28 +90,28 @@ pub struct PpoArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub no_advantage_whiten: Option<bool>,
     /// Completions sampled per prompt (at least 2 for grpo and rloo).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub rollouts_per_prompt: Option<usize>,
     /// Prompts per iteration.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub prompt_batch_size: Option<usize>,
     /// Passes over each iteration's rollouts.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub ppo_epochs: Option<usize>,
     /// Sequences per optimiser step.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub minibatch_size: Option<usize>,
     /// Micro-batches per minibatch (memory, not math).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub grad_accum: Option<usize>,
     /// Stop after N iterations.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
     /// Passes over the prompts (when --max-steps is not given).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Most tokens per completion; a completion also stops where the policy's context is full.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_new_tokens: Option<usize>,
     /// Sampling temperature; the trainer scores log-probs at the same temperature.
     #[arg(long, allow_negative_numbers = true)]
@@ -147,7 +148,7 @@ pub struct PpoArgs {
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
     pub device: Option<Device>,
     /// Write a resumable checkpoint every N iterations.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub save_every: Option<usize>,
     /// A TOML file with any of the options above.
     #[arg(long)]
@@ -163,7 +164,7 @@ pub struct PpoArgs {
     #[serde(skip)]
     pub overwrite: bool,
     /// Stop (with a checkpoint) after this many iterations, as Ctrl-C would: for testing resumes.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = whole_number, allow_negative_numbers = true)]
     #[serde(skip)]
     pub stop_after: Option<usize>,
     /// Take each iteration's completions from this rollouts.jsonl (another run's) instead of
@@ -453,46 +454,11 @@ impl PpoArgs {
             stop_after: a.stop_after,
             replay_rollouts: a.replay_rollouts,
         };
-        for (flag, v) in [
-            ("--prompt-batch-size", o.prompt_batch_size),
-            ("--ppo-epochs", o.ppo_epochs),
-            ("--minibatch-size", o.minibatch_size),
-            ("--grad-accum", o.grad_accum),
-            ("--epochs", o.epochs),
-            ("--max-new-tokens", o.max_new_tokens),
-        ] {
-            if v == 0 {
-                bail!("{flag} must be at least 1");
-            }
-        }
-        if o.max_steps == Some(0) {
-            bail!("--max-steps 0 would train nothing; give at least 1 (or leave it out)");
-        }
-        if !(o.temperature > 0.0 && o.temperature.is_finite()) {
-            bail!("--temperature must be positive (PPO samples; greedy rollouts have no ratio)");
-        }
-        if !(o.lr.is_finite() && o.lr >= 0.0) {
-            bail!("--lr must be a finite non-negative number");
-        }
-        if !(o.clip > 0.0 && o.clip < 1.0) {
-            bail!("--clip must be in (0, 1)");
-        }
-        if !(kl_coef.is_finite() && kl_coef >= 0.0) {
-            bail!("--kl-coef must be a finite number >= 0");
-        }
-        if let Some(c) = o.switches.kl_clamp {
-            if !(c > 0.0 && c.is_finite()) {
-                bail!("--kl-clamp must be positive");
-            }
-        }
-        if let KlController::Adaptive {
-            target, horizon, ..
-        } = o.kl
-        {
-            if target.is_nan() || target <= 0.0 || horizon == 0 {
-                bail!("--adaptive-kl needs --target-kl > 0 and --kl-horizon >= 1");
-            }
-        }
+        o.check_ranges(
+            kl_coef,
+            a.target_kl.expect(given),
+            a.kl_horizon.expect(given),
+        )?;
         let batch = o.prompt_batch_size * o.rollouts_per_prompt;
         if o.minibatch_size > batch || batch % o.minibatch_size != 0 {
             bail!(
@@ -511,6 +477,57 @@ impl PpoArgs {
             );
         }
         Ok(o)
+    }
+}
+
+impl PpoOptions {
+    /// Every numeric option against its allowed range (one table), whether it came from a flag,
+    /// `--config` or a resumed run's run.toml. The KL controller's values are passed as given,
+    /// since a fixed controller does not keep them.
+    fn check_ranges(&self, kl_coef: f32, target_kl: f32, kl_horizon: usize) -> Result<()> {
+        use crate::train::bounds::{check_all, Bound::*, FloatRange as R};
+        use crate::train::options::MAX_TOKENS;
+        const BIG: usize = 1_000_000_000;
+        let optional = |v: Option<usize>| v.unwrap_or(1);
+        let sw = &self.switches;
+        check_all(&[
+            Int("--rollouts-per-prompt", self.rollouts_per_prompt, 1..=4096),
+            Int("--prompt-batch-size", self.prompt_batch_size, 1..=1_000_000),
+            Int("--ppo-epochs", self.ppo_epochs, 1..=1000),
+            Int("--minibatch-size", self.minibatch_size, 1..=1_000_000),
+            Int("--grad-accum", self.grad_accum, 1..=65_536),
+            Int("--max-steps", optional(self.max_steps), 1..=BIG),
+            Int("--epochs", self.epochs, 1..=1_000_000),
+            Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
+            Int("--save-every", self.save_every, 1..=BIG),
+            Int("--kl-horizon", kl_horizon, 1..=BIG),
+            Int("--stop-after", optional(self.stop_after), 1..=BIG),
+            Float("--math-weight", self.math_weight, R::closed(-1e6, 1e6)),
+            Float("--kl-coef", kl_coef, R::closed(0.0, 1e3)),
+            Float("--target-kl", target_kl, R::open_closed(0.0, 1e6)),
+            Float(
+                "--kl-clamp",
+                sw.kl_clamp.unwrap_or(1.0),
+                R::open_closed(0.0, 1e3),
+            ),
+            Float(
+                "--eos-penalty",
+                sw.eos_penalty.map_or(0.0, |p| p.missing_eos_score),
+                R::closed(-1e6, 1e6),
+            ),
+            Float(
+                "--temperature",
+                self.temperature,
+                R::open_closed(0.0, 100.0),
+            ),
+            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            Float("--clip", self.clip, R::open(0.0, 1.0)),
+            Float("--value-clip", self.value_clip, R::open_closed(0.0, 1e6)),
+            Float("--value-coef", self.value_coef, R::closed(0.0, 1e3)),
+            Float("--gamma", sw.gae.gamma, R::closed(0.0, 1.0)),
+            Float("--lam", sw.gae.lambda, R::closed(0.0, 1.0)),
+            Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
+        ])
     }
 }
 

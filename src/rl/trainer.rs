@@ -293,13 +293,16 @@ fn needs_reference(o: &PpoOptions) -> bool {
 
 fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let o = &s.opts;
-    let longest = s.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
-    let seq = longest + o.max_new_tokens;
+    let lens: Vec<usize> = s.prompts.iter().map(|p| p.ids.len()).collect();
+    let longest = lens.iter().copied().max().unwrap_or(1);
+    let max_pos = s.policy_cfg.max_position_embeddings;
+    let seq =
+        longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
     let bs = crate::cmd::generate::BLOCK_SIZE;
     let max_batch = (o.prompt_batch_size * k).min(256);
     let kv_blocks =
-        crate::generate::engine::pool_blocks(longest, k, o.max_new_tokens, max_batch, bs);
+        crate::generate::engine::pool_blocks(&lens, k, o.max_new_tokens, max_batch, bs, max_pos);
     let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
         &s.policy_cfg,
         s.value_cfg.as_ref(),
@@ -421,7 +424,10 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
     let o = &s.opts;
     let ckpt = o.out.join("checkpoint");
     let per_pass = s.prompts.len() / o.prompt_batch_size;
-    let total = o.max_steps.unwrap_or(per_pass * o.epochs);
+    let total = match o.max_steps {
+        Some(n) => n,
+        None => crate::train::bounds::total_steps(o.epochs, per_pass, "iterations")?,
+    };
     let mut state = RlState {
         next_iteration: 0,
         total_iterations: total,
@@ -895,7 +901,7 @@ fn generate<B: Backend>(
     let o = &s.opts;
     let k = o.rollouts_per_prompt;
     let bs = crate::cmd::generate::BLOCK_SIZE;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_batch = (prompts.len() * k).min(256);
     let opts = EngineOptions {
         n: k,
@@ -909,11 +915,12 @@ fn generate<B: Backend>(
         max_batch,
         block_size: bs,
         kv_blocks: crate::generate::engine::pool_blocks(
-            longest,
+            &lens,
             k,
             o.max_new_tokens,
             max_batch,
             bs,
+            policy.cfg.max_position_embeddings,
         ),
         eos: s.eos.clone(),
         prefill_tokens: 8192,

@@ -2,6 +2,7 @@
 //! (reward model and DPO) over one loop.
 
 pub mod batching;
+pub mod bounds;
 pub mod checkpoint;
 pub mod dpo;
 pub mod fingerprint;

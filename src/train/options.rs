@@ -4,6 +4,7 @@
 use crate::cmd::Device;
 use crate::data::preference::{DataOptions, Overflow};
 use crate::loss::{DpoConfig, DpoLoss};
+use crate::train::bounds::whole_number;
 use crate::train::schedule::Decay;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -29,16 +30,16 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Passes over the training data.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Stop after this many optimiser steps (the schedule is laid out over them).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
     /// Pairs per micro-batch.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimiser step.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub grad_accum: Option<usize>,
     /// Fraction of the steps over which the learning rate rises linearly from 0: W = ⌈steps ×
     /// ratio⌉ warm-up steps, step t < W at lr·t/W (the first step's rate is 0), as transformers'
@@ -65,20 +66,20 @@ pub struct TrainArgs {
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
     pub device: Option<Device>,
     /// Write a resumable checkpoint every N optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub save_every: Option<usize>,
     /// Evaluate on --eval-data every N optimiser steps (0: only at the start and the end).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub eval_every: Option<usize>,
     /// When stderr is not a terminal (a log file, CI, Slurm): a plain progress line every N steps
     /// [default: about 20 lines a run].
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub log_every: Option<usize>,
     /// Longest prompt, in tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_prompt_len: Option<usize>,
     /// Longest prompt + response, in tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_len: Option<usize>,
     /// What to do with pairs over the length limits.
     #[arg(long, value_enum)]
@@ -126,7 +127,7 @@ pub struct TrainArgs {
     #[serde(skip)]
     pub overwrite: bool,
     /// Stop (with a checkpoint) after this many steps, as Ctrl-C would: for testing resumes.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = whole_number, allow_negative_numbers = true)]
     #[serde(skip)]
     pub stop_after: Option<usize>,
     /// Which trainer wrote the run (recorded in run.toml, so a resume can check it).
@@ -388,30 +389,7 @@ impl TrainArgs {
             ref_cache_dir: a.ref_cache_dir.expect(given),
             stop_after: a.stop_after,
         };
-        if opts.batch_size == 0 || opts.grad_accum == 0 || opts.epochs == 0 {
-            bail!("--batch-size, --grad-accum and --epochs must be at least 1");
-        }
-        if !(opts.lr.is_finite() && opts.lr >= 0.0) {
-            bail!("--lr must be a finite non-negative number");
-        }
-        if !(0.0..1.0).contains(&opts.warmup_ratio) {
-            bail!("--warmup-ratio must be in [0, 1)");
-        }
-        if !(opts.dpo.beta > 0.0 && opts.dpo.beta.is_finite()) {
-            bail!("--beta must be a positive number");
-        }
-        if !(0.0..0.5).contains(&opts.dpo.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 0.5)");
-        }
-        for (flag, v) in [
-            ("--weight-decay", opts.weight_decay),
-            ("--max-grad-norm", opts.max_grad_norm),
-            ("--simpo-gamma", opts.dpo.simpo_gamma),
-        ] {
-            if !v.is_finite() {
-                bail!("{flag} must be a finite number");
-            }
-        }
+        opts.check_ranges()?;
         if opts.data_opts.max_prompt_len >= opts.data_opts.max_len {
             bail!(
                 "--max-prompt-len ({}) must be below --max-len ({}) to leave room for a response",
@@ -422,6 +400,52 @@ impl TrainArgs {
         Ok(opts)
     }
 }
+
+impl TrainOptions {
+    /// Every numeric option against its allowed range (one table), whether it came from a flag,
+    /// `--config` or a resumed run's run.toml.
+    fn check_ranges(&self) -> Result<()> {
+        use crate::train::bounds::{check_all, Bound::*, FloatRange as R};
+        const BIG: usize = 1_000_000_000;
+        let optional = |v: Option<usize>| v.unwrap_or(1);
+        check_all(&[
+            Int("--epochs", self.epochs, 1..=1_000_000),
+            Int("--max-steps", optional(self.max_steps), 1..=BIG),
+            Int("--batch-size", self.batch_size, 1..=65_536),
+            Int("--grad-accum", self.grad_accum, 1..=65_536),
+            Int("--save-every", self.save_every, 1..=BIG),
+            Int("--eval-every", self.eval_every, 0..=BIG),
+            Int("--log-every", optional(self.log_every), 1..=BIG),
+            Int(
+                "--max-prompt-len",
+                self.data_opts.max_prompt_len,
+                1..=MAX_TOKENS,
+            ),
+            Int("--max-len", self.data_opts.max_len, 2..=MAX_TOKENS),
+            Int("--stop-after", optional(self.stop_after), 1..=BIG),
+            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            // f64 for the schedule's ceil (as Python's); the range check's f32 keeps NaN and inf.
+            Float(
+                "--warmup-ratio",
+                self.warmup_ratio as f32,
+                R::closed_open(0.0, 1.0),
+            ),
+            Float("--weight-decay", self.weight_decay, R::closed(0.0, 10.0)),
+            Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
+            Float("--beta", self.dpo.beta, R::open_closed(0.0, 1e3)),
+            Float(
+                "--label-smoothing",
+                self.dpo.label_smoothing,
+                R::closed_open(0.0, 0.5),
+            ),
+            Float("--simpo-gamma", self.dpo.simpo_gamma, R::closed(-1e3, 1e3)),
+        ])
+    }
+}
+
+/// The longest sequence, in tokens, any length option may ask for (16M): far past any model's
+/// context, and small enough that sizes computed from it cannot overflow.
+pub const MAX_TOKENS: usize = 1 << 24;
 
 fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -283,7 +283,8 @@ where
     // Exactly `epochs` passes over the data: the last optimiser step takes whatever micro-batches
     // are left, fewer than grad_accum when they do not divide evenly.
     let batches_per_epoch = train.len().div_ceil(opts.batch_size);
-    let total_micro = opts.epochs * batches_per_epoch;
+    let total_micro =
+        crate::train::bounds::total_steps(opts.epochs, batches_per_epoch, "micro-batches")?;
     let total_steps = opts
         .max_steps
         .unwrap_or(usize::MAX)

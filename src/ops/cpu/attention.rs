@@ -52,15 +52,24 @@ pub fn attention_forward(
                 for i in 0..t {
                     let qi = &q[i * qs + h * hd..][..hd];
                     let mut max = f32::NEG_INFINITY;
+                    let mut nan = false;
                     for j in 0..=i {
                         scores[j] = if mask[j] {
                             scale * dot(qi, &k[j * kvs + kvh * hd..][..hd])
                         } else {
                             f32::NEG_INFINITY
                         };
+                        // f32::max drops a NaN, which would hide it from the kernels checked
+                        // against this oracle; PyTorch's softmax makes the whole row NaN.
+                        nan |= scores[j].is_nan();
                         max = max.max(scores[j]);
                     }
                     let o = &mut out[i * qs + h * hd..][..hd];
+                    if nan {
+                        o.fill(f32::NAN);
+                        lse[h * t + i] = f32::NAN;
+                        continue;
+                    }
                     o.fill(0.0);
                     if max == f32::NEG_INFINITY {
                         lse[h * t + i] = f32::NEG_INFINITY;
