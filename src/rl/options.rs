@@ -435,7 +435,7 @@ impl PpoOptions {
                 self.temperature,
                 R::open_closed(0.0, 100.0),
             ),
-            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            Float("--lr", self.lr, crate::train::bounds::LR_RANGE),
             Float("--clip", self.clip, R::open(0.0, 1.0)),
             Float("--value-clip", self.value_clip, R::open_closed(0.0, 1e6)),
             Float("--value-coef", self.value_coef, R::closed(0.0, 1e3)),

@@ -411,7 +411,7 @@ impl TrainOptions {
             ),
             Int("--max-len", self.data_opts.max_len, 2..=MAX_TOKENS),
             Int("--stop-after", optional(self.stop_after), 1..=BIG),
-            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            Float("--lr", self.lr, crate::train::bounds::LR_RANGE),
             Float(
                 "--warmup-ratio",
                 self.warmup_ratio,
