@@ -559,6 +559,7 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
     );
     assert_refused(&gen(&["--n", "0"]), &["--n 0 is out of range"]);
     assert_refused(&gen(&["--max-batch", "-4"]), &["--max-batch", "negative"]);
+    assert_refused(&gen(&["--seed", "-1"]), &["--seed", "-1 is negative"]);
     let o = prefer(&[
         "eval-rm",
         "--device",

@@ -138,7 +138,7 @@ pub struct PpoArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub recompute: Option<bool>,
     /// Seed of the prompt order and the sampling.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// cpu, cuda, emu (the software GPU) or auto.
     #[arg(long, value_enum, env = "PREFER_DEVICE")]

@@ -147,6 +147,11 @@ pub fn whole_number(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// clap's value parser for `--seed`: [`whole_number`]'s messages, as a u64.
+pub fn seed(s: &str) -> std::result::Result<u64, String> {
+    whole_number(s).map(|v| v as u64)
+}
+
 /// Steps of a run: `epochs` passes of `per_epoch` steps, an error naming both (never a wrapped
 /// count of 0 that would train nothing and exit 0).
 pub fn total_steps(epochs: usize, per_epoch: usize, what: &str) -> Result<usize> {
