@@ -30,7 +30,7 @@ enum Command {
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
         device: Device,
         /// Seed of the base model, the task's data and training.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = prefer::train::bounds::seed, allow_negative_numbers = true)]
         seed: u64,
     },
     /// Train a Bradley-Terry reward model on preference pairs.
@@ -67,7 +67,7 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
         /// Seed of the random weights.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = prefer::train::bounds::seed, allow_negative_numbers = true)]
         seed: u64,
         /// Add a scalar head (score.weight) and save as LlamaForSequenceClassification.
         #[arg(long)]

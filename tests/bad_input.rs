@@ -437,7 +437,7 @@ fn bad_training_options_are_refused_by_name_and_range_from_flags_and_config() {
     );
     assert_refused(
         &run(&["--lr", "NaN"]),
-        &["--lr NaN is not a finite number", "[0, 1]"],
+        &["--lr NaN is not a finite number", "[0, 1e38]"],
     );
     assert_refused(
         &run(&["--beta", "inf"]),
@@ -488,7 +488,7 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
     };
     assert_refused(
         &run(&["--value-clip", "-0.5"]),
-        &["--value-clip -0.5 is out of range", "(0, 1000000]"],
+        &["--value-clip -0.5 is out of range", "(0, 1e6]"],
     );
     assert_refused(
         &run(&["--value-clip", "NaN"]),
@@ -560,6 +560,7 @@ fn bad_generate_and_other_command_options_are_refused_by_name() {
     );
     assert_refused(&gen(&["--n", "0"]), &["--n 0 is out of range"]);
     assert_refused(&gen(&["--max-batch", "-4"]), &["--max-batch", "negative"]);
+    assert_refused(&gen(&["--seed", "-1"]), &["--seed", "-1 is negative"]);
     let o = prefer(&[
         "eval-rm",
         "--device",

@@ -283,7 +283,7 @@ fn options_that_would_do_nothing_are_refused() {
     assert_stderr_has(&o, "are DPO options");
     // Negative values reach the validation and its message instead of clap's "unknown flag".
     let o = relative_run(root, "b", &["--lr", "-1"]);
-    assert_stderr_has(&o, "--lr -1 is out of range: give a number in [0, 1]");
+    assert_stderr_has(&o, "--lr -1 is out of range: give a number in [0, 1e38]");
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     /// Seed of the sampling; a completion's tokens depend only on it, the prompt's index and the
     /// completion's index.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 64, value_parser = whole_number, allow_negative_numbers = true)]

@@ -142,7 +142,7 @@ pub struct PpoArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub recompute: Option<bool>,
     /// Seed of the prompt order and the sampling.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// cpu, cuda, emu (the software GPU) or auto.
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
@@ -520,7 +520,7 @@ impl PpoOptions {
                 self.temperature,
                 R::open_closed(0.0, 100.0),
             ),
-            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            Float("--lr", self.lr, crate::train::bounds::LR_RANGE),
             Float("--clip", self.clip, R::open(0.0, 1.0)),
             Float("--value-clip", self.value_clip, R::open_closed(0.0, 1e6)),
             Float("--value-coef", self.value_coef, R::closed(0.0, 1e3)),

@@ -81,16 +81,27 @@ impl FloatRange {
 
 impl std::fmt::Display for FloatRange {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // 1e38, not 100000000000000000000000000000000000000.
+        let short = |x: f64| {
+            if x != 0.0 && !(1e-3..1e6).contains(&x.abs()) {
+                format!("{x:e}")
+            } else {
+                x.to_string()
+            }
+        };
         write!(
             f,
             "{}{}, {}{}",
             if self.min_included { '[' } else { '(' },
-            self.min,
-            self.max,
+            short(self.min),
+            short(self.max),
             if self.max_included { ']' } else { ')' }
         )
     }
 }
+
+/// Learning rates: any finite non-negative f32 (a test drives a run to divergence with 1e30).
+pub const LR_RANGE: FloatRange = FloatRange::closed(0.0, 1e38);
 
 /// `value` must be a finite number in `range`: NaN and infinities are refused by name, as they
 /// would otherwise pass every comparison-based check silently or poison the run.
@@ -136,6 +147,11 @@ pub fn whole_number(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// clap's value parser for `--seed`: [`whole_number`]'s messages, as a u64.
+pub fn seed(s: &str) -> std::result::Result<u64, String> {
+    whole_number(s).map(|v| v as u64)
+}
+
 /// Steps of a run: `epochs` passes of `per_epoch` steps, an error naming both (never a wrapped
 /// count of 0 that would train nothing and exit 0).
 pub fn total_steps(epochs: usize, per_epoch: usize, what: &str) -> Result<usize> {
@@ -166,6 +182,7 @@ mod tests {
         assert!(check_float("--clip", 1.0, FloatRange::open(0.0, 1.0)).is_err());
         assert!(check_float("--clip", 0.5, FloatRange::open(0.0, 1.0)).is_ok());
         assert!(check_float("--lr", f32::INFINITY, FloatRange::closed(0.0, 1.0)).is_err());
+        assert_eq!(LR_RANGE.to_string(), "[0, 1e38]");
         assert_eq!(whole_number("12"), Ok(12));
         assert!(whole_number("-1").unwrap_err().contains("negative"));
         assert!(whole_number("99999999999999999999999")

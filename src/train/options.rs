@@ -60,7 +60,7 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub recompute: Option<bool>,
     /// Seed of the data order.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// cpu, cuda, emu (the software GPU) or auto
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
@@ -423,7 +423,7 @@ impl TrainOptions {
             ),
             Int("--max-len", self.data_opts.max_len, 2..=MAX_TOKENS),
             Int("--stop-after", optional(self.stop_after), 1..=BIG),
-            Float("--lr", self.lr, R::closed(0.0, 1.0)),
+            Float("--lr", self.lr, crate::train::bounds::LR_RANGE),
             // f64 for the schedule's ceil (as Python's); the range check's f32 keeps NaN and inf.
             Float(
                 "--warmup-ratio",
