@@ -199,7 +199,7 @@ impl LlamaConfig {
                 );
             }
         }
-        if c.num_attention_heads % c.num_key_value_heads != 0 {
+        if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
             bail!(
                 "config: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 c.num_attention_heads,
@@ -224,7 +224,7 @@ impl LlamaConfig {
         if !(c.initializer_range.is_finite() && c.initializer_range >= 0.0) {
             bail!("config: initializer_range must be a finite non-negative number");
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             bail!(
                 "config: head_dim ({}) must be even for rotary embeddings",
                 c.head_dim

@@ -460,7 +460,7 @@ impl PpoArgs {
             a.kl_horizon.expect(given),
         )?;
         let batch = o.prompt_batch_size * o.rollouts_per_prompt;
-        if o.minibatch_size > batch || batch % o.minibatch_size != 0 {
+        if o.minibatch_size > batch || !batch.is_multiple_of(o.minibatch_size) {
             bail!(
                 "--minibatch-size ({}) must divide the iteration's {} sequences (--prompt-batch-size {} x --rollouts-per-prompt {})",
                 o.minibatch_size,
@@ -469,7 +469,7 @@ impl PpoArgs {
                 o.rollouts_per_prompt
             );
         }
-        if o.minibatch_size % o.grad_accum != 0 {
+        if !o.minibatch_size.is_multiple_of(o.grad_accum) {
             bail!(
                 "--grad-accum ({}) must divide --minibatch-size ({})",
                 o.grad_accum,

@@ -109,7 +109,7 @@ fn fa_rows(s: &AttentionShape, n: usize) -> usize {
 
 fn check_shape(s: &AttentionShape, op: &str) -> Result<()> {
     ensure!(
-        s.head_dim <= MAX_HD && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        s.head_dim <= MAX_HD && s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
         "{op}: head_dim {} (at most {MAX_HD}), heads {} over kv_heads {}",
         s.head_dim,
         s.heads,

@@ -16,7 +16,10 @@ pub fn copy_rows(
     width: usize,
 ) -> Result<()> {
     ensure!(
-        pairs.len() >= 2 * m && width > 0 && dst.len() % width == 0 && src.len() % width == 0,
+        pairs.len() >= 2 * m
+            && width > 0
+            && dst.len().is_multiple_of(width)
+            && src.len().is_multiple_of(width),
         "copy_rows: {m} pairs ({} indices), width {width}, dst {}, src {}",
         pairs.len(),
         dst.len(),

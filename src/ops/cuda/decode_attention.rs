@@ -37,7 +37,7 @@ pub fn decode_attention(
     let group = s.heads / s.kv_heads.max(1);
     ensure!(
         s.kv_heads > 0
-            && s.heads % s.kv_heads == 0
+            && s.heads.is_multiple_of(s.kv_heads)
             && group <= MAX_GROUP
             && s.head_dim <= MAX_HEAD_DIM
             && s.head_dim > 0,
@@ -47,7 +47,9 @@ pub fn decode_attention(
         out.len() == s.batch * s.heads * s.head_dim
             && q.len() == out.len()
             && k_cache.len() == v_cache.len()
-            && k_cache.len() % (s.block_size * s.kv_heads * s.head_dim) == 0
+            && k_cache
+                .len()
+                .is_multiple_of(s.block_size * s.kv_heads * s.head_dim)
             && block_table.len() >= s.batch * s.max_blocks
             && context_lens.len() >= s.batch
             && partial.len() >= partial_len(&s),
