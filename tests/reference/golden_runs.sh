@@ -3,7 +3,9 @@
 #   golden_runs.sh PREFER OUT            records them into OUT (a new folder)
 #   golden_runs.sh PREFER OUT --compare  runs them again and compares with OUT, bitwise
 # What is kept: metrics.jsonl and eval.jsonl rows without the time columns (time/*, tokens_per_s),
-# the sha256 of every model.safetensors, and generate's output lines. Takes ~2 minutes on 2 cores.
+# the sha256 of every model.safetensors, and generate's output lines. Takes ~30 s on 2 cores.
+# tests/fixtures/golden/ holds the runs of main after issue #17 (2026-12-02), the reference for
+# issue #18's reorganisation: `golden_runs.sh target/release/prefer tests/fixtures/golden --compare`.
 set -euo pipefail
 prefer=$(readlink -f "$1")
 golden=$2
