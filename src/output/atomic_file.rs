@@ -131,3 +131,35 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     f.commit()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_writers_of_one_target_never_share_a_temporary_file_and_the_last_whole_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.jsonl");
+        std::fs::write(&target, "previous\n").unwrap();
+        let mut a = AtomicFile::create(&target).unwrap();
+        let mut b = AtomicFile::create(&target).unwrap();
+        assert_ne!(
+            a.tmp, b.tmp,
+            "two runs writing one --out share a temporary file"
+        );
+        a.write_all(b"from a\n").unwrap();
+        b.write_all(b"from b\n").unwrap();
+        // Until a commit, the target keeps its old contents.
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "previous\n");
+        a.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "from a\n");
+        b.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "from b\n");
+        // A writer dropped without a commit leaves neither its bytes nor its temporary file.
+        let mut c = AtomicFile::create(&target).unwrap();
+        c.write_all(b"partial").unwrap();
+        drop(c);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "from b\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
