@@ -5,13 +5,12 @@
 //! card's. Sampling at temperature 0.7, as the PyTorch side samples. On the CPU it also times recomputing the whole
 //! forward for every new token, the speed-up the KV cache buys.
 
-use super::generate::BLOCK_SIZE;
 use super::Device;
+use crate::generate::BLOCK_SIZE;
 use crate::generate::{Engine, EngineOptions};
 use crate::model::init::init_params;
 use crate::model::{Backend, Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::cpu::SamplingParams;
-use crate::ops::cuda::backend::Cuda;
 use crate::ops::cuda::probe_gpu;
 use anyhow::Result;
 use std::time::Instant;
@@ -52,13 +51,8 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
                 .collect()
         })
         .collect();
-    let on_gpu = match a.device.prepare()? {
-        Device::Cpu => false,
-        Device::Cuda | Device::Emu => true,
-        Device::Auto => Cuda::new().is_ok(),
-    };
-    if on_gpu {
-        let gpu = Cuda::new()?.upload_model(&cpu)?;
+    if let Some(cuda) = a.device.engine()? {
+        let gpu = cuda.upload_model(&cpu)?;
         let name = if crate::emu::is_active() {
             "the software GPU".to_string()
         } else {

@@ -9,6 +9,7 @@ use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
 use crate::generate::engine::pool_blocks;
 use crate::generate::stopping::{eos_ids, StopStrings};
+use crate::generate::BLOCK_SIZE;
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
 use crate::model::memory_budget;
 use crate::model::weights::load_checkpoint;
@@ -24,9 +25,6 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// Tokens per KV-cache block.
-pub const BLOCK_SIZE: usize = 16;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct GenerateArgs {
@@ -209,13 +207,9 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         tokenizer: &tokenizer,
         reward_input: reward_input.as_ref(),
     };
-    let (rollouts, rewards, stats, seconds) = match args.device.prepare()? {
-        Device::Cpu => job.run(&policy, reward.as_ref(), None)?,
-        Device::Cuda | Device::Emu => job.run_cuda(&policy, reward.as_ref())?,
-        Device::Auto => match Cuda::new() {
-            Ok(_) => job.run_cuda(&policy, reward.as_ref())?,
-            Err(_) => job.run(&policy, reward.as_ref(), None)?,
-        },
+    let (rollouts, rewards, stats, seconds) = match args.device.engine()? {
+        None => job.run(&policy, reward.as_ref(), None)?,
+        Some(cuda) => job.run_cuda(cuda, &policy, reward.as_ref())?,
     };
     write_output(
         &args,
@@ -273,8 +267,7 @@ struct Job<'a> {
 type JobResult = (Vec<Rollout>, Option<Vec<f32>>, EngineStats, f64);
 
 impl Job<'_> {
-    fn run_cuda(&self, policy: &Llama, reward: Option<&Llama>) -> Result<JobResult> {
-        let cuda = Cuda::new()?;
+    fn run_cuda(&self, cuda: Cuda, policy: &Llama, reward: Option<&Llama>) -> Result<JobResult> {
         let gpu = cuda.share().upload_model(policy)?;
         let rm = reward.map(|r| cuda.share().upload_model(r)).transpose()?;
         let free = cudarc::driver::result::mem_get_info()

@@ -6,7 +6,6 @@ use crate::data::jsonl::read_jsonl;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Batch, Llama};
-use crate::ops::cuda::backend::Cuda;
 use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -83,14 +82,10 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     }
 
     // The forward on the device asked for; `auto` takes the GPU when kernels and a GPU are usable.
-    let gpu = match device.prepare()? {
-        Device::Cpu => None,
-        Device::Cuda | Device::Emu => Some(Cuda::new()?.upload_model(&model)?),
-        Device::Auto => Cuda::new()
-            .ok()
-            .map(|c| c.upload_model(&model))
-            .transpose()?,
-    };
+    let gpu = device
+        .engine()?
+        .map(|c| c.upload_model(&model))
+        .transpose()?;
     eprintln!(
         "logprobs on {}",
         if gpu.is_some() && crate::emu::is_active() {

@@ -8,3 +8,6 @@ pub mod philox;
 pub mod stopping;
 
 pub use engine::{Engine, EngineOptions, EngineStats, FinishReason, Rollout};
+
+/// Tokens per KV-cache block.
+pub const BLOCK_SIZE: usize = 16;

@@ -6,3 +6,6 @@ mod check_decode;
 mod check_losses;
 pub mod cpu;
 pub mod cuda;
+mod device;
+
+pub use device::Device;

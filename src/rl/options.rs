@@ -4,8 +4,8 @@
 //! PPO implementations), GRPO's and RLOO's are TRL's (`PpoArgs::defaults`).
 
 use super::advantages::{Algo, RewardSwitches};
-use crate::cmd::Device;
 use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
+use crate::ops::Device;
 use crate::train::bounds::whole_number;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

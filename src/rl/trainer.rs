@@ -14,7 +14,6 @@ use super::advantages::{advantages, Advantages, Algo, ScoredBatch};
 use super::options::{PpoArgs, PpoOptions, RewardSource};
 use super::reward_model::reward_model_scores;
 use super::rewards::{answer_of, math_answer};
-use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::Encoder;
 use crate::data::prompts::{context_note, read_prompts, Prompt};
@@ -248,15 +247,9 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         recompute: setup.opts.recompute,
         ..Llama::new(c, p)
     });
-    let gpu = match setup.opts.device.prepare()? {
-        Device::Cpu => false,
-        Device::Cuda | Device::Emu => true,
-        Device::Auto => crate::ops::cuda::backend::Cuda::new().is_ok(),
-    };
-    if gpu {
+    if let Some(cuda) = setup.opts.device.engine()? {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.
-        let cuda = crate::ops::cuda::backend::Cuda::new()?;
         let up = |m: &Llama| cuda.share().upload_model(m);
         let mut p = GpuTrainer::on(cuda.share(), &policy)?;
         let mut v = value
@@ -299,7 +292,7 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let seq =
         longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
-    let bs = crate::cmd::generate::BLOCK_SIZE;
+    let bs = crate::generate::BLOCK_SIZE;
     let max_batch = (o.prompt_batch_size * k).min(256);
     let kv_blocks =
         crate::generate::engine::pool_blocks(&lens, k, o.max_new_tokens, max_batch, bs, max_pos);
@@ -900,7 +893,7 @@ fn generate<B: Backend>(
 ) -> Result<Vec<Rollout>> {
     let o = &s.opts;
     let k = o.rollouts_per_prompt;
-    let bs = crate::cmd::generate::BLOCK_SIZE;
+    let bs = crate::generate::BLOCK_SIZE;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_batch = (prompts.len() * k).min(256);
     let opts = EngineOptions {

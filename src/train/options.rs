@@ -1,9 +1,9 @@
 //! The options every offline trainer takes, from flags or a TOML file (`--config run.toml`, whose
 //! keys are the flags' names); flags override the file, and the file overrides the defaults.
 
-use crate::cmd::Device;
 use crate::data::preference::{DataOptions, Overflow};
 use crate::loss::{DpoConfig, DpoLoss};
+use crate::ops::Device;
 use crate::train::bounds::whole_number;
 use crate::train::schedule::Decay;
 use anyhow::{bail, Context, Result};

@@ -14,12 +14,13 @@ use super::rm::RewardObjective;
 use super::run_folder::{refuse_changed_run_inputs, write_run_toml, OpenRun};
 use super::schedule::Schedule;
 use super::state::{CpuState, TrainState};
-use crate::cmd::Device;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::{load_preferences, DataOptions, Encoder, Overflow, PreferencePair};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::weights::{load_checkpoint, save_model_into, SaveDtype};
 use crate::model::{Llama, LlamaConfig, ParamLayout};
+use crate::ops::cuda::backend::Cuda;
+use crate::ops::Device;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -183,18 +184,14 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         extra: &extra,
     };
     // bf16 on CUDA, f32 on the CPU; `auto` takes the GPU when kernels and a GPU are usable.
-    match opts.device.prepare()? {
-        Device::Cpu => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
-        Device::Cuda | Device::Emu => train_on(gpu_state(&cpu_model, opts.weight_decay)?, &data),
-        Device::Auto => match gpu_state(&cpu_model, opts.weight_decay) {
-            Ok(state) => train_on(state, &data),
-            Err(_) => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
-        },
+    match opts.device.engine()? {
+        None => train_on(CpuState::new(cpu_model, opts.weight_decay), &data),
+        Some(cuda) => train_on(gpu_state(cuda, &cpu_model, opts.weight_decay)?, &data),
     }
 }
 
-fn gpu_state(cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
-    let mut state = GpuTrainer::new(cpu)?;
+fn gpu_state(cuda: Cuda, cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
+    let mut state = GpuTrainer::on(cuda, cpu)?;
     state.weight_decay = weight_decay;
     let on = if crate::emu::is_active() {
         "the software GPU"
@@ -685,12 +682,7 @@ pub fn evaluate_reward_model(
         }
         Ok(stats)
     }
-    let gpu = match device {
-        Device::Cpu => None,
-        Device::Cuda | Device::Emu => Some(crate::ops::cuda::backend::Cuda::new()?),
-        Device::Auto => crate::ops::cuda::backend::Cuda::new().ok(),
-    };
-    match gpu {
+    match device.engine()? {
         Some(cuda) => score(&cuda.upload_model(&model)?, &split, batch_size),
         None => score(&model, &split, batch_size),
     }

@@ -8,7 +8,7 @@
 # issue #18's reorganisation: `golden_runs.sh target/release/prefer tests/fixtures/golden --compare`.
 set -euo pipefail
 prefer=$(readlink -f "$1")
-golden=$2
+golden=$(realpath -m "$2")
 mode=${3:-record}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
