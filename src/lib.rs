@@ -5,6 +5,7 @@
 // into structs would only hide the shapes the comments document.
 #![allow(clippy::too_many_arguments)]
 
+pub mod check;
 pub mod cmd;
 pub mod data;
 pub mod emu;

@@ -1,7 +1,7 @@
 //! The CUDA ops against the CPU oracle: the same checks as `prefer check`. Skips, saying why,
 //! where there is no GPU.
 
-use prefer::ops::check::{print_table, run_checks};
+use prefer::check::{print_table, run_checks};
 use prefer::ops::cuda::CudaEngine;
 
 #[test]

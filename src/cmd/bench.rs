@@ -2,9 +2,9 @@
 //! (`train`: forward, backward and AdamW) with tokens/s, MFU and peak memory.
 
 use super::bench_generate::{bench_generate, GenerateBenchArgs};
+use crate::check::bench::{print_bench, run_kernel_benches};
 use crate::model::init::init_params;
 use crate::model::{Batch, Llama, LlamaConfig, ParamLayout};
-use crate::ops::bench::{print_bench, run_kernel_benches};
 use crate::ops::cuda::{probe_gpu, CudaEngine};
 use crate::train::gpu_step::GpuTrainer;
 use crate::train::memory_plan::MemoryPlan;

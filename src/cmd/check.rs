@@ -1,7 +1,7 @@
 //! `prefer check`: every CUDA op against the CPU oracle, as a table; non-zero exit on a failure.
 
 use super::Device;
-use crate::ops::check::{print_table, run_checks};
+use crate::check::{print_table, run_checks};
 use crate::ops::cuda::CudaEngine;
 use anyhow::{bail, Result};
 

@@ -1,9 +1,5 @@
 //! The op set the model is written over: `cpu` is the f32 oracle, `cuda` the engine.
 
-pub mod bench;
-pub mod check;
-mod check_decode;
-mod check_losses;
 pub mod cpu;
 pub mod cuda;
 mod device;

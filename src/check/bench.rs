@@ -2,8 +2,8 @@
 //! events, with throughput next to the card's limits. PyTorch's side of the same shapes is
 //! tests/reference/bench_torch.py.
 
-use super::cpu::AttentionShape;
-use super::cuda::{self, CudaEngine};
+use crate::ops::cpu::AttentionShape;
+use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 use half::bf16;
 

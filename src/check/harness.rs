@@ -5,9 +5,9 @@
 //! Error is measured relative to the reference tensor's scale, max|gpu − cpu| / max|cpu|, which
 //! is what bf16 storage bounds: an output rounded to bf16 is off by at most 2⁻⁹ of its own size.
 
-use super::cpu::{self, AttentionShape};
-use super::cuda::{self, CudaEngine};
 use crate::model::config::LlamaConfig;
+use crate::ops::cpu::{self, AttentionShape};
+use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -123,16 +123,16 @@ pub fn run_checks(eng: &CudaEngine, filter: Option<&str>) -> Result<Vec<CheckRow
         }
     }
     if wants("copy_rows") || wants("decode_attention") || wants("sample") || wants("generate") {
-        rows.extend(super::check_decode::run_decode_checks(eng, &wants)?);
+        rows.extend(super::decode::run_decode_checks(eng, &wants)?);
     }
     if wants("dpo_loss") {
-        rows.extend(super::check_losses::run_dpo_checks(eng)?);
+        rows.extend(super::losses::run_dpo_checks(eng)?);
     }
     if wants("bradley_terry") {
-        rows.extend(super::check_losses::run_reward_checks(eng)?);
+        rows.extend(super::losses::run_reward_checks(eng)?);
     }
     if wants("ppo_loss") {
-        rows.extend(super::check_losses::run_ppo_checks(eng)?);
+        rows.extend(super::losses::run_ppo_checks(eng)?);
     }
     if wants("adamw") {
         // Weight decay skips the ranges (norm gains in a model): none, the only element, and

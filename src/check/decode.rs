@@ -2,12 +2,12 @@
 //! decode_attention, sample), and the rollout engine on the CUDA backend against the training
 //! forward on the same device (greedy tokens, and the sampled tokens' log-probs).
 
-use super::check::{compare, down_bf16, timed, to_bf16, CheckRow, Lcg, TOL_BF16};
-use super::cpu::{self, DecodeShape, SamplingParams};
-use super::cuda::{self, CudaEngine};
+use super::harness::{compare, down_bf16, timed, to_bf16, CheckRow, Lcg, TOL_BF16};
 use crate::generate::philox::draw_uniform;
 use crate::generate::{Engine, EngineOptions, Rollout};
 use crate::model::{init::init_params, Backend, Batch, Heads, Llama, LlamaConfig, ParamLayout};
+use crate::ops::cpu::{self, DecodeShape, SamplingParams};
+use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 use half::bf16;
 use std::time::Instant;

@@ -3,11 +3,11 @@
 //! (kernels/reward_loss.cu), PPO's policy loss with
 //! GRPO's k3 term and a KL clamp, and the clipped value loss (kernels/ppo_loss.cu).
 
-use super::check::{compare, timed, CheckRow, Lcg};
-use super::cpu::dpo_loss as cpu_dpo;
-use super::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
-use super::cuda::{self, CudaEngine};
+use super::harness::{compare, timed, CheckRow, Lcg};
 use crate::loss::{aggregation_weights, LossAggregation};
+use crate::ops::cpu::dpo_loss as cpu_dpo;
+use crate::ops::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
+use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 
 pub(super) fn run_dpo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
@@ -146,7 +146,7 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
             .collect();
         let margin: Option<Vec<f32>> = margins.then(|| (0..pairs).map(|_| g.uniform()).collect());
         let mut dvalue = vec![0.0; n];
-        let cpu = super::cpu::reward_loss::bradley_terry_loss(
+        let cpu = crate::ops::cpu::reward_loss::bradley_terry_loss(
             &mut dvalue,
             &value,
             &token,
@@ -172,7 +172,7 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
             )
         })?;
         let gpu_rows = eng.download(&rows_d)?;
-        let gpu = super::cpu::reward_loss::RewardPairs::from_rows(&gpu_rows, pairs);
+        let gpu = crate::ops::cpu::reward_loss::RewardPairs::from_rows(&gpu_rows, pairs);
         let shape = format!("P={pairs} T={t}{}", if margins { " margins" } else { "" });
         rows.push(compare(
             "bradley_terry_loss dvalue",
@@ -190,7 +190,7 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
             1e-5,
             ms,
         ));
-        let cpu_rows = super::cpu::reward_loss::reward_rows(&cpu, margin.as_deref());
+        let cpu_rows = crate::ops::cpu::reward_loss::reward_rows(&cpu, margin.as_deref());
         rows.push(compare(
             "bradley_terry_loss pairs",
             &shape,
