@@ -66,6 +66,14 @@ pub fn name(sig: i32) -> &'static str {
     }
 }
 
+/// How a run that stopped early says why: "interrupted by SIGTERM", or "stopped" (--stop-after).
+pub fn stop_reason(signal: Option<i32>) -> String {
+    match signal {
+        Some(sig) => format!("interrupted by {}", name(sig)),
+        None => "stopped".to_string(),
+    }
+}
+
 /// The error a command returns when a signal stopped it before it finished; `main` prints it and
 /// exits with [`exit_status`].
 #[derive(Debug)]

@@ -91,9 +91,6 @@ struct Setup {
 
 pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     let resume = args.resume.is_some();
-    if resume && args.overwrite {
-        bail!("--overwrite starts a new run in place of an earlier one; --resume continues one: give one of them");
-    }
     let overwrite = args.overwrite;
     let args = args.with_files()?;
     let opts = args.clone().resolve()?;
@@ -830,10 +827,7 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
         if stop && done < total {
             eprintln!(
                 "{} at iteration {done}/{total}; checkpoint saved; continue with prefer ppo --resume {}",
-                match signal {
-                    Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
-                    None => "stopped".to_string(),
-                },
+                crate::signals::stop_reason(signal),
                 o.out.display()
             );
             summary.interrupted = by_user;

@@ -40,7 +40,6 @@ const FINGERPRINTS: &str = "fingerprints";
 
 /// An open run folder; the lock is held until it is dropped.
 pub struct RunFolder {
-    pub out: PathBuf,
     _lock: FolderLock,
 }
 
@@ -61,6 +60,9 @@ impl OpenRun<'_> {
     /// with `--overwrite`). Call before reading anything large, so a refusal comes at once.
     pub fn open(&self) -> Result<RunFolder> {
         let out = self.out;
+        if self.resume && self.overwrite {
+            bail!("--overwrite starts a new run in place of an earlier one; --resume continues one: give one of them");
+        }
         refuse_output_that_is_an_input(("--out", out), self.inputs)?;
         let state = inspect_folder(out)?;
         let shown = out.display();
@@ -68,10 +70,8 @@ impl OpenRun<'_> {
             if state != FolderState::Run {
                 bail!("{shown} is not a run folder (it has no run.toml): --resume continues a run that {} started there", self.command);
             }
-            let lock = FolderLock::acquire(out)?;
             return Ok(RunFolder {
-                out: out.to_path_buf(),
-                _lock: lock,
+                _lock: FolderLock::acquire(out)?,
             });
         }
         match state {
@@ -97,10 +97,7 @@ impl OpenRun<'_> {
             FolderState::Absent | FolderState::Empty => {}
             _ => bail!("{shown} was filled by another process while this run started; choose another --out"),
         }
-        Ok(RunFolder {
-            out: out.to_path_buf(),
-            _lock: lock,
-        })
+        Ok(RunFolder { _lock: lock })
     }
 }
 

@@ -78,9 +78,6 @@ fn finished_run(out: &Path) -> Option<usize> {
 
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
     let resume = args.resume.is_some();
-    if resume && args.overwrite {
-        bail!("--overwrite starts a new run in place of an earlier one; --resume continues one: give one of them");
-    }
     let overwrite = args.overwrite;
     // From here on SIGINT, SIGTERM, SIGHUP and SIGUSR1 finish the step and save.
     crate::signals::install();
@@ -501,10 +498,7 @@ where
             // A plain line that stays, whether stderr is a terminal or a log file.
             eprintln!(
                 "{} at step {done}/{total_steps}; checkpoint saved in {}; continue with prefer {} --resume {}",
-                match signal {
-                    Some(sig) => format!("interrupted by {}", crate::signals::name(sig)),
-                    None => "stopped".to_string(),
-                },
+                crate::signals::stop_reason(signal),
                 ckpt_dir.display(),
                 data.kind.command(),
                 opts.out.display()
