@@ -221,7 +221,10 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     // A changed option is refused, not silently applied.
     let o = resume(&["--lr", "0.5"], "dpo");
     assert!(!o.status.success());
-    assert_stderr_has(&o, "drop --lr (only --device may change)");
+    assert_stderr_has(
+        &o,
+        "drop --lr (only --device and --ref-cache-dir may change)",
+    );
     // The other trainer is told what the run is.
     let o = resume(&[], "rm");
     assert_stderr_has(&o, "is a DPO run: continue it with prefer dpo --resume");

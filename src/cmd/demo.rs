@@ -7,7 +7,7 @@ use super::init::{run_init, InitOptions};
 use super::Device;
 use crate::data::synthetic::synthetic_preferences;
 use crate::model::weights::SaveDtype;
-use crate::train::{run_training, RunSummary, TrainArgs, TrainerKind};
+use crate::train::{run_training, RunArgs, RunSummary, TrainArgs, TrainerKind};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -25,21 +25,29 @@ fn demo_args(
         model: Some(base.to_path_buf()),
         data: Some(data.to_path_buf()),
         eval_data: Some(eval.to_path_buf()),
-        out: Some(out.to_path_buf()),
+        run: RunArgs {
+            out: Some(out.to_path_buf()),
+            epochs: Some(2),
+            warmup_ratio: Some(0.1),
+            seed: Some(seed),
+            device: Some(device),
+            save_every: Some(50),
+            ..RunArgs::default()
+        },
         batch_size: Some(16),
         grad_accum: Some(1),
-        epochs: Some(2),
-        warmup_ratio: Some(0.1),
         // The PPO stage renders its prompts with the chat template, so the reward model and the
         // DPO policy learn them in the same form.
         chat_template: Some(true),
-        seed: Some(seed),
-        device: Some(device),
         eval_every: Some(20),
-        save_every: Some(50),
         ref_cache_dir: Some(out.join("reference-cache")),
         ..Default::default()
     }
+}
+
+fn with_lr(mut args: TrainArgs, lr: f32) -> TrainArgs {
+    args.run.lr = Some(lr);
+    args
 }
 
 /// Marks a folder as the demo's own, so a later demo may replace what it wrote there.
@@ -109,20 +117,17 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
     eprintln!("\n== reward model (Bradley-Terry) ==");
     let rm_out = out.join("rm");
     let rm = run_training(
-        TrainArgs {
-            lr: Some(3e-3),
-            ..demo_args(&rm_out, &base, &train, &eval, device, seed)
-        },
+        with_lr(demo_args(&rm_out, &base, &train, &eval, device, seed), 3e-3),
         TrainerKind::RewardModel,
     )?;
     super::train::exit_if_interrupted(&rm);
     eprintln!("\n== DPO (sigmoid, β = 0.1) ==");
     let dpo_out = out.join("dpo");
     let dpo = run_training(
-        TrainArgs {
-            lr: Some(2e-3),
-            ..demo_args(&dpo_out, &base, &train, &eval, device, seed)
-        },
+        with_lr(
+            demo_args(&dpo_out, &base, &train, &eval, device, seed),
+            2e-3,
+        ),
         TrainerKind::Dpo,
     )?;
     super::train::exit_if_interrupted(&dpo);
@@ -135,17 +140,20 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         policy: Some(base.clone()),
         reward_model: Some(rm_out.clone()),
         prompts: Some(prompts),
-        out: Some(ppo_out.clone()),
+        run: RunArgs {
+            out: Some(ppo_out.clone()),
+            lr: Some(3e-3),
+            max_steps: Some(40),
+            seed: Some(seed),
+            device: Some(device),
+            ..RunArgs::default()
+        },
         prompt_batch_size: Some(12),
         rollouts_per_prompt: Some(4),
         minibatch_size: Some(16),
         max_new_tokens: Some(40),
         ppo_epochs: Some(2),
         temperature: Some(1.0),
-        lr: Some(3e-3),
-        max_steps: Some(40),
-        seed: Some(seed),
-        device: Some(device),
         ..Default::default()
     })?;
     if ppo.interrupted {

@@ -2,9 +2,16 @@
 //! the rollout engine.
 
 pub mod advantages;
+pub mod checkpoint;
+pub mod iteration_log;
 pub mod options;
+pub mod ppo_epochs;
 pub mod reward_model;
 pub mod rewards;
+pub mod rollout_batch;
+pub mod rollouts;
+pub mod scoring;
+pub mod setup;
 pub mod trainer;
 
 pub use options::PpoArgs;

@@ -5,11 +5,12 @@
 
 use super::advantages::{Algo, RewardSwitches};
 use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
-use crate::ops::Device;
 use crate::train::bounds::whole_number;
+use crate::train::layered_options::{over, TrainerArgs};
+use crate::train::run_args::{RunArgs, RunOptions};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where an iteration's scores come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -41,9 +42,10 @@ pub struct PpoArgs {
     /// --reward math-answer each line also has "answer".
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// The run folder: the final policy at its root, value/, checkpoint/, metrics.jsonl.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    /// The options every trainer takes: run folder, optimiser, schedule, cadence, device, seed.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
     /// ppo (GAE with a value model), grpo or rloo (group baselines, no value model). Each takes
     /// its own defaults: ppo the paper's, grpo and rloo TRL's (no EOS trick, temperature 1, and
     /// their own β and --rollouts-per-prompt), as each option's default below shows.
@@ -104,21 +106,12 @@ pub struct PpoArgs {
     /// Micro-batches per minibatch (memory, not math).
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub grad_accum: Option<usize>,
-    /// Stop after N iterations.
-    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
-    pub max_steps: Option<usize>,
-    /// Passes over the prompts (when --max-steps is not given).
-    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
-    pub epochs: Option<usize>,
     /// Most tokens per completion; a completion also stops where the policy's context is full.
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_new_tokens: Option<usize>,
     /// Sampling temperature; the trainer scores log-probs at the same temperature.
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
-    /// Learning rate of the policy and the value model, decayed linearly to 0.
-    #[arg(long, allow_negative_numbers = true)]
-    pub lr: Option<f32>,
     /// PPO's ε.
     #[arg(long, allow_negative_numbers = true)]
     pub clip: Option<f32>,
@@ -134,39 +127,6 @@ pub struct PpoArgs {
     /// GAE's λ.
     #[arg(long, allow_negative_numbers = true)]
     pub lam: Option<f32>,
-    /// Global gradient-norm clip (0 turns it off).
-    #[arg(long, allow_negative_numbers = true)]
-    pub max_grad_norm: Option<f32>,
-    /// Train the policy and value model keeping only each layer's input through the forward and
-    /// recomputing the rest in the backward (less memory, the same gradients).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub recompute: Option<bool>,
-    /// Seed of the prompt order and the sampling.
-    #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
-    pub seed: Option<u64>,
-    /// cpu, cuda, emu (the software GPU) or auto.
-    #[arg(long, value_enum, env = "PREFER_DEVICE")]
-    pub device: Option<Device>,
-    /// Write a resumable checkpoint every N iterations.
-    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
-    pub save_every: Option<usize>,
-    /// A TOML file with any of the options above.
-    #[arg(long)]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this folder where it stopped, with its saved options.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// Replace the earlier run in --out: its own files (checkpoint, logs, models) are removed
-    /// first, and nothing else in the folder is touched.
-    #[arg(long)]
-    #[serde(skip)]
-    pub overwrite: bool,
-    /// Stop (with a checkpoint) after this many iterations, as Ctrl-C would: for testing resumes.
-    #[arg(long, hide = true, value_parser = whole_number, allow_negative_numbers = true)]
-    #[serde(skip)]
-    pub stop_after: Option<usize>,
     /// Take each iteration's completions from this rollouts.jsonl (another run's) instead of
     /// sampling them: for comparing devices on the same rollouts.
     #[arg(long, hide = true)]
@@ -181,7 +141,7 @@ pub struct PpoOptions {
     pub reward_model: Option<PathBuf>,
     pub value_model: Option<PathBuf>,
     pub prompts: PathBuf,
-    pub out: PathBuf,
+    pub run: RunOptions,
     pub algo: Algo,
     pub reward: RewardSource,
     pub math_weight: f32,
@@ -192,20 +152,11 @@ pub struct PpoOptions {
     pub ppo_epochs: usize,
     pub minibatch_size: usize,
     pub grad_accum: usize,
-    pub max_steps: Option<usize>,
-    pub epochs: usize,
     pub max_new_tokens: usize,
     pub temperature: f32,
-    pub lr: f32,
     pub clip: f32,
     pub value_clip: f32,
     pub value_coef: f32,
-    pub max_grad_norm: f32,
-    pub recompute: bool,
-    pub seed: u64,
-    pub device: Device,
-    pub save_every: usize,
-    pub stop_after: Option<usize>,
     pub replay_rollouts: Option<PathBuf>,
 }
 
@@ -263,24 +214,41 @@ pub fn with_default_help(cmd: clap::Command) -> clap::Command {
     })
 }
 
-/// `a` over `b`, key by key (both tables of the same struct).
-fn merge(a: &PpoArgs, b: &PpoArgs) -> Result<PpoArgs> {
-    let (mut top, bottom) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
-    if let (Some(t), Some(bt)) = (top.as_table_mut(), bottom.as_table()) {
-        for (k, v) in bt {
-            t.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+impl TrainerArgs for PpoArgs {
+    fn command(&self) -> String {
+        "prefer ppo".to_string()
     }
-    let mut merged: PpoArgs = top.try_into()?;
-    (merged.config, merged.resume, merged.stop_after) =
-        (a.config.clone(), a.resume.clone(), a.stop_after);
-    merged.replay_rollouts = a.replay_rollouts.clone();
-    merged.overwrite = a.overwrite;
-    Ok(merged)
-}
-
-fn read_toml(path: &Path) -> Result<PpoArgs> {
-    Ok(crate::train::run_folder::read_options_toml(path)?.0)
+    fn run(&self) -> &RunArgs {
+        &self.run
+    }
+    fn run_mut(&mut self) -> &mut RunArgs {
+        &mut self.run
+    }
+    /// The defaults of the algorithm (itself resolved from the same layers: flag, --config,
+    /// run.toml, else ppo).
+    fn defaults(&self) -> PpoArgs {
+        PpoArgs::defaults(self.algo.unwrap_or(Algo::Ppo))
+    }
+    fn carry_unsaved(&mut self, from: &PpoArgs) {
+        self.replay_rollouts.clone_from(&from.replay_rollouts);
+    }
+    /// A run.toml from before per-algorithm defaults holds only the options given (a new one holds
+    /// every value); the rest were the paper's for every algorithm.
+    fn upgrade_saved(saved: PpoArgs) -> Result<PpoArgs> {
+        if saved.temperature.is_some() {
+            return Ok(saved);
+        }
+        over(&saved, &PpoArgs::defaults(Algo::Ppo))
+    }
+    fn paths_mut(&mut self) -> Vec<&mut Option<PathBuf>> {
+        vec![
+            &mut self.policy,
+            &mut self.reward_model,
+            &mut self.value_model,
+            &mut self.prompts,
+            &mut self.run.out,
+        ]
+    }
 }
 
 impl PpoArgs {
@@ -293,7 +261,7 @@ impl PpoArgs {
     /// verifiable reward, so GRPO would learn to stop instead of to answer.
     pub fn defaults(algo: Algo) -> PpoArgs {
         let (no_eos_trick, temperature, kl_coef, rollouts_per_prompt) = match algo {
-            Algo::Ppo => (false, 0.7, 0.05, 1),
+            Algo::Ppo => (false, 0.7, KlController::default().coef(), 1),
             Algo::Grpo => (true, 1.0, 0.0, 8),
             Algo::Rloo => (true, 1.0, 0.05, 2),
         };
@@ -316,67 +284,25 @@ impl PpoArgs {
             ppo_epochs: Some(1),
             minibatch_size: Some(64),
             grad_accum: Some(1),
-            epochs: Some(1),
             max_new_tokens: Some(256),
             temperature: Some(temperature),
-            lr: Some(1e-6),
             clip: Some(0.2),
             value_clip: Some(0.2),
             value_coef: Some(crate::loss::DEFAULT_VALUE_COEF),
             gamma: Some(1.0),
             lam: Some(0.95),
-            max_grad_norm: Some(1.0),
-            recompute: Some(false),
-            seed: Some(0),
-            device: Some(Device::Auto),
-            save_every: Some(50),
+            run: RunArgs {
+                lr: Some(1e-6),
+                epochs: Some(1),
+                save_every: Some(50),
+                ..RunArgs::common_defaults()
+            },
             ..PpoArgs::default()
         }
     }
 
-    /// These options over the defaults of their algorithm (the algorithm is resolved first, from
-    /// the same layers: flag, --config, run.toml, else ppo). A new run saves this in run.toml, so
-    /// a resumed run keeps the values it started with even if a default changes.
-    pub fn with_defaults(&self) -> Result<PpoArgs> {
-        merge(self, &PpoArgs::defaults(self.algo.unwrap_or(Algo::Ppo)))
-    }
-
-    /// Flags over `--config` over a resumed run's run.toml; a resumed run refuses changed options.
-    pub fn with_files(self) -> Result<PpoArgs> {
-        let mut args = self;
-        if let Some(run) = args.resume.clone() {
-            let given = toml::Value::try_from(&args)?;
-            let changed: Vec<String> = given
-                .as_table()
-                .map(|t| {
-                    t.keys()
-                        .filter(|k| k.as_str() != "device")
-                        .map(|k| format!("--{k}"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !changed.is_empty() || args.config.is_some() {
-                bail!(
-                    "--resume continues {} with the options saved in its run.toml; drop {} (only --device may change)",
-                    run.display(),
-                    if changed.is_empty() { "--config".to_string() } else { changed.join(", ") }
-                );
-            }
-            let mut saved = read_toml(&run.join("run.toml"))
-                .context("--resume needs the run folder of an earlier prefer ppo run")?;
-            if saved.temperature.is_none() {
-                // A run.toml from before per-algorithm defaults holds only the options given (a
-                // new one holds every value); the rest were the paper's for every algorithm.
-                saved = merge(&saved, &PpoArgs::defaults(Algo::Ppo))?;
-            }
-            args = merge(&args, &saved)?;
-            args.out = Some(run);
-        } else if let Some(cfg) = args.config.clone() {
-            args = merge(&args, &read_toml(&cfg)?)?;
-        }
-        Ok(args)
-    }
-
+    /// Concrete options: what is still unset takes the algorithm's defaults. Call after
+    /// [`TrainerArgs::with_files`].
     pub fn resolve(self) -> Result<PpoOptions> {
         let a = self.with_defaults()?;
         let need =
@@ -414,7 +340,7 @@ impl PpoArgs {
             value_model: a.value_model.or_else(|| a.reward_model.clone()),
             reward_model: a.reward_model,
             prompts: need(a.prompts, "prompts")?,
-            out: need(a.out, "out")?,
+            run: RunOptions::from_args(&a.run)?,
             algo,
             reward,
             math_weight: a.math_weight.expect(given),
@@ -438,20 +364,11 @@ impl PpoArgs {
             ppo_epochs: a.ppo_epochs.expect(given),
             minibatch_size: a.minibatch_size.expect(given),
             grad_accum: a.grad_accum.expect(given),
-            max_steps: a.max_steps,
-            epochs: a.epochs.expect(given),
             max_new_tokens: a.max_new_tokens.expect(given),
             temperature: a.temperature.expect(given),
-            lr: a.lr.expect(given),
             clip: a.clip.expect(given),
             value_clip: a.value_clip.expect(given),
             value_coef: a.value_coef.expect(given),
-            max_grad_norm: a.max_grad_norm.expect(given),
-            recompute: a.recompute.expect(given),
-            seed: a.seed.expect(given),
-            device: a.device.expect(given),
-            save_every: a.save_every.expect(given),
-            stop_after: a.stop_after,
             replay_rollouts: a.replay_rollouts,
         };
         o.check_ranges(
@@ -485,10 +402,8 @@ impl PpoOptions {
     /// `--config` or a resumed run's run.toml. The KL controller's values are passed as given,
     /// since a fixed controller does not keep them.
     fn check_ranges(&self, kl_coef: f32, target_kl: f32, kl_horizon: usize) -> Result<()> {
-        use crate::train::bounds::{check_all, Bound::*, FloatRange as R};
+        use crate::train::bounds::{check_all, Bound::*, FloatRange as R, BIG};
         use crate::train::options::MAX_TOKENS;
-        const BIG: usize = 1_000_000_000;
-        let optional = |v: Option<usize>| v.unwrap_or(1);
         let sw = &self.switches;
         check_all(&[
             Int("--rollouts-per-prompt", self.rollouts_per_prompt, 1..=4096),
@@ -496,12 +411,8 @@ impl PpoOptions {
             Int("--ppo-epochs", self.ppo_epochs, 1..=1000),
             Int("--minibatch-size", self.minibatch_size, 1..=1_000_000),
             Int("--grad-accum", self.grad_accum, 1..=65_536),
-            Int("--max-steps", optional(self.max_steps), 1..=BIG),
-            Int("--epochs", self.epochs, 1..=1_000_000),
             Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
-            Int("--save-every", self.save_every, 1..=BIG),
             Int("--kl-horizon", kl_horizon, 1..=BIG),
-            Int("--stop-after", optional(self.stop_after), 1..=BIG),
             Float("--math-weight", self.math_weight, R::closed(-1e6, 1e6)),
             Float("--kl-coef", kl_coef, R::closed(0.0, 1e3)),
             Float("--target-kl", target_kl, R::open_closed(0.0, 1e6)),
@@ -520,13 +431,11 @@ impl PpoOptions {
                 self.temperature,
                 R::open_closed(0.0, 100.0),
             ),
-            Float("--lr", self.lr, crate::train::bounds::LR_RANGE),
             Float("--clip", self.clip, R::open(0.0, 1.0)),
             Float("--value-clip", self.value_clip, R::open_closed(0.0, 1e6)),
             Float("--value-coef", self.value_coef, R::closed(0.0, 1e3)),
             Float("--gamma", sw.gae.gamma, R::closed(0.0, 1.0)),
             Float("--lam", sw.gae.lambda, R::closed(0.0, 1.0)),
-            Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
         ])
     }
 }
@@ -539,7 +448,10 @@ mod tests {
         PpoArgs {
             policy: Some("p".into()),
             prompts: Some("x".into()),
-            out: Some("o".into()),
+            run: RunArgs {
+                out: Some("o".into()),
+                ..RunArgs::default()
+            },
             reward_model: Some("r".into()),
             algo,
             ..PpoArgs::default()
@@ -570,7 +482,7 @@ mod tests {
         assert_eq!(key_values(&rloo), (None, 1.0, 0.05, 2));
         // The rest stays the paper's for all three.
         for o in [&grpo, &rloo] {
-            assert_eq!((o.lr, o.clip, o.max_new_tokens), (1e-6, 0.2, 256));
+            assert_eq!((o.run.lr, o.clip, o.max_new_tokens), (1e-6, 0.2, 256));
         }
     }
 
@@ -594,12 +506,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "algo = \"rloo\"\n").unwrap();
-        let given = PpoArgs {
-            config: Some(cfg),
-            ..args(None)
-        }
-        .with_files()
-        .unwrap();
+        let mut given = args(None);
+        given.run.config = Some(cfg);
+        let given = given.with_files().unwrap();
         assert_eq!(
             key_values(&given.clone().resolve().unwrap()),
             (None, 1.0, 0.05, 2)
@@ -629,14 +538,9 @@ mod tests {
             "policy = \"/p\"\nprompts = \"/x\"\nout = \"/o\"\nreward-model = \"/r\"\nalgo = \"grpo\"\nrollouts-per-prompt = 4\n",
         )
         .unwrap();
-        let resumed = PpoArgs {
-            resume: Some(dir.path().to_path_buf()),
-            ..PpoArgs::default()
-        }
-        .with_files()
-        .unwrap()
-        .resolve()
-        .unwrap();
+        let mut resumed = PpoArgs::default();
+        resumed.run.resume = Some(dir.path().to_path_buf());
+        let resumed = resumed.with_files().unwrap().resolve().unwrap();
         assert_eq!(resumed.algo, Algo::Grpo);
         assert_eq!(key_values(&resumed), (Some(-10.0), 0.7, 0.05, 4));
     }

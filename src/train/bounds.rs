@@ -100,6 +100,9 @@ impl std::fmt::Display for FloatRange {
     }
 }
 
+/// The largest step count or cadence any option takes (a billion steps).
+pub const BIG: usize = 1_000_000_000;
+
 /// Learning rates: any finite non-negative f32 (a test drives a run to divergence with 1e30).
 pub const LR_RANGE: FloatRange = FloatRange::closed(0.0, 1e38);
 

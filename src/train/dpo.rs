@@ -2,7 +2,7 @@
 //! frozen starting model, cached on disk under the hashes of the model and the data, and reused
 //! across epochs and runs. The reference model is never held in memory while training.
 
-use super::objective::{Objective, PairRows, PairStats, PendingStats, Split};
+use super::objective::{Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
@@ -32,8 +32,8 @@ pub struct DpoObjective {
     pub config: DpoConfig,
 }
 
-impl DpoObjective {
-    fn run<B: Backend>(
+impl<B: Backend> Objective<B> for DpoObjective {
+    fn pass(
         &self,
         model: &Llama<B>,
         split: &Split,
@@ -94,7 +94,9 @@ impl DpoObjective {
             tokens: pb.real_tokens(),
         })
     }
+}
 
+impl DpoObjective {
     /// Sequence log-probs (chosen, rejected) of every pair under `model`, which is the frozen
     /// reference: the starting checkpoint.
     pub fn reference_logprobs<B: Backend>(
@@ -150,22 +152,6 @@ impl DpoObjective {
         // Whole or not at all, under a name of its own: runs share the cache.
         crate::output::write_file_atomically(&path, serde_json::to_string(&values)?.as_bytes())?;
         Ok((values, false))
-    }
-}
-
-impl<B: Backend> Objective<B> for DpoObjective {
-    fn accumulate(
-        &self,
-        model: &Llama<B>,
-        split: &Split,
-        idx: &[usize],
-        scale: f32,
-        grads: &mut B::Acc,
-    ) -> Result<PendingStats<B>> {
-        self.run(model, split, idx, Some((scale, grads)))
-    }
-    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
-        self.run(model, split, idx, None)?.resolve(&model.backend)
     }
 }
 

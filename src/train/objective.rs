@@ -157,8 +157,19 @@ pub struct Split<'a> {
 }
 
 pub trait Objective<B: Backend> {
-    /// Adds `scale` × the gradient of the mean loss over the pairs `idx` of `split` to `grads`
-    /// (the parameter layout), and returns the pairs' loss and metrics, perhaps still pending.
+    /// One pass over the pairs `idx` of `split`: their loss and metrics (perhaps still pending
+    /// on the device), and with `grad = Some((scale, grads))` also `scale` × the gradient of
+    /// their mean loss added to `grads` (the parameter layout).
+    fn pass(
+        &self,
+        model: &Llama<B>,
+        split: &Split,
+        idx: &[usize],
+        grad: Option<(f32, &mut B::Acc)>,
+    ) -> Result<PendingStats<B>>;
+
+    /// Adds `scale` × the gradient of the mean loss over the pairs `idx` to `grads`, and returns
+    /// the pairs' loss and metrics, perhaps still pending.
     fn accumulate(
         &self,
         model: &Llama<B>,
@@ -166,8 +177,12 @@ pub trait Objective<B: Backend> {
         idx: &[usize],
         scale: f32,
         grads: &mut B::Acc,
-    ) -> Result<PendingStats<B>>;
+    ) -> Result<PendingStats<B>> {
+        self.pass(model, split, idx, Some((scale, grads)))
+    }
 
     /// Loss and metrics of the pairs `idx`, without gradients.
-    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats>;
+    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
+        self.pass(model, split, idx, None)?.resolve(&model.backend)
+    }
 }

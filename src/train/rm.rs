@@ -1,15 +1,15 @@
 //! The reward model's objective: Bradley-Terry, −log σ(r_c − r_r − margin), with r the scalar
 //! head at each sequence's last token.
 
-use super::objective::{Objective, PairRows, PairStats, PendingStats, Split};
+use super::objective::{Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
 
 pub struct RewardObjective;
 
-impl RewardObjective {
-    fn run<B: Backend>(
+impl<B: Backend> Objective<B> for RewardObjective {
+    fn pass(
         &self,
         model: &Llama<B>,
         split: &Split,
@@ -67,21 +67,5 @@ impl RewardObjective {
             pairs: b,
             tokens: pb.real_tokens(),
         })
-    }
-}
-
-impl<B: Backend> Objective<B> for RewardObjective {
-    fn accumulate(
-        &self,
-        model: &Llama<B>,
-        split: &Split,
-        idx: &[usize],
-        scale: f32,
-        grads: &mut B::Acc,
-    ) -> Result<PendingStats<B>> {
-        self.run(model, split, idx, Some((scale, grads)))
-    }
-    fn evaluate(&self, model: &Llama<B>, split: &Split, idx: &[usize]) -> Result<PairStats> {
-        self.run(model, split, idx, None)?.resolve(&model.backend)
     }
 }

@@ -1,0 +1,161 @@
+//! Step 4 of an iteration: PPO epochs over shuffled minibatches of the rollouts: the clipped
+//! policy loss (with GRPO's KL term) and the clipped value loss, fused on the device
+//! (kernels/ppo_loss.cu on CUDA, the src/loss functions on the CPU), one optimiser step per
+//! minibatch for each trained model.
+
+use super::advantages::{Advantages, Algo};
+use super::rollout_batch::{gather, rows_of, RolloutBatch};
+use super::scoring::Scored;
+use super::setup::{Models, Setup};
+use crate::loss::{aggregation_weights, LossAggregation};
+use crate::model::{Backend, HeadGrads, Heads};
+use crate::ops::cpu::ppo_loss::PolicyLossParams;
+use crate::train::state::TrainState;
+use anyhow::Result;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+/// The losses and diagnostics of every micro-batch of an iteration's epochs.
+#[derive(Default)]
+pub struct EpochStats {
+    pub policy_loss: Vec<f64>,
+    pub value_loss: Vec<f64>,
+    pub clipfrac: Vec<f64>,
+    pub approxkl: Vec<f64>,
+    pub value_clipfrac: Vec<f64>,
+    pub explained_variance: Vec<f64>,
+}
+
+/// `--ppo-epochs` passes over the rollouts `rb` at learning rate `lr`: their shuffled order is a
+/// pure function of the iteration's seed.
+pub fn ppo_epochs<S: TrainState>(
+    m: &mut Models<S>,
+    s: &Setup,
+    rb: &RolloutBatch,
+    scored: &Scored,
+    adv: &Advantages,
+    kl_coef: f32,
+    lr: f32,
+    iteration_seed: u64,
+) -> Result<EpochStats> {
+    let o = &s.opts;
+    let (n, t) = (rb.batch.batch, rb.batch.seq);
+    let micro = o.minibatch_size / o.grad_accum;
+    let heads = Heads::logp_at(o.temperature);
+    let (old_logp, ref_logp, values) = (&scored.old_logp, &scored.ref_logp, &scored.values);
+    let (mut pl, mut vl, mut clipfrac, mut approxkl, mut vclip) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut explained = Vec::new();
+    let scale = 1.0 / o.grad_accum as f32;
+    for epoch in 0..o.ppo_epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            iteration_seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        for mb in order.chunks(o.minibatch_size) {
+            m.policy.zero_grads()?;
+            if let Some(vm) = m.value.as_mut() {
+                vm.zero_grads()?;
+            }
+            for rows in mb.chunks(micro) {
+                let sub = rows_of(&rb.batch, rows);
+                let mask = gather(&rb.mask, rows, t);
+                // The micro-batch's inputs go to the device; the losses run there, fused
+                // (kernels/ppo_loss.cu on CUDA, the src/loss functions on the CPU).
+                let weights = aggregation_weights(&mask, rows.len(), t, LossAggregation::TokenMean);
+                let (pol, grads) = m.policy.model_and_grads();
+                let o_dev = &pol.backend;
+                let (w_d, old_d, adv_d) = (
+                    o_dev.to_device(&weights)?,
+                    o_dev.to_device(&gather(old_logp, rows, t))?,
+                    o_dev.to_device(&gather(&adv.advantages, rows, t))?,
+                );
+                let grpo_kl = o.algo == Algo::Grpo && kl_coef > 0.0;
+                let ref_d = if grpo_kl {
+                    Some(o_dev.to_device(&gather(ref_logp, rows, t))?)
+                } else {
+                    None
+                };
+                let f = pol.forward_heads(&sub, heads)?;
+                let mut g = o_dev.acc(rows.len() * t)?;
+                // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
+                let params = PolicyLossParams {
+                    clip: o.clip,
+                    kl_coef: if grpo_kl { kl_coef } else { 0.0 },
+                    kl_clamp: o.switches.kl_clamp,
+                    grad_scale: scale,
+                };
+                let out = o_dev.ppo_policy_loss(
+                    &mut g,
+                    &f.logp,
+                    &old_d,
+                    &adv_d,
+                    &w_d,
+                    ref_d.as_ref(),
+                    params,
+                )?;
+                pol.backward(
+                    &f,
+                    &HeadGrads {
+                        logp: Some(&g),
+                        ..Default::default()
+                    },
+                    grads,
+                )?;
+                f.recycle(o_dev);
+                for x in [Some(g), Some(w_d), Some(old_d), Some(adv_d), ref_d] {
+                    x.into_iter().for_each(|x| o_dev.recycle_acc(x));
+                }
+                pl.push(out.loss as f64);
+                clipfrac.push(out.clip_fraction as f64);
+                approxkl.push(out.approx_kl as f64);
+                if let Some(vm) = m.value.as_mut() {
+                    let (val, vgrads) = vm.model_and_grads();
+                    let v_dev = &val.backend;
+                    let (w_d, old_v, ret_d) = (
+                        v_dev.to_device(&weights)?,
+                        v_dev.to_device(&gather(values, rows, t))?,
+                        v_dev.to_device(&gather(&adv.returns, rows, t))?,
+                    );
+                    let f = val.forward_heads(&sub, Heads::VALUE)?;
+                    let mut g = v_dev.acc(rows.len() * t)?;
+                    let out = v_dev.ppo_value_loss(
+                        &mut g,
+                        &f.value,
+                        &old_v,
+                        &ret_d,
+                        &w_d,
+                        Some(o.value_clip),
+                        scale * o.value_coef,
+                    )?;
+                    val.backward(
+                        &f,
+                        &HeadGrads {
+                            value: Some(&g),
+                            ..Default::default()
+                        },
+                        vgrads,
+                    )?;
+                    f.recycle(v_dev);
+                    for x in [g, w_d, old_v, ret_d] {
+                        v_dev.recycle_acc(x);
+                    }
+                    vl.push(out.loss as f64);
+                    vclip.push(out.clip_fraction as f64);
+                    explained.push(out.explained_variance as f64);
+                }
+            }
+            m.policy.step(lr, o.run.max_grad_norm)?;
+            if let Some(vm) = m.value.as_mut() {
+                vm.step(lr, o.run.max_grad_norm)?;
+            }
+        }
+    }
+    Ok(EpochStats {
+        policy_loss: pl,
+        value_loss: vl,
+        clipfrac,
+        approxkl,
+        value_clipfrac: vclip,
+        explained_variance: explained,
+    })
+}

@@ -1,0 +1,93 @@
+//! Step 1 of an iteration: the rollouts, sampled from the policy's own weights on the rollout
+//! engine (src/generate/), or replayed from another run's rollouts.jsonl.
+
+use super::setup::Setup;
+use crate::generate::philox::philox4x32;
+use crate::generate::{Engine, EngineOptions, Rollout};
+use crate::model::{Backend, Llama};
+use crate::ops::cpu::SamplingParams;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The sampling seed of iteration `it`: a pure function of (run seed, iteration), so a resumed run
+/// samples what the uninterrupted one would have.
+pub fn iteration_seed(seed: u64, it: usize) -> u64 {
+    let r = philox4x32(
+        [it as u32, (it >> 32) as u32, 0x5050_4f00, 0],
+        [seed as u32, (seed >> 32) as u32],
+    );
+    (r[0] as u64) << 32 | r[1] as u64
+}
+
+/// `k` completions of each prompt, in (prompt, rollout) order.
+pub fn generate<B: Backend>(
+    policy: &Llama<B>,
+    prompts: &[Vec<u32>],
+    s: &Setup,
+    seed: u64,
+) -> Result<Vec<Rollout>> {
+    let o = &s.opts;
+    let k = o.rollouts_per_prompt;
+    let bs = crate::generate::BLOCK_SIZE;
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let max_batch = (prompts.len() * k).min(256);
+    let opts = EngineOptions {
+        n: k,
+        sampling: SamplingParams {
+            temperature: o.temperature,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        max_new_tokens: o.max_new_tokens,
+        seed,
+        max_batch,
+        block_size: bs,
+        kv_blocks: crate::generate::engine::pool_blocks(
+            &lens,
+            k,
+            o.max_new_tokens,
+            max_batch,
+            bs,
+            policy.cfg.max_position_embeddings,
+        ),
+        eos: s.eos.clone(),
+        prefill_tokens: 8192,
+        graphs: true,
+    };
+    let mut engine = Engine::new(policy, opts)?;
+    engine.run_in_order(prompts, &mut |_| false, &mut |_| {})
+}
+
+/// Iteration `it`'s completions from another run's rollouts.jsonl, in (prompt, rollout) order.
+pub fn replayed_rollouts(file: &Path, it: usize, prompts: usize, k: usize) -> Result<Vec<Rollout>> {
+    let n = prompts * k;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut out = Vec::with_capacity(n);
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", file.display(), i + 1))?;
+        if v["step"].as_u64() != Some(it as u64 + 1) {
+            continue;
+        }
+        let ids = serde_json::from_value(v["completion_ids"].clone())?;
+        let logprobs = serde_json::from_value(v["logprobs"].clone())?;
+        let finish = serde_json::from_value(v["finish_reason"].clone())?;
+        out.push(Rollout {
+            prompt_index: out.len() / k,
+            rollout_index: out.len() % k,
+            completion_ids: ids,
+            logprobs,
+            finish_reason: finish,
+        });
+    }
+    if out.len() != n {
+        bail!(
+            "{}: iteration {} has {} completions, this run needs {n}",
+            file.display(),
+            it + 1,
+            out.len()
+        );
+    }
+    Ok(out)
+}
