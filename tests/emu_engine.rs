@@ -108,15 +108,18 @@ fn train_args(root: &Path, out: &str, device: Device, lr: f32, steps: usize) -> 
         model: Some(root.join("base")),
         data: Some(root.join("train.jsonl")),
         eval_data: Some(root.join("eval.jsonl")),
-        out: Some(root.join(out)),
-        lr: Some(lr),
         batch_size: Some(8),
         grad_accum: Some(1),
-        max_steps: Some(steps),
-        warmup_ratio: Some(0.0),
-        device: Some(device),
         eval_every: Some(1000),
         ref_cache_dir: Some(root.join("cache")),
+        run: prefer::train::RunArgs {
+            out: Some(root.join(out)),
+            lr: Some(lr),
+            max_steps: Some(steps),
+            warmup_ratio: Some(0.0),
+            device: Some(device),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     }
 }

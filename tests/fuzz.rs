@@ -18,6 +18,7 @@ use prefer::model::init::init_params;
 use prefer::model::weights::{load_params, save_checkpoint, SaveDtype};
 use prefer::model::{LlamaConfig, ParamLayout};
 use prefer::rl::PpoArgs;
+use prefer::train::TrainerArgs;
 use prefer::train::{TrainArgs, TrainerKind};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -572,10 +573,13 @@ fn train_options_never_panic_and_resolve_only_to_values_in_range() {
             };
             let read = cli.args.with_files().and_then(|a| a.resolve(kind));
             if let Ok(o) = &read {
-                prop_assert!((1..=1_000_000).contains(&o.epochs));
-                prop_assert!(o.batch_size >= 1 && o.grad_accum >= 1 && o.save_every >= 1);
-                prop_assert!(o.lr.is_finite() && o.lr >= 0.0);
-                prop_assert!(o.dpo.beta.is_finite() && o.dpo.beta > 0.0);
+                prop_assert!((1..=1_000_000).contains(&o.run.epochs));
+                prop_assert!(o.batch_size >= 1 && o.grad_accum >= 1 && o.run.save_every >= 1);
+                prop_assert!(o.run.lr.is_finite() && o.run.lr >= 0.0);
+                prop_assert_eq!(o.dpo.is_some(), dpo);
+                if let Some(d) = &o.dpo {
+                    prop_assert!(d.config.beta.is_finite() && d.config.beta > 0.0);
+                }
                 prop_assert!(o.data_opts.max_prompt_len < o.data_opts.max_len);
             }
             Ok(read.is_ok())

@@ -275,15 +275,18 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         TrainArgs {
             model: Some(base.clone()),
             data: Some(data),
-            out: Some(rm.clone()),
-            lr: Some(3e-3),
             batch_size: Some(16),
             grad_accum: Some(1),
-            epochs: Some(2),
-            warmup_ratio: Some(0.1),
             // PPO renders its prompts with the chat template: the RM reads them the same way.
             chat_template: Some(true),
-            device: Some(prefer::cmd::Device::Cpu),
+            run: prefer::train::RunArgs {
+                out: Some(rm.clone()),
+                lr: Some(3e-3),
+                epochs: Some(2),
+                warmup_ratio: Some(0.1),
+                device: Some(prefer::cmd::Device::Cpu),
+                ..prefer::train::RunArgs::default()
+            },
             ..TrainArgs::default()
         },
         TrainerKind::RewardModel,

@@ -327,7 +327,10 @@ fn trainer_refuses_a_tokenizer_that_does_not_fit_the_model() {
     let args = prefer::train::TrainArgs {
         model: Some(base),
         data: Some(dir.path().join("d.jsonl")),
-        out: Some(dir.path().join("out")),
+        run: prefer::train::RunArgs {
+            out: Some(dir.path().join("out")),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     };
     let err = format!(

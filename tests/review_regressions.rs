@@ -29,12 +29,15 @@ fn args(root: &Path, model: &Path, out: &str) -> TrainArgs {
     TrainArgs {
         model: Some(model.to_path_buf()),
         data: Some(root.join("d.jsonl")),
-        out: Some(root.join(out)),
         batch_size: Some(2),
         grad_accum: Some(4),
-        epochs: Some(1),
-        lr: Some(1e-3),
         ref_cache_dir: Some(root.join("cache")),
+        run: prefer::train::RunArgs {
+            out: Some(root.join(out)),
+            epochs: Some(1),
+            lr: Some(1e-3),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     }
 }
@@ -120,8 +123,11 @@ fn special_ids_outside_the_vocabulary_and_nan_beta_are_errors() {
     let a = TrainArgs {
         model: Some("m".into()),
         data: Some("d".into()),
-        out: Some("o".into()),
         beta: Some(f32::NAN),
+        run: prefer::train::RunArgs {
+            out: Some("o".into()),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     };
     let err = format!("{:#}", a.resolve(TrainerKind::Dpo).unwrap_err());

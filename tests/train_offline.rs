@@ -4,6 +4,7 @@
 use prefer::cmd::init::{run_init, InitOptions};
 use prefer::data::synthetic::synthetic_preferences;
 use prefer::model::weights::SaveDtype;
+use prefer::train::TrainerArgs;
 use prefer::train::{run_training, TrainArgs, TrainerKind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -40,13 +41,16 @@ fn args(s: &Setup, out: &str, lr: f32) -> TrainArgs {
         model: Some(s.root.join("base")),
         data: Some(s.root.join("train.jsonl")),
         eval_data: Some(s.root.join("eval.jsonl")),
-        out: Some(s.root.join(out)),
-        lr: Some(lr),
         batch_size: Some(16),
         grad_accum: Some(1),
-        epochs: Some(2),
-        warmup_ratio: Some(0.1),
         ref_cache_dir: Some(s.root.join("cache")),
+        run: prefer::train::RunArgs {
+            out: Some(s.root.join(out)),
+            lr: Some(lr),
+            epochs: Some(2),
+            warmup_ratio: Some(0.1),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     }
 }
@@ -114,7 +118,7 @@ fn dpo_learns_the_synthetic_task_and_reuses_its_reference() {
     let cached: Vec<_> = std::fs::read_dir(s.root.join("cache")).unwrap().collect();
     assert_eq!(cached.len(), 2);
     let mut again = args(&s, "dpo2", 2e-3);
-    again.max_steps = Some(1);
+    again.run.max_steps = Some(1);
     run_training(again, TrainerKind::Dpo).unwrap();
     assert_eq!(std::fs::read_dir(s.root.join("cache")).unwrap().count(), 2);
 }
@@ -126,13 +130,16 @@ fn resumed_run_ends_bitwise_identical() {
         let mut a = args(&s, out, 1e-3);
         a.grad_accum = Some(2); // 3 micro-batches per epoch: steps straddle epochs
         a.batch_size = Some(16);
-        a.epochs = Some(3);
-        a.save_every = Some(2);
+        a.run.epochs = Some(3);
+        a.run.save_every = Some(2);
         a.eval_every = Some(1);
-        a.stop_after = stop_after;
+        a.run.stop_after = stop_after;
         if resume {
             a = TrainArgs {
-                resume: Some(s.root.join(out)),
+                run: prefer::train::RunArgs {
+                    resume: Some(s.root.join(out)),
+                    ..prefer::train::RunArgs::default()
+                },
                 ..Default::default()
             };
         }
@@ -173,20 +180,31 @@ fn config_file_fills_what_flags_leave_unset() {
     );
     std::fs::write(s.root.join("run.toml"), toml).unwrap();
     let flags = TrainArgs {
-        config: Some(s.root.join("run.toml")),
-        lr: Some(1e-4),
+        run: prefer::train::RunArgs {
+            config: Some(s.root.join("run.toml")),
+            lr: Some(1e-4),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     };
     let merged = flags.with_files().unwrap();
     let opts = merged.resolve(TrainerKind::Dpo).unwrap();
     assert_eq!(
-        (opts.lr, opts.max_steps, opts.batch_size, opts.dpo.beta),
+        (
+            opts.run.lr,
+            opts.run.max_steps,
+            opts.batch_size,
+            opts.dpo.unwrap().config.beta
+        ),
         (1e-4, Some(2), 4, 0.3)
     );
     assert_eq!(opts.grad_accum, 4, "unset everywhere: the default");
     std::fs::write(s.root.join("bad.toml"), "learning-rate = 3\n").unwrap();
     let bad = TrainArgs {
-        config: Some(s.root.join("bad.toml")),
+        run: prefer::train::RunArgs {
+            config: Some(s.root.join("bad.toml")),
+            ..prefer::train::RunArgs::default()
+        },
         ..Default::default()
     };
     let err = format!("{:#}", bad.with_files().unwrap_err());
@@ -201,14 +219,12 @@ fn a_loss_that_stops_being_finite_ends_the_run_naming_the_step() {
     // An absurd learning rate blows the weights up within a few steps. Metrics are read when the
     // loop logs (every 4 steps here), and the first non-finite loss read ends the run there.
     let s = setup(64);
-    let a = TrainArgs {
-        device: Some(prefer::cmd::Device::Cpu),
-        max_grad_norm: Some(0.0),
-        warmup_ratio: Some(0.0),
-        log_every: Some(4),
-        eval_data: None,
-        ..args(&s, "nan", 1e30)
-    };
+    let mut a = args(&s, "nan", 1e30);
+    a.eval_data = None;
+    a.run.device = Some(prefer::cmd::Device::Cpu);
+    a.run.max_grad_norm = Some(0.0);
+    a.run.warmup_ratio = Some(0.0);
+    a.run.log_every = Some(4);
     let err = run_training(a, TrainerKind::Dpo).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("(not finite)"), "{msg}");

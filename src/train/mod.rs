@@ -13,6 +13,7 @@ pub mod layered_options;
 pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
+pub mod offline_stages;
 pub mod optimizer;
 pub mod options;
 pub mod pair_batch;
