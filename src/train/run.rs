@@ -224,10 +224,11 @@ pub fn drive<S: Stages>(
         stages.step(step, schedule.lr(step))?;
         progress.bar.inc(1);
         let done = step + 1;
-        let eval_now = cadence.eval_every > 0 && done % cadence.eval_every == 0 && done < total;
+        let eval_now =
+            cadence.eval_every > 0 && done.is_multiple_of(cadence.eval_every) && done < total;
         let signal = crate::signals::received();
         let stop = signal.is_some() || cadence.stop_after == Some(done);
-        let save_now = stop || done % cadence.save_every == 0 || done == total;
+        let save_now = stop || done.is_multiple_of(cadence.save_every) || done == total;
         if progress.due(done) || eval_now || save_now {
             progress.show(done, &stages.log()?);
         }
@@ -322,7 +323,7 @@ impl Progress {
 
     /// Whether step `done` is one the log shows.
     fn due(&self, done: usize) -> bool {
-        done % self.every == 0 || done == self.total
+        done.is_multiple_of(self.every) || done == self.total
     }
 
     fn show(&self, done: usize, status: &str) {
