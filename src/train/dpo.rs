@@ -2,7 +2,7 @@
 //! frozen starting model, cached on disk under the hashes of the model and the data, and reused
 //! across epochs and runs. The reference model is never held in memory while training.
 
-use super::objective::{Objective, PairRows, PendingStats, Split};
+use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
@@ -73,14 +73,11 @@ impl<B: Backend> Objective<B> for DpoObjective {
             &self.config,
             scale,
         )?;
-        if let Some((_, grads)) = grad {
-            let heads = HeadGrads {
-                logp: Some(&dlogp),
-                ..Default::default()
-            };
-            model.backward(&fwd, &heads, grads)?;
-        }
-        fwd.recycle(o);
+        let heads = HeadGrads {
+            logp: Some(&dlogp),
+            ..Default::default()
+        };
+        backward_and_recycle(model, fwd, heads, grad)?;
         for x in [Some(dlogp), Some(weights), reference]
             .into_iter()
             .flatten()

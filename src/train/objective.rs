@@ -2,7 +2,7 @@
 //! The training loop (trainer.rs) is the same for both.
 
 use crate::data::preference::PreferencePair;
-use crate::model::{Backend, Llama};
+use crate::model::{Backend, Forward, HeadGrads, Llama};
 use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::reward_loss::RewardPairs;
 use anyhow::Result;
@@ -154,6 +154,21 @@ pub struct Split<'a> {
     pub pairs: &'a [PreferencePair],
     /// Reference sequence log-probs (chosen, rejected) per pair, for losses that use them.
     pub reference: Option<&'a [(f32, f32)]>,
+}
+
+/// The end of a pass: when training (`grad` is `Some`), the backward from the loss's gradient
+/// at the heads `heads` into the gradient buffer; then the forward's buffers go back to the pool.
+pub fn backward_and_recycle<B: Backend>(
+    model: &Llama<B>,
+    fwd: Forward<B>,
+    heads: HeadGrads<B>,
+    grad: Option<(f32, &mut B::Acc)>,
+) -> Result<()> {
+    if let Some((_, grads)) = grad {
+        model.backward(&fwd, &heads, grads)?;
+    }
+    fwd.recycle(&model.backend);
+    Ok(())
 }
 
 pub trait Objective<B: Backend> {

@@ -1,7 +1,7 @@
 //! The reward model's objective: Bradley-Terry, −log σ(r_c − r_r − margin), with r the scalar
 //! head at each sequence's last token.
 
-use super::objective::{Objective, PairRows, PendingStats, Split};
+use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::model::{Backend, HeadGrads, Heads, Llama};
 use anyhow::Result;
@@ -49,14 +49,11 @@ impl<B: Backend> Objective<B> for RewardObjective {
             b,
             scale,
         )?;
-        if let Some((_, grads)) = grad {
-            let heads = HeadGrads {
-                value: Some(&dvalue),
-                ..Default::default()
-            };
-            model.backward(&fwd, &heads, grads)?;
-        }
-        fwd.recycle(o);
+        let heads = HeadGrads {
+            value: Some(&dvalue),
+            ..Default::default()
+        };
+        backward_and_recycle(model, fwd, heads, grad)?;
         o.recycle_index(token);
         for x in [Some(dvalue), margins].into_iter().flatten() {
             o.recycle_acc(x);
