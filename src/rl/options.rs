@@ -116,6 +116,12 @@ pub struct PpoArgs {
     /// Sampling temperature; the trainer scores log-probs at the same temperature.
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
+    /// Most sequences decoded together [default: the iteration's sequences, at most 256].
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub max_batch: Option<usize>,
+    /// Memory for the KV cache, e.g. 512M or 8G [default: what the batch can use].
+    #[arg(long)]
+    pub kv_memory: Option<String>,
     /// Learning rate of the policy and the value model, decayed linearly to 0.
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
@@ -196,6 +202,8 @@ pub struct PpoOptions {
     pub epochs: usize,
     pub max_new_tokens: usize,
     pub temperature: f32,
+    pub max_batch: Option<usize>,
+    pub kv_memory: Option<String>,
     pub lr: f32,
     pub clip: f32,
     pub value_clip: f32,
@@ -442,6 +450,8 @@ impl PpoArgs {
             epochs: a.epochs.expect(given),
             max_new_tokens: a.max_new_tokens.expect(given),
             temperature: a.temperature.expect(given),
+            max_batch: a.max_batch,
+            kv_memory: a.kv_memory,
             lr: a.lr.expect(given),
             clip: a.clip.expect(given),
             value_clip: a.value_clip.expect(given),
@@ -499,6 +509,7 @@ impl PpoOptions {
             Int("--max-steps", optional(self.max_steps), 1..=BIG),
             Int("--epochs", self.epochs, 1..=1_000_000),
             Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
+            Int("--max-batch", optional(self.max_batch), 1..=65_536),
             Int("--save-every", self.save_every, 1..=BIG),
             Int("--kl-horizon", kl_horizon, 1..=BIG),
             Int("--stop-after", optional(self.stop_after), 1..=BIG),
@@ -527,7 +538,33 @@ impl PpoOptions {
             Float("--gamma", sw.gae.gamma, R::closed(0.0, 1.0)),
             Float("--lam", sw.gae.lambda, R::closed(0.0, 1.0)),
             Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
-        ])
+        ])?;
+        self.check_kv_options()
+    }
+
+    /// `--max-batch` holds a prompt's rollouts; `--kv-memory` is a size, and on the CPU (where
+    /// the cache is host memory) one the host has. On a GPU the cache is never larger than the
+    /// batch can use, so a larger size only means no limit.
+    fn check_kv_options(&self) -> Result<()> {
+        if let Some(b) = self.max_batch {
+            if b < self.rollouts_per_prompt {
+                bail!(
+                    "--max-batch {b} must hold a prompt's {} rollouts (--rollouts-per-prompt)",
+                    self.rollouts_per_prompt
+                );
+            }
+        }
+        if let Some(mem) = &self.kv_memory {
+            let bytes = crate::generate::kv_budget::parse_bytes(mem)?;
+            if self.device == Device::Cpu {
+                crate::model::memory_budget::ensure_fits_host(
+                    &format!("--kv-memory {mem}"),
+                    bytes as u128,
+                    "give a smaller --kv-memory, or leave it out to size the cache from the batch",
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -19,9 +19,10 @@ use crate::data::preference::Encoder;
 use crate::data::prompts::{context_note, read_prompts, Prompt};
 use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
+use crate::generate::kv_budget::block_bytes;
 use crate::generate::philox::philox4x32;
 use crate::generate::stopping::eos_ids;
-use crate::generate::{Engine, EngineOptions, Rollout};
+use crate::generate::{Engine, EngineOptions, KvRequest, Rollout};
 use crate::loss::{
     aggregation_weights, mean_sequence_kl, per_token_kl, KlController, KlEstimator,
     LossAggregation, RunningMoments,
@@ -290,9 +291,11 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
     let bs = crate::generate::BLOCK_SIZE;
-    let max_batch = (o.prompt_batch_size * k).min(256);
-    let kv_blocks =
-        crate::generate::engine::pool_blocks(&lens, k, o.max_new_tokens, max_batch, bs, max_pos);
+    // The plan is a GPU's, where the cache holds bf16.
+    let kv_blocks = kv_request(o, &lens, o.prompt_batch_size * k, max_pos)
+        .size(block_bytes(&s.policy_cfg, 2), None)
+        .expect("--kv-memory was checked with the options")
+        .kv_blocks;
     let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
         &s.policy_cfg,
         s.value_cfg.as_ref(),
@@ -889,7 +892,15 @@ fn generate<B: Backend>(
     let k = o.rollouts_per_prompt;
     let bs = crate::generate::BLOCK_SIZE;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let max_batch = (prompts.len() * k).min(256);
+    let max_pos = policy.cfg.max_position_embeddings;
+    // The cache holds f32 on the CPU oracle, bf16 on the CUDA engine.
+    let value_bytes = if o.device == crate::ops::Device::Cpu {
+        4
+    } else {
+        2
+    };
+    let kv = kv_request(o, &lens, prompts.len() * k, max_pos)
+        .size(block_bytes(&policy.cfg, value_bytes), None)?;
     let opts = EngineOptions {
         n: k,
         sampling: SamplingParams {
@@ -899,22 +910,34 @@ fn generate<B: Backend>(
         },
         max_new_tokens: o.max_new_tokens,
         seed,
-        max_batch,
+        max_batch: kv.max_batch,
         block_size: bs,
-        kv_blocks: crate::generate::engine::pool_blocks(
-            &lens,
-            k,
-            o.max_new_tokens,
-            max_batch,
-            bs,
-            policy.cfg.max_position_embeddings,
-        ),
+        kv_blocks: kv.kv_blocks,
         eos: s.eos.clone(),
         prefill_tokens: 8192,
         graphs: true,
     };
     let mut engine = Engine::new(policy, opts)?;
     engine.run_in_order(prompts, &mut |_| false, &mut |_| {})
+}
+
+/// The rollout engine's size for `sequences` rollouts of prompts of lengths `lens`, by the rule
+/// `prefer generate` uses (src/generate/kv_budget.rs), with `--max-batch` and `--kv-memory`.
+fn kv_request<'a>(
+    o: &'a PpoOptions,
+    lens: &'a [usize],
+    sequences: usize,
+    context: usize,
+) -> KvRequest<'a> {
+    KvRequest {
+        prompt_lens: lens,
+        n: o.rollouts_per_prompt,
+        max_new_tokens: o.max_new_tokens,
+        context,
+        sequences,
+        max_batch: o.max_batch,
+        kv_memory: o.kv_memory.as_deref(),
+    }
 }
 
 /// policy/ and value/ (each an HF folder with its AdamW state) and rl_state.json, swapped in as
