@@ -893,7 +893,8 @@ fn generate<B: Backend>(
     let bs = crate::generate::BLOCK_SIZE;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_pos = policy.cfg.max_position_embeddings;
-    // The cache holds f32 on the CPU oracle, bf16 on the CUDA engine.
+    // The cache holds f32 on the CPU oracle, bf16 on the CUDA engine (--device auto is counted
+    // as the CUDA engine: --kv-memory then caps an f32 cache at twice its bytes).
     let value_bytes = if o.device == crate::ops::Device::Cpu {
         4
     } else {
