@@ -131,8 +131,12 @@ enum Command {
     },
     /// Check every CUDA op against the CPU oracle on several shapes; exits non-zero on a failure.
     Check {
-        /// Only ops whose name contains this.
-        #[arg(long)]
+        #[arg(
+            long,
+            value_parser = prefer::check::parse_op,
+            help = prefer::check::op_help(),
+            long_help = prefer::check::op_long_help()
+        )]
         op: Option<String>,
         /// cuda (or auto) on a GPU; emu on the software GPU, with race and bounds checks.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]

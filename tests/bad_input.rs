@@ -519,6 +519,24 @@ fn bad_ppo_options_are_refused_by_name_and_range_from_flags_and_config() {
         &run(&["--epochs", "9223372036854775807"]),
         &["--epochs 9223372036854775807 is out of range"],
     );
+    // The rollout engine's options, as `prefer generate` takes them.
+    assert_refused(
+        &run(&["--max-batch", "0"]),
+        &["--max-batch 0 is out of range", "1 to 65536"],
+    );
+    assert_refused(
+        &run(&["--rollouts-per-prompt", "4", "--max-batch", "3"]),
+        &["--max-batch 3 must hold a prompt's 4 rollouts"],
+    );
+    assert_refused(
+        &run(&["--kv-memory", "1000000G"]),
+        &["--kv-memory 1000000G needs 976.6 TiB", "is available"],
+    );
+    assert_refused(
+        &run(&["--kv-memory", "lots"]),
+        &["--kv-memory lots: expected a size such as 512M or 8G"],
+    );
+    assert!(!f.root.join("ppo").exists(), "a refused run left a folder");
     let cfg = f.root.join("ppo.toml");
     std::fs::write(&cfg, "value-coef = nan\n").unwrap();
     assert_refused(

@@ -611,6 +611,8 @@ const PPO_FLAGS: &[&str] = &[
     "epochs",
     "max-new-tokens",
     "temperature",
+    "max-batch",
+    "kv-memory",
     "lr",
     "clip",
     "value-clip",
@@ -666,6 +668,12 @@ fn ppo_options_never_panic_and_resolve_only_to_values_in_range() {
             prop_assert!(o.clip > 0.0 && o.clip < 1.0);
             prop_assert!((1..=1 << 24).contains(&o.max_new_tokens));
             prop_assert!(o.grad_accum >= 1 && o.minibatch_size % o.grad_accum == 0);
+            prop_assert!(o
+                .max_batch
+                .is_none_or(|b| (o.rollouts_per_prompt..=65_536).contains(&b)));
+            if let Some(mem) = &o.kv_memory {
+                prop_assert!(prefer::generate::kv_budget::parse_bytes(mem).is_ok());
+            }
         }
         Ok(read.is_ok())
     });

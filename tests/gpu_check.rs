@@ -1,7 +1,7 @@
 //! The CUDA ops against the CPU oracle: the same checks as `prefer check`. Skips, saying why,
 //! where there is no GPU.
 
-use prefer::check::{print_table, run_checks};
+use prefer::check::{print_summary, run_checks, CHECKS};
 use prefer::ops::cuda::CudaEngine;
 
 #[test]
@@ -19,10 +19,12 @@ fn every_cuda_op_matches_the_cpu_oracle() {
             return;
         }
     };
-    let rows = run_checks(&eng, None).expect("the checks run");
-    assert!(!rows.is_empty());
+    let outcomes = run_checks(&eng, None).expect("the checks run");
+    assert_eq!(outcomes.len(), CHECKS.len());
+    assert!(outcomes.iter().all(|o| !o.rows.is_empty()));
+    let failed = print_summary(&outcomes);
     assert!(
-        print_table(&rows),
-        "some CUDA ops disagree with the CPU oracle"
+        failed.is_empty(),
+        "some CUDA ops disagree with the CPU oracle (checks {failed:?})"
     );
 }

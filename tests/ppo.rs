@@ -616,6 +616,17 @@ fn ppo_help_lists_each_algorithms_defaults() {
         line("--clip")
     );
     assert!(line("--lr").contains("[default: 1e-6]"), "{}", line("--lr"));
+    // The rollout engine's options, as `prefer generate` has them, with PPO's own defaults.
+    assert!(
+        line("--max-batch").contains("[default: the iteration's sequences, at most 256]"),
+        "{}",
+        line("--max-batch")
+    );
+    assert!(
+        line("--kv-memory").contains("e.g. 512M or 8G [default: what the batch can use]"),
+        "{}",
+        line("--kv-memory")
+    );
 }
 
 #[test]

@@ -2,45 +2,49 @@
 //! decode_attention, sample), and the rollout engine on the CUDA backend against the training
 //! forward on the same device (greedy tokens, and the sampled tokens' log-probs).
 
-use super::harness::{compare, down_bf16, timed, to_bf16, CheckRow, Lcg, TOL_BF16};
+use super::harness::{
+    bf16_model, compare, count_row, down_bf16, timed, to_bf16, CheckRow, Lcg, TOL_BF16,
+};
 use crate::generate::philox::draw_uniform;
 use crate::generate::{Engine, EngineOptions, Rollout};
-use crate::model::{init::init_params, Backend, Batch, Heads, Llama, LlamaConfig, ParamLayout};
+use crate::model::{Backend, Batch, Heads, LlamaConfig};
 use crate::ops::cpu::{self, DecodeShape, SamplingParams};
 use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 use half::bf16;
 use std::time::Instant;
 
-pub(super) fn run_decode_checks(
-    eng: &CudaEngine,
-    wants: &dyn Fn(&str) -> bool,
-) -> Result<Vec<CheckRow>> {
+pub(super) fn copy_rows(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    Ok(vec![check_copy_rows(eng)?])
+}
+
+/// (heads, kv_heads, head_dim, context lengths): GQA 1, 4 and 8, head dims 16 to 128; contexts
+/// from one token to past two 256-token slices.
+pub(super) fn decode_attention(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
-    if wants("copy_rows") {
-        rows.push(check_copy_rows(eng)?);
-    }
-    if wants("decode_attention") {
-        // (heads, kv_heads, head_dim, context lengths): GQA 1, 4 and 8, head dims 16 to 128;
-        // contexts from one token to past two 256-token slices.
-        for (h, kvh, hd, lens) in [
-            (4, 2, 16, vec![1, 5, 16, 17]),
-            (8, 2, 64, vec![3, 300, 40]),
-            (8, 1, 128, vec![600, 2]),
-            (4, 4, 64, vec![33]),
-        ] {
-            rows.push(check_decode_attention(eng, h, kvh, hd, &lens)?);
-        }
-    }
-    if wants("sample") {
-        for v in [259usize, 4099] {
-            rows.extend(check_sample(eng, v)?);
-        }
-    }
-    if wants("generate") {
-        rows.extend(check_generate()?);
+    for (h, kvh, hd, lens) in [
+        (4, 2, 16, vec![1, 5, 16, 17]),
+        (8, 2, 64, vec![3, 300, 40]),
+        (8, 1, 128, vec![600, 2]),
+        (4, 4, 64, vec![33]),
+    ] {
+        rows.push(check_decode_attention(eng, h, kvh, hd, &lens)?);
     }
     Ok(rows)
+}
+
+/// Vocabularies: tiny's, and an odd one past a block of 4096.
+pub(super) fn sample(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    for v in [259usize, 4099] {
+        rows.extend(check_sample(eng, v)?);
+    }
+    Ok(rows)
+}
+
+/// The engine makes its own CUDA backend, as `prefer generate` does.
+pub(super) fn generate(_eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    check_generate()
 }
 
 fn check_copy_rows(eng: &CudaEngine) -> Result<CheckRow> {
@@ -196,12 +200,7 @@ fn check_sample(eng: &CudaEngine, vocab: usize) -> Result<Vec<CheckRow>> {
 fn check_generate() -> Result<Vec<CheckRow>> {
     let mut cfg = LlamaConfig::preset("tiny")?;
     cfg.initializer_range = 0.2;
-    let layout = ParamLayout::new(&cfg);
-    let params: Vec<f32> = init_params(&cfg, &layout, 7)
-        .iter()
-        .map(|&x| bf16::from_f32(x).to_f32())
-        .collect();
-    let cpu_model = Llama::new(cfg.clone(), params);
+    let cpu_model = bf16_model(&cfg, 7);
     let gpu = cuda::backend::Cuda::new()?.upload_model(&cpu_model)?;
     let prompts: Vec<Vec<u32>> = [5usize, 16, 23]
         .iter()
@@ -254,15 +253,12 @@ fn check_generate() -> Result<Vec<CheckRow>> {
             }
         }
     }
-    let greedy_row = CheckRow {
-        op: "generate greedy".into(),
-        shape: format!("{shape}; steps not the forward's argmax"),
-        max_abs: wrong as f32,
-        max_rel: wrong as f32,
-        tol: 0.0,
-        pass: wrong == 0,
-        gpu_ms: ms_g,
-    };
+    let greedy_row = count_row(
+        "generate greedy",
+        format!("{shape}; steps not the forward's argmax"),
+        wrong,
+        ms_g,
+    );
 
     // Sampled (T = 1, untruncated): the log-probs the engine reports vs the trainer's kernels.
     let (sampled, ms_s) = run(SamplingParams::default())?;

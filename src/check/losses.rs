@@ -3,17 +3,17 @@
 //! (kernels/reward_loss.cu), PPO's policy loss with
 //! GRPO's k3 term and a KL clamp, and the clipped value loss (kernels/ppo_loss.cu).
 
-use super::harness::{compare, timed, CheckRow, Lcg};
+use super::harness::{compare, scalar, timed, CheckRow, Lcg};
 use crate::loss::{aggregation_weights, LossAggregation};
 use crate::ops::cpu::dpo_loss as cpu_dpo;
 use crate::ops::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
 use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 
-pub(super) fn run_dpo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+/// (loss, --average-logps, pairs, T): every loss on sums, and on means (SimPO always averages).
+pub(super) fn dpo_loss(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     use crate::loss::DpoLoss;
     let mut rows = Vec::new();
-    // (loss, --average-logps, pairs, T): every loss on sums, and on means (SimPO always averages).
     for (loss, average_logps, pairs, t) in [
         (DpoLoss::Sigmoid, false, 3, 37),
         (DpoLoss::Ipo, false, 4, 100),
@@ -134,7 +134,8 @@ fn check_dpo(
     ])
 }
 
-pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+/// (pairs, T, margins): one pair, a batch with margins, many short pairs.
+pub(super) fn bradley_terry(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     for (pairs, t, margins) in [(1, 9, false), (16, 130, true), (300, 64, false)] {
         let n = 2 * pairs * t;
@@ -203,26 +204,13 @@ pub(super) fn run_reward_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     Ok(rows)
 }
 
-pub(super) fn run_ppo_checks(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+/// (batch, T): one short row, and batches of 600- and 1100-token rows.
+pub(super) fn ppo_loss(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     for (b, t) in [(1, 37), (8, 600), (64, 1100)] {
         rows.extend(check_ppo_losses(eng, b, t)?);
     }
     Ok(rows)
-}
-
-/// A scalar against its reference, as a row (absolute, and relative to max(1, |reference|)).
-fn scalar(op: &str, shape: &str, gpu: f32, cpu: f32, tol: f32, ms: f64) -> CheckRow {
-    let err = (gpu - cpu).abs() / cpu.abs().max(1.0);
-    CheckRow {
-        op: op.into(),
-        shape: shape.into(),
-        max_abs: (gpu - cpu).abs(),
-        max_rel: err,
-        tol,
-        pass: err <= tol && gpu.is_finite(),
-        gpu_ms: ms,
-    }
 }
 
 fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<CheckRow>> {

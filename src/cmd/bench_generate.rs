@@ -6,8 +6,8 @@
 //! forward for every new token, the speed-up the KV cache buys.
 
 use super::Device;
-use crate::generate::BLOCK_SIZE;
 use crate::generate::{Engine, EngineOptions};
+use crate::generate::{KvRequest, BLOCK_SIZE};
 use crate::model::init::init_params;
 use crate::model::{Backend, Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::cpu::SamplingParams;
@@ -128,15 +128,26 @@ fn time_engine<B: Backend>(
     prompts: &[Vec<u32>],
     a: &GenerateBenchArgs,
 ) -> Result<EngineTiming> {
-    let per_seq = (a.prompt_len + a.new_tokens).div_ceil(BLOCK_SIZE) + 1;
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    // Every prompt's rollout fits at once: no memory limit, the batch is --batch.
+    let kv = KvRequest {
+        prompt_lens: &lens,
+        n: 1,
+        max_new_tokens: a.new_tokens,
+        context: model.cfg.max_position_embeddings,
+        sequences: prompts.len(),
+        max_batch: Some(a.batch),
+        kv_memory: None,
+    }
+    .size(1, None)?; // with no memory to fit in, a block's bytes are not read
     let opts = EngineOptions {
         n: 1,
         sampling: SAMPLING,
         max_new_tokens: a.new_tokens,
         seed: 0,
-        max_batch: a.batch,
+        max_batch: kv.max_batch,
         block_size: BLOCK_SIZE,
-        kv_blocks: per_seq * a.batch,
+        kv_blocks: kv.kv_blocks,
         eos: vec![],
         prefill_tokens: usize::MAX,
         graphs: true,

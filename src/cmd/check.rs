@@ -1,7 +1,7 @@
 //! `prefer check`: every CUDA op against the CPU oracle, as a table; non-zero exit on a failure.
 
 use super::Device;
-use crate::check::{print_table, run_checks};
+use crate::check::{print_summary, run_checks};
 use crate::ops::cuda::CudaEngine;
 use anyhow::{bail, Result};
 
@@ -12,12 +12,16 @@ pub fn run_check(op: Option<&str>, device: Device) -> Result<()> {
         );
     }
     let eng = CudaEngine::new()?;
-    let rows = run_checks(&eng, op)?;
-    if rows.is_empty() {
+    let outcomes = run_checks(&eng, op)?;
+    if outcomes.iter().all(|o| o.rows.is_empty()) {
         bail!("no op matches {:?}", op.unwrap_or(""));
     }
-    if !print_table(&rows) {
-        bail!("some CUDA ops disagree with the CPU oracle");
+    let failed = print_summary(&outcomes);
+    if !failed.is_empty() {
+        bail!(
+            "some CUDA ops disagree with the CPU oracle (checks {})",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -7,10 +7,10 @@ use crate::data::preference::Encoder;
 use crate::data::prompts::{context_note, read_prompts, Prompt};
 use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
-use crate::generate::engine::pool_blocks;
+use crate::generate::kv_budget::block_bytes;
 use crate::generate::stopping::{eos_ids, StopStrings};
-use crate::generate::BLOCK_SIZE;
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
+use crate::generate::{KvRequest, BLOCK_SIZE};
 use crate::model::memory_budget;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Backend, Llama};
@@ -20,7 +20,7 @@ use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use crate::rl::reward_model::reward_model_scores;
 use crate::train::bounds::whole_number;
 use crate::train::options::MAX_TOKENS;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -124,22 +124,8 @@ impl GenerateArgs {
     }
 }
 
-/// "512M", "8G", "1.5G", "65536" (bytes).
-pub fn parse_bytes(s: &str) -> Result<usize> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1usize << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: f64 = num
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .with_context(|| format!("--kv-memory {s}: expected a size such as 512M or 8G"))?;
-    Ok((v * mult as f64) as usize)
-}
+/// "512M", "8G", "1.5G", "65536" (bytes): the rule is [`crate::generate::kv_budget::parse_bytes`].
+pub use crate::generate::kv_budget::parse_bytes;
 
 pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
     args.validate()?;
@@ -285,36 +271,23 @@ impl Job<'_> {
     ) -> Result<JobResult> {
         let a = self.args;
         let bytes_per_value = if free_bytes.is_some() { 2 } else { 4 };
-        let block_bytes = policy.kv_block_bytes(BLOCK_SIZE, bytes_per_value);
+        let block_bytes = block_bytes(&policy.cfg, bytes_per_value);
         let lens: Vec<usize> = self.prompts.iter().map(|p| p.ids.len()).collect();
-        let max_pos = policy.cfg.max_position_embeddings;
         // Enough for a full batch of the neediest prompts (never more than the context can
         // hold), within the memory there is: the GPU's free memory, or the host's.
-        let need = pool_blocks(
-            &lens,
-            a.n,
-            a.max_new_tokens,
-            a.max_batch,
-            BLOCK_SIZE,
-            max_pos,
-        );
         let available = free_bytes
             .map(|f| f as u128)
             .or_else(memory_budget::host_available_bytes);
-        let mut blocks = need;
-        if let Some(free) = available {
-            blocks = blocks.min((free / 100 * 85 / block_bytes as u128) as usize);
+        let kv = KvRequest {
+            prompt_lens: &lens,
+            n: a.n,
+            max_new_tokens: a.max_new_tokens,
+            context: policy.cfg.max_position_embeddings,
+            sequences: lens.len() * a.n,
+            max_batch: Some(a.max_batch),
+            kv_memory: a.kv_memory.as_deref(),
         }
-        if let Some(mem) = &a.kv_memory {
-            let asked = parse_bytes(mem)?;
-            memory_budget::ensure_fits(
-                &format!("--kv-memory {mem}"),
-                asked as u128,
-                available,
-                "give a smaller --kv-memory, or leave it out to size the cache from the batch",
-            )?;
-            blocks = (asked / block_bytes).min(need);
-        }
+        .size(block_bytes, available)?;
         let opts = EngineOptions {
             n: a.n,
             sampling: SamplingParams {
@@ -324,9 +297,9 @@ impl Job<'_> {
             },
             max_new_tokens: a.max_new_tokens,
             seed: a.seed,
-            max_batch: a.max_batch,
+            max_batch: kv.max_batch,
             block_size: BLOCK_SIZE,
-            kv_blocks: blocks.max(1),
+            kv_blocks: kv.kv_blocks,
             eos: self.eos.clone(),
             prefill_tokens: 8192,
             graphs: true,

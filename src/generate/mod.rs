@@ -4,10 +4,9 @@
 
 pub mod blocks;
 pub mod engine;
+pub mod kv_budget;
 pub mod philox;
 pub mod stopping;
 
 pub use engine::{Engine, EngineOptions, EngineStats, FinishReason, Rollout};
-
-/// Tokens per KV-cache block.
-pub const BLOCK_SIZE: usize = 16;
+pub use kv_budget::{KvBudget, KvRequest, BLOCK_SIZE};

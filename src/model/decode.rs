@@ -62,11 +62,6 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Bytes one cache block takes over all layers (K and V), at `bytes_per_value`.
-    pub fn kv_block_bytes(&self, block_size: usize, bytes_per_value: usize) -> usize {
-        2 * self.cfg.num_hidden_layers * block_size * self.cfg.kv_dim() * bytes_per_value
-    }
-
     /// Logits [N, V] at every position by the training forward, with no cache: the reference
     /// that decoding is checked against, and the bench's "recompute everything" baseline.
     pub fn full_logits(&self, batch: &Batch) -> Result<B::Acc> {

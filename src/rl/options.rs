@@ -112,6 +112,12 @@ pub struct PpoArgs {
     /// Sampling temperature; the trainer scores log-probs at the same temperature.
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
+    /// Most sequences decoded together [default: the iteration's sequences, at most 256].
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub max_batch: Option<usize>,
+    /// Memory for the KV cache, e.g. 512M or 8G [default: what the batch can use].
+    #[arg(long)]
+    pub kv_memory: Option<String>,
     /// PPO's ε.
     #[arg(long, allow_negative_numbers = true)]
     pub clip: Option<f32>,
@@ -154,6 +160,8 @@ pub struct PpoOptions {
     pub grad_accum: usize,
     pub max_new_tokens: usize,
     pub temperature: f32,
+    pub max_batch: Option<usize>,
+    pub kv_memory: Option<String>,
     pub clip: f32,
     pub value_clip: f32,
     pub value_coef: f32,
@@ -366,6 +374,8 @@ impl PpoArgs {
             grad_accum: a.grad_accum.expect(given),
             max_new_tokens: a.max_new_tokens.expect(given),
             temperature: a.temperature.expect(given),
+            max_batch: a.max_batch,
+            kv_memory: a.kv_memory,
             clip: a.clip.expect(given),
             value_clip: a.value_clip.expect(given),
             value_coef: a.value_coef.expect(given),
@@ -412,6 +422,7 @@ impl PpoOptions {
             Int("--minibatch-size", self.minibatch_size, 1..=1_000_000),
             Int("--grad-accum", self.grad_accum, 1..=65_536),
             Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
+            Int("--max-batch", self.max_batch.unwrap_or(1), 1..=65_536),
             Int("--kl-horizon", kl_horizon, 1..=BIG),
             Float("--math-weight", self.math_weight, R::closed(-1e6, 1e6)),
             Float("--kl-coef", kl_coef, R::closed(0.0, 1e3)),
@@ -436,7 +447,33 @@ impl PpoOptions {
             Float("--value-coef", self.value_coef, R::closed(0.0, 1e3)),
             Float("--gamma", sw.gae.gamma, R::closed(0.0, 1.0)),
             Float("--lam", sw.gae.lambda, R::closed(0.0, 1.0)),
-        ])
+        ])?;
+        self.check_kv_options()
+    }
+
+    /// `--max-batch` holds a prompt's rollouts; `--kv-memory` is a size, and on the CPU (where
+    /// the cache is host memory) one the host has. On a GPU the cache is never larger than the
+    /// batch can use, so a larger size only means no limit.
+    fn check_kv_options(&self) -> Result<()> {
+        if let Some(b) = self.max_batch {
+            if b < self.rollouts_per_prompt {
+                bail!(
+                    "--max-batch {b} must hold a prompt's {} rollouts (--rollouts-per-prompt)",
+                    self.rollouts_per_prompt
+                );
+            }
+        }
+        if let Some(mem) = &self.kv_memory {
+            let bytes = crate::generate::kv_budget::parse_bytes(mem)?;
+            if self.run.device == crate::ops::Device::Cpu {
+                crate::model::memory_budget::ensure_fits_host(
+                    &format!("--kv-memory {mem}"),
+                    bytes as u128,
+                    "give a smaller --kv-memory, or leave it out to size the cache from the batch",
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

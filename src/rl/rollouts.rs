@@ -1,7 +1,8 @@
 //! Step 1 of an iteration: the rollouts, sampled from the policy's own weights on the rollout
 //! engine (src/generate/), or replayed from another run's rollouts.jsonl.
 
-use super::setup::Setup;
+use super::setup::{kv_request, Setup};
+use crate::generate::kv_budget::block_bytes;
 use crate::generate::philox::philox4x32;
 use crate::generate::{Engine, EngineOptions, Rollout};
 use crate::model::{Backend, Llama};
@@ -30,7 +31,16 @@ pub fn generate<B: Backend>(
     let k = o.rollouts_per_prompt;
     let bs = crate::generate::BLOCK_SIZE;
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let max_batch = (prompts.len() * k).min(256);
+    let max_pos = policy.cfg.max_position_embeddings;
+    // The cache holds f32 on the CPU oracle, bf16 on the CUDA engine (--device auto is counted
+    // as the CUDA engine: --kv-memory then caps an f32 cache at twice its bytes).
+    let value_bytes = if o.run.device == crate::ops::Device::Cpu {
+        4
+    } else {
+        2
+    };
+    let kv = kv_request(o, &lens, prompts.len() * k, max_pos)
+        .size(block_bytes(&policy.cfg, value_bytes), None)?;
     let opts = EngineOptions {
         n: k,
         sampling: SamplingParams {
@@ -40,16 +50,9 @@ pub fn generate<B: Backend>(
         },
         max_new_tokens: o.max_new_tokens,
         seed,
-        max_batch,
+        max_batch: kv.max_batch,
         block_size: bs,
-        kv_blocks: crate::generate::engine::pool_blocks(
-            &lens,
-            k,
-            o.max_new_tokens,
-            max_batch,
-            bs,
-            policy.cfg.max_position_embeddings,
-        ),
+        kv_blocks: kv.kv_blocks,
         eos: s.eos.clone(),
         prefill_tokens: 8192,
         graphs: true,

@@ -9,7 +9,9 @@ use crate::data::preference::Encoder;
 use crate::data::prompts::{context_note, read_prompts, Prompt};
 use crate::data::reward_input::RewardInput;
 use crate::data::tokenizer::TextTokenizer;
+use crate::generate::kv_budget::block_bytes;
 use crate::generate::stopping::eos_ids;
+use crate::generate::KvRequest;
 use crate::loss::KlController;
 use crate::model::weights::load_checkpoint;
 use crate::model::{Llama, LlamaConfig};
@@ -185,9 +187,11 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
     let bs = crate::generate::BLOCK_SIZE;
-    let max_batch = (o.prompt_batch_size * k).min(256);
-    let kv_blocks =
-        crate::generate::engine::pool_blocks(&lens, k, o.max_new_tokens, max_batch, bs, max_pos);
+    // The plan is a GPU's, where the cache holds bf16.
+    let kv_blocks = kv_request(o, &lens, o.prompt_batch_size * k, max_pos)
+        .size(block_bytes(&s.policy_cfg, 2), None)
+        .expect("--kv-memory was checked with the options")
+        .kv_blocks;
     let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
         &s.policy_cfg,
         s.value_cfg.as_ref(),
@@ -212,4 +216,23 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
             if o.run.recompute { ", --recompute" } else { "" }
         ))
     );
+}
+
+/// The rollout engine's size for `sequences` rollouts of prompts of lengths `lens`, by the rule
+/// `prefer generate` uses (src/generate/kv_budget.rs), with `--max-batch` and `--kv-memory`.
+pub fn kv_request<'a>(
+    o: &'a PpoOptions,
+    lens: &'a [usize],
+    sequences: usize,
+    context: usize,
+) -> KvRequest<'a> {
+    KvRequest {
+        prompt_lens: lens,
+        n: o.rollouts_per_prompt,
+        max_new_tokens: o.max_new_tokens,
+        context,
+        sequences,
+        max_batch: o.max_batch,
+        kv_memory: o.kv_memory.as_deref(),
+    }
 }
