@@ -5,9 +5,10 @@
 use super::harness::{compare, down_bf16, timed, to_bf16, CheckRow, Lcg, TOL_BF16};
 use crate::generate::philox::draw_uniform;
 use crate::generate::{Engine, EngineOptions, Rollout};
-use crate::model::{init::init_params, Backend, Batch, Heads, Llama, LlamaConfig, ParamLayout};
+use crate::model::{init::init_params, Batch, Heads, Llama, LlamaConfig, ParamLayout};
 use crate::ops::cpu::{self, DecodeShape, SamplingParams};
 use crate::ops::cuda::{self, CudaEngine};
+use crate::ops::Backend;
 use anyhow::Result;
 use half::bf16;
 use std::time::Instant;
@@ -202,7 +203,7 @@ fn check_generate() -> Result<Vec<CheckRow>> {
         .map(|&x| bf16::from_f32(x).to_f32())
         .collect();
     let cpu_model = Llama::new(cfg.clone(), params);
-    let gpu = cuda::backend::Cuda::new()?.upload_model(&cpu_model)?;
+    let gpu = cpu_model.upload(cuda::backend::Cuda::new()?)?;
     let prompts: Vec<Vec<u32>> = [5usize, 16, 23]
         .iter()
         .enumerate()

@@ -393,12 +393,12 @@ fn check_rope(
     // Positions up to the tens of thousands, where angle accuracy matters.
     let pos: Vec<u32> = (0..n).map(|i| ((i * 977) % 40_000) as u32).collect();
     let x = g.bf16s(n * heads * hd, 1.0);
-    let tables = cpu::RopeTables::new(&cfg, &pos);
+    let tables = cpu::RopeTables::new(&cfg.rope(), &pos);
     let (mut y, mut back) = (x.clone(), x.clone());
     cpu::rope_forward(&mut y, &tables, heads);
     cpu::rope_backward(&mut back, &tables, heads);
 
-    let inv = eng.upload(&cpu::rope::rope_inv_freq(&cfg))?;
+    let inv = eng.upload(&cpu::rope::rope_inv_freq(&cfg.rope()))?;
     let pos_d = eng.upload(&pos)?;
     let x16 = to_bf16(&x);
     let mut y_d = eng.upload(&x16)?;
@@ -921,7 +921,7 @@ fn check_model(preset: &str, layers: Option<usize>) -> Result<Vec<CheckRow>> {
         &mut grads,
     )?;
 
-    let mut gpu_model = cuda::backend::Cuda::new()?.upload_model(&cpu_model)?;
+    let mut gpu_model = cpu_model.upload(cuda::backend::Cuda::new()?)?;
     let b = &gpu_model.backend;
     let (r_logp_d, r_value_d) = (b.eng.upload(&r_logp)?, b.eng.upload(&r_value)?);
     let mut grads_d = b.eng.zeros::<f32>(layout.len)?;
@@ -1030,7 +1030,7 @@ fn check_adamw(
     n: usize,
     no_decay: Vec<std::ops::Range<usize>>,
 ) -> Result<Vec<CheckRow>> {
-    use crate::train::optimizer::{clip_grad_norm, AdamW};
+    use crate::ops::cpu::adamw::{clip_grad_norm, AdamW};
     let mut g = Lcg(23 + n as u64);
     let params = g.bf16s(n, 1.0);
     let grads: Vec<f32> = (0..n).map(|_| g.uniform() * 0.05).collect();

@@ -23,15 +23,15 @@ use crate::generate::philox::philox4x32;
 use crate::generate::stopping::eos_ids;
 use crate::generate::{Engine, EngineOptions, Rollout};
 use crate::loss::{
-    aggregation_weights, mean_sequence_kl, per_token_kl, KlController, KlEstimator,
-    LossAggregation, RunningMoments,
+    aggregation_weights, mean_sequence_kl, per_token_kl, KlController, KlEstimator, KlPenalty,
+    LossAggregation, PolicyLossConfig, RunningMoments, ValueLossConfig,
 };
 use crate::model::weights::{
     load_checkpoint, replace_dir, save_checkpoint, save_model_into, staging_dir, SaveDtype,
 };
-use crate::model::{Backend, Batch, HeadGrads, Heads, Llama, LlamaConfig};
-use crate::ops::cpu::ppo_loss::PolicyLossParams;
+use crate::model::{Batch, HeadGrads, Heads, Llama, LlamaConfig};
 use crate::ops::cpu::SamplingParams;
+use crate::ops::Backend;
 use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
 use crate::train::gpu_step::GpuTrainer;
 use crate::train::metrics::MetricsLog;
@@ -247,7 +247,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
     if let Some(cuda) = setup.opts.device.engine()? {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.
-        let up = |m: &Llama| cuda.share().upload_model(m);
+        let up = |m: &Llama| m.upload(cuda.share());
         let mut p = GpuTrainer::on(cuda.share(), &policy)?;
         let mut v = value
             .as_ref()
@@ -654,11 +654,16 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                     let f = pol.forward_heads(&sub, heads)?;
                     let mut g = o_dev.acc(rows.len() * t)?;
                     // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
-                    let params = PolicyLossParams {
-                        clip: o.clip,
-                        kl_coef: if grpo_kl { kl_coef } else { 0.0 },
-                        kl_clamp: o.switches.kl_clamp,
-                        grad_scale: scale,
+                    let kl = ref_d.as_ref().map(|r| {
+                        let penalty = KlPenalty {
+                            coef: kl_coef,
+                            clamp: o.switches.kl_clamp,
+                        };
+                        (r, penalty)
+                    });
+                    let policy_loss = PolicyLossConfig {
+                        clip_eps: o.clip,
+                        ..Default::default()
                     };
                     let out = o_dev.ppo_policy_loss(
                         &mut g,
@@ -666,8 +671,9 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                         &old_d,
                         &adv_d,
                         &w_d,
-                        ref_d.as_ref(),
-                        params,
+                        kl,
+                        &policy_loss,
+                        scale,
                     )?;
                     pol.backward(
                         &f,
@@ -700,7 +706,9 @@ fn train<S: TrainState>(mut m: Models<S>, s: &Setup, resume: bool) -> Result<Ppo
                             &old_v,
                             &ret_d,
                             &w_d,
-                            Some(o.value_clip),
+                            &ValueLossConfig {
+                                clip_range: Some(o.value_clip),
+                            },
                             scale * o.value_coef,
                         )?;
                         val.backward(

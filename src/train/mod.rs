@@ -10,7 +10,6 @@ pub mod gpu_step;
 pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
-pub mod optimizer;
 pub mod options;
 pub mod pair_batch;
 pub mod rm;

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// An optimiser step whose micro-batch metrics may still be on the device.
-struct PendingStep<B: crate::model::Backend> {
+struct PendingStep<B: crate::ops::Backend> {
     step: usize,
     lr: f32,
     micro: Vec<PendingStats<B>>,
@@ -660,7 +660,7 @@ pub fn evaluate_reward_model(
         pairs: &pairs,
         reference: None,
     };
-    fn score<B: crate::model::Backend>(
+    fn score<B: crate::ops::Backend>(
         model: &Llama<B>,
         split: &Split,
         batch_size: usize,
@@ -677,7 +677,7 @@ pub fn evaluate_reward_model(
         Ok(stats)
     }
     match device.engine()? {
-        Some(cuda) => score(&cuda.upload_model(&model)?, &split, batch_size),
+        Some(cuda) => score(&model.upload(cuda)?, &split, batch_size),
         None => score(&model, &split, batch_size),
     }
 }
