@@ -1,6 +1,6 @@
 //! The CPU oracle as a `Backend` (src/ops/backend.rs): f32 everywhere, each op the plain loop of
-//! its file beside this one. Backward ops here add into their outputs, so this backend zeroes
-//! first where the trait says "written".
+//! its file beside this one. The oracle's backward functions add into their gradient outputs, so
+//! this backend zeroes first where the trait says "written".
 
 use super::ppo_loss::{ensure_fused_policy_loss, PolicyLossStats, ValueLossStats};
 use super::{self as cpu, AttentionShape, DecodeShape, RopeSpec, RopeTables, SamplingParams};
