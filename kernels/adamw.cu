@@ -1,6 +1,6 @@
 // AdamW over the flat fp32 master weights, writing the bf16 copy the forward reads, with the
 // global gradient-norm clip folded in as a scale on the gradient.
-// The CPU oracle is src/train/optimizer.rs; the launchers are src/ops/cuda/adamw.rs.
+// The CPU oracle is src/ops/cpu/adamw.rs; the launchers are src/ops/cuda/adamw.rs.
 #include "common.cuh"
 
 // Pass 1 of the global norm: partial[b] = sum of g^2 over block b's grid-stride share, in f64

@@ -4,7 +4,8 @@
 // src/loss functions: sequence_logprobs, dpo_loss, sequence_logprobs_backward).
 #include "common.cuh"
 
-// Loss kinds, as DpoLoss in src/loss/dpo.rs.
+// Loss kinds: DpoLoss::kernel_code in src/loss/dpo.rs (a test in src/ops/cuda/dpo_loss.rs checks
+// that these agree).
 #define DPO_SIGMOID 0
 #define DPO_IPO 1
 #define DPO_HINGE 2
@@ -13,7 +14,8 @@
 
 // One block per pair i: row i is its chosen response, row pairs + i its rejected one, of
 // logp and w [2·pairs, T] (w: 1 at response tokens for a sum, 1/n for a mean, else 0).
-// reference [2·pairs] (chosen then rejected) may be null for the reference-free losses.
+// reference [2·pairs] (chosen then rejected) is passed to the losses that read it (the launcher
+// checks DpoLoss::uses_reference), null to the others.
 // pair_out [pairs, 5]: loss, chosen reward, rejected reward, sequence log-prob chosen, rejected.
 extern "C" __global__ void dpo_loss(float* dlogp, float* pair_out, const float* logp, const float* w,
                                     const float* reference, int pairs, int t, int kind, float beta, float eps,
@@ -28,7 +30,7 @@ extern "C" __global__ void dpo_loss(float* dlogp, float* pair_out, const float* 
         sr += (double)w[r + j] * (double)logp[r + j];
     }
     const float pc = (float)block_sum_f64(sc, scratch), pr = (float)block_sum_f64(sr, scratch);
-    const bool uses_ref = kind == DPO_SIGMOID || kind == DPO_IPO || kind == DPO_HINGE;
+    const bool uses_ref = reference != nullptr;
     const float rc = uses_ref ? reference[i] : 0.0f, rr = uses_ref ? reference[pairs + i] : 0.0f;
     const float h = (pc - pr) - (rc - rr);
     float loss, dl;

@@ -340,9 +340,8 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     let dir = tempfile::tempdir().unwrap();
     init_tiny(dir.path(), Some(0.2));
     let (cfg, params) = load_checkpoint(dir.path()).unwrap();
-    let gpu = Cuda::new()
-        .unwrap()
-        .upload_model(&Llama::new(cfg, params))
+    let gpu = Llama::new(cfg, params)
+        .upload(Cuda::new().unwrap())
         .unwrap();
     let prompts: Vec<Vec<u32>> = (0..5)
         .map(|i| [vec![256], vec![65 + i; 3 + 4 * i as usize]].concat())

@@ -84,7 +84,7 @@ fn rope_gradients_and_rotation() {
     cfg.head_dim = 8;
     let (heads, hd) = (3, 8);
     let positions = [0u32, 1, 5, 17];
-    let tables = RopeTables::new(&cfg, &positions);
+    let tables = RopeTables::new(&cfg.rope(), &positions);
     let mut g = rng(9);
     let (mut x, r) = (
         randn(&mut g, 4 * heads * hd, 1.0),
@@ -123,7 +123,7 @@ fn llama3_rope_scaling_matches_the_transformers_formula() {
     //   inv_freq[15] = 500000^(-30/64) = 2.1311195e-3 → wavelength 2948 is between 2048 and 8192:
     //     smooth = (8192/2948.3 − 1)/3 = 0.592849; f·((1 − smooth)/32 + smooth) = 1.2905479e-3
     let cfg = LlamaConfig::preset("llama-1b").unwrap();
-    let inv = prefer::ops::cpu::rope::rope_inv_freq(&cfg);
+    let inv = prefer::ops::cpu::rope::rope_inv_freq(&cfg.rope());
     assert_eq!(inv.len(), 32);
     assert!((inv[0] - 1.0).abs() < 1e-7);
     let rel = |a: f32, b: f32| ((a - b) / b).abs();

@@ -351,7 +351,6 @@ fn trl_ipo_on_averaged_logprobs_matches_a_worked_example() {
         &mut dlogp,
         &TOKENS,
         &MASK,
-        ipo.reduction(),
         Some(&reference),
         2,
         4,
@@ -398,17 +397,7 @@ fn average_logps_gradients_match_finite_differences_for_every_loss() {
             ..DpoConfig::default()
         };
         let run = |x: &[f32], dlogp: &mut [f32]| {
-            prefer::ops::cpu::dpo_loss::dpo_loss(
-                dlogp,
-                x,
-                &MASK,
-                cfg.reduction(),
-                Some(&reference),
-                2,
-                4,
-                &cfg,
-                1.0,
-            )
+            prefer::ops::cpu::dpo_loss::dpo_loss(dlogp, x, &MASK, Some(&reference), 2, 4, &cfg, 1.0)
         };
         let mut analytic = vec![0.0; 16];
         run(&TOKENS, &mut analytic);

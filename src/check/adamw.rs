@@ -24,7 +24,7 @@ fn check_adamw(
     n: usize,
     no_decay: Vec<std::ops::Range<usize>>,
 ) -> Result<Vec<CheckRow>> {
-    use crate::train::optimizer::{clip_grad_norm, AdamW};
+    use crate::ops::cpu::adamw::{clip_grad_norm, AdamW};
     let mut g = Lcg(23 + n as u64);
     let params = g.bf16s(n, 1.0);
     let grads: Vec<f32> = (0..n).map(|_| g.uniform() * 0.05).collect();

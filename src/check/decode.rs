@@ -7,9 +7,10 @@ use super::harness::{
 };
 use crate::generate::philox::draw_uniform;
 use crate::generate::{Engine, EngineOptions, Rollout};
-use crate::model::{Backend, Batch, Heads, LlamaConfig};
+use crate::model::{Batch, Heads, LlamaConfig};
 use crate::ops::cpu::{self, DecodeShape, SamplingParams};
 use crate::ops::cuda::{self, CudaEngine};
+use crate::ops::Backend;
 use anyhow::Result;
 use half::bf16;
 use std::time::Instant;
@@ -201,7 +202,7 @@ fn check_generate() -> Result<Vec<CheckRow>> {
     let mut cfg = LlamaConfig::preset("tiny")?;
     cfg.initializer_range = 0.2;
     let cpu_model = bf16_model(&cfg, 7);
-    let gpu = cuda::backend::Cuda::new()?.upload_model(&cpu_model)?;
+    let gpu = cpu_model.upload(cuda::backend::Cuda::new()?)?;
     let prompts: Vec<Vec<u32>> = [5usize, 16, 23]
         .iter()
         .enumerate()

@@ -219,12 +219,12 @@ fn check_rope(
     // Positions up to the tens of thousands, where angle accuracy matters.
     let pos: Vec<u32> = (0..n).map(|i| ((i * 977) % 40_000) as u32).collect();
     let x = g.bf16s(n * heads * hd, 1.0);
-    let tables = cpu::RopeTables::new(&cfg, &pos);
+    let tables = cpu::RopeTables::new(&cfg.rope(), &pos);
     let (mut y, mut back) = (x.clone(), x.clone());
     cpu::rope_forward(&mut y, &tables, heads);
     cpu::rope_backward(&mut back, &tables, heads);
 
-    let inv = eng.upload(&cpu::rope::rope_inv_freq(&cfg))?;
+    let inv = eng.upload(&cpu::rope::rope_inv_freq(&cfg.rope()))?;
     let pos_d = eng.upload(&pos)?;
     let x16 = to_bf16(&x);
     let mut y_d = eng.upload(&x16)?;

@@ -4,9 +4,11 @@
 //! GRPO's k3 term and a KL clamp, and the clipped value loss (kernels/ppo_loss.cu).
 
 use super::harness::{compare, scalar, timed, CheckRow, Lcg};
-use crate::loss::{aggregation_weights, LossAggregation};
+use crate::loss::{
+    aggregation_weights, KlPenalty, LossAggregation, PolicyLossConfig, ValueLossConfig,
+};
 use crate::ops::cpu::dpo_loss as cpu_dpo;
-use crate::ops::cpu::ppo_loss::{self as cpu_loss, PolicyLossParams};
+use crate::ops::cpu::ppo_loss as cpu_loss;
 use crate::ops::cuda::{self, CudaEngine};
 use anyhow::Result;
 
@@ -67,7 +69,6 @@ fn check_dpo(
         &mut dlogp,
         &logp,
         &mask,
-        reduction,
         Some(&reference),
         pairs,
         t,
@@ -227,11 +228,16 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
     let old_values: Vec<f32> = values.iter().map(|&v| v + 0.3 * g.uniform()).collect();
     let returns: Vec<f32> = (0..n).map(|_| 1.5 * g.uniform()).collect();
     let weights = aggregation_weights(&mask, batch, time, LossAggregation::TokenMean);
-    let p = PolicyLossParams {
-        clip: 0.2,
-        kl_coef: 0.05,
-        kl_clamp: Some(0.5),
-        grad_scale: 0.5,
+    let policy = PolicyLossConfig {
+        clip_eps: 0.2,
+        ..Default::default()
+    };
+    let kl = KlPenalty {
+        coef: 0.05,
+        clamp: Some(0.5),
+    };
+    let value = ValueLossConfig {
+        clip_range: Some(0.2),
     };
 
     let mut grad = vec![0.0; n];
@@ -241,10 +247,11 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
         &old,
         &adv,
         &mask,
-        Some(&reference),
+        Some((&reference, kl)),
         batch,
         time,
-        p,
+        &policy,
+        0.5,
     );
     let mut vgrad = vec![0.0; n];
     let cpu_v = cpu_loss::ppo_value_loss(
@@ -255,7 +262,7 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
         &mask,
         batch,
         time,
-        Some(0.2),
+        &value,
         0.05,
     );
 
@@ -279,8 +286,9 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
             &old_d,
             &adv_d,
             &w_d,
-            Some(&ref_d),
-            p,
+            Some((&ref_d, kl)),
+            &policy,
+            0.5,
         )?;
         Ok(())
     })?;
@@ -293,7 +301,7 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
             &ov_d,
             &r_d,
             &w_d,
-            Some(0.2),
+            &value,
             0.05,
         )?;
         Ok(())

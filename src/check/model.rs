@@ -141,7 +141,7 @@ fn check_model(preset: &str, layers: Option<usize>) -> Result<Vec<CheckRow>> {
         &mut grads,
     )?;
 
-    let mut gpu_model = Cuda::new()?.upload_model(cpu_model)?;
+    let mut gpu_model = cpu_model.upload(Cuda::new()?)?;
     let b = &gpu_model.backend;
     let (r_logp_d, r_value_d) = (b.eng.upload(&case.r_logp)?, b.eng.upload(&case.r_value)?);
     let heads = HeadGrads {

@@ -9,9 +9,10 @@ use super::Device;
 use crate::generate::{Engine, EngineOptions};
 use crate::generate::{KvRequest, BLOCK_SIZE};
 use crate::model::init::init_params;
-use crate::model::{Backend, Batch, Llama, LlamaConfig, ParamLayout};
+use crate::model::{Batch, Llama, LlamaConfig, ParamLayout};
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::probe_gpu;
+use crate::ops::Backend;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -52,7 +53,7 @@ pub fn bench_generate(a: &GenerateBenchArgs) -> Result<serde_json::Value> {
         })
         .collect();
     if let Some(cuda) = a.device.engine()? {
-        let gpu = cuda.upload_model(&cpu)?;
+        let gpu = cpu.upload(cuda)?;
         let name = if crate::emu::is_active() {
             "the software GPU".to_string()
         } else {

@@ -11,11 +11,12 @@ use crate::generate::kv_budget::block_bytes;
 use crate::generate::stopping::{eos_ids, StopStrings};
 use crate::generate::{Engine, EngineOptions, EngineStats, Rollout};
 use crate::generate::{KvRequest, BLOCK_SIZE};
-use crate::model::memory_budget;
 use crate::model::weights::load_checkpoint;
-use crate::model::{Backend, Llama};
+use crate::model::Llama;
 use crate::ops::cpu::SamplingParams;
 use crate::ops::cuda::backend::Cuda;
+use crate::ops::memory_budget;
+use crate::ops::Backend;
 use crate::output::{refuse_output_that_is_an_input, AtomicFile};
 use crate::rl::reward_model::reward_model_scores;
 use crate::train::bounds::whole_number;
@@ -254,8 +255,8 @@ type JobResult = (Vec<Rollout>, Option<Vec<f32>>, EngineStats, f64);
 
 impl Job<'_> {
     fn run_cuda(&self, cuda: Cuda, policy: &Llama, reward: Option<&Llama>) -> Result<JobResult> {
-        let gpu = cuda.share().upload_model(policy)?;
-        let rm = reward.map(|r| cuda.share().upload_model(r)).transpose()?;
+        let gpu = policy.upload(cuda.share())?;
+        let rm = reward.map(|r| r.upload(cuda.share())).transpose()?;
         let free = cudarc::driver::result::mem_get_info()
             .map(|(free, _)| free)
             .ok();

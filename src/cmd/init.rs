@@ -62,7 +62,7 @@ pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
     cfg.validate().context("--layers")?;
     let layout = ParamLayout::new(&cfg);
     // Held twice at the peak: the f32 values and their encoded bytes while saving.
-    crate::model::memory_budget::ensure_fits_host(
+    crate::ops::memory_budget::ensure_fits_host(
         &format!("a {preset} model of {} parameters", layout.len),
         layout.len as u128 * 8,
         "lower --layers",

@@ -82,10 +82,7 @@ pub fn run_logprobs(model_dir: &Path, input: &Path, out: &Path, device: Device) 
     }
 
     // The forward on the device asked for; `auto` takes the GPU when kernels and a GPU are usable.
-    let gpu = device
-        .engine()?
-        .map(|c| c.upload_model(&model))
-        .transpose()?;
+    let gpu = device.engine()?.map(|c| model.upload(c)).transpose()?;
     eprintln!(
         "logprobs on {}",
         if gpu.is_some() && crate::emu::is_active() {

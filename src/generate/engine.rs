@@ -13,8 +13,9 @@
 
 use super::blocks::BlockPool;
 use super::philox::draw_uniform;
-use crate::model::{Backend, Batch, DecodeWorkspace, KvCache, Llama, SlotMap};
+use crate::model::{Batch, DecodeWorkspace, KvCache, Llama, SlotMap};
 use crate::ops::cpu::SamplingParams;
+use crate::ops::Backend;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 

@@ -4,8 +4,8 @@
 //! there is, or to `--kv-memory` where that is given.
 
 use super::engine::pool_blocks;
-use crate::model::memory_budget;
 use crate::model::LlamaConfig;
+use crate::ops::memory_budget;
 use anyhow::{Context, Result};
 
 /// Tokens per KV-cache block.

@@ -8,6 +8,9 @@ use super::numerics::{log_sigmoid, sigmoid};
 use super::seq_logprob::SeqReduction;
 
 /// Which DPO-family loss to use. With h = (π_c − π_r) − (ref_c − ref_r) (sequence log-probs):
+///
+/// The discriminants are the codes kernels/dpo_loss.cu reads ([`DpoLoss::kernel_code`]); its
+/// `DPO_*` defines are checked against them (src/ops/cuda/dpo_loss.rs).
 #[derive(
     Clone,
     Copy,
@@ -24,21 +27,26 @@ pub enum DpoLoss {
     /// DPO (Rafailov et al. 2023), with cDPO label smoothing ε (Mitchell 2023):
     /// ℓ = −(1 − ε) log σ(βh) − ε log σ(−βh).
     #[default]
-    Sigmoid,
+    Sigmoid = 0,
     /// IPO (Azar et al. 2023): ℓ = (h − 1/(2β))². TRL feeds it length-normalised log-probs:
     /// `average_logps` gives TRL's IPO.
-    Ipo,
+    Ipo = 1,
     /// SLiC-HF hinge (Zhao et al. 2023): ℓ = max(0, 1 − βh).
-    Hinge,
+    Hinge = 2,
     /// SimPO (Meng et al. 2024), reference-free, on length-normalised log-probs (the inputs must
     /// already be per-token means):
     /// z = β(π̄_c − π̄_r) − γ, ℓ = −(1 − ε) log σ(z) − ε log σ(−z).
-    Simpo,
+    Simpo = 3,
     /// Reference-free DPO: z = β(π_c − π_r), ℓ = −(1 − ε) log σ(z) − ε log σ(−z).
-    RefFreeSigmoid,
+    RefFreeSigmoid = 4,
 }
 
 impl DpoLoss {
+    /// The `kind` argument of kernels/dpo_loss.cu (its `DPO_*` defines).
+    pub fn kernel_code(self) -> i32 {
+        self as i32
+    }
+
     /// Whether the loss reads the reference log-probs.
     pub fn uses_reference(self) -> bool {
         matches!(self, DpoLoss::Sigmoid | DpoLoss::Ipo | DpoLoss::Hinge)

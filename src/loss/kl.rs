@@ -30,6 +30,16 @@ pub enum KlEstimator {
     K3,
 }
 
+/// GRPO's KL loss term (Shao et al. 2024): `coef` · token mean of k3(π ‖ π_ref), its log-ratio
+/// clamped as [`per_token_kl`]'s `clamp`. Added to the clipped policy loss by the fused
+/// `ppo_policy_loss` op (kernels/ppo_loss.cu).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KlPenalty {
+    /// β; 0 adds nothing.
+    pub coef: f32,
+    pub clamp: Option<f32>,
+}
+
 /// Result of [`per_token_kl`]; both `[batch, time]` (or any shape, elementwise).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PerTokenKl {

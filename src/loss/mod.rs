@@ -40,7 +40,7 @@ pub mod whiten;
 pub use critic_free::{grpo_advantages, rloo_advantages, GRPO_STD_EPS};
 pub use dpo::{dpo_loss, DpoConfig, DpoInputs, DpoLoss, DpoOutput};
 pub use gae::{gae, Gae, GaeConfig};
-pub use kl::{mean_sequence_kl, per_token_kl, KlEstimator, PerTokenKl};
+pub use kl::{mean_sequence_kl, per_token_kl, KlEstimator, KlPenalty, PerTokenKl};
 pub use kl_control::KlController;
 pub use numerics::{
     aggregation_weights, log_sigmoid, logsumexp, masked_count, masked_mean, masked_sum,

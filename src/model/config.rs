@@ -1,7 +1,8 @@
 //! Llama-family model configuration: the presets, and Hugging Face `config.json` in and out.
 
+use crate::ops::cpu::{Llama3RopeScaling, RopeSpec};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::Path;
 
 /// Token ids of the built-in byte-level tokenizer: ids 0..=255 are the bytes, then the specials.
@@ -9,16 +10,6 @@ pub const BYTE_BOS: u32 = 256;
 pub const BYTE_EOS: u32 = 257;
 pub const BYTE_PAD: u32 = 258;
 pub const BYTE_VOCAB: usize = 259;
-
-/// `rope_scaling` of type "llama3" (Llama 3.1 and later): long wavelengths are slowed by `factor`,
-/// short ones kept, and the band between is interpolated smoothly.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Llama3RopeScaling {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_max_position_embeddings: usize,
-}
 
 /// Bounds on config.json's sizes: well past any Llama released (Llama 3.1 405B has a 128256
 /// vocabulary, hidden 16384, 126 layers, 128 heads), and small enough that every size computed
@@ -117,6 +108,15 @@ impl LlamaConfig {
                 Self::PRESETS.join(", ")
             ),
         })
+    }
+
+    /// What the rotary embedding reads of this config.
+    pub fn rope(&self) -> RopeSpec {
+        RopeSpec {
+            head_dim: self.head_dim,
+            theta: self.rope_theta,
+            scaling: self.rope_scaling,
+        }
     }
 
     pub fn q_dim(&self) -> usize {

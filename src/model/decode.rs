@@ -5,10 +5,9 @@
 //! K/V go to, and which blocks a sequence reads, are the scheduler's business
 //! (src/generate/); here they arrive as index maps.
 
-use super::backend::Backend;
-use super::batch::Batch;
 use super::llama::Llama;
 use crate::ops::cpu::DecodeShape;
+use crate::ops::{Backend, Batch};
 use anyhow::{ensure, Context, Result};
 
 /// The K and V caches of every layer, in the backend's activation precision.
@@ -90,7 +89,7 @@ impl<B: Backend> Llama<B> {
         last: SlotMap<B>,
     ) -> Result<B::Acc> {
         self.check_batch(batch)?;
-        let inputs = self.backend.inputs(&self.cfg, batch, &batch.ids)?;
+        let inputs = self.backend.inputs(&self.cfg.rope(), batch, &batch.ids)?;
         let logits = self.run(batch, &inputs, cache, slots, last, Attend::Causal);
         self.backend.recycle_inputs(inputs);
         logits
@@ -108,7 +107,7 @@ impl<B: Backend> Llama<B> {
     ) -> Result<B::Acc> {
         ensure!(batch.seq == 1, "a decode step takes one token per sequence");
         self.check_batch(batch)?;
-        let inputs = self.backend.inputs(&self.cfg, batch, &batch.ids)?;
+        let inputs = self.backend.inputs(&self.cfg.rope(), batch, &batch.ids)?;
         let logits = self.run(batch, &inputs, cache, slots, last, Attend::Cache(view));
         self.backend.recycle_inputs(inputs);
         logits
@@ -251,7 +250,7 @@ impl<B: Backend> Llama<B> {
         Ok(DecodeWorkspace {
             batch,
             max_blocks,
-            inputs: o.inputs(&self.cfg, &shape, &shape.ids)?,
+            inputs: o.inputs(&self.cfg.rope(), &shape, &shape.ids)?,
             slots: o.index(&vec![0; 2 * batch])?,
             block_table: o.index(&vec![0; batch * max_blocks])?,
             context_lens: o.index(&vec![1; batch])?,

@@ -4,11 +4,11 @@
 //!
 //! Shapes: B sequences of T tokens, N = B·T, D hidden, F FFN, H heads of hd, Hkv KV heads, V vocab.
 
-use super::backend::{Backend, Cpu};
-use super::batch::Batch;
 use super::config::LlamaConfig;
 use super::params::ParamLayout;
-use crate::ops::cpu::AttentionShape;
+use crate::ops::cpu::{AttentionShape, Cpu};
+use crate::ops::cuda::backend::Cuda;
+use crate::ops::{Backend, Batch};
 use anyhow::{bail, ensure, Result};
 
 /// What one layer's backward needs from its forward, besides the layer's input (kept apart, so
@@ -183,6 +183,18 @@ impl Llama<Cpu> {
             recompute: false,
         }
     }
+
+    /// This model's weights moved to the GPU of `cuda` (rounded to bf16).
+    pub fn upload(&self, cuda: Cuda) -> Result<Llama<Cuda>> {
+        let params = cuda.upload_params(&self.params)?;
+        Ok(Llama {
+            cfg: self.cfg.clone(),
+            layout: self.layout.clone(),
+            params,
+            backend: cuda,
+            recompute: self.recompute,
+        })
+    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -219,7 +231,7 @@ impl<B: Backend> Llama<B> {
         let (c, o, p) = (&self.cfg, &self.backend, &self.params);
         let (n, d) = (batch.tokens(), c.hidden_size);
         let shape = self.attention_shape(batch);
-        let inputs = o.inputs(c, batch, &batch.next_tokens())?;
+        let inputs = o.inputs(&c.rope(), batch, &batch.next_tokens())?;
 
         let mut x = o.act(n * d)?;
         o.embedding_forward(&mut x, &inputs, p, &self.layout.embed, d)?;

@@ -105,7 +105,7 @@ pub fn load_params(dir: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
 
     // The buffer is sized by config.json: refused by name if the machine cannot hold it, rather
     // than aborting in the allocator.
-    super::memory_budget::ensure_fits_host(
+    crate::ops::memory_budget::ensure_fits_host(
         &format!("{}'s {} parameters (f32)", dir.display(), layout.len),
         layout.len as u128 * 4,
         "check config.json's sizes (vocab_size, hidden_size, intermediate_size, num_hidden_layers)",

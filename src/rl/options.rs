@@ -466,7 +466,7 @@ impl PpoOptions {
         if let Some(mem) = &self.kv_memory {
             let bytes = crate::generate::kv_budget::parse_bytes(mem)?;
             if self.run.device == crate::ops::Device::Cpu {
-                crate::model::memory_budget::ensure_fits_host(
+                crate::ops::memory_budget::ensure_fits_host(
                     &format!("--kv-memory {mem}"),
                     bytes as u128,
                     "give a smaller --kv-memory, or leave it out to size the cache from the batch",

@@ -7,9 +7,11 @@ use super::advantages::{Advantages, Algo};
 use super::rollout_batch::{gather, rows_of, RolloutBatch};
 use super::scoring::Scored;
 use super::setup::{Models, Setup};
-use crate::loss::{aggregation_weights, LossAggregation};
-use crate::model::{Backend, HeadGrads, Heads};
-use crate::ops::cpu::ppo_loss::PolicyLossParams;
+use crate::loss::{
+    aggregation_weights, KlPenalty, LossAggregation, PolicyLossConfig, ValueLossConfig,
+};
+use crate::model::{HeadGrads, Heads};
+use crate::ops::Backend;
 use crate::train::state::TrainState;
 use anyhow::Result;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -78,11 +80,16 @@ pub fn ppo_epochs<S: TrainState>(
                 let f = pol.forward_heads(&sub, heads)?;
                 let mut g = o_dev.acc(rows.len() * t)?;
                 // GRPO's KL term: β · token mean of k3(π ‖ π_ref), differentiated in log π.
-                let params = PolicyLossParams {
-                    clip: o.clip,
-                    kl_coef: if grpo_kl { kl_coef } else { 0.0 },
-                    kl_clamp: o.switches.kl_clamp,
-                    grad_scale: scale,
+                let kl = ref_d.as_ref().map(|r| {
+                    let penalty = KlPenalty {
+                        coef: kl_coef,
+                        clamp: o.switches.kl_clamp,
+                    };
+                    (r, penalty)
+                });
+                let policy_loss = PolicyLossConfig {
+                    clip_eps: o.clip,
+                    ..Default::default()
                 };
                 let out = o_dev.ppo_policy_loss(
                     &mut g,
@@ -90,8 +97,9 @@ pub fn ppo_epochs<S: TrainState>(
                     &old_d,
                     &adv_d,
                     &w_d,
-                    ref_d.as_ref(),
-                    params,
+                    kl,
+                    &policy_loss,
+                    scale,
                 )?;
                 pol.backward(
                     &f,
@@ -124,7 +132,9 @@ pub fn ppo_epochs<S: TrainState>(
                         &old_v,
                         &ret_d,
                         &w_d,
-                        Some(o.value_clip),
+                        &ValueLossConfig {
+                            clip_range: Some(o.value_clip),
+                        },
                         scale * o.value_coef,
                     )?;
                     val.backward(

@@ -1,7 +1,8 @@
 //! A reward model's scores of whole sequences: its scalar head at each sequence's last token
 //! (the last one that is not padding), as transformers' `LlamaForSequenceClassification` reads it.
 
-use crate::model::{Backend, Batch, Heads, Llama};
+use crate::model::{Batch, Heads, Llama};
+use crate::ops::Backend;
 use anyhow::Result;
 
 /// The score of each of `seqs` (the reward model's own token ids), in one forward.

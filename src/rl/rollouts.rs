@@ -5,8 +5,9 @@ use super::setup::{kv_request, Setup};
 use crate::generate::kv_budget::block_bytes;
 use crate::generate::philox::philox4x32;
 use crate::generate::{Engine, EngineOptions, Rollout};
-use crate::model::{Backend, Llama};
+use crate::model::Llama;
 use crate::ops::cpu::SamplingParams;
+use crate::ops::Backend;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 

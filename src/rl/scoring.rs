@@ -11,7 +11,8 @@ use super::rollout_batch::{rows_of, RolloutBatch};
 use super::setup::{Models, Setup};
 use crate::data::reward_input::RewardInput;
 use crate::generate::Rollout;
-use crate::model::{Backend, Heads};
+use crate::model::Heads;
+use crate::ops::Backend;
 use crate::train::state::TrainState;
 use anyhow::Result;
 

@@ -21,7 +21,7 @@ use super::scoring::score;
 use super::setup::{self, HostModels, Models, Setup};
 use crate::loss::RunningMoments;
 use crate::model::weights::{save_checkpoint, save_model_into, SaveDtype};
-use crate::model::Backend;
+use crate::ops::Backend;
 use crate::train::gpu_step::GpuTrainer;
 use crate::train::layered_options::TrainerArgs;
 use crate::train::metrics::MetricsLog;
@@ -88,7 +88,7 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
             t.weight_decay = weight_decay;
             Ok(t)
         };
-        let up = |m: &crate::model::Llama| cuda.share().upload_model(m);
+        let up = |m: &crate::model::Llama| m.upload(cuda.share());
         let models = Models {
             policy: trainer(&policy)?,
             value: value.as_ref().map(trainer).transpose()?,

@@ -6,7 +6,8 @@ use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, 
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
-use crate::model::{Backend, HeadGrads, Heads, Llama, LlamaConfig};
+use crate::model::{HeadGrads, Heads, Llama, LlamaConfig};
+use crate::ops::Backend;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,6 @@ impl<B: Backend> Objective<B> for DpoObjective {
             &mut out,
             &fwd.logp,
             &weights,
-            reduction,
             reference.as_ref(),
             b,
             t,

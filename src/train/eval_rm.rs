@@ -62,7 +62,7 @@ pub fn evaluate_reward_model(
         pairs: &pairs,
         reference: None,
     };
-    fn score<B: crate::model::Backend>(
+    fn score<B: crate::ops::Backend>(
         model: &Llama<B>,
         split: &Split,
         batch_size: usize,
@@ -79,7 +79,7 @@ pub fn evaluate_reward_model(
         Ok(stats)
     }
     match device.engine()? {
-        Some(cuda) => score(&cuda.upload_model(&model)?, &split, batch_size),
+        Some(cuda) => score(&model.upload(cuda)?, &split, batch_size),
         None => score(&model, &split, batch_size),
     }
 }

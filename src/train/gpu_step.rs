@@ -3,9 +3,10 @@
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
 use super::state::{HostState, TrainState};
-use crate::model::{Backend, Batch, HeadGrads, Heads, Llama};
+use crate::model::{Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
+use crate::ops::Backend;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 
@@ -40,7 +41,7 @@ impl GpuTrainer {
 
     /// The trainer of `cpu`'s weights on `backend` (which other models may share).
     pub fn on(backend: Cuda, cpu: &Llama) -> Result<Self> {
-        let model = backend.upload_model(cpu)?;
+        let model = cpu.upload(backend)?;
         let eng = &model.backend.eng;
         let n = cpu.layout.len;
         Ok(GpuTrainer {

@@ -14,7 +14,6 @@ pub mod memory_plan;
 pub mod metrics;
 pub mod objective;
 pub mod offline_stages;
-pub mod optimizer;
 pub mod options;
 pub mod pair_batch;
 pub mod rm;

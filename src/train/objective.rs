@@ -2,9 +2,10 @@
 //! The training loop (trainer.rs) is the same for both.
 
 use crate::data::preference::PreferencePair;
-use crate::model::{Backend, Forward, HeadGrads, Llama};
+use crate::model::{Forward, HeadGrads, Llama};
 use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::reward_loss::RewardPairs;
+use crate::ops::Backend;
 use anyhow::Result;
 
 /// Loss and metrics over some pairs; sums, so micro-batches and evaluation chunks add up.

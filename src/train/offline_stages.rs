@@ -11,7 +11,7 @@ use super::run::{Curves, RunEnd, Stages};
 use super::state::TrainState;
 use super::trainer::RunSummary;
 use crate::model::weights::{save_model_into, SaveDtype};
-use crate::model::Backend;
+use crate::ops::Backend;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;

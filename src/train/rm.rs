@@ -3,7 +3,8 @@
 
 use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
-use crate::model::{Backend, HeadGrads, Heads, Llama};
+use crate::model::{HeadGrads, Heads, Llama};
+use crate::ops::Backend;
 use anyhow::Result;
 
 pub struct RewardObjective;

@@ -3,8 +3,10 @@
 //! everything in f32 (the oracle, bitwise reproducible), the GPU keeps bf16 weights for the
 //! forward beside fp32 masters (src/train/gpu_step.rs).
 
-use super::optimizer::{clip_grad_norm, AdamW};
-use crate::model::{Backend, Cpu, Llama};
+use crate::model::Llama;
+use crate::ops::cpu::adamw::{clip_grad_norm, AdamW};
+use crate::ops::cpu::Cpu;
+use crate::ops::Backend;
 use anyhow::Result;
 
 /// The optimiser state as host arrays, for checkpoints.

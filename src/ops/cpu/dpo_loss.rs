@@ -4,7 +4,6 @@
 
 use crate::loss::{
     dpo_loss as dpo_pair_loss, sequence_logprobs, sequence_logprobs_backward, DpoConfig, DpoInputs,
-    SeqReduction,
 };
 
 /// Per-pair results, each `[pairs]`, and the sequence log-probs `[2·pairs]` (chosen, then
@@ -49,21 +48,21 @@ impl DpoPairs {
 }
 
 /// dlogp[2P·T] (written) = grad_scale · ∂(mean pair loss)/∂logp, from token log-probs
-/// logp[2P·T] (rows: the chosen responses, then the rejected), the response mask, and the
-/// reference's sequence log-probs [2P] (ignored by the reference-free losses).
+/// logp[2P·T] (rows: the chosen responses, then the rejected), the response mask (each row's
+/// log-probs reduced by `cfg.reduction()`), and the reference's sequence log-probs [2P]
+/// (ignored by the reference-free losses).
 #[allow(clippy::too_many_arguments)]
 pub fn dpo_loss(
     dlogp: &mut [f32],
     logp: &[f32],
     mask: &[bool],
-    reduction: SeqReduction,
     reference: Option<&[f32]>,
     pairs: usize,
     t: usize,
     cfg: &DpoConfig,
     grad_scale: f32,
 ) -> DpoPairs {
-    let rows = 2 * pairs;
+    let (rows, reduction) = (2 * pairs, cfg.reduction());
     let seq = sequence_logprobs(logp, mask, rows, t, reduction);
     let (ref_c, ref_r) = match reference {
         Some(r) => (&r[..pairs], &r[pairs..]),

@@ -7,7 +7,9 @@
 //! Only the matmuls use a tuned crate (matrixmultiply); every other loop is written to be
 //! obviously right.
 
+pub mod adamw;
 pub mod attention;
+pub mod backend;
 pub mod copy_rows;
 pub mod decode_attention;
 pub mod dpo_loss;
@@ -24,6 +26,7 @@ pub mod scalar_head;
 pub mod swiglu;
 
 pub use attention::{attention_backward, attention_forward, AttentionShape};
+pub use backend::{Cpu, CpuInputs};
 pub use copy_rows::copy_rows;
 pub use decode_attention::{decode_attention, DecodeShape};
 pub use embedding::{embedding_backward, embedding_forward};
@@ -31,7 +34,7 @@ pub use logprob::{logprob_backward, logprob_forward};
 pub use matmul::{matmul_backward, matmul_forward};
 pub use residual::residual_forward;
 pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-pub use rope::{rope_backward, rope_forward, RopeTables};
+pub use rope::{rope_backward, rope_forward, Llama3RopeScaling, RopeSpec, RopeTables};
 pub use sample::{sample, SamplingParams};
 pub use scalar_head::{scalar_head_backward, scalar_head_forward};
 pub use swiglu::{swiglu_backward, swiglu_forward};

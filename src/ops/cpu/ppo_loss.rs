@@ -3,20 +3,18 @@
 //! clipped_value_loss), with the gradient scaled for accumulation.
 
 use crate::loss::{
-    clipped_policy_loss, clipped_value_loss, per_token_kl, KlEstimator, PolicyLossConfig,
-    ValueLossConfig,
+    clipped_policy_loss, clipped_value_loss, per_token_kl, KlEstimator, KlPenalty, LossAggregation,
+    PolicyLossConfig, ValueLossConfig,
 };
 
-/// Options of [`ppo_policy_loss`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PolicyLossParams {
-    /// PPO's ε.
-    pub clip: f32,
-    /// β of GRPO's KL loss term, β · token mean of k3(π ‖ π_ref); 0 for none.
-    pub kl_coef: f32,
-    pub kl_clamp: Option<f32>,
-    /// Multiplies the gradient (1 / micro-batches per step).
-    pub grad_scale: f32,
+/// The fused policy loss reads its reduction from the weights the caller passes, which are the
+/// token mean's, and has no dual clip (kernels/ppo_loss.cu): any other `cfg` is refused by name.
+pub fn ensure_fused_policy_loss(cfg: &PolicyLossConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.aggregation == LossAggregation::TokenMean && cfg.dual_clip.is_none(),
+        "ppo_policy_loss runs the token mean without dual clip, not {cfg:?}"
+    );
+    Ok(())
 }
 
 /// Loss and metrics of a micro-batch (token means over its valid tokens).
@@ -34,8 +32,8 @@ pub struct ValueLossStats {
     pub explained_variance: f32,
 }
 
-/// grad[B·T] (written) = grad_scale · ∂/∂logp of the token-mean clipped policy loss (+ the KL
-/// term). `mask[i]` marks completion tokens; `ref_logp` is read only with `kl_coef > 0`.
+/// grad[B·T] (written) = grad_scale · ∂/∂logp of the clipped policy loss (+ the KL term when
+/// `kl` brings the reference's log-probs [B·T] and its β). `mask[i]` marks completion tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_policy_loss(
     grad: &mut [f32],
@@ -43,24 +41,21 @@ pub fn ppo_policy_loss(
     old_logp: &[f32],
     advantages: &[f32],
     mask: &[bool],
-    ref_logp: Option<&[f32]>,
+    kl: Option<(&[f32], KlPenalty)>,
     batch: usize,
     time: usize,
-    p: PolicyLossParams,
+    cfg: &PolicyLossConfig,
+    grad_scale: f32,
 ) -> PolicyLossStats {
-    let cfg = PolicyLossConfig {
-        clip_eps: p.clip,
-        ..Default::default()
-    };
-    let out = clipped_policy_loss(logp, old_logp, advantages, mask, batch, time, &cfg);
+    let out = clipped_policy_loss(logp, old_logp, advantages, mask, batch, time, cfg);
     for (g, d) in grad.iter_mut().zip(&out.grad_logp) {
-        *g = d * p.grad_scale;
+        *g = d * grad_scale;
     }
-    if let (Some(reference), true) = (ref_logp, p.kl_coef > 0.0) {
-        let kl = per_token_kl(logp, reference, mask, KlEstimator::K3, p.kl_clamp);
+    if let Some((reference, penalty)) = kl.filter(|(_, p)| p.coef > 0.0) {
+        let kl = per_token_kl(logp, reference, mask, KlEstimator::K3, penalty.clamp);
         let count = mask.iter().filter(|&&m| m).count().max(1) as f32;
         for (g, d) in grad.iter_mut().zip(&kl.grad_logp) {
-            *g += p.kl_coef * d / count * p.grad_scale;
+            *g += penalty.coef * d / count * grad_scale;
         }
     }
     PolicyLossStats {
@@ -80,11 +75,10 @@ pub fn ppo_value_loss(
     mask: &[bool],
     batch: usize,
     time: usize,
-    clip: Option<f32>,
+    cfg: &ValueLossConfig,
     grad_scale: f32,
 ) -> ValueLossStats {
-    let cfg = ValueLossConfig { clip_range: clip };
-    let out = clipped_value_loss(values, old_values, returns, mask, batch, time, &cfg);
+    let out = clipped_value_loss(values, old_values, returns, mask, batch, time, cfg);
     for (g, d) in grad.iter_mut().zip(&out.grad_values) {
         *g = d * grad_scale;
     }

@@ -1,7 +1,26 @@
 //! Rotary position embeddings in the HF Llama convention: the head is split in halves, and
 //! element i pairs with element i + hd/2 ("rotate_half"), rotated by angle pos · inv_freq[i].
 
-use crate::model::config::LlamaConfig;
+use serde::{Deserialize, Serialize};
+
+/// What the rotary embedding reads of a model (`LlamaConfig::rope`): the head size, the base θ
+/// and Llama 3's frequency scaling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeSpec {
+    pub head_dim: usize,
+    pub theta: f32,
+    pub scaling: Option<Llama3RopeScaling>,
+}
+
+/// `rope_scaling` of type "llama3" (Llama 3.1 and later): long wavelengths are slowed by `factor`,
+/// short ones kept, and the band between is interpolated smoothly.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: usize,
+}
 
 /// cos and sin of every token's angles: [N, hd/2] each, from the tokens' position ids.
 pub struct RopeTables {
@@ -12,13 +31,13 @@ pub struct RopeTables {
 }
 
 /// The rotary frequencies, [hd/2], computed in f32 as transformers does, with llama3 scaling when
-/// the config asks for it.
-pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let hd = cfg.head_dim;
+/// the spec asks for it.
+pub fn rope_inv_freq(spec: &RopeSpec) -> Vec<f32> {
+    let hd = spec.head_dim;
     let mut inv: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32))
+        .map(|i| 1.0 / spec.theta.powf((2 * i) as f32 / hd as f32))
         .collect();
-    if let Some(s) = &cfg.rope_scaling {
+    if let Some(s) = &spec.scaling {
         let old = s.original_max_position_embeddings as f32;
         let low_wavelen = old / s.low_freq_factor;
         let high_wavelen = old / s.high_freq_factor;
@@ -38,8 +57,8 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
 }
 
 impl RopeTables {
-    pub fn new(cfg: &LlamaConfig, positions: &[u32]) -> Self {
-        let inv = rope_inv_freq(cfg);
+    pub fn new(spec: &RopeSpec, positions: &[u32]) -> Self {
+        let inv = rope_inv_freq(spec);
         let mut t = RopeTables {
             half: inv.len(),
             cos: Vec::new(),

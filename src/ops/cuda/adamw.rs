@@ -1,5 +1,5 @@
 //! Launchers for kernels/adamw.cu: the global gradient norm and the AdamW step. The CPU oracle
-//! is src/train/optimizer.rs (`clip_grad_norm`, `AdamW::step`).
+//! is src/ops/cpu/adamw.rs (`clip_grad_norm`, `AdamW::step`).
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};

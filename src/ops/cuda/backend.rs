@@ -1,4 +1,4 @@
-//! The CUDA engine as a `Backend` (src/model/backend.rs): activations in bf16, accumulators,
+//! The CUDA engine as a `Backend` (src/ops/backend.rs): activations in bf16, accumulators,
 //! statistics and gradients in f32, parameters as one flat bf16 buffer in the model's layout.
 //! The model code in src/model/llama.rs runs on it unchanged.
 
@@ -6,11 +6,11 @@ use super::{
     attention, copy_rows, decode_attention, dpo_loss, embedding, logprob, matmul, pool, ppo_loss,
     residual, reward_loss, rmsnorm, rope, sample, scalar_head, swiglu, CudaEngine,
 };
-use crate::loss::{DpoConfig, SeqReduction};
-use crate::model::backend::Backend;
-use crate::model::{Batch, Llama, LlamaConfig};
-use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
-use crate::ops::cpu::{AttentionShape, DecodeShape, SamplingParams};
+use crate::loss::{DpoConfig, KlPenalty, PolicyLossConfig, ValueLossConfig};
+use crate::ops::cpu::ppo_loss::{PolicyLossStats, ValueLossStats};
+use crate::ops::cpu::rope::rope_inv_freq;
+use crate::ops::cpu::{AttentionShape, DecodeShape, RopeSpec, SamplingParams};
+use crate::ops::{Backend, Batch};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -126,18 +126,6 @@ impl Cuda {
         self.eng.download(x)
     }
 
-    /// A CPU model's weights moved to this GPU (rounded to bf16).
-    pub fn upload_model(self, cpu: &Llama) -> Result<Llama<Cuda>> {
-        let params = self.upload_params(&cpu.params)?;
-        Ok(Llama {
-            cfg: cpu.cfg.clone(),
-            layout: cpu.layout.clone(),
-            params,
-            backend: self,
-            recompute: cpu.recompute,
-        })
-    }
-
     fn with_partial<R>(
         &self,
         n: usize,
@@ -244,7 +232,7 @@ impl Backend for Cuda {
             None => self.retrying(|| self.eng.upload(x)),
         }
     }
-    fn inputs(&self, cfg: &LlamaConfig, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
+    fn inputs(&self, rope: &RopeSpec, batch: &Batch, targets: &[u32]) -> Result<CudaInputs> {
         let spare = {
             let mut spares = self.spare_inputs.borrow_mut();
             let i = spares.iter().position(|x| {
@@ -259,7 +247,7 @@ impl Backend for Cuda {
             let err = |e| anyhow::anyhow!("inputs: {e:?}");
             s.memcpy_htod(targets, &mut inp.targets).map_err(err)?;
             // Another model on this engine may have left them: its rotary frequencies differ.
-            let inv_freq = crate::ops::cpu::rope::rope_inv_freq(cfg);
+            let inv_freq = rope_inv_freq(rope);
             if inv_freq != inp.inv_freq_host {
                 inp.inv_freq = self.retrying(|| self.eng.upload(&inv_freq))?;
                 inp.inv_freq_host = inv_freq;
@@ -268,7 +256,7 @@ impl Backend for Cuda {
             return Ok(inp);
         }
         let mask: Vec<u8> = batch.mask.iter().map(|&m| m as u8).collect();
-        let inv_freq = crate::ops::cpu::rope::rope_inv_freq(cfg);
+        let inv_freq = rope_inv_freq(rope);
         self.retrying(|| {
             Ok(CudaInputs {
                 ids_host: batch.ids.clone(),
@@ -758,11 +746,12 @@ impl Backend for Cuda {
         old_logp: &CudaSlice<f32>,
         advantages: &CudaSlice<f32>,
         weights: &CudaSlice<f32>,
-        ref_logp: Option<&CudaSlice<f32>>,
-        p: PolicyLossParams,
+        kl: Option<(&CudaSlice<f32>, KlPenalty)>,
+        cfg: &PolicyLossConfig,
+        grad_scale: f32,
     ) -> Result<PolicyLossStats> {
         ppo_loss::ppo_policy_loss(
-            &self.eng, grad, logp, old_logp, advantages, weights, ref_logp, p,
+            &self.eng, grad, logp, old_logp, advantages, weights, kl, cfg, grad_scale,
         )
     }
     fn ppo_value_loss(
@@ -772,11 +761,11 @@ impl Backend for Cuda {
         old_values: &CudaSlice<f32>,
         returns: &CudaSlice<f32>,
         weights: &CudaSlice<f32>,
-        clip: Option<f32>,
+        cfg: &ValueLossConfig,
         grad_scale: f32,
     ) -> Result<ValueLossStats> {
         ppo_loss::ppo_value_loss(
-            &self.eng, grad, values, old_values, returns, weights, clip, grad_scale,
+            &self.eng, grad, values, old_values, returns, weights, cfg, grad_scale,
         )
     }
     fn dpo_loss(
@@ -785,7 +774,6 @@ impl Backend for Cuda {
         rows: &mut CudaSlice<f32>,
         logp: &CudaSlice<f32>,
         weights: &CudaSlice<f32>,
-        _reduction: SeqReduction, // carried by the weights
         reference: Option<&CudaSlice<f32>>,
         pairs: usize,
         t: usize,

@@ -1,14 +1,14 @@
 //! Launcher for kernels/dpo_loss.cu. The CPU oracle of the same name is src/ops/cpu/dpo_loss.rs.
 
 use super::CudaEngine;
-use crate::loss::{DpoConfig, DpoLoss};
+use crate::loss::DpoConfig;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// dlogp [2P·T] (written) and rows [P, 5] (the pairs' losses, rewards and sequence log-probs, as
 /// `DpoPairs::from_rows` reads them), from logp and the response weights w [2P·T] (1 per
 /// response token for a sum, 1/n for a mean) and the reference's sequence log-probs [2P] (for
-/// the losses that read them). Nothing comes back to the host.
+/// the losses that read them: `DpoLoss::uses_reference`). Nothing comes back to the host.
 #[allow(clippy::too_many_arguments)]
 pub fn dpo_loss(
     eng: &CudaEngine,
@@ -35,20 +35,15 @@ pub fn dpo_loss(
         weights.len(),
         rows.len()
     );
-    let kind: i32 = match cfg.loss {
-        DpoLoss::Sigmoid => 0,
-        DpoLoss::Ipo => 1,
-        DpoLoss::Hinge => 2,
-        DpoLoss::Simpo => 3,
-        DpoLoss::RefFreeSigmoid => 4,
-    };
     ensure!(
         !cfg.loss.uses_reference() || reference.is_some_and(|r| r.len() == 2 * pairs),
         "dpo_loss: {:?} needs the reference's {} sequence log-probs",
         cfg.loss,
         2 * pairs
     );
-    let (p, ti) = (pairs as i32, t as i32);
+    // The kernel reads the reference where one is passed: only to the losses that use it.
+    let reference = reference.filter(|_| cfg.loss.uses_reference());
+    let (p, ti, kind) = (pairs as i32, t as i32, cfg.loss.kernel_code());
     let null: u64 = 0;
     let f = eng.function("dpo_loss")?;
     let mut l = eng.stream.launch_builder(&f);
@@ -72,4 +67,41 @@ pub fn dpo_loss(
     // SAFETY: arguments match the kernel (a null reference is a 0 pointer); lengths checked above.
     unsafe { l.launch(launch) }.map_err(|e| anyhow!("dpo_loss ({pairs} pairs, T={t}): {e:?}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::loss::DpoLoss;
+    use clap::ValueEnum;
+
+    /// kernels/dpo_loss.cu names the loss kinds in `#define`s: each must be its
+    /// `DpoLoss::kernel_code`, and every kind must have one.
+    #[test]
+    fn the_kernels_loss_codes_are_the_enums() {
+        let source = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/dpo_loss.cu"));
+        let defines: Vec<(&str, i32)> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("#define DPO_"))
+            .map(|l| {
+                let (name, code) = l.split_once(' ').expect("#define NAME CODE");
+                (name, code.trim().parse().expect("an integer code"))
+            })
+            .collect();
+        let named = [
+            (DpoLoss::Sigmoid, "SIGMOID"),
+            (DpoLoss::Ipo, "IPO"),
+            (DpoLoss::Hinge, "HINGE"),
+            (DpoLoss::Simpo, "SIMPO"),
+            (DpoLoss::RefFreeSigmoid, "REF_FREE"),
+        ];
+        assert_eq!(named.len(), DpoLoss::value_variants().len());
+        assert_eq!(defines.len(), named.len(), "{defines:?}");
+        for (loss, name) in named {
+            assert!(
+                defines.contains(&(name, loss.kernel_code())),
+                "kernels/dpo_loss.cu: DPO_{name} is not {} ({loss:?}): {defines:?}",
+                loss.kernel_code()
+            );
+        }
+    }
 }

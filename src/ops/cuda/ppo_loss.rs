@@ -2,7 +2,8 @@
 //! (the src/loss functions).
 
 use super::CudaEngine;
-use crate::ops::cpu::ppo_loss::{PolicyLossParams, PolicyLossStats, ValueLossStats};
+use crate::loss::{KlPenalty, PolicyLossConfig, ValueLossConfig};
+use crate::ops::cpu::ppo_loss::{ensure_fused_policy_loss, PolicyLossStats, ValueLossStats};
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -25,9 +26,9 @@ fn sums(eng: &CudaEngine, partials: &CudaSlice<f64>, blocks: usize, k: usize) ->
     Ok(s)
 }
 
-/// grad (n) = the scaled gradient of the clipped policy loss (+ GRPO's k3 term); the loss and
-/// metrics as the src/loss function reports them. `weights` (n) are the token-mean weights, 0 at
-/// masked tokens.
+/// grad (n) = the scaled gradient of the clipped policy loss (+ GRPO's k3 term against the
+/// reference log-probs (n) `kl` brings); the loss and metrics as the src/loss function reports
+/// them. `weights` (n) are the token-mean weights, 0 at masked tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_policy_loss(
     eng: &CudaEngine,
@@ -36,10 +37,13 @@ pub fn ppo_policy_loss(
     old_logp: &CudaSlice<f32>,
     advantages: &CudaSlice<f32>,
     weights: &CudaSlice<f32>,
-    ref_logp: Option<&CudaSlice<f32>>,
-    p: PolicyLossParams,
+    kl: Option<(&CudaSlice<f32>, KlPenalty)>,
+    cfg: &PolicyLossConfig,
+    grad_scale: f32,
 ) -> Result<PolicyLossStats> {
+    ensure_fused_policy_loss(cfg)?;
     let n = grad.len();
+    let ref_logp = kl.map(|(r, _)| r);
     ensure!(
         logp.len() == n
             && old_logp.len() == n
@@ -55,7 +59,8 @@ pub fn ppo_policy_loss(
     let (blocks, per_block) = split(n);
     let mut partials = eng.zeros::<f64>(blocks * 5)?;
     let (ni, pb) = (n as i32, per_block as i32);
-    let clamp = p.kl_clamp.unwrap_or(-1.0);
+    // No KL term: a null reference and β = 0; a clamp below 0 is none.
+    let (kl_coef, clamp) = kl.map_or((0.0, -1.0), |(_, p)| (p.coef, p.clamp.unwrap_or(-1.0)));
     let null: u64 = 0;
     let f = eng.function("ppo_policy_loss")?;
     let mut l = eng.stream.launch_builder(&f);
@@ -71,10 +76,10 @@ pub fn ppo_policy_loss(
     };
     l.arg(&ni)
         .arg(&pb)
-        .arg(&p.clip)
-        .arg(&p.kl_coef)
+        .arg(&cfg.clip_eps)
+        .arg(&kl_coef)
         .arg(&clamp)
-        .arg(&p.grad_scale);
+        .arg(&grad_scale);
     let cfg = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (THREADS as u32, 1, 1),
@@ -101,7 +106,7 @@ pub fn ppo_value_loss(
     old_values: &CudaSlice<f32>,
     returns: &CudaSlice<f32>,
     weights: &CudaSlice<f32>,
-    clip: Option<f32>,
+    cfg: &ValueLossConfig,
     grad_scale: f32,
 ) -> Result<ValueLossStats> {
     let n = grad.len();
@@ -115,7 +120,7 @@ pub fn ppo_value_loss(
     );
     let (blocks, per_block) = split(n);
     let mut partials = eng.zeros::<f64>(blocks * 7)?;
-    let (ni, pb, c) = (n as i32, per_block as i32, clip.unwrap_or(-1.0));
+    let (ni, pb, c) = (n as i32, per_block as i32, cfg.clip_range.unwrap_or(-1.0));
     let f = eng.function("ppo_value_loss")?;
     let mut l = eng.stream.launch_builder(&f);
     l.arg(grad)

@@ -1,4 +1,5 @@
-//! AdamW over the flat fp32 parameter buffer, with global gradient-norm clipping.
+//! AdamW over the flat fp32 parameter buffer, with global gradient-norm clipping: the CPU
+//! trainer's optimiser and the oracle of kernels/adamw.cu (launchers: src/ops/cuda/adamw.rs).
 
 use std::ops::Range;
 
