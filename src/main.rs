@@ -174,7 +174,9 @@ fn cli_command() -> clap::Command {
             trainer_help(c, TrainerKind::RewardModel).after_help(REWARD_HEAD_INIT)
         })
         .mut_subcommand("dpo", |c| trainer_help(c, TrainerKind::Dpo))
-        .mut_subcommand("ppo", prefer::rl::options::with_default_help)
+        .mut_subcommand("ppo", |c| {
+            prefer::rl::options::with_default_help(prefer::train::run_args::in_rl_words(c))
+        })
         .mut_subcommands(mark_required)
 }
 
@@ -195,13 +197,9 @@ fn trainer_help(cmd: clap::Command, kind: TrainerKind) -> clap::Command {
         .collect();
     ids.into_iter().fold(cmd, |cmd, id| {
         let key = id.replace('_', "-");
-        let shown = match defaults.get(&key) {
-            // f32 options print in their shortest form: 1e-5, not 9.999999747378752e-6.
-            Some(toml::Value::Float(f)) => Some(shortest_f32(*f as f32)),
-            Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(v) => Some(v.to_string()),
-            None => None,
-        };
+        let shown = defaults
+            .get(&key)
+            .map(prefer::train::run_args::shown_default);
         let required = matches!(id.as_str(), "model" | "data" | "out");
         let hidden = kind == TrainerKind::RewardModel && TrainArgs::DPO_ONLY.contains(&id.as_str());
         cmd.mut_arg(id.as_str(), |a| {
@@ -233,14 +231,6 @@ fn mark_required(cmd: clap::Command) -> clap::Command {
             a.help(format!("{text} [required]"))
         })
     })
-}
-
-fn shortest_f32(x: f32) -> String {
-    if x != 0.0 && x.abs() < 1e-3 {
-        format!("{x:e}")
-    } else {
-        x.to_string()
-    }
 }
 
 /// Errors print as one line of context chain (`error: reading x.jsonl: ...`), never a backtrace

@@ -422,11 +422,11 @@ fn help_shows_each_trainers_defaults_marks_required_options_and_only_what_applie
     let dpo = help(&["dpo", "--help"]);
     // The paper's learning rates, one per trainer.
     assert!(
-        rm.contains("reached after the warm-up [default: 1e-5]"),
+        rm.contains("reached after the warm-up, then shaped by --decay [default: 1e-5]"),
         "{rm}"
     );
     assert!(
-        dpo.contains("reached after the warm-up [default: 5e-7]"),
+        dpo.contains("reached after the warm-up, then shaped by --decay [default: 5e-7]"),
         "{dpo}"
     );
     assert!(
@@ -448,6 +448,16 @@ fn help_shows_each_trainers_defaults_marks_required_options_and_only_what_applie
         assert!(dpo.contains(dpo_only), "dpo --help lacks {dpo_only}");
     }
     assert!(dpo.contains("DPO: β [default: 0.1]"), "{dpo}");
+    // The shared run options in each trainer's words: steps offline, iterations in RL.
+    let ppo = help(&["ppo", "--help"]);
+    for h in [&rm, &dpo] {
+        assert!(!h.contains("ppo:") && !h.contains("iteration"), "{h}");
+    }
+    assert!(
+        ppo.contains("Write a resumable checkpoint every N iterations")
+            && ppo.contains("Passes over the prompts"),
+        "{ppo}"
+    );
     let init = help(&["init", "--help"]);
     assert!(
         init.contains("tiny, llama-134m or llama-1b [required]"),

@@ -214,20 +214,49 @@ pub(super) fn ppo_loss(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
     Ok(rows)
 }
 
+/// The inputs of PPO's two losses on `batch` × `time` tokens, 70% of them completion tokens.
+struct PpoCase {
+    mask: Vec<bool>,
+    old: Vec<f32>,
+    logp: Vec<f32>,
+    reference: Vec<f32>,
+    adv: Vec<f32>,
+    values: Vec<f32>,
+    old_values: Vec<f32>,
+    returns: Vec<f32>,
+}
+
+impl PpoCase {
+    fn new(batch: usize, time: usize) -> PpoCase {
+        let n = batch * time;
+        let mut g = Lcg(97 + n as u64);
+        let mask: Vec<bool> = (0..n).map(|_| g.uniform() > -0.4).collect();
+        let old: Vec<f32> = (0..n).map(|_| -1.5 + g.uniform()).collect();
+        // Log-ratios up to ±0.4, so that both sides of PPO's clip (0.2) are taken.
+        let logp = old.iter().map(|&x| x + 0.4 * g.uniform()).collect();
+        let reference = old.iter().map(|&x| x + 0.6 * g.uniform()).collect();
+        let adv = (0..n).map(|_| 2.0 * g.uniform()).collect();
+        let values: Vec<f32> = (0..n).map(|_| g.uniform()).collect();
+        let old_values = values.iter().map(|&v| v + 0.3 * g.uniform()).collect();
+        let returns = (0..n).map(|_| 1.5 * g.uniform()).collect();
+        PpoCase {
+            mask,
+            old,
+            logp,
+            reference,
+            adv,
+            values,
+            old_values,
+            returns,
+        }
+    }
+}
+
 fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<CheckRow>> {
     let n = batch * time;
-    let mut g = Lcg(97 + n as u64);
-    let mask: Vec<bool> = (0..n).map(|_| g.uniform() > -0.4).collect(); // 70% completion tokens
-    let count = mask.iter().filter(|&&m| m).count();
-    let old: Vec<f32> = (0..n).map(|_| -1.5 + g.uniform()).collect();
-    // Log-ratios up to ±0.4, so that both sides of PPO's clip (0.2) are taken.
-    let logp: Vec<f32> = old.iter().map(|&x| x + 0.4 * g.uniform()).collect();
-    let reference: Vec<f32> = old.iter().map(|&x| x + 0.6 * g.uniform()).collect();
-    let adv: Vec<f32> = (0..n).map(|_| 2.0 * g.uniform()).collect();
-    let values: Vec<f32> = (0..n).map(|_| g.uniform()).collect();
-    let old_values: Vec<f32> = values.iter().map(|&v| v + 0.3 * g.uniform()).collect();
-    let returns: Vec<f32> = (0..n).map(|_| 1.5 * g.uniform()).collect();
-    let weights = aggregation_weights(&mask, batch, time, LossAggregation::TokenMean);
+    let c = PpoCase::new(batch, time);
+    let count = c.mask.iter().filter(|&&m| m).count();
+    let weights = aggregation_weights(&c.mask, batch, time, LossAggregation::TokenMean);
     let policy = PolicyLossConfig {
         clip_eps: 0.2,
         ..Default::default()
@@ -243,11 +272,11 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
     let mut grad = vec![0.0; n];
     let cpu_p = cpu_loss::ppo_policy_loss(
         &mut grad,
-        &logp,
-        &old,
-        &adv,
-        &mask,
-        Some((&reference, kl)),
+        &c.logp,
+        &c.old,
+        &c.adv,
+        &c.mask,
+        Some((&c.reference, kl)),
         batch,
         time,
         &policy,
@@ -256,10 +285,10 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
     let mut vgrad = vec![0.0; n];
     let cpu_v = cpu_loss::ppo_value_loss(
         &mut vgrad,
-        &values,
-        &old_values,
-        &returns,
-        &mask,
+        &c.values,
+        &c.old_values,
+        &c.returns,
+        &c.mask,
         batch,
         time,
         &value,
@@ -268,13 +297,13 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
 
     let up = |x: &[f32]| eng.upload(x);
     let (logp_d, old_d, adv_d, w_d, ref_d) = (
-        up(&logp)?,
-        up(&old)?,
-        up(&adv)?,
+        up(&c.logp)?,
+        up(&c.old)?,
+        up(&c.adv)?,
         up(&weights)?,
-        up(&reference)?,
+        up(&c.reference)?,
     );
-    let (v_d, ov_d, r_d) = (up(&values)?, up(&old_values)?, up(&returns)?);
+    let (v_d, ov_d, r_d) = (up(&c.values)?, up(&c.old_values)?, up(&c.returns)?);
     let mut grad_d = eng.zeros::<f32>(n)?;
     let mut vgrad_d = eng.zeros::<f32>(n)?;
     let mut gpu_p = Default::default();
@@ -309,62 +338,59 @@ fn check_ppo_losses(eng: &CudaEngine, batch: usize, time: usize) -> Result<Vec<C
     let shape = format!("B={batch} T={time} ({count} tokens)");
     // A clip decision may flip on one token where exp rounds differently: one token's share.
     let one = 1.0 / count.max(1) as f32;
-    Ok(vec![
-        compare(
-            "ppo_policy_loss grad",
-            &shape,
-            &eng.download(&grad_d)?,
-            &grad,
-            1e-5,
-            ms_p,
-        ),
-        scalar(
-            "ppo_policy_loss loss",
-            &shape,
-            gpu_p.loss,
-            cpu_p.loss,
-            1e-5,
-            ms_p,
-        ),
-        scalar(
-            "ppo_policy_loss approx_kl",
-            &shape,
-            gpu_p.approx_kl,
-            cpu_p.approx_kl,
-            1e-5,
-            ms_p,
-        ),
-        scalar(
-            "ppo_policy_loss clipfrac",
-            &shape,
-            gpu_p.clip_fraction,
-            cpu_p.clip_fraction,
-            one,
-            ms_p,
-        ),
-        compare(
-            "ppo_value_loss grad",
-            &shape,
-            &eng.download(&vgrad_d)?,
-            &vgrad,
-            1e-5,
-            ms_v,
-        ),
-        scalar(
-            "ppo_value_loss loss",
-            &shape,
-            gpu_v.loss,
-            cpu_v.loss,
-            1e-5,
-            ms_v,
-        ),
-        scalar(
-            "ppo_value_loss explained var",
-            &shape,
-            gpu_v.explained_variance,
-            cpu_v.explained_variance,
-            1e-5,
-            ms_v,
-        ),
-    ])
+    let scalars = |rows: &[(&str, f32, f32, f32)], ms: f64| -> Vec<CheckRow> {
+        let row =
+            |&(op, gpu, cpu, tol): &(&str, f32, f32, f32)| scalar(op, &shape, gpu, cpu, tol, ms);
+        rows.iter().map(row).collect()
+    };
+    let policy_grad = eng.download(&grad_d)?;
+    let value_grad = eng.download(&vgrad_d)?;
+    let mut rows = vec![compare(
+        "ppo_policy_loss grad",
+        &shape,
+        &policy_grad,
+        &grad,
+        1e-5,
+        ms_p,
+    )];
+    rows.extend(scalars(
+        &[
+            ("ppo_policy_loss loss", gpu_p.loss, cpu_p.loss, 1e-5),
+            (
+                "ppo_policy_loss approx_kl",
+                gpu_p.approx_kl,
+                cpu_p.approx_kl,
+                1e-5,
+            ),
+            (
+                "ppo_policy_loss clipfrac",
+                gpu_p.clip_fraction,
+                cpu_p.clip_fraction,
+                one,
+            ),
+        ],
+        ms_p,
+    ));
+    rows.push(compare(
+        "ppo_value_loss grad",
+        &shape,
+        &value_grad,
+        &vgrad,
+        1e-5,
+        ms_v,
+    ));
+    let explained = (gpu_v.explained_variance, cpu_v.explained_variance);
+    rows.extend(scalars(
+        &[
+            ("ppo_value_loss loss", gpu_v.loss, cpu_v.loss, 1e-5),
+            (
+                "ppo_value_loss explained var",
+                explained.0,
+                explained.1,
+                1e-5,
+            ),
+        ],
+        ms_v,
+    ));
+    Ok(rows)
 }

@@ -7,7 +7,7 @@ use super::advantages::{Algo, RewardSwitches};
 use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
 use crate::train::bounds::whole_number;
 use crate::train::layered_options::{over, TrainerArgs};
-use crate::train::run_args::{RunArgs, RunOptions};
+use crate::train::run_args::{shown_default, RunArgs, RunOptions};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -174,26 +174,16 @@ pub fn with_default_help(cmd: clap::Command) -> clap::Command {
     let algos = [Algo::Ppo, Algo::Grpo, Algo::Rloo];
     let tables =
         algos.map(|a| toml::Value::try_from(PpoArgs::defaults(a)).expect("defaults serialise"));
-    let show = |v: &toml::Value| match v {
-        // f32 options print in their shortest form: 1e-6, not 9.999999974752427e-7.
-        toml::Value::Float(f) => {
-            let x = *f as f32;
-            if x != 0.0 && x.abs() < 1e-3 {
-                format!("{x:e}")
-            } else {
-                x.to_string()
-            }
-        }
-        toml::Value::String(s) => s.clone(),
-        v => v.to_string(),
-    };
     let ids: Vec<String> = cmd
         .get_arguments()
         .map(|a| a.get_id().to_string())
         .collect();
     ids.into_iter().fold(cmd, |cmd, id| {
         let key = id.replace('_', "-");
-        let values: Vec<Option<String>> = tables.iter().map(|t| t.get(&key).map(show)).collect();
+        let values: Vec<Option<String>> = tables
+            .iter()
+            .map(|t| t.get(&key).map(shown_default))
+            .collect();
         let shown = if key == "algo" {
             "ppo".to_string()
         } else if values.iter().all(|v| v == &values[0]) {

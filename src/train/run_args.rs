@@ -22,10 +22,10 @@ pub struct RunArgs {
     /// Peak learning rate (AdamW), reached after the warm-up, then shaped by --decay.
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
-    /// Passes over the training data (ppo: over the prompts), when --max-steps is not given.
+    /// Passes over the training data, when --max-steps is not given.
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Stop after this many optimiser steps (ppo: iterations); the schedule is laid out over them.
+    /// Stop after this many optimiser steps; the schedule is laid out over them.
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
     /// Fraction of the steps over which the learning rate rises linearly from 0: W = ⌈steps ×
@@ -46,13 +46,13 @@ pub struct RunArgs {
     /// far less activation memory for about a third more compute; the same gradients.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub recompute: Option<bool>,
-    /// Seed of the data order (ppo: of the prompt order and the sampling).
+    /// Seed of the data order.
     #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// cpu, cuda, emu (the software GPU) or auto.
     #[arg(long, value_enum, env = "PREFER_DEVICE")]
     pub device: Option<Device>,
-    /// Write a resumable checkpoint every N optimiser steps (ppo: iterations).
+    /// Write a resumable checkpoint every N optimiser steps.
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub save_every: Option<usize>,
     /// When stderr is not a terminal (a log file, CI, Slurm): a plain progress line every N steps
@@ -77,6 +77,37 @@ pub struct RunArgs {
     #[arg(long, hide = true, value_parser = whole_number, allow_negative_numbers = true)]
     #[serde(skip)]
     pub stop_after: Option<usize>,
+}
+
+/// The shared options' help in an RL trainer's words: its step is an iteration (generate, score,
+/// optimise), and its data are prompts.
+pub fn in_rl_words(cmd: clap::Command) -> clap::Command {
+    [
+        ("epochs", "Passes over the prompts, when --max-steps is not given"),
+        ("max_steps", "Stop after this many iterations (rollouts, then PPO epochs over them); the schedule is laid out over them"),
+        ("seed", "Seed of the prompt order and of the sampling"),
+        ("save_every", "Write a resumable checkpoint every N iterations"),
+        ("log_every", "When stderr is not a terminal (a log file, CI, Slurm): a plain progress line every N iterations [default: about 20 lines a run]"),
+    ]
+    .into_iter()
+    .fold(cmd, |cmd, (id, text)| cmd.mut_arg(id, |a| a.help(text)))
+}
+
+/// A default as `--help` shows it: strings bare, and f32 options in their shortest form (1e-5,
+/// not 9.999999747378752e-6).
+pub fn shown_default(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(f) => {
+            let x = *f as f32;
+            if x != 0.0 && x.abs() < 1e-3 {
+                format!("{x:e}")
+            } else {
+                x.to_string()
+            }
+        }
+        toml::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
 }
 
 impl RunArgs {
