@@ -430,7 +430,10 @@ fn help_shows_each_trainers_defaults_marks_required_options_and_only_what_applie
         "{dpo}"
     );
     assert!(
-        dpo.contains("[default: 3]") && rm.contains("Passes over the training data [default: 1]")
+        dpo.contains("[default: 3]")
+            && rm.contains(
+                "Passes over the training data, when --max-steps is not given [default: 1]"
+            )
     );
     for h in [&rm, &dpo] {
         assert!(h.contains("--model <MODEL>\n          The starting checkpoint (an HF Llama folder) [required unless --resume or --config gives it]"), "{h}");

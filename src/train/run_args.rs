@@ -16,7 +16,7 @@ use std::path::PathBuf;
 #[serde(rename_all = "kebab-case")]
 pub struct RunArgs {
     /// The run folder: the trained model at its root (HF files), checkpoint/, metrics.jsonl,
-    /// curves.png (and, for ppo, the value model in value/).
+    /// curves.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Peak learning rate (AdamW), reached after the warm-up, then shaped by --decay.
@@ -83,6 +83,7 @@ pub struct RunArgs {
 /// optimise), and its data are prompts.
 pub fn in_rl_words(cmd: clap::Command) -> clap::Command {
     [
+        ("out", "The run folder: the trained policy at its root (HF files), the value model in value/ (--algo ppo), checkpoint/, metrics.jsonl, curves.png"),
         ("epochs", "Passes over the prompts, when --max-steps is not given"),
         ("max_steps", "Stop after this many iterations (rollouts, then PPO epochs over them); the schedule is laid out over them"),
         ("seed", "Seed of the prompt order and of the sampling"),
