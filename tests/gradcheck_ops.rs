@@ -232,6 +232,13 @@ fn swiglu_gradients() {
 
 #[test]
 fn logprob_gradients_and_values() {
+    // 1: the training loss; 1/0.7: a policy's log-probs at sampling temperature 0.7.
+    for scale in [1.0, 1.0 / 0.7] {
+        logprob_at_scale(scale);
+    }
+}
+
+fn logprob_at_scale(scale: f32) {
     // 70 tokens crosses the 64-token chunk boundary; V = 37 is odd.
     let (n, d, v) = (70, 6, 37);
     let mut g = rng(60);
@@ -240,7 +247,7 @@ fn logprob_gradients_and_values() {
     let (r1, r2) = (randn(&mut g, n, 1.0), randn(&mut g, n, 1.0));
     let run = |h: &[f32], w: &[f32]| {
         let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        logprob_forward(&mut lp, &mut ent, &mut lse, h, w, &targets, d);
+        logprob_forward(&mut lp, &mut ent, &mut lse, h, w, &targets, d, scale);
         (lp, ent, lse)
     };
     let (lp, ent, lse) = run(&h, &w);
@@ -250,7 +257,8 @@ fn logprob_gradients_and_values() {
         .map(|j| {
             (0..d)
                 .map(|k| h[t * d + k] as f64 * w[j * d + k] as f64)
-                .sum()
+                .sum::<f64>()
+                * scale as f64
         })
         .collect();
     let m = z.iter().cloned().fold(f64::MIN, f64::max);
@@ -275,11 +283,26 @@ fn logprob_gradients_and_values() {
         &lse,
         &ent,
         d,
+        scale,
     );
     let wc = w.clone();
-    check_grad("logprob dh", &mut h, &dh, 96, 61, |h| loss(h, &wc));
+    check_grad(
+        &format!("logprob dh (scale {scale})"),
+        &mut h,
+        &dh,
+        96,
+        61,
+        |h| loss(h, &wc),
+    );
     let hc = h.clone();
-    check_grad("logprob dw", &mut w, &dw, 96, 62, |w| loss(&hc, w));
+    check_grad(
+        &format!("logprob dw (scale {scale})"),
+        &mut w,
+        &dw,
+        96,
+        62,
+        |w| loss(&hc, w),
+    );
 }
 
 #[test]

@@ -119,9 +119,9 @@ fn check_logprob(
     let targets: Vec<u32> = (0..n).map(|t| ((t * 104_729) % v) as u32).collect();
     let (dlogp, dent) = (g.bf16s(n, 1.0), g.bf16s(n, 0.5));
     let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    cpu::logprob::logprob_forward_scaled(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d, scale);
+    cpu::logprob::logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d, scale);
     let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
-    cpu::logprob::logprob_backward_scaled(
+    cpu::logprob::logprob_backward(
         &mut dh,
         &mut dw,
         &dlogp,

@@ -270,16 +270,7 @@ impl Backend for Cpu {
         d: usize,
         scale: f32,
     ) -> Result<()> {
-        cpu::logprob::logprob_forward_scaled(
-            logp,
-            entropy,
-            lse,
-            h,
-            &p[w.clone()],
-            &inp.targets,
-            d,
-            scale,
-        );
+        cpu::logprob::logprob_forward(logp, entropy, lse, h, &p[w.clone()], &inp.targets, d, scale);
         Ok(())
     }
     fn logprob_backward(
@@ -297,7 +288,7 @@ impl Backend for Cpu {
         scale: f32,
     ) -> Result<()> {
         let dent = dentropy.map(|v| v.as_slice());
-        cpu::logprob::logprob_backward_scaled(
+        cpu::logprob::logprob_backward(
             dh,
             &mut grads[w.clone()],
             dlogp,

@@ -8,24 +8,12 @@ use rayon::prelude::*;
 /// Tokens per chunk: the logits buffer is CHUNK × V floats (32 MiB at V = 128256).
 const CHUNK: usize = 64;
 
-/// For each token n, with z = h[n]·Wᵀ over the vocabulary:
+/// For each token n, with z = scale·(h[n]·Wᵀ) over the vocabulary (scale ≠ 1: the distribution
+/// at temperature 1/scale):
 ///   lse[n] = log Σ_v exp z_v,  logp[n] = z_target − lse,  entropy[n] = lse − Σ_v p_v z_v.
 /// h[N,D], w[V,D], targets[N] (any id < V where the caller will ignore the result).
-pub fn logprob_forward(
-    logp: &mut [f32],
-    entropy: &mut [f32],
-    lse: &mut [f32],
-    h: &[f32],
-    w: &[f32],
-    targets: &[u32],
-    d: usize,
-) {
-    logprob_forward_scaled(logp, entropy, lse, h, w, targets, d, 1.0)
-}
-
-/// [`logprob_forward`] of the logits z = scale·(h·Wᵀ): the distribution at temperature 1/scale.
 #[allow(clippy::too_many_arguments)]
-pub fn logprob_forward_scaled(
+pub fn logprob_forward(
     logp: &mut [f32],
     entropy: &mut [f32],
     lse: &mut [f32],
@@ -81,23 +69,6 @@ pub fn logprob_forward_scaled(
 /// and dh[N,D] += dz · W, dw[V,D] += dzᵀ · h.
 #[allow(clippy::too_many_arguments)]
 pub fn logprob_backward(
-    dh: &mut [f32],
-    dw: &mut [f32],
-    dlogp: &[f32],
-    dentropy: Option<&[f32]>,
-    h: &[f32],
-    w: &[f32],
-    targets: &[u32],
-    lse: &[f32],
-    entropy: &[f32],
-    d: usize,
-) {
-    logprob_backward_scaled(dh, dw, dlogp, dentropy, h, w, targets, lse, entropy, d, 1.0)
-}
-
-/// [`logprob_backward`] of [`logprob_forward_scaled`].
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_backward_scaled(
     dh: &mut [f32],
     dw: &mut [f32],
     dlogp: &[f32],
