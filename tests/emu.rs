@@ -533,6 +533,27 @@ fn a_consumer_stream_waits_for_the_producer_only_when_told() {
     prefer::emu::set_schedule(1, true).unwrap();
 }
 
+#[test]
+fn a_queued_copy_from_the_host_takes_the_bytes_at_the_call() {
+    use cudarc::driver::CudaContext;
+    let Some((_eng, _g)) = engine() else { return };
+    let original: Vec<u32> = (0..4096).collect();
+    for seed in 1..=8u64 {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        let ctx = CudaContext::new(0).unwrap();
+        // SAFETY: one stream, and no slice of this context yet.
+        unsafe { ctx.disable_event_tracking() };
+        let s = ctx.new_stream().unwrap();
+        let mut dev = unsafe { s.alloc::<u32>(original.len()) }.unwrap();
+        let mut host = original.clone();
+        s.memcpy_htod(&host, &mut dev).unwrap();
+        // Pageable memory: CUDA staged the bytes before returning, so this cannot reach the copy.
+        host.iter_mut().for_each(|v| *v = 7);
+        assert_eq!(s.clone_dtoh(&dev).unwrap(), original, "seed {seed}");
+    }
+    prefer::emu::set_schedule(1, true).unwrap();
+}
+
 /// D = alpha·op(A)·op(B) + beta·C, column-major, in f64 from the same bf16 values.
 #[allow(clippy::too_many_arguments)]
 fn naive_gemm(

@@ -313,6 +313,13 @@ static CUresult copy_from_host(const char* op, CUstream stream, CUdeviceptr dst,
     if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
     ++n_htod;
     if (CUresult r = check_range(op, dst, bytes)) return r;
+    // The legacy stream runs its work before the call returns: no staging needed there.
+    if ((uintptr_t)stream <= 2)
+        return submit_work(stream, op, {}, [dst, src, bytes] {
+            memcpy((void*)dst, src, bytes);
+            note_access(dst, dst + bytes, true);
+            return 0;
+        }, false);
     auto staged = std::make_shared<std::vector<uint8_t>>((const uint8_t*)src, (const uint8_t*)src + bytes);
     return submit_work(stream, op, {}, [dst, staged] {
         memcpy((void*)dst, staged->data(), staged->size());
