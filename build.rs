@@ -325,7 +325,7 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
 
         let mut objects = vec![kernels_obj];
         for name in [
-            "fiber", "launch", "race", "fault", "memory", "driver", "graph",
+            "fiber", "launch", "race", "fault", "memory", "driver", "graph", "streams",
         ] {
             let src = emu.join("runtime").join(format!("{name}.cpp"));
             let obj = out.join(format!("emu_{name}.o"));

@@ -420,6 +420,140 @@ fn unsynchronised_results_change_with_the_schedule_seed() {
     prefer::emu::set_schedule(1, true).unwrap();
 }
 
+/// How the consumer's stream is ordered after the producer's in [`two_streams`].
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    /// cuEventRecord on the producer's stream, cuStreamWaitEvent on the consumer's.
+    Event,
+    /// The host waits for the producer's stream before it launches the consumer.
+    HostSync,
+    /// Nothing: a cross-stream race.
+    Nothing,
+}
+
+/// Producer (`emu_test_produce`) on stream 1 writes a 1024-float buffer, consumer
+/// (`emu_test_consume`) on stream 2 doubles it into another; the consumer's result, or the first
+/// error of any call. Two non-blocking streams of a context of its own, with cudarc's automatic
+/// event tracking off, so the order is only what `order` says.
+fn two_streams(order: Order, value: f32) -> Result<Vec<f32>, String> {
+    use cudarc::driver::CudaContext;
+    let err = |e: cudarc::driver::DriverError| format!("{e:?}");
+    let n = 1024usize;
+    let ctx = CudaContext::new(0).map_err(err)?;
+    // SAFETY: no slice of this context exists yet; the test orders its streams itself.
+    unsafe { ctx.disable_event_tracking() };
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(
+            b"prefer software GPU".to_vec(),
+        ))
+        .map_err(err)?;
+    let (produce, consume) = (
+        module.load_function("emu_test_produce").map_err(err)?,
+        module.load_function("emu_test_consume").map_err(err)?,
+    );
+    let (a, b) = (
+        ctx.new_stream().map_err(err)?,
+        ctx.new_stream().map_err(err)?,
+    );
+    // Not zeroed: a memset on stream 1 would be a second writer for the check to name.
+    let mut buf = unsafe { a.alloc::<f32>(n) }.map_err(err)?;
+    let mut out = b.alloc_zeros::<f32>(n).map_err(err)?;
+    let n_arg = n as i32;
+    let mut errors = Vec::new();
+    let mut l = a.launch_builder(&produce);
+    l.arg(&mut buf).arg(&n_arg).arg(&value);
+    // SAFETY: (float*, int, float), as the kernel takes.
+    errors.push(unsafe { l.launch(cfg(4, 256, 0)) }.map(|_| ()));
+    match order {
+        Order::Event => {
+            let event = a.record_event(None).map_err(err)?;
+            errors.push(b.wait(&event));
+        }
+        Order::HostSync => errors.push(a.synchronize()),
+        Order::Nothing => {}
+    }
+    let mut l = b.launch_builder(&consume);
+    l.arg(&buf).arg(&mut out).arg(&n_arg);
+    // SAFETY: (const float*, float*, int), as the kernel takes.
+    errors.push(unsafe { l.launch(cfg(4, 256, 0)) }.map(|_| ()));
+    errors.push(b.synchronize());
+    errors.push(a.synchronize());
+    let got = b.clone_dtoh(&out);
+    if let Some(e) = errors.into_iter().find_map(|r| r.err()) {
+        return Err(err(e));
+    }
+    got.map_err(err)
+}
+
+#[test]
+fn a_consumer_stream_waits_for_the_producer_only_when_told() {
+    let Some((_eng, _g)) = engine() else { return };
+    let want = |value: f32| -> Vec<f32> { (0..1024).map(|i| 2.0 * (value + i as f32)).collect() };
+    // Ordered by an event or by the host: right under every schedule, with no report.
+    for seed in 1..=20u64 {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        let value = seed as f32 * 3.0;
+        assert_eq!(
+            two_streams(Order::Event, value),
+            Ok(want(value)),
+            "event, seed {seed}"
+        );
+    }
+    for seed in [0u64, 3, 7] {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        assert_eq!(
+            two_streams(Order::HostSync, 1.5),
+            Ok(want(1.5)),
+            "host sync, seed {seed}"
+        );
+    }
+    // Without the wait: the race check names both launches, their streams and the buffer.
+    for seed in [0u64, 1, 2, 5, 7] {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        let e = two_streams(Order::Nothing, 1.0).unwrap_err();
+        for part in [
+            "cross-stream race on the 4096-byte device buffer",
+            "kernel emu_test_produce on stream",
+            "kernel emu_test_consume on stream",
+            "bytes [0, 4096)",
+        ] {
+            assert!(e.contains(part), "seed {seed}: no {part:?} in {e}");
+        }
+    }
+    // With the check off, some schedule runs the consumer first and reads what was never written.
+    let mut stale = 0;
+    for seed in 1..=20u64 {
+        prefer::emu::set_schedule(seed, false).unwrap();
+        stale += (two_streams(Order::Nothing, 1.0).unwrap() != want(1.0)) as usize;
+    }
+    assert!(
+        stale > 0,
+        "no schedule out of 20 ran the consumer before the producer"
+    );
+    prefer::emu::set_schedule(1, true).unwrap();
+}
+
+#[test]
+fn a_queued_copy_from_the_host_takes_the_bytes_at_the_call() {
+    use cudarc::driver::CudaContext;
+    let Some((_eng, _g)) = engine() else { return };
+    let original: Vec<u32> = (0..4096).collect();
+    for seed in 1..=8u64 {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        let ctx = CudaContext::new(0).unwrap();
+        // SAFETY: one stream, and no slice of this context yet.
+        unsafe { ctx.disable_event_tracking() };
+        let s = ctx.new_stream().unwrap();
+        let mut dev = unsafe { s.alloc::<u32>(original.len()) }.unwrap();
+        let mut host = original.clone();
+        s.memcpy_htod(&host, &mut dev).unwrap();
+        // Pageable memory: CUDA staged the bytes before returning, so this cannot reach the copy.
+        host.iter_mut().for_each(|v| *v = 7);
+        assert_eq!(s.clone_dtoh(&dev).unwrap(), original, "seed {seed}");
+    }
+    prefer::emu::set_schedule(1, true).unwrap();
+}
+
 /// D = alpha·op(A)·op(B) + beta·C, column-major, in f64 from the same bf16 values.
 #[allow(clippy::too_many_arguments)]
 fn naive_gemm(

@@ -336,7 +336,7 @@ static int run_job(void* p) {
 
 cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, const void* A, Layout* la,
                               const void* B, Layout* lb, const void* beta_p, const void* C, Layout* lc, void* D,
-                              Layout* ld, const Algo*, void*, size_t, void*) {
+                              Layout* ld, const Algo*, void*, size_t, void* stream) {
     if (!h) return refuse(kNotInitialized, "cublasLtMatmul without a handle");
     uint64_t m, n, k;
     if (cublasStatus_t s = shapes(d, la, lb, lc, ld, &m, &n, &k)) return s;
@@ -347,11 +347,17 @@ cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, con
     auto* job = new MatmulJob{m, n, k, d->transa, d->transb, *la, *lb, *lc, *ld, A, B, C, D, 0.0f, 0.0f};
     memcpy(&job->alpha, alpha_p, 4);
     memcpy(&job->beta, beta_p, 4);
-    // Inside a stream capture the product becomes a node of the graph (libcuda's stand-in records
-    // it), with the scalars and layouts as they are now, as a captured cuBLASLt kernel bakes them.
-    using CaptureHost = int (*)(int (*)(void*), void*, void (*)(void*));
-    static const CaptureHost capture = (CaptureHost)dlsym(RTLD_DEFAULT, "prefer_emu_capture_host");
-    if (capture && capture(run_job, job, drop_job)) return kSuccess;
+    // The product is work on the stream (libcuda's stand-in queues it, or records it as a graph node
+    // inside a capture), with the scalars and layouts as they are now, as a cuBLASLt kernel takes
+    // them; it reads A, B (and C when beta is not 0) and writes D.
+    using SubmitHost = int (*)(void*, const char*, int (*)(void*), void*, void (*)(void*), const uint64_t*, size_t);
+    static const SubmitHost submit = (SubmitHost)dlsym(RTLD_DEFAULT, "prefer_emu_submit_host");
+    if (submit) {
+        const uint64_t ranges[] = {(uint64_t)A, reach_bytes(*la), 0, (uint64_t)B, reach_bytes(*lb), 0,
+                                   (uint64_t)C, job->beta != 0.0f ? reach_bytes(*lc) : 0, 0,
+                                   (uint64_t)D, reach_bytes(*ld), 1};
+        return submit(stream, "cuBLASLt matmul", run_job, job, drop_job, ranges, 4) ? kExecutionFailed : kSuccess;
+    }
     const int status = run_job(job);
     drop_job(job);
     return status;

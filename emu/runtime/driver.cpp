@@ -1,5 +1,5 @@
 // The slice of the CUDA driver API that cudarc and the engine call, on the CPU. Device pointers are
-// host pointers, every stream runs synchronously, events read a host clock, and memory info
+// host pointers, stream work goes to streams.cpp's queues (which also hold events), and memory info
 // reports the host's memory. cudarc resolves each symbol by name when it is first called, so a
 // function missing here fails loudly, by name, in cudarc ("Missing symbol").
 #include "runtime.h"
@@ -35,6 +35,12 @@ void set_error(int code, const std::string& message) {
     std::lock_guard<std::mutex> g(error_lock);
     last_code = code;
     last_message = "prefer software GPU: " + message;
+}
+
+std::string last_error_message() {
+    std::lock_guard<std::mutex> g(error_lock);
+    const std::string prefix = "prefer software GPU: ";
+    return last_message.compare(0, prefix.size(), prefix) == 0 ? last_message.substr(prefix.size()) : last_message;
 }
 
 static const char* generic_error(int code) {
@@ -76,14 +82,11 @@ struct EmuFunction {
     const Kernel* kernel;
     int max_dynamic_shared;
 };
-struct EmuEvent {
-    double ms;
-};
 typedef EmuContext* CUcontext;
 typedef EmuModule* CUmodule;
 typedef EmuFunction* CUfunction;
 typedef void* CUstream;
-typedef EmuEvent* CUevent;
+typedef StreamEvent* CUevent;
 
 static EmuContext primary_context{0};
 static std::atomic<EmuContext*> current_context{nullptr};
@@ -94,9 +97,6 @@ static CUresult fail(int code, const std::string& message) {
     return code;
 }
 
-static double now_ms() {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 extern "C" {
 
@@ -223,7 +223,7 @@ CUresult cuCtxGetDevice(CUdevice* dev) {
 CUresult cuCtxSynchronize() {
     if (CUresult r = refuse_in_capture("cuCtxSynchronize")) return r;
     ++n_syncs;
-    return 0;
+    return synchronize_all(true);
 }
 
 // ---- memory -----------------------------------------------------------------------------------
@@ -245,10 +245,14 @@ CUresult cuMemAlloc_v2(CUdeviceptr* out, size_t bytes) {
     return r;
 }
 CUresult cuMemAllocAsync(CUdeviceptr* out, size_t bytes, CUstream) { return cuMemAlloc_v2(out, bytes); }
+// Every queue runs dry first, so no queued work outlives its buffer (CUDA's cuMemFree waits too).
 CUresult cuMemFree_v2(CUdeviceptr p) {
     if (CUresult r = refuse_in_capture("freeing memory")) return r;
     ++n_frees;
-    return emu_mem_free(p);
+    const CUresult earlier = synchronize_all(false);
+    forget_accesses(p);
+    const CUresult r = emu_mem_free(p);
+    return earlier ? earlier : r;
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
 
@@ -258,64 +262,104 @@ static CUresult check_range(const char* op, CUdeviceptr p, size_t bytes) {
     return 0;
 }
 
-CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
-    if (CUresult r = check_range("cuMemsetD8", dst, n)) return r;
+// The bodies of memsets and copies, run when their stream gets to them (or by a graph's replay);
+// each tells the stream work what device bytes it touched.
+static int fill8(CUdeviceptr dst, unsigned char v, size_t n) {
     memset((void*)dst, v, n);
+    note_access(dst, dst + n, true);
     return 0;
 }
-CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) {
+static int fill32(CUdeviceptr dst, unsigned int v, size_t n) {
+    uint32_t* p = (uint32_t*)dst;
+    for (size_t i = 0; i < n; ++i) p[i] = v;
+    note_access(dst, dst + n * 4, true);
+    return 0;
+}
+static int copy_dtod(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    memmove((void*)dst, (const void*)src, bytes);
+    note_access(src, src + bytes, false);
+    note_access(dst, dst + bytes, true);
+    return 0;
+}
+
+// A memset or device copy: a graph node inside a capture, else work on `stream`.
+static CUresult device_work(CUstream stream, const char* label, std::function<int()> body) {
     if (capturing()) {
-        capture_node([=]() { return cuMemsetD8_v2(dst, v, n); });
+        capture_node(std::move(body));
         return 0;
     }
-    return cuMemsetD8_v2(dst, v, n);
+    return submit_work(stream, label, {}, std::move(body), false);
+}
+
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    if (CUresult r = check_range("cuMemsetD8", dst, n)) return r;
+    return device_work(nullptr, "cuMemsetD8", [=] { return fill8(dst, v, n); });
+}
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream s) {
+    if (CUresult r = check_range("cuMemsetD8Async", dst, n)) return r;
+    return device_work(s, "cuMemsetD8Async", [=] { return fill8(dst, v, n); });
 }
 CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned int v, size_t n) {
     if (CUresult r = check_range("cuMemsetD32", dst, n * 4)) return r;
-    uint32_t* p = (uint32_t*)dst;
-    for (size_t i = 0; i < n; ++i) p[i] = v;
-    return 0;
+    return device_work(nullptr, "cuMemsetD32", [=] { return fill32(dst, v, n); });
 }
-CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream) {
-    if (capturing()) {
-        capture_node([=]() { return cuMemsetD32_v2(dst, v, n); });
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream s) {
+    if (CUresult r = check_range("cuMemsetD32Async", dst, n * 4)) return r;
+    return device_work(s, "cuMemsetD32Async", [=] { return fill32(dst, v, n); });
+}
+
+// From pageable host memory CUDA stages the bytes before the call returns: the copy takes them now.
+static CUresult copy_from_host(const char* op, CUstream stream, CUdeviceptr dst, const void* src, size_t bytes) {
+    if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
+    ++n_htod;
+    if (CUresult r = check_range(op, dst, bytes)) return r;
+    // The legacy stream runs its work before the call returns: no staging needed there.
+    if ((uintptr_t)stream <= 2)
+        return submit_work(stream, op, {}, [dst, src, bytes] {
+            memcpy((void*)dst, src, bytes);
+            note_access(dst, dst + bytes, true);
+            return 0;
+        }, false);
+    auto staged = std::make_shared<std::vector<uint8_t>>((const uint8_t*)src, (const uint8_t*)src + bytes);
+    return submit_work(stream, op, {}, [dst, staged] {
+        memcpy((void*)dst, staged->data(), staged->size());
+        note_access(dst, dst + staged->size(), true);
         return 0;
-    }
-    return cuMemsetD32_v2(dst, v, n);
+    }, false);
+}
+// Into pageable host memory CUDA returns once the copy is done, asynchronous or not.
+static CUresult copy_to_host(const char* op, CUstream stream, void* dst, CUdeviceptr src, size_t bytes) {
+    if (CUresult r = refuse_in_capture("a copy to host memory")) return r;
+    ++n_dtoh;
+    if (CUresult r = check_range(op, src, bytes)) return r;
+    return submit_work(stream, op, {}, [dst, src, bytes] {
+        memcpy(dst, (const void*)src, bytes);
+        note_access(src, src + bytes, false);
+        return 0;
+    }, true);
 }
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
-    if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
-    ++n_htod;
-    if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
-    memcpy((void*)dst, src, bytes);
-    return 0;
+    return copy_from_host("cuMemcpyHtoD", nullptr, dst, src, bytes);
 }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CUstream) {
-    return cuMemcpyHtoD_v2(dst, src, bytes);
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CUstream s) {
+    return copy_from_host("cuMemcpyHtoDAsync", s, dst, src, bytes);
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
-    if (CUresult r = refuse_in_capture("a copy to host memory")) return r;
-    ++n_dtoh;
-    if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
-    memcpy(dst, (const void*)src, bytes);
-    return 0;
+    return copy_to_host("cuMemcpyDtoH", nullptr, dst, src, bytes);
 }
-CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUstream) {
-    return cuMemcpyDtoH_v2(dst, src, bytes);
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUstream s) {
+    return copy_to_host("cuMemcpyDtoHAsync", s, dst, src, bytes);
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
     if (CUresult r = check_range("cuMemcpyDtoD (source)", src, bytes)) return r;
     if (CUresult r = check_range("cuMemcpyDtoD (destination)", dst, bytes)) return r;
-    memmove((void*)dst, (const void*)src, bytes);
-    return 0;
+    return device_work(nullptr, "cuMemcpyDtoD", [=] { return copy_dtod(dst, src, bytes); });
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream) {
-    if (capturing()) {
-        capture_node([=]() { return cuMemcpyDtoD_v2(dst, src, bytes); });
-        return 0;
-    }
-    return cuMemcpyDtoD_v2(dst, src, bytes);
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream s) {
+    if (CUresult r = check_range("cuMemcpyDtoDAsync (source)", src, bytes)) return r;
+    if (CUresult r = check_range("cuMemcpyDtoDAsync (destination)", dst, bytes)) return r;
+    return device_work(s, "cuMemcpyDtoDAsync", [=] { return copy_dtod(dst, src, bytes); });
 }
 
 // ---- modules and kernels ----------------------------------------------------------------------
@@ -373,7 +417,7 @@ CUresult cuFuncGetAttribute(int* v, int attribute, CUfunction f) {
 CUresult cuFuncSetCacheConfig(CUfunction, int) { return 0; }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned shared, CUstream, void** params, void** extra) {
+                        unsigned shared, CUstream stream, void** params, void** extra) {
     const char* name = f->kernel->name;
     if (extra) return fail(kNotSupported, format("kernel %s: launch parameters through `extra` are not modelled", name));
     const uint64_t threads = (uint64_t)bx * by * bz;
@@ -391,72 +435,95 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
                            "with cuFuncSetAttribute, at most %zu)",
                            name, shared, f->max_dynamic_shared, kMaxDynamicShared));
     if (!params) return fail(kInvalidValue, format("kernel %s: no kernel parameters", name));
+    // The parameter values as they are now, each in its own 8-byte-aligned slot: a graph bakes
+    // them in, and queued work runs after the caller's arguments are gone.
+    const Kernel* k = f->kernel;
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (size_t i = 0; i < k->arg_count; ++i) {
+        offsets.push_back(total);
+        total += (k->arg_sizes[i] + 7) / 8 * 8;
+    }
+    auto values = std::make_shared<std::vector<uint64_t>>(total / 8 + 1);
+    for (size_t i = 0; i < k->arg_count; ++i)
+        memcpy((uint8_t*)values->data() + offsets[i], params[i], k->arg_sizes[i]);
+    const dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    auto run = [k, grid, block, shared, values, offsets]() {
+        std::vector<void*> ptrs;
+        for (size_t off : offsets) ptrs.push_back((uint8_t*)values->data() + off);
+        return launch_kernel(k, grid, block, shared, ptrs.data());
+    };
     if (capturing()) {
-        // The parameter values as they are now, each in its own 8-byte-aligned slot.
-        const Kernel* k = f->kernel;
-        std::vector<size_t> offsets;
-        size_t total = 0;
-        for (size_t i = 0; i < k->arg_count; ++i) {
-            offsets.push_back(total);
-            total += (k->arg_sizes[i] + 7) / 8 * 8;
-        }
-        auto values = std::make_shared<std::vector<uint64_t>>(total / 8 + 1);
-        for (size_t i = 0; i < k->arg_count; ++i)
-            memcpy((uint8_t*)values->data() + offsets[i], params[i], k->arg_sizes[i]);
-        const dim3 grid{gx, gy, gz}, block{bx, by, bz};
-        capture_node([k, grid, block, shared, values, offsets]() {
-            std::vector<void*> ptrs;
-            for (size_t off : offsets) ptrs.push_back((uint8_t*)values->data() + off);
+        capture_node([run]() {
             ++n_launches;
-            return launch_kernel(k, grid, block, shared, ptrs.data());
+            return run();
         });
         return 0;
     }
     ++n_launches;
-    return launch_kernel(f->kernel, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared, params);
+    return submit_work(stream, format("kernel %s", name), {}, run, false);
 }
 
-// ---- streams and events -----------------------------------------------------------------------
-static int stream_tokens[1];
-
-CUresult cuStreamCreate(CUstream* s, unsigned) {
-    *s = &stream_tokens[0];
-    return 0;
-}
-CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) {
-    *s = &stream_tokens[0];
-    return 0;
-}
-CUresult cuStreamDestroy_v2(CUstream) { return 0; }
-CUresult cuStreamSynchronize(CUstream) {
+// ---- streams and events (streams.cpp) ---------------------------------------------------------
+CUresult cuStreamCreate(CUstream* s, unsigned flags) { return create_stream(s, flags); }
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned flags, int) { return create_stream(s, flags); }
+CUresult cuStreamDestroy_v2(CUstream s) { return destroy_stream(s); }
+CUresult cuStreamSynchronize(CUstream s) {
     if (CUresult r = refuse_in_capture("cuStreamSynchronize")) return r;
     ++n_syncs;
-    return 0;
+    return synchronize_stream(s);
 }
-CUresult cuStreamQuery(CUstream) { return 0; }
-CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return 0; }
+CUresult cuStreamQuery(CUstream s) {
+    if (capturing()) return 0;
+    return query_stream(s);
+}
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned) {
+    if (capturing()) return 0;  // one captured stream: its nodes replay in order anyway
+    return wait_event(s, e);
+}
 
 CUresult cuEventCreate(CUevent* e, unsigned) {
-    *e = new EmuEvent{0.0};
+    *e = create_event();
     return 0;
 }
-CUresult cuEventRecord(CUevent e, CUstream) {
-    e->ms = now_ms();
-    return 0;
+CUresult cuEventRecord(CUevent e, CUstream s) {
+    if (capturing()) return 0;
+    return record_event(e, s);
 }
-CUresult cuEventSynchronize(CUevent) {
+CUresult cuEventSynchronize(CUevent e) {
     ++n_syncs;
-    return 0;
+    return synchronize_event(e);
 }
-CUresult cuEventQuery(CUevent) { return 0; }
-CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
-    *ms = (float)(end->ms - start->ms);
-    return 0;
-}
-CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) { return cuEventElapsedTime(ms, start, end); }
+CUresult cuEventQuery(CUevent e) { return query_event(e); }
+CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) { return elapsed_ms(ms, start, end); }
+CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) { return elapsed_ms(ms, start, end); }
 CUresult cuEventDestroy_v2(CUevent e) {
-    delete e;
+    destroy_event(e);
     return 0;
+}
+
+// For the cuBLASLt stand-in: `run(arg)` as work on `stream` (a graph node inside a capture), which
+// reads and writes the device ranges given as (address, bytes, writes) triples. The work owns
+// `arg` and frees it with `drop`. Returns a CUresult.
+int prefer_emu_submit_host(void* stream, const char* label, int (*run)(void*), void* arg, void (*drop)(void*),
+                           const uint64_t* ranges, size_t count) {
+    std::shared_ptr<void> owned(arg, drop);
+    std::vector<DeviceAccess> touched;
+    for (size_t i = 0; i < count; ++i) touched.push_back(DeviceAccess{ranges[3 * i], ranges[3 * i] + ranges[3 * i + 1], ranges[3 * i + 2] != 0});
+    const std::string what = label;
+    auto body = [run, owned, touched, what]() {
+        for (const DeviceAccess& a : touched) note_access(a.lo, a.hi, a.write);
+        if (int status = run(owned.get())) {
+            set_error(kLaunchFailed, format("%s failed with status %d", what.c_str(), status));
+            return (int)kLaunchFailed;
+        }
+        return 0;
+    };
+    if (capturing()) {
+        capture_node(body);
+        return 0;
+    }
+    return submit_work(stream, what, {}, body, false);
 }
 
 }  // extern "C"

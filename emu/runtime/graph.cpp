@@ -1,8 +1,9 @@
 // Stream capture and CUDA graphs on the CPU, per host thread. cuStreamBeginCapture opens a recording: kernel
 // launches (with a copy of their parameter values, as CUDA bakes them into the graph), memsets,
 // device-to-device copies and the cuBLASLt stand-in's matmuls become nodes instead of running.
-// cuStreamEndCapture hands the nodes over as a graph; cuGraphLaunch replays them in order, each
-// launch counted and checked as an eager one is. What CUDA refuses during capture (host copies,
+// cuStreamEndCapture hands the nodes over as a graph; cuGraphLaunch puts one piece of work on its
+// stream (streams.cpp) that replays them in order, each launch counted and checked as an eager one
+// is, and the race check sees what all of them touched as the graph launch's. What CUDA refuses during capture (host copies,
 // allocations, synchronisation) is refused here too, with the operation named.
 #include "runtime.h"
 
@@ -41,7 +42,7 @@ typedef int CUresult;
 typedef void* CUstream;
 typedef Graph* CUgraph;
 struct GraphExec {
-    Graph graph;
+    std::shared_ptr<const Graph> graph;  // shared with replays still queued
 };
 typedef GraphExec* CUgraphExec;
 
@@ -76,15 +77,18 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph graph, unsigned 
         set_error(kInvalidValue, "cuGraphInstantiate: null graph");
         return kInvalidValue;
     }
-    *exec = new GraphExec{*graph};
+    *exec = new GraphExec{std::make_shared<const Graph>(*graph)};
     return 0;
 }
 
-CUresult cuGraphLaunch(CUgraphExec exec, CUstream) {
+CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
     if (CUresult r = refuse_in_capture("cuGraphLaunch")) return r;
-    for (auto& node : exec->graph.nodes)
-        if (CUresult r = node()) return r;
-    return 0;
+    std::shared_ptr<const Graph> graph = exec->graph;
+    return submit_work(stream, format("graph launch (%zu nodes)", graph->nodes.size()), {}, [graph]() {
+        for (auto& node : graph->nodes)
+            if (CUresult r = node()) return r;
+        return 0;
+    }, false);
 }
 
 CUresult cuGraphUpload(CUgraphExec, CUstream) { return 0; }
@@ -95,15 +99,6 @@ CUresult cuGraphExecDestroy(CUgraphExec exec) {
 CUresult cuGraphDestroy(CUgraph graph) {
     delete graph;
     return 0;
-}
-
-// For the cuBLASLt stand-in: records `run(arg)` as a node when a capture is open (and returns 1;
-// the node owns `arg` and frees it with `drop`), else returns 0 and the caller runs it now.
-int prefer_emu_capture_host(int (*run)(void*), void* arg, void (*drop)(void*)) {
-    if (!capturing()) return 0;
-    std::shared_ptr<void> owned(arg, drop);
-    capture_node([run, owned]() { return run(owned.get()); });
-    return 1;
 }
 
 }  // extern "C"

@@ -263,6 +263,7 @@ extern "C" void emu_trap(const char* why) { abort_fiber(*current_fiber(), why); 
 
 // ---- atomics ----------------------------------------------------------------------------------
 extern "C" float emu_atomic_add_f32(float* p, float v) {
+    note_atomic(p, 4);
     uint32_t* u = (uint32_t*)p;
     uint32_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(u, &old, __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, old) + v), true,
@@ -271,6 +272,7 @@ extern "C" float emu_atomic_add_f32(float* p, float v) {
     return __builtin_bit_cast(float, old);
 }
 extern "C" double emu_atomic_add_f64(double* p, double v) {
+    note_atomic(p, 8);
     uint64_t* u = (uint64_t*)p;
     uint64_t old = __atomic_load_n(u, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(u, &old, __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, old) + v),
@@ -281,6 +283,7 @@ extern "C" double emu_atomic_add_f64(double* p, double v) {
 
 template <typename U, typename S>
 static U rmw(U* p, int op, U v) {
+    note_atomic(p, sizeof(U));
     U old = __atomic_load_n(p, __ATOMIC_RELAXED);
     for (;;) {
         U next = old;
@@ -304,10 +307,12 @@ static U rmw(U* p, int op, U v) {
 extern "C" uint32_t emu_atomic_rmw_u32(uint32_t* p, int op, uint32_t v) { return rmw<uint32_t, int32_t>(p, op, v); }
 extern "C" uint64_t emu_atomic_rmw_u64(uint64_t* p, int op, uint64_t v) { return rmw<uint64_t, int64_t>(p, op, v); }
 extern "C" uint32_t emu_atomic_cas_u32(uint32_t* p, uint32_t expected, uint32_t desired) {
+    note_atomic(p, 4);
     __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     return expected;
 }
 extern "C" uint64_t emu_atomic_cas_u64(uint64_t* p, uint64_t expected, uint64_t desired) {
+    note_atomic(p, 8);
     __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     return expected;
 }
@@ -422,6 +427,8 @@ Pool& pool = *new Pool();
 static void run_blocks(Worker& w, Launch& l) {
     const uint64_t total = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
     w.launch = &l;
+    w.touch.assign(l.buffers.size(), Touch{});
+    w.touch_hint = 0;
     for (;;) {
         if (l.failed.load(std::memory_order_relaxed)) break;
         const uint64_t b = l.next_block.fetch_add(1);
@@ -470,6 +477,46 @@ static void start_pool() {
     }
 }
 
+// The allocations a kernel can reach: every 8-byte word of its parameters that points into one
+// (a pointer loaded from device memory is not followed). Its blocks record what they touch in them.
+static void watch_parameters(Launch& l) {
+    const Kernel& k = *l.kernel;
+    for (size_t i = 0; i < k.arg_count; ++i) {
+        for (size_t at = 0; at + 8 <= k.arg_sizes[i]; at += 8) {
+            uintptr_t v, base;
+            size_t size;
+            memcpy(&v, (const uint8_t*)l.params[i] + at, 8);
+            if (!find_allocation(v, &base, &size)) continue;
+            const bool seen = std::any_of(l.buffers.begin(), l.buffers.end(), [&](const Buffer& b) { return b.lo == base; });
+            if (!seen) l.buffers.push_back(Buffer{base, base + size});
+        }
+    }
+    if (l.buffers.empty()) return;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (const Buffer& b : l.buffers) {
+        lo = std::min(lo, b.lo);
+        hi = std::max(hi, b.hi);
+    }
+    l.buffers_lo = lo;
+    l.buffers_span = hi - lo;
+}
+
+// What the blocks touched, merged over the workers, handed to the stream work now running.
+static void report_touches(const Launch& l) {
+    for (size_t i = 0; i < l.buffers.size(); ++i) {
+        Touch all;
+        for (const Worker* w : pool.workers) {
+            const Touch& t = w->touch[i];
+            all.read_lo = std::min(all.read_lo, t.read_lo);
+            all.read_hi = std::max(all.read_hi, t.read_hi);
+            all.write_lo = std::min(all.write_lo, t.write_lo);
+            all.write_hi = std::max(all.write_hi, t.write_hi);
+        }
+        if (all.read_lo < all.read_hi) note_access(all.read_lo, all.read_hi, false);
+        if (all.write_lo < all.write_hi) note_access(all.write_lo, all.write_hi, true);
+    }
+}
+
 int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params) {
     std::lock_guard<std::mutex> serial(pool.launch_lock);
     {
@@ -484,6 +531,7 @@ int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared,
     l.dynamic_shared = dynamic_shared;
     l.id = pool.launches++;
     l.seed = current_seed();
+    if (watching_accesses()) watch_parameters(l);
     {
         std::unique_lock<std::mutex> g(pool.lock);
         pool.current = &l;
@@ -497,6 +545,7 @@ int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared,
         set_error(l.error_code, l.error);
         return l.error_code;
     }
+    report_touches(l);
     const std::string guards = check_guards();
     if (!guards.empty()) {
         set_error(kIllegalAddress, format("kernel %s wrote outside its buffers: %s", k->name, guards.c_str()));

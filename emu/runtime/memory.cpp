@@ -128,6 +128,15 @@ std::string describe_address(uintptr_t addr) {
     return format("inside a %zu-byte buffer, at byte %zu", a->size, (size_t)(addr - lo));
 }
 
+bool find_allocation(uintptr_t addr, uintptr_t* base, size_t* size) {
+    std::lock_guard<std::mutex> g(lock);
+    const Allocation* a = containing(addr);
+    if (!a || addr < (uintptr_t)a->data || addr >= (uintptr_t)a->data + a->size) return false;
+    *base = (uintptr_t)a->data;
+    *size = a->size;
+    return true;
+}
+
 std::string check_guards() {
     std::lock_guard<std::mutex> g(lock);
     std::string found;

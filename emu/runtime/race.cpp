@@ -135,11 +135,43 @@ static inline bool ordered(uint32_t prev_epoch, uint16_t prev_tid, uint32_t prev
     return prev_epoch != epoch || prev_tid == tid || (prev_tid / 32 == tid / 32 && prev_wsync < wsync);
 }
 
+// A global-memory access: widens the launch's touched range of the buffer it falls in (one of the
+// buffers its parameters point into; anything else, such as the fiber's own stack, is passed by).
+static inline void touch_global(Worker& w, uintptr_t addr, size_t size, bool write) {
+    const Launch& l = *w.launch;
+    if (addr - l.buffers_lo >= l.buffers_span) return;
+    size_t i = w.touch_hint;
+    if (i >= l.buffers.size() || addr - l.buffers[i].lo >= l.buffers[i].hi - l.buffers[i].lo) {
+        for (i = 0; i < l.buffers.size(); ++i)
+            if (addr - l.buffers[i].lo < l.buffers[i].hi - l.buffers[i].lo) break;
+        if (i == l.buffers.size()) return;
+        w.touch_hint = i;
+    }
+    Touch& t = w.touch[i];
+    if (write) {
+        t.write_lo = addr < t.write_lo ? addr : t.write_lo;
+        t.write_hi = addr + size > t.write_hi ? addr + size : t.write_hi;
+    } else {
+        t.read_lo = addr < t.read_lo ? addr : t.read_lo;
+        t.read_hi = addr + size > t.read_hi ? addr + size : t.read_hi;
+    }
+}
+
+void note_atomic(const void* addr, size_t size) {
+    Fiber* f = (Fiber*)emu_info()->fiber;
+    Worker& w = *f->worker;
+    if ((uintptr_t)addr - w.shared_lo < w.shared_size || w.launch->buffers.empty()) return;
+    touch_global(w, (uintptr_t)addr, size, true);
+}
+
 static void access(uintptr_t addr, size_t size, bool write) {
     Fiber& f = *(Fiber*)emu_info()->fiber;
     Worker& w = *f.worker;
     const uintptr_t offset = addr - w.shared_lo;
-    if (offset >= w.shared_size) return;  // global memory, or the fiber's own stack
+    if (offset >= w.shared_size) {  // global memory, or the fiber's own stack
+        if (!w.launch->buffers.empty()) touch_global(w, addr, size, write);
+        return;
+    }
     for (auto& [base, cap] : w.dynamic_shared) {
         const uintptr_t d = addr - (uintptr_t)base;
         if (d < cap && d + size > w.launch->dynamic_shared) {

@@ -142,3 +142,15 @@ extern "C" __global__ void emu_test_add(float* y, float v, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += v;
 }
+
+// The two-stream pair: one stream writes buf, another reads it into out (tests/emu.rs orders them
+// with an event, a host synchronisation, or nothing, which the cross-stream race check must find).
+extern "C" __global__ void emu_test_produce(float* buf, int n, float value) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) buf[i] = value + (float)i;
+}
+
+extern "C" __global__ void emu_test_consume(const float* buf, float* out, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = 2.0f * buf[i];
+}
