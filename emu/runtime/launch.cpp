@@ -189,7 +189,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
             }
             case kSyncWarp: f.coll_result = 0; break;
             case kGather:
-                // The packed words are already in the last lane's buffer (gather_into_every_lane).
+                // The packed words are already in the last lane's buffer (pack_gather).
                 if (&f != &self) memcpy(f.gather_dst, self.gather_dst, 32 * sizeof(uint32_t) * self.gather_words);
                 f.coll_result = 0;
                 break;
