@@ -20,12 +20,11 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 __device__ __forceinline__ float emu_bf16_half(uint32_t word, int high) {
     return __bfloat162float(__ushort_as_bfloat16((unsigned short)(high ? word >> 16 : word & 0xffffu)));
 }
-#endif
 
-// d (16x8 f32) += a (16x16 bf16) · b (16x8 bf16), warp-wide.
-__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-#ifdef __CUDACC__EMU
-    const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+// One lane's part of the emulated mma, on register copies only: no shared memory to check, so it
+// is left out of the race check's instrumentation (the 4096 loads of the gathered fragments per
+// warp would each call a hook).
+__attribute__((noinline, no_sanitize("thread"))) static void emu_mma_bf16_16816_lane(float d[4], const uint32_t mine[6]) {
     uint32_t all[32 * 6];
     emu_warp_gather(0xffffffffu, mine, 6, all);
     const int lane = (int)emu_lane(), g = lane / 4, c = lane % 4;
@@ -41,6 +40,17 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], 
         }
         d[i] = acc;
     }
+}
+#endif
+
+// d (16x8 f32) += a (16x16 bf16) · b (16x8 bf16), warp-wide.
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef __CUDACC__EMU
+    // The operands are read and d written here, in checked code, as the instruction's registers.
+    const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    float acc[4] = {d[0], d[1], d[2], d[3]};
+    emu_mma_bf16_16816_lane(acc, mine);
+    for (int i = 0; i < 4; ++i) d[i] = acc[i];
 #else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

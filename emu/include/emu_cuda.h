@@ -50,6 +50,11 @@ struct EmuThreadInfo {
     unsigned int lane;    // linear thread index % 32
     unsigned int linear;  // x + y*bx + z*bx*by
     void* fiber;          // the runtime's record of this thread
+    // This OS thread's shared memory, copied here so the race check's hooks can pass over every
+    // other access (global memory, the stack) with two loads from this hot page.
+    uintptr_t shared_lo, shared_size;
+    // Whether this launch's global accesses are recorded for the cross-stream race check.
+    uintptr_t track_global;
 };
 
 // Plain (non-volatile) asm: the compiler may keep these values in registers across a kernel, and

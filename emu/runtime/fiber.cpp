@@ -97,10 +97,9 @@ void start_fiber(Fiber& f) {
     f.state = FiberState::Ready;
 }
 
-void switch_to_fiber(Worker& w, Fiber& f) {
+void run_ready_fibers(Worker& w, Fiber& f) {
     w.running = &f;
     emu_context_switch(&w.sched_sp, f.sp);
-    w.running = nullptr;
 }
 
 void switch_to_scheduler(Fiber& f) {
@@ -108,15 +107,29 @@ void switch_to_scheduler(Fiber& f) {
     __builtin_unreachable();
 }
 
-// A fiber suspends itself and resumes here when the scheduler picks it again.
-void yield_fiber(Fiber& f) { emu_context_switch(&f.sp, f.worker->sched_sp); }
+// A fiber suspends itself and resumes here when it is drawn again. `running` names the fiber on
+// the CPU at every moment, for the fault handler.
+void yield_fiber(Fiber& f) {
+    Worker& w = *f.worker;
+    Fiber* next = next_ready(w);
+    if (!next) {
+        emu_context_switch(&f.sp, w.sched_sp);
+        return;
+    }
+    w.running = next;
+    emu_context_switch(&f.sp, next->sp);
+}
 
+void leave_fiber(Fiber& f) {
+    yield_fiber(f);
+    __builtin_unreachable();
+}
 
 extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
     Launch* l = f->worker->launch;
     l->kernel->invoke(l->params);
     f->state = FiberState::Done;
-    switch_to_scheduler(*f);
+    leave_fiber(*f);
 }
 
 }  // namespace emu

@@ -48,13 +48,6 @@ extern "C" void prefer_emu_set_schedule(uint64_t seed, int race_check) {
     race_check_enabled.store(race_check != 0);
 }
 
-static uint64_t splitmix(uint64_t& x) {
-    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 // ---- errors inside a block --------------------------------------------------------------------
 static std::string where(const Worker& w, const Fiber* f) {
     std::string s = format("kernel %s, block (%u,%u,%u)", w.launch->kernel->name, w.block_idx.x, w.block_idx.y,
@@ -136,6 +129,23 @@ static uint32_t lanes_of_warp(const Worker& w, uint32_t warp) {
     return n >= 32 ? 0xffffffffu : (1u << n) - 1u;
 }
 
+// A gather's words, lane-major, into the last lane's buffer, once; every lane of the mask lands in
+// its slot and the others' slots are zero. The other lanes then get a copy of the whole block.
+static void pack_gather(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t need) {
+    const uint32_t words = self.gather_words;
+    for (uint32_t l = 0; l < 32; ++l)
+        if ((need >> l & 1) && lanes[l].gather_words != words)
+            abort_fiber(self, format("lanes %u and %u of warp %u gather %u and %u words", l, self.tid % 32, warp,
+                                     lanes[l].gather_words, words));
+    for (uint32_t s = 0; s < 32; ++s) {
+        uint32_t* slot = self.gather_dst + s * words;
+        if (need >> s & 1)
+            memcpy(slot, lanes[s].gather_src, words * sizeof(uint32_t));
+        else
+            memset(slot, 0, words * sizeof(uint32_t));
+    }
+}
+
 // The last lane of `need` has arrived: every lane's result at once, then all go on.
 static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     Fiber* lanes = &w.fibers[warp * 32];
@@ -148,6 +158,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
                                      l, self.tid % 32, warp, collective_name(lanes[l].coll_kind), lanes[l].coll_mask,
                                      collective_name(kind), self.coll_mask));
     }
+    if (kind == kGather) pack_gather(self, lanes, warp, need);
     uint32_t ballot = 0, add = 0, umin = 0xffffffffu, umax = 0, band = 0xffffffffu, bor = 0, bxor = 0;
     int32_t imin = INT32_MAX, imax = INT32_MIN;
     for (uint32_t l = 0; l < 32 && kind >= 0; ++l) {
@@ -178,14 +189,8 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
             }
             case kSyncWarp: f.coll_result = 0; break;
             case kGather:
-                if (lanes[l].gather_words != self.gather_words)
-                    abort_fiber(self, format("lanes %u and %u of warp %u gather %u and %u words", l, self.tid % 32, warp,
-                                             lanes[l].gather_words, self.gather_words));
-                // Every lane of the mask lands in its slot; the others' slots are zero.
-                for (uint32_t s = 0; s < 32; ++s)
-                    for (uint32_t i = 0; i < f.gather_words; ++i)
-                        f.gather_dst[s * f.gather_words + i] =
-                            (need >> s & 1) && i < lanes[s].gather_words ? lanes[s].gather_src[i] : 0u;
+                // The packed words are already in the last lane's buffer (pack_gather).
+                if (&f != &self) memcpy(f.gather_dst, self.gather_dst, 32 * sizeof(uint32_t) * self.gather_words);
                 f.coll_result = 0;
                 break;
             case EMU_BALLOT: f.coll_result = ballot; break;
@@ -365,23 +370,23 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
         t.grid_dim = {g.x, g.y, g.z};
         t.lane = i % 32;
         t.linear = i;
+        t.shared_lo = w.shared_lo;
+        t.shared_size = w.shared_size;
+        t.track_global = !l.buffers.empty();
         f.tid = i;
         start_fiber(f);
     }
     w.ready.resize(n);
     for (uint32_t i = 0; i < n; ++i) w.ready[i] = i;
-    uint64_t state = l.seed * 0x2545f4914f6cdd1dull ^ l.id * 0x9e3779b97f4a7c15ull ^ linear;
-    size_t head = 0;
+    w.ready_head = 0;
+    w.rng = l.seed * 0x2545f4914f6cdd1dull ^ l.id * 0x9e3779b97f4a7c15ull ^ linear;
     for (;;) {
-        while (head < w.ready.size()) {
-            if (l.seed != 0) {
-                // A multiply, not a division: this runs at every switch.
-                const size_t span = w.ready.size() - head;
-                const size_t pick = head + (size_t)(((unsigned __int128)splitmix(state) * span) >> 64);
-                std::swap(w.ready[head], w.ready[pick]);
-            }
-            Fiber& f = w.fibers[w.ready[head++]];
-            switch_to_fiber(w, f);
+        // The fibers hand the CPU to one another (yield_fiber) and come back here only when none
+        // is ready, or when one faults.
+        if (Fiber* first = next_ready(w)) {
+            run_ready_fibers(w, *first);
+            Fiber& f = *w.running;
+            w.running = nullptr;
             if (f.state == FiberState::Faulted) {
                 if (w.fault_signal) {
                     fail_block(w, where(w, &f) + ": " + describe_fault(w), kIllegalAddress);
@@ -389,9 +394,10 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
                 }
                 return;
             }
+            continue;
         }
         w.ready.clear();
-        head = 0;
+        w.ready_head = 0;
         uint32_t done = 0, at_warp = 0;
         for (uint32_t i = 0; i < n; ++i) {
             done += w.fibers[i].state == FiberState::Done;

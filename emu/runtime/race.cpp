@@ -164,14 +164,11 @@ void note_atomic(const void* addr, size_t size) {
     touch_global(w, (uintptr_t)addr, size, true);
 }
 
-static void access(uintptr_t addr, size_t size, bool write) {
+// A shared-memory access (the hooks below have passed over every other).
+__attribute__((noinline)) static void shared_access(uintptr_t addr, size_t size, bool write) {
     Fiber& f = *(Fiber*)emu_info()->fiber;
     Worker& w = *f.worker;
     const uintptr_t offset = addr - w.shared_lo;
-    if (offset >= w.shared_size) {  // global memory, or the fiber's own stack
-        if (!w.launch->buffers.empty()) touch_global(w, addr, size, write);
-        return;
-    }
     for (auto& [base, cap] : w.dynamic_shared) {
         const uintptr_t d = addr - (uintptr_t)base;
         if (d < cap && d + size > w.launch->dynamic_shared) {
@@ -219,30 +216,50 @@ static void access(uintptr_t addr, size_t size, bool write) {
     }
 }
 
+// A global-memory (or stack) access of a launch whose buffers the cross-stream check follows.
+__attribute__((noinline)) static void global_access(uintptr_t addr, size_t size, bool write) {
+    Worker& w = *((Fiber*)emu_info()->fiber)->worker;
+    touch_global(w, addr, size, write);
+}
+
+// Every load and store of kernel code comes here, most of them to global memory or the stack:
+// those leave after two loads from the fiber's info page (no call, no pointer chase), unless the
+// launch's global accesses are followed for the cross-stream check (streams.cpp).
+static inline __attribute__((always_inline)) void access(uintptr_t addr, size_t size, bool write) {
+    const EmuThreadInfo* info = emu_info();
+    if (addr - info->shared_lo < info->shared_size) {
+        shared_access(addr, size, write);
+    } else if (info->track_global) {
+        global_access(addr, size, write);
+    }
+}
+
 }  // namespace emu
 
 // ---- the thread sanitizer's instrumentation hooks ---------------------------------------------
-// Only kernel code is instrumented, and it only runs on fibers.
+// Only kernel code is instrumented, and it only runs on fibers. Hidden, so the kernels call them
+// directly rather than through the procedure linkage table.
+#define EMU_HOOK __attribute__((visibility("hidden")))
 #define EMU_TSAN_SIZES(X) X(1) X(2) X(4) X(8) X(16)
-#define EMU_TSAN_HOOKS(n)                                                                                         \
-    extern "C" void __tsan_read##n(void* a) { emu::access((uintptr_t)a, n, false); }                              \
-    extern "C" void __tsan_write##n(void* a) { emu::access((uintptr_t)a, n, true); }                              \
-    extern "C" void __tsan_unaligned_read##n(void* a) { emu::access((uintptr_t)a, n, false); }                    \
-    extern "C" void __tsan_unaligned_write##n(void* a) { emu::access((uintptr_t)a, n, true); }                    \
-    extern "C" void __tsan_volatile_read##n(void* a) { emu::access((uintptr_t)a, n, false); }                     \
-    extern "C" void __tsan_volatile_write##n(void* a) { emu::access((uintptr_t)a, n, true); }                     \
-    extern "C" void __tsan_unaligned_volatile_read##n(void* a) { emu::access((uintptr_t)a, n, false); }           \
-    extern "C" void __tsan_unaligned_volatile_write##n(void* a) { emu::access((uintptr_t)a, n, true); }
+#define EMU_TSAN_HOOKS(n)                                                                                             \
+    extern "C" EMU_HOOK void __tsan_read##n(void* a) { emu::access((uintptr_t)a, n, false); }                         \
+    extern "C" EMU_HOOK void __tsan_write##n(void* a) { emu::access((uintptr_t)a, n, true); }                         \
+    extern "C" EMU_HOOK void __tsan_unaligned_read##n(void* a) { emu::access((uintptr_t)a, n, false); }               \
+    extern "C" EMU_HOOK void __tsan_unaligned_write##n(void* a) { emu::access((uintptr_t)a, n, true); }               \
+    extern "C" EMU_HOOK void __tsan_volatile_read##n(void* a) { emu::access((uintptr_t)a, n, false); }                \
+    extern "C" EMU_HOOK void __tsan_volatile_write##n(void* a) { emu::access((uintptr_t)a, n, true); }                \
+    extern "C" EMU_HOOK void __tsan_unaligned_volatile_read##n(void* a) { emu::access((uintptr_t)a, n, false); }      \
+    extern "C" EMU_HOOK void __tsan_unaligned_volatile_write##n(void* a) { emu::access((uintptr_t)a, n, true); }
 EMU_TSAN_SIZES(EMU_TSAN_HOOKS)
 
-extern "C" void __tsan_read_range(void* a, size_t n) {
+extern "C" EMU_HOOK void __tsan_read_range(void* a, size_t n) {
     if (n) emu::access((uintptr_t)a, n, false);
 }
-extern "C" void __tsan_write_range(void* a, size_t n) {
+extern "C" EMU_HOOK void __tsan_write_range(void* a, size_t n) {
     if (n) emu::access((uintptr_t)a, n, true);
 }
-extern "C" void __tsan_init() {}
-extern "C" void __tsan_func_entry(void*) {}
-extern "C" void __tsan_func_exit() {}
-extern "C" void __tsan_vptr_update(void**, void*) {}
-extern "C" void __tsan_vptr_read(void**) {}
+extern "C" EMU_HOOK void __tsan_init() {}
+extern "C" EMU_HOOK void __tsan_func_entry(void*) {}
+extern "C" EMU_HOOK void __tsan_func_exit() {}
+extern "C" EMU_HOOK void __tsan_vptr_update(void**, void*) {}
+extern "C" EMU_HOOK void __tsan_vptr_read(void**) {}

@@ -126,7 +126,10 @@ struct Worker {
     Launch* launch = nullptr;
     uint3 block_idx{};
     uint32_t block_threads = 0;
+    // Fibers that may run, in the order they became ready; those before ready_head have run. The
+    // next is drawn from the rest by `rng` (PREFER_EMU_SEED; 0: in order). See next_ready.
     std::vector<uint32_t> ready;
+    size_t ready_head = 0;
     uint64_t rng = 0;
     std::string block_error;  // the first error of this block, if any
     int block_error_code = 0;
@@ -164,10 +167,35 @@ struct Launch {
 // fiber.cpp
 void ensure_fibers(Worker& w, uint32_t count);
 void start_fiber(Fiber& f);
-void switch_to_fiber(Worker& w, Fiber& f);
+// Runs `f`, and from it every fiber that becomes ready, until the ready list runs dry or a fiber
+// faults; then returns, with w.running the fiber that came back.
+void run_ready_fibers(Worker& w, Fiber& f);
 [[noreturn]] void switch_to_scheduler(Fiber& f);
+// The fiber waits: the next ready one runs straight after it (one switch, no trip through the
+// scheduler), or the scheduler when none is ready.
 void yield_fiber(Fiber& f);
+[[noreturn]] void leave_fiber(Fiber& f);  // as yield_fiber, for a fiber that is done
 inline Fiber* current_fiber() { return (Fiber*)emu_info()->fiber; }
+
+// The next fiber to run, drawn from the ready ones not yet run; nullptr when there are none.
+inline uint64_t splitmix(uint64_t& x) {
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+inline Fiber* next_ready(Worker& w) {
+    const size_t head = w.ready_head;
+    if (head == w.ready.size()) return nullptr;
+    if (w.launch->seed != 0) {
+        // A multiply, not a division: this runs at every switch.
+        const size_t span = w.ready.size() - head;
+        const size_t pick = head + (size_t)(((unsigned __int128)splitmix(w.rng) * span) >> 64);
+        std::swap(w.ready[head], w.ready[pick]);
+    }
+    w.ready_head = head + 1;
+    return &w.fibers[w.ready[head]];
+}
 
 // launch.cpp
 int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params);
