@@ -384,7 +384,11 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
 
         let mut sources: Vec<(PathBuf, &str)> =
             kernel_sources.iter().map(|s| (root.join(s), "k")).collect();
-        sources.extend(cu_files("emu/tests").into_iter().map(|s| (root.join(s), "t")));
+        sources.extend(
+            cu_files("emu/tests")
+                .into_iter()
+                .map(|s| (root.join(s), "t")),
+        );
         let mut shared: Vec<(String, String)> = Vec::new();
         let mut tables = Vec::new();
         let mut commands = Vec::new();
