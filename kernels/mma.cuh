@@ -101,9 +101,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16* 
 // there after cp_async_wait and visible to other threads after the barrier that follows it.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
 #ifdef __CUDACC__EMU
-    uint32_t* d = (uint32_t*)dst;
-    const uint32_t* s = (const uint32_t*)src;
-    for (int i = 0; i < 4; ++i) d[i] = valid ? s[i] : 0u;
+    emu_cp_async(dst, src, valid);  // in flight until this thread's cp_async_wait covers it
 #else
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(valid ? 16 : 0));
@@ -112,7 +110,9 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
 
 // Closes the group of cp.async issued so far by this thread.
 __device__ __forceinline__ void cp_async_commit() {
-#ifndef __CUDACC__EMU
+#ifdef __CUDACC__EMU
+    emu_cp_async_commit();
+#else
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
@@ -120,7 +120,9 @@ __device__ __forceinline__ void cp_async_commit() {
 // Waits until at most `pending` of this thread's committed groups are still in flight.
 template <int pending>
 __device__ __forceinline__ void cp_async_wait() {
-#ifndef __CUDACC__EMU
+#ifdef __CUDACC__EMU
+    emu_cp_async_wait(pending);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
 #endif
 }

@@ -6,7 +6,8 @@
 //! [`activate`] writes them to the cache folder and opens them by absolute path before cudarc's
 //! first call. Their soname is the one cudarc asks for, so the dynamic loader hands cudarc the
 //! library already loaded, and `LD_LIBRARY_PATH` is never needed. The real driver is never
-//! shadowed unless the software GPU was asked for.
+//! shadowed unless the software GPU was asked for. `PREFER_EMU_LIBRARY=/path/libcuda.so` loads
+//! another stand-in driver in place of the embedded one (the planted-bug test builds them).
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
@@ -86,7 +87,12 @@ fn load() -> Result<Libraries> {
     built()?;
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cuda_path = materialise(&dir, "libcuda.so", LIBCUDA)?;
+    // A stand-in rebuilt from other kernel text (tests/emu_mutants.rs, through OUT_DIR's
+    // emu_rebuild.sh) replaces the embedded one.
+    let cuda_path = match std::env::var_os("PREFER_EMU_LIBRARY") {
+        Some(path) => PathBuf::from(path),
+        None => materialise(&dir, "libcuda.so", LIBCUDA)?,
+    };
     let lt_path = materialise(&dir, "libcublasLt.so", LIBCUBLASLT)?;
     // The driver first: the cuBLASLt stand-in binds to its range check when it loads.
     let cuda = open_global(&cuda_path)?;

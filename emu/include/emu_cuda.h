@@ -115,6 +115,15 @@ void emu_threadfence(void);
 long long emu_clock64(void);
 }
 
+// ---- asynchronous copies (emu/runtime/cp_async.cpp), called by kernels/mma.cuh's wrappers ------
+extern "C" {
+// 16 bytes, landed (or zeros, when !valid) by a later emu_cp_async_wait of this thread.
+void emu_cp_async(void* dst, const void* src, int valid);
+void emu_cp_async_commit(void);
+// Lands this thread's committed copies but those of its newest `pending` groups.
+void emu_cp_async_wait(int pending);
+}
+
 // ---- barriers and warp collectives -----------------------------------------------------------
 static __forceinline__ void __syncthreads() { emu_syncthreads_op(EMU_SYNC_PLAIN, 0); }
 static __forceinline__ int __syncthreads_count(int p) { return emu_syncthreads_op(EMU_SYNC_COUNT, p); }

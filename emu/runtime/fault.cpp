@@ -21,11 +21,14 @@ struct sigaction previous[NSIG];
 constexpr int kSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
 }  // namespace
 
+// Workers start together: each takes its own slot (a load-then-store here once let two workers
+// share a slot, and a fault on the one overwritten went to the default handler and killed the
+// process). A slot is written before its thread can run a kernel, so a fault finds it.
 void register_worker(Worker* w) {
-    const int i = registered.load();
+    const int i = registered.fetch_add(1);
+    if (i >= kMaxWorkers) return;  // worker_count() caps the pool at 64
     worker_threads[i] = pthread_self();
     worker_records[i] = w;
-    registered.store(i + 1);
 }
 
 void prepare_worker_signals(Worker& w) {
@@ -45,7 +48,8 @@ extern "C" [[noreturn]] void emu_fiber_faulted(Fiber* f) {
 static void on_fault(int sig, siginfo_t* info, void* context) {
     const pthread_t self = pthread_self();
     Worker* w = nullptr;
-    for (int i = 0; i < registered.load(); ++i)
+    const int n = registered.load() < kMaxWorkers ? registered.load() : kMaxWorkers;
+    for (int i = 0; i < n; ++i)
         if (pthread_equal(worker_threads[i], self)) w = worker_records[i];
     if (w && w->running) {
         ucontext_t* uc = (ucontext_t*)context;

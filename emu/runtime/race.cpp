@@ -58,6 +58,7 @@ void init_shared_range(Worker& w) {
 // undefined as the GPU's. Only the dynamic bytes the launch asked for are filled.
 void race_begin_block(Worker& w) {
     ++w.epoch;
+    cp_async_begin_block(w);
     uint8_t* lo = (uint8_t*)w.shared_lo;
     uint8_t* hi = lo + w.shared_size;
     uint8_t* at = lo;
@@ -180,6 +181,8 @@ __attribute__((noinline)) static void shared_access(uintptr_t addr, size_t size,
             return;
         }
     }
+    // Bytes a cp.async has not landed yet hold nothing anyone may read or write, race check or not.
+    if (w.cp_async_pending && !cp_async_check_access(w, f, offset, size, write)) return;
     if (!race_check_enabled.load(std::memory_order_relaxed)) return;
     const uint32_t epoch = w.epoch, tid = f.tid, warp = tid / 32, wsync = w.warps[warp].syncs;
     for (uintptr_t cell = offset / 2; cell <= (offset + size - 1) / 2; ++cell) {
@@ -233,6 +236,8 @@ static inline __attribute__((always_inline)) void access(uintptr_t addr, size_t 
         global_access(addr, size, write);
     }
 }
+
+void race_access(uintptr_t addr, size_t size, bool write) { access(addr, size, write); }
 
 }  // namespace emu
 

@@ -3,6 +3,7 @@
 //   fiber.cpp        stacks and the x86-64 context switch
 //   launch.cpp       the worker pool, one block's schedule, barriers and warp collectives
 //   race.cpp         the shared-memory race check (fed by the thread sanitizer's instrumentation)
+//   cp_async.cpp     asynchronous copies (cp.async): pending until the thread's wait covers them
 //   fault.cpp        out-of-bounds accesses and other faults inside a kernel
 //   memory.cpp       device allocations: garbage-filled, with guard zones
 //   driver.cpp       the CUDA driver API that cudarc and the engine call
@@ -87,10 +88,23 @@ struct ShadowCell {
     uint32_t r_epoch, r_wsync;
     uint16_t w_tid, r_tid;  // r_tid kManyReaders: several threads read
     uint16_t r_warp;        // kManyWarps: readers from several warps
-    uint16_t pad;
+    uint16_t cp_pending;    // 1 + the thread whose cp.async to these bytes has not landed; 0: none
 };
 constexpr uint16_t kManyReaders = 0xffff;
 constexpr uint16_t kManyWarps = 0xffff;
+
+// One cp.async of 16 bytes, issued and not yet landed (cp_async.cpp).
+struct CpAsyncCopy {
+    uint8_t* dst;
+    const uint8_t* src;
+    uint32_t group;  // the thread's commit group; its open group while uncommitted
+    bool valid;      // false: the copy lands zeros and never reads `src`
+};
+// One thread's copies in flight, oldest first, and the number of its open (uncommitted) group.
+struct CpAsyncQueue {
+    std::vector<CpAsyncCopy> copies;
+    uint32_t open_group = 0;
+};
 
 struct Launch;
 
@@ -121,6 +135,8 @@ struct Worker {
     std::vector<ShadowCell> shadow;
     uint32_t epoch = 0;  // barrier intervals, monotonic across blocks
     std::vector<WarpState> warps;
+    std::vector<CpAsyncQueue> cp_async;  // per thread of the block
+    size_t cp_async_pending = 0;         // copies in flight in the block: 0 skips their check
 
     // The block now running.
     Launch* launch = nullptr;
@@ -205,12 +221,19 @@ extern std::atomic<bool> race_check_enabled;
 size_t worker_count();
 
 // race.cpp
+void race_access(uintptr_t addr, size_t size, bool write);  // as if kernel code accessed it
 void race_begin_block(Worker& w);
 void race_barrier(Worker& w);
 void init_shared_range(Worker& w);
 std::string describe_shared(uintptr_t offset);
 // An atomic read-modify-write of global memory by the running fiber, for the cross-stream check.
 void note_atomic(const void* addr, size_t size);
+
+// cp_async.cpp
+void cp_async_begin_block(Worker& w);
+// A kernel access to shared `offset` (of this worker's TLS block): fails the block when it touches a
+// destination of a copy still in flight. False when it did.
+bool cp_async_check_access(Worker& w, Fiber& f, uintptr_t offset, size_t size, bool write);
 
 // fault.cpp
 void install_fault_handler();
