@@ -113,35 +113,47 @@ type Sgemm = extern "C" fn(
     usize,
     usize,
     usize,
+    f32,
     *const f32,
     isize,
     isize,
     *const f32,
     isize,
     isize,
+    f32,
     *mut f32,
     isize,
     isize,
 );
 
-/// The stand-in cuBLASLt's inner product: C = A·B in f32 with any strides, by matrixmultiply.
+/// The stand-in cuBLASLt's inner product, C = alpha·A·B + beta·C in f32 with any strides (beta 0
+/// never reads C), by matrixmultiply. With fewer rows than columns it computes Cᵀ = Bᵀ·Aᵀ: the
+/// same dot products with the long side first, which matrixmultiply splits over threads.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn sgemm(
     m: usize,
     k: usize,
     n: usize,
+    alpha: f32,
     a: *const f32,
     rsa: isize,
     csa: isize,
     b: *const f32,
     rsb: isize,
     csb: isize,
+    beta: f32,
     c: *mut f32,
     rsc: isize,
     csc: isize,
 ) {
     // SAFETY: the stand-in passes buffers that hold every element these strides reach.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
+    unsafe {
+        if m >= n {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        } else {
+            matrixmultiply::sgemm(n, k, m, alpha, b, csb, rsb, a, csa, rsa, beta, c, csc, rsc)
+        }
+    }
 }
 
 /// One line about the software GPU, for `prefer info`; None when it is not loaded.

@@ -62,9 +62,11 @@ struct HeuristicResult {
     int reserved[4];
 };
 
-// f32 gemm, row-major with explicit strides: C[i,j] = sum_p A[i,p] * B[p,j] (C overwritten).
-typedef void (*Sgemm)(size_t m, size_t k, size_t n, const float* a, ptrdiff_t rsa, ptrdiff_t csa, const float* b,
-                      ptrdiff_t rsb, ptrdiff_t csb, float* c, ptrdiff_t rsc, ptrdiff_t csc);
+// f32 gemm with explicit strides: C[i,j] = alpha * sum_p A[i,p] * B[p,j] + beta * C[i,j], where
+// beta == 0 never reads C.
+typedef void (*Sgemm)(size_t m, size_t k, size_t n, float alpha, const float* a, ptrdiff_t rsa, ptrdiff_t csa,
+                      const float* b, ptrdiff_t rsb, ptrdiff_t csb, float beta, float* c, ptrdiff_t rsc,
+                      ptrdiff_t csc);
 static Sgemm registered_sgemm = nullptr;
 
 // From the stand-in driver, when it is loaded (it always is under `--device emu`).
@@ -86,22 +88,6 @@ static std::string fmt(const char* f, ...) {
 }
 
 static size_t type_bytes(int t) { return t == kR32F ? 4 : 2; }
-
-static float load(const void* base, int type, size_t i) {
-    switch (type) {
-        case kR32F: return ((const float*)base)[i];
-        case kR16BF: return emu_bf16_bits_to_f32(((const uint16_t*)base)[i]);
-        default: return emu_f16_bits_to_f32(((const uint16_t*)base)[i]);
-    }
-}
-
-static void store(void* base, int type, size_t i, float v) {
-    switch (type) {
-        case kR32F: ((float*)base)[i] = v; break;
-        case kR16BF: ((uint16_t*)base)[i] = emu_f32_to_bf16_bits(v); break;
-        default: ((uint16_t*)base)[i] = emu_f32_to_f16_bits(v); break;
-    }
-}
 
 // Bytes a layout reaches from its base, over all batches.
 static size_t reach_bytes(const Layout& l) {
@@ -271,20 +257,48 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(Handle*, MatmulDesc* d, Layout* a,
     return kSuccess;
 }
 
-// A matrix in f32 at its own indices r + c*ld (rows past `rows` in each column are left as 0).
-static void to_f32(const uint8_t* base, const Layout& l, std::vector<float>& out) {
-    out.assign(l.cols * (size_t)l.ld, 0.0f);
-    for (uint64_t c = 0; c < l.cols; ++c)
-        for (uint64_t r = 0; r < l.rows; ++r) out[r + c * l.ld] = load(base, l.type, r + c * l.ld);
+// Scratch that grows to the largest matmul seen and is then reused: a fresh vector per call would
+// map (and page-fault) a gigabyte for an LM head's weight each time.
+struct Scratch {
+    float* data = nullptr;
+    size_t capacity = 0;
+    float* get(size_t n) {
+        if (n > capacity) {
+            free(data);
+            data = (float*)malloc(n * sizeof(float));
+            capacity = data ? n : 0;
+        }
+        return data;
+    }
+};
+
+// A matrix in f32, compact: element (r, c) at r + c*rows.
+extern "C++" template <typename T, float (*convert)(T)>
+void widen(const T* src, const Layout& l, float* out) {
+    for (uint64_t c = 0; c < l.cols; ++c) {
+        const T* col = src + c * l.ld;
+        float* dst = out + c * l.rows;
+        for (uint64_t r = 0; r < l.rows; ++r) dst[r] = convert(col[r]);
+    }
+}
+static float same(float x) { return x; }
+static void to_f32(const uint8_t* base, const Layout& l, float* out) {
+    switch (l.type) {
+        case kR32F: return widen<float, same>((const float*)base, l, out);
+        case kR16BF: return widen<uint16_t, emu_bf16_bits_to_f32>((const uint16_t*)base, l, out);
+        default: return widen<uint16_t, emu_f16_bits_to_f32>((const uint16_t*)base, l, out);
+    }
 }
 
-static void plain_sgemm(size_t m, size_t k, size_t n, const float* a, ptrdiff_t rsa, ptrdiff_t csa, const float* b,
-                        ptrdiff_t rsb, ptrdiff_t csb, float* c, ptrdiff_t rsc, ptrdiff_t csc) {
+static void plain_sgemm(size_t m, size_t k, size_t n, float alpha, const float* a, ptrdiff_t rsa, ptrdiff_t csa,
+                        const float* b, ptrdiff_t rsb, ptrdiff_t csb, float beta, float* c, ptrdiff_t rsc,
+                        ptrdiff_t csc) {
     for (size_t i = 0; i < m; ++i)
         for (size_t j = 0; j < n; ++j) {
             float s = 0.0f;
             for (size_t p = 0; p < k; ++p) s += a[i * rsa + p * csa] * b[p * rsb + j * csb];
-            c[i * rsc + j * csc] = s;
+            float& out = c[i * rsc + j * csc];
+            out = beta == 0.0f ? alpha * s : alpha * s + beta * out;
         }
 }
 
@@ -300,36 +314,84 @@ struct MatmulJob {
 
 static void drop_job(void* p) { delete (MatmulJob*)p; }
 
+// D = alpha * acc + beta * C for a 16-bit D, from the f32 products `acc` (compact, m x n); beta == 0
+// never reads C.
+extern "C++" template <float (*widen1)(unsigned short), unsigned short (*narrow)(float)>
+void finish_16(const float* acc, uint64_t m, uint64_t n, float alpha, float beta, const uint16_t* c, int64_t ldc,
+               uint16_t* d, int64_t ldd) {
+    for (uint64_t jj = 0; jj < n; ++jj) {
+        const float* a = acc + jj * m;
+        uint16_t* out = d + jj * ldd;
+        if (beta == 0.0f) {
+            for (uint64_t i = 0; i < m; ++i) out[i] = narrow(alpha * a[i]);
+        } else {
+            const uint16_t* in = c + jj * ldc;
+            for (uint64_t i = 0; i < m; ++i) out[i] = narrow(alpha * a[i] + beta * widen1(in[i]));
+        }
+    }
+}
+
 static int run_job(void* p) {
     const MatmulJob& j = *(const MatmulJob*)p;
     const uint64_t m = j.m, n = j.n, k = j.k;
     const Layout *la = &j.la, *lb = &j.lb, *lc = &j.lc, *ld = &j.ld;
     const float alpha = j.alpha, beta = j.beta;
-    // A, B in f32 at their own column-major indices; the sgemm reads op(A) and op(B) by strides.
-    std::vector<float> a32, b32, c32(m * n);
+    // f32 operands are read in place; 16-bit ones are widened to f32 (compact, leading dimension =
+    // rows) into scratch each thread keeps. An f32 D takes alpha and beta in the sgemm itself; a
+    // 16-bit D is rounded once from the f32 products, as the GPU rounds it.
+    static thread_local Scratch a_scratch, b_scratch, c_scratch;
+    const bool wide_a = la->type == kR32F, wide_d = ld->type == kR32F;
+    float* a32 = wide_a ? nullptr : a_scratch.get(la->rows * la->cols);
+    float* b32 = wide_a ? nullptr : b_scratch.get(lb->rows * lb->cols);
+    float* c32 = wide_d ? nullptr : c_scratch.get(m * n);
+    if ((!wide_a && (!a32 || !b32)) || (!wide_d && !c32)) {
+        refuse(kExecutionFailed, fmt("cublasLtMatmul: no host memory for a %llu x %llu x %llu product",
+                                     (unsigned long long)m, (unsigned long long)n, (unsigned long long)k));
+        return kExecutionFailed;
+    }
     const Sgemm sgemm = registered_sgemm ? registered_sgemm : plain_sgemm;
     const size_t ea = type_bytes(la->type), ec = type_bytes(lc->type);
-    const ptrdiff_t lda = la->ld, ldb = lb->ld;
+    const ptrdiff_t lda = wide_a ? la->ld : la->rows, ldb = wide_a ? lb->ld : lb->rows;
     for (int batch = 0; batch < la->batch; ++batch) {
         const uint8_t* a = (const uint8_t*)j.A + (size_t)batch * la->batch_stride * ea;
         const uint8_t* b = (const uint8_t*)j.B + (size_t)batch * lb->batch_stride * ea;
         const uint8_t* c = (const uint8_t*)j.C + (size_t)batch * lc->batch_stride * ec;
         uint8_t* dst = (uint8_t*)j.D + (size_t)batch * ld->batch_stride * ec;
-        to_f32(a, *la, a32);
-        to_f32(b, *lb, b32);
-        if (k > 0) {
-            sgemm(m, k, n, a32.data(), j.transa ? lda : 1, j.transa ? 1 : lda, b32.data(), j.transb ? ldb : 1,
-                  j.transb ? 1 : ldb, c32.data(), 1, (ptrdiff_t)m);
-        } else {
-            std::fill(c32.begin(), c32.end(), 0.0f);
+        const float* fa = (const float*)a;
+        const float* fb = (const float*)b;
+        if (!wide_a) {
+            to_f32(a, *la, a32);
+            to_f32(b, *lb, b32);
+            fa = a32;
+            fb = b32;
         }
-        for (uint64_t jj = 0; jj < n; ++jj)
-            for (uint64_t i = 0; i < m; ++i) {
-                float v = alpha * c32[i + jj * m];
-                // beta == 0 never reads C, as cuBLAS documents: C may hold NaN.
-                if (beta != 0.0f) v += beta * load(c, lc->type, i + jj * lc->ld);
-                store(dst, ld->type, i + jj * ld->ld, v);
-            }
+        // Where the product lands, and with which alpha and beta.
+        float* out = c32;
+        ptrdiff_t ldo = (ptrdiff_t)m;
+        float out_alpha = 1.0f, out_beta = 0.0f;
+        if (wide_d) {
+            out = (float*)dst;
+            ldo = ld->ld;
+            out_alpha = alpha;
+            out_beta = beta;
+            if (beta != 0.0f && c != dst)
+                for (uint64_t jj = 0; jj < n; ++jj)
+                    memcpy(out + jj * ldo, (const float*)c + jj * lc->ld, m * sizeof(float));
+        }
+        if (k > 0) {
+            sgemm(m, k, n, out_alpha, fa, j.transa ? lda : 1, j.transa ? 1 : lda, fb, j.transb ? ldb : 1,
+                  j.transb ? 1 : ldb, out_beta, out, 1, ldo);
+        } else {
+            for (uint64_t jj = 0; jj < n; ++jj)
+                for (uint64_t i = 0; i < m; ++i) out[i + jj * ldo] = out_beta == 0.0f ? 0.0f : out_beta * out[i + jj * ldo];
+        }
+        if (wide_d) continue;
+        if (ld->type == kR16BF)
+            finish_16<emu_bf16_bits_to_f32, emu_f32_to_bf16_bits>(c32, m, n, alpha, beta, (const uint16_t*)c, lc->ld,
+                                                                  (uint16_t*)dst, ld->ld);
+        else
+            finish_16<emu_f16_bits_to_f32, emu_f32_to_f16_bits>(c32, m, n, alpha, beta, (const uint16_t*)c, lc->ld,
+                                                                (uint16_t*)dst, ld->ld);
     }
     return kSuccess;
 }

@@ -171,7 +171,7 @@ static void host_memory(size_t* free_bytes, size_t* total_bytes) {
     struct sysinfo si {};
     sysinfo(&si);
     *total_bytes = (size_t)si.totalram * si.mem_unit;
-    *free_bytes = ((size_t)si.freeram + si.bufferram) * si.mem_unit;
+    *free_bytes = ((size_t)si.freeram + si.bufferram) * si.mem_unit + cached_device_bytes();
 }
 
 CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {

@@ -5,6 +5,11 @@
 // Fresh memory is 0xff bytes (NaN as f32, bf16 and f16), so reading what was never written shows.
 // An access that leaves the mapping hits a guard page and faults (fault.cpp names the buffer); a
 // write into the fill around the data is found by check_guards after every launch.
+//
+// A freed mapping is kept for the next allocation of the same size, with its data pages made
+// inaccessible meanwhile, so a kernel that reads freed memory still faults; reusing it costs one
+// 0xff fill instead of mapping and faulting in every page again (a training step frees and
+// allocates the same activations each time). Mappings of 2 MiB and more ask for huge pages.
 #include "runtime.h"
 
 #include <sys/mman.h>
@@ -12,6 +17,7 @@
 
 #include <cstring>
 #include <map>
+#include <vector>
 
 namespace emu {
 
@@ -31,6 +37,77 @@ std::mutex lock;
 std::map<uintptr_t, Allocation> live;  // by data address
 size_t live_bytes = 0, peak_bytes = 0;  // bytes asked for, now and at the most
 
+// Freed mappings by size, oldest first within a size; their data pages are PROT_NONE.
+std::multimap<size_t, uint8_t*> cached;
+std::vector<std::pair<uint8_t*, size_t>> cache_order;  // (map, map_bytes), oldest first
+size_t cached_bytes = 0;
+
+// At most a quarter of the machine's memory waits in the cache.
+size_t cache_limit() {
+    static const size_t limit = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE) / 4;
+    return limit;
+}
+
+void uncache(uint8_t* map, size_t map_bytes) {
+    for (auto it = cached.lower_bound(map_bytes); it != cached.end() && it->first == map_bytes; ++it)
+        if (it->second == map) {
+            cached.erase(it);
+            break;
+        }
+    for (auto it = cache_order.begin(); it != cache_order.end(); ++it)
+        if (it->first == map) {
+            cache_order.erase(it);
+            break;
+        }
+    cached_bytes -= map_bytes;
+}
+
+// Unmaps cached mappings, oldest first, until `keep` bytes or fewer remain cached.
+void trim_cache(size_t keep) {
+    while (cached_bytes > keep && !cache_order.empty()) {
+        const auto [map, map_bytes] = cache_order.front();
+        uncache(map, map_bytes);
+        munmap(map, map_bytes);
+    }
+}
+
+// A mapping of `map_bytes` with its guard pages in place and its data pages readable and
+// writable: a cached one when one of that size waits, else a new one.
+uint8_t* take_mapping(size_t map_bytes) {
+    const size_t data_pages = map_bytes - 2 * kPage;
+    auto it = cached.find(map_bytes);
+    if (it != cached.end()) {
+        uint8_t* map = it->second;
+        uncache(map, map_bytes);
+        mprotect(map + kPage, data_pages, PROT_READ | PROT_WRITE);
+        return map;
+    }
+    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED && cached_bytes) {
+        trim_cache(0);
+        p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
+    if (p == MAP_FAILED) return nullptr;
+    uint8_t* map = (uint8_t*)p;
+    mprotect(map, kPage, PROT_NONE);
+    mprotect(map + kPage + data_pages, kPage, PROT_NONE);
+    if (data_pages >= (2u << 20)) madvise(map + kPage, data_pages, MADV_HUGEPAGE);
+    return map;
+}
+
+// Keeps a freed mapping for reuse (its data inaccessible), or unmaps it when it would not fit.
+void give_back_mapping(uint8_t* map, size_t map_bytes) {
+    if (map_bytes > cache_limit()) {
+        munmap(map, map_bytes);
+        return;
+    }
+    trim_cache(cache_limit() - map_bytes);
+    mprotect(map + kPage, map_bytes - 2 * kPage, PROT_NONE);
+    cached.emplace(map_bytes, map);
+    cache_order.emplace_back(map, map_bytes);
+    cached_bytes += map_bytes;
+}
+
 size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
 const Allocation* containing(uintptr_t addr) {
@@ -43,7 +120,15 @@ const Allocation* containing(uintptr_t addr) {
 
 // The first byte of [from, to) that is not the fill, or `to`.
 const uint8_t* first_written(const uint8_t* from, const uint8_t* to) {
-    for (const uint8_t* p = from; p < to; ++p)
+    const uint8_t* p = from;
+    for (; p < to && ((uintptr_t)p & 7); ++p)
+        if (*p != kFill) return p;
+    for (; p + 8 <= to; p += 8) {  // eight bytes at a time until one differs
+        uint64_t word;
+        memcpy(&word, p, 8);
+        if (word != ~0ull) break;
+    }
+    for (; p < to; ++p)
         if (*p != kFill) return p;
     return to;
 }
@@ -53,22 +138,25 @@ extern "C" int emu_mem_alloc(uintptr_t* out, size_t size) {
     const size_t padded = round_up(size ? size : 1, kAlign);
     const size_t data_pages = round_up(padded, kPage);
     const size_t map_bytes = data_pages + 2 * kPage;
-    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    std::lock_guard<std::mutex> g(lock);
+    uint8_t* map = take_mapping(map_bytes);
+    if (!map) {
         set_error(kOutOfMemory, format("out of memory: the software GPU could not map %zu bytes", size));
         return kOutOfMemory;
     }
-    uint8_t* map = (uint8_t*)p;
-    mprotect(map, kPage, PROT_NONE);
-    mprotect(map + kPage + data_pages, kPage, PROT_NONE);
     memset(map + kPage, kFill, data_pages);
     Allocation a{map, map_bytes, map + kPage + data_pages - padded, size, padded};
-    std::lock_guard<std::mutex> g(lock);
     live[(uintptr_t)a.data] = a;
     live_bytes += size;
     peak_bytes = live_bytes > peak_bytes ? live_bytes : peak_bytes;
     *out = (uintptr_t)a.data;
     return 0;
+}
+
+// Host bytes that freed device memory holds in the cache: free as far as the device goes.
+size_t cached_device_bytes() {
+    std::lock_guard<std::mutex> g(lock);
+    return cached_bytes;
 }
 
 // Device bytes allocated now and at the most since the last reset, for tests that hold a memory
@@ -87,7 +175,7 @@ extern "C" int emu_mem_free(uintptr_t ptr) {
         set_error(kInvalidValue, format("freeing 0x%zx, which is not the start of a live device allocation", (size_t)ptr));
         return kInvalidValue;
     }
-    munmap(it->second.map, it->second.map_bytes);
+    give_back_mapping(it->second.map, it->second.map_bytes);
     live_bytes -= it->second.size;
     live.erase(it);
     return 0;

@@ -252,6 +252,8 @@ std::string describe_address(uintptr_t addr);
 std::string check_guards();
 // The live allocation whose bytes [base, base + size) hold addr, if any.
 bool find_allocation(uintptr_t addr, uintptr_t* base, size_t* size);
+// Bytes of freed device memory kept for reuse (they count as free device memory).
+size_t cached_device_bytes();
 
 // driver.cpp: the message set_error stored last (for an error that surfaces later).
 std::string last_error_message();
