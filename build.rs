@@ -435,7 +435,7 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
         let lt_flags: Vec<String> = flags
             .iter()
             .cloned()
-            .chain(["-shared", "-Wl,-soname,libcublasLt.so"].map(String::from))
+            .chain(["-shared", "-pthread", "-Wl,-soname,libcublasLt.so"].map(String::from))
             .collect();
         let mut lt = Command::new(cxx());
         lt.args(&lt_flags)

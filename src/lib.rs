@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod data;
 pub mod emu;
 pub mod generate;
+pub mod huge_pages;
 pub mod loss;
 pub mod model;
 pub mod ops;

@@ -8,6 +8,9 @@ use prefer::train::bounds::{check_all, whole_number, Bound::Int};
 use prefer::train::{TrainArgs, TrainerKind};
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: prefer::huge_pages::HugePageAlloc = prefer::huge_pages::HugePageAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "prefer",

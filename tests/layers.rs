@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Modules anyone may import; they import no layer (only each other).
-const UTILITIES: &[&str] = &["output", "signals", "emu"];
+const UTILITIES: &[&str] = &["output", "signals", "emu", "huge_pages"];
 
 /// Where a file or a path sits: a layer (its rank, 0 = top) or a utility.
 #[derive(Clone, Copy, Debug, PartialEq)]

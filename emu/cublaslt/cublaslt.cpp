@@ -20,6 +20,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -281,13 +282,23 @@ void widen(const T* src, const Layout& l, float* out) {
         for (uint64_t r = 0; r < l.rows; ++r) dst[r] = convert(col[r]);
     }
 }
-static float same(float x) { return x; }
+static void to_f32_cols(const uint8_t* base, const Layout& l, float* out) {
+    if (l.type == kR16BF)
+        widen<uint16_t, emu_bf16_bits_to_f32>((const uint16_t*)base, l, out);
+    else
+        widen<uint16_t, emu_f16_bits_to_f32>((const uint16_t*)base, l, out);
+}
+// A 16-bit matrix widened to f32; a big one (an LM head's weight) in two halves of its columns at
+// once, one on a helper thread.
 static void to_f32(const uint8_t* base, const Layout& l, float* out) {
-    switch (l.type) {
-        case kR32F: return widen<float, same>((const float*)base, l, out);
-        case kR16BF: return widen<uint16_t, emu_bf16_bits_to_f32>((const uint16_t*)base, l, out);
-        default: return widen<uint16_t, emu_f16_bits_to_f32>((const uint16_t*)base, l, out);
-    }
+    if (l.rows * l.cols < (8u << 20) || l.cols < 2) return to_f32_cols(base, l, out);
+    Layout half = l;
+    half.cols = l.cols / 2;
+    Layout rest = l;
+    rest.cols = l.cols - half.cols;
+    std::thread helper(to_f32_cols, base, std::cref(half), out);
+    to_f32_cols(base + half.cols * (size_t)l.ld * 2, rest, out + half.cols * l.rows);
+    helper.join();
 }
 
 static void plain_sgemm(size_t m, size_t k, size_t n, float alpha, const float* a, ptrdiff_t rsa, ptrdiff_t csa,
