@@ -331,6 +331,18 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
         first_error.into_inner().unwrap().map_or(Ok(()), Err)
     }
 
+    /// `-mfma` where this machine has FMA (every x86-64 since 2013): the kernels' `fmaf` and the
+    /// emulated mma's become one instruction instead of a call into libm (a tenth of the
+    /// software GPU's time in the demo). The software GPU runs where it is built; contraction
+    /// stays off, so `a * b + c` is still two roundings, as written.
+    fn host_fma() -> Vec<String> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            return vec!["-mfma".into(), "-ffp-contract=off".into()];
+        }
+        vec!["-ffp-contract=off".into()]
+    }
+
     /// Every .cu file is its own object, so that a changed file recompiles alone: `emu_rebuild.sh`
     /// in OUT_DIR rebuilds libcuda.so with one kernels/*.cu taken from another folder (the
     /// planted-bug test, tests/emu_mutants.rs).
@@ -356,6 +368,7 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
             format!("-I{}", include.display()),
             format!("-I{}", emu.display()),
         ])
+        .chain(host_fma())
         .collect();
         // Kernel code: every load and store calls the race check's hooks (emu/runtime/race.cpp).
         let kernel_flags: Vec<String> = flags

@@ -14,11 +14,6 @@
 #define ATT_TILE 32  // keys (or queries) per shared-memory tile: one per lane
 #define ATT_MAX_HD 128
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
-}
-
 // Rows of a (B,T,heads,hd) tensor: the hd values of token t, head h.
 __device__ __forceinline__ size_t row_of(int b, int t, int h, int T, int heads, int hd) {
     return (((size_t)b * T + t) * heads + h) * hd;

@@ -6,11 +6,41 @@
 
 #define WARP_SIZE 32
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1)
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    return v;
+// A butterfly of xor-shuffles: for each offset from `first` to `last` (halving, or doubling), v
+// becomes op(v, v of lane ^ offset). With first = 16, last = 1 every lane ends with the whole
+// warp's sum or max. On the software GPU the whole butterfly is one warp collective with the same
+// operations in the same order (emu/runtime/launch.cpp), so the lanes meet once instead of at
+// every step; the arguments are the kernel's own either way.
+enum ButterflyOp { BUTTERFLY_ADD, BUTTERFLY_MAX };
+
+__device__ __forceinline__ float xor_butterfly(float v, int first, int last, ButterflyOp op) {
+#ifdef __CUDACC__EMU
+    const int emu_op = op == BUTTERFLY_ADD ? EMU_BUTTERFLY_ADD_F32 : EMU_BUTTERFLY_MAX_F32;
+    return __uint_as_float((uint32_t)emu_xor_butterfly(0xffffffffu, emu_op, __float_as_uint(v), first, last));
+#else
+    for (int o = first;; o = first > last ? o / 2 : o * 2) {
+        const float other = __shfl_xor_sync(0xffffffff, v, o);
+        v = op == BUTTERFLY_ADD ? v + other : fmaxf(v, other);
+        if (o == last) return v;
+    }
+#endif
 }
+
+__device__ __forceinline__ double xor_butterfly_sum_f64(double v, int first, int last) {
+#ifdef __CUDACC__EMU
+    const uint64_t bits = emu_xor_butterfly(0xffffffffu, EMU_BUTTERFLY_ADD_F64, __builtin_bit_cast(uint64_t, v),
+                                            first, last);
+    return __builtin_bit_cast(double, bits);
+#else
+    for (int o = first;; o = first > last ? o / 2 : o * 2) {
+        v += __shfl_xor_sync(0xffffffff, v, o);
+        if (o == last) return v;
+    }
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float v) { return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_ADD); }
+__device__ __forceinline__ float warp_max(float v) { return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_MAX); }
 
 // Sum over a block of up to 1024 threads; every thread gets the result.
 // `scratch` holds one float per warp.
@@ -29,13 +59,12 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 __device__ __forceinline__ float block_max(float v, float* scratch) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    v = warp_max(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     v = lane < warps ? scratch[lane] : -INFINITY;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
+    return warp_max(v);
 }
 
 // f64 sum over a block of up to 1024 threads (every thread gets the result), for sums of many
@@ -43,13 +72,12 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    v = xor_butterfly_sum_f64(v, WARP_SIZE / 2, 1);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     v = lane < warps ? scratch[lane] : 0.0;
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    return v;
+    return xor_butterfly_sum_f64(v, WARP_SIZE / 2, 1);
 }
 
 // log σ(x) and σ(x) in the sign-split stable forms of src/loss/numerics.rs (exp never overflows).

@@ -128,14 +128,9 @@ __device__ __forceinline__ void fa_mma_pb(float (*acc)[4], const float (*p)[4], 
     }
 }
 
-__device__ __forceinline__ float fa_quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffff, v, 2));
-}
-__device__ __forceinline__ float fa_quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffff, v, 1);
-    return v + __shfl_xor_sync(0xffffffff, v, 2);
-}
+// Over the four lanes of a quad (lane ^ 1, then lane ^ 2): the lanes holding one fragment row.
+__device__ __forceinline__ float fa_quad_max(float v) { return xor_butterfly(v, 1, 2, BUTTERFLY_MAX); }
+__device__ __forceinline__ float fa_quad_sum(float v) { return xor_butterfly(v, 1, 2, BUTTERFLY_ADD); }
 
 // ---- forward ----------------------------------------------------------------------------------
 // Grid (ceil(T·group / 64), Hkv, B), FA_THREADS threads. Shared: the Q tile [64][LD], K and V

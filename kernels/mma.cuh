@@ -28,16 +28,22 @@ __attribute__((noinline, no_sanitize("thread"))) static void emu_mma_bf16_16816_
     uint32_t all[32 * 6];
     emu_warp_gather(0xffffffffu, mine, 6, all);
     const int lane = (int)emu_lane(), g = lane / 4, c = lane % 4;
-    // A[r][k] sits in lane (r % 8)·4 + (k % 8)/2, register (r ≥ 8) + 2(k ≥ 8); B[k][n] in lane
-    // n·4 + (k % 8)/2, register 4 + (k ≥ 8); the half is k % 2.
-    for (int i = 0; i < 4; ++i) {
-        const int r = g + 8 * (i / 2), n = 2 * c + (i % 2);
-        float acc = d[i];
-        for (int k = 0; k < 16; ++k) {
-            const float x = emu_bf16_half(all[((r % 8) * 4 + (k % 8) / 2) * 6 + (r >= 8) + 2 * (k >= 8)], k % 2);
-            const float y = emu_bf16_half(all[(n * 4 + (k % 8) / 2) * 6 + 4 + (k >= 8)], k % 2);
-            acc = fmaf(x, y, acc);
+    // This lane's D elements are rows g and g+8, columns 2c and 2c+1. A[r][k] sits in lane
+    // (r % 8)·4 + (k % 8)/2, register (r ≥ 8) + 2(k ≥ 8); B[k][n] in lane n·4 + (k % 8)/2,
+    // register 4 + (k ≥ 8); the half is k % 2. Both rows and both columns are widened once.
+    float a[2][16], b[2][16];
+    for (int k = 0; k < 16; ++k) {
+        const int from = (k % 8) / 2, reg = 2 * (k >= 8), half = k % 2;
+        for (int h = 0; h < 2; ++h) {
+            a[h][k] = emu_bf16_half(all[(g * 4 + from) * 6 + h + reg], half);
+            b[h][k] = emu_bf16_half(all[((2 * c + h) * 4 + from) * 6 + 4 + reg / 2], half);
         }
+    }
+    for (int i = 0; i < 4; ++i) {
+        const float* x = a[i / 2];
+        const float* y = b[i % 2];
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc = fmaf(x[k], y[k], acc);
         d[i] = acc;
     }
 }

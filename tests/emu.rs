@@ -191,6 +191,60 @@ fn votes_and_reductions_combine_the_whole_warp() {
     }
 }
 
+/// The same butterfly (v = op(v, v of lane ^ o) for each offset o) written out in plain Rust.
+fn butterfly<T: Copy>(v: &[T], offsets: &[usize], op: impl Fn(T, T) -> T) -> Vec<T> {
+    let mut v = v.to_vec();
+    for &o in offsets {
+        v = (0..v.len())
+            .map(|l| op(v[l], v[(l / 32) * 32 + ((l % 32) ^ o)]))
+            .collect();
+    }
+    v
+}
+
+#[test]
+fn a_butterfly_twin_gives_the_shuffles_bits() {
+    let Some((eng, _g)) = engine() else { return };
+    let n = 64usize;
+    // Values of mixed sign and size, so that a different order of adds would change the bits.
+    let values: Vec<f32> = (0..n)
+        .map(|t| ((t * 7919) % 1000) as f32 * if t % 3 == 0 { -1.37e-3 } else { 2.9 })
+        .collect();
+    let vals = eng.upload(&values).unwrap();
+    let mut out = eng.zeros::<f32>(8 * n).unwrap();
+    let mut out64 = eng.zeros::<f64>(2 * n).unwrap();
+    let f = eng.function("emu_test_butterfly").unwrap();
+    let mut l = eng.stream.launch_builder(&f);
+    l.arg(&mut out).arg(&mut out64).arg(&vals);
+    // SAFETY: (float*, double*, const float*), as the kernel takes.
+    unsafe { l.launch(cfg(1, n as u32, 0)) }.unwrap();
+    let got = eng.download(&out).unwrap();
+    let got64 = eng.download(&out64).unwrap();
+    let halving = [16, 8, 4, 2, 1];
+    let want = [
+        butterfly(&values, &halving, |a, b| a + b),
+        butterfly(&values, &halving, f32::max),
+        butterfly(&values, &[1, 2], |a, b| a + b),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (k, w) in want.iter().enumerate() {
+        assert_eq!(
+            bits(&got[k * n..(k + 1) * n]),
+            bits(w),
+            "shuffles, shape {k}"
+        );
+        assert_eq!(
+            bits(&got[(k + 4) * n..(k + 5) * n]),
+            bits(w),
+            "twin, shape {k}"
+        );
+    }
+    let d: Vec<f64> = values.iter().map(|&v| v as f64 * 1e-3).collect();
+    let want64 = butterfly(&d, &halving, |a, b| a + b);
+    assert_eq!(got64[..n], want64[..], "f64 shuffles");
+    assert_eq!(got64[n..], want64[..], "f64 twin");
+}
+
 #[test]
 fn atomics_are_atomic_across_blocks_on_several_threads() {
     let Some((eng, _g)) = engine() else { return };

@@ -80,7 +80,7 @@ static __forceinline__ unsigned emu_read_u32(const unsigned* p) {
 #define gridDim (emu_read_uint3(&emu_info()->grid_dim))
 #define emu_lane() (emu_read_u32(&emu_info()->lane))
 
-// ---- the runtime's side (emu/runtime/collectives.cpp) ----------------------------------------
+// ---- the runtime's side (emu/runtime/launch.cpp) ----------------------------------------------
 enum EmuVote : int {
     EMU_BALLOT,
     EMU_ANY,
@@ -95,6 +95,7 @@ enum EmuVote : int {
     EMU_REDUCE_XOR,
 };
 enum EmuBarrierOp : int { EMU_SYNC_PLAIN, EMU_SYNC_COUNT, EMU_SYNC_AND, EMU_SYNC_OR };
+enum EmuButterflyOp : int { EMU_BUTTERFLY_ADD_F32, EMU_BUTTERFLY_MAX_F32, EMU_BUTTERFLY_ADD_F64 };
 
 extern "C" {
 int emu_syncthreads_op(int op, int predicate);
@@ -103,6 +104,11 @@ void emu_syncwarp(unsigned mask);
 uint32_t emu_shfl(unsigned mask, uint32_t value, int src_lane);
 void emu_warp_gather(unsigned mask, const uint32_t* mine, uint32_t words, uint32_t* all);
 uint32_t emu_vote(unsigned mask, int op, uint32_t value);
+// A butterfly of xor-shuffles as one collective (kernels/common.cuh's xor_butterfly): for each
+// offset from `first` to `last` (halving, or doubling), every lane's value becomes
+// op(its value, the value of lane ^ offset), both from before the step. `value` holds an f32's
+// bits (EMU_BUTTERFLY_ADD_F32, _MAX_F32) or an f64's (EMU_BUTTERFLY_ADD_F64).
+uint64_t emu_xor_butterfly(unsigned mask, int op, uint64_t value, int first, int last);
 unsigned emu_activemask(void);
 [[noreturn]] void emu_trap(const char* why);
 float emu_atomic_add_f32(float* p, float v);

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 
 namespace emu {
@@ -110,13 +111,14 @@ static void release_barrier(Worker& w) {
 }
 
 // ---- warp collectives -------------------------------------------------------------------------
-static constexpr int kShuffle = -1, kSyncWarp = -2, kGather = -3;
+static constexpr int kShuffle = -1, kSyncWarp = -2, kGather = -3, kButterfly = -4;
 
 static const char* collective_name(int kind) {
     switch (kind) {
         case kShuffle: return "a shuffle";
         case kSyncWarp: return "__syncwarp";
         case kGather: return "a warp gather (mma/ldmatrix)";
+        case kButterfly: return "a butterfly of xor shuffles";
         case EMU_BALLOT: return "__ballot_sync";
         case EMU_ANY: return "__any_sync";
         case EMU_ALL: return "__all_sync";
@@ -146,6 +148,49 @@ static void pack_gather(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t need)
     }
 }
 
+// A butterfly's steps over every lane at once, each lane's result into its butterfly_value. The
+// lanes' (first, last) offsets sit in coll_value and the operation in coll_src, checked equal.
+static void resolve_butterfly(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t need) {
+    const int op = self.coll_src, first = (int)(self.coll_value & 0xffff), last = (int)(self.coll_value >> 16);
+    uint64_t v[32] = {}, next[32] = {};
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        if (lanes[l].coll_value != self.coll_value || lanes[l].coll_src != op)
+            abort_fiber(self, format("lanes %u and %u of warp %u run different butterflies (offsets %u to %u, "
+                                     "operation %d; offsets %d to %d, operation %d)",
+                                     l, self.tid % 32, warp, lanes[l].coll_value & 0xffff, lanes[l].coll_value >> 16,
+                                     lanes[l].coll_src, first, last, op));
+        v[l] = lanes[l].butterfly_value;
+    }
+    for (int o = first;; o = first > last ? o / 2 : o * 2) {
+        for (uint32_t l = 0; l < 32; ++l) {
+            if (!(need >> l & 1)) continue;
+            const uint32_t src = l ^ (uint32_t)o;
+            if (!(need >> src & 1))
+                abort_fiber(self, format("lane %u of warp %u shuffles from lane %u, which is not in the mask 0x%08x "
+                                         "(or does not exist in this block)",
+                                         l, warp, src, need));
+            const uint64_t a = v[l], b = v[src];
+            switch (op) {
+                case EMU_BUTTERFLY_ADD_F32:
+                    next[l] = __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, (uint32_t)a) +
+                                                               __builtin_bit_cast(float, (uint32_t)b));
+                    break;
+                case EMU_BUTTERFLY_MAX_F32:
+                    next[l] = __builtin_bit_cast(uint32_t, fmaxf(__builtin_bit_cast(float, (uint32_t)a),
+                                                                 __builtin_bit_cast(float, (uint32_t)b)));
+                    break;
+                default:
+                    next[l] = __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, a) + __builtin_bit_cast(double, b));
+            }
+        }
+        memcpy(v, next, sizeof v);
+        if (o == last) break;
+    }
+    for (uint32_t l = 0; l < 32; ++l)
+        if (need >> l & 1) lanes[l].butterfly_value = v[l];
+}
+
 // The last lane of `need` has arrived: every lane's result at once, then all go on.
 static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     Fiber* lanes = &w.fibers[warp * 32];
@@ -159,6 +204,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
                                      collective_name(kind), self.coll_mask));
     }
     if (kind == kGather) pack_gather(self, lanes, warp, need);
+    if (kind == kButterfly) resolve_butterfly(self, lanes, warp, need);
     uint32_t ballot = 0, add = 0, umin = 0xffffffffu, umax = 0, band = 0xffffffffu, bor = 0, bxor = 0;
     int32_t imin = INT32_MAX, imax = INT32_MIN;
     for (uint32_t l = 0; l < 32 && kind >= 0; ++l) {
@@ -188,6 +234,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
                 break;
             }
             case kSyncWarp: f.coll_result = 0; break;
+            case kButterfly: f.coll_result = 0; break;
             case kGather:
                 // The packed words are already in the last lane's buffer (pack_gather).
                 if (&f != &self) memcpy(f.gather_dst, self.gather_dst, 32 * sizeof(uint32_t) * self.gather_words);
@@ -252,6 +299,17 @@ extern "C" void emu_warp_gather(unsigned mask, const uint32_t* mine, uint32_t wo
     f.gather_dst = all;
     f.gather_words = words;
     warp_collective(mask, kGather, 0, 0);
+}
+
+extern "C" uint64_t emu_xor_butterfly(unsigned mask, int op, uint64_t value, int first, int last) {
+    Fiber& f = *current_fiber();
+    auto offset = [](int o) { return o >= 1 && o <= 16 && (o & (o - 1)) == 0; };
+    if (!offset(first) || !offset(last) || op < EMU_BUTTERFLY_ADD_F32 || op > EMU_BUTTERFLY_ADD_F64)
+        abort_fiber(f, format("a butterfly from offset %d to %d (operation %d): offsets are powers of two up to 16",
+                              first, last, op));
+    f.butterfly_value = value;
+    warp_collective(mask, kButterfly, (uint32_t)first | (uint32_t)last << 16, op);
+    return f.butterfly_value;
 }
 
 extern "C" unsigned emu_activemask(void) {

@@ -69,6 +69,8 @@ struct Fiber {
     uint32_t coll_value;
     int coll_src;
     uint32_t coll_result;
+    // emu_xor_butterfly: this lane's value in, its result out.
+    uint64_t butterfly_value;
     // emu_warp_gather: this lane's words, and where every lane's words go.
     const uint32_t* gather_src;
     uint32_t* gather_dst;

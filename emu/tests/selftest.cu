@@ -154,3 +154,33 @@ extern "C" __global__ void emu_test_consume(const float* buf, float* out, int n)
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = 2.0f * buf[i];
 }
+
+// kernels/common.cuh's xor_butterfly: the runtime's one-collective twin against the same
+// butterfly written with shuffles, for each shape the kernels use. out[k * n + t] for
+// k = 0..3 (shuffles) and 4..7 (twin): f32 sum 16→1, f32 max 16→1, f32 sum 1→2; f64 sum 16→1 in
+// out64[t] (shuffles) and out64[n + t] (twin).
+extern "C" __global__ void emu_test_butterfly(float* out, double* out64, const float* in) {
+    const int t = threadIdx.x, n = blockDim.x;
+    const float v = in[t];
+    float s = v, m = v, q = v;
+    double d = (double)v * 1e-3;
+    for (int o = 16; o >= 1; o /= 2) {
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        d += __shfl_xor_sync(0xffffffffu, d, o);
+    }
+    for (int o = 1; o <= 2; o *= 2) q += __shfl_xor_sync(0xffffffffu, q, o);
+    out[0 * n + t] = s;
+    out[1 * n + t] = m;
+    out[2 * n + t] = q;
+    out64[t] = d;
+    const auto twin = [](int op, float x, int first, int last) {
+        return __uint_as_float((uint32_t)emu_xor_butterfly(0xffffffffu, op, __float_as_uint(x), first, last));
+    };
+    out[4 * n + t] = twin(EMU_BUTTERFLY_ADD_F32, v, 16, 1);
+    out[5 * n + t] = twin(EMU_BUTTERFLY_MAX_F32, v, 16, 1);
+    out[6 * n + t] = twin(EMU_BUTTERFLY_ADD_F32, v, 1, 2);
+    const double dv = (double)v * 1e-3;
+    out64[n + t] = __builtin_bit_cast(double, emu_xor_butterfly(0xffffffffu, EMU_BUTTERFLY_ADD_F64,
+                                                                __builtin_bit_cast(uint64_t, dv), 16, 1));
+}
