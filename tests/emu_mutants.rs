@@ -108,6 +108,17 @@ const MUTANTS: &[Mutant] = &[
         expect: "FAIL",
     },
     Mutant {
+        // On the software GPU the butterfly runs as one collective (kernels/common.cuh), with
+        // the kernel's own offsets: a wrong one must still fail.
+        name: "a warp sum that leaves out the lanes 16 apart",
+        file: "common.cuh",
+        rebuild: "rmsnorm",
+        op: "rmsnorm",
+        from: "return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_ADD); }",
+        to: "return xor_butterfly(v, WARP_SIZE / 4, 1, BUTTERFLY_ADD); }",
+        expect: "FAIL",
+    },
+    Mutant {
         name: "rmsnorm's mean square over d - 1",
         file: "rmsnorm.cu",
         rebuild: "rmsnorm",
