@@ -264,6 +264,7 @@ struct Scratch {
     float* data = nullptr;
     size_t capacity = 0;
     float* get(size_t n) {
+        if (n == 0) n = 1;  // an empty matrix still gets a pointer (k = 0 is a valid product)
         if (n > capacity) {
             free(data);
             data = (float*)malloc(n * sizeof(float));
