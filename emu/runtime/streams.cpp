@@ -136,6 +136,13 @@ Stream* resolve(Scheduler& s, void* handle) {
     return s.handles.count(handle) ? (Stream*)handle : nullptr;
 }
 
+// The stream a handle names, or nullptr after recording "<api>: <handle> is not a live stream".
+Stream* live_stream(Scheduler& s, void* handle, const char* api) {
+    Stream* st = resolve(s, handle);
+    if (!st) set_error(kInvalidHandle, format("%s: %p is not a live stream", api, handle));
+    return st;
+}
+
 std::string stream_name(int id) {
     return id == 0 ? std::string("the legacy default stream") : format("stream %d", id);
 }
@@ -325,11 +332,8 @@ int submit_work(void* stream, std::string label, std::vector<DeviceAccess> acces
                 bool host_waits) {
     Scheduler& s = sched();
     std::lock_guard<std::recursive_mutex> g(s.lock);
-    Stream* st = resolve(s, stream);
-    if (!st) {
-        set_error(kInvalidHandle, format("%s: %p is not a live stream", label.c_str(), stream));
-        return kInvalidHandle;
-    }
+    Stream* st = live_stream(s, stream, label.c_str());
+    if (!st) return kInvalidHandle;
     WorkPtr w = enqueue(s, *st, make_work(std::move(label), std::move(accesses), std::move(run)), nullptr, nullptr);
     after_submit(s, *st, w, host_waits);
     return take_pending(s);
@@ -365,11 +369,8 @@ int destroy_stream(void* stream) {
 int synchronize_stream(void* stream) {
     Scheduler& s = sched();
     std::lock_guard<std::recursive_mutex> g(s.lock);
-    Stream* st = resolve(s, stream);
-    if (!st) {
-        set_error(kInvalidHandle, format("cuStreamSynchronize: %p is not a live stream", stream));
-        return kInvalidHandle;
-    }
+    Stream* st = live_stream(s, stream, "cuStreamSynchronize");
+    if (!st) return kInvalidHandle;
     run_until(s, [&] { return st->queue.empty(); });
     join(s.host, st->clock);
     return take_pending(s);
@@ -378,11 +379,8 @@ int synchronize_stream(void* stream) {
 int query_stream(void* stream) {
     Scheduler& s = sched();
     std::lock_guard<std::recursive_mutex> g(s.lock);
-    Stream* st = resolve(s, stream);
-    if (!st) {
-        set_error(kInvalidHandle, format("cuStreamQuery: %p is not a live stream", stream));
-        return kInvalidHandle;
-    }
+    Stream* st = live_stream(s, stream, "cuStreamQuery");
+    if (!st) return kInvalidHandle;
     progress_a_little(s);
     if (const int r = take_pending(s)) return r;
     if (!st->queue.empty()) return kNotReady;
@@ -412,11 +410,8 @@ StreamEvent* create_event() { return new StreamEvent{nullptr, {}, std::make_shar
 int record_event(StreamEvent* e, void* stream) {
     Scheduler& s = sched();
     std::lock_guard<std::recursive_mutex> g(s.lock);
-    Stream* st = resolve(s, stream);
-    if (!st) {
-        set_error(kInvalidHandle, format("cuEventRecord: %p is not a live stream", stream));
-        return kInvalidHandle;
-    }
+    Stream* st = live_stream(s, stream, "cuEventRecord");
+    if (!st) return kInvalidHandle;
     // A fresh clock cell per record: a later record does not change what earlier waits wait for.
     auto ms = std::make_shared<double>(0.0);
     WorkPtr w = enqueue(s, *st, make_work("cuEventRecord", {}, [ms] {
@@ -434,11 +429,8 @@ int record_event(StreamEvent* e, void* stream) {
 int wait_event(void* stream, StreamEvent* e) {
     Scheduler& s = sched();
     std::lock_guard<std::recursive_mutex> g(s.lock);
-    Stream* st = resolve(s, stream);
-    if (!st) {
-        set_error(kInvalidHandle, format("cuStreamWaitEvent: %p is not a live stream", stream));
-        return kInvalidHandle;
-    }
+    Stream* st = live_stream(s, stream, "cuStreamWaitEvent");
+    if (!st) return kInvalidHandle;
     if (!e->marker) return 0;  // never recorded: nothing to wait for, as in CUDA
     WorkPtr w = enqueue(s, *st, make_work("cuStreamWaitEvent", {}, [] { return 0; }), e->marker, &e->clock);
     after_submit(s, *st, w, false);
