@@ -56,13 +56,21 @@ struct EmuThreadInfo {
     // Whether this launch's global accesses are recorded for the cross-stream race check.
     uintptr_t track_global;
 };
+static_assert(sizeof(EmuThreadInfo) <= 128, "one slot of the stack's first page (emu_info_of_stack)");
 
 // Plain (non-volatile) asm: the compiler may keep these values in registers across a kernel, and
 // the thread sanitizer's instrumentation (the race check) does not see them as memory accesses.
+//
+// The info sits in the first page of the stack at one of 32 slots of 128 bytes, chosen by the
+// stack's index: at offset 0 of every 128 KiB-aligned stack, the infos of a block's threads would
+// all share one set of the L1 and L2 caches and evict one another at every switch.
+static __forceinline__ EmuThreadInfo* emu_info_of_stack(uintptr_t base) {
+    return (EmuThreadInfo*)(base + ((base / EMU_STACK_BYTES) % 32) * 128);
+}
 static __forceinline__ const EmuThreadInfo* emu_info() {
     uintptr_t sp;
     asm("movq %%rsp, %0" : "=r"(sp));
-    return (const EmuThreadInfo*)(sp & ~(uintptr_t)(EMU_STACK_BYTES - 1));
+    return emu_info_of_stack(sp & ~(uintptr_t)(EMU_STACK_BYTES - 1));
 }
 static __forceinline__ uint3 emu_read_uint3(const uint3* p) {
     uint3 v;

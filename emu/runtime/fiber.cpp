@@ -2,9 +2,11 @@
 // C library's swapcontext makes a signal-mask syscall each time and costs 20x that).
 //
 // Stack layout (EMU_STACK_BYTES, aligned to its size):
-//   [0, 4 KiB)        EmuThreadInfo, read by the built-ins through the stack pointer
+//   [0, 4 KiB)        EmuThreadInfo at one of 32 slots (emu_info_of_stack), read by the built-ins
+//                     through the stack pointer
 //   [4 KiB, 8 KiB)    guard page: a stack overflow faults instead of overwriting the info
-//   [8 KiB, top)      the stack, growing down; tops are staggered so stacks don't alias in cache
+//   [8 KiB, top)      the stack, growing down; tops are staggered by 3 cache lines over 128
+//                     threads (24 KiB), so the stacks' hot frames don't share cache sets
 #include "runtime.h"
 
 #include <sys/mman.h>
@@ -75,9 +77,9 @@ void ensure_fibers(Worker& w, uint32_t count) {
         uint8_t* base = w.stacks + i * EMU_STACK_BYTES;
         mprotect(base + kPage, kPage, PROT_NONE);
         Fiber& f = w.fibers[i];
-        f.info = (EmuThreadInfo*)base;
+        f.info = emu_info_of_stack((uintptr_t)base);
         f.worker = &w;
-        f.stack_top = base + EMU_STACK_BYTES - (i % 32) * 64;
+        f.stack_top = base + EMU_STACK_BYTES - (i % 128) * 192;
     }
 }
 

@@ -8,6 +8,7 @@
 // computes every lane's result at once. Whatever can never complete is reported as a deadlock.
 #include "runtime.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdlib>
@@ -581,8 +582,57 @@ static void report_touches(const Launch& l) {
     }
 }
 
+// ---- the profile (PREFER_EMU_PROFILE=1) --------------------------------------------------------
+// Launches, blocks, threads and wall time per kernel, printed to stderr at exit, slowest first:
+// where the software GPU's time goes, to choose what to make faster.
+namespace {
+struct KernelProfile {
+    uint64_t launches = 0, blocks = 0, threads = 0;
+    double seconds = 0;
+};
+struct Profile {
+    std::mutex lock;
+    std::vector<std::pair<const Kernel*, KernelProfile>> kernels;
+};
+Profile* profile_if_enabled() {
+    static Profile* p = [] {
+        const char* s = getenv("PREFER_EMU_PROFILE");
+        if (!s || !*s || strcmp(s, "0") == 0) return (Profile*)nullptr;
+        Profile* made = new Profile();
+        atexit([] {
+            Profile& p = *profile_if_enabled();
+            std::lock_guard<std::mutex> g(p.lock);
+            std::sort(p.kernels.begin(), p.kernels.end(),
+                      [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+            double total = 0;
+            for (const auto& k : p.kernels) total += k.second.seconds;
+            fprintf(stderr, "\nsoftware GPU profile: %.2f s in kernels\n%-40s %9s %11s %13s %9s %6s\n", total,
+                    "kernel", "launches", "blocks", "threads", "seconds", "share");
+            for (const auto& [k, v] : p.kernels)
+                fprintf(stderr, "%-40s %9llu %11llu %13llu %9.2f %5.1f%%\n", k->name, (unsigned long long)v.launches,
+                        (unsigned long long)v.blocks, (unsigned long long)v.threads, v.seconds,
+                        total > 0 ? 100 * v.seconds / total : 0.0);
+        });
+        return made;
+    }();
+    return p;
+}
+void record_profile(const Kernel* k, dim3 grid, dim3 block, double seconds) {
+    Profile& p = *profile_if_enabled();
+    std::lock_guard<std::mutex> g(p.lock);
+    auto it = std::find_if(p.kernels.begin(), p.kernels.end(), [&](const auto& e) { return e.first == k; });
+    if (it == p.kernels.end()) it = p.kernels.insert(p.kernels.end(), {k, KernelProfile{}});
+    const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+    it->second.launches += 1;
+    it->second.blocks += blocks;
+    it->second.threads += blocks * block.x * block.y * block.z;
+    it->second.seconds += seconds;
+}
+}  // namespace
+
 int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared, void** params) {
     std::lock_guard<std::mutex> serial(pool.launch_lock);
+    const auto started = std::chrono::steady_clock::now();
     {
         std::lock_guard<std::mutex> g(pool.lock);
         start_pool();
@@ -605,6 +655,8 @@ int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared,
         pool.work_done.wait(g, [] { return pool.busy == 0; });
         pool.current = nullptr;
     }
+    if (profile_if_enabled())
+        record_profile(k, grid, block, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     if (l.failed) {
         set_error(l.error_code, l.error);
         return l.error_code;
