@@ -163,12 +163,16 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
     float o[NO][4] = {};
     float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;  // l: this thread's partial sums
 
+    // The loop runs at least once and commits a group only when it loads one, so no copy is in
+    // flight after it (nor after the backward kernels' loops, built the same way).
     for (int tile = 0; tile < tiles; ++tile) {
         const int buf = tile % 2;
         cp_async_wait<0>();
         __syncthreads();  // tile `tile` is here, and every warp is done with the other buffer
-        if (tile + 1 < tiles) load_kv(tile + 1, 1 - buf);
-        cp_async_commit();
+        if (tile + 1 < tiles) {
+            load_kv(tile + 1, 1 - buf);
+            cp_async_commit();
+        }
         if (R0 + warp * 16 >= rows || tile * BN > warp_last) continue;  // warp-uniform: nothing visible
 
         float sc[BN / 8][4] = {};
@@ -211,7 +215,6 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
         }
         fa_mma_pb<BN / 16, NO, LD>(o, sc, vs + buf * BN * LD);
     }
-    cp_async_wait<0>();
 
     lA = fa_quad_sum(lA);
     lB = fa_quad_sum(lB);
@@ -263,8 +266,10 @@ __device__ __forceinline__ void flash_backward_dq(bf16* dq, const bf16* dout, co
         const int buf = tile % 2;
         cp_async_wait<0>();
         __syncthreads();
-        if (tile + 1 < tiles) load_kv(tile + 1, 1 - buf);
-        cp_async_commit();
+        if (tile + 1 < tiles) {
+            load_kv(tile + 1, 1 - buf);
+            cp_async_commit();
+        }
         if (R0 + warp * 16 >= rows || tile * BN > warp_last) continue;
 
         float sc[BN / 8][4] = {}, dp[BN / 8][4] = {};
@@ -284,7 +289,6 @@ __device__ __forceinline__ void flash_backward_dq(bf16* dq, const bf16* dout, co
         }
         fa_mma_pb<BN / 16, NO, LD>(acc, sc, ks + buf * BN * LD);
     }
-    cp_async_wait<0>();
     fa_store_rows<NO>(dq, tA >= 0, fa_q_row<HD>(b, rA, kvh, s), s.scale, tB >= 0, fa_q_row<HD>(b, rB, kvh, s), s.scale,
                       acc);
 }
@@ -340,8 +344,10 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dk, bf16* dv, const bf1
         const int buf = (tile - first) % 2;
         cp_async_wait<0>();
         __syncthreads();
-        if (tile + 1 < tiles) load_q(tile + 1, 1 - buf);
-        cp_async_commit();
+        if (tile + 1 < tiles) {
+            load_q(tile + 1, 1 - buf);
+            cp_async_commit();
+        }
         // warp-uniform: the tile's last token is before every key of this warp, or no key is real
         if (warp_first >= s.T || (min(tile * BQ + BQ, rows) - 1) / s.group < warp_first) continue;
 
@@ -364,7 +370,6 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dk, bf16* dv, const bf1
         fa_mma_pb<BQ / 16, NO, LD>(dv_acc, st, dos + buf * BQ * LD);
         fa_mma_pb<BQ / 16, NO, LD>(dk_acc, dpt, qs + buf * BQ * LD);
     }
-    cp_async_wait<0>();
     const size_t rowA = jA < s.T ? fa_kv_row<HD>(b, jA, kvh, s) : 0, rowB = jB < s.T ? fa_kv_row<HD>(b, jB, kvh, s) : 0;
     fa_store_rows<NO>(dk, jA < s.T, rowA, s.scale, jB < s.T, rowB, s.scale, dk_acc);
     fa_store_rows<NO>(dv, jA < s.T, rowA, 1.0f, jB < s.T, rowB, 1.0f, dv_acc);

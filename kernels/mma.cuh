@@ -16,46 +16,15 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
            ((uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16);
 }
 
-#ifdef __CUDACC__EMU
-__device__ __forceinline__ float emu_bf16_half(uint32_t word, int high) {
-    return __bfloat162float(__ushort_as_bfloat16((unsigned short)(high ? word >> 16 : word & 0xffffu)));
-}
-
-// One lane's part of the emulated mma, on register copies only: no shared memory to check, so it
-// is left out of the race check's instrumentation (the 4096 loads of the gathered fragments per
-// warp would each call a hook).
-__attribute__((noinline, no_sanitize("thread"))) static void emu_mma_bf16_16816_lane(float d[4], const uint32_t mine[6]) {
-    uint32_t all[32 * 6];
-    emu_warp_gather(0xffffffffu, mine, 6, all);
-    const int lane = (int)emu_lane(), g = lane / 4, c = lane % 4;
-    // This lane's D elements are rows g and g+8, columns 2c and 2c+1. A[r][k] sits in lane
-    // (r % 8)·4 + (k % 8)/2, register (r ≥ 8) + 2(k ≥ 8); B[k][n] in lane n·4 + (k % 8)/2,
-    // register 4 + (k ≥ 8); the half is k % 2. Both rows and both columns are widened once.
-    float a[2][16], b[2][16];
-    for (int k = 0; k < 16; ++k) {
-        const int from = (k % 8) / 2, reg = 2 * (k >= 8), half = k % 2;
-        for (int h = 0; h < 2; ++h) {
-            a[h][k] = emu_bf16_half(all[(g * 4 + from) * 6 + h + reg], half);
-            b[h][k] = emu_bf16_half(all[((2 * c + h) * 4 + from) * 6 + 4 + reg / 2], half);
-        }
-    }
-    for (int i = 0; i < 4; ++i) {
-        const float* x = a[i / 2];
-        const float* y = b[i % 2];
-        float acc = d[i];
-        for (int k = 0; k < 16; ++k) acc = fmaf(x[k], y[k], acc);
-        d[i] = acc;
-    }
-}
-#endif
 
 // d (16x8 f32) += a (16x16 bf16) · b (16x8 bf16), warp-wide.
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
 #ifdef __CUDACC__EMU
     // The operands are read and d written here, in checked code, as the instruction's registers.
+    // The whole warp's D is computed once, by the last lane to arrive (emu/runtime/launch.cpp).
     const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
     float acc[4] = {d[0], d[1], d[2], d[3]};
-    emu_mma_bf16_16816_lane(acc, mine);
+    emu_mma_bf16_16816(0xffffffffu, mine, acc);
     for (int i = 0; i < 4; ++i) d[i] = acc[i];
 #else
     asm volatile(

@@ -49,8 +49,8 @@ const MUTANTS: &[Mutant] = &[
         file: "flash_attention.cu",
         rebuild: "flash_attention",
         op: "attention",
-        from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) load_kv(",
-        to: "__syncthreads();\n        if (tile + 1 < tiles) load_kv(",
+        from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) {\n            load_kv(",
+        to: "__syncthreads();\n        if (tile + 1 < tiles) {\n            load_kv(",
         expect: IN_FLIGHT,
     },
     Mutant {
@@ -58,8 +58,8 @@ const MUTANTS: &[Mutant] = &[
         file: "flash_attention.cu",
         rebuild: "flash_attention",
         op: "attention",
-        from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) load_q(",
-        to: "__syncthreads();\n        if (tile + 1 < tiles) load_q(",
+        from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) {\n            load_q(",
+        to: "__syncthreads();\n        if (tile + 1 < tiles) {\n            load_q(",
         expect: IN_FLIGHT,
     },
     Mutant {
@@ -202,6 +202,34 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("prefer-mutant-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The acceptance of the software-GPU issue: removing any one `cp_async_wait` in
+/// kernels/flash_attention.cu must fail the check. So every wait there is removed by a mutant
+/// above; a wait added to the kernel without one fails this test (no build needed).
+#[test]
+fn every_cp_async_wait_in_flash_attention_is_removed_by_a_mutant() {
+    let text = include_str!("../kernels/flash_attention.cu");
+    let waits: Vec<usize> = text
+        .match_indices("cp_async_wait<")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!waits.is_empty(), "flash_attention.cu has no cp_async_wait");
+    let removed: Vec<std::ops::Range<usize>> = MUTANTS
+        .iter()
+        .filter(|m| {
+            m.file == "flash_attention.cu"
+                && m.to.matches("cp_async_wait<").count() < m.from.matches("cp_async_wait<").count()
+        })
+        .filter_map(|m| text.find(m.from).map(|at| at..at + m.from.len()))
+        .collect();
+    for at in waits {
+        let line = text[..at].lines().count();
+        assert!(
+            removed.iter().any(|r| r.contains(&at)),
+            "kernels/flash_attention.cu:{line}: no mutant removes this cp_async_wait"
+        );
+    }
 }
 
 #[test]

@@ -117,6 +117,11 @@ uint32_t emu_vote(unsigned mask, int op, uint32_t value);
 // op(its value, the value of lane ^ offset), both from before the step. `value` holds an f32's
 // bits (EMU_BUTTERFLY_ADD_F32, _MAX_F32) or an f64's (EMU_BUTTERFLY_ADD_F64).
 uint64_t emu_xor_butterfly(unsigned mask, int op, uint64_t value, int first, int last);
+// mma.m16n8k16 (bf16 in, f32 accumulate) as one collective of the whole warp (kernels/mma.cuh):
+// each lane gives its four A and two B registers in `mine` and its four accumulators in `d`,
+// which come back as the instruction leaves them. The last lane to arrive widens A and B once and
+// computes all 32 lanes' D.
+void emu_mma_bf16_16816(unsigned mask, const uint32_t mine[6], float d[4]);
 unsigned emu_activemask(void);
 [[noreturn]] void emu_trap(const char* why);
 float emu_atomic_add_f32(float* p, float v);

@@ -112,7 +112,7 @@ static void release_barrier(Worker& w) {
 }
 
 // ---- warp collectives -------------------------------------------------------------------------
-static constexpr int kShuffle = -1, kSyncWarp = -2, kGather = -3, kButterfly = -4;
+static constexpr int kShuffle = -1, kSyncWarp = -2, kGather = -3, kButterfly = -4, kMma = -5;
 
 static const char* collective_name(int kind) {
     switch (kind) {
@@ -120,6 +120,7 @@ static const char* collective_name(int kind) {
         case kSyncWarp: return "__syncwarp";
         case kGather: return "a warp gather (mma/ldmatrix)";
         case kButterfly: return "a butterfly of xor shuffles";
+        case kMma: return "mma.m16n8k16";
         case EMU_BALLOT: return "__ballot_sync";
         case EMU_ANY: return "__any_sync";
         case EMU_ALL: return "__all_sync";
@@ -192,6 +193,44 @@ static void resolve_butterfly(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t
         if (need >> l & 1) lanes[l].butterfly_value = v[l];
 }
 
+static float bf16_half(uint32_t word, int high) {
+    return __builtin_bit_cast(float, (high ? word >> 16 : word & 0xffffu) << 16);
+}
+
+// mma.m16n8k16 for the whole warp. With g = lane / 4 and c = lane % 4 (kernels/mma.cuh's
+// layouts): lane registers 0-3 hold A[g][2c..], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..];
+// 4-5 hold B[2c..][g] and B[2c+8..][g]; the lane's D is rows g, g+8 and columns 2c, 2c+1. Each D
+// element is accumulated over k = 0..15 in order, with fmaf, from the lane's own accumulator. A lane
+// outside the warp (a block of fewer than 32 threads) gives zeros.
+static void resolve_mma(Fiber* lanes, uint32_t need) {
+    float a[16][16] = {}, b[8][16] = {};  // a[row][k], b[column][k]
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        const uint32_t* w = lanes[l].gather_src;
+        const int g = (int)l / 4, c = (int)l % 4;
+        for (int half = 0; half < 2; ++half) {
+            a[g][2 * c + half] = bf16_half(w[0], half);
+            a[g + 8][2 * c + half] = bf16_half(w[1], half);
+            a[g][2 * c + 8 + half] = bf16_half(w[2], half);
+            a[g + 8][2 * c + 8 + half] = bf16_half(w[3], half);
+            b[g][2 * c + half] = bf16_half(w[4], half);
+            b[g][2 * c + 8 + half] = bf16_half(w[5], half);
+        }
+    }
+    for (uint32_t l = 0; l < 32; ++l) {
+        if (!(need >> l & 1)) continue;
+        float* d = (float*)lanes[l].gather_dst;
+        const int g = (int)l / 4, c = (int)l % 4;
+        for (int i = 0; i < 4; ++i) {
+            const float* x = a[g + 8 * (i / 2)];
+            const float* y = b[2 * c + i % 2];
+            float acc = d[i];
+            for (int k = 0; k < 16; ++k) acc = fmaf(x[k], y[k], acc);
+            d[i] = acc;
+        }
+    }
+}
+
 // The last lane of `need` has arrived: every lane's result at once, then all go on.
 static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     Fiber* lanes = &w.fibers[warp * 32];
@@ -206,6 +245,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     }
     if (kind == kGather) pack_gather(self, lanes, warp, need);
     if (kind == kButterfly) resolve_butterfly(self, lanes, warp, need);
+    if (kind == kMma) resolve_mma(lanes, need);
     uint32_t ballot = 0, add = 0, umin = 0xffffffffu, umax = 0, band = 0xffffffffu, bor = 0, bxor = 0;
     int32_t imin = INT32_MAX, imax = INT32_MIN;
     for (uint32_t l = 0; l < 32 && kind >= 0; ++l) {
@@ -236,6 +276,7 @@ static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
             }
             case kSyncWarp: f.coll_result = 0; break;
             case kButterfly: f.coll_result = 0; break;
+            case kMma: f.coll_result = 0; break;
             case kGather:
                 // The packed words are already in the last lane's buffer (pack_gather).
                 if (&f != &self) memcpy(f.gather_dst, self.gather_dst, 32 * sizeof(uint32_t) * self.gather_words);
@@ -300,6 +341,14 @@ extern "C" void emu_warp_gather(unsigned mask, const uint32_t* mine, uint32_t wo
     f.gather_dst = all;
     f.gather_words = words;
     warp_collective(mask, kGather, 0, 0);
+}
+
+extern "C" void emu_mma_bf16_16816(unsigned mask, const uint32_t mine[6], float d[4]) {
+    Fiber& f = *current_fiber();
+    f.gather_src = mine;
+    f.gather_dst = (uint32_t*)d;
+    f.gather_words = 6;
+    warp_collective(mask, kMma, 0, 0);
 }
 
 extern "C" uint64_t emu_xor_butterfly(unsigned mask, int op, uint64_t value, int first, int last) {
