@@ -44,7 +44,7 @@ bool cp_async_check_access(Worker& w, Fiber& f, uintptr_t offset, size_t size, b
         if (who == 0) continue;
         if (!w.race_reported) {
             w.race_reported = true;
-            const uint3 t = f.info->thread_idx, o = w.fibers[who - 1].info->thread_idx;
+            const uint3 t = f.info->thread_idx, o = thread_index(w, who - 1u);
             fail_block(w, format("kernel %s, block (%u,%u,%u): shared-memory race on %s: thread %u (%u,%u,%u) %s it "
                                  "while thread %u (%u,%u,%u)'s cp.async to it is still in flight (no cp_async_wait "
                                  "of that thread covers it yet)",

@@ -94,8 +94,8 @@ std::string describe_fault(Worker& w) {
         default: break;
     }
     if (w.running == nullptr) {
-        for (const Fiber& f : w.fibers) {
-            const uintptr_t base = (uintptr_t)f.info;
+        for (uint32_t slot = 0; slot < w.stack_slots; ++slot) {
+            const uintptr_t base = (uintptr_t)stack_base(w, slot);
             if (a >= base && a < base + 2 * 4096)
                 return format("stack overflow (the software GPU gives each thread %u KiB)", EMU_STACK_BYTES / 1024);
         }

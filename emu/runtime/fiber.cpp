@@ -2,6 +2,7 @@
 // C library's swapcontext makes a signal-mask syscall each time and costs 20x that).
 //
 // Stack layout (EMU_STACK_BYTES, aligned to its size):
+// A thread takes a stack when it first runs and frees it when it exits (Worker::free_slots).
 //   [0, 4 KiB)        EmuThreadInfo at one of 32 slots (emu_info_of_stack), read by the built-ins
 //                     through the stack pointer
 //   [4 KiB, 8 KiB)    guard page: a stack overflow faults instead of overwriting the info
@@ -59,8 +60,8 @@ static constexpr size_t kPage = 4096;
 
 extern "C" [[noreturn]] void emu_fiber_main(Fiber* f);
 
-void ensure_fibers(Worker& w, uint32_t count) {
-    if (w.fibers.size() >= count) return;
+void ensure_stacks(Worker& w, uint32_t count) {
+    if (w.stack_slots >= count) return;
     // Map every stack this worker may need (1024 threads) once, reserving address space only.
     if (!w.stacks) {
         const size_t bytes = (size_t)1024 * EMU_STACK_BYTES + EMU_STACK_BYTES;
@@ -71,20 +72,21 @@ void ensure_fibers(Worker& w, uint32_t count) {
         }
         w.stacks = (uint8_t*)(((uintptr_t)p + EMU_STACK_BYTES - 1) & ~(uintptr_t)(EMU_STACK_BYTES - 1));
     }
-    const size_t first = w.fibers.size();
-    w.fibers.resize(count);
-    for (size_t i = first; i < count; ++i) {
-        uint8_t* base = w.stacks + i * EMU_STACK_BYTES;
-        mprotect(base + kPage, kPage, PROT_NONE);
-        Fiber& f = w.fibers[i];
-        f.info = emu_info_of_stack((uintptr_t)base);
-        f.worker = &w;
-        f.stack_top = base + EMU_STACK_BYTES - (i % 128) * 192;
-    }
+    for (uint32_t i = w.stack_slots; i < count; ++i) mprotect(stack_base(w, i) + kPage, kPage, PROT_NONE);
+    w.stack_slots = count;
 }
 
-// Lays out a first frame that emu_context_switch "returns" into emu_fiber_entry from.
-void start_fiber(Fiber& f) {
+uint8_t* stack_base(const Worker& w, uint32_t slot) { return w.stacks + (size_t)slot * EMU_STACK_BYTES; }
+
+// Takes the most recently freed stack and lays out a first frame that emu_context_switch
+// "returns" into emu_fiber_entry from.
+void start_fiber(Worker& w, Fiber& f) {
+    const uint32_t slot = w.free_slots.back();
+    w.free_slots.pop_back();
+    uint8_t* base = stack_base(w, slot);
+    f.slot = slot;
+    f.info = emu_info_of_stack((uintptr_t)base);
+    f.stack_top = base + EMU_STACK_BYTES - (slot % 128) * 192;
     f.info->fiber = &f;
     uintptr_t top = (uintptr_t)f.stack_top & ~(uintptr_t)15;
     uint64_t* sp = (uint64_t*)(top - 7 * 8);  // six registers and a return address
@@ -96,7 +98,6 @@ void start_fiber(Fiber& f) {
     sp[5] = 0;                                // rbp
     sp[6] = (uint64_t)(void*)&emu_fiber_entry;
     f.sp = sp;
-    f.state = FiberState::Ready;
 }
 
 void run_ready_fibers(Worker& w, Fiber& f) {
@@ -122,16 +123,12 @@ void yield_fiber(Fiber& f) {
     emu_context_switch(&f.sp, next->sp);
 }
 
-void leave_fiber(Fiber& f) {
-    yield_fiber(f);
-    __builtin_unreachable();
-}
-
 extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
     Launch* l = f->worker->launch;
     l->kernel->invoke(l->params);
     f->state = FiberState::Done;
-    leave_fiber(*f);
+    // Through the scheduler, which frees this stack once nothing runs on it any more.
+    switch_to_scheduler(*f);
 }
 
 }  // namespace emu

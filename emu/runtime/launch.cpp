@@ -459,30 +459,46 @@ static std::string describe_deadlock(const Worker& w) {
     return s;
 }
 
+uint3 thread_index(const Worker& w, uint32_t tid) {
+    const dim3 b = w.launch->block;
+    return {tid % b.x, tid / b.x % b.y, tid / (b.x * b.y)};
+}
+
+void begin_thread(Worker& w, Fiber& f) {
+    start_fiber(w, f);
+    const Launch& l = *w.launch;
+    EmuThreadInfo& t = *f.info;
+    t.thread_idx = thread_index(w, f.tid);
+    t.block_idx = w.block_idx;
+    t.block_dim = {l.block.x, l.block.y, l.block.z};
+    t.grid_dim = {l.grid.x, l.grid.y, l.grid.z};
+    t.lane = f.tid % 32;
+    t.linear = f.tid;
+    t.shared_lo = w.shared_lo;
+    t.shared_size = w.shared_size;
+    t.track_global = !l.buffers.empty();
+}
+
 static void run_block(Worker& w, Launch& l, uint64_t linear) {
     const dim3 g = l.grid, b = l.block;
     w.block_idx = {(unsigned)(linear % g.x), (unsigned)(linear / g.x % g.y), (unsigned)(linear / ((uint64_t)g.x * g.y))};
     const uint32_t n = b.x * b.y * b.z;
-    ensure_fibers(w, n);
+    ensure_stacks(w, n);
+    if (w.fibers.size() < n) w.fibers.resize(n);
     w.block_threads = n;
     w.block_error.clear();
     w.race_reported = false;
     w.warps.assign((n + 31) / 32, WarpState{0, 0});
     race_begin_block(w);
+    w.free_slots.resize(n);
+    for (uint32_t i = 0; i < n; ++i) w.free_slots[i] = n - 1 - i;  // slot 0 first
     for (uint32_t i = 0; i < n; ++i) {
         Fiber& f = w.fibers[i];
-        EmuThreadInfo& t = *f.info;
-        t.thread_idx = {i % b.x, i / b.x % b.y, i / (b.x * b.y)};
-        t.block_idx = w.block_idx;
-        t.block_dim = {b.x, b.y, b.z};
-        t.grid_dim = {g.x, g.y, g.z};
-        t.lane = i % 32;
-        t.linear = i;
-        t.shared_lo = w.shared_lo;
-        t.shared_size = w.shared_size;
-        t.track_global = !l.buffers.empty();
+        f.worker = &w;
         f.tid = i;
-        start_fiber(f);
+        f.state = FiberState::Ready;
+        f.slot = kNoSlot;
+        f.info = nullptr;
     }
     w.ready.resize(n);
     for (uint32_t i = 0; i < n; ++i) w.ready[i] = i;
@@ -495,6 +511,7 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
             run_ready_fibers(w, *first);
             Fiber& f = *w.running;
             w.running = nullptr;
+            if (f.state == FiberState::Done) w.free_slots.push_back(f.slot);
             if (f.state == FiberState::Faulted) {
                 if (w.fault_signal) {
                     fail_block(w, where(w, &f) + ": " + describe_fault(w), kIllegalAddress);

@@ -57,9 +57,10 @@ enum class FiberState : uint8_t { Ready, AtBarrier, AtWarp, Done, Faulted };
 struct Worker;
 
 struct Fiber {
-    EmuThreadInfo* info;  // at the base of its stack
+    EmuThreadInfo* info;  // in the first page of its stack (emu_info_of_stack); null until it starts
     void* sp;             // saved stack pointer while switched out
     uint8_t* stack_top;
+    uint32_t slot;  // its stack, from the worker's free slots when it first runs; kNoSlot before
     Worker* worker;
     uint32_t tid;  // linear index in the block
     FiberState state;
@@ -126,9 +127,14 @@ struct Worker {
     std::thread thread;
     void* sched_sp = nullptr;  // the scheduler's stack pointer while a fiber runs
     Fiber* running = nullptr;  // the fiber now on the CPU, for the fault handler
-    std::vector<Fiber> fibers;
+    std::vector<Fiber> fibers;  // one per thread of the block
+    // Stacks: address space for 1024, mapped once; `stack_slots` of them have their guard page.
+    // A thread takes a free one when it first runs and gives it back when it exits, so a block
+    // whose threads run to the end one after another (no barrier, no warp collective) runs them
+    // all on one stack, hot in cache, instead of touching a fresh stack per thread.
     uint8_t* stacks = nullptr;
-    size_t stacks_mapped = 0;
+    uint32_t stack_slots = 0;
+    std::vector<uint32_t> free_slots;  // the last is taken first
     uint8_t* alt_stack = nullptr;
 
     // This thread's shared memory: the module's TLS block.
@@ -183,8 +189,11 @@ struct Launch {
 };
 
 // fiber.cpp
-void ensure_fibers(Worker& w, uint32_t count);
-void start_fiber(Fiber& f);
+constexpr uint32_t kNoSlot = UINT32_MAX;
+void ensure_stacks(Worker& w, uint32_t count);
+uint8_t* stack_base(const Worker& w, uint32_t slot);
+// Gives `f` a free stack and lays out its first frame; the caller fills its info.
+void start_fiber(Worker& w, Fiber& f);
 // Runs `f`, and from it every fiber that becomes ready, until the ready list runs dry or a fiber
 // faults; then returns, with w.running the fiber that came back.
 void run_ready_fibers(Worker& w, Fiber& f);
@@ -192,7 +201,9 @@ void run_ready_fibers(Worker& w, Fiber& f);
 // The fiber waits: the next ready one runs straight after it (one switch, no trip through the
 // scheduler), or the scheduler when none is ready.
 void yield_fiber(Fiber& f);
-[[noreturn]] void leave_fiber(Fiber& f);  // as yield_fiber, for a fiber that is done
+// launch.cpp: a thread that has not run yet gets its stack and its built-ins (threadIdx, ...).
+void begin_thread(Worker& w, Fiber& f);
+uint3 thread_index(const Worker& w, uint32_t tid);
 inline Fiber* current_fiber() { return (Fiber*)emu_info()->fiber; }
 
 // The next fiber to run, drawn from the ready ones not yet run; nullptr when there are none.
@@ -212,7 +223,9 @@ inline Fiber* next_ready(Worker& w) {
         std::swap(w.ready[head], w.ready[pick]);
     }
     w.ready_head = head + 1;
-    return &w.fibers[w.ready[head]];
+    Fiber* f = &w.fibers[w.ready[head]];
+    if (f->slot == kNoSlot) begin_thread(w, *f);
+    return f;
 }
 
 // launch.cpp

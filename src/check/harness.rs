@@ -57,28 +57,56 @@ pub fn print_table(rows: &[CheckRow]) -> bool {
 /// A small deterministic generator: the same inputs on every machine.
 pub(super) struct Lcg(pub(super) u64);
 
+const LCG_MUL: u64 = 6364136223846793005;
+const LCG_ADD: u64 = 1442695040888963407;
+/// Values drawn per parallel chunk by `Lcg::bf16s`.
+const DRAW_CHUNK: usize = 1 << 18;
+
 impl Lcg {
     pub(super) fn uniform(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(LCG_MUL).wrapping_add(LCG_ADD);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    /// Values in [-scale, scale), rounded to bf16.
+    /// The generator `steps` draws ahead, in O(log steps) multiplications: x ↦ a·x + c applied
+    /// `steps` times is one affine map, built from the map's repeated squares.
+    fn jumped(&self, steps: u64) -> Lcg {
+        let (mut mul, mut add) = (1u64, 0u64); // the map so far
+        let (mut sq_mul, mut sq_add) = (LCG_MUL, LCG_ADD); // x ↦ a·x + c applied 2^bit times
+        let mut left = steps;
+        while left > 0 {
+            if left & 1 == 1 {
+                mul = mul.wrapping_mul(sq_mul);
+                add = add.wrapping_mul(sq_mul).wrapping_add(sq_add);
+            }
+            sq_add = sq_add.wrapping_mul(sq_mul).wrapping_add(sq_add);
+            sq_mul = sq_mul.wrapping_mul(sq_mul);
+            left >>= 1;
+        }
+        Lcg(self.0.wrapping_mul(mul).wrapping_add(add))
+    }
+    /// Values in [-scale, scale), rounded to bf16: the next `n` draws, in order, drawn in
+    /// parallel chunks (each chunk's generator jumped ahead to its first draw), so the values are
+    /// those of `n` calls to `uniform` and the generator ends where they would leave it.
     pub(super) fn bf16s(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| bf16::from_f32(self.uniform() * scale).to_f32())
-            .collect()
+        let mut out = vec![0.0f32; n];
+        out.par_chunks_mut(DRAW_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let mut g = self.jumped((chunk * DRAW_CHUNK) as u64);
+                dst.iter_mut()
+                    .for_each(|x| *x = bf16::from_f32(g.uniform() * scale).to_f32());
+            });
+        *self = self.jumped(n as u64);
+        out
     }
 }
 
 pub(super) fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
+    v.par_iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
 pub(super) fn down_bf16(eng: &CudaEngine, d: &CudaSlice<bf16>) -> Result<Vec<f32>> {
-    Ok(eng.download(d)?.iter().map(|x| x.to_f32()).collect())
+    Ok(eng.download(d)?.par_iter().map(|x| x.to_f32()).collect())
 }
 
 pub(super) fn compare(
@@ -89,12 +117,18 @@ pub(super) fn compare(
     tol: f32,
     gpu_ms: f64,
 ) -> CheckRow {
-    let scale = cpu.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
+    // Maxima in parallel: the same values in any order (f32::max passes over NaN either way).
+    let scale = cpu
+        .par_iter()
+        .map(|x| x.abs())
+        .reduce(|| 0.0f32, f32::max)
+        .max(1e-30);
     let max_abs = gpu
-        .iter()
+        .par_iter()
         .zip(cpu)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    let finite = gpu.iter().all(|x| x.is_finite()) && gpu.len() == cpu.len();
+        .map(|(a, b)| (a - b).abs())
+        .reduce(|| 0.0f32, f32::max);
+    let finite = gpu.par_iter().all(|x| x.is_finite()) && gpu.len() == cpu.len();
     let max_rel = max_abs / scale;
     CheckRow {
         op: op.into(),
@@ -172,4 +206,23 @@ pub(super) fn bf16_model(cfg: &LlamaConfig, seed: u64) -> Llama {
         params[slot.range.clone()].fill(1.0);
     }
     Llama::new(cfg.clone(), params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_draws_are_the_sequential_draws_and_leave_the_generator_where_they_would() {
+        let n = 3 * DRAW_CHUNK + 17;
+        let (mut parallel, mut sequential) = (Lcg(12345), Lcg(12345));
+        let drawn = parallel.bf16s(n, 0.5);
+        let expected: Vec<f32> = (0..n)
+            .map(|_| bf16::from_f32(sequential.uniform() * 0.5).to_f32())
+            .collect();
+        assert_eq!(drawn, expected);
+        assert_eq!(parallel.0, sequential.0);
+        assert_eq!(parallel.uniform(), sequential.uniform());
+        assert_eq!(Lcg(7).jumped(0).0, 7);
+    }
 }
