@@ -29,11 +29,14 @@ static void mark(Worker& w, const CpAsyncCopy& c, uint16_t who) {
 }
 
 void cp_async_begin_block(Worker& w) {
-    for (CpAsyncQueue& q : w.cp_async) {
+    // Most kernels issue no cp.async: then every queue is still empty and at group 0.
+    for (size_t i = 0; w.cp_async_used && i < w.cp_async.size(); ++i) {
+        CpAsyncQueue& q = w.cp_async[i];
         for (const CpAsyncCopy& c : q.copies) mark(w, c, 0);
         q.copies.clear();
         q.open_group = 0;
     }
+    w.cp_async_used = false;
     if (w.cp_async.size() < w.block_threads) w.cp_async.resize(w.block_threads);
     w.cp_async_pending = 0;
 }
@@ -86,6 +89,7 @@ extern "C" void emu_cp_async(void* dst, const void* src, int valid) {
     // The write check now: the copy may land at once, so it must not overtake another thread's
     // access that no barrier has ordered before it.
     race_access((uintptr_t)dst, kCopyBytes, true);
+    w.cp_async_used = true;
     CpAsyncQueue& q = w.cp_async[f.tid];
     const CpAsyncCopy c{(uint8_t*)dst, (const uint8_t*)src, q.open_group, valid != 0};
     memset(c.dst, 0xff, kCopyBytes);
@@ -96,6 +100,7 @@ extern "C" void emu_cp_async(void* dst, const void* src, int valid) {
 
 extern "C" void emu_cp_async_commit(void) {
     Fiber& f = *current_fiber();
+    f.worker->cp_async_used = true;
     ++f.worker->cp_async[f.tid].open_group;
 }
 

@@ -461,6 +461,7 @@ static std::string describe_deadlock(const Worker& w) {
 
 uint3 thread_index(const Worker& w, uint32_t tid) {
     const dim3 b = w.launch->block;
+    if (b.y == 1 && b.z == 1) return {tid, 0, 0};  // the usual case, without three divisions
     return {tid % b.x, tid / b.x % b.y, tid / (b.x * b.y)};
 }
 

@@ -145,6 +145,7 @@ struct Worker {
     std::vector<WarpState> warps;
     std::vector<CpAsyncQueue> cp_async;  // per thread of the block
     size_t cp_async_pending = 0;         // copies in flight in the block: 0 skips their check
+    bool cp_async_used = false;          // whether the block issued or committed any
 
     // The block now running.
     Launch* launch = nullptr;
