@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cmd;
 pub mod data;
+pub mod dist;
 pub mod emu;
 pub mod generate;
 pub mod huge_pages;

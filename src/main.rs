@@ -151,6 +151,9 @@ enum Command {
     /// Completions for a JSONL file of prompts: paged KV cache, continuous batching, seeded
     /// sampling; with --reward-model, rewards and best-of-N.
     Generate(cmd::generate::GenerateArgs),
+    /// Start one process per GPU, as torchrun does (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...):
+    /// `prefer launch --nproc-per-node 8 -- dpo ...`.
+    Launch(cmd::launch::LaunchArgs),
     /// Per-token log-probs (and rewards) for each JSONL line {"input_ids": [...]} or {"text": "..."}.
     Logprobs {
         /// An HF Llama folder (a causal LM, or a reward model with a scalar head).
@@ -257,6 +260,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(command: Command) -> Result<()> {
+    // Commands that do not split their work over ranks yet refuse a launch of several.
+    let single_process_only = match &command {
+        Command::Demo { .. } => Some("demo"),
+        Command::Rm(_) => Some("rm"),
+        Command::Dpo(_) => Some("dpo"),
+        Command::Ppo(_) => Some("ppo"),
+        Command::EvalRm { .. } => Some("eval-rm"),
+        Command::Init { .. } => Some("init"),
+        Command::Generate(_) => Some("generate"),
+        Command::Logprobs { .. } => Some("logprobs"),
+        Command::Info { .. }
+        | Command::Bench { .. }
+        | Command::Check { .. }
+        | Command::Launch(_) => None,
+    };
+    if let Some(name) = single_process_only {
+        prefer::dist::refuse_many_processes(name)?;
+    }
     match command {
         Command::Init {
             preset,
@@ -341,6 +362,10 @@ fn run(command: Command) -> Result<()> {
         Command::Generate(args) => cmd::generate::run_generate(args).map(|_| ()),
         Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),
         Command::Info { kernels, device } => cmd::info::run_info(kernels, device),
+        Command::Launch(args) => match cmd::launch::run_launch(&args)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Logprobs {
             model,
             input,

@@ -16,8 +16,9 @@ const LAYERS: &[&[&str]] = &[
     &["generate"],    // the rollout engine
     &["data"],        // tokenizer, chat template, readers (they read the model's config)
     &["model"],       // config, weights, the Llama forward and backward over the op set
-    &["ops"],         // the op set: the Backend trait, cpu/ (the oracle) and cuda/
-    &["loss"],        // the formulas and their gradients
+    &["dist"], // many processes: the launcher's variables, the rendezvous (communicator next)
+    &["ops"],  // the op set: the Backend trait, cpu/ (the oracle) and cuda/
+    &["loss"], // the formulas and their gradients
 ];
 
 /// Modules anyone may import; they import no layer (only each other).

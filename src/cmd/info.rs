@@ -14,6 +14,10 @@ pub fn run_info(list_kernels: bool, device: Device) -> Result<()> {
         Ok(()) => println!("software GPU: built in (--device emu or PREFER_DEVICE=emu)"),
         Err(e) => println!("software GPU: {e:#}"),
     }
+    match crate::dist::world::World::from_env() {
+        Ok(world) => println!("processes: {}", world.describe()),
+        Err(e) => println!("processes: {e:#}"),
+    }
     device.prepare()?;
     match probe_gpu() {
         Ok(gpu) => {

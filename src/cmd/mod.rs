@@ -7,6 +7,7 @@ pub mod demo;
 pub mod generate;
 pub mod info;
 pub mod init;
+pub mod launch;
 pub mod logprobs;
 pub mod train;
 

@@ -1,0 +1,24 @@
+//! Many processes, one per GPU: which process this is (world.rs), and, as issue 20 lands, the
+//! rendezvous, the communicator and the data-parallel step.
+
+pub mod rendezvous;
+pub mod world;
+
+use anyhow::{bail, Result};
+use world::World;
+
+/// Refuses a command that does not yet split its work over several processes, when a launcher
+/// started more than one: each would repeat the whole job and write the same output. World size
+/// 1 (a plain run, or `prefer launch --nproc-per-node 1`) passes.
+pub fn refuse_many_processes(command: &str) -> Result<()> {
+    let world = World::from_env()?;
+    if world.is_single() {
+        return Ok(());
+    }
+    bail!(
+        "prefer {command} runs as one process for now, and this is {}: data parallel over NCCL \
+         (issue 20) is not built yet, so every rank would repeat the whole job into the same \
+         output. Run one process: without a launcher, or with --nproc-per-node 1",
+        world.describe()
+    )
+}
