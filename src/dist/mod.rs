@@ -1,6 +1,8 @@
-//! Many processes, one per GPU: which process this is (world.rs), and, as issue 20 lands, the
-//! rendezvous, the communicator and the data-parallel step.
+//! Many processes, one per GPU: which process this is (world.rs), the rendezvous with rank 0
+//! (rendezvous.rs), collectives on host values over its sockets (host_comm.rs); as issue 20
+//! lands, the NCCL communicator and the data-parallel step.
 
+pub mod host_comm;
 pub mod rendezvous;
 pub mod world;
 
