@@ -5,10 +5,13 @@
 //! | --- | --- | --- | --- | --- |
 //! | torchrun, `prefer launch` | `RANK` | `WORLD_SIZE` | `LOCAL_RANK` | `LOCAL_WORLD_SIZE` |
 //! | Open MPI (`mpirun`) | `OMPI_COMM_WORLD_RANK` | `OMPI_COMM_WORLD_SIZE` | `OMPI_COMM_WORLD_LOCAL_RANK` | `OMPI_COMM_WORLD_LOCAL_SIZE` |
-//! | Slurm (`srun`) | `SLURM_PROCID` | `SLURM_NTASKS` | `SLURM_LOCALID` | `SLURM_NTASKS_PER_NODE` |
+//! | Slurm (`srun`) | `SLURM_PROCID` | `SLURM_STEP_NUM_TASKS` | `SLURM_LOCALID` | `SLURM_STEP_TASKS_PER_NODE` |
 //!
 //! The first launcher whose rank variable is set wins, in that order (torchrun inside a Slurm
-//! allocation sets both; its own variables describe the job). Rank 0's address is
+//! allocation sets both; its own variables describe the job). Slurm's count only when srun
+//! started this process (`SLURM_STEP_ID` or `SLURM_STEP_NUM_TASKS` is set): a batch script
+//! itself also sees `SLURM_PROCID=0` and the allocation's `SLURM_NTASKS`, and a prefer run
+//! there is one process. Rank 0's address is
 //! `MASTER_ADDR`:`MASTER_PORT` for every launcher (Slurm and MPI users export them, as with
 //! torchrun). Nothing set means one process, rank 0 of 1.
 
@@ -77,11 +80,21 @@ impl World {
                 "SLURM_NTASKS_PER_NODE",
             ),
         ];
-        let Some(&(launcher, rank_var, size_var, local_var, local_size_var)) = LAUNCHERS
-            .iter()
-            .find(|(_, rank, ..)| var(rank).is_some_and(|v| !v.trim().is_empty()))
+        let in_srun_step = var("SLURM_STEP_ID").is_some() || var("SLURM_STEP_NUM_TASKS").is_some();
+        let Some(&(launcher, rank_var, size_var, local_var, local_size_var)) =
+            LAUNCHERS.iter().find(|(launcher, rank, ..)| {
+                var(rank).is_some_and(|v| !v.trim().is_empty())
+                    && (*launcher != "Slurm" || in_srun_step)
+            })
         else {
             return Ok(World::single());
+        };
+        // In an srun step, the step's counts (the job's may be larger).
+        let (size_var, local_size_var) = match launcher {
+            "Slurm" if var("SLURM_STEP_NUM_TASKS").is_some() => {
+                ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")
+            }
+            _ => (size_var, local_size_var),
         };
         let number = |name: &str, required: bool| -> Result<Option<usize>> {
             match var(name).map(|v| v.trim().to_string()) {
@@ -102,10 +115,10 @@ impl World {
         if rank >= size {
             bail!("{rank_var}={rank} is not below {size_var}={size} ({launcher})");
         }
-        // Slurm writes SLURM_NTASKS_PER_NODE as "4" or "4(x2)": the count before the repeat.
+        // Slurm writes tasks per node as "4", "4(x2)" or "2,1": the first node's count.
         let local_size = match var(local_size_var) {
             Some(v) if launcher == "Slurm" => {
-                let head = v.split('(').next().unwrap_or("").trim().to_string();
+                let head = v.split(['(', ',']).next().unwrap_or("").trim().to_string();
                 Some(head.parse::<usize>().with_context(|| {
                     format!("{local_size_var}={v:?} ({launcher}) is not a task count")
                 })?)
@@ -214,9 +227,11 @@ mod tests {
     fn slurm_and_open_mpi() {
         let w = world(&[
             ("SLURM_PROCID", "5"),
-            ("SLURM_NTASKS", "8"),
+            ("SLURM_NTASKS", "16"),
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
             ("SLURM_LOCALID", "1"),
-            ("SLURM_NTASKS_PER_NODE", "4(x2)"),
+            ("SLURM_STEP_TASKS_PER_NODE", "4(x2)"),
             ("MASTER_ADDR", "node01"),
         ])
         .unwrap();
@@ -225,6 +240,14 @@ mod tests {
             (5, 8, 1, 4, "Slurm")
         );
         assert_eq!(w.master_port, DEFAULT_MASTER_PORT);
+        // A batch script itself (no srun step) sees rank 0 of the allocation: one process.
+        let w = world(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_LOCALID", "0"),
+        ])
+        .unwrap();
+        assert_eq!(w, World::single());
         let w = world(&[
             ("OMPI_COMM_WORLD_RANK", "1"),
             ("OMPI_COMM_WORLD_SIZE", "2"),
@@ -266,9 +289,9 @@ mod tests {
         .contains("do not fit"));
         assert!(err(&[
             ("SLURM_PROCID", "0"),
-            ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
             ("SLURM_LOCALID", "0"),
-            ("SLURM_NTASKS_PER_NODE", "4(x2)")
+            ("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
         ])
         .contains("MASTER_ADDR is not set"));
     }
