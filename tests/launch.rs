@@ -203,3 +203,78 @@ fn ctrl_c_is_forwarded_once_to_every_rank_and_the_launcher_exits_130() {
 fn prefer_requires_cuda() -> bool {
     std::env::var("PREFER_REQUIRE_CUDA").is_ok_and(|v| v == "1")
 }
+
+/// A trainer under `prefer launch` (one rank: trainers are not data parallel yet) stops on the
+/// launcher's Ctrl-C as it would alone: one save, "interrupted by SIGINT", exit 130, and the
+/// launcher exits 130 too; the run resumes from its checkpoint.
+#[test]
+fn a_trainer_under_launch_saves_once_on_ctrl_c_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let init = prefer()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(root.join("base"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    std::fs::write(
+        root.join("train.jsonl"),
+        prefer::data::synthetic::synthetic_preferences(512, 4),
+    )
+    .unwrap();
+    let run = root.join("run");
+    let child = prefer()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "1",
+            "--",
+            "dpo",
+            "--device",
+            "cpu",
+            "--model",
+        ])
+        .arg(root.join("base"))
+        .arg("--data")
+        .arg(root.join("train.jsonl"))
+        .arg("--out")
+        .arg(&run)
+        .args(["--batch-size", "4", "--epochs", "3", "--log-every", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few logged steps, then Ctrl-C the launcher alone.
+    let t0 = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|m| m.lines().count() < 3)
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the run logged nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(
+        err.matches("interrupted by SIGINT at step").count(),
+        1,
+        "{err}"
+    );
+    assert!(run.join("checkpoint/config.json").is_file(), "{err}");
+    let resumed = prefer()
+        .args(["dpo", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+}
