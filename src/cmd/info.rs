@@ -18,6 +18,14 @@ pub fn run_info(list_kernels: bool, device: Device) -> Result<()> {
         Ok(world) => println!("processes: {}", world.describe()),
         Err(e) => println!("processes: {e:#}"),
     }
+    // Where many-GPU runs will load NCCL from (a world of one process never loads it).
+    match crate::dist::nccl_lib::find_nccl() {
+        Ok(at) => println!("nccl: {at}"),
+        Err(_) => println!(
+            "nccl: not found (only runs of several processes need it: pip install \
+             nvidia-nccl-cu13, or PREFER_NCCL=/path/to/libnccl.so.2)"
+        ),
+    }
     device.prepare()?;
     match probe_gpu() {
         Ok(gpu) => {

@@ -3,6 +3,7 @@
 //! lands, the NCCL communicator and the data-parallel step.
 
 pub mod host_comm;
+pub mod nccl_lib;
 pub mod rendezvous;
 pub mod world;
 
