@@ -30,11 +30,12 @@ static void mark(Worker& w, const CpAsyncCopy& c, uint16_t who) {
 
 void cp_async_begin_block(Worker& w) {
     // Most kernels issue no cp.async: then every queue is still empty and at group 0.
-    for (size_t i = 0; w.cp_async_used && i < w.cp_async.size(); ++i) {
-        CpAsyncQueue& q = w.cp_async[i];
-        for (const CpAsyncCopy& c : q.copies) mark(w, c, 0);
-        q.copies.clear();
-        q.open_group = 0;
+    if (w.cp_async_used) {
+        for (CpAsyncQueue& q : w.cp_async) {
+            for (const CpAsyncCopy& c : q.copies) mark(w, c, 0);
+            q.copies.clear();
+            q.open_group = 0;
+        }
     }
     w.cp_async_used = false;
     if (w.cp_async.size() < w.block_threads) w.cp_async.resize(w.block_threads);

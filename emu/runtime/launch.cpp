@@ -118,7 +118,7 @@ static const char* collective_name(int kind) {
     switch (kind) {
         case kShuffle: return "a shuffle";
         case kSyncWarp: return "__syncwarp";
-        case kGather: return "a warp gather (mma/ldmatrix)";
+        case kGather: return "a warp gather (ldmatrix)";
         case kButterfly: return "a butterfly of xor shuffles";
         case kMma: return "mma.m16n8k16";
         case EMU_BALLOT: return "__ballot_sync";
@@ -194,7 +194,7 @@ static void resolve_butterfly(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t
 }
 
 static float bf16_half(uint32_t word, int high) {
-    return __builtin_bit_cast(float, (high ? word >> 16 : word & 0xffffu) << 16);
+    return emu_bf16_bits_to_f32((unsigned short)(high ? word >> 16 : word));
 }
 
 // mma.m16n8k16 for the whole warp. With g = lane / 4 and c = lane % 4 (kernels/mma.cuh's

@@ -163,10 +163,7 @@ pub fn run_launch(args: &LaunchArgs) -> Result<i32> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                for r in &mut ranks {
-                    // SAFETY: kill(2) on our own child's pid.
-                    unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
-                }
+                send(&ranks, libc::SIGTERM);
                 return Err(e).with_context(|| format!("starting rank {rank} ({})", exe.display()));
             }
         };

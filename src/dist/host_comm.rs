@@ -217,17 +217,9 @@ impl HostComm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::free_local_port as free_port;
     use crate::dist::rendezvous::rendezvous;
-    use std::net::TcpListener;
     use std::time::Instant;
-
-    fn free_port() -> u16 {
-        TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 
     /// `size` ranks in threads, each running `body` on its communicator.
     fn world<T: Send + 'static>(

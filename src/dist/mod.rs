@@ -8,6 +8,17 @@ pub mod rendezvous;
 pub mod world;
 
 use anyhow::{bail, Result};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for tests of the rendezvous and the host
+/// collectives.
+#[cfg(test)]
+pub(crate) fn free_local_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 use world::World;
 
 /// Refuses a command that does not yet split its work over several processes, when a launcher

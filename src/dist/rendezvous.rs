@@ -249,14 +249,7 @@ fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn free_port() -> u16 {
-        TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use crate::dist::free_local_port as free_port;
 
     #[test]
     fn four_ranks_meet_and_all_get_rank_zeros_bytes() {
