@@ -263,14 +263,14 @@ fn run(command: Command) -> Result<()> {
     // Commands that do not split their work over ranks yet refuse a launch of several.
     let single_process_only = match &command {
         Command::Demo { .. } => Some("demo"),
-        Command::Rm(_) => Some("rm"),
-        Command::Dpo(_) => Some("dpo"),
         Command::Ppo(_) => Some("ppo"),
         Command::EvalRm { .. } => Some("eval-rm"),
         Command::Init { .. } => Some("init"),
         Command::Generate(_) => Some("generate"),
         Command::Logprobs { .. } => Some("logprobs"),
-        Command::Info { .. }
+        Command::Rm(_)
+        | Command::Dpo(_)
+        | Command::Info { .. }
         | Command::Bench { .. }
         | Command::Check { .. }
         | Command::Launch(_) => None,

@@ -1,6 +1,6 @@
 //! `prefer launch` and the launcher variables, as a user meets them: the ranks' environment, the
 //! prefixed output, a failing rank, a forwarded Ctrl-C, and commands that refuse several ranks
-//! until data parallel lands. No torchrun needed: the variables are set by hand.
+//! until they are data parallel. No torchrun needed: the variables are set by hand.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ fn launch_starts_each_rank_with_torchruns_variables_and_prefixes_the_others_line
 
 #[test]
 fn the_first_failing_rank_is_named_and_its_status_is_the_launchers() {
-    // Both ranks refuse (dpo is not data parallel yet): the launcher exits 1, naming a rank.
+    // Both ranks refuse (dpo without --model): the launcher exits 1, naming a rank.
     let out = prefer()
         .args(["launch", "--nproc-per-node", "2", "--", "dpo"])
         .output()
@@ -67,13 +67,13 @@ fn the_first_failing_rank_is_named_and_its_status_is_the_launchers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("failed first (exit status 1)"), "{err}");
-    assert!(err.contains("runs as one process for now"), "{err}");
+    assert!(err.contains("--model is required"), "{err}");
 }
 
 #[test]
 fn commands_that_are_not_data_parallel_yet_refuse_several_ranks_by_hand() {
     let out = prefer()
-        .args(["dpo", "--model", "x", "--data", "y", "--out", "z"])
+        .args(["ppo", "--policy", "x", "--prompts", "y", "--out", "z"])
         .env("RANK", "1")
         .env("WORLD_SIZE", "2")
         .env("LOCAL_RANK", "1")
@@ -200,13 +200,22 @@ fn ctrl_c_is_forwarded_once_to_every_rank_and_the_launcher_exits_130() {
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn prefer_requires_cuda() -> bool {
     std::env::var("PREFER_REQUIRE_CUDA").is_ok_and(|v| v == "1")
 }
 
-/// A trainer under `prefer launch` (one rank: trainers are not data parallel yet) stops on the
-/// launcher's Ctrl-C as it would alone: one save, "interrupted by SIGINT", exit 130, and the
-/// launcher exits 130 too; the run resumes from its checkpoint.
+/// A data-parallel trainer under `prefer launch` (two ranks) stops on the launcher's Ctrl-C as
+/// it would alone: every rank stops at the same step, rank 0 saves once and says
+/// "interrupted by SIGINT", every rank and the launcher exit 130; the run resumes from its
+/// checkpoint.
 #[test]
 fn a_trainer_under_launch_saves_once_on_ctrl_c_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,7 +236,9 @@ fn a_trainer_under_launch_saves_once_on_ctrl_c_and_resumes() {
         .args([
             "launch",
             "--nproc-per-node",
-            "1",
+            "2",
+            "--master-port",
+            &free_port().to_string(),
             "--",
             "dpo",
             "--device",

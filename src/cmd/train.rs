@@ -1,18 +1,30 @@
 //! `prefer rm`, `prefer dpo` and `prefer eval-rm`.
 
 use super::Device;
-use crate::train::{evaluate_reward_model, run_training, RunSummary, TrainArgs, TrainerKind};
+use crate::dist::group::Group;
+use crate::train::{evaluate_reward_model, run_training_in, RunSummary, TrainArgs, TrainerKind};
 use anyhow::Result;
 use std::path::Path;
+use std::sync::Arc;
 
 pub fn run_rm(args: TrainArgs) -> Result<()> {
-    exit_if_interrupted(&run_training(args, TrainerKind::RewardModel)?);
+    let group = join_group()?;
+    exit_if_interrupted(&run_training_in(args, TrainerKind::RewardModel, group)?);
     Ok(())
 }
 
 pub fn run_dpo(args: TrainArgs) -> Result<()> {
-    exit_if_interrupted(&run_training(args, TrainerKind::Dpo)?);
+    let group = join_group()?;
+    exit_if_interrupted(&run_training_in(args, TrainerKind::Dpo, group)?);
     Ok(())
+}
+
+/// The ranks a launcher started (torchrun, srun, mpirun, `prefer launch`), met at
+/// MASTER_ADDR:MASTER_PORT; one process without a launcher. The command line is the job's
+/// identity, so a rank of another job is refused.
+pub fn join_group() -> Result<Arc<Group>> {
+    let job: Vec<String> = std::env::args().skip(1).collect();
+    Ok(Arc::new(Group::join(&job.join(" "))?))
 }
 
 /// A run stopped by a signal has saved its checkpoint and said so; the exit status is 128 + the

@@ -2,6 +2,7 @@
 //! (rendezvous.rs), collectives on host values over its sockets (host_comm.rs); as issue 20
 //! lands, the NCCL communicator and the data-parallel step.
 
+pub mod group;
 pub mod host_comm;
 pub mod nccl_lib;
 pub mod rendezvous;

@@ -37,6 +37,7 @@ pub fn save_rl_checkpoint<S: TrainState>(
         next_step: state.next_iteration,
         total_steps: state.total_iterations,
         adam_t: 0,
+        micro_batches_per_step: None,
     };
     let host = m.policy.host_state()?;
     save_training_checkpoint(

@@ -64,7 +64,9 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         position_in_checkpoint: "policy",
     };
     // Held until the run ends: a second run in the same folder fails at once.
-    let run = open_run(&spec, &opts.run, overwrite)?;
+    // PPO runs as one process until its rollouts and statistics are split over ranks.
+    let group = std::sync::Arc::new(crate::dist::group::Group::single());
+    let run = open_run(&spec, &opts.run, overwrite, group)?;
     if let Start::Finished(iterations) = run.start {
         return Ok(PpoSummary {
             iterations,

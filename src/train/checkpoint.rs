@@ -15,6 +15,11 @@ pub struct TrainerState {
     pub next_step: usize,
     pub total_steps: usize,
     pub adam_t: u64,
+    /// Offline trainers: micro-batches per optimiser step over all ranks (`--grad-accum` ×
+    /// ranks when the run started), so a run resumed on another number of ranks keeps its global
+    /// batch. Absent in checkpoints of one-process runs written before data parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batches_per_step: Option<usize>,
 }
 
 /// Writes `dir` (the model, optimizer.safetensors, trainer_state.json and `extra_files`) in one

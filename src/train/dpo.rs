@@ -5,6 +5,7 @@
 use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
+use crate::dist::group::Group;
 use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
 use crate::model::{HeadGrads, Heads, Llama, LlamaConfig};
 use crate::ops::Backend;
@@ -95,15 +96,23 @@ impl<B: Backend> Objective<B> for DpoObjective {
 
 impl DpoObjective {
     /// Sequence log-probs (chosen, rejected) of every pair under `model`, which is the frozen
-    /// reference: the starting checkpoint.
+    /// reference: the starting checkpoint. Over several ranks each computes the batches
+    /// `rank, rank + ranks, ...` and every rank gets all of them.
     pub fn reference_logprobs<B: Backend>(
         &self,
         model: &Llama<B>,
         pairs: &[PreferencePair],
         batch_size: usize,
+        group: &Group,
     ) -> Result<Vec<(f32, f32)>> {
-        let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(batch_size.max(1)) {
+        let bs = batch_size.max(1);
+        // [pairs, 2]: (chosen, rejected); zeros where another rank computes.
+        let mut flat = vec![0.0f64; 2 * pairs.len()];
+        let mine = pairs
+            .chunks(bs)
+            .enumerate()
+            .filter(|(c, _)| c % group.size() == group.rank());
+        for (c, chunk) in mine {
             let refs: Vec<_> = chunk.iter().collect();
             let pb = PairBatch::new(&refs, model.cfg.pad_token_id.unwrap_or(0));
             let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
@@ -114,10 +123,17 @@ impl DpoObjective {
                 pb.batch.seq,
                 self.config.reduction(),
             );
-            out.extend((0..pb.pairs).map(|i| (seq[i], seq[pb.pairs + i])));
+            for i in 0..pb.pairs {
+                flat[2 * (c * bs + i)] = seq[i] as f64;
+                flat[2 * (c * bs + i) + 1] = seq[pb.pairs + i] as f64;
+            }
             fwd.recycle(&model.backend);
         }
-        Ok(out)
+        group.all_reduce_sum("reference log-probs", &mut flat)?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|p| (p[0] as f32, p[1] as f32))
+            .collect())
     }
 
     /// The reference log-probs of `pairs`, from the cache when this model (whose f32 weights are
@@ -129,6 +145,7 @@ impl DpoObjective {
         pairs: &[PreferencePair],
         batch_size: usize,
         cache_dir: &Path,
+        group: &Group,
     ) -> Result<(Vec<(f32, f32)>, bool)> {
         let key = CacheKey {
             cfg: &model.cfg,
@@ -136,18 +153,24 @@ impl DpoObjective {
             device: std::any::type_name::<B>(),
         };
         let path = cache_path(cache_dir, &key, pairs, self.config.reduction());
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(values) = serde_json::from_str::<Vec<(f32, f32)>>(&text) {
-                if values.len() == pairs.len() {
-                    return Ok((values, true));
-                }
-            }
+        let cached = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Vec<(f32, f32)>>(&text).ok())
+            .filter(|values| values.len() == pairs.len());
+        // Every rank uses the cache, or none does (a node may not see rank 0's disk).
+        if !group.any("reference cache miss", cached.is_none())? {
+            return Ok((cached.expect("no rank missed"), true));
         }
-        let values = self.reference_logprobs(model, pairs, batch_size)?;
-        std::fs::create_dir_all(cache_dir)
-            .with_context(|| format!("creating {}", cache_dir.display()))?;
-        // Whole or not at all, under a name of its own: runs share the cache.
-        crate::output::write_file_atomically(&path, serde_json::to_string(&values)?.as_bytes())?;
+        let values = self.reference_logprobs(model, pairs, batch_size, group)?;
+        if group.is_root() {
+            std::fs::create_dir_all(cache_dir)
+                .with_context(|| format!("creating {}", cache_dir.display()))?;
+            // Whole or not at all, under a name of its own: runs share the cache.
+            crate::output::write_file_atomically(
+                &path,
+                serde_json::to_string(&values)?.as_bytes(),
+            )?;
+        }
         Ok((values, false))
     }
 }

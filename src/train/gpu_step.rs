@@ -3,6 +3,7 @@
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
 use super::state::{HostState, TrainState};
+use crate::dist::group::Group;
 use crate::model::{Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
@@ -148,6 +149,16 @@ impl TrainState for GpuTrainer {
     }
     fn zero_grads(&mut self) -> Result<()> {
         self.model.backend.eng.zero(&mut self.grads)
+    }
+    fn all_reduce_grads(&mut self, group: &Group) -> Result<()> {
+        if group.size() == 1 {
+            return Ok(());
+        }
+        // Through the host: correct on any machine, and the oracle the NCCL path is held to.
+        let eng = &self.model.backend.eng;
+        let mut host = eng.download(&self.grads)?;
+        group.all_reduce_sum_f32("gradients", &mut host)?;
+        eng.upload_into(&host, &mut self.grads)
     }
     fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
         self.apply(lr, max_norm)

@@ -7,10 +7,25 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 pub struct MetricsLog {
-    file: std::fs::File,
+    /// None: a rank other than 0 of a data-parallel run, whose rows rank 0 writes.
+    file: Option<std::fs::File>,
 }
 
 impl MetricsLog {
+    /// A log that writes nothing.
+    pub fn nowhere() -> Self {
+        MetricsLog { file: None }
+    }
+
+    /// [`MetricsLog::open`] on rank 0 (`writes`), [`MetricsLog::nowhere`] on the others.
+    pub fn open_if(writes: bool, path: &Path, from_step: usize) -> Result<Self> {
+        if writes {
+            Self::open(path, from_step)
+        } else {
+            Ok(Self::nowhere())
+        }
+    }
+
     /// Opens `path` for appending, first dropping rows with step ≥ `from_step` (a resumed run
     /// rewrites the steps after its checkpoint).
     pub fn open(path: &Path, from_step: usize) -> Result<Self> {
@@ -38,12 +53,14 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(MetricsLog { file })
+        Ok(MetricsLog { file: Some(file) })
     }
 
     pub fn write(&mut self, row: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{row}")?;
-        self.file.flush()?;
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{row}")?;
+            file.flush()?;
+        }
         Ok(())
     }
 }

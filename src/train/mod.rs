@@ -29,4 +29,4 @@ pub use eval_rm::evaluate_reward_model;
 pub use layered_options::TrainerArgs;
 pub use options::{TrainArgs, TrainerKind};
 pub use run_args::RunArgs;
-pub use trainer::{run_training, RunSummary};
+pub use trainer::{run_training, run_training_in, RunSummary};

@@ -42,6 +42,44 @@ impl PairStats {
             *sr += r;
         }
     }
+    /// Every field as a number, for a sum over ranks ([`PairStats::SUMS`] of them).
+    pub fn to_sums(&self) -> [f64; PairStats::SUMS] {
+        let (c, r, has) = match self.policy_logp_sums {
+            Some((c, r)) => (c, r, 1.0),
+            None => (0.0, 0.0, 0.0),
+        };
+        [
+            self.pairs as f64,
+            self.tokens as f64,
+            self.loss_sum,
+            self.correct as f64,
+            self.ties as f64,
+            self.margin_sum,
+            self.chosen_reward_sum,
+            self.rejected_reward_sum,
+            c,
+            r,
+            has,
+        ]
+    }
+
+    /// The stats [`PairStats::to_sums`] wrote (or their sum over ranks).
+    pub fn from_sums(v: &[f64]) -> PairStats {
+        PairStats {
+            pairs: v[0] as usize,
+            tokens: v[1] as usize,
+            loss_sum: v[2],
+            correct: v[3] as usize,
+            ties: v[4] as usize,
+            margin_sum: v[5],
+            chosen_reward_sum: v[6],
+            rejected_reward_sum: v[7],
+            policy_logp_sums: (v[10] > 0.0).then_some((v[8], v[9])),
+        }
+    }
+
+    pub const SUMS: usize = 11;
+
     fn mean(&self, x: f64) -> f64 {
         if self.pairs == 0 {
             0.0

@@ -10,11 +10,13 @@ use super::options::TrainOptions;
 use super::run::{Curves, RunEnd, Stages};
 use super::state::TrainState;
 use super::trainer::RunSummary;
+use crate::dist::group::Group;
 use crate::model::weights::{save_model_into, SaveDtype};
 use crate::ops::Backend;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// An optimiser step whose micro-batch metrics may still be on the device.
@@ -40,6 +42,9 @@ pub struct Offline<'a, S: TrainState> {
     extra: Vec<(&'a str, &'a [u8])>,
     total_steps: usize,
     total_micro: usize,
+    /// Micro-batches per optimiser step over all ranks: `--grad-accum` × ranks for a new run,
+    /// the checkpoint's for a resumed one (which may run on another number of ranks).
+    micro_per_step: usize,
     batches_per_epoch: usize,
     /// The current epoch's shuffled micro-batches.
     epoch_cache: Option<(usize, Vec<Vec<usize>>)>,
@@ -51,6 +56,30 @@ pub struct Offline<'a, S: TrainState> {
     logs: Option<Logs>,
     initial_eval: Option<PairStats>,
     final_eval: Option<PairStats>,
+    /// The ranks a step's micro-batches are split over; rank 0 writes the logs and the model.
+    group: Arc<Group>,
+}
+
+/// The run's optimiser steps: every micro-batch of every epoch, `micro_per_step` a step (the
+/// last step takes what is left), or `--max-steps`.
+fn steps_of(opts: &TrainOptions, total_micro: usize, micro_per_step: usize) -> usize {
+    opts.run
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(total_micro.div_ceil(micro_per_step))
+}
+
+/// Sums `stats` over the ranks of `group`, every rank getting the totals.
+fn sum_over_ranks(group: &Group, name: &str, stats: &[PairStats]) -> Result<Vec<PairStats>> {
+    if group.size() == 1 {
+        return Ok(stats.to_vec());
+    }
+    let mut flat: Vec<f64> = stats.iter().flat_map(PairStats::to_sums).collect();
+    group.all_reduce_sum(name, &mut flat)?;
+    Ok(flat
+        .chunks_exact(PairStats::SUMS)
+        .map(PairStats::from_sums)
+        .collect())
 }
 
 impl<'a, S: TrainState> Offline<'a, S> {
@@ -61,17 +90,14 @@ impl<'a, S: TrainState> Offline<'a, S> {
         train: Split<'a>,
         eval: Option<Split<'a>>,
         extra: &'a [(&'static str, Vec<u8>)],
+        group: Arc<Group>,
     ) -> Result<Self> {
         // Exactly `epochs` passes over the data: the last optimiser step takes whatever
-        // micro-batches are left, fewer than grad_accum when they do not divide evenly.
+        // micro-batches are left, fewer than grad_accum × ranks when they do not divide evenly.
         let batches_per_epoch = train.pairs.len().div_ceil(opts.batch_size);
         let total_micro =
             crate::train::bounds::total_steps(opts.run.epochs, batches_per_epoch, "micro-batches")?;
-        let total_steps = opts
-            .run
-            .max_steps
-            .unwrap_or(usize::MAX)
-            .min(total_micro.div_ceil(opts.grad_accum));
+        let micro_per_step = opts.grad_accum * group.size();
         Ok(Offline {
             state,
             opts,
@@ -79,8 +105,9 @@ impl<'a, S: TrainState> Offline<'a, S> {
             train,
             eval,
             extra: extra.iter().map(|(n, b)| (*n, b.as_slice())).collect(),
-            total_steps,
+            total_steps: steps_of(opts, total_micro, micro_per_step),
             total_micro,
+            micro_per_step,
             batches_per_epoch,
             epoch_cache: None,
             pending: Vec::new(),
@@ -88,7 +115,13 @@ impl<'a, S: TrainState> Offline<'a, S> {
             logs: None,
             initial_eval: None,
             final_eval: None,
+            group,
         })
+    }
+
+    /// Micro-batches (counted over the run) per optimiser step, over all ranks.
+    fn micro_per_step(&self) -> usize {
+        self.micro_per_step
     }
 
     fn logs(&mut self) -> Result<&mut Logs> {
@@ -122,7 +155,7 @@ impl<'a, S: TrainState> Offline<'a, S> {
         grad_norm: f32,
         tokens_per_s: f64,
     ) -> serde_json::Value {
-        let epoch = ((step + 1) * self.opts.grad_accum).min(self.total_micro) as f64
+        let epoch = ((step + 1) * self.micro_per_step()).min(self.total_micro) as f64
             / self.batches_per_epoch as f64;
         let mut row = json!({
             "step": step + 1, "epoch": epoch,
@@ -140,16 +173,23 @@ impl<'a, S: TrainState> Offline<'a, S> {
         row
     }
 
-    /// The held-out loss and accuracy after `done` steps, logged to eval.jsonl.
+    /// The held-out loss and accuracy after `done` steps, logged to eval.jsonl. Each rank
+    /// evaluates the chunks `rank, rank + ranks, ...`.
     fn run_eval(&mut self, done: usize) -> Result<Option<PairStats>> {
         let Some(split) = &self.eval else {
             return Ok(None);
         };
         let mut stats = PairStats::default();
         let idx: Vec<usize> = (0..split.pairs.len()).collect();
-        for chunk in idx.chunks(self.opts.batch_size) {
+        let (rank, ranks) = (self.group.rank(), self.group.size());
+        for (_, chunk) in idx
+            .chunks(self.opts.batch_size)
+            .enumerate()
+            .filter(|(c, _)| c % ranks == rank)
+        {
             stats.add(&self.objective.evaluate(self.state.model(), split, chunk)?);
         }
+        let stats = sum_over_ranks(&self.group, "evaluation", &[stats])?.remove(0);
         self.logs()?
             .eval
             .write(&json!({"step": done, "eval_loss": stats.loss(),
@@ -177,6 +217,17 @@ impl<S: TrainState> Stages for Offline<'_, S> {
     fn restore(&mut self, checkpoint: &Path) -> Result<usize> {
         let (_, host, saved) = load_training_checkpoint(checkpoint)
             .with_context(|| format!("resuming from {}", checkpoint.display()))?;
+        // The global batch the run started with, whatever the number of ranks now.
+        let per_step = saved.micro_batches_per_step.unwrap_or(self.opts.grad_accum);
+        if per_step != self.micro_per_step && self.group.is_root() {
+            eprintln!(
+                "the run started with {per_step} micro-batches a step over all ranks; {} ranks continue it with the same global batch of {} pairs",
+                self.group.size(),
+                per_step * self.opts.batch_size
+            );
+        }
+        self.micro_per_step = per_step;
+        self.total_steps = steps_of(self.opts, self.total_micro, per_step);
         if saved.total_steps != self.total_steps {
             bail!(
                 "{} does not match this run's data and options",
@@ -192,9 +243,26 @@ impl<S: TrainState> Stages for Offline<'_, S> {
     /// checkpoint's step and rewrites the rest.
     fn begin(&mut self, start: usize) -> Result<()> {
         let out = &self.opts.run.out;
+        let root = self.group.is_root();
+        if root {
+            let ranks = self.group.size();
+            let per_rank = self.micro_per_step.div_ceil(ranks);
+            eprintln!(
+                "global batch: {} pairs per step ({} per micro-batch × {} micro-batches{}); {} steps",
+                self.opts.batch_size * self.micro_per_step,
+                self.opts.batch_size,
+                self.micro_per_step,
+                if ranks > 1 {
+                    format!(" over {ranks} ranks, up to {per_rank} each")
+                } else {
+                    String::new()
+                },
+                self.total_steps
+            );
+        }
         self.logs = Some(Logs {
-            metrics: MetricsLog::open(&out.join("metrics.jsonl"), start + 1)?,
-            eval: MetricsLog::open(&out.join("eval.jsonl"), start + 1)?,
+            metrics: MetricsLog::open_if(root, &out.join("metrics.jsonl"), start + 1)?,
+            eval: MetricsLog::open_if(root, &out.join("eval.jsonl"), start + 1)?,
         });
         self.since = Instant::now();
         Ok(())
@@ -203,7 +271,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
     fn evaluate(&mut self, done: usize) -> Result<()> {
         if done == 0 {
             self.initial_eval = self.run_eval(0)?;
-            if let Some(s) = &self.initial_eval {
+            if let Some(s) = self.initial_eval.as_ref().filter(|_| self.group.is_root()) {
                 eprintln!(
                     "eval before training: loss {:.4}, accuracy {:.3} (ties {:.3}, counted as wrong)",
                     s.loss(),
@@ -220,10 +288,14 @@ impl<S: TrainState> Stages for Offline<'_, S> {
     fn step(&mut self, step: usize, lr: f32) -> Result<()> {
         let opts = self.opts;
         self.state.zero_grads()?;
-        let micro = step * opts.grad_accum..((step + 1) * opts.grad_accum).min(self.total_micro);
+        // The step's micro-batches over all ranks, the same for any world size; this rank takes
+        // every ranks-th of them. The loss is the mean over all of them.
+        let per_step = self.micro_per_step();
+        let micro = step * per_step..((step + 1) * per_step).min(self.total_micro);
         let scale = 1.0 / micro.len() as f32;
-        let mut micro_stats = Vec::with_capacity(micro.len());
-        for g in micro {
+        let (rank, ranks) = (self.group.rank(), self.group.size());
+        let mut micro_stats = Vec::with_capacity(opts.grad_accum);
+        for g in micro.filter(|g| g % ranks == rank) {
             let idx = self.micro_batch(g);
             let (model, grads) = self.state.model_and_grads();
             micro_stats.push(
@@ -231,6 +303,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
                     .accumulate(model, &self.train, &idx, scale, grads)?,
             );
         }
+        self.state.all_reduce_grads(&self.group)?;
         self.state.step(lr, opts.run.max_grad_norm)?;
         self.pending.push(PendingStep {
             step,
@@ -255,6 +328,12 @@ impl<S: TrainState> Stages for Offline<'_, S> {
                 stats.add(&m.resolve(&self.state.model().backend)?);
             }
             steps.push((p.step, p.lr, stats));
+        }
+        // Every rank's share of each step, summed: the rows are the global batch's.
+        let per_rank: Vec<PairStats> = steps.iter().map(|(_, _, s)| s.clone()).collect();
+        let summed = sum_over_ranks(&self.group, "step metrics", &per_rank)?;
+        for ((_, _, s), total) in steps.iter_mut().zip(summed) {
+            *s = total;
         }
         // Tokens per second over the interval: the device has finished its steps by now.
         let interval_tokens: usize = steps.iter().map(|(_, _, s)| s.tokens).sum();
@@ -289,12 +368,20 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         ))
     }
 
+    /// Rank 0 writes the checkpoint (every rank holds the same weights and moments); the others
+    /// wait until it is whole, so none exits before it is.
     fn save(&mut self, checkpoint: &Path, next_step: usize) -> Result<()> {
+        if !self.group.is_root() {
+            self.group.barrier("checkpoint saved")?;
+            self.since = Instant::now();
+            return Ok(());
+        }
         let host = self.state.host_state()?;
         let position = TrainerState {
             next_step,
             total_steps: self.total_steps,
             adam_t: host.t,
+            micro_batches_per_step: Some(self.micro_per_step),
         };
         save_training_checkpoint(
             checkpoint,
@@ -303,6 +390,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
             &position,
             &self.extra,
         )?;
+        self.group.barrier("checkpoint saved")?;
         self.since = Instant::now(); // tokens/s counts training only
         Ok(())
     }
@@ -327,21 +415,25 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         if end.stopped_early {
             return Ok(summary);
         }
-        let host = self.state.host_state()?;
-        save_model_into(
-            &self.opts.run.out,
-            &self.state.model().cfg,
-            &host.params,
-            SaveDtype::F32,
-            &self.extra,
-        )?;
+        if self.group.is_root() {
+            let host = self.state.host_state()?;
+            save_model_into(
+                &self.opts.run.out,
+                &self.state.model().cfg,
+                &host.params,
+                SaveDtype::F32,
+                &self.extra,
+            )?;
+        }
         self.final_eval = self.run_eval(end.steps)?;
         if let Some(s) = &self.final_eval {
-            eprintln!(
-                "eval after training: loss {:.4}, accuracy {:.3}",
-                s.loss(),
-                s.accuracy()
-            );
+            if self.group.is_root() {
+                eprintln!(
+                    "eval after training: loss {:.4}, accuracy {:.3}",
+                    s.loss(),
+                    s.accuracy()
+                );
+            }
             summary.final_eval_accuracy = Some(s.accuracy());
             summary.final_eval_ties = Some(s.tie_rate());
             summary.final_eval_loss = Some(s.loss());

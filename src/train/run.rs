@@ -13,9 +13,11 @@ use super::layered_options::TrainerArgs;
 use super::metrics::plot_curves;
 use super::run_args::RunOptions;
 use super::run_folder::{refuse_changed_run_inputs, write_run_toml, OpenRun, RunFolder};
+use crate::dist::group::Group;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What a trainer is, for the skeleton's messages and files.
 pub struct RunSpec<'a> {
@@ -41,36 +43,89 @@ pub enum Start {
 
 /// A locked run folder (until dropped), and how the run starts in it.
 pub struct OpenedRun {
-    _folder: RunFolder,
+    /// Rank 0's lock on the folder; the other ranks of a data-parallel run hold none and write
+    /// nothing there.
+    _folder: Option<RunFolder>,
     pub start: Start,
     pub out: PathBuf,
     pub command: String,
     pub unit: &'static str,
+    /// The ranks the run is split over (one for a plain run).
+    pub group: Arc<Group>,
+}
+
+impl Start {
+    /// As numbers, for rank 0 to tell the others: [kind, step].
+    fn encode(self) -> [f64; 2] {
+        match self {
+            Start::New => [0.0, 0.0],
+            Start::Resume => [1.0, 0.0],
+            Start::Finished(n) => [2.0, n as f64],
+        }
+    }
+
+    fn decode(v: [f64; 2]) -> Option<Start> {
+        match v[0] as i64 {
+            0 => Some(Start::New),
+            1 => Some(Start::Resume),
+            2 => Some(Start::Finished(v[1] as usize)),
+            _ => None,
+        }
+    }
 }
 
 /// Opens `run.out` for a new run or a resumed one. Call before reading anything large, so a
-/// refusal comes at once.
-pub fn open_run(spec: &RunSpec, run: &RunOptions, overwrite: bool) -> Result<OpenedRun> {
+/// refusal comes at once. In a data-parallel run rank 0 opens (and locks) the folder and tells
+/// the others how the run starts, or that it refused.
+pub fn open_run(
+    spec: &RunSpec,
+    run: &RunOptions,
+    overwrite: bool,
+    group: Arc<Group>,
+) -> Result<OpenedRun> {
     let out = &run.out;
-    let folder = OpenRun {
-        out,
-        resume: run.resume,
-        overwrite,
-        inputs: spec.inputs,
-        command: &spec.command,
-    }
-    .open()?;
-    let start = if run.resume {
-        resumed_start(out, spec)?
+    let opened = if group.is_root() {
+        let opened = OpenRun {
+            out,
+            resume: run.resume,
+            overwrite,
+            inputs: spec.inputs,
+            command: &spec.command,
+        }
+        .open()
+        .and_then(|folder| {
+            let start = if run.resume {
+                resumed_start(out, spec)?
+            } else {
+                Start::New
+            };
+            Ok((folder, start))
+        });
+        let mut told = match &opened {
+            Ok((_, start)) => start.encode(),
+            Err(_) => [-1.0, 0.0],
+        };
+        group.broadcast_f64("run start", &mut told)?;
+        let (folder, start) = opened?;
+        (Some(folder), start)
     } else {
-        Start::New
+        let mut told = [0.0; 2];
+        group.broadcast_f64("run start", &mut told)?;
+        let Some(start) = Start::decode(told) else {
+            bail!(
+                "rank 0 could not open {} (its error says why)",
+                out.display()
+            );
+        };
+        (None, start)
     };
     Ok(OpenedRun {
-        _folder: folder,
-        start,
+        _folder: opened.0,
+        start: opened.1,
         out: out.clone(),
         command: spec.command.clone(),
         unit: spec.unit,
+        group,
     })
 }
 
@@ -108,7 +163,7 @@ impl OpenedRun {
     /// inputs have been read and found usable: a refused start leaves the folder empty, free for
     /// the next try. A resumed run keeps its own.
     pub fn write_run_toml<T: TrainerArgs>(&self, args: &T) -> Result<()> {
-        if self.start != Start::New {
+        if self.start != Start::New || !self.group.is_root() {
             return Ok(());
         }
         write_run_toml(&self.out, args.with_defaults()?, |a| a.paths_mut())
@@ -199,10 +254,10 @@ pub fn drive<S: Stages>(
     opts: &RunOptions,
     cadence: Cadence,
 ) -> Result<(S::Summary, RunEnd)> {
-    let total = stages.total_steps();
-    let schedule = opts.schedule(total);
     let checkpoint = run.checkpoint();
     let unit = run.unit;
+    // Restored first: a checkpoint may set the run's length (an offline run resumed on another
+    // number of ranks keeps its global batch, so its step count).
     let start = match run.start {
         // The trainer returns before loading anything for a finished run.
         Start::Finished(done) => {
@@ -210,23 +265,37 @@ pub fn drive<S: Stages>(
         }
         Start::Resume => {
             let next = stages.restore(&checkpoint)?;
-            eprintln!("resuming {} at {unit} {next} of {total}", run.out.display());
+            if run.group.is_root() {
+                eprintln!(
+                    "resuming {} at {unit} {next} of {}",
+                    run.out.display(),
+                    stages.total_steps()
+                );
+            }
             next
         }
         Start::New => 0,
     };
+    let total = stages.total_steps();
+    let schedule = opts.schedule(total);
     stages.begin(start)?;
     if start == 0 {
         stages.evaluate(0)?;
     }
-    let progress = Progress::new(start, total, cadence.log_every, unit);
+    let group = &run.group;
+    let root = group.is_root();
+    let progress = Progress::new(start, total, cadence.log_every, unit, root);
     for step in start..total {
         stages.step(step, schedule.lr(step))?;
         progress.bar.inc(1);
         let done = step + 1;
         let eval_now =
             cadence.eval_every > 0 && done.is_multiple_of(cadence.eval_every) && done < total;
-        let signal = crate::signals::received();
+        // Every rank stops at the same step, saved, when any of them got a signal (a launcher
+        // may deliver it to each rank at a slightly different step).
+        let signalled = group.any("stop signal", crate::signals::received().is_some())?;
+        let signal =
+            crate::signals::received().or(signalled.then_some(signal_hook::consts::SIGINT));
         let stop = signal.is_some() || cadence.stop_after == Some(done);
         let save_now = stop || done.is_multiple_of(cadence.save_every) || done == total;
         if progress.due(done) || eval_now || save_now {
@@ -241,13 +310,15 @@ pub fn drive<S: Stages>(
         if stop && done < total {
             progress.bar.abandon();
             // A plain line that stays, whether stderr is a terminal or a log file.
-            eprintln!(
+            if root {
+                eprintln!(
                 "{} at {unit} {done}/{total}; checkpoint saved in {}; continue with {} --resume {}",
                 crate::signals::stop_reason(signal),
                 checkpoint.display(),
                 run.command,
                 run.out.display()
-            );
+                );
+            }
             let end = RunEnd {
                 steps: done,
                 stopped_early: true,
@@ -263,7 +334,9 @@ pub fn drive<S: Stages>(
         interrupted: false,
     };
     let summary = stages.finish(end)?;
-    write_summary_and_curves(&run.out, &summary, &stages.curves())?;
+    if root {
+        write_summary_and_curves(&run.out, &summary, &stages.curves())?;
+    }
     Ok((summary, end))
 }
 
@@ -302,19 +375,26 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(start: usize, total: usize, log_every: Option<usize>, unit: &'static str) -> Progress {
+    /// Only rank 0 shows progress; the other ranks' would repeat it.
+    fn new(
+        start: usize,
+        total: usize,
+        log_every: Option<usize>,
+        unit: &'static str,
+        shown: bool,
+    ) -> Progress {
         let bar = indicatif::ProgressBar::new(total as u64).with_position(start as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
                 .expect("a valid template"),
         );
         let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
-        if plain {
+        if plain || !shown {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         Progress {
             bar,
-            plain,
+            plain: plain && shown,
             every: log_every.unwrap_or(total.div_ceil(20)).max(1),
             total,
             unit,

@@ -3,6 +3,7 @@
 //! everything in f32 (the oracle, bitwise reproducible), the GPU keeps bf16 weights for the
 //! forward beside fp32 masters (src/train/gpu_step.rs).
 
+use crate::dist::group::Group;
 use crate::model::Llama;
 use crate::ops::cpu::adamw::{clip_grad_norm, AdamW};
 use crate::ops::cpu::Cpu;
@@ -23,6 +24,9 @@ pub trait TrainState {
     /// The model to run and the gradient buffer to accumulate into, borrowed together.
     fn model_and_grads(&mut self) -> (&Llama<Self::B>, &mut <Self::B as Backend>::Acc);
     fn zero_grads(&mut self) -> Result<()>;
+    /// Sums the gradient buffer over the ranks of `group` (nothing for one process): each rank
+    /// then holds the gradient of the whole global batch and takes the same optimiser step.
+    fn all_reduce_grads(&mut self, group: &Group) -> Result<()>;
     /// Clips the gradients to `max_norm` (0: no clipping) and takes one AdamW step at `lr`. The
     /// norm before clipping stays where it was computed (on a GPU: the device, so a step never
     /// waits for it) until `take_grad_norms`.
@@ -68,6 +72,9 @@ impl TrainState for CpuState {
     fn zero_grads(&mut self) -> Result<()> {
         self.grads.fill(0.0);
         Ok(())
+    }
+    fn all_reduce_grads(&mut self, group: &Group) -> Result<()> {
+        group.all_reduce_sum_f32("gradients", &mut self.grads)
     }
     fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
         let norm = clip_grad_norm(&mut self.grads, max_norm);

@@ -15,10 +15,12 @@ use super::state::{CpuState, TrainState};
 use crate::data::chat_template::ChatTemplate;
 use crate::data::preference::{load_preferences, Encoder, PreferencePair};
 use crate::data::tokenizer::TextTokenizer;
+use crate::dist::group::Group;
 use crate::model::weights::load_checkpoint;
 use crate::model::Llama;
 use crate::ops::cuda::backend::Cuda;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -43,7 +45,18 @@ struct Data {
     eval: Option<Vec<PreferencePair>>,
 }
 
+/// Runs `prefer rm` or `prefer dpo` as one process.
 pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
+    run_training_in(args, kind, Arc::new(Group::single()))
+}
+
+/// Runs `prefer rm` or `prefer dpo` in `group`: one process, or one rank of a data-parallel run
+/// whose ranks each take their share of every global batch.
+pub fn run_training_in(
+    args: TrainArgs,
+    kind: TrainerKind,
+    group: Arc<Group>,
+) -> Result<RunSummary> {
     // From here on SIGINT, SIGTERM, SIGHUP and SIGUSR1 finish the step and save.
     crate::signals::install();
     let overwrite = args.run.overwrite;
@@ -62,7 +75,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         position_in_checkpoint: "",
     };
     // Held until the run ends: a second run in the same folder fails at once.
-    let run = open_run(&spec, &opts.run, overwrite)?;
+    let run = open_run(&spec, &opts.run, overwrite, group)?;
     if let Start::Finished(steps) = run.start {
         return Ok(RunSummary {
             steps,
@@ -81,7 +94,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
         template: &template,
         cfg: &cfg,
     };
-    let data = read_data(&opts, &enc)?;
+    let data = read_data(&opts, &enc, run.group.is_root())?;
     run.write_run_toml(&args)?;
     let extra = tokenizer_files(&opts.model);
 
@@ -95,7 +108,7 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
             drive_offline(state, &opts, &data, &extra, &run)?
         }
         Some(cuda) => {
-            let state = gpu_state(cuda, &cpu_model, weight_decay)?;
+            let state = gpu_state(cuda, &cpu_model, weight_decay, run.group.is_root())?;
             drive_offline(state, &opts, &data, &extra, &run)?
         }
     };
@@ -108,9 +121,11 @@ pub fn run_training(args: TrainArgs, kind: TrainerKind) -> Result<RunSummary> {
 }
 
 /// The training and held-out pairs; an error if no training pair is usable.
-fn read_data(opts: &TrainOptions, enc: &Encoder) -> Result<Data> {
+fn read_data(opts: &TrainOptions, enc: &Encoder, root: bool) -> Result<Data> {
     let (train, report) = load_preferences(&opts.data, enc, &opts.data_opts)?;
-    eprintln!("train data {}: {report}", opts.data.display());
+    if root {
+        eprintln!("train data {}: {report}", opts.data.display());
+    }
     if train.is_empty() {
         bail!(
             "{}: no usable pairs ({} too long for --max-len {} / --max-prompt-len {}; --overflow truncate keeps them, cut to fit)",
@@ -123,7 +138,9 @@ fn read_data(opts: &TrainOptions, enc: &Encoder) -> Result<Data> {
     let eval = match &opts.eval_data {
         Some(path) => {
             let (pairs, report) = load_preferences(path, enc, &opts.data_opts)?;
-            eprintln!("eval data {}: {report}", path.display());
+            if root {
+                eprintln!("eval data {}: {report}", path.display());
+            }
             Some(pairs)
         }
         None => None,
@@ -131,7 +148,7 @@ fn read_data(opts: &TrainOptions, enc: &Encoder) -> Result<Data> {
     Ok(Data { train, eval })
 }
 
-fn gpu_state(cuda: Cuda, cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
+fn gpu_state(cuda: Cuda, cpu: &Llama, weight_decay: f32, root: bool) -> Result<GpuTrainer> {
     let mut state = GpuTrainer::on(cuda, cpu)?;
     state.weight_decay = weight_decay;
     let on = if crate::emu::is_active() {
@@ -139,7 +156,9 @@ fn gpu_state(cuda: Cuda, cpu: &Llama, weight_decay: f32) -> Result<GpuTrainer> {
     } else {
         "the GPU"
     };
-    eprintln!("training on {on} (bf16 weights and activations, fp32 masters and AdamW)");
+    if root {
+        eprintln!("training on {on} (bf16 weights and activations, fp32 masters and AdamW)");
+    }
     Ok(state)
 }
 
@@ -151,6 +170,7 @@ fn reference_logprobs<S: TrainState>(
     state: &S,
     opts: &TrainOptions,
     data: &Data,
+    group: &Group,
 ) -> Result<References>
 where
     DpoObjective: Objective<S::B>,
@@ -167,18 +187,21 @@ where
             pairs,
             opts.batch_size,
             &dpo.ref_cache_dir,
+            group,
         )
     };
     let (train, hit) = cached(&data.train)?;
-    eprintln!(
-        "reference log-probs: {} ({})",
-        if hit {
-            "from the cache"
-        } else {
-            "computed and cached"
-        },
-        dpo.ref_cache_dir.display()
-    );
+    if group.is_root() {
+        eprintln!(
+            "reference log-probs: {} ({})",
+            if hit {
+                "from the cache"
+            } else {
+                "computed and cached"
+            },
+            dpo.ref_cache_dir.display()
+        );
+    }
     let eval = data
         .eval
         .as_deref()
@@ -200,7 +223,8 @@ where
     RewardObjective: Objective<S::B>,
     DpoObjective: Objective<S::B>,
 {
-    let (ref_train, ref_eval) = reference_logprobs(&state, opts, data)?;
+    let group = run.group.clone();
+    let (ref_train, ref_eval) = reference_logprobs(&state, opts, data, &group)?;
     let dpo;
     let objective: &dyn Objective<S::B> = match &opts.dpo {
         None => &RewardObjective,
@@ -217,7 +241,7 @@ where
         pairs,
         reference: ref_eval.as_deref(),
     });
-    let mut stages = Offline::new(state, opts, objective, train, eval, extra)?;
+    let mut stages = Offline::new(state, opts, objective, train, eval, extra, group)?;
     drive(
         run,
         &mut stages,

@@ -1,0 +1,164 @@
+//! The process group a command runs in: this process's place ([`World`]) and the host
+//! collectives it shares with the other ranks ([`HostComm`]). World size 1 opens no socket and
+//! every collective returns its input, so a plain run pays nothing.
+//!
+//! A data-parallel trainer asks the group three kinds of question:
+//! - sums: gradients on the CPU, metrics, statistics ([`Group::all_reduce_sum`]);
+//! - agreement: whether any rank got a signal, so all stop at the same step ([`Group::any`]);
+//! - rank 0's bytes: the NCCL unique id, a run's start ([`Group::broadcast_bytes`]).
+
+use super::host_comm::{HostComm, DEFAULT_TIMEOUT};
+use super::rendezvous::{job_key, rendezvous};
+use super::world::World;
+use anyhow::{Context, Result};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long the ranks wait for each other at the rendezvous by default (`PREFER_RENDEZVOUS_TIMEOUT`
+/// in seconds overrides it): long enough for a slow node to load a large model first.
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Group {
+    pub world: World,
+    host: Mutex<HostComm>,
+}
+
+fn seconds_from_env(name: &str, default: Duration) -> Result<Duration> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => {
+            let s: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .with_context(|| format!("{name}={v:?} is not a number of seconds above 0"))?;
+            Ok(Duration::from_secs_f64(s))
+        }
+    }
+}
+
+impl Group {
+    /// One process, rank 0 of 1.
+    pub fn single() -> Group {
+        Group {
+            world: World::single(),
+            host: Mutex::new(HostComm::single()),
+        }
+    }
+
+    /// The group the launcher's variables describe (torchrun, Slurm, Open MPI, `prefer launch`),
+    /// met at MASTER_ADDR:MASTER_PORT; one process without them. `job` is text every rank of
+    /// one job shares (the command line), so a rank of another job is refused at the rendezvous.
+    pub fn join(job: &str) -> Result<Group> {
+        let world = World::from_env()?;
+        if world.is_single() {
+            return Ok(Group::single());
+        }
+        let meet = seconds_from_env("PREFER_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT)?;
+        let collective = seconds_from_env("PREFER_COLLECTIVE_TIMEOUT", DEFAULT_TIMEOUT)?;
+        let met = rendezvous(
+            world.rank,
+            world.size,
+            &world.master_addr,
+            world.master_port,
+            job_key(job),
+            b"",
+            meet,
+        )
+        .with_context(|| format!("{}: the rendezvous", world.describe()))?;
+        let host = HostComm::new(world.rank, world.size, met, collective);
+        Ok(Group {
+            world,
+            host: Mutex::new(host),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.world.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.world.size
+    }
+
+    /// Rank 0: the rank that writes the run's files.
+    pub fn is_root(&self) -> bool {
+        self.world.rank == 0
+    }
+
+    fn comm(&self) -> std::sync::MutexGuard<'_, HostComm> {
+        // A panic while holding it leaves a communicator whose state is still whole.
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Elementwise sums over the ranks, in rank order (the same bits on every rank).
+    pub fn all_reduce_sum(&self, name: &str, values: &mut [f64]) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        self.comm().all_reduce_sum(name, values)
+    }
+
+    /// Sums of f32 values (gradients on the CPU): added in f64, in rank order, then rounded once.
+    pub fn all_reduce_sum_f32(&self, name: &str, values: &mut [f32]) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        let mut wide: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+        self.comm().all_reduce_sum(name, &mut wide)?;
+        for (v, w) in values.iter_mut().zip(wide) {
+            *v = w as f32;
+        }
+        Ok(())
+    }
+
+    /// Whether `flag` holds on any rank.
+    pub fn any(&self, name: &str, flag: bool) -> Result<bool> {
+        let mut v = [flag as u8 as f64];
+        self.all_reduce_sum(name, &mut v)?;
+        Ok(v[0] > 0.0)
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self, name: &str) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        self.comm().barrier(name)
+    }
+
+    /// Rank 0's `bytes` on every rank (the others' are replaced). At most 1 MiB.
+    pub fn broadcast_bytes(&self, name: &str, bytes: &mut Vec<u8>) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        let mut len = [if self.is_root() {
+            bytes.len() as f64
+        } else {
+            0.0
+        }];
+        self.all_reduce_sum(&format!("{name} (length)"), &mut len)?;
+        let len = len[0] as usize;
+        anyhow::ensure!(len <= 1 << 20, "{name}: rank 0 sent {len} bytes");
+        let mut wide: Vec<f64> = if self.is_root() {
+            bytes.iter().map(|&b| b as f64).collect()
+        } else {
+            vec![0.0; len]
+        };
+        self.all_reduce_sum(name, &mut wide)?;
+        *bytes = wide.iter().map(|&b| b as u8).collect();
+        Ok(())
+    }
+
+    /// Rank 0's `values` on every rank.
+    pub fn broadcast_f64(&self, name: &str, values: &mut [f64]) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        if !self.is_root() {
+            values.fill(0.0);
+        }
+        self.all_reduce_sum(name, values)
+    }
+}
