@@ -2,7 +2,8 @@
 //! - by nvcc into one fatbin (SASS for sm_80 and sm_90a, PTX for compute_90) that the binary
 //!   embeds, with ptxas's register, spill and shared-memory report for sm_90a;
 //! - by the system C++ compiler into the software GPU (emu/): a stand-in libcuda.so and
-//!   libcublasLt.so that run the kernels on the CPU, also embedded.
+//!   libcublasLt.so that run the kernels on the CPU, and a stand-in libnccl.so for collectives
+//!   between rank processes, also embedded.
 //!
 //! Without nvcc (or g++) the crate builds without that part, unless PREFER_REQUIRE_CUDA=1 makes a
 //! missing or failing compiler an error (CI sets it).
@@ -83,7 +84,7 @@ fn main() {
                 };
                 println!("cargo:warning={head}{line}");
             }
-            for lib in ["libcuda.so", "libcublasLt.so"] {
+            for lib in ["libcuda.so", "libcublasLt.so", "libnccl.so"] {
                 std::fs::write(out.join(lib), []).unwrap();
             }
             std::fs::write(out.join("emu_build_error.txt"), why).unwrap();
@@ -176,7 +177,7 @@ fn ptxas_table(report: &str, arch: &str) -> String {
 
 /// The software GPU: kernels/*.cu (and emu/tests/*.cu) compiled by the system C++ compiler through
 /// emu/include/emu_cuda.h, instrumented for the race check, linked with the runtime into a
-/// stand-in libcuda.so; and the stand-in libcublasLt.so.
+/// stand-in libcuda.so; and the stand-in libcublasLt.so and libnccl.so.
 mod emu {
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -456,6 +457,20 @@ static constexpr size_t emu_arg_count(void (*)(A...)) { return sizeof...(A); }
             .arg("-o")
             .arg(out.join("libcublasLt.so"));
         commands.push(lt);
+        // The stand-in NCCL: collectives between rank processes over shared memory. Its soname is
+        // the real library's; prefer opens it by path (src/dist/nccl.rs).
+        let nccl_flags: Vec<String> = flags
+            .iter()
+            .cloned()
+            .chain(["-shared", "-pthread", "-Wl,-soname,libnccl.so.2"].map(String::from))
+            .collect();
+        let mut nccl = Command::new(cxx());
+        nccl.args(&nccl_flags)
+            .arg(emu.join("nccl/nccl.cpp"))
+            .arg("-o")
+            .arg(out.join("libnccl.so"))
+            .args(["-lrt", "-ldl"]);
+        commands.push(nccl);
         run_all(commands)?;
 
         let link_flags = ["-shared", "-Wl,-soname,libcuda.so", "-Wl,-z,defs"];

@@ -15,17 +15,20 @@ use std::sync::OnceLock;
 
 static LIBCUDA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libcuda.so"));
 static LIBCUBLASLT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libcublasLt.so"));
+static LIBNCCL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libnccl.so"));
 static BUILD_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/emu_build_error.txt"));
 
 static ACTIVE: OnceLock<std::result::Result<Libraries, String>> = OnceLock::new();
 
 struct Libraries {
     cuda: libloading::os::unix::Library,
+    /// The stand-in NCCL, written out beside the others; opened only by a run of several ranks.
+    nccl: PathBuf,
 }
 
 /// Whether this build has the software GPU, and if not, why.
 pub fn built() -> Result<()> {
-    if LIBCUDA.is_empty() || LIBCUBLASLT.is_empty() {
+    if LIBCUDA.is_empty() || LIBCUBLASLT.is_empty() || LIBNCCL.is_empty() {
         let why = BUILD_ERROR
             .lines()
             .next()
@@ -57,7 +60,7 @@ fn cache_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     // The libraries' own bytes name the folder, so two builds never share a stale copy.
     let mut hash: u64 = 0xcbf29ce484222325;
-    for &b in LIBCUDA.iter().chain(LIBCUBLASLT) {
+    for &b in LIBCUDA.iter().chain(LIBCUBLASLT).chain(LIBNCCL) {
         hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);
     }
     base.join("prefer").join("emu").join(format!("{hash:016x}"))
@@ -94,6 +97,7 @@ fn load() -> Result<Libraries> {
         None => materialise(&dir, "libcuda.so", LIBCUDA)?,
     };
     let lt_path = materialise(&dir, "libcublasLt.so", LIBCUBLASLT)?;
+    let nccl = materialise(&dir, "libnccl.so.2", LIBNCCL)?;
     // The driver first: the cuBLASLt stand-in binds to its range check when it loads.
     let cuda = open_global(&cuda_path)?;
     let lt = open_global(&lt_path)?;
@@ -106,7 +110,7 @@ fn load() -> Result<Libraries> {
     }
     // Both stay loaded for the life of the process (cudarc holds its own handles too).
     std::mem::forget(lt);
-    Ok(Libraries { cuda })
+    Ok(Libraries { cuda, nccl })
 }
 
 type Sgemm = extern "C" fn(
@@ -182,6 +186,33 @@ pub fn set_schedule(seed: u64, race_check: bool) -> Result<()> {
         f(seed, race_check as i32);
     }
     Ok(())
+}
+
+/// Where the stand-in NCCL is, once the software GPU is loaded.
+pub fn nccl_library() -> Result<PathBuf> {
+    Ok(loaded()?.nccl.clone())
+}
+
+/// The stand-in NCCL written to the cache folder, without loading anything (its tests open it
+/// alone, where each collective runs at once on the calling thread).
+pub fn nccl_standin() -> Result<PathBuf> {
+    built()?;
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    materialise(&dir, "libnccl.so.2", LIBNCCL)
+}
+
+/// Runs every stream's queued work to the end. A rank waiting for the others on the host (a
+/// host collective) first lets its queued device collectives run: the software GPU makes
+/// progress only when the host drives it, where a GPU runs on by itself. Nothing when the software
+/// GPU is not loaded.
+pub fn drain() {
+    if !is_active() {
+        return;
+    }
+    // SAFETY: the stand-in's cuCtxSynchronize needs no current context. An error it reports
+    // stays pending for the next synchronisation, which reports it.
+    let _ = unsafe { cudarc::driver::sys::cuCtxSynchronize() };
 }
 
 fn loaded() -> Result<&'static Libraries> {

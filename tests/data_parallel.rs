@@ -242,6 +242,60 @@ fn dpo_and_rm_on_2_and_4_ranks_equal_one_rank_with_the_same_global_batch() {
     }
 }
 
+/// On the software GPU the gradients are summed by the stand-in NCCL on a communication stream,
+/// ordered by events and checked for cross-stream races; bf16 weights and activations, f32
+/// gradients and masters.
+#[test]
+fn on_the_software_gpu_2_and_4_ranks_over_nccl_equal_one_rank() {
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    let short = short_pairs(16);
+    std::fs::write(s.path("train.jsonl"), short).unwrap();
+    for trainer in ["dpo", "rm"] {
+        let emu_args = |out: &str, accum: usize| {
+            let mut a = s.args(trainer, "emu", out, accum);
+            let epochs = a.iter().position(|x| x == "--epochs").unwrap();
+            a[epochs + 1] = "1".into();
+            a
+        };
+        let one = format!("{trainer}-emu-1");
+        expect_success(
+            &prefer().args(emu_args(&one, 4)).output().unwrap(),
+            "one rank",
+        );
+        let two = format!("{trainer}-emu-2");
+        run_ranks(2, &emu_args(&two, 2));
+        let four = format!("{trainer}-emu-4");
+        expect_success(&launch(4, &emu_args(&four, 1)), "4 ranks");
+        // The same f32 gradient sums in another order, and bf16 weights rounded from the masters.
+        assert_same_run(&s.path(&one), &s.path(&two), 1e-3, 1e-2);
+        assert_same_run(&s.path(&one), &s.path(&four), 1e-3, 1e-2);
+    }
+}
+
+/// Short pairs (a few bytes each), so a step on the software GPU takes well under a second.
+fn short_pairs(n: usize) -> String {
+    let prompts = [
+        "hi", "help?", "a map", "tea?", "hello", "why?", "more", "ok?",
+    ];
+    let kind = ["sure, glad to", "yes, happy to", "of course!", "gladly"];
+    let rude = ["no. go away", "ugh, no", "not my job", "stop asking"];
+    (0..n)
+        .map(|i| {
+            let j = i * 7 + 1;
+            serde_json::json!({
+                "prompt": prompts[j % prompts.len()],
+                "chosen": kind[(j / 3) % kind.len()],
+                "rejected": rude[(j / 5) % rude.len()],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
 #[test]
 fn a_run_stopped_on_4_ranks_continues_on_2_as_an_uninterrupted_2_rank_run() {
     let s = Setup::new();

@@ -87,7 +87,10 @@ impl Group {
         self.world.rank == 0
     }
 
+    /// The host communicator, once this rank's queued device work has run: on the software GPU a
+    /// queued NCCL collective runs only when the host drives it, and a peer may wait for it.
     fn comm(&self) -> std::sync::MutexGuard<'_, HostComm> {
+        crate::emu::drain();
         // A panic while holding it leaves a communicator whose state is still whole.
         self.host.lock().unwrap_or_else(|p| p.into_inner())
     }

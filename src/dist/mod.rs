@@ -4,6 +4,7 @@
 
 pub mod group;
 pub mod host_comm;
+pub mod nccl;
 pub mod nccl_lib;
 pub mod rendezvous;
 pub mod world;

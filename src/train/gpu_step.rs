@@ -4,6 +4,7 @@
 
 use super::state::{HostState, TrainState};
 use crate::dist::group::Group;
+use crate::dist::nccl::DeviceComm;
 use crate::model::{Batch, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
@@ -33,6 +34,8 @@ pub struct GpuTrainer {
     pub t: u64,
     pub max_grad_norm: f32,
     pub weight_decay: f32,
+    /// The ranks' NCCL communicator, in a data-parallel run (none for one process).
+    comm: Option<DeviceComm>,
 }
 
 impl GpuTrainer {
@@ -59,6 +62,7 @@ impl GpuTrainer {
             t: 0,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
+            comm: None,
             model,
         })
     }
@@ -154,11 +158,12 @@ impl TrainState for GpuTrainer {
         if group.size() == 1 {
             return Ok(());
         }
-        // Through the host: correct on any machine, and the oracle the NCCL path is held to.
-        let eng = &self.model.backend.eng;
-        let mut host = eng.download(&self.grads)?;
-        group.all_reduce_sum_f32("gradients", &mut host)?;
-        eng.upload_into(&host, &mut self.grads)
+        // Joined at the first step's reduction, which every rank reaches together.
+        if self.comm.is_none() {
+            self.comm = Some(DeviceComm::new(group, &self.model.backend.eng)?);
+        }
+        let comm = self.comm.as_mut().expect("joined above");
+        comm.all_reduce_sum(&mut self.grads)
     }
     fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
         self.apply(lr, max_norm)

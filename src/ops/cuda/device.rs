@@ -36,6 +36,26 @@ fn driver_sees_a_gpu() -> Result<()> {
     Ok(())
 }
 
+/// The GPU this process drives: its local rank's (one process per GPU, as torchrun and srun
+/// start them), or the only one it sees (a launcher that gives each rank its own
+/// CUDA_VISIBLE_DEVICES). The software GPU gives each process a GPU of its own.
+fn gpu_of_this_rank(emu: bool) -> Result<usize> {
+    let world = crate::dist::world::World::from_env()?;
+    if emu || world.is_single() {
+        return Ok(0);
+    }
+    let count =
+        CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount: {e:?}"))? as usize;
+    match (count, world.local_rank) {
+        (1, _) => Ok(0),
+        (n, local) if local < n => Ok(local),
+        (n, local) => bail!(
+            "{}: local rank {local} but this node shows {n} GPUs: start at most one process per GPU",
+            world.describe()
+        ),
+    }
+}
+
 /// Whether a CUDA driver and GPU are usable, and what they are.
 pub fn probe_gpu() -> Result<GpuInfo> {
     driver_sees_a_gpu()?;
@@ -72,7 +92,9 @@ impl CudaEngine {
             FATBIN.to_vec()
         };
         driver_sees_a_gpu()?;
-        let ctx = CudaContext::new(0).map_err(|e| anyhow!("creating a CUDA context: {e:?}"))?;
+        let ordinal = gpu_of_this_rank(emu)?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("creating a CUDA context on GPU {ordinal}: {e:?}"))?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))
             .map_err(|e| anyhow!("loading the embedded kernels: {e:?}"))?;

@@ -1,0 +1,407 @@
+//! NCCL: collectives on device buffers between the ranks' GPUs, on a communication stream ordered
+//! against the compute stream by events.
+//!
+//! The library is opened by path, through our own table of the dozen entry points we call, not
+//! through cudarc's `nccl` module: cudarc looks only for names such as `libnccl.so` and
+//! `libnccl.so.13`, while the `nvidia-nccl-cu13` wheel (and PyTorch) ship `libnccl.so.2`, and it
+//! panics when none is found. On the software GPU (`--device emu`) the library is the stand-in
+//! in emu/nccl/, collectives between the rank processes over shared memory.
+//!
+//! World size 1 never gets here: no library is looked for and no call is made.
+
+use super::group::Group;
+use super::nccl_lib::{find_nccl, NcclLocation, LIBRARY};
+use crate::ops::cuda::device::CudaEngine;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, OnceLock};
+
+type RawComm = *mut c_void;
+type Stream = cudarc::driver::sys::CUstream;
+
+/// ncclUniqueId: 128 opaque bytes rank 0 makes and every rank passes to ncclCommInitRank.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UniqueId([u8; 128]);
+
+/// The entry points, from one opened library that stays loaded for the process's life.
+struct Api {
+    get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
+    comm_init_rank: unsafe extern "C" fn(*mut RawComm, c_int, UniqueId, c_int) -> c_int,
+    comm_destroy: unsafe extern "C" fn(RawComm) -> c_int,
+    comm_abort: unsafe extern "C" fn(RawComm) -> c_int,
+    comm_get_async_error: unsafe extern "C" fn(RawComm, *mut c_int) -> c_int,
+    get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
+    get_last_error: Option<unsafe extern "C" fn(RawComm) -> *const c_char>,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        RawComm,
+        Stream,
+    ) -> c_int,
+    reduce_scatter: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        RawComm,
+        Stream,
+    ) -> c_int,
+    all_gather:
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, RawComm, Stream) -> c_int,
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        RawComm,
+        Stream,
+    ) -> c_int,
+    /// Where it was loaded from, for messages.
+    from: String,
+}
+
+const NCCL_SUM: c_int = 0;
+
+/// Element types NCCL moves and sums.
+pub trait NcclType: DeviceRepr {
+    const TYPE: c_int;
+}
+impl NcclType for f32 {
+    const TYPE: c_int = 7;
+}
+impl NcclType for f64 {
+    const TYPE: c_int = 8;
+}
+impl NcclType for half::bf16 {
+    const TYPE: c_int = 9;
+}
+impl NcclType for half::f16 {
+    const TYPE: c_int = 6;
+}
+impl NcclType for i32 {
+    const TYPE: c_int = 2;
+}
+impl NcclType for u8 {
+    const TYPE: c_int = 1;
+}
+
+static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+
+fn api() -> Result<&'static Api> {
+    API.get_or_init(|| load().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn load() -> Result<Api> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    let path = if crate::emu::is_active() {
+        crate::emu::nccl_library()?
+    } else {
+        match find_nccl()? {
+            NcclLocation::File(p) => p,
+            NcclLocation::Loader => LIBRARY.into(),
+        }
+    };
+    // SAFETY: NCCL's initialisers only set up its own state.
+    let lib = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) }
+        .with_context(|| format!("loading NCCL from {}", path.display()))?;
+    macro_rules! get {
+        ($name:literal) => {
+            // SAFETY: the symbol's type is NCCL's documented signature (nccl.h).
+            *unsafe { lib.get($name) }.with_context(|| {
+                format!(
+                    "{} has no {}",
+                    path.display(),
+                    String::from_utf8_lossy(&$name[..$name.len() - 1])
+                )
+            })?
+        };
+    }
+    let api = Api {
+        get_unique_id: get!(b"ncclGetUniqueId\0"),
+        comm_init_rank: get!(b"ncclCommInitRank\0"),
+        comm_destroy: get!(b"ncclCommDestroy\0"),
+        comm_abort: get!(b"ncclCommAbort\0"),
+        comm_get_async_error: get!(b"ncclCommGetAsyncError\0"),
+        get_error_string: get!(b"ncclGetErrorString\0"),
+        // SAFETY: as above; older NCCLs lack it.
+        get_last_error: unsafe { lib.get(b"ncclGetLastError\0") }.ok().map(|s| *s),
+        all_reduce: get!(b"ncclAllReduce\0"),
+        reduce_scatter: get!(b"ncclReduceScatter\0"),
+        all_gather: get!(b"ncclAllGather\0"),
+        broadcast: get!(b"ncclBroadcast\0"),
+        from: path.display().to_string(),
+    };
+    // Loaded for the life of the process: communicators and their streams may outlive any owner.
+    std::mem::forget(lib);
+    Ok(api)
+}
+
+/// A communicator over every rank of a group, with its own stream.
+pub struct DeviceComm {
+    comm: RawComm,
+    api: &'static Api,
+    rank: usize,
+    size: usize,
+    /// The communication stream: collectives run here, ordered after the compute stream's work
+    /// by an event, and the compute stream waits for them by another.
+    stream: Arc<CudaStream>,
+    compute: Arc<CudaStream>,
+    /// A collective failed: the communicator is aborted on drop, not destroyed.
+    failed: bool,
+}
+
+impl DeviceComm {
+    /// Joins the communicator of `group`'s ranks on `eng`'s GPU. Every rank calls it at the same
+    /// point; it returns when all have.
+    pub fn new(group: &Group, eng: &CudaEngine) -> Result<DeviceComm> {
+        let api = api()?;
+        let mut id = UniqueId([0; 128]);
+        if group.is_root() {
+            // SAFETY: writes the 128 bytes of `id`.
+            check(
+                api,
+                None,
+                unsafe { (api.get_unique_id)(&mut id) },
+                "ncclGetUniqueId",
+            )?;
+        }
+        let mut bytes = id.0.to_vec();
+        group.broadcast_bytes("NCCL unique id", &mut bytes)?;
+        anyhow::ensure!(
+            bytes.len() == 128,
+            "rank 0 sent an NCCL id of {} bytes",
+            bytes.len()
+        );
+        id.0.copy_from_slice(&bytes);
+        eng.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        // Ordering across the two streams is by the events below, explicitly, so that a missing
+        // one is a bug the software GPU's cross-stream check reports; cudarc's own tracking
+        // (an event per buffer per launch) would hide it and cost a record per kernel argument.
+        // SAFETY: every use of a buffer on the communication stream is ordered by those events.
+        unsafe { eng.ctx.disable_event_tracking() };
+        let stream = eng
+            .ctx
+            .new_stream()
+            .map_err(|e| anyhow!("creating the communication stream: {e:?}"))?;
+        let mut comm: RawComm = std::ptr::null_mut();
+        let (rank, size) = (group.rank(), group.size());
+        // SAFETY: `comm` receives the communicator; `id` is the one every rank got from rank 0.
+        let r = unsafe { (api.comm_init_rank)(&mut comm, size as c_int, id, rank as c_int) };
+        check(api, None, r, "ncclCommInitRank").with_context(|| {
+            format!(
+                "{}: joining the NCCL communicator ({})",
+                group.world.describe(),
+                api.from
+            )
+        })?;
+        Ok(DeviceComm {
+            comm,
+            api,
+            rank,
+            size,
+            stream,
+            compute: eng.stream.clone(),
+            failed: false,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// `op` on the communication stream after the compute stream's work so far; the compute
+    /// stream's later work waits for it.
+    fn ordered(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&Api, RawComm, Stream) -> c_int,
+    ) -> Result<()> {
+        let err = |e| anyhow!("{what}: ordering the streams: {e:?}");
+        let ready = self.compute.record_event(None).map_err(err)?;
+        self.stream.wait(&ready).map_err(err)?;
+        let r = op(self.api, self.comm, self.stream.cu_stream());
+        if let Err(e) = check(self.api, Some(self.comm), r, what) {
+            self.failed = true;
+            return Err(e);
+        }
+        let done = self.stream.record_event(None).map_err(err)?;
+        self.compute.wait(&done).map_err(err)
+    }
+
+    /// Sums `buf` over the ranks, in place.
+    pub fn all_reduce_sum<T: NcclType>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
+        let n = buf.len();
+        let stream = self.stream.clone();
+        let (ptr, _sync) = buf.device_ptr_mut(&stream);
+        self.ordered(&format!("ncclAllReduce of {n} values"), |api, comm, s| {
+            // SAFETY: in place over `n` elements of T on this GPU, ordered by events.
+            unsafe {
+                (api.all_reduce)(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    n,
+                    T::TYPE,
+                    NCCL_SUM,
+                    comm,
+                    s,
+                )
+            }
+        })
+    }
+
+    /// `out` (len n) on rank r = the sum over ranks of `input[r·n .. (r+1)·n]`.
+    pub fn reduce_scatter_sum<T: NcclType>(
+        &mut self,
+        input: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let n = out.len();
+        if input.len() != n * self.size {
+            bail!(
+                "ncclReduceScatter: {} values in, {} out over {} ranks",
+                input.len(),
+                n,
+                self.size
+            );
+        }
+        let stream = self.stream.clone();
+        let (src, _a) = input.device_ptr(&stream);
+        let (dst, _b) = out.device_ptr_mut(&stream);
+        self.ordered(
+            &format!("ncclReduceScatter to {n} values"),
+            |api, comm, s| {
+                // SAFETY: sizes checked above; ordered by events.
+                unsafe {
+                    (api.reduce_scatter)(
+                        src as *const c_void,
+                        dst as *mut c_void,
+                        n,
+                        T::TYPE,
+                        NCCL_SUM,
+                        comm,
+                        s,
+                    )
+                }
+            },
+        )
+    }
+
+    /// `out[r·n .. (r+1)·n]` = rank r's `input` (len n), on every rank.
+    pub fn all_gather<T: NcclType>(
+        &mut self,
+        input: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let n = input.len();
+        if out.len() != n * self.size {
+            bail!(
+                "ncclAllGather: {n} values in, {} out over {} ranks",
+                out.len(),
+                self.size
+            );
+        }
+        let stream = self.stream.clone();
+        let (src, _a) = input.device_ptr(&stream);
+        let (dst, _b) = out.device_ptr_mut(&stream);
+        self.ordered(&format!("ncclAllGather of {n} values"), |api, comm, s| {
+            // SAFETY: sizes checked above; ordered by events.
+            unsafe {
+                (api.all_gather)(
+                    src as *const c_void,
+                    dst as *mut c_void,
+                    n,
+                    T::TYPE,
+                    comm,
+                    s,
+                )
+            }
+        })
+    }
+
+    /// Rank `root`'s `buf` on every rank.
+    pub fn broadcast<T: NcclType>(&mut self, buf: &mut CudaSlice<T>, root: usize) -> Result<()> {
+        let n = buf.len();
+        let stream = self.stream.clone();
+        let (ptr, _sync) = buf.device_ptr_mut(&stream);
+        self.ordered(&format!("ncclBroadcast of {n} values"), |api, comm, s| {
+            // SAFETY: in place over `n` elements; ordered by events.
+            unsafe {
+                (api.broadcast)(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    n,
+                    T::TYPE,
+                    root as c_int,
+                    comm,
+                    s,
+                )
+            }
+        })
+    }
+
+    /// An error a collective hit after it was queued (a dead peer, a mismatch), if any.
+    pub fn async_error(&self) -> Result<()> {
+        let mut r: c_int = 0;
+        // SAFETY: reads the communicator's state.
+        unsafe { (self.api.comm_get_async_error)(self.comm, &mut r) };
+        check(self.api, Some(self.comm), r, "an NCCL collective")
+    }
+}
+
+/// NCCL's result `r` as an error naming `what`, with NCCL's own last message.
+fn check(api: &Api, comm: Option<RawComm>, r: c_int, what: &str) -> Result<()> {
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: NCCL returns static or communicator-owned C strings.
+    let text = |p: *const c_char| unsafe {
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    let kind = text(unsafe { (api.get_error_string)(r) });
+    let last = api
+        .get_last_error
+        .map(|f| text(unsafe { f(comm.unwrap_or(std::ptr::null_mut())) }))
+        .unwrap_or_default();
+    bail!(
+        "{what} failed: {kind} (NCCL {r}){}",
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {last}")
+        }
+    )
+}
+
+impl Drop for DeviceComm {
+    fn drop(&mut self) {
+        // SAFETY: our communicator, not used after this. A failed one is aborted: destroying it
+        // could wait for peers that are gone.
+        unsafe {
+            if self.failed || self.async_error().is_err() {
+                (self.api.comm_abort)(self.comm);
+            } else {
+                let _ = self.stream.synchronize();
+                (self.api.comm_destroy)(self.comm);
+            }
+        }
+    }
+}
