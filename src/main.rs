@@ -84,6 +84,10 @@ enum Command {
         /// Override the init std (initializer_range); larger values give a sharper random model.
         #[arg(long, allow_negative_numbers = true)]
         init_std: Option<f32>,
+        /// Override the preset's vocabulary size (at least 259, the byte tokenizer's): e.g. llama-1b
+        /// widths with a small embedding.
+        #[arg(long, value_parser = whole_number)]
+        vocab_size: Option<usize>,
     },
     /// Print the version, the compiled kernels, the driver in use and whether a GPU is usable.
     Info {
@@ -287,6 +291,7 @@ fn run(command: Command) -> Result<()> {
             dtype,
             layers,
             init_std,
+            vocab_size,
             overwrite,
         } => {
             let opts = cmd::init::InitOptions {
@@ -295,6 +300,7 @@ fn run(command: Command) -> Result<()> {
                 dtype,
                 layers,
                 init_std,
+                vocab_size,
                 overwrite,
             };
             cmd::init::run_init(&preset, &out, &opts)

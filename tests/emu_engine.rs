@@ -22,6 +22,7 @@ fn init_tiny(dir: &Path, std: Option<f32>) {
         dtype: SaveDtype::Bf16,
         layers: None,
         init_std: std,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", dir, &opts).unwrap();
@@ -401,6 +402,7 @@ fn a_ppo_iteration_on_the_software_gpu_agrees_with_the_cpu() {
         dtype: SaveDtype::Bf16,
         layers: None,
         init_std: Some(0.2),
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &rm, &opts).unwrap();

@@ -244,6 +244,7 @@ fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &base, &opts).unwrap();
@@ -511,6 +512,7 @@ fn grpo_learns_a_verifiable_task_on_the_cpu() {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &base, &opts).unwrap();
@@ -640,6 +642,7 @@ fn a_prompt_too_long_for_the_context_is_named_by_its_line_when_the_prompts_are_r
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &base, &opts).unwrap();

@@ -302,6 +302,7 @@ fn trainer_refuses_a_tokenizer_that_does_not_fit_the_model() {
         dtype: prefer::model::weights::SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     prefer::cmd::init::run_init("tiny", &base, &opts).unwrap();

@@ -83,6 +83,7 @@ fn epochs_count_micro_batches_not_rounded_up_steps() {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &dir.path().join("base"), &opts).unwrap();

@@ -34,6 +34,7 @@ fn models(root: &Path) -> (PathBuf, PathBuf) {
             dtype: prefer::model::weights::SaveDtype::F32,
             layers: None,
             init_std: Some(0.2),
+            vocab_size: None,
             overwrite: false,
         };
         run_init("tiny", dir, &opts).unwrap();

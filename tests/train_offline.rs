@@ -23,6 +23,7 @@ fn setup(train_pairs: usize) -> Setup {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &root.join("base"), &opts).unwrap();

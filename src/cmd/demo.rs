@@ -106,6 +106,7 @@ pub fn run_demo(out: &Path, device: Device, seed: u64) -> Result<()> {
         dtype: SaveDtype::F32,
         layers: None,
         init_std: None,
+        vocab_size: None,
         overwrite: false,
     };
     run_init("tiny", &base, &opts)?;

@@ -15,6 +15,9 @@ pub struct InitOptions {
     pub dtype: SaveDtype,
     pub layers: Option<usize>,
     pub init_std: Option<f32>,
+    /// Override the preset's vocabulary size (at least the byte tokenizer's 259 ids): the
+    /// preset's widths with a small embedding, for tests of large layers.
+    pub vocab_size: Option<usize>,
     /// Replace a checkpoint an earlier `prefer init` wrote in the folder.
     pub overwrite: bool,
 }
@@ -51,6 +54,14 @@ pub fn run_init(preset: &str, out: &Path, opts: &InitOptions) -> Result<()> {
     if let Some(layers) = opts.layers {
         anyhow::ensure!(layers > 0, "--layers must be at least 1");
         cfg.num_hidden_layers = layers;
+    }
+    if let Some(v) = opts.vocab_size {
+        let least = crate::model::config::BYTE_VOCAB;
+        anyhow::ensure!(
+            v >= least,
+            "--vocab-size {v}: the byte tokenizer needs at least {least} ids"
+        );
+        cfg.vocab_size = v;
     }
     if let Some(std) = opts.init_std {
         anyhow::ensure!(

@@ -65,6 +65,33 @@ fn describe(status: &ExitStatus) -> String {
     }
 }
 
+/// The CPU thread counts each rank gets, as torchrun sets OMP_NUM_THREADS: the node's cores
+/// shared among its ranks, for every pool a rank runs (rayon, matrixmultiply, the software GPU's
+/// workers), unless the user set one. Ranks that each take every core thrash a small machine.
+fn cpu_threads_per_rank(n: usize) -> Vec<(String, String)> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let each = (cores / n.max(1)).max(1);
+    let vars = [
+        "OMP_NUM_THREADS",
+        "RAYON_NUM_THREADS",
+        "MATMUL_NUM_THREADS",
+        "PREFER_EMU_THREADS",
+    ];
+    let set: Vec<(String, String)> = vars
+        .iter()
+        .filter(|v| std::env::var_os(v).is_none())
+        .map(|v| (v.to_string(), each.to_string()))
+        .collect();
+    if n > 1 && !set.is_empty() {
+        eprintln!(
+            "prefer launch: {each} CPU thread{} per rank ({cores} cores over {n} ranks; set {} to change)",
+            if each == 1 { "" } else { "s" },
+            set.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    set
+}
+
 /// Copies `from` to `to` line by line, each line prefixed (partial last lines too).
 fn prefix_lines(from: impl Read, prefix: String, mut to: impl Write) {
     let mut reader = BufReader::new(from);
@@ -130,6 +157,7 @@ pub fn run_launch(args: &LaunchArgs) -> Result<i32> {
         args.master_port,
         args.command.join(" ")
     );
+    let threads = cpu_threads_per_rank(n);
     signals::install();
     let mut ranks: Vec<Rank> = Vec::with_capacity(n);
     let mut copiers = Vec::new();
@@ -144,6 +172,7 @@ pub fn run_launch(args: &LaunchArgs) -> Result<i32> {
             .env("GROUP_RANK", args.node_rank.to_string())
             .env("MASTER_ADDR", &master_addr)
             .env("MASTER_PORT", args.master_port.to_string())
+            .envs(threads.iter().cloned())
             // Its own process group: the terminal's Ctrl-C reaches the launcher only, which
             // forwards it once (a second signal would make a rank exit without saving).
             .process_group(0);

@@ -108,10 +108,14 @@ impl Group {
         if self.size() == 1 {
             return Ok(());
         }
-        let mut wide: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-        self.comm().all_reduce_sum(name, &mut wide)?;
-        for (v, w) in values.iter_mut().zip(wide) {
-            *v = w as f32;
+        // In pieces, so a large model's gradients never need one huge message.
+        let mut comm = self.comm();
+        for piece in values.chunks_mut(1 << 22) {
+            let mut wide: Vec<f64> = piece.iter().map(|&v| v as f64).collect();
+            comm.all_reduce_sum(name, &mut wide)?;
+            for (v, w) in piece.iter_mut().zip(wide) {
+                *v = w as f32;
+            }
         }
         Ok(())
     }
