@@ -267,13 +267,13 @@ fn run(command: Command) -> Result<()> {
     // Commands that do not split their work over ranks yet refuse a launch of several.
     let single_process_only = match &command {
         Command::Demo { .. } => Some("demo"),
-        Command::Ppo(_) => Some("ppo"),
         Command::EvalRm { .. } => Some("eval-rm"),
         Command::Init { .. } => Some("init"),
         Command::Generate(_) => Some("generate"),
         Command::Logprobs { .. } => Some("logprobs"),
         Command::Rm(_)
         | Command::Dpo(_)
+        | Command::Ppo(_)
         | Command::Info { .. }
         | Command::Bench { .. }
         | Command::Check { .. }
@@ -359,7 +359,7 @@ fn run(command: Command) -> Result<()> {
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }
         Command::Ppo(args) => {
-            let s = prefer::rl::run_ppo(args)?;
+            let s = prefer::rl::run_ppo_in(args, cmd::train::join_group()?)?;
             if s.interrupted {
                 cmd::train::exit_for_signal();
             }

@@ -353,6 +353,7 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
             sampling: SamplingParams::default(),
             max_new_tokens: 10,
             seed: 1,
+            first_prompt: 0,
             max_batch: 4,
             block_size: 16,
             kv_blocks: 64,

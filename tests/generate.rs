@@ -35,6 +35,7 @@ fn opts(n: usize, max_batch: usize, sampling: SamplingParams) -> EngineOptions {
         sampling,
         max_new_tokens: 24,
         seed: 11,
+        first_prompt: 0,
         max_batch,
         block_size: 16,
         kv_blocks: 256,

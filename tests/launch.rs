@@ -73,7 +73,7 @@ fn the_first_failing_rank_is_named_and_its_status_is_the_launchers() {
 #[test]
 fn commands_that_are_not_data_parallel_yet_refuse_several_ranks_by_hand() {
     let out = prefer()
-        .args(["ppo", "--policy", "x", "--prompts", "y", "--out", "z"])
+        .args(["generate", "--model", "x", "--prompts", "y", "--out", "z"])
         .env("RANK", "1")
         .env("WORLD_SIZE", "2")
         .env("LOCAL_RANK", "1")

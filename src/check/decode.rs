@@ -214,6 +214,7 @@ fn check_generate() -> Result<Vec<CheckRow>> {
             sampling,
             max_new_tokens: 20,
             seed: 3,
+            first_prompt: 0,
             max_batch: 4,
             block_size: 16,
             kv_blocks: 64,

@@ -146,6 +146,7 @@ fn time_engine<B: Backend>(
         sampling: SAMPLING,
         max_new_tokens: a.new_tokens,
         seed: 0,
+        first_prompt: 0,
         max_batch: kv.max_batch,
         block_size: BLOCK_SIZE,
         kv_blocks: kv.kv_blocks,

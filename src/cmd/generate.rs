@@ -298,6 +298,7 @@ impl Job<'_> {
             },
             max_new_tokens: a.max_new_tokens,
             seed: a.seed,
+            first_prompt: 0,
             max_batch: kv.max_batch,
             block_size: BLOCK_SIZE,
             kv_blocks: kv.kv_blocks,

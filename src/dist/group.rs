@@ -158,6 +158,29 @@ impl Group {
         Ok(())
     }
 
+    /// Every rank's `mine`, in rank order, on every rank (their lengths may differ).
+    pub fn all_gather_f64(&self, name: &str, mine: &[f64]) -> Result<Vec<Vec<f64>>> {
+        if self.size() == 1 {
+            return Ok(vec![mine.to_vec()]);
+        }
+        let (rank, size) = (self.rank(), self.size());
+        let mut lens = vec![0.0; size];
+        lens[rank] = mine.len() as f64;
+        self.all_reduce_sum(&format!("{name} (lengths)"), &mut lens)?;
+        let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+        let start: usize = lens[..rank].iter().sum();
+        let mut all = vec![0.0; lens.iter().sum()];
+        all[start..start + mine.len()].copy_from_slice(mine);
+        self.all_reduce_sum(name, &mut all)?;
+        let mut parts = Vec::with_capacity(size);
+        let mut at = 0;
+        for l in lens {
+            parts.push(all[at..at + l].to_vec());
+            at += l;
+        }
+        Ok(parts)
+    }
+
     /// Rank 0's `values` on every rank.
     pub fn broadcast_f64(&self, name: &str, values: &mut [f64]) -> Result<()> {
         if self.size() == 1 {

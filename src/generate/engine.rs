@@ -26,6 +26,9 @@ pub struct EngineOptions {
     pub sampling: SamplingParams,
     pub max_new_tokens: usize,
     pub seed: u64,
+    /// The index of `prompts[0]` in the whole job's prompts: the sampling key uses the global
+    /// index, so a rank that samples a share of the prompts draws what one process would.
+    pub first_prompt: u64,
     /// Sequences decoded together at most.
     pub max_batch: usize,
     /// Tokens per cache block.
@@ -532,7 +535,7 @@ fn sample_into<B: Backend>(
         .map(|s| {
             draw_uniform(
                 opts.seed,
-                s.prompt as u64,
+                opts.first_prompt + s.prompt as u64,
                 s.rollout as u32,
                 s.completion.len() as u32,
             )

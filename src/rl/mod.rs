@@ -15,4 +15,4 @@ pub mod setup;
 pub mod trainer;
 
 pub use options::PpoArgs;
-pub use trainer::{run_ppo, PpoSummary};
+pub use trainer::{run_ppo, run_ppo_in, PpoSummary};

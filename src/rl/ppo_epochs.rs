@@ -7,6 +7,7 @@ use super::advantages::{Advantages, Algo};
 use super::rollout_batch::{gather, rows_of, RolloutBatch};
 use super::scoring::Scored;
 use super::setup::{Models, Setup};
+use crate::dist::group::Group;
 use crate::loss::{
     aggregation_weights, KlPenalty, LossAggregation, PolicyLossConfig, ValueLossConfig,
 };
@@ -28,8 +29,12 @@ pub struct EpochStats {
 }
 
 /// `--ppo-epochs` passes over the rollouts `rb` at learning rate `lr`: their shuffled order is a
-/// pure function of the iteration's seed.
+/// pure function of the iteration's seed. Over several ranks each takes every ranks-th
+/// micro-batch of a minibatch and the gradients are summed before each optimiser step, so the
+/// steps are one process's; every rank gets every micro-batch's stats.
+#[allow(clippy::too_many_arguments)]
 pub fn ppo_epochs<S: TrainState>(
+    group: &Group,
     m: &mut Models<S>,
     s: &Setup,
     rb: &RolloutBatch,
@@ -48,6 +53,10 @@ pub fn ppo_epochs<S: TrainState>(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut explained = Vec::new();
     let scale = 1.0 / o.grad_accum as f32;
+    let (rank, ranks) = (group.rank(), group.size());
+    // Which micro-batches (counted over the iteration) this rank ran, in order.
+    let mut mine = Vec::new();
+    let mut counted = 0usize;
     for epoch in 0..o.ppo_epochs {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
@@ -58,7 +67,12 @@ pub fn ppo_epochs<S: TrainState>(
             if let Some(vm) = m.value.as_mut() {
                 vm.zero_grads()?;
             }
-            for rows in mb.chunks(micro) {
+            for (j, rows) in mb.chunks(micro).enumerate() {
+                counted += 1;
+                if j % ranks != rank {
+                    continue;
+                }
+                mine.push(counted - 1);
                 let sub = rows_of(&rb.batch, rows);
                 let mask = gather(&rb.mask, rows, t);
                 // The micro-batch's inputs go to the device; the losses run there, fused
@@ -154,18 +168,66 @@ pub fn ppo_epochs<S: TrainState>(
                     explained.push(out.explained_variance as f64);
                 }
             }
+            m.policy.all_reduce_grads(group)?;
             m.policy.step(lr, o.run.max_grad_norm)?;
             if let Some(vm) = m.value.as_mut() {
+                vm.all_reduce_grads(group)?;
                 vm.step(lr, o.run.max_grad_norm)?;
             }
         }
     }
-    Ok(EpochStats {
+    let stats = EpochStats {
         policy_loss: pl,
         value_loss: vl,
         clipfrac,
         approxkl,
         value_clipfrac: vclip,
         explained_variance: explained,
+    };
+    gather_stats(group, stats, &mine, counted, m.value.is_some())
+}
+
+/// Every micro-batch's stats in the iteration's order, on every rank: this rank's (`mine` says
+/// which they are) and the others', summed into place.
+fn gather_stats(
+    group: &Group,
+    local: EpochStats,
+    mine: &[usize],
+    total: usize,
+    has_value: bool,
+) -> Result<EpochStats> {
+    if group.size() == 1 {
+        return Ok(local);
+    }
+    let columns = [
+        &local.policy_loss,
+        &local.value_loss,
+        &local.clipfrac,
+        &local.approxkl,
+        &local.value_clipfrac,
+        &local.explained_variance,
+    ];
+    // [6, total]
+    let mut flat = vec![0.0; 6 * total];
+    for (c, col) in columns.iter().enumerate() {
+        for (v, &at) in col.iter().zip(mine) {
+            flat[c * total + at] = *v;
+        }
+    }
+    group.all_reduce_sum("PPO micro-batch stats", &mut flat)?;
+    let col = |c: usize, present: bool| -> Vec<f64> {
+        if present {
+            flat[c * total..(c + 1) * total].to_vec()
+        } else {
+            Vec::new()
+        }
+    };
+    Ok(EpochStats {
+        policy_loss: col(0, true),
+        value_loss: col(1, has_value),
+        clipfrac: col(2, true),
+        approxkl: col(3, true),
+        value_clipfrac: col(4, has_value),
+        explained_variance: col(5, has_value),
     })
 }

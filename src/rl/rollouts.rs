@@ -2,9 +2,10 @@
 //! engine (src/generate/), or replayed from another run's rollouts.jsonl.
 
 use super::setup::{kv_request, Setup};
+use crate::dist::group::Group;
 use crate::generate::kv_budget::block_bytes;
 use crate::generate::philox::philox4x32;
-use crate::generate::{Engine, EngineOptions, Rollout};
+use crate::generate::{Engine, EngineOptions, FinishReason, Rollout};
 use crate::model::Llama;
 use crate::ops::cpu::SamplingParams;
 use crate::ops::Backend;
@@ -21,12 +22,14 @@ pub fn iteration_seed(seed: u64, it: usize) -> u64 {
     (r[0] as u64) << 32 | r[1] as u64
 }
 
-/// `k` completions of each prompt, in (prompt, rollout) order.
+/// `k` completions of each prompt, in (prompt, rollout) order. `prompts[0]` is the iteration's
+/// prompt `first_prompt` (a rank samples its share of them as one process would).
 pub fn generate<B: Backend>(
     policy: &Llama<B>,
     prompts: &[Vec<u32>],
     s: &Setup,
     seed: u64,
+    first_prompt: usize,
 ) -> Result<Vec<Rollout>> {
     let o = &s.opts;
     let k = o.rollouts_per_prompt;
@@ -51,6 +54,7 @@ pub fn generate<B: Backend>(
         },
         max_new_tokens: o.max_new_tokens,
         seed,
+        first_prompt: first_prompt as u64,
         max_batch: kv.max_batch,
         block_size: bs,
         kv_blocks: kv.kv_blocks,
@@ -59,7 +63,57 @@ pub fn generate<B: Backend>(
         graphs: true,
     };
     let mut engine = Engine::new(policy, opts)?;
-    engine.run_in_order(prompts, &mut |_| false, &mut |_| {})
+    let mut rollouts = engine.run_in_order(prompts, &mut |_| false, &mut |_| {})?;
+    for r in &mut rollouts {
+        r.prompt_index += first_prompt;
+    }
+    Ok(rollouts)
+}
+
+/// Every rank's rollouts, in (prompt, rollout) order, on every rank. Each rollout travels as
+/// numbers: prompt, rollout, finish reason, length, then its ids and log-probs (exact in f64).
+pub fn all_gather_rollouts(group: &Group, mine: Vec<Rollout>) -> Result<Vec<Rollout>> {
+    if group.size() == 1 {
+        return Ok(mine);
+    }
+    let mut flat = Vec::new();
+    for r in &mine {
+        let reason = match r.finish_reason {
+            FinishReason::Eos => 0.0,
+            FinishReason::Stop => 1.0,
+            FinishReason::Length => 2.0,
+        };
+        flat.extend([
+            r.prompt_index as f64,
+            r.rollout_index as f64,
+            reason,
+            r.completion_ids.len() as f64,
+        ]);
+        flat.extend(r.completion_ids.iter().map(|&t| t as f64));
+        flat.extend(r.logprobs.iter().map(|&l| l as f64));
+    }
+    let mut all = Vec::new();
+    for part in group.all_gather_f64("rollouts", &flat)? {
+        let mut at = 0;
+        while at < part.len() {
+            let n = part[at + 3] as usize;
+            let ids = &part[at + 4..at + 4 + n];
+            let lps = &part[at + 4 + n..at + 4 + 2 * n];
+            all.push(Rollout {
+                prompt_index: part[at] as usize,
+                rollout_index: part[at + 1] as usize,
+                finish_reason: match part[at + 2] as u8 {
+                    0 => FinishReason::Eos,
+                    1 => FinishReason::Stop,
+                    _ => FinishReason::Length,
+                },
+                completion_ids: ids.iter().map(|&t| t as u32).collect(),
+                logprobs: lps.iter().map(|&l| l as f32).collect(),
+            });
+            at += 4 + 2 * n;
+        }
+    }
+    Ok(all)
 }
 
 /// Iteration `it`'s completions from another run's rollouts.jsonl, in (prompt, rollout) order.

@@ -16,9 +16,10 @@ use super::iteration_log::{Iteration, Timings};
 use super::options::PpoArgs;
 use super::ppo_epochs::ppo_epochs;
 use super::rollout_batch::{iteration_prompts, rollout_batch};
-use super::rollouts::{generate, iteration_seed, replayed_rollouts};
+use super::rollouts::{all_gather_rollouts, generate, iteration_seed, replayed_rollouts};
 use super::scoring::score;
 use super::setup::{self, HostModels, Models, Setup};
+use crate::dist::group::Group;
 use crate::loss::RunningMoments;
 use crate::model::weights::{save_checkpoint, save_model_into, SaveDtype};
 use crate::ops::Backend;
@@ -32,6 +33,7 @@ use crate::train::state::{CpuState, TrainState};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a run did, for the command line and the demo.
@@ -45,7 +47,16 @@ pub struct PpoSummary {
     pub max_logprob_gap: f64,
 }
 
+/// `prefer ppo` (and grpo, rloo) as one process.
 pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
+    run_ppo_in(args, Arc::new(Group::single()))
+}
+
+/// `prefer ppo` in `group`: each rank samples its share of an iteration's prompts; the
+/// rollouts are then gathered, so scoring, advantages (whitening, running reward statistics,
+/// the adaptive KL) see the whole batch as one process does, and the PPO minibatches' micro-
+/// batches are split over the ranks with gradients summed before each optimiser step.
+pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
     // From here on SIGINT, SIGTERM, SIGHUP and SIGUSR1 finish the iteration and save.
     crate::signals::install();
     let overwrite = args.run.overwrite;
@@ -64,8 +75,6 @@ pub fn run_ppo(args: PpoArgs) -> Result<PpoSummary> {
         position_in_checkpoint: "policy",
     };
     // Held until the run ends: a second run in the same folder fails at once.
-    // PPO runs as one process until its rollouts and statistics are split over ranks.
-    let group = std::sync::Arc::new(crate::dist::group::Group::single());
     let run = open_run(&spec, &opts.run, overwrite, group)?;
     if let Start::Finished(iterations) = run.start {
         return Ok(PpoSummary {
@@ -120,6 +129,7 @@ fn drive_ppo<S: TrainState>(
     let total = o.run.total_steps(per_pass, "iterations")?;
     let mut stages = Ppo {
         m: models,
+        group: run.group.clone(),
         s,
         state: RlState {
             next_iteration: 0,
@@ -143,6 +153,8 @@ struct Logs {
 /// The online trainer's state between the skeleton's calls.
 struct Ppo<'a, S: TrainState> {
     m: Models<S>,
+    /// The ranks the rollouts and minibatches are split over; rank 0 writes the run's files.
+    group: Arc<Group>,
     s: &'a Setup,
     state: RlState,
     logs: Option<Logs>,
@@ -167,9 +179,10 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
 
     fn begin(&mut self, start: usize) -> Result<()> {
         let out = &self.s.opts.run.out;
+        let root = self.group.is_root();
         self.logs = Some(Logs {
-            metrics: MetricsLog::open(&out.join("metrics.jsonl"), start + 1)?,
-            rollouts: MetricsLog::open(&out.join("rollouts.jsonl"), start + 1)?,
+            metrics: MetricsLog::open_if(root, &out.join("metrics.jsonl"), start + 1)?,
+            rollouts: MetricsLog::open_if(root, &out.join("rollouts.jsonl"), start + 1)?,
         });
         Ok(())
     }
@@ -188,7 +201,15 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         backend.release_idle();
         let rollouts = match &o.replay_rollouts {
             Some(file) => replayed_rollouts(file, it, prompt_ids.len(), k)?,
-            None => generate(self.m.policy.model(), &prompt_ids, s, seed)?,
+            None => {
+                // This rank's share of the prompts (whole groups of k), then everyone's.
+                let (rank, ranks) = (self.group.rank(), self.group.size());
+                let n = prompt_ids.len();
+                let (lo, hi) = (rank * n / ranks, (rank + 1) * n / ranks);
+                let policy = self.m.policy.model();
+                let mine = generate(policy, &prompt_ids[lo..hi], s, seed, lo)?;
+                all_gather_rollouts(&self.group, mine)?
+            }
         };
         backend.release_idle();
         let t_gen = t_start.elapsed().as_secs_f64();
@@ -217,7 +238,8 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
 
         // 4. PPO epochs over minibatches.
         let t2 = Instant::now();
-        let epochs = ppo_epochs(&mut self.m, s, &rb, &scored, &adv, kl_coef, lr, seed)?;
+        let group = &self.group;
+        let epochs = ppo_epochs(group, &mut self.m, s, &rb, &scored, &adv, kl_coef, lr, seed)?;
         let t_train = t2.elapsed().as_secs_f64();
         // The optimiser steps' gradient norms (before clipping), read once an iteration.
         let policy_norms = self.m.policy.take_grad_norms()?;
@@ -273,15 +295,20 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         Ok(self.status.clone())
     }
 
+    /// Rank 0 writes the checkpoint (every rank holds the same models and statistics); the
+    /// others wait until it is whole.
     fn save(&mut self, checkpoint: &Path, next_step: usize) -> Result<()> {
         self.state.next_iteration = next_step;
-        save_rl_checkpoint(checkpoint, &self.m, self.s, &self.state)
+        if self.group.is_root() {
+            save_rl_checkpoint(checkpoint, &self.m, self.s, &self.state)?;
+        }
+        self.group.barrier("checkpoint saved")
     }
 
     /// The final policy at the run's root, the value model in value/.
     fn finish(&mut self, end: RunEnd) -> Result<PpoSummary> {
         self.summary.interrupted = end.interrupted;
-        if end.stopped_early {
+        if end.stopped_early || !self.group.is_root() {
             return Ok(self.summary.clone());
         }
         let s = self.s;
