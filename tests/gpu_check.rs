@@ -28,3 +28,32 @@ fn every_cuda_op_matches_the_cpu_oracle() {
         "some CUDA ops disagree with the CPU oracle (checks {failed:?})"
     );
 }
+
+/// NCCL on the GPU: found without a path (PREFER_NCCL, the loader, a wheel; gpu_session.sh points
+/// PREFER_NCCL at PyTorch's copy), a communicator of one rank, and a sum that leaves the buffer
+/// as it was. Skips, saying why, without a GPU or without NCCL.
+#[test]
+fn nccl_loads_and_a_one_rank_sum_keeps_the_buffer() {
+    use std::io::Write;
+    let eng = match CudaEngine::new() {
+        Ok(e) => e,
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED nccl: no usable GPU: {why:#}");
+            return;
+        }
+    };
+    if let Err(why) = prefer::dist::nccl_lib::find_nccl() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED nccl: {why:#}");
+        return;
+    }
+    let group = prefer::dist::group::Group::single();
+    let mut comm = prefer::dist::nccl::DeviceComm::new(&group, &eng).expect("an NCCL communicator");
+    let host: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let mut buf = eng.upload(&host).unwrap();
+    comm.all_reduce_sum(&mut buf).unwrap();
+    assert_eq!(eng.download(&buf).unwrap(), host);
+    let _ = writeln!(
+        std::io::stderr(),
+        "nccl: a one-rank all-reduce on the GPU kept the buffer"
+    );
+}

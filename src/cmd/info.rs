@@ -23,7 +23,7 @@ pub fn run_info(list_kernels: bool, device: Device) -> Result<()> {
         Ok(at) => println!("nccl: {at}"),
         Err(_) => println!(
             "nccl: not found (only runs of several processes need it: pip install \
-             nvidia-nccl-cu13, or PREFER_NCCL=/path/to/libnccl.so.2)"
+             nvidia-nccl-cu13==2.28.9, or PREFER_NCCL=/path/to/libnccl.so.2)"
         ),
     }
     device.prepare()?;

@@ -55,6 +55,7 @@ impl Group {
         if world.is_single() {
             return Ok(Group::single());
         }
+        crate::ops::cuda::device::set_local_rank(world.local_rank);
         let meet = seconds_from_env("PREFER_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT)?;
         let collective = seconds_from_env("PREFER_COLLECTIVE_TIMEOUT", DEFAULT_TIMEOUT)?;
         let met = rendezvous(

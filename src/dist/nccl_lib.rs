@@ -128,7 +128,7 @@ pub fn find_nccl_with(
     bail!(
         "NCCL ({LIBRARY}) not found: not in PREFER_NCCL, not on the loader's path (LD_LIBRARY_PATH, \
          ld.so.cache), and not in a pip wheel's folder{}. Install it with `pip install \
-         nvidia-nccl-cu13` (or point PREFER_NCCL at libnccl.so.2)",
+         nvidia-nccl-cu13==2.28.9` (or point PREFER_NCCL at libnccl.so.2)",
         if tried.is_empty() {
             String::new()
         } else {

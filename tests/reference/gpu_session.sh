@@ -11,6 +11,13 @@ mkdir -p "$out"
 log="$out/session.log"
 step() { echo "== $* ==" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; echo "exit ${PIPESTATUS[0]}" | tee -a "$log"; }
 
+# NCCL: the copy PyTorch (or the nvidia-nccl-cu13 wheel) brought to this host; the host cannot
+# install one and a carry cannot hold it. prefer's own search looks there too; this names it.
+if [ -z "${PREFER_NCCL:-}" ]; then
+  nccl=$(python3 -c "import nvidia.nccl, os; d = os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'); print(d if os.path.exists(d) else '')" 2>/dev/null)
+  [ -z "$nccl" ] && nccl=$(python3 -c "import torch, os, glob; print(next(iter(glob.glob(os.path.join(os.path.dirname(torch.__file__), '..', 'nvidia', 'nccl', 'lib', 'libnccl.so.2'))), ''))" 2>/dev/null)
+  if [ -n "$nccl" ]; then export PREFER_NCCL="$nccl"; else echo "no libnccl.so.2 from PyTorch or a wheel on this host: the NCCL check below skips" | tee -a "$log"; fi
+fi
 step "$here/prefer" info
 step nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step "$here/prefer" check
@@ -34,6 +41,26 @@ python3 -c "import json,random; random.seed(0); print('\n'.join(json.dumps({'pro
 step "$here/prefer" ppo --device cuda --policy "$t6/policy" --reward-model "$t6/rm" --prompts "$t6/prompts.jsonl" \
   --out "$t6/run" --prompt-batch-size 64 --minibatch-size 16 --max-new-tokens 256 --max-steps 3 --no-eos-trick
 cp "$t6/run/metrics.jsonl" "$out/bench_t6_metrics.jsonl" 2>/dev/null
+# A world of one through prefer launch against a plain run: the same DPO steps on llama-1b; the
+# launcher and the data-parallel skeleton must cost nothing (no NCCL call, no socket at world 1).
+l1="$out/launch1"; mkdir -p "$l1"
+python3 -c "
+import json, random
+random.seed(1)
+w = lambda n: ' '.join(random.choice(['alpha','beta','gamma','delta','eps','zeta','eta','theta']) for _ in range(n))
+for _ in range(256): print(json.dumps({'prompt': w(60), 'chosen': w(120), 'rejected': w(120)}))" > "$l1/pairs.jsonl"
+for how in plain launched; do
+  launcher=(); [ "$how" = launched ] && launcher=(launch --nproc-per-node 1 --)
+  step "$here/prefer" "${launcher[@]}" dpo --device cuda --model "$t6/policy" --data "$l1/pairs.jsonl" \
+    --out "$l1/$how" --batch-size 8 --max-steps 24 --log-every 4 --save-every 1000
+done
+python3 -c "
+import json, sys
+tps = lambda p: [json.loads(l)['tokens_per_s'] for l in open(p)][4:]
+a, b = (sum(tps(sys.argv[i])) / len(tps(sys.argv[i])) for i in (1, 2))
+print(json.dumps({'plain_tokens_per_s': a, 'launched_tokens_per_s': b, 'launched_over_plain': b / a}))
+" "$l1/plain/metrics.jsonl" "$l1/launched/metrics.jsonl" > "$out/launch1.json" 2>>"$log"
+tee -a "$log" < "$out/launch1.json"
 # ncu: the five slowest kernels of a llama-1b training step (duration, achieved occupancy, DRAM
 # throughput, L2 sectors, tensor-pipe use), for optimising offline between GPU sessions.
 if command -v ncu >/dev/null; then

@@ -3,6 +3,7 @@
 use super::{compiled_archs, FATBIN};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One thread per element, refusing sizes a u32 grid cannot cover rather than wrapping.
@@ -36,22 +37,30 @@ fn driver_sees_a_gpu() -> Result<()> {
     Ok(())
 }
 
+/// This process's place among the processes of its node (the launcher's LOCAL_RANK), which the
+/// process group sets when it joins (src/dist/group.rs); 0 for a plain run.
+static LOCAL_RANK: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes [`CudaEngine::new`] open the GPU of local rank `rank`.
+pub fn set_local_rank(rank: usize) {
+    LOCAL_RANK.store(rank, Ordering::Relaxed);
+}
+
 /// The GPU this process drives: its local rank's (one process per GPU, as torchrun and srun
 /// start them), or the only one it sees (a launcher that gives each rank its own
 /// CUDA_VISIBLE_DEVICES). The software GPU gives each process a GPU of its own.
 fn gpu_of_this_rank(emu: bool) -> Result<usize> {
-    let world = crate::dist::world::World::from_env()?;
-    if emu || world.is_single() {
+    let local = LOCAL_RANK.load(Ordering::Relaxed);
+    if emu || local == 0 {
         return Ok(0);
     }
     let count =
         CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount: {e:?}"))? as usize;
-    match (count, world.local_rank) {
-        (1, _) => Ok(0),
-        (n, local) if local < n => Ok(local),
-        (n, local) => bail!(
-            "{}: local rank {local} but this node shows {n} GPUs: start at most one process per GPU",
-            world.describe()
+    match count {
+        1 => Ok(0),
+        n if local < n => Ok(local),
+        n => bail!(
+            "local rank {local} but this node shows {n} GPUs: start at most one process per GPU"
         ),
     }
 }
