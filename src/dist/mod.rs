@@ -1,6 +1,9 @@
 //! Many processes, one per GPU: which process this is (world.rs), the rendezvous with rank 0
-//! (rendezvous.rs), collectives on host values over its sockets (host_comm.rs); as issue 20
-//! lands, the NCCL communicator and the data-parallel step.
+//! (rendezvous.rs), collectives on host values over its sockets (host_comm.rs), the process group
+//! a trainer holds (group.rs), and NCCL for device buffers (nccl_lib.rs finds it, nccl.rs drives
+//! it). The data-parallel step itself is the trainers' (src/train/offline_stages.rs,
+//! src/rl/ppo_epochs.rs): micro-batches split over ranks, `TrainState::all_reduce_grads` before
+//! each optimiser step.
 
 pub mod group;
 pub mod host_comm;
@@ -23,7 +26,7 @@ pub(crate) fn free_local_port() -> u16 {
 }
 use world::World;
 
-/// Refuses a command that does not yet split its work over several processes, when a launcher
+/// Refuses a command that does not split its work over several processes, when a launcher
 /// started more than one: each would repeat the whole job and write the same output. World size
 /// 1 (a plain run, or `prefer launch --nproc-per-node 1`) passes.
 pub fn refuse_many_processes(command: &str) -> Result<()> {
@@ -32,8 +35,8 @@ pub fn refuse_many_processes(command: &str) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "prefer {command} runs as one process for now, and this is {}: data parallel over NCCL \
-         (issue 20) is not built yet, so every rank would repeat the whole job into the same \
+        "prefer {command} runs as one process, and this is {}: it does not split its work over \
+         ranks (prefer rm, dpo and ppo do), so every rank would repeat the whole job into the same \
          output. Run one process: without a launcher, or with --nproc-per-node 1",
         world.describe()
     )
