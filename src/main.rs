@@ -359,7 +359,9 @@ fn run(command: Command) -> Result<()> {
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }
         Command::Ppo(args) => {
-            let s = prefer::rl::run_ppo_in(args, cmd::train::join_group()?)?;
+            let group = cmd::train::join_group()?;
+            let s = prefer::rl::run_ppo_in(args, group.clone())?;
+            group.finish();
             if s.interrupted {
                 cmd::train::exit_for_signal();
             }

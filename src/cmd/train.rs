@@ -9,19 +9,24 @@ use std::sync::Arc;
 
 pub fn run_rm(args: TrainArgs) -> Result<()> {
     let group = join_group()?;
-    exit_if_interrupted(&run_training_in(args, TrainerKind::RewardModel, group)?);
+    let summary = run_training_in(args, TrainerKind::RewardModel, group.clone())?;
+    group.finish();
+    exit_if_interrupted(&summary);
     Ok(())
 }
 
 pub fn run_dpo(args: TrainArgs) -> Result<()> {
     let group = join_group()?;
-    exit_if_interrupted(&run_training_in(args, TrainerKind::Dpo, group)?);
+    let summary = run_training_in(args, TrainerKind::Dpo, group.clone())?;
+    group.finish();
+    exit_if_interrupted(&summary);
     Ok(())
 }
 
 /// The ranks a launcher started (torchrun, srun, mpirun, `prefer launch`), met at
 /// MASTER_ADDR:MASTER_PORT; one process without a launcher. The command line is the job's
-/// identity, so a rank of another job is refused.
+/// identity, so a rank of another job is refused. Call `finish` on it when the command has
+/// written everything: a rank that exits without it is taken for dead by the others.
 pub fn join_group() -> Result<Arc<Group>> {
     let job: Vec<String> = std::env::args().skip(1).collect();
     Ok(Arc::new(Group::join(&job.join(" "))?))

@@ -7,11 +7,12 @@
 //! - agreement: whether any rank got a signal, so all stop at the same step ([`Group::any`]);
 //! - rank 0's bytes: the NCCL unique id, a run's start ([`Group::broadcast_bytes`]).
 
+use super::heartbeat::{self, Heartbeat};
 use super::host_comm::{HostComm, DEFAULT_TIMEOUT};
 use super::rendezvous::{job_key, rendezvous};
 use super::world::World;
 use anyhow::{Context, Result};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long the ranks wait for each other at the rendezvous by default (`PREFER_RENDEZVOUS_TIMEOUT`
@@ -21,6 +22,44 @@ const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Group {
     pub world: World,
     host: Mutex<HostComm>,
+    /// Watches the other ranks (none for one process); told when this rank ends cleanly.
+    heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+/// How long a watcher waits, once a rank is gone, for this rank to fail by itself (a host
+/// collective names the rank) before it stops it: a rank blocked in a device synchronisation
+/// behind a collective that can never finish.
+const HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
+
+/// The heartbeat connections (rank 0 to each other rank) and their watchers. A rank found gone
+/// stops this one after [`HEARTBEAT_GRACE`]: its NCCL communicators aborted, exit status 1.
+fn start_heartbeat(world: &World, host: &mut HostComm, timeout: Duration) -> Result<Heartbeat> {
+    let mut port = [0.0];
+    let listener = if world.rank == 0 {
+        let (l, p) = heartbeat::listen(&world.master_addr)?;
+        port[0] = p as f64;
+        Some(l)
+    } else {
+        None
+    };
+    host.all_reduce_sum("heartbeat port", &mut port)?;
+    let peers = match listener {
+        Some(l) => heartbeat::accept_all(l, world.size, timeout)?,
+        None => vec![(
+            0,
+            heartbeat::connect(&world.master_addr, port[0] as u16, world.rank)?,
+        )],
+    };
+    let me = world.describe();
+    let on_death: heartbeat::OnDeath = Arc::new(move |rank| {
+        eprintln!(
+            "error: {me}: rank {rank} ended without finishing (its heartbeat connection closed: it \
+             exited on an error or was killed); stopping this rank"
+        );
+        crate::dist::nccl::abort_all();
+        std::process::exit(1);
+    });
+    Heartbeat::watch(peers, HEARTBEAT_GRACE, on_death)
 }
 
 fn seconds_from_env(name: &str, default: Duration) -> Result<Duration> {
@@ -44,6 +83,7 @@ impl Group {
         Group {
             world: World::single(),
             host: Mutex::new(HostComm::single()),
+            heartbeat: Mutex::new(None),
         }
     }
 
@@ -68,11 +108,26 @@ impl Group {
             meet,
         )
         .with_context(|| format!("{}: the rendezvous", world.describe()))?;
-        let host = HostComm::new(world.rank, world.size, met, collective);
+        let mut host = HostComm::new(world.rank, world.size, met, collective);
+        let heartbeat = start_heartbeat(&world, &mut host, meet)?;
         Ok(Group {
             world,
             host: Mutex::new(host),
+            heartbeat: Mutex::new(Some(heartbeat)),
         })
+    }
+
+    /// This rank's command ended cleanly: the others' heartbeat watchers are told, so its exit
+    /// is not taken for a death. Call once the run's files are written.
+    pub fn finish(&self) {
+        if let Some(h) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            h.finish();
+        }
     }
 
     pub fn rank(&self) -> usize {

@@ -6,6 +6,7 @@
 //! each optimiser step.
 
 pub mod group;
+pub mod heartbeat;
 pub mod host_comm;
 pub mod nccl;
 pub mod nccl_lib;

@@ -94,6 +94,24 @@ impl NcclType for u8 {
 
 static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
 
+/// The communicators alive in this process (as addresses), for [`abort_all`].
+static LIVE: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Aborts every communicator of this process: a stream blocked in a collective whose peer is gone
+/// is freed. For a process about to exit (the heartbeat's verdict); nothing is usable after.
+pub fn abort_all() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
+    if live.is_empty() {
+        return;
+    }
+    if let Ok(api) = api() {
+        for comm in live {
+            // SAFETY: a communicator this process made and has not destroyed.
+            unsafe { (api.comm_abort)(comm as RawComm) };
+        }
+    }
+}
+
 fn api() -> Result<&'static Api> {
     API.get_or_init(|| load().map_err(|e| format!("{e:#}")))
         .as_ref()
@@ -393,6 +411,12 @@ fn check(api: &Api, comm: Option<RawComm>, r: c_int, what: &str) -> Result<()> {
 
 impl Drop for DeviceComm {
     fn drop(&mut self) {
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = live.iter().position(|&c| c == self.comm as usize) else {
+            return; // already aborted by abort_all
+        };
+        live.remove(at);
+        drop(live);
         // SAFETY: our communicator, not used after this. A failed one is aborted: destroying it
         // could wait for peers that are gone.
         unsafe {
