@@ -618,7 +618,7 @@ fn ppo_and_grpo_on_2_and_4_ranks_equal_one_rank() {
 /// ranks is checked on the CPU above; here scoring, whitening, the PPO minibatches and the NCCL
 /// sums run on the software GPU.
 #[test]
-fn on_the_software_gpu_ppo_and_grpo_on_2_ranks_over_nccl_equal_one_rank() {
+fn on_the_software_gpu_ppo_and_grpo_on_2_and_4_ranks_over_nccl_equal_one_rank() {
     if !common::emu_available() {
         return;
     }
@@ -641,11 +641,14 @@ fn on_the_software_gpu_ppo_and_grpo_on_2_ranks_over_nccl_equal_one_rank() {
         expect_success(&prefer().args(args(&one)).output().unwrap(), "one rank");
         let two = format!("{algo}-emu-2");
         run_ranks(2, &args(&two));
+        let four = format!("{algo}-emu-4");
+        expect_success(&launch(4, &args(&four)), "4 ranks");
         // bf16 weights from f32 masters that differ in their last bits (the gradient sums'
         // order) round to another bf16 here and there, and Adam turns a near-zero gradient's
         // sign into a whole step: the metrics drift apart by up to a few percent over three
         // iterations, while the policies stay within 1% of their travel. A missing or partial
         // gradient sum moves them apart by a large fraction of it.
         assert_same_online_run(&s, &one, &two, 5e-2, 1e-2);
+        assert_same_online_run(&s, &one, &four, 5e-2, 1e-2);
     }
 }
