@@ -8,38 +8,10 @@ mod common;
 
 use prefer::model::weights::load_checkpoint;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The launcher variables a test's environment must not leak into a rank.
-const LAUNCH_VARS: [&str; 10] = [
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "SLURM_PROCID",
-    "SLURM_NTASKS",
-    "OMPI_COMM_WORLD_RANK",
-    "OMPI_COMM_WORLD_SIZE",
-];
-
-fn prefer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_prefer"));
-    for var in LAUNCH_VARS {
-        c.env_remove(var);
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, prefer_alone as prefer, short_pairs};
 
 /// A tiny model and 48 training + 16 held-out pairs of the demo's task.
 struct Setup {
@@ -203,6 +175,12 @@ fn assert_same_run_from(base: &Path, a: &Path, b: &Path, rel: f64, moved: f64) {
             "step {step}: grad_norm {ga} vs {gb}"
         );
     }
+    assert_weights_close(base, a, b, moved);
+}
+
+/// The models in `a` and `b` (both trained from `base`) differ by at most `moved` of the
+/// distance training moved them, as L2 norms over all weights.
+fn assert_weights_close(base: &Path, a: &Path, b: &Path, moved: f64) {
     let (_, wa) = load_checkpoint(a).unwrap();
     let (_, wb) = load_checkpoint(b).unwrap();
     let (_, w0) = load_checkpoint(base).unwrap();
@@ -222,7 +200,7 @@ fn assert_same_run_from(base: &Path, a: &Path, b: &Path, rel: f64, moved: f64) {
         diff / travel
     );
     assert!(
-        diff <= moved * travel,
+        travel > 0.0 && diff <= moved * travel,
         "final weights differ by {diff:.3e}, over {moved} of the {travel:.3e} training moved them"
     );
 }
@@ -271,7 +249,7 @@ fn on_the_software_gpu_2_and_4_ranks_over_nccl_equal_one_rank() {
         return;
     }
     let s = Setup::new();
-    let short = short_pairs(16);
+    let short = short_pairs(16, 1);
     std::fs::write(s.path("train.jsonl"), short).unwrap();
     for trainer in ["dpo", "rm"] {
         let emu_args = |out: &str, accum: usize| {
@@ -313,7 +291,7 @@ fn on_the_software_gpu_2_ranks_equal_one_at_llama_1b_widths() {
         .output()
         .unwrap();
     expect_success(&init, "init");
-    std::fs::write(s.path("train.jsonl"), short_pairs(2)).unwrap();
+    std::fs::write(s.path("train.jsonl"), short_pairs(2, 1)).unwrap();
     let args = |out: &str, accum: usize| -> Vec<String> {
         let p = |name: &str| s.path(name).display().to_string();
         let accum = accum.to_string();
@@ -352,27 +330,6 @@ fn on_the_software_gpu_2_ranks_equal_one_at_llama_1b_widths() {
     run_ranks_with(2, &args("wide-2", 1), &no_race_check);
     let (one, two) = (s.path("wide-1"), s.path("wide-2"));
     assert_same_run_from(&s.path("base-1b"), &one, &two, 1e-3, 1e-2);
-}
-
-/// Short pairs (a few bytes each), so a step on the software GPU takes well under a second.
-fn short_pairs(n: usize) -> String {
-    let prompts = [
-        "hi", "help?", "a map", "tea?", "hello", "why?", "more", "ok?",
-    ];
-    let kind = ["sure, glad to", "yes, happy to", "of course!", "gladly"];
-    let rude = ["no. go away", "ugh, no", "not my job", "stop asking"];
-    (0..n)
-        .map(|i| {
-            let j = i * 7 + 1;
-            serde_json::json!({
-                "prompt": prompts[j % prompts.len()],
-                "chosen": kind[(j / 3) % kind.len()],
-                "rejected": rude[(j / 5) % rude.len()],
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect()
 }
 
 #[test]
@@ -572,19 +529,7 @@ fn assert_same_online_run(s: &Setup, a: &str, b: &str, rel: f64, moved: f64) {
             );
         }
     }
-    let (_, wa) = load_checkpoint(&s.path(a)).unwrap();
-    let (_, wb) = load_checkpoint(&s.path(b)).unwrap();
-    let (_, w0) = load_checkpoint(&s.path("base")).unwrap();
-    let l2 = |x: &[f32], y: &[f32]| {
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| ((p - q) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-    };
-    let (diff, travel) = (l2(&wa, &wb), l2(&wa, &w0));
-    eprintln!("{a} vs {b}: policies differ by {diff:.3e} (L2), {:.3e} of the {travel:.3e} training moved them", diff / travel);
-    assert!(travel > 0.0 && diff <= moved * travel, "{diff} vs {travel}");
+    assert_weights_close(&s.path("base"), &s.path(a), &s.path(b), moved);
 }
 
 #[test]

@@ -17,8 +17,7 @@ fn a_one_rank_communicator_sums_in_stream_order() {
     let host: Vec<f32> = (0..3000).map(|i| i as f32 * 0.25 - 9.0).collect();
     // Written on the compute stream, summed on the communication stream, read back on the
     // compute stream: each hand-over is an event, or the race check fails the copy.
-    let mut buf = eng.zeros::<f32>(host.len()).unwrap();
-    eng.upload_into(&host, &mut buf).unwrap();
+    let mut buf = eng.upload(&host).unwrap();
     comm.all_reduce_sum(&mut buf).unwrap();
     assert_eq!(eng.download(&buf).unwrap(), host);
     let mut out = eng.zeros::<f32>(host.len()).unwrap();

@@ -5,7 +5,7 @@
 //! built-in demo task (about 150 bytes a sequence) takes seconds here.
 
 mod common;
-use common::emu_available;
+use common::{emu_available, short_pairs};
 
 use prefer::cmd::init::{run_init, InitOptions};
 use prefer::cmd::Device;
@@ -26,27 +26,6 @@ fn init_tiny(dir: &Path, std: Option<f32>) {
         overwrite: false,
     };
     run_init("tiny", dir, &opts).unwrap();
-}
-
-/// Short pairs: kind replies are chosen, rude ones rejected.
-fn short_pairs(n: usize, seed: usize) -> String {
-    let prompts = [
-        "hi", "help?", "a map", "tea?", "hello", "why?", "more", "ok?",
-    ];
-    let kind = ["sure, glad to", "yes, happy to", "of course!", "gladly"];
-    let rude = ["no. go away", "ugh, no", "not my job", "stop asking"];
-    (0..n)
-        .map(|i| {
-            let j = i * 7 + seed;
-            serde_json::json!({
-                "prompt": prompts[j % prompts.len()],
-                "chosen": kind[(j / 3) % kind.len()],
-                "rejected": rude[(j / 5) % rude.len()],
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect()
 }
 
 fn logprobs(model: &Path, input: &Path, out: &Path, device: &str) -> Vec<f64> {

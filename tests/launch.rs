@@ -2,27 +2,11 @@
 //! prefixed output, a failing rank, a forwarded Ctrl-C, and commands that refuse several ranks
 //! until they are data parallel. No torchrun needed: the variables are set by hand.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn prefer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_prefer"));
-    for var in [
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "SLURM_PROCID",
-        "SLURM_NTASKS",
-        "OMPI_COMM_WORLD_RANK",
-        "OMPI_COMM_WORLD_SIZE",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
+mod common;
+use common::{free_port, prefer_alone as prefer};
 
 #[test]
 fn launch_starts_each_rank_with_torchruns_variables_and_prefixes_the_others_lines() {
@@ -198,14 +182,6 @@ fn ctrl_c_is_forwarded_once_to_every_rank_and_the_launcher_exits_130() {
     assert!(err.contains("SIGINT: forwarding it to every rank"), "{err}");
     assert_eq!(err.matches("forwarding it").count(), 1, "{err}");
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn prefer_requires_cuda() -> bool {

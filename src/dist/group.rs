@@ -9,7 +9,7 @@
 
 use super::heartbeat::{self, Heartbeat};
 use super::host_comm::{HostComm, DEFAULT_TIMEOUT};
-use super::rendezvous::{job_key, rendezvous};
+use super::rendezvous::{job_key, rendezvous, serve_on};
 use super::world::World;
 use anyhow::{Context, Result};
 use std::sync::{Arc, Mutex};
@@ -33,23 +33,42 @@ const HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 
 /// The heartbeat connections (rank 0 to each other rank) and their watchers. A rank found gone
 /// stops this one after [`HEARTBEAT_GRACE`]: its NCCL communicators aborted, exit status 1.
-fn start_heartbeat(world: &World, host: &mut HostComm, timeout: Duration) -> Result<Heartbeat> {
+/// The connections are a second rendezvous, on a port rank 0 lets the system choose and
+/// tells the others.
+fn start_heartbeat(
+    world: &World,
+    host: &mut HostComm,
+    job: u64,
+    timeout: Duration,
+) -> Result<Heartbeat> {
+    let addr = &world.master_addr;
     let mut port = [0.0];
     let listener = if world.rank == 0 {
-        let (l, p) = heartbeat::listen(&world.master_addr)?;
-        port[0] = p as f64;
+        let l = std::net::TcpListener::bind((addr.as_str(), 0))
+            .with_context(|| format!("rank 0: listening at {addr} for the heartbeat"))?;
+        port[0] = l.local_addr()?.port() as f64;
         Some(l)
     } else {
         None
     };
     host.all_reduce_sum("heartbeat port", &mut port)?;
-    let peers = match listener {
-        Some(l) => heartbeat::accept_all(l, world.size, timeout)?,
-        None => vec![(
-            0,
-            heartbeat::connect(&world.master_addr, port[0] as u16, world.rank)?,
-        )],
-    };
+    let met = match listener {
+        Some(l) => {
+            let deadline = std::time::Instant::now() + timeout;
+            serve_on(l, world.size, addr, job, b"", deadline, timeout)
+        }
+        None => rendezvous(
+            world.rank,
+            world.size,
+            addr,
+            port[0] as u16,
+            job,
+            b"",
+            timeout,
+        ),
+    }
+    .context("the heartbeat's connections")?;
+    let peers = heartbeat::peers_of(met);
     let me = world.describe();
     let on_death: heartbeat::OnDeath = Arc::new(move |rank| {
         eprintln!(
@@ -109,7 +128,7 @@ impl Group {
         )
         .with_context(|| format!("{}: the rendezvous", world.describe()))?;
         let mut host = HostComm::new(world.rank, world.size, met, collective);
-        let heartbeat = start_heartbeat(&world, &mut host, meet)?;
+        let heartbeat = start_heartbeat(&world, &mut host, job_key(job), meet)?;
         Ok(Group {
             world,
             host: Mutex::new(host),
@@ -196,20 +215,13 @@ impl Group {
         if self.size() == 1 {
             return Ok(());
         }
-        let mut len = [if self.is_root() {
-            bytes.len() as f64
-        } else {
-            0.0
-        }];
-        self.all_reduce_sum(&format!("{name} (length)"), &mut len)?;
+        let mut len = [bytes.len() as f64];
+        self.broadcast_f64(&format!("{name} (length)"), &mut len)?;
         let len = len[0] as usize;
         anyhow::ensure!(len <= 1 << 20, "{name}: rank 0 sent {len} bytes");
-        let mut wide: Vec<f64> = if self.is_root() {
-            bytes.iter().map(|&b| b as f64).collect()
-        } else {
-            vec![0.0; len]
-        };
-        self.all_reduce_sum(name, &mut wide)?;
+        bytes.resize(len, 0);
+        let mut wide: Vec<f64> = bytes.iter().map(|&b| b as f64).collect();
+        self.broadcast_f64(name, &mut wide)?;
         *bytes = wide.iter().map(|&b| b as u8).collect();
         Ok(())
     }

@@ -10,9 +10,10 @@
 //! calls `on_death`: by default, abort the NCCL communicators (which frees a blocked stream) and
 //! exit non-zero, naming the rank.
 
-use anyhow::{bail, Context, Result};
+use super::rendezvous::Rendezvous;
+use anyhow::Result;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,64 +29,14 @@ pub struct Heartbeat {
     finished: Arc<AtomicBool>,
 }
 
-/// Rank 0: listens on `addr` (any port) and returns the port, for the others to connect to.
-pub fn listen(addr: &str) -> Result<(TcpListener, u16)> {
-    let l = TcpListener::bind((addr, 0))
-        .with_context(|| format!("rank 0: listening at {addr} for the heartbeat"))?;
-    let port = l.local_addr()?.port();
-    Ok((l, port))
-}
-
-/// Rank 0: the connection of every other rank, each saying which it is.
-pub fn accept_all(
-    l: TcpListener,
-    size: usize,
-    timeout: Duration,
-) -> Result<Vec<(usize, TcpStream)>> {
-    l.set_nonblocking(true)?;
-    let deadline = Instant::now() + timeout;
-    let mut peers: Vec<(usize, TcpStream)> = Vec::with_capacity(size.saturating_sub(1));
-    while peers.len() + 1 < size {
-        match l.accept() {
-            Ok((mut s, _)) => {
-                s.set_nonblocking(false)?;
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let mut r = [0u8; 4];
-                s.read_exact(&mut r).context("a rank's heartbeat hello")?;
-                s.set_read_timeout(None)?;
-                let rank = u32::from_le_bytes(r) as usize;
-                if rank == 0 || rank >= size || peers.iter().any(|(p, _)| *p == rank) {
-                    bail!("a heartbeat connection says it is rank {rank}");
-                }
-                peers.push((rank, s));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    let missing: Vec<String> = (1..size)
-                        .filter(|r| !peers.iter().any(|(p, _)| p == r))
-                        .map(|r| r.to_string())
-                        .collect();
-                    bail!(
-                        "the heartbeat: ranks {} did not connect within {:.0} s",
-                        missing.join(", "),
-                        timeout.as_secs_f64()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e).context("accepting a heartbeat connection"),
-        }
-    }
-    Ok(peers)
-}
-
-/// Another rank: its connection to rank 0's heartbeat port.
-pub fn connect(addr: &str, port: u16, rank: usize) -> Result<TcpStream> {
-    let mut s = TcpStream::connect((addr, port)).with_context(|| {
-        format!("rank {rank}: connecting to rank 0's heartbeat at {addr}:{port}")
-    })?;
-    s.write_all(&(rank as u32).to_le_bytes())?;
-    Ok(s)
+/// The rendezvous's peers (rank 0: a stream per other rank; the others: the stream to rank 0) as
+/// (rank at the other end, stream).
+pub fn peers_of(met: Rendezvous) -> Vec<(usize, TcpStream)> {
+    met.peers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(r, s)| s.map(|s| (r, s)))
+        .collect()
 }
 
 impl Heartbeat {
@@ -98,6 +49,8 @@ impl Heartbeat {
         let finished = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::with_capacity(peers.len());
         for (rank, stream) in peers {
+            // A watcher waits as long as the run lasts (a rendezvous leaves a read timeout set).
+            stream.set_read_timeout(None)?;
             writers.push((rank, stream.try_clone()?));
             let (finished, on_death) = (finished.clone(), on_death.clone());
             std::thread::Builder::new()
@@ -151,6 +104,7 @@ fn watch_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::rendezvous::{rendezvous, serve_on};
     use std::sync::Mutex;
 
     /// (watching rank, rank it found gone), as reported.
@@ -163,11 +117,29 @@ mod tests {
             let seen = seen.clone();
             Arc::new(move |r| seen.lock().unwrap().push((me, r)))
         };
-        let (l, port) = listen("127.0.0.1").unwrap();
-        let others: Vec<TcpStream> = (1..3)
-            .map(|r| connect("127.0.0.1", port, r).unwrap())
-            .collect();
-        let peers = accept_all(l, 3, Duration::from_secs(5)).unwrap();
+        // The connections a second rendezvous makes, on a port of the system's choosing.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let leaf = |r| {
+            std::thread::spawn(move || {
+                rendezvous(r, 3, "127.0.0.1", port, 9, b"", Duration::from_secs(5)).unwrap()
+            })
+        };
+        let joining = [leaf(1), leaf(2)];
+        let root = serve_on(
+            listener,
+            3,
+            "127.0.0.1",
+            9,
+            b"",
+            deadline,
+            Duration::from_secs(5),
+        );
+        let peers = peers_of(root.unwrap());
+        let others: Vec<TcpStream> = joining
+            .map(|h| peers_of(h.join().unwrap()).remove(0).1)
+            .into();
         let root = Heartbeat::watch(peers, grace, report(0)).unwrap();
         let leaves = others
             .into_iter()

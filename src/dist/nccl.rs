@@ -25,6 +25,10 @@ type Stream = cudarc::driver::sys::CUstream;
 #[derive(Clone, Copy)]
 struct UniqueId([u8; 128]);
 
+/// ncclAllReduce and ncclReduceScatter: (send, recv, count, type, operator, comm, stream).
+type ReduceFn =
+    unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> c_int;
+
 /// The entry points, from one opened library that stays loaded for the process's life.
 struct Api {
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
@@ -34,35 +38,13 @@ struct Api {
     comm_get_async_error: unsafe extern "C" fn(RawComm, *mut c_int) -> c_int,
     get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
     get_last_error: Option<unsafe extern "C" fn(RawComm) -> *const c_char>,
-    all_reduce: unsafe extern "C" fn(
-        *const c_void,
-        *mut c_void,
-        usize,
-        c_int,
-        c_int,
-        RawComm,
-        Stream,
-    ) -> c_int,
-    reduce_scatter: unsafe extern "C" fn(
-        *const c_void,
-        *mut c_void,
-        usize,
-        c_int,
-        c_int,
-        RawComm,
-        Stream,
-    ) -> c_int,
+    all_reduce: ReduceFn,
+    reduce_scatter: ReduceFn,
     all_gather:
         unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, RawComm, Stream) -> c_int,
-    broadcast: unsafe extern "C" fn(
-        *const c_void,
-        *mut c_void,
-        usize,
-        c_int,
-        c_int,
-        RawComm,
-        Stream,
-    ) -> c_int,
+    /// (send, recv, count, type, root, comm, stream): the shape of a reduction, with the root
+    /// rank where the operator goes.
+    broadcast: ReduceFn,
     /// Where it was loaded from, for messages.
     from: String,
 }

@@ -116,6 +116,22 @@ fn serve(
     let listener = TcpListener::bind((addr, port)).with_context(|| {
         format!("rank 0 cannot listen at {addr}:{port} for the rendezvous (MASTER_ADDR:MASTER_PORT; is the port in use by another job?)")
     })?;
+    serve_on(listener, world, addr, job, payload, deadline, timeout)
+}
+
+/// Rank 0's side of a rendezvous on a listener it already holds (one on a port of the system's
+/// choosing, say, which the other ranks learnt some other way): they connect to `addr` at its
+/// port as [`rendezvous`] does.
+pub fn serve_on(
+    listener: TcpListener,
+    world: usize,
+    addr: &str,
+    job: u64,
+    payload: &[u8],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Rendezvous> {
+    let port = listener.local_addr()?.port();
     listener.set_nonblocking(true)?;
     let mut peers: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
     let mut arrived = 1; // rank 0

@@ -145,3 +145,55 @@ pub fn signal_after_rows(
     assert!(sent.success());
     child.wait_with_output().unwrap()
 }
+
+/// `prefer` with none of a launcher's variables (torchrun's, Slurm's, Open MPI's) leaking in from
+/// the test's own environment: one process unless the test sets them.
+pub fn prefer_alone() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_prefer"));
+    for var in [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (a rendezvous's MASTER_PORT).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Short preference pairs (a few bytes each, so a step on the software GPU is quick): kind
+/// replies are chosen, rude ones rejected.
+pub fn short_pairs(n: usize, seed: usize) -> String {
+    let prompts = [
+        "hi", "help?", "a map", "tea?", "hello", "why?", "more", "ok?",
+    ];
+    let kind = ["sure, glad to", "yes, happy to", "of course!", "gladly"];
+    let rude = ["no. go away", "ugh, no", "not my job", "stop asking"];
+    (0..n)
+        .map(|i| {
+            let j = i * 7 + seed;
+            serde_json::json!({
+                "prompt": prompts[j % prompts.len()],
+                "chosen": kind[(j / 3) % kind.len()],
+                "rejected": rude[(j / 5) % rude.len()],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}

@@ -139,20 +139,6 @@ impl CudaEngine {
             .map_err(|e| anyhow!("copying {} values to the GPU: {e:?}", host.len()))
     }
 
-    /// Copies `host` into `dev` (the same length), on the stream.
-    pub fn upload_into<T: DeviceRepr>(&self, host: &[T], dev: &mut CudaSlice<T>) -> Result<()> {
-        if host.len() != dev.len() {
-            bail!(
-                "copying {} values into a GPU buffer of {}",
-                host.len(),
-                dev.len()
-            );
-        }
-        self.stream
-            .memcpy_htod(host, dev)
-            .map_err(|e| anyhow!("copying {} values to the GPU: {e:?}", host.len()))
-    }
-
     pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         n: usize,
