@@ -263,8 +263,13 @@ fn on_the_software_gpu_2_and_4_ranks_over_nccl_equal_one_rank() {
             &prefer().args(emu_args(&one, 4)).output().unwrap(),
             "one rank",
         );
+        // Two ranks sum a bucket per layer while the backward runs on (the software GPU's
+        // streams interleave, and its cross-stream check watches the gradient buffer); four sum
+        // the whole tiny model in one bucket at the end (DDP's 25 MiB default).
         let two = format!("{trainer}-emu-2");
-        run_ranks(2, &emu_args(&two, 2));
+        let mut per_layer = emu_args(&two, 2);
+        per_layer.extend(["--bucket-mb".into(), "0".into()]);
+        run_ranks(2, &per_layer);
         let four = format!("{trainer}-emu-4");
         expect_success(&launch(4, &emu_args(&four, 1)), "4 ranks");
         // The same f32 gradient sums in another order, and bf16 weights rounded from the masters.
@@ -585,7 +590,9 @@ fn on_the_software_gpu_ppo_and_grpo_on_2_and_4_ranks_over_nccl_equal_one_rank() 
         let one = format!("{algo}-emu-1");
         expect_success(&prefer().args(args(&one)).output().unwrap(), "one rank");
         let two = format!("{algo}-emu-2");
-        run_ranks(2, &args(&two));
+        let mut per_layer = args(&two);
+        per_layer.extend(["--bucket-mb".into(), "0".into()]);
+        run_ranks(2, &per_layer);
         let four = format!("{algo}-emu-4");
         expect_success(&launch(4, &args(&four)), "4 ranks");
         // bf16 weights from f32 masters that differ in their last bits (the gradient sums'

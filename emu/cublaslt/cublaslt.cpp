@@ -430,7 +430,17 @@ cublasStatus_t cublasLtMatmul(Handle* h, MatmulDesc* d, const void* alpha_p, con
         const uint64_t ranges[] = {(uint64_t)A, reach_bytes(*la), 0, (uint64_t)B, reach_bytes(*lb), 0,
                                    (uint64_t)C, job->beta != 0.0f ? reach_bytes(*lc) : 0, 0,
                                    (uint64_t)D, reach_bytes(*ld), 1};
-        return submit(stream, "cuBLASLt matmul", run_job, job, drop_job, ranges, 4) ? kExecutionFailed : kSuccess;
+        if (int r = submit(stream, "cuBLASLt matmul", run_job, job, drop_job, ranges, 4)) {
+            // The driver's message says why (a race, a fault, an earlier failure on the stream).
+            using ErrorString = int (*)(int, const char**);
+            static const ErrorString describe = (ErrorString)dlsym(RTLD_DEFAULT, "cuGetErrorString");
+            const char* text = nullptr;
+            if (describe) describe(r, &text);
+            return refuse(kExecutionFailed, fmt("matmul m=%llu n=%llu k=%llu: %s", (unsigned long long)m,
+                                                (unsigned long long)n, (unsigned long long)k,
+                                                text ? text : "the stand-in driver refused it"));
+        }
+        return kSuccess;
     }
     const int status = run_job(job);
     drop_job(job);

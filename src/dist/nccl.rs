@@ -15,6 +15,7 @@ use crate::ops::cuda::device::CudaEngine;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 type RawComm = *mut c_void;
@@ -231,6 +232,17 @@ impl DeviceComm {
         what: &str,
         op: impl FnOnce(&Api, RawComm, Stream) -> c_int,
     ) -> Result<()> {
+        self.after_compute(what, op)?;
+        self.join_compute()
+    }
+
+    /// `op` on the communication stream after the compute stream's work so far, without the
+    /// compute stream waiting for it (that is [`DeviceComm::join_compute`]).
+    fn after_compute(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&Api, RawComm, Stream) -> c_int,
+    ) -> Result<()> {
         let err = |e| anyhow!("{what}: ordering the streams: {e:?}");
         let ready = self.compute.record_event(None).map_err(err)?;
         self.stream.wait(&ready).map_err(err)?;
@@ -239,6 +251,12 @@ impl DeviceComm {
             self.failed = true;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// The compute stream's later work waits for every collective queued so far.
+    pub fn join_compute(&mut self) -> Result<()> {
+        let err = |e| anyhow!("waiting for the NCCL stream: {e:?}");
         let done = self.stream.record_event(None).map_err(err)?;
         self.compute.wait(&done).map_err(err)
     }
@@ -246,10 +264,32 @@ impl DeviceComm {
     /// Sums `buf` over the ranks, in place.
     pub fn all_reduce_sum<T: NcclType>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
         let n = buf.len();
+        self.all_reduce_sum_part(buf, 0..n)?;
+        self.join_compute()
+    }
+
+    /// Sums `buf[range]` over the ranks, in place, once the compute stream's work so far is
+    /// done, and returns without the compute stream waiting: until [`DeviceComm::join_compute`]
+    /// its kernels may run on beside the sum, and must not touch `range`. A data-parallel
+    /// backward queues its finished buckets this way.
+    pub fn all_reduce_sum_part<T: NcclType>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        range: Range<usize>,
+    ) -> Result<()> {
+        if range.start > range.end || range.end > buf.len() {
+            bail!(
+                "ncclAllReduce of values {range:?} of a buffer of {}",
+                buf.len()
+            );
+        }
+        let n = range.len();
         let stream = self.stream.clone();
-        let (ptr, _sync) = buf.device_ptr_mut(&stream);
-        self.ordered(&format!("ncclAllReduce of {n} values"), |api, comm, s| {
-            // SAFETY: in place over `n` elements of T on this GPU, ordered by events.
+        let (base, _sync) = buf.device_ptr_mut(&stream);
+        let ptr = base + (range.start * std::mem::size_of::<T>()) as u64;
+        let what = format!("ncclAllReduce of {n} values (at {})", range.start);
+        self.after_compute(&what, |api, comm, s| {
+            // SAFETY: in place over `n` elements of T inside `buf`, on this GPU, ordered by events.
             unsafe {
                 (api.all_reduce)(
                     ptr as *const c_void,

@@ -5,6 +5,7 @@
 //! Shapes: B sequences of T tokens, N = B·T, D hidden, F FFN, H heads of hd, Hkv KV heads, V vocab.
 
 use super::config::LlamaConfig;
+use super::grad_sink::GradSink;
 use super::params::ParamLayout;
 use crate::ops::cpu::{AttentionShape, Cpu};
 use crate::ops::cuda::backend::Cuda;
@@ -313,6 +314,17 @@ impl<B: Backend> Llama<B> {
     /// Accumulates into `grads` (the parameter layout) the gradient of Σ g·head over the heads'
     /// upstream gradients `g`.
     pub fn backward(&self, fwd: &Forward<B>, g: &HeadGrads<B>, grads: &mut B::Acc) -> Result<()> {
+        self.backward_into(fwd, g, GradSink::plain(grads))
+    }
+
+    /// [`Llama::backward`] into `sink`, telling its listener as each stage's gradients become
+    /// final: after the heads, after each decoder layer, and at the end (src/model/grad_sink.rs).
+    pub fn backward_into(
+        &self,
+        fwd: &Forward<B>,
+        g: &HeadGrads<B>,
+        mut sink: GradSink<B>,
+    ) -> Result<()> {
         let (c, o, p, lay) = (&self.cfg, &self.backend, &self.params, &self.layout);
         let n = fwd.shape.batch * fwd.shape.seq;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
@@ -334,7 +346,7 @@ impl<B: Backend> Llama<B> {
             let dlogp = g.logp.or(zeros.as_ref()).expect("one of the two");
             o.logprob_backward(
                 &mut dh,
-                grads,
+                sink.buf,
                 head,
                 dlogp,
                 g.entropy,
@@ -350,19 +362,20 @@ impl<B: Backend> Llama<B> {
             }
         }
         if let (Some(score), Some(dvalue)) = (&lay.score, g.value) {
-            o.scalar_head_backward(&mut dh, grads, score, dvalue, &fwd.h_f, p)?;
+            o.scalar_head_backward(&mut dh, sink.buf, score, dvalue, &fwd.h_f, p)?;
         }
         // dx: the residual stream's gradient, f32 from the top of the model to the embedding.
         let mut dx = o.acc(n * d)?;
         o.rmsnorm_backward(
             &mut dx,
-            grads,
+            sink.buf,
             &lay.final_norm,
             &dh,
             &fwd.x_last,
             p,
             &fwd.rstd_f,
         )?;
+        sink.finished_from(self.layout.final_norm.start)?;
 
         let mut dx_act = o.act(n * d)?;
         let (mut dact, mut dgate, mut dup) = (o.act(n * f)?, o.act(n * f)?, o.act(n * f)?);
@@ -386,14 +399,34 @@ impl<B: Backend> Llama<B> {
                 .expect("kept or rebuilt");
             // dx holds d(x_out); x_out = x_mid + mlp, so d(x_mid) starts as dx itself.
             o.cast_to_act(&mut dx_act, &dx)?;
-            o.matmul_backward(&mut dact, grads, &dx_act, &lc.act, p, &l.down_proj, n, f, d)?;
+            o.matmul_backward(
+                &mut dact,
+                sink.buf,
+                &dx_act,
+                &lc.act,
+                p,
+                &l.down_proj,
+                n,
+                f,
+                d,
+            )?;
             o.swiglu_backward(&mut dgate, &mut dup, &dact, &lc.gate, &lc.up)?;
             o.zero(&mut dxn)?;
-            o.matmul_backward_add(&mut dxn, grads, &dgate, &lc.xn2, p, &l.gate_proj, n, d, f)?;
-            o.matmul_backward_add(&mut dxn, grads, &dup, &lc.xn2, p, &l.up_proj, n, d, f)?;
+            o.matmul_backward_add(
+                &mut dxn,
+                sink.buf,
+                &dgate,
+                &lc.xn2,
+                p,
+                &l.gate_proj,
+                n,
+                d,
+                f,
+            )?;
+            o.matmul_backward_add(&mut dxn, sink.buf, &dup, &lc.xn2, p, &l.up_proj, n, d, f)?;
             o.rmsnorm_backward(
                 &mut dx,
-                grads,
+                sink.buf,
                 &l.post_attn_norm,
                 &dxn,
                 &lc.x_mid,
@@ -403,7 +436,9 @@ impl<B: Backend> Llama<B> {
 
             // dx now holds d(x_mid); x_mid = x_in + o_proj(att).
             o.cast_to_act(&mut dx_act, &dx)?;
-            o.matmul_backward(&mut datt, grads, &dx_act, &lc.att, p, &l.o_proj, n, qd, d)?;
+            o.matmul_backward(
+                &mut datt, sink.buf, &dx_act, &lc.att, p, &l.o_proj, n, qd, d,
+            )?;
             o.attention_backward(
                 &mut dq,
                 &mut dk,
@@ -417,16 +452,18 @@ impl<B: Backend> Llama<B> {
             o.rope_backward(&mut dq, &fwd.inputs, c.num_attention_heads)?;
             o.rope_backward(&mut dk, &fwd.inputs, c.num_key_value_heads)?;
             o.zero(&mut dxn)?;
-            o.matmul_backward_add(&mut dxn, grads, &dq, &lc.xn1, p, &l.q_proj, n, d, qd)?;
-            o.matmul_backward_add(&mut dxn, grads, &dk, &lc.xn1, p, &l.k_proj, n, d, kvd)?;
-            o.matmul_backward_add(&mut dxn, grads, &dv, &lc.xn1, p, &l.v_proj, n, d, kvd)?;
-            o.rmsnorm_backward(&mut dx, grads, &l.input_norm, &dxn, x_in, p, &lc.rstd1)?;
+            o.matmul_backward_add(&mut dxn, sink.buf, &dq, &lc.xn1, p, &l.q_proj, n, d, qd)?;
+            o.matmul_backward_add(&mut dxn, sink.buf, &dk, &lc.xn1, p, &l.k_proj, n, d, kvd)?;
+            o.matmul_backward_add(&mut dxn, sink.buf, &dv, &lc.xn1, p, &l.v_proj, n, d, kvd)?;
+            o.rmsnorm_backward(&mut dx, sink.buf, &l.input_norm, &dxn, x_in, p, &lc.rstd1)?;
             // dx now holds d(x_in), the previous layer's d(x_out).
+            sink.finished_from(l.input_norm.start)?;
             if let Some(lc) = rebuilt {
                 lc.recycle(o);
             }
         }
-        o.embedding_backward(grads, &lay.embed, &dx, &fwd.inputs, d)?;
+        o.embedding_backward(sink.buf, &lay.embed, &dx, &fwd.inputs, d)?;
+        sink.finished_from(0)?;
         for a in [dh, dx, dxn] {
             o.recycle_acc(a);
         }

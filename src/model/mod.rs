@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod grad_sink;
 pub mod init;
 pub mod llama;
 pub mod params;
@@ -12,5 +13,6 @@ pub mod weights;
 pub use crate::ops::Batch;
 pub use config::LlamaConfig;
 pub use decode::{DecodeView, DecodeWorkspace, KvCache, SlotMap};
+pub use grad_sink::GradSink;
 pub use llama::{Forward, HeadGrads, Heads, Llama};
 pub use params::ParamLayout;

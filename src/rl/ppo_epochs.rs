@@ -67,18 +67,27 @@ pub fn ppo_epochs<S: TrainState>(
             if let Some(vm) = m.value.as_mut() {
                 vm.zero_grads()?;
             }
+            // This rank's last micro-batch of the minibatch streams its gradient sum.
+            let last_mine = (0..mb.len().div_ceil(micro))
+                .rev()
+                .find(|j| j % ranks == rank);
             for (j, rows) in mb.chunks(micro).enumerate() {
                 counted += 1;
                 if j % ranks != rank {
                     continue;
                 }
+                let last = Some(j) == last_mine;
                 mine.push(counted - 1);
                 let sub = rows_of(&rb.batch, rows);
                 let mask = gather(&rb.mask, rows, t);
                 // The micro-batch's inputs go to the device; the losses run there, fused
                 // (kernels/ppo_loss.cu on CUDA, the src/loss functions on the CPU).
                 let weights = aggregation_weights(&mask, rows.len(), t, LossAggregation::TokenMean);
-                let (pol, grads) = m.policy.model_and_grads();
+                let (pol, grads) = if last {
+                    m.policy.model_and_last_grads(group)?
+                } else {
+                    m.policy.model_and_grads()
+                };
                 let o_dev = &pol.backend;
                 let (w_d, old_d, adv_d) = (
                     o_dev.to_device(&weights)?,
@@ -115,7 +124,7 @@ pub fn ppo_epochs<S: TrainState>(
                     &policy_loss,
                     scale,
                 )?;
-                pol.backward(
+                pol.backward_into(
                     &f,
                     &HeadGrads {
                         logp: Some(&g),
@@ -131,7 +140,11 @@ pub fn ppo_epochs<S: TrainState>(
                 clipfrac.push(out.clip_fraction as f64);
                 approxkl.push(out.approx_kl as f64);
                 if let Some(vm) = m.value.as_mut() {
-                    let (val, vgrads) = vm.model_and_grads();
+                    let (val, vgrads) = if last {
+                        vm.model_and_last_grads(group)?
+                    } else {
+                        vm.model_and_grads()
+                    };
                     let v_dev = &val.backend;
                     let (w_d, old_v, ret_d) = (
                         v_dev.to_device(&weights)?,
@@ -151,7 +164,7 @@ pub fn ppo_epochs<S: TrainState>(
                         },
                         scale * o.value_coef,
                     )?;
-                    val.backward(
+                    val.backward_into(
                         &f,
                         &HeadGrads {
                             value: Some(&g),

@@ -90,13 +90,15 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
         reference,
         reward,
     } = host;
-    let weight_decay = setup.opts.run.weight_decay;
+    let (weight_decay, bucket_values) =
+        (setup.opts.run.weight_decay, setup.opts.run.bucket_values());
     let (summary, _) = if let Some(cuda) = setup.opts.run.device.engine()? {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.
         let trainer = |m: &crate::model::Llama| -> Result<GpuTrainer> {
             let mut t = GpuTrainer::on(cuda.share(), m)?;
             t.weight_decay = weight_decay;
+            t.bucket_values = bucket_values;
             Ok(t)
         };
         let up = |m: &crate::model::Llama| m.upload(cuda.share());

@@ -7,7 +7,7 @@ use super::pair_batch::PairBatch;
 use crate::data::preference::PreferencePair;
 use crate::dist::group::Group;
 use crate::loss::{sequence_logprobs, DpoConfig, SeqReduction};
-use crate::model::{HeadGrads, Heads, Llama, LlamaConfig};
+use crate::model::{GradSink, HeadGrads, Heads, Llama, LlamaConfig};
 use crate::ops::Backend;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ impl<B: Backend> Objective<B> for DpoObjective {
         model: &Llama<B>,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut B::Acc)>,
+        grad: Option<(f32, GradSink<B>)>,
     ) -> Result<PendingStats<B>> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pb = PairBatch::new(&pairs, model.cfg.pad_token_id.unwrap_or(0));

@@ -2,10 +2,11 @@
 //! global gradient norm and AdamW over fp32 master weights, which also refreshes the bf16 copy the
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
-use super::state::{HostState, TrainState};
+use super::state::{HostState, ModelAndGrads, TrainState};
 use crate::dist::group::Group;
 use crate::dist::nccl::DeviceComm;
-use crate::model::{Batch, HeadGrads, Heads, Llama};
+use crate::model::grad_sink::{buckets, GradsReady};
+use crate::model::{Batch, GradSink, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
 use crate::ops::Backend;
@@ -34,8 +35,48 @@ pub struct GpuTrainer {
     pub t: u64,
     pub max_grad_norm: f32,
     pub weight_decay: f32,
-    /// The ranks' NCCL communicator, in a data-parallel run (none for one process).
-    comm: Option<DeviceComm>,
+    /// Gradients summed over the ranks by buckets of at least this many values (DDP's
+    /// `bucket_cap_mb`); 0: a bucket per layer.
+    pub bucket_values: usize,
+    /// The ranks' gradient sum, in a data-parallel run (none for one process).
+    reducer: Option<GradReducer>,
+}
+
+/// DDP's default bucket: 25 MiB of fp32 gradients.
+pub const DEFAULT_BUCKET_VALUES: usize = 25 << 20 >> 2;
+
+/// The data-parallel gradient sum: the ranks' communicator, the buckets (src/model/grad_sink.rs,
+/// in the order a backward finishes them), and how many of this step's are queued.
+struct GradReducer {
+    comm: DeviceComm,
+    buckets: Vec<std::ops::Range<usize>>,
+    queued: usize,
+}
+
+impl GradsReady<Cuda> for GradReducer {
+    /// Queues every bucket the backward has finished, on the communication stream; the compute
+    /// stream runs on into the layers below.
+    fn ready(&mut self, grads: &mut CudaSlice<f32>, final_from: usize) -> Result<()> {
+        while let Some(r) = self.buckets.get(self.queued) {
+            if r.start < final_from {
+                break;
+            }
+            self.comm.all_reduce_sum_part(grads, r.clone())?;
+            self.queued += 1;
+        }
+        Ok(())
+    }
+}
+
+impl GradReducer {
+    /// Queues the buckets not yet queued (all of them on a rank that ran no micro-batch), then
+    /// makes the compute stream wait for the sum: every rank queues the same buckets in the
+    /// same order.
+    fn finish(&mut self, grads: &mut CudaSlice<f32>) -> Result<()> {
+        self.ready(grads, 0)?;
+        self.queued = 0;
+        self.comm.join_compute()
+    }
 }
 
 impl GpuTrainer {
@@ -62,7 +103,8 @@ impl GpuTrainer {
             t: 0,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
-            comm: None,
+            bucket_values: DEFAULT_BUCKET_VALUES,
+            reducer: None,
             model,
         })
     }
@@ -120,6 +162,19 @@ impl GpuTrainer {
         )
     }
 
+    /// Joins the ranks' communicator, once: at the first step's gradient sum, which every rank
+    /// reaches (before its last micro-batch, or at the sum itself when it ran none).
+    fn join(&mut self, group: &Group) -> Result<()> {
+        if self.reducer.is_none() {
+            self.reducer = Some(GradReducer {
+                comm: DeviceComm::new(group, &self.model.backend.eng)?,
+                buckets: buckets(&self.model.layout, self.bucket_values),
+                queued: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// The pending norms, oldest first, and an empty history.
     fn read_history(&mut self) -> Result<Vec<f32>> {
         let n = self.pending_norms;
@@ -148,8 +203,20 @@ impl TrainState for GpuTrainer {
     fn model(&self) -> &Llama<Cuda> {
         &self.model
     }
-    fn model_and_grads(&mut self) -> (&Llama<Cuda>, &mut CudaSlice<f32>) {
-        (&self.model, &mut self.grads)
+    fn model_and_grads(&mut self) -> ModelAndGrads<'_, Cuda> {
+        (&self.model, GradSink::plain(&mut self.grads))
+    }
+    fn model_and_last_grads(&mut self, group: &Group) -> Result<ModelAndGrads<'_, Cuda>> {
+        if group.size() == 1 {
+            return Ok(self.model_and_grads());
+        }
+        self.join(group)?;
+        let reducer = self.reducer.as_mut().expect("joined above");
+        let sink = GradSink {
+            buf: &mut self.grads,
+            ready: Some(reducer),
+        };
+        Ok((&self.model, sink))
     }
     fn zero_grads(&mut self) -> Result<()> {
         self.model.backend.eng.zero(&mut self.grads)
@@ -158,12 +225,9 @@ impl TrainState for GpuTrainer {
         if group.size() == 1 {
             return Ok(());
         }
-        // Joined at the first step's reduction, which every rank reaches together.
-        if self.comm.is_none() {
-            self.comm = Some(DeviceComm::new(group, &self.model.backend.eng)?);
-        }
-        let comm = self.comm.as_mut().expect("joined above");
-        comm.all_reduce_sum(&mut self.grads)
+        self.join(group)?;
+        let reducer = self.reducer.as_mut().expect("joined above");
+        reducer.finish(&mut self.grads)
     }
     fn step(&mut self, lr: f32, max_norm: f32) -> Result<()> {
         self.apply(lr, max_norm)

@@ -21,7 +21,7 @@ pub trait TrainerArgs: Serialize + DeserializeOwned + Clone + Default {
     /// The options a resumed run may take from the command line (they are the machine's, not the
     /// run's).
     fn may_change_on_resume(&self) -> &'static [&'static str] {
-        &["device"]
+        &["device", "bucket-mb"]
     }
     /// Options that are not saved (besides [`RunArgs`]' own), carried from `from` onto options
     /// rebuilt from saved ones.
@@ -58,7 +58,7 @@ pub trait TrainerArgs: Serialize + DeserializeOwned + Clone + Default {
                     "--resume continues {} with the options saved in its run.toml; drop {} (only --{} may change), or start a new run",
                     folder.display(),
                     if changed.is_empty() { "--config".to_string() } else { changed.join(", ") },
-                    free.join(" and --")
+                    free.join(", --")
                 );
             }
             let saved: Self = super::run_folder::read_options_toml(&folder.join("run.toml"))

@@ -2,7 +2,7 @@
 //! The training loop (trainer.rs) is the same for both.
 
 use crate::data::preference::PreferencePair;
-use crate::model::{Forward, HeadGrads, Llama};
+use crate::model::{Forward, GradSink, HeadGrads, Llama};
 use crate::ops::cpu::dpo_loss::DpoPairs;
 use crate::ops::cpu::reward_loss::RewardPairs;
 use crate::ops::Backend;
@@ -201,10 +201,10 @@ pub fn backward_and_recycle<B: Backend>(
     model: &Llama<B>,
     fwd: Forward<B>,
     heads: HeadGrads<B>,
-    grad: Option<(f32, &mut B::Acc)>,
+    grad: Option<(f32, GradSink<B>)>,
 ) -> Result<()> {
-    if let Some((_, grads)) = grad {
-        model.backward(&fwd, &heads, grads)?;
+    if let Some((_, sink)) = grad {
+        model.backward_into(&fwd, &heads, sink)?;
     }
     fwd.recycle(&model.backend);
     Ok(())
@@ -219,7 +219,7 @@ pub trait Objective<B: Backend> {
         model: &Llama<B>,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut B::Acc)>,
+        grad: Option<(f32, GradSink<B>)>,
     ) -> Result<PendingStats<B>>;
 
     /// Adds `scale` × the gradient of the mean loss over the pairs `idx` to `grads`, and returns
@@ -230,7 +230,7 @@ pub trait Objective<B: Backend> {
         split: &Split,
         idx: &[usize],
         scale: f32,
-        grads: &mut B::Acc,
+        grads: GradSink<B>,
     ) -> Result<PendingStats<B>> {
         self.pass(model, split, idx, Some((scale, grads)))
     }

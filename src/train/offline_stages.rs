@@ -295,9 +295,14 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         let scale = 1.0 / micro.len() as f32;
         let (rank, ranks) = (self.group.rank(), self.group.size());
         let mut micro_stats = Vec::with_capacity(opts.grad_accum);
-        for g in micro.filter(|g| g % ranks == rank) {
+        let mine: Vec<usize> = micro.filter(|g| g % ranks == rank).collect();
+        for (k, &g) in mine.iter().enumerate() {
             let idx = self.micro_batch(g);
-            let (model, grads) = self.state.model_and_grads();
+            let (model, grads) = if k + 1 == mine.len() {
+                self.state.model_and_last_grads(&self.group)?
+            } else {
+                self.state.model_and_grads()
+            };
             micro_stats.push(
                 self.objective
                     .accumulate(model, &self.train, &idx, scale, grads)?,

@@ -3,7 +3,7 @@
 
 use super::objective::{backward_and_recycle, Objective, PairRows, PendingStats, Split};
 use super::pair_batch::PairBatch;
-use crate::model::{HeadGrads, Heads, Llama};
+use crate::model::{GradSink, HeadGrads, Heads, Llama};
 use crate::ops::Backend;
 use anyhow::Result;
 
@@ -15,7 +15,7 @@ impl<B: Backend> Objective<B> for RewardObjective {
         model: &Llama<B>,
         split: &Split,
         idx: &[usize],
-        grad: Option<(f32, &mut B::Acc)>,
+        grad: Option<(f32, GradSink<B>)>,
     ) -> Result<PendingStats<B>> {
         let pairs: Vec<_> = idx.iter().map(|&i| &split.pairs[i]).collect();
         let pad = model.cfg.pad_token_id;

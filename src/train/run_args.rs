@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// far less activation memory for about a third more compute; the same gradients.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub recompute: Option<bool>,
+    /// Over several ranks: gradients are summed in buckets of at least this many MiB (fp32),
+    /// each started as soon as the backward has finished it, overlapping the rest of the backward
+    /// (DDP's bucket_cap_mb, same default); 0: a bucket per layer.
+    #[arg(long, allow_negative_numbers = true)]
+    pub bucket_mb: Option<f64>,
     /// Seed of the data order.
     #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
@@ -122,6 +127,7 @@ impl RunArgs {
             weight_decay: Some(0.0),
             max_grad_norm: Some(1.0),
             recompute: Some(false),
+            bucket_mb: Some(25.0),
             seed: Some(0),
             device: Some(Device::Auto),
             ..RunArgs::default()
@@ -150,6 +156,7 @@ pub struct RunOptions {
     pub weight_decay: f32,
     pub max_grad_norm: f32,
     pub recompute: bool,
+    pub bucket_mb: f64,
     pub seed: u64,
     pub device: Device,
     pub save_every: usize,
@@ -174,6 +181,7 @@ impl RunOptions {
             weight_decay: a.weight_decay.expect(given),
             max_grad_norm: a.max_grad_norm.expect(given),
             recompute: a.recompute.expect(given),
+            bucket_mb: a.bucket_mb.expect(given),
             seed: a.seed.expect(given),
             device: a.device.expect(given),
             save_every: a.save_every.expect(given),
@@ -221,6 +229,12 @@ impl RunOptions {
             ),
             Float("--weight-decay", self.weight_decay, R::closed(0.0, 10.0)),
             Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
+            Float("--bucket-mb", self.bucket_mb as f32, R::closed(0.0, 1e6)),
         ])
+    }
+
+    /// --bucket-mb as a count of fp32 gradient values.
+    pub fn bucket_values(&self) -> usize {
+        (self.bucket_mb * (1u64 << 20) as f64 / 4.0) as usize
     }
 }

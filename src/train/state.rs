@@ -4,7 +4,7 @@
 //! forward beside fp32 masters (src/train/gpu_step.rs).
 
 use crate::dist::group::Group;
-use crate::model::Llama;
+use crate::model::{GradSink, Llama};
 use crate::ops::cpu::adamw::{clip_grad_norm, AdamW};
 use crate::ops::cpu::Cpu;
 use crate::ops::Backend;
@@ -18,14 +18,27 @@ pub struct HostState {
     pub t: u64,
 }
 
+/// A trainer's model and its gradient sink, borrowed together.
+pub type ModelAndGrads<'a, B> = (&'a Llama<B>, GradSink<'a, B>);
+
 pub trait TrainState {
     type B: Backend;
     fn model(&self) -> &Llama<Self::B>;
     /// The model to run and the gradient buffer to accumulate into, borrowed together.
-    fn model_and_grads(&mut self) -> (&Llama<Self::B>, &mut <Self::B as Backend>::Acc);
+    fn model_and_grads(&mut self) -> ModelAndGrads<'_, Self::B>;
+    /// [`TrainState::model_and_grads`] for the last micro-batch this rank runs before
+    /// `all_reduce_grads`: where the device has streams, its backward starts summing the
+    /// gradients over `group` bucket by bucket as they become final, overlapping the rest of the
+    /// backward (as DDP does); `all_reduce_grads` then sums what is left and waits. Elsewhere
+    /// (the CPU, one process) it is `model_and_grads`.
+    fn model_and_last_grads(&mut self, group: &Group) -> Result<ModelAndGrads<'_, Self::B>> {
+        let _ = group;
+        Ok(self.model_and_grads())
+    }
     fn zero_grads(&mut self) -> Result<()>;
     /// Sums the gradient buffer over the ranks of `group` (nothing for one process): each rank
     /// then holds the gradient of the whole global batch and takes the same optimiser step.
+    /// Every rank calls it once per step, whether or not it ran a micro-batch.
     fn all_reduce_grads(&mut self, group: &Group) -> Result<()>;
     /// Clips the gradients to `max_norm` (0: no clipping) and takes one AdamW step at `lr`. The
     /// norm before clipping stays where it was computed (on a GPU: the device, so a step never
@@ -66,8 +79,8 @@ impl TrainState for CpuState {
     fn model(&self) -> &Llama<Cpu> {
         &self.model
     }
-    fn model_and_grads(&mut self) -> (&Llama<Cpu>, &mut Vec<f32>) {
-        (&self.model, &mut self.grads)
+    fn model_and_grads(&mut self) -> ModelAndGrads<'_, Cpu> {
+        (&self.model, GradSink::plain(&mut self.grads))
     }
     fn zero_grads(&mut self) -> Result<()> {
         self.grads.fill(0.0);

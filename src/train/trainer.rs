@@ -10,6 +10,7 @@ use super::offline_stages::Offline;
 use super::options::{TrainArgs, TrainOptions, TrainerKind};
 use super::rm::RewardObjective;
 use super::run::{drive, open_run, Cadence, OpenedRun, RunEnd, RunSpec, Start};
+use super::run_args::RunOptions;
 use super::starting_model::{relayout, tokenizer_files, trained_config};
 use super::state::{CpuState, TrainState};
 use crate::data::chat_template::ChatTemplate;
@@ -108,7 +109,7 @@ pub fn run_training_in(
             drive_offline(state, &opts, &data, &extra, &run)?
         }
         Some(cuda) => {
-            let state = gpu_state(cuda, &cpu_model, weight_decay, run.group.is_root())?;
+            let state = gpu_state(cuda, &cpu_model, &opts.run, run.group.is_root())?;
             drive_offline(state, &opts, &data, &extra, &run)?
         }
     };
@@ -148,9 +149,10 @@ fn read_data(opts: &TrainOptions, enc: &Encoder, root: bool) -> Result<Data> {
     Ok(Data { train, eval })
 }
 
-fn gpu_state(cuda: Cuda, cpu: &Llama, weight_decay: f32, root: bool) -> Result<GpuTrainer> {
+fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, root: bool) -> Result<GpuTrainer> {
     let mut state = GpuTrainer::on(cuda, cpu)?;
-    state.weight_decay = weight_decay;
+    state.weight_decay = run.weight_decay;
+    state.bucket_values = run.bucket_values();
     let on = if crate::emu::is_active() {
         "the software GPU"
     } else {
