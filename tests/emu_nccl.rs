@@ -1,8 +1,9 @@
 //! The software GPU's NCCL (emu/nccl/nccl.cpp) on its own: threads play the ranks, host memory
 //! plays device memory (without the stand-in driver loaded, each collective runs at once on the
 //! calling thread). Checks what NCCL documents: all-reduce, reduce-scatter, all-gather and
-//! broadcast; sums in rank order, the same bits on every rank, bf16 rounded once; and what a
-//! stand-in must add: a call that differs between ranks fails on every rank naming both, an
+//! broadcast; sums in rank order, the same bits on every rank, bf16 rounded once; send and receive,
+//! matched in order per pair, and inside a group free of deadlock whatever the message size; and
+//! what a stand-in must add: a call that differs between ranks fails on every rank naming both, an
 //! abort or a rank that never comes stops the others.
 
 mod common;
@@ -138,6 +139,32 @@ impl Nccl {
                 std::ptr::null_mut(),
             )
         }
+    }
+
+    /// ncclSend (`send` true) or ncclRecv of `count` values at `buf` with `peer`.
+    fn p2p(
+        &self,
+        send: bool,
+        buf: *mut c_void,
+        count: usize,
+        ty: c_int,
+        peer: usize,
+        comm: Comm,
+    ) -> c_int {
+        type P2p =
+            unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
+        let f: Symbol<P2p> = self.sym(if send { b"ncclSend\0" } else { b"ncclRecv\0" });
+        unsafe { f(buf, count, ty, peer as c_int, comm, std::ptr::null_mut()) }
+    }
+
+    /// ncclGroupStart (`start` true) or ncclGroupEnd.
+    fn group(&self, start: bool) -> c_int {
+        let f: Symbol<unsafe extern "C" fn() -> c_int> = self.sym(if start {
+            b"ncclGroupStart\0"
+        } else {
+            b"ncclGroupEnd\0"
+        });
+        unsafe { f() }
     }
 
     fn destroy(&self, comm: Comm) {
@@ -323,4 +350,123 @@ fn an_abort_stops_the_ranks_waiting_for_it() {
         "{}",
         out[0].1
     );
+}
+
+/// A ring exchange in one group, each message over four times the stand-in's 256 KiB channel
+/// (without the group's joint progress every rank would wait in its send), with a second, bf16
+/// message to the same peer behind it, a zero-length one, and a message to the rank itself.
+#[test]
+fn sends_and_receives_in_a_group_pass_a_ring_of_large_messages_in_order() {
+    let Some(nccl) = Nccl::open() else { return };
+    let n = 300_000;
+    let size = 4;
+    let out = ranks(&nccl, size, move |nc, rank, comm| {
+        let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
+        let mut big: Vec<f32> = (0..n).map(|i| (i * 7 + rank * 1_000_003) as f32).collect();
+        let mut small: Vec<u16> = (0..5).map(|i| bf16(i as f32 + 0.5 * rank as f32)).collect();
+        let mut own: Vec<f32> = vec![rank as f32 + 0.25; 3];
+        let (mut got_big, mut got_small, mut got_own) =
+            (vec![0f32; n], vec![0u16; 5], vec![0f32; 3]);
+        let mut none = [0f32; 1];
+        let p = |v: &mut [f32]| v.as_mut_ptr() as *mut c_void;
+        assert_eq!(nc.group(true), 0);
+        let calls = [
+            nc.p2p(true, p(&mut big), n, F32, next, comm),
+            nc.p2p(true, small.as_mut_ptr() as *mut c_void, 5, BF16, next, comm),
+            nc.p2p(true, p(&mut none), 0, F32, next, comm),
+            nc.p2p(true, p(&mut own), 3, F32, rank, comm),
+            nc.p2p(false, p(&mut got_own), 3, F32, rank, comm),
+            nc.p2p(false, p(&mut got_big), n, F32, prev, comm),
+            nc.p2p(
+                false,
+                got_small.as_mut_ptr() as *mut c_void,
+                5,
+                BF16,
+                prev,
+                comm,
+            ),
+            nc.p2p(false, p(&mut none), 0, F32, prev, comm),
+        ];
+        assert_eq!(calls, [0; 8], "rank {rank}: {}", nc.last_error(comm));
+        assert_eq!(nc.group(false), 0, "rank {rank}: {}", nc.last_error(comm));
+        (got_big, got_small, got_own)
+    });
+    for (rank, (got_big, got_small, got_own)) in out.iter().enumerate() {
+        let prev = (rank + size - 1) % size;
+        let want: Vec<f32> = (0..n).map(|i| (i * 7 + prev * 1_000_003) as f32).collect();
+        assert!(
+            got_big == &want,
+            "rank {rank}: the big message from rank {prev}"
+        );
+        let want: Vec<u16> = (0..5).map(|i| bf16(i as f32 + 0.5 * prev as f32)).collect();
+        assert_eq!(
+            got_small, &want,
+            "rank {rank}: the second message, after the first"
+        );
+        assert_eq!(
+            got_own,
+            &vec![rank as f32 + 0.25; 3],
+            "rank {rank}: to itself"
+        );
+    }
+}
+
+/// Outside a group each call is its own; messages between a pair arrive in the order sent.
+#[test]
+fn sends_outside_a_group_arrive_in_order() {
+    let Some(nccl) = Nccl::open() else { return };
+    let out = ranks(&nccl, 2, |nc, rank, comm| {
+        let mut got = Vec::new();
+        for k in 0..5usize {
+            let mut v = vec![k as f32 * 10.0 + 1.0; k + 1];
+            let r = nc.p2p(
+                rank == 0,
+                v.as_mut_ptr() as *mut c_void,
+                k + 1,
+                F32,
+                1 - rank,
+                comm,
+            );
+            assert_eq!(r, 0, "rank {rank}: {}", nc.last_error(comm));
+            got.push(v);
+        }
+        got
+    });
+    for (k, v) in out[1].iter().enumerate() {
+        assert_eq!(v, &vec![k as f32 * 10.0 + 1.0; k + 1]);
+    }
+}
+
+/// A receive whose count differs from the send fails on both ranks, naming both calls.
+#[test]
+fn a_receive_that_does_not_match_its_send_fails_on_both_ranks_naming_both() {
+    let Some(nccl) = Nccl::open() else { return };
+    let out = ranks(&nccl, 2, |nc, rank, comm| {
+        // Larger than the channel, so the sender is still waiting when the receiver objects.
+        let n = if rank == 0 { 100_000 } else { 100_001 };
+        let mut v = vec![1f32; n];
+        let r = nc.p2p(
+            rank == 0,
+            v.as_mut_ptr() as *mut c_void,
+            n,
+            F32,
+            1 - rank,
+            comm,
+        );
+        (r, nc.last_error(comm))
+    });
+    assert_eq!(out[1].0, 5, "ncclInvalidUsage");
+    assert!(
+        out[1].1.contains("rank 1: ncclRecv #1 of 100001 f32 values from rank 0, and rank 0's ncclSend #1 to rank 1 sends 100000 f32 values"),
+        "{}",
+        out[1].1
+    );
+    assert_eq!(out[0].0, 5, "ncclInvalidUsage");
+    assert!(
+        out[0].1.contains("rank 0: ncclSend #1 of 100000 f32 values to rank 1: rank 1's matching ncclRecv takes another count or type"),
+        "{}",
+        out[0].1
+    );
+    let Some(nccl) = Nccl::open() else { return };
+    assert_eq!(nccl.group(false), 5, "ncclGroupEnd without ncclGroupStart");
 }

@@ -3,7 +3,8 @@
 //
 //   ncclGetUniqueId, ncclCommInitRank, ncclCommDestroy, ncclCommAbort, ncclCommGetAsyncError,
 //   ncclCommCount, ncclCommUserRank, ncclGetErrorString, ncclGetLastError, ncclGetVersion,
-//   ncclAllReduce, ncclReduceScatter, ncclAllGather, ncclBroadcast, ncclGroupStart, ncclGroupEnd
+//   ncclAllReduce, ncclReduceScatter, ncclAllGather, ncclBroadcast, ncclSend, ncclRecv,
+//   ncclGroupStart, ncclGroupEnd
 //
 // Each collective is work on the caller's stream (through libcuda's stand-in, so it runs in
 // stream order, after the events it waits on, and its device ranges take part in the cross-stream
@@ -16,10 +17,18 @@
 //
 // A rank that exits (or is killed) while others wait is found by its pid and named; a rank that
 // never arrives fails after PREFER_COLLECTIVE_TIMEOUT seconds (1800 by default). ncclCommAbort
-// marks the segment so the others stop waiting too. Point-to-point send/recv are not in the
-// stand-in: they return ncclInvalidUsage with a message.
+// marks the segment so the others stop waiting too.
+//
+// Point-to-point: each ordered pair of ranks has a channel in the segment (a ring of bytes and a
+// ring of message headers, one writer and one reader). ncclSend and ncclRecv between
+// ncclGroupStart and ncclGroupEnd become one piece of work on the stream that moves all of them a
+// little at a time, so a ring exchange whose messages exceed the channel cannot deadlock (as in
+// NCCL, where the group is what makes that safe); outside a group each is its own. Sends to a peer
+// match its receives from this rank in order; a receive whose count or type differs from the send
+// fails on both ranks, naming both. Collectives inside a group run as they are issued.
 #include "../include/emu_cuda.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -36,6 +45,7 @@
 #include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 typedef int ncclResult_t;
 enum : int {
@@ -52,13 +62,16 @@ enum : int {
     ncclFloat16 = 6, ncclFloat32 = 7, ncclFloat64 = 8, ncclBfloat16 = 9,
 };
 enum : int { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4 };
-enum Op : int { kAllReduce = 1, kReduceScatter, kAllGather, kBroadcast };
+enum Op : int { kAllReduce = 1, kReduceScatter, kAllGather, kBroadcast, kSend, kRecv };
 
 namespace {
 
 constexpr uint64_t kMagic = 0x31636e6566657270ull;  // "prefernc1"
 constexpr size_t kSlotBytes = 1 << 20;               // each rank's staging slot
 constexpr int kMaxRanks = 1024;
+constexpr int kMaxP2pRanks = 64;                     // channels for every pair up to this many
+constexpr size_t kRingBytes = 256 << 10;             // each channel's ring of bytes
+constexpr uint64_t kHeaders = 64;                    // each channel's ring of message headers
 
 struct NcclUniqueId {
     char internal[128];
@@ -83,9 +96,38 @@ struct Segment {
     RankState ranks[1];               // [nranks], then nranks slots of kSlotBytes
 };
 
-size_t segment_bytes(int nranks) {
+// A point-to-point message's header, posted by the sender before its bytes.
+struct MsgHeader {
+    uint64_t count;
+    int32_t type;
+    int32_t pad;
+};
+
+struct alignas(64) Cursor {
+    std::atomic<uint64_t> v;
+};
+
+// One direction between two ranks. Byte offsets and message numbers only grow: the ring holds
+// bytes [read, written), the header ring messages (acked, posted].
+struct Channel {
+    Cursor written;  // bytes the sender has put in (all messages)
+    Cursor read;     // bytes the receiver has taken
+    Cursor posted;   // messages whose header the sender has posted
+    Cursor acked;    // messages the receiver has taken whole
+    std::atomic<int32_t> broken;  // a receiver found a mismatch: the sender stops too
+    MsgHeader headers[kHeaders];
+};
+
+size_t channel_bytes() { return ((sizeof(Channel) + 63) / 64) * 64 + kRingBytes; }
+
+size_t slots_offset(int nranks) {
     const size_t head = sizeof(Segment) + (size_t)(nranks - 1) * sizeof(RankState);
-    return ((head + 63) / 64) * 64 + (size_t)nranks * kSlotBytes;
+    return ((head + 63) / 64) * 64;
+}
+
+size_t segment_bytes(int nranks) {
+    const size_t channels = nranks <= kMaxP2pRanks ? (size_t)nranks * nranks * channel_bytes() : 0;
+    return slots_offset(nranks) + (size_t)nranks * kSlotBytes + channels;
 }
 
 struct Comm {
@@ -97,10 +139,16 @@ struct Comm {
     std::atomic<int> async_error{ncclSuccess};
     std::string last_error;
     bool aborted = false;
-    char* slot(int r) const {
-        const size_t head = sizeof(Segment) + (size_t)(nranks - 1) * sizeof(RankState);
-        return (char*)seg + ((head + 63) / 64) * 64 + (size_t)r * kSlotBytes;
+    // Point-to-point, counted as the host issues the calls: messages and bytes to each peer, and
+    // from each.
+    std::vector<uint64_t> sends, sent_bytes, recvs, recv_bytes;
+    char* slot(int r) const { return (char*)seg + slots_offset(nranks) + (size_t)r * kSlotBytes; }
+    // The channel from rank `from` to rank `to`, and its ring.
+    Channel* channel(int from, int to) const {
+        return (Channel*)((char*)seg + slots_offset(nranks) + (size_t)nranks * kSlotBytes +
+                          ((size_t)from * nranks + to) * channel_bytes());
     }
+    char* ring(Channel* ch) const { return (char*)ch + ((sizeof(Channel) + 63) / 64) * 64; }
 };
 
 thread_local std::string g_last_error;
@@ -136,6 +184,8 @@ const char* op_name(int op) {
         case kReduceScatter: return "ncclReduceScatter";
         case kAllGather: return "ncclAllGather";
         case kBroadcast: return "ncclBroadcast";
+        case kSend: return "ncclSend";
+        case kRecv: return "ncclRecv";
     }
     return "a collective";
 }
@@ -342,6 +392,198 @@ ncclResult_t enqueue(Comm* c, int op, const void* send, void* recv, size_t count
     return submit(stream, label.c_str(), run_job, job, drop_job, ranges, 2) ? ncclUnhandledCudaError : ncclSuccess;
 }
 
+// ---- point-to-point ------------------------------------------------------------------------
+
+// One ncclSend or ncclRecv, and how far it has come.
+struct P2p {
+    Comm* comm;
+    int op;  // kSend or kRecv
+    int peer;
+    int type;
+    uint64_t count;
+    uint64_t msg;    // its number among this direction's messages, from 1
+    uint64_t start;  // its first byte's offset in this direction's stream of bytes
+    uint64_t bytes;
+    const char* send;
+    char* recv;
+    bool started;  // a send's header is posted; a receive's is checked
+    bool done;
+};
+
+std::string p2p_name(const P2p& p) {
+    return format("rank %d: %s #%llu of %llu %s values %s rank %d", p.comm->rank, op_name(p.op), (unsigned long long)p.msg,
+                  (unsigned long long)p.count, type_name(p.type), p.op == kSend ? "to" : "from", p.peer);
+}
+
+// Moves `p` as far as it goes without waiting; true when it moved. An error goes to `err`.
+bool advance_send(P2p& p, ncclResult_t* err) {
+    Comm* c = p.comm;
+    Channel* ch = c->channel(c->rank, p.peer);
+    if (ch->broken.load(std::memory_order_acquire)) {
+        *err = fail(c, ncclInvalidUsage, p2p_name(p) + format(": rank %d's matching ncclRecv takes another count or type", p.peer));
+        return false;
+    }
+    bool moved = false;
+    if (!p.started) {
+        // After this rank's earlier sends to the peer, and while the peer's header ring has room.
+        if (ch->posted.v.load(std::memory_order_acquire) != p.msg - 1) return false;
+        if (p.msg - ch->acked.v.load(std::memory_order_acquire) > kHeaders) return false;
+        ch->headers[p.msg % kHeaders] = MsgHeader{p.count, p.type, 0};
+        ch->posted.v.store(p.msg, std::memory_order_release);
+        p.started = moved = true;
+    }
+    const uint64_t w = ch->written.v.load(std::memory_order_relaxed), end = p.start + p.bytes;
+    if (w < p.start) return moved;  // an earlier send's bytes are still going in
+    if (w < end) {
+        const uint64_t r = ch->read.v.load(std::memory_order_acquire), at = w % kRingBytes;
+        const uint64_t n = std::min({kRingBytes - (w - r), end - w, kRingBytes - at});
+        if (n == 0) return moved;
+        memcpy(c->ring(ch) + at, p.send + (w - p.start), n);
+        ch->written.v.store(w + n, std::memory_order_release);
+        if (w + n < end) return true;
+    }
+    p.done = true;
+    return true;
+}
+
+bool advance_recv(P2p& p, ncclResult_t* err) {
+    Comm* c = p.comm;
+    Channel* ch = c->channel(p.peer, c->rank);
+    bool moved = false;
+    if (!p.started) {
+        if (ch->posted.v.load(std::memory_order_acquire) < p.msg) return false;
+        const MsgHeader h = ch->headers[p.msg % kHeaders];
+        if (h.count != p.count || h.type != p.type) {
+            ch->broken.store(1, std::memory_order_release);
+            *err = fail(c, ncclInvalidUsage,
+                        p2p_name(p) + format(", and rank %d's ncclSend #%llu to rank %d sends %llu %s values", p.peer,
+                                             (unsigned long long)p.msg, c->rank, (unsigned long long)h.count, type_name(h.type)));
+            return false;
+        }
+        p.started = moved = true;
+    }
+    const uint64_t r = ch->read.v.load(std::memory_order_relaxed), end = p.start + p.bytes;
+    if (r < p.start) return moved;  // an earlier receive from the peer is still coming out
+    if (r < end) {
+        const uint64_t w = ch->written.v.load(std::memory_order_acquire), at = r % kRingBytes;
+        const uint64_t n = std::min({w - r, end - r, kRingBytes - at});
+        if (n == 0) return moved;
+        memcpy(p.recv + (r - p.start), c->ring(ch) + at, n);
+        ch->read.v.store(r + n, std::memory_order_release);
+        if (r + n < end) return true;
+    }
+    ch->acked.v.store(p.msg, std::memory_order_release);
+    p.done = true;
+    return true;
+}
+
+struct P2pJob {
+    std::vector<P2p> ops;
+};
+
+// Moves every call of the group a little at a time until all are done. Names a dead or aborting
+// peer, and one that has not moved within PREFER_COLLECTIVE_TIMEOUT.
+int run_p2p(void* arg) {
+    P2pJob* j = (P2pJob*)arg;
+    const double limit = timeout_seconds();
+    auto last_move = std::chrono::steady_clock::now();
+    for (uint64_t idle = 0;;) {
+        bool all = true, moved = false;
+        for (P2p& p : j->ops) {
+            if (p.done) continue;
+            if (p.comm->aborted) return fail(p.comm, ncclInvalidUsage, p2p_name(p) + " on an aborted communicator");
+            ncclResult_t err = ncclSuccess;
+            moved |= p.op == kSend ? advance_send(p, &err) : advance_recv(p, &err);
+            if (err) return err;
+            all = all && p.done;
+        }
+        if (all) return ncclSuccess;
+        if (moved) {
+            idle = 0;
+            last_move = std::chrono::steady_clock::now();
+            continue;
+        }
+        if (++idle < 2000) {
+            std::this_thread::yield();
+            continue;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        if (idle % 256 != 0) continue;
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_move).count();
+        for (const P2p& p : j->ops) {
+            if (p.done) continue;
+            Comm* c = p.comm;
+            if (const int by = c->seg->aborted_by.load())
+                return fail(c, ncclRemoteError, p2p_name(p) + format(": rank %d aborted the communicator", by - 1));
+            const int pid = c->seg->ranks[p.peer].pid.load();
+            if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH)
+                return fail(c, ncclRemoteError, p2p_name(p) + format(": rank %d (pid %d) exited or was killed", p.peer, pid));
+            if (waited > limit)
+                return fail(c, ncclRemoteError,
+                            p2p_name(p) + format(": rank %d made no matching call within %.0f s (PREFER_COLLECTIVE_TIMEOUT)", p.peer, limit));
+        }
+    }
+}
+
+void drop_p2p(void* arg) { delete (P2pJob*)arg; }
+
+// The calls of one group (or one call outside a group) as one piece of work on `stream`.
+ncclResult_t submit_p2p(std::vector<P2p> ops, void* stream) {
+    std::vector<uint64_t> ranges;
+    for (const P2p& p : ops) {
+        ranges.push_back(p.op == kSend ? (uint64_t)p.send : (uint64_t)p.recv);
+        ranges.push_back(p.bytes);
+        ranges.push_back(p.op == kRecv);
+    }
+    const std::string label = ops.size() == 1 ? p2p_name(ops[0]) : format("a group of %zu ncclSend/ncclRecv calls", ops.size());
+    P2pJob* job = new P2pJob{std::move(ops)};
+    using SubmitHost = int (*)(void*, const char*, int (*)(void*), void*, void (*)(void*), const uint64_t*, size_t);
+    static const SubmitHost submit = (SubmitHost)dlsym(RTLD_DEFAULT, "prefer_emu_submit_host");
+    if (!submit) {
+        const int status = run_p2p(job);
+        drop_p2p(job);
+        return status;
+    }
+    return submit(stream, label.c_str(), run_p2p, job, drop_p2p, ranges.data(), ranges.size() / 3) ? ncclUnhandledCudaError
+                                                                                                    : ncclSuccess;
+}
+
+// The calling thread's open group (NCCL's groups are per thread): its depth, and the
+// point-to-point calls waiting for its ncclGroupEnd.
+thread_local int g_group_depth = 0;
+thread_local std::vector<P2p> g_group_calls;
+thread_local void* g_group_stream = nullptr;
+
+ncclResult_t enqueue_p2p(Comm* c, int op, const void* send, void* recv, size_t count, int type, int peer, void* stream) {
+    const char* name = op_name(op);
+    if (!c || !c->seg) return fail(c, ncclInvalidArgument, format("%s on no communicator", name));
+    if (type_size(type) == 0) return fail(c, ncclInvalidArgument, format("%s: data type %d", name, type));
+    if (peer < 0 || peer >= c->nranks) return fail(c, ncclInvalidArgument, format("%s: peer %d of %d ranks", name, peer, c->nranks));
+    if (c->nranks > kMaxP2pRanks)
+        return fail(c, ncclInvalidUsage,
+                    format("%s: the software GPU's NCCL has point-to-point channels for up to %d ranks, and this communicator has %d",
+                           name, kMaxP2pRanks, c->nranks));
+    if (const int e = c->async_error.load()) return e;
+    if (count && !(op == kSend ? send : recv)) return fail(c, ncclInvalidArgument, format("%s: no buffer", name));
+    if (g_group_depth > 0 && !g_group_calls.empty() && stream != g_group_stream)
+        return fail(c, ncclInvalidUsage,
+                    format("%s: the software GPU's NCCL runs a group's point-to-point calls on one stream, and this one is on another", name));
+    if (c->sends.empty()) c->sends = c->sent_bytes = c->recvs = c->recv_bytes = std::vector<uint64_t>((size_t)c->nranks, 0);
+    const uint64_t bytes = (uint64_t)count * type_size(type);
+    P2p p{c, op, peer, type, (uint64_t)count, 0, 0, bytes, (const char*)send, (char*)recv, false, false};
+    auto& msgs = op == kSend ? c->sends : c->recvs;
+    auto& moved = op == kSend ? c->sent_bytes : c->recv_bytes;
+    p.msg = ++msgs[peer];
+    p.start = moved[peer];
+    moved[peer] += bytes;
+    if (g_group_depth > 0) {
+        g_group_stream = stream;
+        g_group_calls.push_back(p);
+        return ncclSuccess;
+    }
+    return submit_p2p({p}, stream);
+}
+
 }  // namespace
 
 extern "C" {
@@ -466,9 +708,20 @@ ncclResult_t ncclCommUserRank(const void* comm, int* rank) {
     return ncclSuccess;
 }
 
-// Collectives inside a group run in the order issued, which is the same on every rank.
-ncclResult_t ncclGroupStart() { return ncclSuccess; }
-ncclResult_t ncclGroupEnd() { return ncclSuccess; }
+// Groups nest; the outermost ncclGroupEnd submits the point-to-point calls made inside as one
+// piece of work. Collectives inside a group run in the order issued, the same on every rank.
+ncclResult_t ncclGroupStart() {
+    ++g_group_depth;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGroupEnd() {
+    if (g_group_depth == 0) return fail(nullptr, ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
+    if (--g_group_depth > 0 || g_group_calls.empty()) return ncclSuccess;
+    std::vector<P2p> calls;
+    calls.swap(g_group_calls);
+    return submit_p2p(std::move(calls), g_group_stream);
+}
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, void* comm, void* stream) {
     return enqueue((Comm*)comm, kAllReduce, send, recv, count, type, op, 0, stream);
@@ -486,12 +739,12 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int type,
     return enqueue((Comm*)comm, kBroadcast, send, recv, count, type, ncclSum, root, stream);
 }
 
-ncclResult_t ncclSend(const void*, size_t, int, int, void* comm, void*) {
-    return fail((Comm*)comm, ncclInvalidUsage, "ncclSend: point-to-point is not in the software GPU's NCCL yet");
+ncclResult_t ncclSend(const void* send, size_t count, int type, int peer, void* comm, void* stream) {
+    return enqueue_p2p((Comm*)comm, kSend, send, nullptr, count, type, peer, stream);
 }
 
-ncclResult_t ncclRecv(void*, size_t, int, int, void* comm, void*) {
-    return fail((Comm*)comm, ncclInvalidUsage, "ncclRecv: point-to-point is not in the software GPU's NCCL yet");
+ncclResult_t ncclRecv(void* recv, size_t count, int type, int peer, void* comm, void* stream) {
+    return enqueue_p2p((Comm*)comm, kRecv, nullptr, recv, count, type, peer, stream);
 }
 
 }  // extern "C"
