@@ -1,7 +1,8 @@
 //! Step 2 of an iteration: one scoring pass per model over the rollouts: the policy's and the
 //! reference's log-probs (at the sampling temperature) and the policy's entropy, the value
 //! model's estimates, the reward model's scores; and the iteration's scores (reward model,
-//! math answer, or both).
+//! math answer, or both). Over several ranks each scores every ranks-th micro-batch of rows (the
+//! same micro-batches as one rank would run) and the results are summed into every rank's copy.
 
 use super::advantages::ScoredBatch;
 use super::options::RewardSource;
@@ -10,6 +11,7 @@ use super::rewards::{answer_of, math_answer};
 use super::rollout_batch::{rows_of, RolloutBatch};
 use super::setup::{Models, Setup};
 use crate::data::reward_input::RewardInput;
+use crate::dist::group::Group;
 use crate::generate::Rollout;
 use crate::model::Heads;
 use crate::ops::Backend;
@@ -37,6 +39,7 @@ pub struct Scored {
 
 /// The rollouts `rb` (of the prompts `picked`, whose ids are `prompt_ids`) through every model.
 pub fn score<S: TrainState>(
+    group: &Group,
     m: &Models<S>,
     s: &Setup,
     rb: &RolloutBatch,
@@ -55,7 +58,9 @@ pub fn score<S: TrainState>(
         vec![0.0; n * t],
     );
     let mut rm_scores = vec![0.0f32; n];
-    for chunk in (0..n).collect::<Vec<_>>().chunks(micro) {
+    let (rank, ranks) = (group.rank(), group.size());
+    let rows: Vec<usize> = (0..n).collect();
+    for chunk in rows.chunks(micro).skip(rank).step_by(ranks) {
         let sub = rows_of(&rb.batch, chunk);
         let f = m.policy.model().forward_heads(&sub, heads)?;
         let (lp, ent) = (
@@ -117,6 +122,25 @@ pub fn score<S: TrainState>(
                 }
             }
             _ => {}
+        }
+    }
+    if ranks > 1 {
+        // Each row was scored by one rank and is 0 on the others: the sum is every rank's copy.
+        let mut all = [&old_logp, &entropy, &ref_logp, &values, &rm_scores]
+            .map(|v| v.as_slice())
+            .concat();
+        group.all_reduce_sum_f32("scores", &mut all)?;
+        let mut rest = all.as_slice();
+        for v in [
+            &mut old_logp,
+            &mut entropy,
+            &mut ref_logp,
+            &mut values,
+            &mut rm_scores,
+        ] {
+            let (head, tail) = rest.split_at(v.len());
+            v.copy_from_slice(head);
+            rest = tail;
         }
     }
     let math: Vec<f32> = rollouts

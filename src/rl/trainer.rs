@@ -223,7 +223,15 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
 
         // 2. Scoring: one pass per model.
         let t1 = Instant::now();
-        let scored = score(&self.m, s, &rb, &rollouts, &picked, &prompt_ids)?;
+        let scored = score(
+            &self.group,
+            &self.m,
+            s,
+            &rb,
+            &rollouts,
+            &picked,
+            &prompt_ids,
+        )?;
         let t_score = t1.elapsed().as_secs_f64();
 
         // 3. Advantages.
