@@ -14,6 +14,9 @@ fn a_one_rank_communicator_sums_in_stream_order() {
     let group = prefer::dist::group::Group::single();
     let mut comm = prefer::dist::nccl::DeviceComm::new(&group, &eng).unwrap();
     assert_eq!((comm.rank(), comm.size()), (0, 1));
+    // Registered for abort_all and the watchdog, which finds nothing wrong.
+    assert_eq!(prefer::dist::nccl::live_communicators(), 1);
+    assert_eq!(prefer::dist::nccl::first_async_error(), None);
     let host: Vec<f32> = (0..3000).map(|i| i as f32 * 0.25 - 9.0).collect();
     // Written on the compute stream, summed on the communication stream, read back on the
     // compute stream: each hand-over is an event, or the race check fails the copy.
@@ -31,4 +34,6 @@ fn a_one_rank_communicator_sums_in_stream_order() {
     let mut short = eng.zeros::<f32>(7).unwrap();
     let err = comm.all_gather(&buf, &mut short).unwrap_err();
     assert!(format!("{err:#}").contains("ncclAllGather: 3000 values in, 7 out over 1 ranks"));
+    drop(comm);
+    assert_eq!(prefer::dist::nccl::live_communicators(), 0, "destroyed");
 }

@@ -17,6 +17,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr}
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 type RawComm = *mut c_void;
 type Stream = cudarc::driver::sys::CUstream;
@@ -93,6 +94,67 @@ pub fn abort_all() {
             unsafe { (api.comm_abort)(comm as RawComm) };
         }
     }
+}
+
+/// How long an error NCCL reports may stand before the watchdog acts. The thread whose
+/// collective failed normally reports it and ends the run well within this; a thread blocked on
+/// the GPU behind an NCCL kernel that can no longer finish never would.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(10);
+
+/// Starts, once a process, the thread that polls `ncclCommGetAsyncError` on every live
+/// communicator each second (as PyTorch's NCCL watchdog does): an error that stands for
+/// [`WATCHDOG_GRACE`] aborts the communicators and exits 1, naming the rank (`who`) and the error.
+fn start_watchdog(who: String) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let watch = move || {
+            let mut since: Option<Instant> = None;
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let Some(error) = first_async_error() else {
+                    since = None;
+                    continue;
+                };
+                if since.get_or_insert_with(Instant::now).elapsed() >= WATCHDOG_GRACE {
+                    eprintln!(
+                        "error: {who}: NCCL reported an error {} s ago and the run has not stopped; \
+                         aborting the NCCL communicators: {error}",
+                        WATCHDOG_GRACE.as_secs()
+                    );
+                    abort_all();
+                    std::process::exit(1);
+                }
+            }
+        };
+        let _ = std::thread::Builder::new()
+            .name("nccl-watchdog".into())
+            .spawn(watch);
+    });
+}
+
+/// The first error a live communicator of this process reports (`ncclCommGetAsyncError`), if
+/// any; NCCL's "in progress" is not one.
+pub fn first_async_error() -> Option<String> {
+    const IN_PROGRESS: c_int = 7;
+    let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let api = api().ok()?;
+    for &comm in live.iter() {
+        let mut r: c_int = 0;
+        // SAFETY: a live communicator (Drop and abort_all take it out under this lock first);
+        // NCCL allows this query from any thread while the communicator is in use.
+        unsafe { (api.comm_get_async_error)(comm as RawComm, &mut r) };
+        if r != 0 && r != IN_PROGRESS {
+            return check(api, Some(comm as RawComm), r, "an NCCL collective")
+                .err()
+                .map(|e| format!("{e:#}"));
+        }
+    }
+    None
+}
+
+/// How many communicators this process has joined and not yet destroyed or aborted.
+pub fn live_communicators() -> usize {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
 fn api() -> Result<&'static Api> {
@@ -206,6 +268,10 @@ impl DeviceComm {
                 api.from
             )
         })?;
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(comm as usize);
+        start_watchdog(group.world.describe());
         Ok(DeviceComm {
             comm,
             api,
