@@ -287,10 +287,71 @@ fn on_the_software_gpu_2_and_4_ranks_over_nccl_equal_one_rank() {
         run_ranks(2, &per_layer);
         let four = format!("{trainer}-emu-4");
         expect_success(&launch(4, &emu_args(&four, 1)), "4 ranks");
+        // --shard optimizer (ZeRO-1): each rank keeps and updates a slice of the masters and
+        // moments, and the ranks exchange their bf16 slices after every step.
+        let sharded = |out: &str, accum: usize| {
+            let mut a = emu_args(out, accum);
+            a.extend(["--shard".into(), "optimizer".into()]);
+            a
+        };
+        let two_sharded = format!("{trainer}-emu-2-sharded");
+        run_ranks(2, &sharded(&two_sharded, 2));
+        let four_sharded = format!("{trainer}-emu-4-sharded");
+        expect_success(&launch(4, &sharded(&four_sharded, 1)), "4 sharded ranks");
         // The same f32 gradient sums in another order, and bf16 weights rounded from the masters.
-        assert_same_run(&s.path(&one), &s.path(&two), 1e-3, 1e-2);
-        assert_same_run(&s.path(&one), &s.path(&four), 1e-3, 1e-2);
+        for other in [two, four, two_sharded, four_sharded] {
+            assert_same_run(&s.path(&one), &s.path(&other), 1e-3, 1e-2);
+        }
     }
+}
+
+/// A run whose optimiser state is sharded over 4 software-GPU ranks, stopped, continues sharded
+/// over 2 as an uninterrupted sharded 2-rank run: the checkpoint holds the whole state, gathered
+/// from the slices, and each rank of the new world takes its own slice of it.
+#[test]
+fn on_the_software_gpu_a_sharded_run_stopped_on_4_ranks_continues_on_2() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    std::fs::write(s.path("train.jsonl"), short_pairs(32, 2)).unwrap();
+    let args = |out: &str, accum: usize| {
+        let mut a = s.args("dpo", "emu", out, accum);
+        a.extend(["--shard".into(), "optimizer".into()]);
+        a
+    };
+    let mut stopped = args("stopped", 1);
+    stopped.extend(["--stop-after".to_string(), "2".to_string()]);
+    expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
+    assert_eq!(steps(&s.path("stopped")).len(), 2);
+    let resumed = prefer()
+        .args(["launch", "--nproc-per-node", "2"])
+        .args(["--master-port", &free_port().to_string(), "--"])
+        .args(["dpo", "--resume"])
+        .arg(s.path("stopped"))
+        .output()
+        .unwrap();
+    expect_success(&resumed, "resumed on 2 ranks");
+    run_ranks(2, &args("straight", 2));
+    assert_eq!(steps(&s.path("straight")).len(), 8);
+    assert_same_run(&s.path("straight"), &s.path("stopped"), 1e-3, 1e-2);
+}
+
+/// --shard optimizer on the CPU is refused: the CPU trainer keeps its state whole.
+#[test]
+fn shard_optimizer_on_the_cpu_is_refused() {
+    let _memory = sharing_memory();
+    let s = Setup::new();
+    let mut a = s.args("dpo", "cpu", "refused", 1);
+    a.extend(["--shard".into(), "optimizer".into()]);
+    let out = prefer().args(&a).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--shard optimizer splits the GPU trainer's"),
+        "{err}"
+    );
 }
 
 /// DPO on 2 layers at llama-1b widths (hidden 2048, MLP 8192, 32 query and 8 KV heads) with the

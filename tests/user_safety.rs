@@ -223,7 +223,7 @@ fn resume_works_from_anywhere_and_refuses_what_it_cannot_honour() {
     assert!(!o.status.success());
     assert_stderr_has(
         &o,
-        "drop --lr (only --device, --bucket-mb, --ref-cache-dir may change)",
+        "drop --lr (only --device, --bucket-mb, --shard, --ref-cache-dir may change)",
     );
     // The other trainer is told what the run is.
     let o = resume(&[], "rm");

@@ -64,8 +64,8 @@ fn check_adamw(
         cuda::adamw::adamw_step(
             eng,
             &mut master_d,
-            &mut p16_d,
-            &grads_d,
+            &mut p16_d.slice_mut(..),
+            &grads_d.slice(..),
             &mut m_d,
             &mut v_d,
             &norm_d,

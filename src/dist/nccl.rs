@@ -460,6 +460,46 @@ impl DeviceComm {
         })
     }
 
+    /// Rank `root`'s `buf[range]` into every rank's `buf[range]`, after the compute stream's work
+    /// so far, without the compute stream waiting (that is [`DeviceComm::join_compute`]). Ranks
+    /// broadcasting their own slices in turn make an all-gather of unequal slices in place.
+    pub fn broadcast_part<T: NcclType>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        range: Range<usize>,
+        root: usize,
+    ) -> Result<()> {
+        if range.start > range.end || range.end > buf.len() || root >= self.size {
+            bail!(
+                "ncclBroadcast of values {range:?} of a buffer of {} from rank {root} of {}",
+                buf.len(),
+                self.size
+            );
+        }
+        let n = range.len();
+        let stream = self.stream.clone();
+        let (base, _sync) = buf.device_ptr_mut(&stream);
+        let ptr = base + (range.start * std::mem::size_of::<T>()) as u64;
+        let what = format!(
+            "ncclBroadcast of {n} values (at {}) from rank {root}",
+            range.start
+        );
+        self.after_compute(&what, |api, comm, s| {
+            // SAFETY: in place over `n` elements of T inside `buf`; ordered by events.
+            unsafe {
+                (api.broadcast)(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    n,
+                    T::TYPE,
+                    root as c_int,
+                    comm,
+                    s,
+                )
+            }
+        })
+    }
+
     /// An error a collective hit after it was queued (a dead peer, a mismatch), if any.
     pub fn async_error(&self) -> Result<()> {
         let mut r: c_int = 0;

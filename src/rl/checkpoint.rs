@@ -5,7 +5,7 @@ use super::setup::{Models, Setup};
 use crate::loss::{KlController, RunningMoments};
 use crate::model::weights::{replace_dir, staging_dir};
 use crate::train::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainerState};
-use crate::train::state::TrainState;
+use crate::train::state::{HostState, TrainState};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -21,9 +21,10 @@ pub struct RlState {
 
 /// policy/ and value/ (each an HF folder with its AdamW state) and rl_state.json, swapped in as
 /// one folder so a crash leaves the previous checkpoint whole.
-pub fn save_rl_checkpoint<S: TrainState>(
+pub fn save_rl_checkpoint(
     dir: &Path,
-    m: &Models<S>,
+    policy: &HostState,
+    value: Option<&HostState>,
     s: &Setup,
     state: &RlState,
 ) -> Result<()> {
@@ -39,23 +40,21 @@ pub fn save_rl_checkpoint<S: TrainState>(
         adam_t: 0,
         micro_batches_per_step: None,
     };
-    let host = m.policy.host_state()?;
     save_training_checkpoint(
         &tmp.join("policy"),
         &s.policy_cfg,
-        &host,
+        policy,
         &TrainerState {
-            adam_t: host.t,
+            adam_t: policy.t,
             ..pos.clone()
         },
         &extra,
     )?;
-    if let (Some(vm), Some(cfg)) = (m.value.as_ref(), &s.value_cfg) {
-        let host = vm.host_state()?;
+    if let (Some(host), Some(cfg)) = (value, &s.value_cfg) {
         save_training_checkpoint(
             &tmp.join("value"),
             cfg,
-            &host,
+            host,
             &TrainerState {
                 adam_t: host.t,
                 ..pos

@@ -96,7 +96,8 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.
         let trainer = |m: &crate::model::Llama| -> Result<GpuTrainer> {
-            let mut t = GpuTrainer::on(cuda.share(), m)?;
+            let shard = setup.opts.run.optimizer_shard(&run.group);
+            let mut t = GpuTrainer::sharded(cuda.share(), m, shard)?;
             t.weight_decay = weight_decay;
             t.bucket_values = bucket_values;
             Ok(t)
@@ -110,6 +111,7 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
         };
         drive_ppo(models, &setup, &run)?
     } else {
+        setup.opts.run.refuse_shard_on_cpu()?;
         let models = Models {
             policy: CpuState::new(policy, weight_decay),
             value: value.map(|m| CpuState::new(m, weight_decay)),
@@ -309,8 +311,14 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
     /// others wait until it is whole.
     fn save(&mut self, checkpoint: &Path, next_step: usize) -> Result<()> {
         self.state.next_iteration = next_step;
-        if self.group.is_root() {
-            save_rl_checkpoint(checkpoint, &self.m, self.s, &self.state)?;
+        // Every rank takes part in gathering a sharded state; rank 0 writes.
+        let policy = self.m.policy.gather_state(&self.group, false)?;
+        let value = match self.m.value.as_mut() {
+            Some(vm) => vm.gather_state(&self.group, false)?,
+            None => None,
+        };
+        if let Some(policy) = policy {
+            save_rl_checkpoint(checkpoint, &policy, value.as_ref(), self.s, &self.state)?;
         }
         self.group.barrier("checkpoint saved")
     }
@@ -318,9 +326,17 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
     /// The final policy at the run's root, the value model in value/.
     fn finish(&mut self, end: RunEnd) -> Result<PpoSummary> {
         self.summary.interrupted = end.interrupted;
-        if end.stopped_early || !self.group.is_root() {
+        if end.stopped_early {
             return Ok(self.summary.clone());
         }
+        let policy = self.m.policy.gather_state(&self.group, false)?;
+        let value = match self.m.value.as_mut() {
+            Some(vm) => vm.gather_state(&self.group, false)?,
+            None => None,
+        };
+        let Some(policy) = policy else {
+            return Ok(self.summary.clone());
+        };
         let s = self.s;
         let extra: Vec<(&str, &[u8])> = s
             .extra_files
@@ -328,10 +344,8 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
             .map(|(n, b)| (*n, b.as_slice()))
             .collect();
         let out = &s.opts.run.out;
-        let policy = self.m.policy.host_state()?;
         save_model_into(out, &s.policy_cfg, &policy.params, SaveDtype::F32, &extra)?;
-        if let (Some(vm), Some(cfg)) = (self.m.value.as_ref(), &s.value_cfg) {
-            let value = vm.host_state()?;
+        if let (Some(value), Some(cfg)) = (value, &s.value_cfg) {
             save_checkpoint(
                 &out.join("value"),
                 cfg,

@@ -10,7 +10,7 @@ use crate::model::{Batch, GradSink, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
 use crate::ops::cuda::backend::Cuda;
 use crate::ops::Backend;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cudarc::driver::CudaSlice;
 
 /// Gradient norms kept on the device between reads: a loop that logs less often than this reads
@@ -40,6 +40,15 @@ pub struct GpuTrainer {
     pub bucket_values: usize,
     /// The ranks' gradient sum, in a data-parallel run (none for one process).
     reducer: Option<GradReducer>,
+    /// Under `--shard optimizer`: this rank and the world; `master`, `m` and `v` then hold only
+    /// this rank's slice of the layout ([`shard_range`]).
+    shard: Option<(usize, usize)>,
+}
+
+/// Rank `rank`'s slice of `n` values split over `size` ranks: contiguous, sizes differing by at
+/// most one.
+pub fn shard_range(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
+    rank * n / size..(rank + 1) * n / size
 }
 
 /// DDP's default bucket: 25 MiB of fp32 gradients.
@@ -86,16 +95,36 @@ impl GpuTrainer {
 
     /// The trainer of `cpu`'s weights on `backend` (which other models may share).
     pub fn on(backend: Cuda, cpu: &Llama) -> Result<Self> {
+        Self::sharded(backend, cpu, None)
+    }
+
+    /// [`GpuTrainer::on`], keeping with `shard = Some((rank, size))` only this rank's slice of the
+    /// fp32 master weights and AdamW moments (`--shard optimizer`, ZeRO-1): each step updates
+    /// that slice and the ranks exchange their bf16 weights.
+    pub fn sharded(backend: Cuda, cpu: &Llama, shard: Option<(usize, usize)>) -> Result<Self> {
         let model = cpu.upload(backend)?;
         let eng = &model.backend.eng;
         let n = cpu.layout.len;
+        let own = match shard {
+            Some((rank, size)) => shard_range(n, rank, size),
+            None => 0..n,
+        };
+        // The ranges weight decay skips, as offsets into this rank's slice.
+        let no_decay: Vec<_> = cpu
+            .layout
+            .no_decay_ranges()
+            .into_iter()
+            .map(|r| r.start.max(own.start)..r.end.min(own.end))
+            .filter(|r| r.start < r.end)
+            .map(|r| r.start - own.start..r.end - own.start)
+            .collect();
         Ok(GpuTrainer {
-            master: eng.upload(&cpu.params)?,
+            master: eng.upload(&cpu.params[own.clone()])?,
             grads: eng.zeros(n)?,
-            m: eng.zeros(n)?,
-            v: eng.zeros(n)?,
+            m: eng.zeros(own.len())?,
+            v: eng.zeros(own.len())?,
             norm: eng.zeros(1)?,
-            no_decay: upload_no_decay(eng, &cpu.layout.no_decay_ranges())?,
+            no_decay: upload_no_decay(eng, &no_decay)?,
             norm_partial: norm_scratch(eng)?,
             norm_history: eng.zeros(NORM_HISTORY)?,
             pending_norms: 0,
@@ -105,8 +134,17 @@ impl GpuTrainer {
             weight_decay: 0.0,
             bucket_values: DEFAULT_BUCKET_VALUES,
             reducer: None,
+            shard,
             model,
         })
+    }
+
+    /// The slice of the layout this rank's optimiser updates.
+    fn own(&self) -> std::ops::Range<usize> {
+        match self.shard {
+            Some((rank, size)) => shard_range(self.grads.len(), rank, size),
+            None => 0..self.grads.len(),
+        }
     }
 
     /// One optimiser step on `batch` with the next-token cross-entropy, mean over the positions
@@ -148,18 +186,73 @@ impl GpuTrainer {
             t: self.t,
             max_norm,
         };
+        let own = self.own();
         let (master, params) = (&mut self.master, &mut self.model.params);
         adamw_step(
             eng,
             master,
-            params,
-            &self.grads,
+            &mut params.slice_mut(own.clone()),
+            &self.grads.slice(own),
             &mut self.m,
             &mut self.v,
             &self.norm,
             self.no_decay.as_ref(),
             h,
-        )
+        )?;
+        // Sharded: every rank updated its slice of the bf16 weights; each sends it to the others
+        // (an all-gather of unequal slices, in place), and the next forward waits for all.
+        if let Some((_, size)) = self.shard {
+            let n = self.grads.len();
+            let reducer = self
+                .reducer
+                .as_mut()
+                .context("a sharded optimiser step before the ranks' gradient sum")?;
+            for root in 0..size {
+                let part = shard_range(n, root, size);
+                reducer
+                    .comm
+                    .broadcast_part(&mut self.model.params, part, root)?;
+            }
+            reducer.comm.join_compute()?;
+        }
+        Ok(())
+    }
+
+    /// Every rank's slices of the master weights and AdamW moments, whole, on the host of rank 0
+    /// (and of every rank with `to_all`): each buffer in turn is assembled on the device from the
+    /// ranks' slices (4 bytes a parameter for the while), then downloaded.
+    fn gather_sharded(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
+        self.join(group)?;
+        let n = self.grads.len();
+        let size = group.size();
+        let own = self.own();
+        let want = to_all || group.is_root();
+        let mut host = Vec::with_capacity(3);
+        for which in 0..3 {
+            let eng = &self.model.backend.eng;
+            let mut full = eng.zeros::<f32>(n)?;
+            let mine = [&self.master, &self.m, &self.v][which];
+            eng.stream
+                .memcpy_dtod(mine, &mut full.slice_mut(own.clone()))
+                .map_err(|e| anyhow::anyhow!("assembling the optimiser state: {e:?}"))?;
+            let comm = &mut self.reducer.as_mut().expect("joined above").comm;
+            for root in 0..size {
+                comm.broadcast_part(&mut full, shard_range(n, root, size), root)?;
+            }
+            comm.join_compute()?;
+            host.push(if want {
+                eng.download(&full)?
+            } else {
+                Vec::new()
+            });
+        }
+        let [params, m, v]: [Vec<f32>; 3] = host.try_into().expect("three buffers");
+        Ok(want.then_some(HostState {
+            params,
+            m,
+            v,
+            t: self.t,
+        }))
     }
 
     /// Joins the ranks' communicator, once: at the first step's gradient sum, which every rank
@@ -237,7 +330,22 @@ impl TrainState for GpuTrainer {
         norms.extend(self.read_history()?);
         Ok(norms)
     }
+    fn gather_state(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
+        if self.shard.is_some() {
+            return self.gather_sharded(group, to_all);
+        }
+        Ok(if to_all || group.is_root() {
+            Some(self.host_state()?)
+        } else {
+            None
+        })
+    }
     fn host_state(&self) -> Result<HostState> {
+        anyhow::ensure!(
+            self.shard.is_none(),
+            "the optimiser state is split over the ranks (--shard optimizer): gather_state \
+             collects it"
+        );
         let eng = &self.model.backend.eng;
         Ok(HostState {
             params: eng.download(&self.master)?,
@@ -248,13 +356,15 @@ impl TrainState for GpuTrainer {
     }
     fn restore(&mut self, s: HostState) -> Result<()> {
         anyhow::ensure!(
-            s.params.len() == self.master.len(),
+            s.params.len() == self.grads.len(),
             "the checkpoint holds another model's parameters"
         );
+        let own = self.own();
         let b = &self.model.backend;
-        self.master = b.eng.upload(&s.params)?;
+        self.master = b.eng.upload(&s.params[own.clone()])?;
         self.model.params = b.upload_params(&s.params)?;
-        (self.m, self.v, self.t) = (b.eng.upload(&s.m)?, b.eng.upload(&s.v)?, s.t);
+        let (m, v) = (&s.m[own.clone()], &s.v[own]);
+        (self.m, self.v, self.t) = (b.eng.upload(m)?, b.eng.upload(v)?, s.t);
         Ok(())
     }
 }

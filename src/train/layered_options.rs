@@ -21,7 +21,7 @@ pub trait TrainerArgs: Serialize + DeserializeOwned + Clone + Default {
     /// The options a resumed run may take from the command line (they are the machine's, not the
     /// run's).
     fn may_change_on_resume(&self) -> &'static [&'static str] {
-        &["device", "bucket-mb"]
+        &["device", "bucket-mb", "shard"]
     }
     /// Options that are not saved (besides [`RunArgs`]' own), carried from `from` onto options
     /// rebuilt from saved ones.

@@ -373,15 +373,14 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         ))
     }
 
-    /// Rank 0 writes the checkpoint (every rank holds the same weights and moments); the others
-    /// wait until it is whole, so none exits before it is.
+    /// Rank 0 writes the checkpoint (gathered from the ranks' slices under --shard optimizer);
+    /// the others wait until it is whole, so none exits before it is.
     fn save(&mut self, checkpoint: &Path, next_step: usize) -> Result<()> {
-        if !self.group.is_root() {
+        let Some(host) = self.state.gather_state(&self.group, false)? else {
             self.group.barrier("checkpoint saved")?;
             self.since = Instant::now();
             return Ok(());
-        }
-        let host = self.state.host_state()?;
+        };
         let position = TrainerState {
             next_step,
             total_steps: self.total_steps,
@@ -420,8 +419,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         if end.stopped_early {
             return Ok(summary);
         }
-        if self.group.is_root() {
-            let host = self.state.host_state()?;
+        if let Some(host) = self.state.gather_state(&self.group, false)? {
             save_model_into(
                 &self.opts.run.out,
                 &self.state.model().cfg,

@@ -148,7 +148,7 @@ impl TrainerArgs for TrainArgs {
         )
     }
     fn may_change_on_resume(&self) -> &'static [&'static str] {
-        &["device", "bucket-mb", "ref-cache-dir"]
+        &["device", "bucket-mb", "shard", "ref-cache-dir"]
     }
     fn paths_mut(&mut self) -> Vec<&mut Option<PathBuf>> {
         vec![

@@ -12,6 +12,16 @@ use crate::train::schedule::{Decay, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// What a data-parallel rank keeps of the training state (`--shard`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shard {
+    /// A whole copy on every rank (DDP).
+    None,
+    /// The fp32 master weights and AdamW moments split over the ranks (ZeRO-1).
+    Optimizer,
+}
+
 #[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RunArgs {
@@ -51,6 +61,12 @@ pub struct RunArgs {
     /// (DDP's bucket_cap_mb, same default); 0: a bucket per layer.
     #[arg(long, allow_negative_numbers = true)]
     pub bucket_mb: Option<f64>,
+    /// Over several GPU ranks: `optimizer` splits the fp32 master weights and AdamW's moments
+    /// (12 of the 18 bytes a parameter) over the ranks, each updating its slice and sending its
+    /// bf16 weights to the others (ZeRO-1; gradients are still summed whole); `none` keeps a
+    /// whole copy on every rank (DDP).
+    #[arg(long, value_enum)]
+    pub shard: Option<Shard>,
     /// Seed of the data order.
     #[arg(long, value_parser = crate::train::bounds::seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
@@ -128,6 +144,7 @@ impl RunArgs {
             max_grad_norm: Some(1.0),
             recompute: Some(false),
             bucket_mb: Some(25.0),
+            shard: Some(Shard::None),
             seed: Some(0),
             device: Some(Device::Auto),
             ..RunArgs::default()
@@ -157,6 +174,7 @@ pub struct RunOptions {
     pub max_grad_norm: f32,
     pub recompute: bool,
     pub bucket_mb: f64,
+    pub shard: Shard,
     pub seed: u64,
     pub device: Device,
     pub save_every: usize,
@@ -182,6 +200,7 @@ impl RunOptions {
             max_grad_norm: a.max_grad_norm.expect(given),
             recompute: a.recompute.expect(given),
             bucket_mb: a.bucket_mb.expect(given),
+            shard: a.shard.expect(given),
             seed: a.seed.expect(given),
             device: a.device.expect(given),
             save_every: a.save_every.expect(given),
@@ -231,6 +250,23 @@ impl RunOptions {
             Float("--max-grad-norm", self.max_grad_norm, R::closed(0.0, 1e9)),
             Float("--bucket-mb", self.bucket_mb as f32, R::closed(0.0, 1e6)),
         ])
+    }
+
+    /// This rank and the world under `--shard optimizer` over several ranks; None otherwise.
+    pub fn optimizer_shard(&self, group: &crate::dist::group::Group) -> Option<(usize, usize)> {
+        (self.shard == Shard::Optimizer && group.size() > 1).then(|| (group.rank(), group.size()))
+    }
+
+    /// `--shard optimizer` splits the GPU trainer's state; the CPU trainer (f32 weights, the
+    /// oracle) keeps it whole.
+    pub fn refuse_shard_on_cpu(&self) -> anyhow::Result<()> {
+        if self.shard != Shard::None {
+            anyhow::bail!(
+                "--shard optimizer splits the GPU trainer's fp32 masters and AdamW moments over the \
+                 ranks; the CPU trainer keeps them whole: use --device cuda (or emu), or --shard none"
+            );
+        }
+        Ok(())
     }
 
     /// --bucket-mb as a count of fp32 gradient values.

@@ -47,8 +47,19 @@ pub trait TrainState {
     /// The gradient norms of the steps since the last call, oldest first; on a GPU this is the
     /// host synchronisation a training loop makes only when it logs.
     fn take_grad_norms(&mut self) -> Result<Vec<f32>>;
-    /// The fp32 master weights and AdamW moments, on the host.
+    /// The fp32 master weights and AdamW moments, on the host. Not for a sharded state: that is
+    /// [`TrainState::gather_state`].
     fn host_state(&self) -> Result<HostState>;
+    /// [`TrainState::host_state`] as every rank calls it together: on rank 0 (and on every rank
+    /// with `to_all`), the whole state; `None` elsewhere. A state sharded over the ranks
+    /// (`--shard optimizer`) is gathered from their slices.
+    fn gather_state(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
+        Ok(if to_all || group.is_root() {
+            Some(self.host_state()?)
+        } else {
+            None
+        })
+    }
     fn restore(&mut self, s: HostState) -> Result<()>;
 }
 

@@ -105,11 +105,12 @@ pub fn run_training_in(
     // bf16 on CUDA, f32 on the CPU; `auto` takes the GPU when kernels and a GPU are usable.
     let (summary, end) = match opts.run.device.engine()? {
         None => {
+            opts.run.refuse_shard_on_cpu()?;
             let state = CpuState::new(cpu_model, weight_decay);
             drive_offline(state, &opts, &data, &extra, &run)?
         }
         Some(cuda) => {
-            let state = gpu_state(cuda, &cpu_model, &opts.run, run.group.is_root())?;
+            let state = gpu_state(cuda, &cpu_model, &opts.run, &run.group)?;
             drive_offline(state, &opts, &data, &extra, &run)?
         }
     };
@@ -149,8 +150,9 @@ fn read_data(opts: &TrainOptions, enc: &Encoder, root: bool) -> Result<Data> {
     Ok(Data { train, eval })
 }
 
-fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, root: bool) -> Result<GpuTrainer> {
-    let mut state = GpuTrainer::on(cuda, cpu)?;
+fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, group: &Group) -> Result<GpuTrainer> {
+    let root = group.is_root();
+    let mut state = GpuTrainer::sharded(cuda, cpu, run.optimizer_shard(group))?;
     state.weight_decay = run.weight_decay;
     state.bucket_values = run.bucket_values();
     let on = if crate::emu::is_active() {
@@ -169,7 +171,7 @@ fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, root: bool) -> Result<Gp
 type References = (Option<Vec<(f32, f32)>>, Option<Vec<(f32, f32)>>);
 
 fn reference_logprobs<S: TrainState>(
-    state: &S,
+    state: &mut S,
     opts: &TrainOptions,
     data: &Data,
     group: &Group,
@@ -181,7 +183,10 @@ where
         return Ok((None, None));
     };
     let objective = DpoObjective { config: dpo.config };
-    let host_params = state.host_state()?.params;
+    let host_params = state
+        .gather_state(group, true)?
+        .expect("gathered to every rank")
+        .params;
     let cached = |pairs: &[PreferencePair]| {
         objective.cached_reference(
             state.model(),
@@ -215,7 +220,7 @@ where
 
 /// Builds the stages over the device's `TrainState` and drives them.
 fn drive_offline<S: TrainState>(
-    state: S,
+    mut state: S,
     opts: &TrainOptions,
     data: &Data,
     extra: &[(&'static str, Vec<u8>)],
@@ -226,7 +231,7 @@ where
     DpoObjective: Objective<S::B>,
 {
     let group = run.group.clone();
-    let (ref_train, ref_eval) = reference_logprobs(&state, opts, data, &group)?;
+    let (ref_train, ref_eval) = reference_logprobs(&mut state, opts, data, &group)?;
     let dpo;
     let objective: &dyn Objective<S::B> = match &opts.dpo {
         None => &RewardObjective,

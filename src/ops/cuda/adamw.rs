@@ -3,7 +3,7 @@
 
 use super::CudaEngine;
 use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// Blocks of the norm's first pass: fixed, so the sum's order (and value) never changes.
@@ -85,13 +85,14 @@ pub fn upload_no_decay(
 
 /// One AdamW step over the flat buffers: master (f32) and its bf16 copy, m and v, with the
 /// gradient scaled by min(1, max_norm / norm[0]) and no weight decay inside `no_decay`
-/// (from [`upload_no_decay`]).
+/// (from [`upload_no_decay`], offsets into these buffers). The bf16 copy and the gradients are
+/// views: under `--shard optimizer` a rank updates its slice of the model's.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     eng: &CudaEngine,
     master: &mut CudaSlice<f32>,
-    params_bf16: &mut CudaSlice<bf16>,
-    grads: &CudaSlice<f32>,
+    params_bf16: &mut CudaViewMut<bf16>,
+    grads: &CudaView<f32>,
     m: &mut CudaSlice<f32>,
     v: &mut CudaSlice<f32>,
     norm: &CudaSlice<f32>,
