@@ -679,8 +679,11 @@ fn on_the_software_gpu_ppo_and_grpo_on_2_and_4_ranks_over_nccl_equal_one_rank() 
         let mut per_layer = args(&two);
         per_layer.extend(["--bucket-mb".into(), "0".into()]);
         run_ranks(2, &per_layer);
+        // Four ranks with their optimiser state sharded (--shard optimizer): the same steps.
         let four = format!("{algo}-emu-4");
-        expect_success(&launch(4, &args(&four)), "4 ranks");
+        let mut sharded = args(&four);
+        sharded.extend(["--shard".into(), "optimizer".into()]);
+        expect_success(&launch(4, &sharded), "4 sharded ranks");
         // bf16 weights from f32 masters that differ in their last bits (the gradient sums'
         // order) round to another bf16 here and there, and Adam turns a near-zero gradient's
         // sign into a whole step: the metrics drift apart by up to a few percent over three

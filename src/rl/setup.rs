@@ -180,6 +180,15 @@ pub fn needs_reference(o: &PpoOptions) -> bool {
 
 fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let o = &s.opts;
+    // A GPU's plan, printed once (by rank 0); the CPU trainer keeps f32 everything.
+    let world = crate::dist::world::World::from_env().ok();
+    if o.run.device == crate::ops::Device::Cpu || world.as_ref().is_some_and(|w| w.rank != 0) {
+        return;
+    }
+    let shards = match (o.run.shard, &world) {
+        (crate::train::run_args::Shard::Optimizer, Some(w)) => w.size,
+        _ => 1,
+    };
     let lens: Vec<usize> = s.prompts.iter().map(|p| p.ids.len()).collect();
     let longest = lens.iter().copied().max().unwrap_or(1);
     let max_pos = s.policy_cfg.max_position_embeddings;
@@ -200,6 +209,7 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         seq,
         kv_blocks * bs,
         o.run.recompute,
+        shards,
     );
     if !needs_reference(o) {
         if let Some(line) = plan.lines.iter_mut().find(|l| l.0.starts_with("reference")) {
@@ -210,10 +220,15 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     eprint!(
         "{}",
         plan.render(&format!(
-            "GPU, {} sequences an iteration, micro-batches of {} x {seq} tokens{}",
+            "GPU, {} sequences an iteration, micro-batches of {} x {seq} tokens{}{}",
             o.prompt_batch_size * k,
             o.minibatch_size / o.grad_accum,
-            if o.run.recompute { ", --recompute" } else { "" }
+            if o.run.recompute { ", --recompute" } else { "" },
+            if shards > 1 {
+                format!(", optimizer state split over {shards} ranks")
+            } else {
+                String::new()
+            }
         ))
     );
 }

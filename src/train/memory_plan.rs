@@ -75,6 +75,18 @@ impl MemoryPlan {
         MemoryPlan { lines, total }
     }
 
+    /// The plan of one rank of `ranks` under `--shard optimizer`: its slice of the fp32 master
+    /// weights and AdamW moments (the slices differ by at most one parameter).
+    pub fn optimizer_sharded(mut self, ranks: usize) -> MemoryPlan {
+        for line in &mut self.lines {
+            if line.0.starts_with("master weights") || line.0.starts_with("AdamW moments") {
+                line.1 = line.1.div_ceil(ranks.max(1) as u64);
+            }
+        }
+        self.total = self.lines.iter().map(|(_, b)| b).sum();
+        self
+    }
+
     /// A PPO iteration: the policy and (for PPO) the value model trained, the reference and the
     /// reward model frozen in bf16, all on one engine, so the biggest phase sets the activations:
     /// a training micro-batch of `micro` sequences of `seq` tokens (policy or value; the scoring
@@ -87,9 +99,14 @@ impl MemoryPlan {
         seq: usize,
         kv_tokens: usize,
         recompute: bool,
+        optimizer_shards: usize,
     ) -> MemoryPlan {
         let params = |c: &LlamaConfig| ParamLayout::new(c).len as u64;
-        let state = |c: &LlamaConfig| 18 * params(c);
+        // bf16 weights and f32 gradients whole; f32 masters and moments split under
+        // --shard optimizer.
+        let state = |c: &LlamaConfig| {
+            6 * params(c) + (12 * params(c)).div_ceil(optimizer_shards.max(1) as u64)
+        };
         let step = |c: &LlamaConfig| {
             let plan = MemoryPlan::training(c, micro, seq, recompute);
             plan.lines[4..].iter().map(|(_, b)| b).sum::<u64>()
@@ -153,14 +170,29 @@ mod tests {
         let params = ParamLayout::new(&cfg).len as u64;
         let state: u64 = full.lines[..4].iter().map(|(_, b)| b).sum();
         assert_eq!(state, 18 * params);
+        // Over 8 ranks with --shard optimizer: 6 bytes a parameter whole, 12 split.
+        let sharded = full.clone().optimizer_sharded(8);
+        let state: u64 = sharded.lines[..4].iter().map(|(_, b)| b).sum();
+        assert!(state.abs_diff(6 * params + 12 * params / 8) <= 8, "{state}");
+        assert_eq!(full.total - sharded.total, 18 * params - state);
     }
 
     #[test]
     fn t6s_ppo_iteration_plan() {
         // DESIGN.md's T6: four llama-1b models, 64 prompts x (128 + 256), minibatches of 16.
         let cfg = LlamaConfig::preset("llama-1b").unwrap();
-        let plan =
-            |recompute| MemoryPlan::ppo(&cfg, Some(&cfg), Some(&cfg), 16, 384, 64 * 400, recompute);
+        let plan = |recompute| {
+            MemoryPlan::ppo(
+                &cfg,
+                Some(&cfg),
+                Some(&cfg),
+                16,
+                384,
+                64 * 400,
+                recompute,
+                1,
+            )
+        };
         let (full, rc) = (plan(false), plan(true));
         // Two trained models at 18 bytes a parameter dominate: 41.5 GiB before activations.
         let params = ParamLayout::new(&cfg).len as u64;
