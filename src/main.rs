@@ -131,6 +131,13 @@ enum Command {
         /// train/dpo: print the memory plan and stop; needs no GPU.
         #[arg(long)]
         plan_only: bool,
+        /// train/dpo --plan-only: the plan of one rank of this many.
+        #[arg(long, default_value_t = 1)]
+        world_size: usize,
+        /// train/dpo --plan-only: what each rank keeps of the training state (see `prefer dpo
+        /// --help`).
+        #[arg(long, value_enum, default_value_t = prefer::train::run_args::Shard::None)]
+        shard: prefer::train::run_args::Shard,
         /// cuda (or auto) on a GPU; emu on the software GPU, which times the CPU, not a GPU;
         /// generate also runs on cpu.
         #[arg(long, value_enum, env = "PREFER_DEVICE", default_value_t = Device::Auto)]
@@ -327,11 +334,14 @@ fn run(command: Command) -> Result<()> {
             steps,
             recompute,
             plan_only,
+            world_size,
+            shard,
             device,
             prompt_len,
             new,
         } => {
             check_all(&[
+                Int("--world-size", world_size, 1..=1 << 20),
                 Int("--batch", batch, 1..=65_536),
                 Int("--prompt-len", prompt_len, 1..=1 << 24),
                 Int("--new", new, 1..=1 << 24),
@@ -355,6 +365,8 @@ fn run(command: Command) -> Result<()> {
                 steps,
                 recompute,
                 plan_only,
+                world_size,
+                shard,
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }

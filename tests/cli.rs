@@ -161,3 +161,44 @@ fn missing_checkpoint_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `bench train --plan-only` on any machine: Tulu 2 13B's shape with the optimiser state split over
+/// 8 ranks keeps 6 bytes a parameter whole and 12 split (13.0B parameters: 90.9 GiB of state
+/// against 218 GiB unsharded), and `--world-size` without `--plan-only` is refused.
+#[test]
+fn plan_only_prints_one_ranks_bytes_under_shard_optimizer() {
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["bench", "train", "--plan-only", "--preset", "llama-2-13b"];
+        args.extend(["--recompute", "--batch", "1", "--seq", "2048"]);
+        args.extend_from_slice(extra);
+        let out = prefer(&args);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let gib = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap();
+            line.split_whitespace()
+                .rev()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (text.clone(), gib("master weights"), gib("total"))
+    };
+    let (whole, master, total) = plan(&[]);
+    let (text, master8, total8) = plan(&["--world-size", "8", "--shard", "optimizer"]);
+    assert!(text.contains("one rank of 8 (--shard optimizer)"), "{text}");
+    assert!((master - 48.49).abs() < 0.01, "{whole}");
+    assert!((master8 - master / 8.0).abs() < 0.01, "{text}");
+    // Masters and both moments: 12 bytes a parameter, 7/8 of them gone.
+    assert!(
+        (total - total8 - 3.0 * master * 7.0 / 8.0).abs() < 0.05,
+        "{whole}\n{text}"
+    );
+    let refused = prefer(&["bench", "train", "--world-size", "2"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("describe a plan (--plan-only)"));
+}

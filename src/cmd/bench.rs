@@ -22,6 +22,9 @@ pub struct TrainBenchArgs {
     pub recompute: bool,
     /// Print the memory plan and stop.
     pub plan_only: bool,
+    /// The plan is one rank's of this many, keeping this much of the state.
+    pub world_size: usize,
+    pub shard: crate::train::run_args::Shard,
 }
 
 impl TrainBenchArgs {
@@ -32,7 +35,11 @@ impl TrainBenchArgs {
         } else {
             self.batch
         };
-        MemoryPlan::training(cfg, rows, self.seq, self.recompute)
+        let plan = MemoryPlan::training(cfg, rows, self.seq, self.recompute);
+        match self.shard {
+            crate::train::run_args::Shard::Optimizer => plan.optimizer_sharded(self.world_size),
+            crate::train::run_args::Shard::None => plan,
+        }
     }
 
     fn plan_title(&self, what: &str) -> String {
@@ -42,10 +49,19 @@ impl TrainBenchArgs {
             format!("{} sequences", self.batch)
         };
         format!(
-            "{}, {rows} x {} tokens{}",
+            "{}, {rows} x {} tokens{}{}",
             self.preset,
             self.seq,
-            if self.recompute { ", --recompute" } else { "" }
+            if self.recompute { ", --recompute" } else { "" },
+            if self.world_size > 1 {
+                format!(
+                    ", one rank of {} (--shard {:?})",
+                    self.world_size, self.shard
+                )
+                .to_lowercase()
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -58,6 +74,13 @@ pub fn run_bench(
 ) -> Result<()> {
     if !matches!(what, "kernels" | "train" | "dpo" | "generate") {
         bail!("unknown benchmark {what:?} (kernels, train, dpo, generate)");
+    }
+    let sharded = train.shard != crate::train::run_args::Shard::None;
+    if !train.plan_only && (train.world_size > 1 || sharded) {
+        bail!(
+            "--world-size and --shard describe a plan (--plan-only); a benchmark runs one process \
+             on one GPU"
+        );
     }
     if train.plan_only {
         if !matches!(what, "train" | "dpo") {

@@ -47,8 +47,19 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     /// llama-134m is DESIGN.md's "llama-124m" (T2), named for its 134.1M parameters (an untied
-    /// 32000-token vocabulary); the old name still works.
-    pub const PRESETS: [&'static str; 3] = ["tiny", "llama-134m", "llama-1b"];
+    /// 32000-token vocabulary); the old name still works. The Llama 2 and Llama 3 presets have the
+    /// published shapes (llama-2-13b is Tulu 2 13B's, the paper's policy), for memory plans and
+    /// benchmarks; their special ids are the byte tokenizer's, as every preset's.
+    pub const PRESETS: [&'static str; 8] = [
+        "tiny",
+        "llama-134m",
+        "llama-1b",
+        "llama-2-7b",
+        "llama-2-13b",
+        "llama-2-70b",
+        "llama-3-8b",
+        "llama-3-70b",
+    ];
 
     /// A named preset. Every preset uses the built-in byte tokenizer's special ids.
     pub fn preset(name: &str) -> Result<Self> {
@@ -103,6 +114,46 @@ impl LlamaConfig {
                 max_position_embeddings: 131072,
                 ..base
             },
+            // Llama 2 (4096 positions, untied 32000-token vocabulary); 70B with 8 KV heads.
+            "llama-2-7b" | "llama-2-13b" | "llama-2-70b" => {
+                let (d, f, l, h, kv) = match name {
+                    "llama-2-7b" => (4096, 11008, 32, 32, 32),
+                    "llama-2-13b" => (5120, 13824, 40, 40, 40),
+                    _ => (8192, 28672, 80, 64, 8),
+                };
+                LlamaConfig {
+                    vocab_size: 32000,
+                    hidden_size: d,
+                    intermediate_size: f,
+                    num_hidden_layers: l,
+                    num_attention_heads: h,
+                    num_key_value_heads: kv,
+                    head_dim: 128,
+                    max_position_embeddings: 4096,
+                    tie_word_embeddings: false,
+                    ..base
+                }
+            }
+            // Llama 3 (8192 positions, θ 500000, 128256-token vocabulary, 8 KV heads).
+            "llama-3-8b" | "llama-3-70b" => {
+                let (d, f, l, h) = match name {
+                    "llama-3-8b" => (4096, 14336, 32, 32),
+                    _ => (8192, 28672, 80, 64),
+                };
+                LlamaConfig {
+                    vocab_size: 128256,
+                    hidden_size: d,
+                    intermediate_size: f,
+                    num_hidden_layers: l,
+                    num_attention_heads: h,
+                    num_key_value_heads: 8,
+                    head_dim: 128,
+                    rope_theta: 500000.0,
+                    max_position_embeddings: 8192,
+                    tie_word_embeddings: false,
+                    ..base
+                }
+            }
             other => bail!(
                 "unknown preset {other:?}; the presets are {}",
                 Self::PRESETS.join(", ")

@@ -157,4 +157,21 @@ mod tests {
             assert!(!ParamLayout::skips_weight_decay(slot), "{name}");
         }
     }
+
+    /// The presets' parameter counts are the published models': Llama 2 7B 6,738,415,616,
+    /// 13B 13,015,864,320, 70B 68,976,648,192; Llama 3 8B 8,030,261,248, 70B 70,553,706,496.
+    #[test]
+    fn the_big_presets_have_the_published_parameter_counts() {
+        for (name, count) in [
+            ("llama-2-7b", 6_738_415_616usize),
+            ("llama-2-13b", 13_015_864_320),
+            ("llama-2-70b", 68_976_648_192),
+            ("llama-3-8b", 8_030_261_248),
+            ("llama-3-70b", 70_553_706_496),
+        ] {
+            let cfg = LlamaConfig::preset(name).expect("a preset");
+            cfg.validate().expect("valid");
+            assert_eq!(ParamLayout::new(&cfg).len, count, "{name}");
+        }
+    }
 }
