@@ -356,7 +356,7 @@ fn shard_optimizer_on_the_cpu_is_refused() {
 
 /// DPO on 2 layers at llama-1b widths (hidden 2048, MLP 8192, 32 query and 8 KV heads) with the
 /// byte tokenizer's vocabulary: 122M parameters, about 4 GB of host memory a rank on the software
-/// GPU (16 GB for four, measured), so this test runs alone. Each layer's 60M gradients are a
+/// GPU (16 GB for four unsharded, measured), so this test runs alone. Each layer's 60M gradients are a
 /// bucket of their own at the default 25 MiB, summed while the backward runs on. The cross-stream
 /// race check, which the tiny runs above keep on, is off here: it records every device access
 /// once a second stream exists, and an AdamW step over 122M parameters would take a minute.
@@ -411,7 +411,11 @@ fn on_the_software_gpu_2_and_4_ranks_equal_one_at_llama_1b_widths() {
         .unwrap();
     expect_success(&one, "one rank");
     run_ranks_with(2, &args("wide-2", 2), &no_race_check);
-    run_ranks_with(4, &args("wide-4", 1), &no_race_check);
+    // Four ranks with the optimiser state sharded: the final model and the reference cache's
+    // key are gathered from the slices in 16M-value chunks (122M parameters: eight of them).
+    let mut sharded = args("wide-4", 1);
+    sharded.extend(["--shard".into(), "optimizer".into()]);
+    run_ranks_with(4, &sharded, &no_race_check);
     let base = s.path("base-1b");
     for ranks in ["wide-2", "wide-4"] {
         assert_same_run_from(&base, &s.path("wide-1"), &s.path(ranks), 1e-3, 1e-2);

@@ -25,7 +25,9 @@
 // little at a time, so a ring exchange whose messages exceed the channel cannot deadlock (as in
 // NCCL, where the group is what makes that safe); outside a group each is its own. Sends to a peer
 // match its receives from this rank in order; a receive whose count or type differs from the send
-// fails on both ranks, naming both. Collectives inside a group run as they are issued.
+// fails on the receiver naming both, and on the sender too while it still has bytes to hand over
+// (a send that fits the channel completes before the receiver looks). Collectives inside a group
+// run as they are issued.
 #include "../include/emu_cuda.h"
 
 #include <algorithm>
@@ -472,7 +474,10 @@ bool advance_recv(P2p& p, ncclResult_t* err) {
         ch->read.v.store(r + n, std::memory_order_release);
         if (r + n < end) return true;
     }
-    ch->acked.v.store(p.msg, std::memory_order_release);
+    // Receives on two streams can finish out of order: acked only grows.
+    uint64_t acked = ch->acked.v.load(std::memory_order_relaxed);
+    while (acked < p.msg && !ch->acked.v.compare_exchange_weak(acked, p.msg, std::memory_order_release)) {
+    }
     p.done = true;
     return true;
 }

@@ -539,19 +539,31 @@ fn check(api: &Api, comm: Option<RawComm>, r: c_int, what: &str) -> Result<()> {
 
 impl Drop for DeviceComm {
     fn drop(&mut self) {
-        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let live = || LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let healthy = {
+            let live = live();
+            if !live.contains(&(self.comm as usize)) {
+                return; // already aborted by abort_all
+            }
+            !self.failed && self.async_error().is_ok()
+        };
+        // Its queued collectives finish first, while it is still where the heartbeat's and the
+        // watchdog's abort_all can reach it (should a peer never come).
+        if healthy {
+            let _ = self.stream.synchronize();
+        }
+        let mut live = live();
         let Some(at) = live.iter().position(|&c| c == self.comm as usize) else {
-            return; // already aborted by abort_all
+            return; // aborted while its stream drained
         };
         live.remove(at);
         drop(live);
-        // SAFETY: our communicator, not used after this. A failed one is aborted: destroying it
-        // could wait for peers that are gone.
+        // SAFETY: our communicator, not used after this, and no longer reachable by abort_all. A
+        // failed one is aborted: destroying it could wait for peers that are gone.
         unsafe {
-            if self.failed || self.async_error().is_err() {
+            if !healthy || self.async_error().is_err() {
                 (self.api.comm_abort)(self.comm);
             } else {
-                let _ = self.stream.synchronize();
                 (self.api.comm_destroy)(self.comm);
             }
         }

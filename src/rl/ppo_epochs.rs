@@ -57,6 +57,11 @@ pub fn ppo_epochs<S: TrainState>(
     // Which micro-batches (counted over the iteration) this rank ran, in order.
     let mut mine = Vec::new();
     let mut counted = 0usize;
+    // The communicators are joined here, at the same point on every rank, policy first.
+    m.policy.join_group(group)?;
+    if let Some(vm) = m.value.as_mut() {
+        vm.join_group(group)?;
+    }
     for epoch in 0..o.ppo_epochs {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
@@ -181,10 +186,15 @@ pub fn ppo_epochs<S: TrainState>(
                     explained.push(out.explained_variance as f64);
                 }
             }
+            // Both sums, then both steps: every rank issues the policy's and the value model's
+            // collectives (the sums, and under --shard optimizer the weights' broadcasts) in the
+            // same order, whether or not it ran a micro-batch of this minibatch.
             m.policy.all_reduce_grads(group)?;
-            m.policy.step(lr, o.run.max_grad_norm)?;
             if let Some(vm) = m.value.as_mut() {
                 vm.all_reduce_grads(group)?;
+            }
+            m.policy.step(lr, o.run.max_grad_norm)?;
+            if let Some(vm) = m.value.as_mut() {
                 vm.step(lr, o.run.max_grad_norm)?;
             }
         }

@@ -51,6 +51,9 @@ pub fn shard_range(n: usize, rank: usize, size: usize) -> std::ops::Range<usize>
     rank * n / size..(rank + 1) * n / size
 }
 
+/// Values a sharded state's gather moves through the device at a time (64 MiB of f32).
+const GATHER_CHUNK: usize = 1 << 24;
+
 /// DDP's default bucket: 25 MiB of fp32 gradients.
 pub const DEFAULT_BUCKET_VALUES: usize = 25 << 20 >> 2;
 
@@ -219,40 +222,58 @@ impl GpuTrainer {
     }
 
     /// Every rank's slices of the master weights and AdamW moments, whole, on the host of rank 0
-    /// (and of every rank with `to_all`): each buffer in turn is assembled on the device from the
-    /// ranks' slices (4 bytes a parameter for the while), then downloaded.
+    /// (and of every rank with `to_all`).
     fn gather_sharded(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
-        self.join(group)?;
-        let n = self.grads.len();
-        let size = group.size();
-        let own = self.own();
         let want = to_all || group.is_root();
-        let mut host = Vec::with_capacity(3);
-        for which in 0..3 {
-            let eng = &self.model.backend.eng;
-            let mut full = eng.zeros::<f32>(n)?;
-            let mine = [&self.master, &self.m, &self.v][which];
-            eng.stream
-                .memcpy_dtod(mine, &mut full.slice_mut(own.clone()))
-                .map_err(|e| anyhow::anyhow!("assembling the optimiser state: {e:?}"))?;
-            let comm = &mut self.reducer.as_mut().expect("joined above").comm;
-            for root in 0..size {
-                comm.broadcast_part(&mut full, shard_range(n, root, size), root)?;
-            }
-            comm.join_compute()?;
-            host.push(if want {
-                eng.download(&full)?
-            } else {
-                Vec::new()
-            });
-        }
-        let [params, m, v]: [Vec<f32>; 3] = host.try_into().expect("three buffers");
+        let params = self.gather_buffer(group, 0, want)?;
+        let m = self.gather_buffer(group, 1, want)?;
+        let v = self.gather_buffer(group, 2, want)?;
         Ok(want.then_some(HostState {
             params,
             m,
             v,
             t: self.t,
         }))
+    }
+
+    /// The whole of one sharded buffer (0: the master weights, 1: m, 2: v), on this host when
+    /// `want` (else empty): assembled chunk by chunk in a scratch of [`GATHER_CHUNK`] values, each
+    /// rank broadcasting its part of the chunk, so a gather costs 64 MiB of device memory, not a
+    /// whole buffer. Every rank calls it together.
+    fn gather_buffer(&mut self, group: &Group, which: usize, want: bool) -> Result<Vec<f32>> {
+        self.join(group)?;
+        let (n, size, own) = (self.grads.len(), group.size(), self.own());
+        let eng = &self.model.backend.eng;
+        let comm = &mut self.reducer.as_mut().expect("joined above").comm;
+        let mine = [&self.master, &self.m, &self.v][which];
+        let mut scratch = eng.zeros::<f32>(GATHER_CHUNK.min(n))?;
+        let mut host = Vec::with_capacity(if want { n } else { 0 });
+        let err = |e| anyhow::anyhow!("gathering the sharded optimiser state: {e:?}");
+        for at in (0..n).step_by(GATHER_CHUNK) {
+            let end = (at + GATHER_CHUNK).min(n);
+            let (lo, hi) = (own.start.max(at), own.end.min(end));
+            if lo < hi {
+                let src = mine.slice(lo - own.start..hi - own.start);
+                let mut dst = scratch.slice_mut(lo - at..hi - at);
+                eng.stream.memcpy_dtod(&src, &mut dst).map_err(err)?;
+            }
+            for root in 0..size {
+                let r = shard_range(n, root, size);
+                let (lo, hi) = (r.start.max(at), r.end.min(end));
+                if lo < hi {
+                    comm.broadcast_part(&mut scratch, lo - at..hi - at, root)?;
+                }
+            }
+            comm.join_compute()?;
+            if want {
+                let part = eng
+                    .stream
+                    .clone_dtoh(&scratch.slice(0..end - at))
+                    .map_err(err)?;
+                host.extend(part);
+            }
+        }
+        Ok(host)
     }
 
     /// Joins the ranks' communicator, once: at the first step's gradient sum, which every rank
@@ -329,6 +350,18 @@ impl TrainState for GpuTrainer {
         let mut norms = std::mem::take(&mut self.read_norms);
         norms.extend(self.read_history()?);
         Ok(norms)
+    }
+    fn join_group(&mut self, group: &Group) -> Result<()> {
+        if group.size() > 1 {
+            self.join(group)?;
+        }
+        Ok(())
+    }
+    fn gather_params(&mut self, group: &Group) -> Result<Vec<f32>> {
+        if self.shard.is_some() {
+            return self.gather_buffer(group, 0, true);
+        }
+        self.model.backend.eng.download(&self.master)
     }
     fn gather_state(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
         if self.shard.is_some() {

@@ -287,6 +287,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
 
     fn step(&mut self, step: usize, lr: f32) -> Result<()> {
         let opts = self.opts;
+        self.state.join_group(&self.group)?;
         self.state.zero_grads()?;
         // The step's micro-batches over all ranks, the same for any world size; this rank takes
         // every ranks-th of them. The loss is the mean over all of them.

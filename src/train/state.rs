@@ -35,6 +35,12 @@ pub trait TrainState {
         let _ = group;
         Ok(self.model_and_grads())
     }
+    /// Joins what the data-parallel step needs of `group` (on a GPU, the NCCL communicator),
+    /// once; every rank calls it at the same point. Nothing for one process or the CPU.
+    fn join_group(&mut self, group: &Group) -> Result<()> {
+        let _ = group;
+        Ok(())
+    }
     fn zero_grads(&mut self) -> Result<()>;
     /// Sums the gradient buffer over the ranks of `group` (nothing for one process): each rank
     /// then holds the gradient of the whole global batch and takes the same optimiser step.
@@ -50,6 +56,12 @@ pub trait TrainState {
     /// The fp32 master weights and AdamW moments, on the host. Not for a sharded state: that is
     /// [`TrainState::gather_state`].
     fn host_state(&self) -> Result<HostState>;
+    /// The fp32 master weights on every rank (gathered from the ranks' slices under --shard
+    /// optimizer); every rank calls it together.
+    fn gather_params(&mut self, group: &Group) -> Result<Vec<f32>> {
+        let _ = group;
+        Ok(self.host_state()?.params)
+    }
     /// [`TrainState::host_state`] as every rank calls it together: on rank 0 (and on every rank
     /// with `to_all`), the whole state; `None` elsewhere. A state sharded over the ranks
     /// (`--shard optimizer`) is gathered from their slices.

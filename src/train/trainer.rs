@@ -183,10 +183,7 @@ where
         return Ok((None, None));
     };
     let objective = DpoObjective { config: dpo.config };
-    let host_params = state
-        .gather_state(group, true)?
-        .expect("gathered to every rank")
-        .params;
+    let host_params = state.gather_params(group)?;
     let cached = |pairs: &[PreferencePair]| {
         objective.cached_reference(
             state.model(),
