@@ -182,7 +182,15 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
     let o = &s.opts;
     // A GPU's plan, printed once (by rank 0); the CPU trainer keeps f32 everything.
     let world = crate::dist::world::World::from_env().ok();
-    if o.run.device == crate::ops::Device::Cpu || world.as_ref().is_some_and(|w| w.rank != 0) {
+    if world.as_ref().is_some_and(|w| w.rank != 0) {
+        return;
+    }
+    if o.run.device == crate::ops::Device::Cpu {
+        if !needs_reference(o) {
+            eprintln!(
+                "reference (not loaded: β is 0): every KL it measured would be multiplied by 0"
+            );
+        }
         return;
     }
     let shards = match (o.run.shard, &world) {
