@@ -139,6 +139,19 @@ fn run_ranks_with(size: usize, args: &[String], env: &[(&str, &str)]) {
     }
 }
 
+/// `prefer launch` of `size` ranks continuing the dpo run in `run` (`--resume`), successfully.
+fn resume_dpo_on(size: usize, run: &Path) -> Output {
+    let resumed = prefer()
+        .args(["launch", "--nproc-per-node", &size.to_string()])
+        .args(["--master-port", &free_port().to_string(), "--"])
+        .args(["dpo", "--resume"])
+        .arg(run)
+        .output()
+        .unwrap();
+    expect_success(&resumed, &format!("resumed on {size} ranks"));
+    resumed
+}
+
 fn launch(size: usize, args: &[String]) -> Output {
     prefer()
         .args(["launch", "--nproc-per-node", &size.to_string()])
@@ -325,14 +338,7 @@ fn on_the_software_gpu_a_sharded_run_stopped_on_4_ranks_continues_on_2() {
     stopped.extend(["--stop-after".to_string(), "2".to_string()]);
     expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
     assert_eq!(steps(&s.path("stopped")).len(), 2);
-    let resumed = prefer()
-        .args(["launch", "--nproc-per-node", "2"])
-        .args(["--master-port", &free_port().to_string(), "--"])
-        .args(["dpo", "--resume"])
-        .arg(s.path("stopped"))
-        .output()
-        .unwrap();
-    expect_success(&resumed, "resumed on 2 ranks");
+    resume_dpo_on(2, &s.path("stopped"));
     run_ranks(2, &args("straight", 2));
     assert_eq!(steps(&s.path("straight")).len(), 8);
     assert_same_run(&s.path("straight"), &s.path("stopped"), 1e-3, 1e-2);
@@ -430,14 +436,7 @@ fn a_run_stopped_on_4_ranks_continues_on_2_as_an_uninterrupted_2_rank_run() {
     stopped.extend(["--stop-after".to_string(), "5".to_string()]);
     expect_success(&launch(4, &stopped), "4 ranks, stopped after 5 steps");
     assert_eq!(steps(&s.path("stopped")).len(), 5);
-    let resumed = prefer()
-        .args(["launch", "--nproc-per-node", "2"])
-        .args(["--master-port", &free_port().to_string(), "--"])
-        .args(["dpo", "--resume"])
-        .arg(s.path("stopped"))
-        .output()
-        .unwrap();
-    expect_success(&resumed, "resumed on 2 ranks");
+    let resumed = resume_dpo_on(2, &s.path("stopped"));
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(
         err.contains("2 ranks continue it with the same global batch of 8 pairs"),

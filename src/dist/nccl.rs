@@ -343,9 +343,24 @@ impl DeviceComm {
         buf: &mut CudaSlice<T>,
         range: Range<usize>,
     ) -> Result<()> {
+        let api_fn = self.api.all_reduce;
+        self.in_place_part("ncclAllReduce", buf, range, api_fn, NCCL_SUM, String::new())
+    }
+
+    /// `f` (a reduction-shaped entry point: all-reduce with `arg` the operator, broadcast with
+    /// `arg` the root) in place over `buf[range]`, queued by [`DeviceComm::after_compute`].
+    fn in_place_part<T: NcclType>(
+        &mut self,
+        name: &str,
+        buf: &mut CudaSlice<T>,
+        range: Range<usize>,
+        f: ReduceFn,
+        arg: c_int,
+        suffix: String,
+    ) -> Result<()> {
         if range.start > range.end || range.end > buf.len() {
             bail!(
-                "ncclAllReduce of values {range:?} of a buffer of {}",
+                "{name} of values {range:?} of a buffer of {}{suffix}",
                 buf.len()
             );
         }
@@ -353,16 +368,16 @@ impl DeviceComm {
         let stream = self.stream.clone();
         let (base, _sync) = buf.device_ptr_mut(&stream);
         let ptr = base + (range.start * std::mem::size_of::<T>()) as u64;
-        let what = format!("ncclAllReduce of {n} values (at {})", range.start);
-        self.after_compute(&what, |api, comm, s| {
+        let what = format!("{name} of {n} values (at {}){suffix}", range.start);
+        self.after_compute(&what, |_, comm, s| {
             // SAFETY: in place over `n` elements of T inside `buf`, on this GPU, ordered by events.
             unsafe {
-                (api.all_reduce)(
+                f(
                     ptr as *const c_void,
                     ptr as *mut c_void,
                     n,
                     T::TYPE,
-                    NCCL_SUM,
+                    arg,
                     comm,
                     s,
                 )
@@ -442,22 +457,8 @@ impl DeviceComm {
     /// Rank `root`'s `buf` on every rank.
     pub fn broadcast<T: NcclType>(&mut self, buf: &mut CudaSlice<T>, root: usize) -> Result<()> {
         let n = buf.len();
-        let stream = self.stream.clone();
-        let (ptr, _sync) = buf.device_ptr_mut(&stream);
-        self.ordered(&format!("ncclBroadcast of {n} values"), |api, comm, s| {
-            // SAFETY: in place over `n` elements; ordered by events.
-            unsafe {
-                (api.broadcast)(
-                    ptr as *const c_void,
-                    ptr as *mut c_void,
-                    n,
-                    T::TYPE,
-                    root as c_int,
-                    comm,
-                    s,
-                )
-            }
-        })
+        self.broadcast_part(buf, 0..n, root)?;
+        self.join_compute()
     }
 
     /// Rank `root`'s `buf[range]` into every rank's `buf[range]`, after the compute stream's work
@@ -469,35 +470,12 @@ impl DeviceComm {
         range: Range<usize>,
         root: usize,
     ) -> Result<()> {
-        if range.start > range.end || range.end > buf.len() || root >= self.size {
-            bail!(
-                "ncclBroadcast of values {range:?} of a buffer of {} from rank {root} of {}",
-                buf.len(),
-                self.size
-            );
+        if root >= self.size {
+            bail!("ncclBroadcast from rank {root} of {}", self.size);
         }
-        let n = range.len();
-        let stream = self.stream.clone();
-        let (base, _sync) = buf.device_ptr_mut(&stream);
-        let ptr = base + (range.start * std::mem::size_of::<T>()) as u64;
-        let what = format!(
-            "ncclBroadcast of {n} values (at {}) from rank {root}",
-            range.start
-        );
-        self.after_compute(&what, |api, comm, s| {
-            // SAFETY: in place over `n` elements of T inside `buf`; ordered by events.
-            unsafe {
-                (api.broadcast)(
-                    ptr as *const c_void,
-                    ptr as *mut c_void,
-                    n,
-                    T::TYPE,
-                    root as c_int,
-                    comm,
-                    s,
-                )
-            }
-        })
+        let api_fn = self.api.broadcast;
+        let suffix = format!(" from rank {root}");
+        self.in_place_part("ncclBroadcast", buf, range, api_fn, root as c_int, suffix)
     }
 
     /// An error a collective hit after it was queued (a dead peer, a mismatch), if any.
