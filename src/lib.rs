@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod data;
 pub mod dist;
 pub mod emu;
+pub mod eval;
 pub mod generate;
 pub mod huge_pages;
 pub mod loss;

@@ -40,7 +40,11 @@ enum Command {
     Rm(TrainArgs),
     /// Train a policy with DPO or a variant (IPO, hinge, SimPO, ...).
     Dpo(TrainArgs),
-    /// Pairwise accuracy of a reward model on a preference file, as JSON.
+    /// A reward model's pairwise accuracy on a preference file, as JSON (a tie counts as wrong,
+    /// as RewardBench and TRL count it). On RewardBench's format (a "subset" on every line) also
+    /// each subset's accuracy, the Chat / Chat Hard / Safety / Reasoning section scores weighted
+    /// as RewardBench weights them, the overall score, and the prior sets at half weight
+    /// (score_with_prior_sets), with a table on stderr.
     EvalRm {
         /// The reward model: an HF folder with a scalar head (score.weight).
         #[arg(long)]
@@ -57,6 +61,9 @@ enum Command {
         /// Render string prompts with the chat template, as `prefer rm --chat-template` trained.
         #[arg(long)]
         chat_template: bool,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Write a randomly initialised checkpoint (config.json, model.safetensors, tokenizer.json).
     Init {
@@ -162,6 +169,10 @@ enum Command {
     /// Completions for a JSONL file of prompts: paged KV cache, continuous batching, seeded
     /// sampling; with --reward-model, rewards and best-of-N.
     Generate(cmd::generate::GenerateArgs),
+    /// A policy on a benchmark: GSM8K (8-shot chain of thought, lm-evaluation-harness's answer
+    /// extraction), with majority vote (--n) or Best-of-N by a reward model (--best-of); or the
+    /// same scoring of existing answers (--responses). Prints a table and the figures as JSON.
+    Eval(cmd::eval::EvalArgs),
     /// Start one process per GPU, as torchrun does (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...):
     /// `prefer launch --nproc-per-node 8 -- dpo ...`.
     Launch(cmd::launch::LaunchArgs),
@@ -277,6 +288,7 @@ fn run(command: Command) -> Result<()> {
         Command::EvalRm { .. } => Some("eval-rm"),
         Command::Init { .. } => Some("init"),
         Command::Generate(_) => Some("generate"),
+        Command::Eval(_) => Some("eval"),
         Command::Logprobs { .. } => Some("logprobs"),
         Command::Rm(_)
         | Command::Dpo(_)
@@ -321,9 +333,26 @@ fn run(command: Command) -> Result<()> {
             batch_size,
             device,
             chat_template,
+            json,
         } => {
             check_all(&[Int("--batch-size", batch_size, 1..=65_536)])?;
-            cmd::train::run_eval_rm(&model, &data, batch_size, device, chat_template)
+            if let Some(j) = &json {
+                prefer::output::refuse_output_that_is_an_input(
+                    ("--json", j),
+                    &[
+                        ("--data", Some(data.as_path())),
+                        ("--model", Some(model.as_path())),
+                    ],
+                )?;
+            }
+            cmd::train::run_eval_rm(
+                &model,
+                &data,
+                batch_size,
+                device,
+                chat_template,
+                json.as_deref(),
+            )
         }
         Command::Bench {
             what,
@@ -380,6 +409,11 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Generate(args) => cmd::generate::run_generate(args).map(|_| ()),
+        Command::Eval(args) => {
+            let summary = cmd::eval::run_eval(args)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
         Command::Check { op, device } => cmd::check::run_check(op.as_deref(), device),
         Command::Info { kernels, device } => cmd::info::run_info(kernels, device),
         Command::Launch(args) => match cmd::launch::run_launch(&args)? {

@@ -54,8 +54,17 @@ fn launch1<T: cudarc::driver::DeviceRepr>(
     let mut l = eng.stream.launch_builder(&f);
     l.arg(buf);
     // SAFETY: every test kernel named this way takes one pointer of this type.
-    unsafe { l.launch(c) }
-        .map(|_| ())
+    finished(eng, unsafe { l.launch(c) }.map(|_| ()))
+}
+
+/// A launch's outcome as the GPU reports it: refused at the launch, or, since the engine's stream
+/// runs its work asynchronously (later, under a nonzero schedule seed), failed at the next sync.
+fn finished(
+    eng: &CudaEngine,
+    launched: Result<(), cudarc::driver::DriverError>,
+) -> Result<(), String> {
+    launched
+        .and_then(|_| eng.stream.synchronize())
         .map_err(|e| format!("{e:?}"))
 }
 
@@ -391,7 +400,7 @@ fn a_write_past_the_end_is_caught_by_the_guard_fill() {
     let n = 100i32;
     l.arg(&mut buf).arg(&n);
     // SAFETY: (float*, int), as the kernel takes.
-    let err = format!("{:?}", unsafe { l.launch(cfg(1, 32, 0)) }.unwrap_err());
+    let err = finished(eng, unsafe { l.launch(cfg(1, 32, 0)) }.map(|_| ())).unwrap_err();
     assert!(
         err.contains("emu_test_write_past_end wrote outside its buffers"),
         "{err}"
@@ -411,7 +420,7 @@ fn a_far_write_faults_names_the_buffer_and_the_process_lives_on() {
     let mut l = eng.stream.launch_builder(&f);
     l.arg(&mut buf).arg(&n);
     // SAFETY: (float*, int), as the kernel takes.
-    let err = format!("{:?}", unsafe { l.launch(cfg(1, 64, 0)) }.unwrap_err());
+    let err = finished(eng, unsafe { l.launch(cfg(1, 64, 0)) }.map(|_| ())).unwrap_err();
     assert!(err.contains("out-of-bounds write"), "{err}");
     assert!(err.contains("past the end of a 400-byte buffer"), "{err}");
     assert!(err.contains("thread (3,0,0)"), "{err}");

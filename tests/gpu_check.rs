@@ -19,10 +19,15 @@ fn every_cuda_op_matches_the_cpu_oracle() {
             return;
         }
     };
-    let outcomes = run_checks(&eng, None).expect("the checks run");
+    let outcomes = run_checks(&eng, None);
     assert_eq!(outcomes.len(), CHECKS.len());
-    assert!(outcomes.iter().all(|o| !o.rows.is_empty()));
     let failed = print_summary(&outcomes);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.error.is_some() || !o.rows.is_empty()),
+        "a check ran without a row"
+    );
     assert!(
         failed.is_empty(),
         "some CUDA ops disagree with the CPU oracle (checks {failed:?})"

@@ -91,7 +91,8 @@ fn reward_model_learns_the_synthetic_task() {
         false,
     )
     .unwrap();
-    assert!((eval.accuracy() - acc).abs() < 1e-9);
+    assert!((eval.overall.accuracy() - acc).abs() < 1e-9);
+    assert!(eval.subsets.is_none());
 }
 
 #[test]

@@ -48,7 +48,15 @@ typedef GraphExec* CUgraphExec;
 
 extern "C" {
 
-CUresult cuStreamBeginCapture_v2(CUstream, int) {
+CUresult cuStreamBeginCapture_v2(CUstream stream, int) {
+    // The legacy default stream synchronises implicitly with every blocking stream, so CUDA refuses to
+    // capture it (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED): a graph needs a stream of its own.
+    if (stream == nullptr || stream == reinterpret_cast<CUstream>(0x1)) {
+        set_error(kStreamCaptureUnsupported,
+                  "cuStreamBeginCapture: the legacy default stream cannot be captured (operation not permitted "
+                  "when stream is capturing); capture a stream made by cuStreamCreate");
+        return kStreamCaptureUnsupported;
+    }
     if (open_capture) {
         set_error(kStreamCaptureUnsupported, "cuStreamBeginCapture: a capture is already open");
         return kStreamCaptureUnsupported;

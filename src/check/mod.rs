@@ -130,35 +130,55 @@ pub fn selected(op: Option<&str>) -> impl Iterator<Item = &'static Check> + '_ {
         .filter(move |c| op.is_none_or(|f| c.name.contains(f)))
 }
 
-/// One check's rows.
+/// One check's rows, or the error that stopped it before it had any.
 pub struct CheckOutcome {
     pub check: &'static Check,
     pub rows: Vec<CheckRow>,
+    /// The check could not run to the end (a launch refused, a capture failed): a failure, with
+    /// the reason; the checks after it still run.
+    pub error: Option<String>,
 }
 
 impl CheckOutcome {
     pub fn passed(&self) -> bool {
-        self.rows.iter().all(|r| r.pass)
+        // A check that compared nothing proves nothing: no rows is a failure too.
+        self.error.is_none() && !self.rows.is_empty() && self.rows.iter().all(|r| r.pass)
     }
 }
 
-/// Runs the checks `--op` selects, in the table's order.
-pub fn run_checks(eng: &CudaEngine, op: Option<&str>) -> Result<Vec<CheckOutcome>> {
+/// Runs the checks `--op` selects, in the table's order. A check that errors is a failed
+/// outcome, not the end of the run: on a GPU session's few minutes, one broken op must not hide
+/// what the others do. (An error the CUDA context cannot recover from fails the rest too, each
+/// saying so.)
+pub fn run_checks(eng: &CudaEngine, op: Option<&str>) -> Vec<CheckOutcome> {
     selected(op)
-        .map(|check| {
-            Ok(CheckOutcome {
+        .map(|check| match (check.run)(eng) {
+            Ok(rows) => CheckOutcome {
                 check,
-                rows: (check.run)(eng)?,
-            })
+                rows,
+                error: None,
+            },
+            Err(e) => CheckOutcome {
+                check,
+                rows: Vec::new(),
+                error: Some(format!("{e:#}")),
+            },
         })
         .collect()
 }
 
-/// Prints the rows of every outcome as one table, and the count of checks and failures; returns
-/// the names of the checks with a failing row.
+/// Prints the rows of every outcome as one table, then each check that errored with its reason;
+/// returns the names of the checks that failed (a failing row or an error).
 pub fn print_summary(outcomes: &[CheckOutcome]) -> Vec<&'static str> {
     let rows: Vec<CheckRow> = outcomes.iter().flat_map(|o| o.rows.clone()).collect();
     print_table(&rows);
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            println!("check {} did not run to the end: {e}", o.check.name);
+        } else if o.rows.is_empty() {
+            println!("check {} compared nothing", o.check.name);
+        }
+    }
     outcomes
         .iter()
         .filter(|o| !o.passed())

@@ -128,10 +128,23 @@ impl GenerateArgs {
 /// "512M", "8G", "1.5G", "65536" (bytes): the rule is [`crate::generate::kv_budget::parse_bytes`].
 pub use crate::generate::kv_budget::parse_bytes;
 
-pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
-    args.validate()?;
-    refuse_output_that_is_an_input(("--out", &args.out), &[("--prompts", Some(&args.prompts))])?;
-    crate::signals::install();
+/// What the rollout engine made of a set of prompts: every completion in (prompt, completion)
+/// order, its text (cut at the first stop string), and the reward model's scores if one was given.
+pub struct Completions {
+    pub rollouts: Vec<Rollout>,
+    pub texts: Vec<String>,
+    pub rewards: Option<Vec<f32>>,
+    pub stats: EngineStats,
+    pub seconds: f64,
+}
+
+/// Loads `args.model` (and `args.reward_model`), builds the prompts with `make_prompts` from the
+/// model's tokenizer and chat template, and completes each `args.n` times on the rollout engine:
+/// what `prefer generate` and `prefer eval` share.
+pub fn complete(
+    args: &GenerateArgs,
+    make_prompts: impl FnOnce(&Encoder) -> Result<Vec<Prompt>>,
+) -> Result<(Vec<Prompt>, Completions)> {
     let (cfg, params) = load_checkpoint(&args.model)?;
     let policy = Llama::new(cfg, params);
     if policy.layout.lm_head.is_none() {
@@ -147,7 +160,7 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         template: &template,
         cfg: &policy.cfg,
     };
-    let prompts = read_prompts(&args.prompts, &enc)?;
+    let prompts = make_prompts(&enc)?;
     let context = policy.cfg.max_position_embeddings;
     if let Some(note) = context_note(&args.prompts, &prompts, args.max_new_tokens, context) {
         eprintln!("{note}");
@@ -187,7 +200,7 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         tokenizer: &tokenizer,
     };
     let job = Job {
-        args: &args,
+        args,
         prompts: &prompts,
         eos,
         stops: &stops,
@@ -198,14 +211,36 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         None => job.run(&policy, reward.as_ref(), None)?,
         Some(cuda) => job.run_cuda(cuda, &policy, reward.as_ref())?,
     };
-    write_output(
-        &args,
-        &prompts,
-        &rollouts,
-        rewards.as_deref(),
-        &stops,
-        &tokenizer,
-    )?;
+    let texts = rollouts
+        .iter()
+        .map(|r| {
+            let mut text = tokenizer.decode_generated(&r.completion_ids)?;
+            if let Some(cut) = stops.find(&text) {
+                text.truncate(cut);
+            }
+            Ok(text)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        prompts,
+        Completions {
+            rollouts,
+            texts,
+            rewards,
+            stats,
+            seconds,
+        },
+    ))
+}
+
+pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
+    args.validate()?;
+    refuse_output_that_is_an_input(("--out", &args.out), &[("--prompts", Some(&args.prompts))])?;
+    crate::signals::install();
+    let (prompts, done) = complete(&args, |enc| read_prompts(&args.prompts, enc))?;
+    write_output(&args, &prompts, &done)?;
+    let (stats, seconds, rewards) = (&done.stats, done.seconds, &done.rewards);
+    let rollouts = &done.rollouts;
 
     let mut summary = GenerateSummary {
         prompts: prompts.len(),
@@ -227,7 +262,7 @@ pub fn run_generate(mut args: GenerateArgs) -> Result<GenerateSummary> {
         summary.tokens_per_s,
         args.out.display()
     );
-    if let Some(r) = &rewards {
+    if let Some(r) = rewards {
         let n = args.n;
         let mean = |f: &dyn Fn(&[f32]) -> f32| {
             r.chunks(n).map(|c| f(c) as f64).sum::<f64>() / prompts.len().max(1) as f64
@@ -368,38 +403,22 @@ impl Job<'_> {
     }
 }
 
-fn write_output(
-    args: &GenerateArgs,
-    prompts: &[Prompt],
-    rollouts: &[Rollout],
-    rewards: Option<&[f32]>,
-    stops: &StopStrings,
-    tokenizer: &TextTokenizer,
-) -> Result<()> {
+fn write_output(args: &GenerateArgs, prompts: &[Prompt], done: &Completions) -> Result<()> {
     crate::signals::check(|| format!("{} was not written", args.out.display()))?;
+    let rewards = done.rewards.as_deref();
     // A uniquely named file beside --out, renamed over it when whole (see AtomicFile).
     let mut w = AtomicFile::create(&args.out)?;
     for (p, prompt) in prompts.iter().enumerate() {
-        let group = &rollouts[p * args.n..(p + 1) * args.n];
         let keep: Vec<usize> = match (args.best_of, rewards) {
-            (Some(_), Some(r)) => {
-                let r = &r[p * args.n..(p + 1) * args.n];
-                // The first of equal best rewards.
-                let best = (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
-                vec![best]
-            }
+            (Some(_), Some(r)) => vec![best_index(&r[p * args.n..(p + 1) * args.n])],
             _ => (0..args.n).collect(),
         };
         for i in keep {
-            let r = &group[i];
-            let mut text = tokenizer.decode_generated(&r.completion_ids)?;
-            if let Some(cut) = stops.find(&text) {
-                text.truncate(cut);
-            }
+            let r = &done.rollouts[p * args.n + i];
             let mut line = prompt.fields.clone();
             line.insert("prompt_index".into(), r.prompt_index.into());
             line.insert("rollout_index".into(), r.rollout_index.into());
-            line.insert("text".into(), text.into());
+            line.insert("text".into(), done.texts[p * args.n + i].clone().into());
             line.insert("completion_ids".into(), serde_json::json!(r.completion_ids));
             line.insert("logprobs".into(), serde_json::json!(r.logprobs));
             line.insert(
@@ -413,4 +432,9 @@ fn write_output(
         }
     }
     w.commit()
+}
+
+/// Best-of-N's pick: the index of the highest reward, the first of equal ones.
+pub fn best_index(rewards: &[f32]) -> usize {
+    (0..rewards.len()).fold(0, |b, i| if rewards[i] > rewards[b] { i } else { b })
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_generate;
 pub mod check;
 pub mod demo;
+pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod init;

@@ -53,12 +53,41 @@ pub fn run_eval_rm(
     batch_size: usize,
     device: Device,
     chat_template: bool,
+    json: Option<&Path>,
 ) -> Result<()> {
-    let s = evaluate_reward_model(model, data, batch_size, device, chat_template)?;
-    let report = serde_json::json!({
-        "pairs": s.pairs, "accuracy": s.accuracy(), "loss": s.loss(), "mean_margin": s.margin(),
-        "mean_chosen_reward": s.chosen_reward(), "mean_rejected_reward": s.rejected_reward(),
+    let eval = evaluate_reward_model(model, data, batch_size, device, chat_template)?;
+    let s = &eval.overall;
+    let mut report = serde_json::json!({
+        "pairs": s.pairs, "accuracy": s.accuracy(), "ties": s.ties, "loss": s.loss(),
+        "mean_margin": s.margin(), "mean_chosen_reward": s.chosen_reward(),
+        "mean_rejected_reward": s.rejected_reward(),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(subsets) = &eval.subsets {
+        use crate::eval::rewardbench::{score, table, SubsetResult};
+        let tallies = subsets
+            .iter()
+            .map(|(name, s)| {
+                let r = SubsetResult {
+                    pairs: s.pairs,
+                    correct: s.correct,
+                    ties: s.ties,
+                };
+                (name.clone(), r)
+            })
+            .collect();
+        let rb = score(&tallies);
+        eprint!("{}", table(&rb));
+        let serde_json::Value::Object(fields) = serde_json::to_value(&rb)? else {
+            unreachable!("a struct serialises to an object")
+        };
+        report.as_object_mut().expect("an object").extend(fields);
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = json {
+        let mut w = crate::output::AtomicFile::create(path)?;
+        std::io::Write::write_all(&mut w, format!("{text}\n").as_bytes())?;
+        w.commit()?;
+    }
     Ok(())
 }

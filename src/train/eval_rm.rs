@@ -1,4 +1,5 @@
-//! `prefer eval-rm`: a reward model's pairwise accuracy on a preference file.
+//! `prefer eval-rm`: a reward model's pairwise accuracy on a preference file, and, where the
+//! file names each pair's `subset` (RewardBench's format), each subset's accuracy.
 
 use super::objective::{Objective, PairStats, Split};
 use super::rm::RewardObjective;
@@ -9,7 +10,44 @@ use crate::model::weights::load_checkpoint;
 use crate::model::Llama;
 use crate::ops::Device;
 use anyhow::{bail, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// What `eval-rm` measured: over every pair, and per subset when the file has a `subset` column.
+pub struct RewardModelEval {
+    pub overall: PairStats,
+    pub subsets: Option<BTreeMap<String, PairStats>>,
+}
+
+/// Each line's `subset`, by line number; None when no line has one. A file where some lines
+/// have one and others not is an error naming the first line without.
+fn subsets_by_line(path: &Path) -> Result<Option<BTreeMap<usize, String>>> {
+    let mut by_line = BTreeMap::new();
+    let mut without = None;
+    for rec in crate::data::jsonl::read_jsonl::<serde_json::Map<String, serde_json::Value>>(path)? {
+        match rec.value.get("subset") {
+            Some(serde_json::Value::String(s)) => {
+                by_line.insert(rec.line, s.clone());
+            }
+            Some(_) => bail!(
+                "{}:{}: \"subset\" is not a string",
+                path.display(),
+                rec.line
+            ),
+            None => {
+                without.get_or_insert(rec.line);
+            }
+        }
+    }
+    match (by_line.is_empty(), without) {
+        (true, _) => Ok(None),
+        (false, None) => Ok(Some(by_line)),
+        (false, Some(line)) => bail!(
+            "{}:{line}: no \"subset\", though other lines name theirs (RewardBench's format has one on every line)",
+            path.display()
+        ),
+    }
+}
 
 /// Pairwise accuracy of a reward model on a preference file (the `eval-rm` command), with string
 /// prompts read raw or, under `chat_template`, templated as the model was trained.
@@ -19,7 +57,7 @@ pub fn evaluate_reward_model(
     batch_size: usize,
     device: Device,
     chat_template: bool,
-) -> Result<PairStats> {
+) -> Result<RewardModelEval> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -56,6 +94,16 @@ pub fn evaluate_reward_model(
             data.display()
         );
     }
+    let subset_of = subsets_by_line(data)?;
+    // The pairs of each subset ("" for all when there are none), scored in batches.
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let name = subset_of
+            .as_ref()
+            .and_then(|m| m.get(&p.line).cloned())
+            .unwrap_or_default();
+        groups.entry(name).or_default().push(i);
+    }
     crate::signals::install();
     let model = Llama::new(cfg, params);
     let split = Split {
@@ -65,21 +113,31 @@ pub fn evaluate_reward_model(
     fn score<B: crate::ops::Backend>(
         model: &Llama<B>,
         split: &Split,
+        groups: &BTreeMap<String, Vec<usize>>,
         batch_size: usize,
-    ) -> Result<PairStats>
+    ) -> Result<BTreeMap<String, PairStats>>
     where
         RewardObjective: Objective<B>,
     {
-        let mut stats = PairStats::default();
-        let idx: Vec<usize> = (0..split.pairs.len()).collect();
-        for chunk in idx.chunks(batch_size) {
-            crate::signals::check(|| "no result was printed".to_string())?;
-            stats.add(&RewardObjective.evaluate(model, split, chunk)?);
+        let mut out = BTreeMap::new();
+        for (name, idx) in groups {
+            let mut stats = PairStats::default();
+            for chunk in idx.chunks(batch_size) {
+                crate::signals::check(|| "no result was printed".to_string())?;
+                stats.add(&RewardObjective.evaluate(model, split, chunk)?);
+            }
+            out.insert(name.clone(), stats);
         }
-        Ok(stats)
+        Ok(out)
     }
-    match device.engine()? {
-        Some(cuda) => score(&model.upload(cuda)?, &split, batch_size),
-        None => score(&model, &split, batch_size),
-    }
+    let per_group = match device.engine()? {
+        Some(cuda) => score(&model.upload(cuda)?, &split, &groups, batch_size)?,
+        None => score(&model, &split, &groups, batch_size)?,
+    };
+    let mut overall = PairStats::default();
+    per_group.values().for_each(|s| overall.add(s));
+    Ok(RewardModelEval {
+        overall,
+        subsets: subset_of.map(|_| per_group),
+    })
 }

@@ -4,12 +4,30 @@
 #   bash .gpu/reference/gpu_session.sh            (writes into $OUT, or ./gpu-out)
 # Order: what must hold first (info, check), then speed, then the PyTorch side. Each step logs
 # and carries on after a failure, so one broken op does not cost the rest of the session.
+# Time: a lease is minutes, and code that never ran on this card may hang. Each step is killed after
+# STEP_TIMEOUT seconds (default 150), and once BUDGET seconds (default 480) have passed since the
+# start the remaining steps are skipped and say so; the summary and the tarball are still written.
+# Files: the device tool returns at most 8 files, so models and runs live in a scratch folder and
+# every small result is packed into $out/results.tgz beside session.log and summary.{json,md}.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$PWD/gpu-out}
-mkdir -p "$out"
+scratch=${SCRATCH:-${TMPDIR:-/tmp}/prefer-gpu-session}
+mkdir -p "$out" "$scratch"
 log="$out/session.log"
-step() { echo "== $* ==" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; echo "exit ${PIPESTATUS[0]}" | tee -a "$log"; }
+start=$(date +%s)
+budget=${BUDGET:-480}
+step_timeout=${STEP_TIMEOUT:-150}
+step() {
+  local left=$((budget - ($(date +%s) - start)))
+  if [ "$left" -le 5 ]; then echo "== skipped (budget of ${budget}s spent): $* ==" | tee -a "$log"; return; fi
+  local limit=$((left < step_timeout ? left : step_timeout))
+  echo "== [$(($(date +%s) - start))s, limit ${limit}s] $* ==" | tee -a "$log"
+  timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "timed out after ${limit}s" | tee -a "$log"
+  echo "exit $rc" | tee -a "$log"
+}
 
 # NCCL: the copy PyTorch (or the nvidia-nccl-cu13 wheel) brought to this host; the host cannot
 # install one and a carry cannot hold it. prefer's own search looks there too; this names it.
@@ -34,7 +52,7 @@ step "$here/prefer" bench generate --preset llama-1b --batch 64 --prompt-len 128
 step "$here/prefer" bench generate --preset llama-1b --batch 1 --prompt-len 128 --new 256 --json "$out/bench_t5.json"
 # T6: PPO iterations, llama-1b policy + value + reference + RM, 64 prompts x (128 + 256 new), 4 minibatches.
 # metrics.jsonl has time/generate, time/score and time/train per iteration; the log has the memory plan.
-t6="$out/t6"; mkdir -p "$t6"
+t6="$scratch/t6"; mkdir -p "$t6"
 step "$here/prefer" init --preset llama-1b --out "$t6/policy" --dtype bf16
 step "$here/prefer" init --preset llama-1b --out "$t6/rm" --scalar-head --dtype bf16
 python3 -c "import json,random; random.seed(0); print('\n'.join(json.dumps({'prompt_ids': [256] + [random.randrange(1000, 30000) for _ in range(127)]}) for _ in range(64)))" > "$t6/prompts.jsonl"
@@ -43,7 +61,7 @@ step "$here/prefer" ppo --device cuda --policy "$t6/policy" --reward-model "$t6/
 cp "$t6/run/metrics.jsonl" "$out/bench_t6_metrics.jsonl" 2>/dev/null
 # A world of one through prefer launch against a plain run: the same DPO steps on llama-1b; the
 # launcher and the data-parallel skeleton must cost nothing (no NCCL call, no socket at world 1).
-l1="$out/launch1"; mkdir -p "$l1"
+l1="$scratch/launch1"; mkdir -p "$l1"
 python3 -c "
 import json, random
 random.seed(1)
@@ -85,4 +103,5 @@ fi
 for t in "$here"/tests/gpu_check-*; do [ -x "$t" ] && step "$t" --nocapture; done
 # Every figure above in one JSON and one table beside PyTorch's and the targets: summary.{json,md}.
 step python3 "$here/reference/gpu_summary.py" "$out"
-echo "done; results in $out" | tee -a "$log"
+(cd "$out" && tar czf results.tgz --exclude=results.tgz --exclude=session.log ./*.json ./*.jsonl ./*.txt ./*.csv ./*.md 2>/dev/null)
+echo "done in $(($(date +%s) - start))s; results in $out" | tee -a "$log"

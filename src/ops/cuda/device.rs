@@ -107,7 +107,17 @@ impl CudaEngine {
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))
             .map_err(|e| anyhow!("loading the embedded kernels: {e:?}"))?;
-        let stream = ctx.default_stream();
+        // Streams are ordered by explicit events (see dist::nccl), not by cudarc's tracking: an
+        // event recorded per buffer per launch costs a call per kernel argument, and inside a graph
+        // capture a wait on an event recorded outside it is refused (capture isolation).
+        // SAFETY: set before the first allocation; every cross-stream use waits on an event.
+        unsafe { ctx.disable_event_tracking() };
+        // A stream of our own, not the legacy default stream: CUDA refuses to capture that one
+        // into a graph (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and it would serialise against
+        // every other blocking stream.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("creating the compute stream on GPU {ordinal}: {e:?}"))?;
         Ok(CudaEngine {
             ctx,
             stream,

@@ -1,0 +1,7 @@
+//! The paper's evaluations: the scorers, free of any model, so each can be checked on text
+//! against other implementations (`prefer eval --responses`).
+//! - `gsm8k`: few-shot chain-of-thought prompts, lm-evaluation-harness's answer extraction.
+//! - `rewardbench`: RewardBench's section and overall scores from per-subset accuracies.
+
+pub mod gsm8k;
+pub mod rewardbench;

@@ -1,0 +1,393 @@
+//! `prefer eval --task gsm8k` and `prefer eval-rm` on RewardBench's format, as a user runs them:
+//! the scorers on answers whose right result is known, and Best-of-N end to end on tiny models on
+//! the CPU and the software GPU.
+
+mod common;
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn prefer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prefer"))
+        .args(args)
+        .output()
+        .expect("prefer runs")
+}
+
+fn ok(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn write_lines(path: &Path, lines: &[Value]) {
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(path, text.join("\n") + "\n").unwrap();
+}
+
+fn gsm8k_rows(path: &Path) {
+    write_lines(
+        path,
+        &[
+            json!({"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}),
+            json!({"question": "What is 10 - 2?", "answer": "#### 8"}),
+            json!({"question": "What do 1,000 pens at $2 cost?", "answer": "#### 2,000"}),
+            json!({"question": "How far below zero?", "answer": "#### -3"}),
+        ],
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn gsm8k_scores_given_responses_as_the_harness_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, resp, out) = (
+        dir.path().join("gsm.jsonl"),
+        dir.path().join("resp.jsonl"),
+        dir.path().join("out"),
+    );
+    gsm8k_rows(&data);
+    write_lines(
+        &resp,
+        &[
+            json!({"response": "3 + 4 = 7. So the answer is 7."}),
+            json!({"response": "The answer is 9"}),
+            json!({"response": "So the answer is $2,000."}),
+            json!({"response": "It is -3 degrees."}),
+        ],
+    );
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--out",
+        s(&out),
+    ]));
+    assert_eq!(got["accuracy"], 0.75);
+    assert_eq!(got["correct"], 3);
+    assert_eq!(got["rows"], 4);
+    let [lo, hi] = [
+        got["accuracy_ci95"][0].as_f64().unwrap(),
+        got["accuracy_ci95"][1].as_f64().unwrap(),
+    ];
+    assert!(lo < 0.75 && 0.75 < hi, "{lo} {hi}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary, got);
+    let lines: Vec<Value> = std::fs::read_to_string(out.join("completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[2]["completions"][0]["extracted"], "2000");
+    assert_eq!(lines[1]["completions"][0]["correct"], false);
+    assert_eq!(lines[3]["gold"], "-3");
+
+    // K answers a row: majority vote; with rewards, Best-of-N beside a random one and pass@N.
+    write_lines(
+        &resp,
+        &[
+            json!({"response": ["is 7", "is 6", "is 7", "none"], "rewards": [0.1, 0.9, 0.2, 0.0]}),
+            json!({"response": ["is 9", "is 8", "is 9", "is 1"], "rewards": [0.0, 1.0, 0.0, 0.0]}),
+            json!({"response": ["2000", "3", "4", "5"], "rewards": [0.0, 0.0, 0.0, 1.0]}),
+            json!({"response": ["-3", "-3", "3", "3"], "rewards": [0.5, 0.5, 0.9, 0.1]}),
+        ],
+    );
+    let vote = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+    ]));
+    // 7 (two votes), 9 (two votes), 2000 (the earliest of four singles), -3 (the earliest of two ties).
+    assert_eq!(
+        (vote["accuracy"].clone(), vote["n"].clone()),
+        (json!(0.75), json!(4))
+    );
+    let best = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--best-of",
+        "4",
+    ]));
+    // The RM picks 6 (wrong), 8 (right), 5 (wrong), 3 (wrong); the first answers: 7, 9, 2000, -3.
+    assert_eq!(best["accuracy"], 0.25);
+    assert_eq!(best["random_accuracy"], 0.75);
+    assert_eq!(best["oracle_accuracy"], 1.0);
+    assert_eq!(best["best_of"], 4);
+}
+
+#[test]
+fn gsm8k_bad_input_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, resp) = (dir.path().join("gsm.jsonl"), dir.path().join("resp.jsonl"));
+    write_lines(&data, &[json!({"question": "q", "answer": "4"})]);
+    write_lines(&resp, &[json!({"response": "4"})]);
+    let out = prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("gsm.jsonl:1") && err.contains("#### N"),
+        "{err}"
+    );
+    write_lines(
+        &data,
+        &[
+            json!({"question": "q", "answer": "#### 4"}),
+            json!({"answer": "#### 4"}),
+        ],
+    );
+    let out = prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gsm.jsonl:2") && err.contains("no \"question\""),
+        "{err}"
+    );
+    gsm8k_rows(&data);
+    let out = prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 responses for 4 rows"), "{err}");
+    write_lines(&resp, &vec![json!({"response": ["1", "2"]}); 4]);
+    let out = prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--best-of",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"rewards\""), "{err}");
+    let out = prefer(&["eval", "--task", "gsm8k", "--data", s(&data)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give --model"), "{err}");
+}
+
+fn best_of_4_on_tiny(device: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, extra) in [("policy", None), ("rm", Some("--scalar-head"))] {
+        let mut args = vec!["init", "--preset", "tiny", "--out"];
+        let path = d.join(name);
+        args.push(s(&path));
+        args.extend(extra);
+        let out = prefer(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let data = d.join("gsm.jsonl");
+    gsm8k_rows(&data);
+    let out_dir = d.join("out");
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--model",
+        s(&d.join("policy")),
+        "--best-of",
+        "4",
+        "--reward-model",
+        s(&d.join("rm")),
+        "--shots",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        device,
+        "--out",
+        s(&out_dir),
+    ]));
+    assert_eq!(
+        (got["rows"].clone(), got["best_of"].clone()),
+        (json!(4), json!(4))
+    );
+    assert_eq!(got["shots"], 2);
+    assert_eq!(got["generation"]["temperature"], 1.0);
+    for key in ["accuracy", "random_accuracy", "oracle_accuracy"] {
+        let v = got[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(out_dir.join("completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        let c = l["completions"].as_array().unwrap();
+        assert_eq!(c.len(), 4);
+        assert!(c
+            .iter()
+            .all(|x| x["reward"].as_f64().is_some_and(f64::is_finite)));
+    }
+    // Scoring what was written, with its rewards, gives the same figures.
+    let resp = d.join("resp.jsonl");
+    let again: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            let c = l["completions"].as_array().unwrap();
+            json!({
+                "response": c.iter().map(|x| x["response"].clone()).collect::<Vec<_>>(),
+                "rewards": c.iter().map(|x| x["reward"].clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    write_lines(&resp, &again);
+    let rescored = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--best-of",
+        "4",
+    ]));
+    for key in ["accuracy", "random_accuracy", "oracle_accuracy"] {
+        assert_eq!(rescored[key], got[key], "{key}");
+    }
+}
+
+#[test]
+fn gsm8k_best_of_4_runs_end_to_end_on_tiny_on_the_cpu() {
+    best_of_4_on_tiny("cpu");
+}
+
+#[test]
+fn gsm8k_best_of_4_runs_end_to_end_on_tiny_on_the_software_gpu() {
+    if !common::emu_available() {
+        return;
+    }
+    best_of_4_on_tiny("emu");
+}
+
+#[test]
+fn eval_rm_reports_rewardbench_sections_on_its_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rm = d.join("rm");
+    assert!(
+        prefer(&["init", "--preset", "tiny", "--out", s(&rm), "--scalar-head"])
+            .status
+            .success()
+    );
+    // Each pair twice, the second time swapped: exactly one of the two is right unless they tie,
+    // so every subset's accuracy is 1/2 and every score too, whatever the untrained model says.
+    let subsets = [
+        "alpacaeval-easy",
+        "llmbar-natural",
+        "donotanswer",
+        "math-prm",
+        "hep-go",
+        "shp",
+        "mine",
+    ];
+    let mut lines = Vec::new();
+    for (i, sub) in subsets.iter().enumerate() {
+        let (a, b) = (format!("a fine answer number {i}"), format!("no {}", i * 7));
+        lines.push(
+            json!({"prompt": format!("question {i}"), "chosen": a, "rejected": b, "subset": sub}),
+        );
+        lines.push(
+            json!({"prompt": format!("question {i}"), "chosen": b, "rejected": a, "subset": sub}),
+        );
+    }
+    let data = d.join("rb.jsonl");
+    write_lines(&data, &lines);
+    let json_out = d.join("report.json");
+    let got = ok(&prefer(&[
+        "eval-rm",
+        "--model",
+        s(&rm),
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--json",
+        s(&json_out),
+    ]));
+    assert_eq!(got["pairs"], 14);
+    for sub in subsets {
+        assert_eq!(got["subsets"][sub]["accuracy"], 0.5, "{sub}");
+    }
+    for section in ["Chat", "Chat Hard", "Safety", "Reasoning"] {
+        assert_eq!(got["sections"][section], 0.5, "{section}");
+    }
+    assert_eq!(got["score"], 0.5);
+    assert_eq!(got["prior_sets"], 0.5);
+    assert_eq!(got["score_with_prior_sets"], 0.5);
+    assert_eq!(got["unscored_subsets"], json!(["mine"]));
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    assert_eq!(written, got);
+    // A file without subsets keeps the single accuracy.
+    let plain: Vec<Value> = lines
+        .iter()
+        .map(|l| json!({"prompt": l["prompt"], "chosen": l["chosen"], "rejected": l["rejected"]}))
+        .collect();
+    write_lines(&data, &plain);
+    let got = ok(&prefer(&[
+        "eval-rm",
+        "--model",
+        s(&rm),
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+    ]));
+    assert_eq!(got["accuracy"], 0.5);
+    assert!(got.get("sections").is_none());
+}
