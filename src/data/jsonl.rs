@@ -13,25 +13,29 @@ pub struct Record<T> {
 }
 
 /// Opens a JSONL file for reading by lines, with a clear error for a folder, and skipping a UTF-8
-/// byte-order mark at the start (as some Windows editors write).
-pub fn open_lines(path: &Path) -> Result<impl Iterator<Item = std::io::Result<String>>> {
+/// byte-order mark at the start (as some Windows editors write). Parquet input (a `.parquet`
+/// file, a folder of them or a glob: see [`super::parquet`]) reads as the JSON lines of its rows.
+pub fn open_lines(path: &Path) -> Result<Box<dyn Iterator<Item = std::io::Result<String>>>> {
+    if super::parquet::is_parquet(path) {
+        return Ok(Box::new(super::parquet::rows_as_json_lines(path)?));
+    }
     if path.is_dir() {
         anyhow::bail!(
-            "{} is a folder; give a JSONL file (one JSON object a line)",
+            "{} is a folder with no parquet files; give a JSONL file (one JSON object a line), a parquet file, or a folder or glob of parquet shards",
             path.display()
         );
     }
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut i = 0;
-    Ok(std::iter::from_fn(move || {
+    Ok(Box::new(std::iter::from_fn(move || {
         let line = read_line_bounded(&mut reader, MAX_LINE_BYTES).transpose()?;
         i += 1;
         Some(line.map(|l| match (i, l.strip_prefix('\u{feff}')) {
             (1, Some(rest)) => rest.to_string(),
             _ => l,
         }))
-    }))
+    })))
 }
 
 /// The longest JSONL line read (1 GiB): a longer one is refused by its bytes before it is held
