@@ -205,6 +205,43 @@ fn gsm8k_bad_input_names_the_file_and_line() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"rewards\""), "{err}");
+    // --out: never a folder of the user's, nor a file; an earlier evaluation's folder is fine.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("summary.json"), "my own notes").unwrap();
+    std::fs::write(mine.join("paper.tex"), "x").unwrap();
+    write_lines(&resp, &vec![json!({"response": "4"}); 4]);
+    let args = [
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--out",
+    ];
+    let out = prefer(&[&args[..], &[s(&mine)]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds files an evaluation did not write"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("summary.json")).unwrap(),
+        "my own notes"
+    );
+    let out = prefer(&[&args[..], &[s(&data)]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a file"));
+    let again = dir.path().join("again");
+    for _ in 0..2 {
+        let out = prefer(&[&args[..], &[s(&again)]].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = prefer(&["eval", "--task", "gsm8k", "--data", s(&data)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("give --model"), "{err}");

@@ -229,6 +229,9 @@ pub fn run_eval(args: EvalArgs) -> Result<Value> {
             )?;
         }
     }
+    if let Some(out) = &args.out {
+        refuse_a_folder_eval_did_not_write(out)?;
+    }
     crate::signals::install();
     let (answers, rewards, generated) = match &args.responses {
         Some(path) => {
@@ -436,6 +439,27 @@ fn table(s: &Value) -> String {
         ));
     }
     t
+}
+
+/// What `--out` holds after a run.
+const OUT_FILES: [&str; 2] = ["completions.jsonl", "summary.json"];
+
+/// `--out` must be absent, empty, or an earlier evaluation's folder (only [`OUT_FILES`] in it):
+/// never a folder of the user's whose files these would replace.
+fn refuse_a_folder_eval_did_not_write(out: &Path) -> Result<()> {
+    use crate::output::{inspect_folder, FolderState};
+    match inspect_folder(out)? {
+        FolderState::Absent | FolderState::Empty => Ok(()),
+        FolderState::Foreign(names) if names.iter().all(|n| OUT_FILES.contains(&n.as_str())) => {
+            Ok(())
+        }
+        FolderState::NotAFolder => bail!("--out {} is a file; give a folder", out.display()),
+        _ => bail!(
+            "--out {} holds files an evaluation did not write; give a new or empty folder (an earlier evaluation's folder, with only {}, is replaced)",
+            out.display(),
+            OUT_FILES.join(" and ")
+        ),
+    }
 }
 
 fn write_out(
