@@ -428,3 +428,153 @@ fn eval_rm_reports_rewardbench_sections_on_its_format() {
     assert_eq!(got["accuracy"], 0.5);
     assert!(got.get("sections").is_none());
 }
+
+#[test]
+fn winrate_counts_ties_as_half_and_judges_each_answer_against_its_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rm = d.join("rm");
+    assert!(
+        prefer(&["init", "--preset", "tiny", "--out", s(&rm), "--scalar-head"])
+            .status
+            .success()
+    );
+    let policy = d.join("policy");
+    assert!(prefer(&["init", "--preset", "tiny", "--out", s(&policy)])
+        .status
+        .success());
+    let refs = [
+        ("Say hi", "Hello there!"),
+        ("Name a fruit", "An apple."),
+        ("Count to 3", "1 2 3"),
+    ];
+    let data = d.join("alpaca_eval.jsonl");
+    write_lines(
+        &data,
+        &refs
+            .iter()
+            .map(|(q, a)| json!({"instruction": q, "output": a, "generator": "gpt4_turbo"}))
+            .collect::<Vec<_>>(),
+    );
+    // Answers equal to the references: every judgement a tie, so exactly one half, with or
+    // without length control (AlpacaEval's model_outputs use "output").
+    let same = d.join("same.jsonl");
+    write_lines(
+        &same,
+        &refs
+            .iter()
+            .map(|(_, a)| json!({"output": a}))
+            .collect::<Vec<_>>(),
+    );
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "winrate",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&same),
+        "--reward-model",
+        s(&rm),
+        "--device",
+        "cpu",
+    ]));
+    assert_eq!(
+        (got["win_rate"].clone(), got["ties"].clone()),
+        (json!(0.5), json!(3))
+    );
+    assert!((got["length_controlled_win_rate"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    // Other answers: each win is the judge's reward above the reference's, as written out.
+    let other = d.join("other.jsonl");
+    write_lines(
+        &other,
+        &[
+            json!({"response": "Hi!"}),
+            json!({"response": "Banana"}),
+            json!({"response": "one two three"}),
+        ],
+    );
+    let out = d.join("out");
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "winrate",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&other),
+        "--reward-model",
+        s(&rm),
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ]));
+    let lines: Vec<Value> = std::fs::read_to_string(out.join("completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let wins: f64 = lines
+        .iter()
+        .map(|l| {
+            let c = &l["completions"][0];
+            let (r, rr) = (
+                c["reward"].as_f64().unwrap(),
+                c["reference_reward"].as_f64().unwrap(),
+            );
+            assert_eq!(
+                c["win"].as_f64().unwrap(),
+                if r > rr {
+                    1.0
+                } else if r == rr {
+                    0.5
+                } else {
+                    0.0
+                }
+            );
+            c["win"].as_f64().unwrap()
+        })
+        .sum();
+    assert_eq!(got["win_rate"].as_f64().unwrap(), wins / 3.0);
+    let lc = got["length_controlled_win_rate"].as_f64().unwrap();
+    assert!(lc > 0.0 && lc < 1.0, "{lc}");
+    // Best-of-N end to end on tiny: the judge picks among the policy's own samples.
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "winrate",
+        "--data",
+        s(&data),
+        "--model",
+        s(&policy),
+        "--best-of",
+        "3",
+        "--reward-model",
+        s(&rm),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "12",
+    ]));
+    let (w, r, o) = (
+        got["win_rate"].as_f64().unwrap(),
+        got["random_win_rate"].as_f64().unwrap(),
+        got["oracle_win_rate"].as_f64().unwrap(),
+    );
+    assert!(
+        o >= w && o >= r,
+        "the oracle is at least the pick and the first: {got}"
+    );
+    // The judge is required.
+    let no_judge = prefer(&[
+        "eval",
+        "--task",
+        "winrate",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&same),
+    ]);
+    assert!(String::from_utf8_lossy(&no_judge.stderr).contains("give --reward-model"));
+}

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 pub enum Task {
     /// Grade-school maths: 8-shot chain of thought, the last number against GSM8K's "#### N".
     Gsm8k,
+    /// Win rate against reference answers (AlpacaEval's {"instruction", "output"}), judged by
+    /// --reward-model; ties count one half; also length-controlled, as AlpacaEval 2.
+    Winrate,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -26,8 +29,9 @@ pub struct EvalArgs {
     /// The benchmark.
     #[arg(long, value_enum)]
     pub task: Task,
-    /// The benchmark's rows, JSONL. gsm8k: {"question": ..., "answer": "... #### N"}, as
-    /// openai/gsm8k's test split.
+    /// The benchmark's rows (JSONL or parquet). gsm8k: {"question": ..., "answer": "... #### N"},
+    /// as openai/gsm8k's test split; winrate: {"instruction": ..., "output": the reference
+    /// answer}, as AlpacaEval's set.
     #[arg(long)]
     pub data: PathBuf,
     /// The policy: an HF Llama folder with an LM head (not needed with --responses).
@@ -56,7 +60,7 @@ pub struct EvalArgs {
     /// one and the oracle (any of the N right: pass@N).
     #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
     pub best_of: Option<usize>,
-    /// The reward model that picks Best-of-N's answer.
+    /// The reward model that picks Best-of-N's answer; for winrate, also the judge.
     #[arg(long)]
     pub reward_model: Option<PathBuf>,
     /// Sampling temperature [default: 0 (greedy) for one answer, 1 for --n or --best-of].
@@ -137,7 +141,12 @@ fn read_responses(path: &Path, rows: usize) -> Result<Vec<Answers>> {
         .take(rows)
         .map(|rec| {
             let at = format!("{}:{}", path.display(), rec.line);
-            let answers = match rec.value.get("response") {
+            // "response", or "output" as AlpacaEval's model_outputs.json has it.
+            let answers = match rec
+                .value
+                .get("response")
+                .or_else(|| rec.value.get("output"))
+            {
                 Some(Value::String(s)) => vec![s.clone()],
                 Some(Value::Array(a)) if !a.is_empty() => a
                     .iter()
@@ -150,7 +159,7 @@ fn read_responses(path: &Path, rows: usize) -> Result<Vec<Answers>> {
                 Some(_) => {
                     bail!("{at}: \"response\" must be a string or a non-empty list of strings")
                 }
-                None => bail!("{at}: no \"response\""),
+                None => bail!("{at}: no \"response\" (or \"output\")"),
             };
             let rewards = match rec.value.get("rewards") {
                 None => None,
@@ -195,6 +204,9 @@ fn answers_per_row(args: &EvalArgs) -> Result<usize> {
         Int("--max-batch", args.max_batch, 1..=65_536),
         Int("--shots", args.shots, 0..=64),
     ])?;
+    if args.task == Task::Winrate && args.n != 1 {
+        bail!("--n {} is gsm8k's majority vote; winrate judges one answer per instruction (or Best-of-N's pick: --best-of)", args.n);
+    }
     if let Some(t) = args.temperature {
         check_all(&[Float("--temperature", t, R::closed(0.0, 100.0))])?;
     }
@@ -215,8 +227,6 @@ fn answers_per_row(args: &EvalArgs) -> Result<usize> {
 
 pub fn run_eval(args: EvalArgs) -> Result<Value> {
     let k = answers_per_row(&args)?;
-    let Task::Gsm8k = args.task;
-    let rows = read_rows(&args.data, args.limit)?;
     if let Some(out) = &args.out {
         for name in ["completions.jsonl", "summary.json"] {
             let file = out.join(name);
@@ -229,6 +239,10 @@ pub fn run_eval(args: EvalArgs) -> Result<Value> {
             )?;
         }
     }
+    if args.task == Task::Winrate {
+        return run_winrate(&args, k);
+    }
+    let rows = read_rows(&args.data, args.limit)?;
     if let Some(out) = &args.out {
         refuse_a_folder_eval_did_not_write(out)?;
     }
@@ -498,4 +512,254 @@ fn write_out(
     let mut w = AtomicFile::create(&out.join("summary.json"))?;
     writeln!(w, "{}", serde_json::to_string_pretty(summary)?)?;
     w.commit()
+}
+
+/// One AlpacaEval-style row: the instruction and the reference answer.
+struct Instruction {
+    line: usize,
+    instruction: String,
+    reference: String,
+}
+
+fn read_instructions(path: &Path, limit: Option<usize>) -> Result<Vec<Instruction>> {
+    let mut rows = Vec::new();
+    for rec in read_jsonl::<Map<String, Value>>(path)? {
+        if limit.is_some_and(|n| rows.len() >= n) {
+            break;
+        }
+        let at = format!("{}:{}", path.display(), rec.line);
+        let text = |key: &str| {
+            match rec.value.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(anyhow!("{at}: \"{key}\" is not a string")),
+            None => Err(anyhow!(
+                "{at}: no \"{key}\" (winrate rows have \"instruction\" and \"output\", the reference answer)"
+            )),
+        }
+        };
+        rows.push(Instruction {
+            line: rec.line,
+            instruction: text("instruction")?,
+            reference: text("output")?,
+        });
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows to evaluate", path.display());
+    }
+    Ok(rows)
+}
+
+/// `--task winrate`: each instruction's answer (or Best-of-N's pick) against the reference,
+/// judged by the reward model.
+fn run_winrate(args: &EvalArgs, k: usize) -> Result<Value> {
+    use crate::eval::winrate::{length_controlled, outcome};
+    let Some(judge) = &args.reward_model else {
+        bail!("--task winrate judges answers with a reward model: give --reward-model");
+    };
+    let rows = read_instructions(&args.data, args.limit)?;
+    if let Some(out) = &args.out {
+        refuse_a_folder_eval_did_not_write(out)?;
+    }
+    crate::signals::install();
+    let (answers, generated) = match &args.responses {
+        Some(path) => {
+            if args.model.is_some() {
+                bail!("--responses scores existing answers: drop --model");
+            }
+            let read = read_responses(path, rows.len())?;
+            (read.into_iter().map(|(a, _)| a).collect::<Vec<_>>(), None)
+        }
+        None => {
+            let Some(model) = &args.model else {
+                bail!("give --model to generate answers, or --responses to judge existing ones");
+            };
+            generate_answers(args, model, &rows, k)?
+        }
+    };
+    if args
+        .best_of
+        .is_some_and(|k| answers.iter().any(|a| a.len() != k))
+    {
+        bail!("--best-of needs the same number of answers for every instruction");
+    }
+    // Every answer against its reference: one pair each, the answer as "chosen".
+    let lines: Vec<String> = rows
+        .iter()
+        .zip(&answers)
+        .flat_map(|(r, a)| {
+            a.iter().map(move |x| {
+                json!({"prompt": r.instruction, "chosen": x, "rejected": r.reference}).to_string()
+            })
+        })
+        .collect();
+    let judged =
+        crate::train::eval_rm::score_each_pair(judge, lines, &args.data, args.device, true)?;
+    let mut at = 0;
+    let mut per_row = Vec::with_capacity(rows.len());
+    for a in &answers {
+        per_row.push(&judged[at..at + a.len()]);
+        at += a.len();
+    }
+    let margin =
+        |s: &crate::train::objective::PairStats| s.chosen_reward_sum - s.rejected_reward_sum;
+    let n = rows.len();
+    let picked: Vec<usize> = per_row
+        .iter()
+        .map(|r| match args.best_of {
+            Some(_) => {
+                let rewards: Vec<f32> = r.iter().map(|s| s.chosen_reward_sum as f32).collect();
+                best_index(&rewards)
+            }
+            None => 0,
+        })
+        .collect();
+    let margins: Vec<f64> = (0..n).map(|i| margin(&per_row[i][picked[i]])).collect();
+    let diffs: Vec<f64> = (0..n)
+        .map(|i| {
+            answers[i][picked[i]].chars().count() as f64 - rows[i].reference.chars().count() as f64
+        })
+        .collect();
+    let wins: Vec<f64> = margins.iter().map(|&m| outcome(m)).collect();
+    let win_rate = wins.iter().sum::<f64>() / n as f64;
+    let stderr = if n > 1 {
+        (wins.iter().map(|w| (w - win_rate).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            / (n as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    let count = |f: fn(f64) -> bool| margins.iter().filter(|&&m| f(m)).count();
+    let mean_len = |lens: Vec<usize>| lens.iter().sum::<usize>() as f64 / n as f64;
+    let mut summary = json!({
+        "task": "winrate", "rows": n,
+        "win_rate": win_rate, "win_rate_stderr": stderr,
+        "length_controlled_win_rate": length_controlled(&margins, &diffs),
+        "wins": count(|m| m > 0.0), "ties": count(|m| m == 0.0), "losses": count(|m| m < 0.0),
+        "avg_length": mean_len((0..n).map(|i| answers[i][picked[i]].chars().count()).collect()),
+        "reference_avg_length": mean_len(rows.iter().map(|r| r.reference.chars().count()).collect()),
+    });
+    if let Some(kk) = args.best_of {
+        let first = (0..n).map(|i| outcome(margin(&per_row[i][0]))).sum::<f64>() / n as f64;
+        // The best outcome among the N: a win if any wins, else a tie if any ties.
+        let oracle = (0..n)
+            .map(|i| {
+                per_row[i]
+                    .iter()
+                    .map(|s| outcome(margin(s)))
+                    .fold(0.0, f64::max)
+            })
+            .sum::<f64>()
+            / n as f64;
+        summary["best_of"] = json!(kk);
+        summary["random_win_rate"] = json!(first);
+        summary["oracle_win_rate"] = json!(oracle);
+    }
+    if let Some(g) = generated {
+        summary["generation"] = g;
+    }
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{:6.2}%", 100.0 * x))
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "winrate, {n} instructions, judged by {}\n  win rate                {}  (stderr {}; {} wins, {} ties, {} losses)\n  length-controlled       {}\n  mean length             {:.0} characters (references {:.0})",
+        judge.display(),
+        pct(&summary["win_rate"]),
+        pct(&summary["win_rate_stderr"]),
+        summary["wins"],
+        summary["ties"],
+        summary["losses"],
+        pct(&summary["length_controlled_win_rate"]),
+        summary["avg_length"].as_f64().unwrap_or(0.0),
+        summary["reference_avg_length"].as_f64().unwrap_or(0.0),
+    );
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        crate::signals::check(|| format!("{} was not written", out.display()))?;
+        let mut w = AtomicFile::create(&out.join("completions.jsonl"))?;
+        for (i, row) in rows.iter().enumerate() {
+            let each: Vec<Value> = answers[i]
+                .iter()
+                .zip(per_row[i])
+                .map(|(a, s)| {
+                    json!({"output": a, "reward": s.chosen_reward_sum,
+                           "reference_reward": s.rejected_reward_sum, "win": outcome(margin(s))})
+                })
+                .collect();
+            let line = json!({"line": row.line, "instruction": row.instruction,
+                              "reference": row.reference, "picked": picked[i], "completions": each});
+            writeln!(w, "{line}")?;
+        }
+        w.commit()?;
+        let mut w = AtomicFile::create(&out.join("summary.json"))?;
+        writeln!(w, "{}", serde_json::to_string_pretty(&summary)?)?;
+        w.commit()?;
+    }
+    Ok(summary)
+}
+
+/// `k` answers per instruction from the policy, each instruction one user turn of its chat
+/// template; answers end at EOS.
+fn generate_answers(
+    args: &EvalArgs,
+    model: &Path,
+    rows: &[Instruction],
+    k: usize,
+) -> Result<(Vec<Vec<String>>, Option<Value>)> {
+    let temperature = args.temperature.unwrap_or(if k > 1 { 1.0 } else { 0.0 });
+    if k > 1 && temperature == 0.0 {
+        bail!("{k} answers per instruction at --temperature 0 would all be the same: sample (--temperature > 0)");
+    }
+    let gen = GenerateArgs {
+        model: model.to_path_buf(),
+        prompts: args.data.clone(),
+        out: PathBuf::new(),
+        n: k,
+        temperature,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: args.max_new_tokens,
+        stop: Vec::new(),
+        seed: args.seed,
+        max_batch: args.max_batch,
+        kv_memory: None,
+        reward_model: None,
+        best_of: None,
+        device: args.device,
+    };
+    let (_, done) = complete(&gen, |enc| {
+        rows.iter()
+            .map(|row| {
+                let turn = [Message {
+                    role: "user".into(),
+                    content: row.instruction.clone(),
+                }];
+                let ids = enc.prompt_ids(&turn)?;
+                if ids.len() >= enc.cfg.max_position_embeddings {
+                    bail!(
+                        "{}:{}: the instruction is {} tokens, the model's context {}",
+                        args.data.display(),
+                        row.line,
+                        ids.len(),
+                        enc.cfg.max_position_embeddings
+                    );
+                }
+                let mut fields = Map::new();
+                fields.insert("prompt".into(), row.instruction.clone().into());
+                Ok(Prompt {
+                    ids,
+                    fields,
+                    line: row.line,
+                })
+            })
+            .collect()
+    })?;
+    let answers = done.texts.chunks(k).map(<[String]>::to_vec).collect();
+    let speed = json!({
+        "generated_tokens": done.stats.generated_tokens,
+        "seconds": done.seconds,
+        "tokens_per_s": done.stats.generated_tokens as f64 / done.seconds.max(1e-9),
+        "temperature": temperature,
+    });
+    Ok((answers, Some(speed)))
 }

@@ -199,9 +199,19 @@ pub fn load_preferences(
     enc: &Encoder,
     opts: &DataOptions,
 ) -> Result<(Vec<PreferencePair>, LoadReport)> {
+    load_preferences_from(super::jsonl::open_lines(path)?, path, enc, opts)
+}
+
+/// [`load_preferences`] over lines already at hand (`path` names them in errors).
+pub fn load_preferences_from(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    path: &Path,
+    enc: &Encoder,
+    opts: &DataOptions,
+) -> Result<(Vec<PreferencePair>, LoadReport)> {
     let mut pairs = Vec::new();
     let mut report = LoadReport::default();
-    for (i, line) in super::jsonl::open_lines(path)?.enumerate() {
+    for (i, line) in lines.enumerate() {
         let line_no = i + 1;
         let parsed = match &line {
             Ok(l) if l.trim().is_empty() => continue,

@@ -2,6 +2,8 @@
 //! against other implementations (`prefer eval --responses`).
 //! - `gsm8k`: few-shot chain-of-thought prompts, lm-evaluation-harness's answer extraction.
 //! - `rewardbench`: RewardBench's section and overall scores from per-subset accuracies.
+//! - `winrate`: win rate against reference answers by a reward-model judge, length-controlled.
 
 pub mod gsm8k;
 pub mod rewardbench;
+pub mod winrate;
