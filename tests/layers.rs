@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 /// The layers, top down: a layer may import from the layers after it in this list. Layers on the
 /// same line are peers and import neither each other nor anything above them.
 const LAYERS: &[&[&str]] = &[
-    &["main", "cmd"], // src/main.rs and the CLI: nothing below imports them
-    &["check", "rl"], // `prefer check` / `bench`; PPO, GRPO and RLOO
-    &["train"],       // the run skeleton and the offline trainers
-    &["generate"],    // the rollout engine
-    &["data"],        // tokenizer, chat template, readers (they read the model's config)
-    &["model"],       // config, weights, the Llama forward and backward over the op set
+    &["main", "cmd"],  // src/main.rs and the CLI: nothing below imports them
+    &["check", "rl"],  // `prefer check` / `bench`; PPO, GRPO and RLOO
+    &["train"],        // the run skeleton and the offline trainers
+    &["generate"],     // the rollout engine
+    &["data"],         // tokenizer, chat template, readers (they read the model's config)
+    &["model"],        // config, weights, the Llama forward and backward over the op set
     &["dist"], // many processes: the launcher's variables, the rendezvous (communicator next)
     &["ops"],  // the op set: the Backend trait, cpu/ (the oracle) and cuda/
-    &["loss"], // the formulas and their gradients
+    &["loss", "eval"], // the formulas: losses and their gradients; the evaluations' scorers
 ];
 
 /// Modules anyone may import; they import no layer (only each other).
