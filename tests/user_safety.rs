@@ -329,7 +329,10 @@ fn data_files_a_user_might_hand_over() {
         .args(["dpo", "--model", "base", "--data", "base", "--out", "x"])
         .output()
         .unwrap();
-    assert_stderr_has(&o, "base is a folder with no parquet files; give a JSONL file");
+    assert_stderr_has(
+        &o,
+        "base is a folder with no parquet files; give a JSONL file",
+    );
     // Nothing fits: the message counts the dropped pairs and names the way out.
     let o = prefer()
         .current_dir(root)
