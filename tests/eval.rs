@@ -578,3 +578,155 @@ fn winrate_counts_ties_as_half_and_judges_each_answer_against_its_reference() {
     ]);
     assert!(String::from_utf8_lossy(&no_judge.stderr).contains("give --reward-model"));
 }
+
+/// IFEval rows in google/IFEval's shape (every kwargs key present, most null, as its parquet).
+fn ifeval_rows(path: &Path) {
+    let kw = |set: Value| {
+        let mut all = json!({"num_words": null, "relation": null, "keywords": null,
+                             "num_highlights": null, "end_phrase": null});
+        for (k, v) in set.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        all
+    };
+    write_lines(
+        path,
+        &[
+            json!({"key": 1, "prompt": "Describe a river in fewer than 40 words.",
+                   "instruction_id_list": ["length_constraints:number_words"],
+                   "kwargs": [kw(json!({"num_words": 40, "relation": "less than"}))]}),
+            json!({"key": 2, "prompt": "Write about cats without commas, highlighting one part.",
+                   "instruction_id_list": ["punctuation:no_comma", "detectable_format:number_highlighted_sections"],
+                   "kwargs": [kw(json!({})), kw(json!({"num_highlights": 1}))]}),
+            json!({"key": 3, "prompt": "Say hello and end with 'Bye.'",
+                   "instruction_id_list": ["startend:end_checker"],
+                   "kwargs": [kw(json!({"end_phrase": "Bye."}))]}),
+        ],
+    );
+}
+
+#[test]
+fn ifeval_scores_given_responses_with_the_harness_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("ifeval.jsonl");
+    ifeval_rows(&data);
+    let resp = d.join("resp.jsonl");
+    write_lines(
+        &resp,
+        &[
+            json!({"response": "A river runs to the sea."}),
+            // The comma fails strictly; without the first line it passes; the highlight passes.
+            json!({"response": "Sure, here it is:\nCats *sleep* a lot"}),
+            json!({"response": "Hello. Bye."}),
+        ],
+    );
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+    ]));
+    assert_eq!(got["rows"], 3);
+    assert_eq!(got["instructions"], 4);
+    assert_eq!(got["prompt_level_strict_acc"], 2.0 / 3.0);
+    assert_eq!(got["inst_level_strict_acc"], 3.0 / 4.0);
+    assert_eq!(got["prompt_level_loose_acc"], 1.0);
+    assert_eq!(got["inst_level_loose_acc"], 1.0);
+    // A bad row names the file, the line and what is wrong.
+    let bad = d.join("bad.jsonl");
+    write_lines(
+        &bad,
+        &[
+            json!({"prompt": "x", "instruction_id_list": ["keywords:frequency"],
+                 "kwargs": [{"keyword": "a", "relation": "at least"}]}),
+        ],
+    );
+    let out = prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&bad),
+        "--responses",
+        s(&resp),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.jsonl:1") && err.contains("\"frequency\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn ifeval_best_of_2_runs_end_to_end_on_tiny_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, extra) in [("policy", None), ("rm", Some("--scalar-head"))] {
+        let path = d.join(name);
+        let mut args = vec!["init", "--preset", "tiny", "--out", s(&path)];
+        args.extend(extra);
+        ok_status(&prefer(&args));
+    }
+    let data = d.join("ifeval.jsonl");
+    ifeval_rows(&data);
+    let out_dir = d.join("out");
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&data),
+        "--model",
+        s(&d.join("policy")),
+        "--best-of",
+        "2",
+        "--reward-model",
+        s(&d.join("rm")),
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+        "--out",
+        s(&out_dir),
+    ]));
+    assert_eq!(
+        (got["rows"].clone(), got["best_of"].clone()),
+        (json!(3), json!(2))
+    );
+    for key in [
+        "prompt_level_strict_acc",
+        "inst_level_loose_acc",
+        "random_prompt_level_strict_acc",
+        "oracle_inst_level_strict_acc",
+    ] {
+        let v = got[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    // The oracle is at least as good as the random pick, on every figure.
+    for key in ["prompt_level_strict_acc", "inst_level_strict_acc"] {
+        assert!(got[format!("oracle_{key}")].as_f64() >= got[format!("random_{key}")].as_f64());
+    }
+    let lines = std::fs::read_to_string(out_dir.join("completions.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    for l in lines.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let c = v["completions"].as_array().unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(c
+            .iter()
+            .all(|x| x["strict"].is_array() && x["reward"].is_number()));
+    }
+}
+
+fn ok_status(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

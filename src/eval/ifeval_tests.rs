@@ -622,3 +622,45 @@ fn sentences_are_split_as_the_reference_splits_them() {
         8
     );
 }
+
+/// The 60 rows of tests/fixtures/ifeval (every instruction at least twice, HF's parquet-shaped
+/// kwargs, loose-only cases) judged as lm-evaluation-harness 0.4.13 judged them
+/// (tests/reference/check_ifeval.py wrote reference_verdicts.jsonl; Punkt's data was not
+/// installable offline, so its sentence count was the reference's own splitter, as here).
+#[test]
+fn the_fixture_is_judged_as_lm_evaluation_harness_judged_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval");
+    let read = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let rows = read("rows.jsonl");
+    let reference = read("reference_verdicts.jsonl");
+    assert_eq!(rows.len(), 60);
+    assert_eq!(reference.len(), rows.len());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut verdicts = Vec::new();
+    for (row, want) in rows.iter().zip(&reference) {
+        assert_eq!(row["key"], want["key"]);
+        let ids: Vec<String> = serde_json::from_value(row["instruction_id_list"].clone()).unwrap();
+        let kwargs: Vec<Map<String, Value>> =
+            serde_json::from_value(row["kwargs"].clone()).unwrap();
+        seen.extend(ids.iter().cloned());
+        let p = Prompt::parse(&ids, &kwargs).unwrap();
+        let v = judge(&p, row["response"].as_str().unwrap());
+        assert_eq!(json!(v.strict), want["strict"], "key {} strict", row["key"]);
+        assert_eq!(json!(v.loose), want["loose"], "key {} loose", row["key"]);
+        verdicts.push(v);
+    }
+    assert_eq!(seen.len(), 25, "every instruction type is in the fixture");
+    // The figures check_ifeval.py printed for the reference.
+    let s = scores(&verdicts);
+    let near = |a: f64, b: f64| (a - b).abs() < 5e-7;
+    assert!(near(s.prompt_level_strict_acc, 0.450000), "{s:?}");
+    assert!(near(s.inst_level_strict_acc, 0.518987), "{s:?}");
+    assert!(near(s.prompt_level_loose_acc, 0.566667), "{s:?}");
+    assert!(near(s.inst_level_loose_acc, 0.620253), "{s:?}");
+}
