@@ -165,7 +165,7 @@ enum Command {
     },
     /// Online RL from a reward model or a verifiable reward: PPO (the paper's, with every switch),
     /// GRPO or RLOO, on the rollout engine.
-    Ppo(prefer::rl::PpoArgs),
+    Ppo(Box<prefer::rl::PpoArgs>),
     /// Completions for a JSONL file of prompts: paged KV cache, continuous batching, seeded
     /// sampling; with --reward-model, rewards and best-of-N.
     Generate(cmd::generate::GenerateArgs),
@@ -401,7 +401,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Ppo(args) => {
             let group = cmd::train::join_group()?;
-            let s = prefer::rl::run_ppo_in(args, group.clone())?;
+            let s = prefer::rl::run_ppo_in(*args, group.clone())?;
             group.finish();
             if s.interrupted {
                 cmd::train::exit_for_signal();

@@ -730,3 +730,175 @@ fn ok_status(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn eval_rows(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("eval_seconds");
+            v
+        })
+        .collect()
+}
+
+/// `prefer ppo --eval-task ifeval --eval-every 2`: eval.jsonl has the four scores before training,
+/// at iteration 2 and after the last; the last row is what `prefer eval` gives the saved policy;
+/// a run stopped at iteration 2 and resumed logs the same rows as one that was not stopped.
+#[test]
+fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A policy with large random weights answers with varied text (a small init answers blank
+    // lines, which follow nothing), so the figures below are not all zero.
+    let init: [(&str, &[&str]); 2] = [
+        ("policy", &["--init-std", "0.5", "--seed", "3"]),
+        ("rm", &["--scalar-head"]),
+    ];
+    for (name, extra) in init {
+        let path = d.join(name);
+        let mut args = vec!["init", "--preset", "tiny", "--out", s(&path)];
+        args.extend(extra);
+        ok_status(&prefer(&args));
+    }
+    let prompts = d.join("prompts.jsonl");
+    write_lines(
+        &prompts,
+        &(0..8)
+            .map(|i| json!({"prompt": format!("Tell me about the number {i}.")}))
+            .collect::<Vec<_>>(),
+    );
+    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl");
+    let (policy, rm) = (d.join("policy"), d.join("rm"));
+    let ppo = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "ppo",
+            "--device",
+            "cpu",
+            "--policy",
+            s(&policy),
+            "--reward-model",
+            s(&rm),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(out),
+            "--prompt-batch-size",
+            "4",
+            "--rollouts-per-prompt",
+            "2",
+            "--minibatch-size",
+            "8",
+            "--max-new-tokens",
+            "6",
+            "--lr",
+            "3e-3",
+            "--temperature",
+            "1.0",
+            "--max-steps",
+            "4",
+            "--eval-task",
+            "ifeval",
+            "--eval-data",
+            s(&rows),
+            "--eval-limit",
+            "24",
+            "--eval-every",
+            "2",
+            "--eval-max-new-tokens",
+            "12",
+        ];
+        args.extend(extra);
+        prefer(&args)
+    };
+    let full = d.join("full");
+    ok_status(&ppo(&full, &[]));
+    let got = eval_rows(&full);
+    let steps: Vec<u64> = got.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 4]);
+    for r in &got {
+        assert_eq!(r["eval_rows"], 24);
+        for key in [
+            "prompt_level_strict_acc",
+            "inst_level_strict_acc",
+            "prompt_level_loose_acc",
+            "inst_level_loose_acc",
+        ] {
+            let v = r[format!("eval_ifeval_{key}")].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} {v}");
+        }
+    }
+    assert!(
+        got.iter()
+            .any(|r| r["eval_ifeval_inst_level_loose_acc"].as_f64() > Some(0.0)),
+        "{got:?}"
+    );
+    assert!(full.join("curves.png").is_file());
+    // The trained policy, saved and scored by `prefer eval`, gets the last row's figures.
+    let alone = ok(&prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&rows),
+        "--limit",
+        "24",
+        "--model",
+        s(&full),
+        "--max-new-tokens",
+        "12",
+        "--device",
+        "cpu",
+    ]));
+    for key in [
+        "prompt_level_strict_acc",
+        "inst_level_strict_acc",
+        "prompt_level_loose_acc",
+        "inst_level_loose_acc",
+    ] {
+        assert_eq!(got[2][format!("eval_ifeval_{key}")], alone[key], "{key}");
+    }
+    // Stopped at iteration 2 and resumed: the same rows.
+    let part = d.join("part");
+    let stopped = ppo(&part, &["--stop-after", "2"]);
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    assert_eq!(eval_rows(&part).len(), 2);
+    ok_status(&prefer(&["ppo", "--resume", s(&part)]));
+    assert_eq!(eval_rows(&part), got);
+    // --eval-task needs its rows; rows that are not IFEval's stop the run before training.
+    let out = prefer(&[
+        "ppo",
+        "--device",
+        "cpu",
+        "--policy",
+        s(&policy),
+        "--reward-model",
+        s(&rm),
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&d.join("bad")),
+        "--prompt-batch-size",
+        "4",
+        "--rollouts-per-prompt",
+        "2",
+        "--minibatch-size",
+        "8",
+        "--eval-task",
+        "ifeval",
+        "--eval-data",
+        s(&prompts),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("prompts.jsonl:1") && err.contains("instruction_id_list"),
+        "{err}"
+    );
+    assert!(!d.join("bad").join("metrics.jsonl").exists());
+}

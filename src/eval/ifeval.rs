@@ -512,6 +512,33 @@ impl Prompt {
     }
 }
 
+/// One IFEval row as google/IFEval stores it: its prompt text and its parsed instructions, from
+/// "prompt", "instruction_id_list" and "kwargs" (one object per instruction). Errors say which
+/// field is wrong; the caller adds the file and line.
+pub fn read_row(row: &Map<String, Value>) -> Result<(String, Prompt)> {
+    let needs = "ifeval rows have \"prompt\", \"instruction_id_list\" and \"kwargs\"";
+    let prompt = match row.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => bail!("\"prompt\" is not a string"),
+        None => bail!("no \"prompt\" ({needs})"),
+    };
+    let ids: Vec<String> = row
+        .get("instruction_id_list")
+        .ok_or_else(|| anyhow!("no \"instruction_id_list\" ({needs})"))
+        .and_then(|v| {
+            serde_json::from_value(v.clone())
+                .map_err(|_| anyhow!("\"instruction_id_list\" must be a list of strings"))
+        })?;
+    let kwargs: Vec<Map<String, Value>> = row
+        .get("kwargs")
+        .ok_or_else(|| anyhow!("no \"kwargs\" ({needs})"))
+        .and_then(|v| {
+            serde_json::from_value(v.clone())
+                .map_err(|_| anyhow!("\"kwargs\" must be a list of objects, one per instruction"))
+        })?;
+    Ok((prompt, Prompt::parse(&ids, &kwargs)?))
+}
+
 /// Whether each instruction is followed, strictly: the response is not blank and passes.
 pub fn follows_strict(prompt: &Prompt, response: &str) -> Vec<bool> {
     prompt

@@ -52,6 +52,12 @@ impl BlockPool {
 
     /// Gives back `n` promised blocks a finished sequence did not need.
     pub fn unreserve(&mut self, n: usize) {
+        // Checked in release builds too: a wrapped count would make the pool look full.
+        assert!(
+            n <= self.reserved,
+            "{n} blocks given back of {} reserved",
+            self.reserved
+        );
         self.reserved -= n;
     }
 

@@ -385,7 +385,13 @@ impl<'m, B: Backend> Engine<'m, B> {
         let mut out = Vec::with_capacity(admitted.len() * n);
         for (a, &p) in admitted.iter().enumerate() {
             let len = prompts[p].len();
-            let reserve = private_blocks(len, self.opts.max_new_tokens, bs);
+            // What `admit` reserved for it: room for the new tokens the context leaves.
+            let room = new_tokens_room(
+                len,
+                self.opts.max_new_tokens,
+                self.model.cfg.max_position_embeddings,
+            );
+            let reserve = private_blocks(len, room, bs);
             let shared: Vec<u32> = (0..len / bs).map(|_| self.pool.take(n as u32)).collect();
             let mut rollouts: Vec<Seq> = (0..n)
                 .map(|r| Seq {

@@ -12,6 +12,7 @@ pub mod rollout_batch;
 pub mod rollouts;
 pub mod scoring;
 pub mod setup;
+pub mod task_eval;
 pub mod trainer;
 
 pub use options::PpoArgs;

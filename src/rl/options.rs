@@ -4,6 +4,7 @@
 //! PPO implementations), GRPO's and RLOO's are TRL's (`PpoArgs::defaults`).
 
 use super::advantages::{Algo, RewardSwitches};
+use super::task_eval::{EvalTask, TaskEvalOptions};
 use crate::loss::{EosPenalty, GaeConfig, KlController, KlEstimator};
 use crate::train::bounds::whole_number;
 use crate::train::layered_options::{over, TrainerArgs};
@@ -133,6 +134,28 @@ pub struct PpoArgs {
     /// GAE's λ.
     #[arg(long, allow_negative_numbers = true)]
     pub lam: Option<f32>,
+    /// Score the policy on a benchmark while it trains: before the first iteration, every
+    /// --eval-every iterations and after the last, greedy, with the prompts and scoring of
+    /// `prefer eval --task ...` (gsm8k: 8-shot, plain text; ifeval: the chat template). Logged
+    /// to eval.jsonl (eval_gsm8k_accuracy; eval_ifeval_prompt_level_strict_acc, ...) and drawn
+    /// in curves.png.
+    #[arg(long, value_enum)]
+    pub eval_task: Option<EvalTask>,
+    /// The benchmark's rows for --eval-task (JSONL or parquet), e.g. openai/gsm8k's test split.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Evaluate every N iterations (0: before the first and after the last only).
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub eval_every: Option<usize>,
+    /// Only the first N rows of --eval-data.
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub eval_limit: Option<usize>,
+    /// gsm8k: few-shot exemplars before each question [default: 8].
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub eval_shots: Option<usize>,
+    /// Most new tokens per evaluation answer [default: gsm8k 512, ifeval 1280].
+    #[arg(long, value_parser = whole_number, allow_negative_numbers = true)]
+    pub eval_max_new_tokens: Option<usize>,
     /// Take each iteration's completions from this rollouts.jsonl (another run's) instead of
     /// sampling them: for comparing devices on the same rollouts.
     #[arg(long, hide = true)]
@@ -166,6 +189,8 @@ pub struct PpoOptions {
     pub value_clip: f32,
     pub value_coef: f32,
     pub replay_rollouts: Option<PathBuf>,
+    /// The benchmark scored during training (--eval-task), if any.
+    pub task_eval: Option<TaskEvalOptions>,
 }
 
 /// `prefer ppo --help` with each option's default, per algorithm where they differ:
@@ -244,6 +269,7 @@ impl TrainerArgs for PpoArgs {
             &mut self.reward_model,
             &mut self.value_model,
             &mut self.prompts,
+            &mut self.eval_data,
             &mut self.run.out,
         ]
     }
@@ -370,6 +396,28 @@ impl PpoArgs {
             value_clip: a.value_clip.expect(given),
             value_coef: a.value_coef.expect(given),
             replay_rollouts: a.replay_rollouts,
+            task_eval: match (a.eval_task, a.eval_data) {
+                (Some(task), Some(data)) => Some(TaskEvalOptions {
+                    task,
+                    data,
+                    every: a.eval_every.unwrap_or(0),
+                    limit: a.eval_limit,
+                    shots: a.eval_shots.unwrap_or(8),
+                    max_new_tokens: a
+                        .eval_max_new_tokens
+                        .unwrap_or_else(|| task.default_max_new_tokens()),
+                }),
+                (Some(task), None) => {
+                    bail!("--eval-task {task:?} needs --eval-data (the benchmark's rows)")
+                }
+                (None, Some(_)) => bail!("--eval-data needs --eval-task (gsm8k or ifeval)"),
+                (None, None) => {
+                    if a.eval_every.is_some_and(|k| k > 0) {
+                        bail!("--eval-every needs --eval-task and --eval-data");
+                    }
+                    None
+                }
+            },
         };
         o.check_ranges(
             kl_coef,
@@ -412,6 +460,26 @@ impl PpoOptions {
             Int("--minibatch-size", self.minibatch_size, 1..=1_000_000),
             Int("--grad-accum", self.grad_accum, 1..=65_536),
             Int("--max-new-tokens", self.max_new_tokens, 1..=MAX_TOKENS),
+            Int(
+                "--eval-every",
+                self.task_eval.as_ref().map_or(0, |t| t.every),
+                0..=BIG,
+            ),
+            Int(
+                "--eval-limit",
+                self.task_eval.as_ref().and_then(|t| t.limit).unwrap_or(1),
+                1..=BIG,
+            ),
+            Int(
+                "--eval-shots",
+                self.task_eval.as_ref().map_or(0, |t| t.shots),
+                0..=8,
+            ),
+            Int(
+                "--eval-max-new-tokens",
+                self.task_eval.as_ref().map_or(1, |t| t.max_new_tokens),
+                1..=MAX_TOKENS,
+            ),
             Int("--max-batch", self.max_batch.unwrap_or(1), 1..=65_536),
             Int("--kl-horizon", kl_horizon, 1..=BIG),
             Float("--math-weight", self.math_weight, R::closed(-1e6, 1e6)),

@@ -19,6 +19,7 @@ use super::rollout_batch::{iteration_prompts, rollout_batch};
 use super::rollouts::{all_gather_rollouts, generate, iteration_seed, replayed_rollouts};
 use super::scoring::score;
 use super::setup::{self, HostModels, Models, Setup};
+use super::task_eval::{EvalTask, TaskEval};
 use crate::dist::group::Group;
 use crate::loss::RunningMoments;
 use crate::model::weights::{save_checkpoint, save_model_into, SaveDtype};
@@ -67,6 +68,10 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
         ("--reward-model", opts.reward_model.as_deref()),
         ("--value-model", opts.value_model.as_deref()),
         ("--prompts", Some(opts.prompts.as_path())),
+        (
+            "--eval-data",
+            opts.task_eval.as_ref().map(|t| t.data.as_path()),
+        ),
     ];
     let spec = RunSpec {
         command: "prefer ppo".to_string(),
@@ -83,6 +88,14 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
         });
     }
     let (setup, host) = setup::load(opts.clone())?;
+    // The benchmark's rows are read and tokenised before any training, so bad rows stop the run
+    // at once.
+    let task_eval = setup
+        .opts
+        .task_eval
+        .as_ref()
+        .map(|t| TaskEval::load(t, &setup))
+        .transpose()?;
     run.write_run_toml(&args)?;
     let HostModels {
         policy,
@@ -109,7 +122,7 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
             reference: reference.as_ref().map(up).transpose()?,
             reward: reward.as_ref().map(up).transpose()?,
         };
-        drive_ppo(models, &setup, &run)?
+        drive_ppo(models, &setup, &run, task_eval.as_ref())?
     } else {
         setup.opts.run.refuse_shard_on_cpu()?;
         let models = Models {
@@ -118,7 +131,7 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
             reference,
             reward,
         };
-        drive_ppo(models, &setup, &run)?
+        drive_ppo(models, &setup, &run, task_eval.as_ref())?
     };
     Ok(summary)
 }
@@ -127,6 +140,7 @@ fn drive_ppo<S: TrainState>(
     models: Models<S>,
     s: &Setup,
     run: &OpenedRun,
+    task_eval: Option<&TaskEval>,
 ) -> Result<(PpoSummary, RunEnd)> {
     let o = &s.opts;
     let per_pass = s.prompts.len() / o.prompt_batch_size;
@@ -144,14 +158,18 @@ fn drive_ppo<S: TrainState>(
         logs: None,
         summary: PpoSummary::default(),
         status: String::new(),
+        task_eval,
     };
-    drive(run, &mut stages, &o.run, Cadence::of(&o.run, 0))
+    let every = task_eval.map_or(0, |_| o.task_eval.as_ref().map_or(0, |t| t.every));
+    drive(run, &mut stages, &o.run, Cadence::of(&o.run, every))
 }
 
-/// metrics.jsonl (a row per iteration) and rollouts.jsonl (a row per completion).
+/// metrics.jsonl (a row per iteration), rollouts.jsonl (a row per completion) and, with
+/// --eval-task, eval.jsonl (a row per evaluation).
 struct Logs {
     metrics: MetricsLog,
     rollouts: MetricsLog,
+    eval: MetricsLog,
 }
 
 /// The online trainer's state between the skeleton's calls.
@@ -165,6 +183,8 @@ struct Ppo<'a, S: TrainState> {
     summary: PpoSummary,
     /// The last iteration's progress line.
     status: String,
+    /// The benchmark scored during training (--eval-task).
+    task_eval: Option<&'a TaskEval>,
 }
 
 impl<S: TrainState> Stages for Ppo<'_, S> {
@@ -187,8 +207,38 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         self.logs = Some(Logs {
             metrics: MetricsLog::open_if(root, &out.join("metrics.jsonl"), start + 1)?,
             rollouts: MetricsLog::open_if(root, &out.join("rollouts.jsonl"), start + 1)?,
+            eval: MetricsLog::open_if(
+                root && self.task_eval.is_some(),
+                &out.join("eval.jsonl"),
+                start + 1,
+            )?,
         });
         Ok(())
+    }
+
+    /// The policy scored on --eval-task after `done` iterations, a row of eval.jsonl.
+    fn evaluate(&mut self, done: usize) -> Result<()> {
+        let Some(task) = self.task_eval else {
+            return Ok(());
+        };
+        let backend = &self.m.policy.model().backend;
+        backend.release_idle();
+        let mut row = task.run(self.m.policy.model(), self.s, &self.group)?;
+        backend.release_idle();
+        row.insert("step".into(), done.into());
+        if self.group.is_root() {
+            let shown: Vec<String> = row
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "eval_rows" | "eval_seconds" | "step"))
+                .map(|(k, v)| format!("{} {:.4}", &k[5..], v.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            eprintln!("evaluation at iteration {done}: {}", shown.join(", "));
+        }
+        self.logs
+            .as_mut()
+            .context("the run's logs are opened by begin")?
+            .eval
+            .write(&serde_json::Value::Object(row))
     }
 
     fn step(&mut self, it: usize, lr: f32) -> Result<()> {
@@ -329,6 +379,9 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         if end.stopped_early {
             return Ok(self.summary.clone());
         }
+        // The last evaluation, of the trained policy (the skeleton evaluates before the last
+        // iteration only).
+        self.evaluate(end.steps)?;
         let policy = self.m.policy.gather_state(&self.group, false)?;
         let value = match self.m.value.as_mut() {
             Some(vm) => vm.gather_state(&self.group, false)?,
@@ -358,8 +411,23 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
     }
 
     fn curves(&self) -> Curves {
+        let keys: &'static [&'static str] = match self.task_eval.map(TaskEval::task) {
+            None => &["objective/scores", "objective/kl", "loss/policy_avg", "lr"],
+            Some(EvalTask::Gsm8k) => &[
+                "objective/scores",
+                "objective/kl",
+                "loss/policy_avg",
+                "gsm8k_accuracy",
+            ],
+            Some(EvalTask::Ifeval) => &[
+                "objective/scores",
+                "objective/kl",
+                "ifeval_prompt_level_strict_acc",
+                "ifeval_inst_level_loose_acc",
+            ],
+        };
         Curves {
-            keys: &["objective/scores", "objective/kl", "loss/policy_avg", "lr"],
+            keys,
             label: format!("{:?}", self.s.opts.algo).to_uppercase(),
         }
     }

@@ -2,11 +2,11 @@
 //! template, answered greedily (lm-evaluation-harness: greedy, up to 1280 new tokens) and scored
 //! by [`crate::eval::ifeval`]: prompt- and instruction-level accuracy, strict and loose.
 
-use super::{answers, engine_prompt, pct, read_rows, text_field, write_out, EvalArgs, Sampling};
+use super::{answers, engine_prompt, pct, read_rows, write_out, EvalArgs, Sampling};
 use crate::cmd::generate::best_index;
 use crate::data::chat_template::Message;
-use crate::eval::ifeval::{judge, scores, Prompt, Scores, Verdict};
-use anyhow::{anyhow, Context, Result};
+use crate::eval::ifeval::{judge, read_row, scores, Prompt, Scores, Verdict};
+use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 /// One IFEval row: its key, the prompt and its instructions.
@@ -18,27 +18,11 @@ struct Row {
 
 fn read(args: &EvalArgs) -> Result<Vec<(usize, Row)>> {
     read_rows(&args.data, args.limit, |row, at| {
-        let needs = "ifeval rows have \"prompt\", \"instruction_id_list\" and \"kwargs\"";
-        let prompt = text_field(row, "prompt", at, needs)?;
-        let ids: Vec<String> = row
-            .get("instruction_id_list")
-            .ok_or_else(|| anyhow!("{at}: no \"instruction_id_list\" ({needs})"))
-            .and_then(|v| {
-                serde_json::from_value(v.clone())
-                    .map_err(|_| anyhow!("{at}: \"instruction_id_list\" must be a list of strings"))
-            })?;
-        let kwargs: Vec<Map<String, Value>> = row
-            .get("kwargs")
-            .ok_or_else(|| anyhow!("{at}: no \"kwargs\" ({needs})"))
-            .and_then(|v| {
-                serde_json::from_value(v.clone()).map_err(|_| {
-                    anyhow!("{at}: \"kwargs\" must be a list of objects, one per instruction")
-                })
-            })?;
+        let (prompt, instructions) = read_row(row).with_context(|| at.to_string())?;
         Ok(Row {
             key: row.get("key").cloned().unwrap_or(Value::Null),
-            instructions: Prompt::parse(&ids, &kwargs).with_context(|| at.to_string())?,
             prompt,
+            instructions,
         })
     })
 }
