@@ -12,18 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-
-fn prefer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prefer"))
-        .args(args)
-        .env_remove("PREFER_DEVICE")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{prefer_output as prefer, stderr_text as stderr};
 
 /// A failed run whose last stderr line is an `error:` holding every one of `words`, and no panic.
 #[track_caller]

@@ -3,17 +3,11 @@
 //! the CPU and the software GPU.
 
 mod common;
+use common::{path_arg as s, prefer_output as prefer};
 
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn prefer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prefer"))
-        .args(args)
-        .output()
-        .expect("prefer runs")
-}
 
 fn ok(out: &Output) -> Value {
     assert!(
@@ -39,10 +33,6 @@ fn gsm8k_rows(path: &Path) {
             json!({"question": "How far below zero?", "answer": "#### -3"}),
         ],
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -901,4 +891,43 @@ fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
         "{err}"
     );
     assert!(!d.join("bad").join("metrics.jsonl").exists());
+}
+
+/// 50 answers in every format models write (tests/fixtures/gsm8k), scored as lm-evaluation-harness
+/// 0.4.13's gsm8k task scores them (its own RegexFilter and exact_match, run by
+/// tests/reference/check_gsm8k.py into reference_verdicts.jsonl).
+#[test]
+fn gsm8k_verdicts_equal_lm_evaluation_harness_on_the_cross_check_fixture() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gsm8k");
+    let data = dir.join("cross_check.jsonl");
+    let out = tempfile::tempdir().unwrap();
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&data),
+        "--out",
+        s(out.path()),
+    ]));
+    let read = |p: &Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mine = read(&out.path().join("completions.jsonl"));
+    let reference = read(&dir.join("reference_verdicts.jsonl"));
+    assert_eq!(mine.len(), 50);
+    assert_eq!(reference.len(), mine.len());
+    for (m, r) in mine.iter().zip(&reference) {
+        let c = &m["completions"][0];
+        assert_eq!(c["correct"], r["correct"], "line {}: {c}", r["line"]);
+        assert_eq!(c["extracted"], r["normalised"], "line {}: {c}", r["line"]);
+        assert_eq!(m["gold"], r["gold"], "line {}", r["line"]);
+    }
+    assert_eq!(got["correct"], 31);
 }

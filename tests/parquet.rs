@@ -2,28 +2,15 @@
 //! tests/reference/make_parquet_fixture.py): the same rows as JSONL train bit for bit the same,
 //! shards read as one set in name order, nested message lists read, bad files are clear errors.
 
+mod common;
+use common::{path_arg as s, prefer_output as prefer, stderr_text as stderr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn prefer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prefer"))
-        .args(args)
-        .output()
-        .expect("prefer runs")
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/parquet")
         .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn init(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -202,4 +189,28 @@ fn bad_parquet_is_a_clear_error_naming_the_file_or_the_column() {
         e.contains("prefs.parquet:1") && e.contains("no \"question\""),
         "{e}"
     );
+}
+
+/// google/IFEval's parquet (kwargs a list of structs carrying every argument, mostly null) scores
+/// as the same rows in JSONL do.
+#[test]
+fn ifeval_rows_read_from_parquet_as_from_jsonl() {
+    let jsonl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl");
+    let run = |data: &Path| {
+        let out = prefer(&[
+            "eval",
+            "--task",
+            "ifeval",
+            "--data",
+            s(data),
+            "--responses",
+            s(&jsonl),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let from_parquet = run(&fixture("ifeval.parquet"));
+    assert_eq!(from_parquet, run(&jsonl));
+    assert_eq!(from_parquet["rows"], 60);
+    assert_eq!(from_parquet["instructions"], 79);
 }

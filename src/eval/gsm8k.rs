@@ -10,7 +10,11 @@
 //! - **Scoring** as its `exact_match` with the gsm8k task's settings: on both the extracted answer
 //!   and the gold (what follows "#### " in GSM8K's `answer`), delete every ",", "$", everything up
 //!   to a "#### ", and a trailing "."; lower-case; then compare the strings. So "$1,234." matches
-//!   1234, and "5.0" does not match 5, as in the harness.
+//!   1234, and "5.0" does not match 5, as in the harness. The gold is the text after the last
+//!   "####", trimmed, as the harness's gsm8k-cot task reads it; its plain gsm8k task keeps a
+//!   trailing space or newline after the number (and so never matches such a gold), which
+//!   GSM8K's own rows never have. tests/fixtures/gsm8k holds 50 answers whose verdicts equal
+//!   lm-evaluation-harness 0.4.13's (tests/reference/check_gsm8k.py).
 
 use anyhow::{bail, Result};
 use regex::Regex;

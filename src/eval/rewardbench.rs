@@ -311,4 +311,62 @@ mod tests {
         assert_eq!(s.score_with_prior_sets, Some(0.625));
         assert!(table(&s).contains("Chat Hard"));
     }
+
+    /// Made-up accuracies for every RewardBench subset and prior set
+    /// (tests/fixtures/rewardbench), scored by allenai/reward-bench 0.1.4's own
+    /// `calculate_scores_per_section` and leaderboard weighting (tests/reference/check_rewardbench.py
+    /// wrote reference_scores.json): every figure agrees.
+    #[test]
+    fn the_fixture_scores_as_reward_bench_scores_it() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rewardbench");
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+        };
+        let accuracies = read("subset_accuracies.json");
+        let want = read("reference_scores.json");
+        // Each accuracy is k/n for a small n: the tally that gives it (to the last bit or two of
+        // serde_json's float parsing, which is not always correctly rounded).
+        let tally = |a: f64| {
+            (1..=1000usize)
+                .find_map(|n| {
+                    let k = (a * n as f64).round() as usize;
+                    ((k as f64 / n as f64 - a).abs() < 1e-14).then_some(SubsetResult {
+                        pairs: n,
+                        correct: k,
+                        ties: 0,
+                    })
+                })
+                .expect("a fraction with a denominator up to 1000")
+        };
+        let subsets: BTreeMap<String, SubsetResult> = accuracies
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), tally(v.as_f64().unwrap())))
+            .collect();
+        let got = score(&subsets);
+        let near = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-12;
+        for (section, value) in want["sections_calculate_scores_per_section"]
+            .as_object()
+            .unwrap()
+        {
+            assert!(
+                near(got.sections[section], value),
+                "{section}: {} vs {value}",
+                got.sections[section]
+            );
+        }
+        assert!(near(got.score.unwrap(), &want["score"]));
+        assert!(near(got.prior_sets.unwrap(), &want["prior_sets"]));
+        assert!(near(
+            got.score_with_prior_sets.unwrap(),
+            &want["score_with_prior_sets"]
+        ));
+        assert!(
+            got.unscored_subsets.is_empty(),
+            "{:?}",
+            got.unscored_subsets
+        );
+    }
 }

@@ -197,3 +197,22 @@ pub fn short_pairs(n: usize, seed: usize) -> String {
         })
         .collect()
 }
+
+/// `prefer ARGS` run alone (no launcher variables, no `PREFER_DEVICE`), its output collected.
+pub fn prefer_output(args: &[&str]) -> std::process::Output {
+    prefer_alone()
+        .args(args)
+        .env_remove("PREFER_DEVICE")
+        .output()
+        .expect("prefer runs")
+}
+
+/// A path as a command-line argument.
+pub fn path_arg(p: &std::path::Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A command's stderr, as text.
+pub fn stderr_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

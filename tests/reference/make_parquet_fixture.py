@@ -9,6 +9,8 @@ list<struct<role, content>>), for tests/parquet.rs.
 - messages.jsonl / messages.parquet: UltraFeedback-binarized's shape: "prompt" (string), "chosen"
   and "rejected" (lists of {role, content}), "messages", "score_chosen" (float64), 6 rows.
 - zstd.parquet: prefs' rows compressed with zstd instead of snappy.
+- ifeval.parquet: tests/fixtures/ifeval/rows.jsonl in google/IFEval's schema (kwargs a list of
+  structs with every argument, null where unused).
 """
 import json
 from pathlib import Path
@@ -46,3 +48,24 @@ for i in range(6):
                  "messages": [user, good], "score_chosen": 8.5 + i, "prompt_id": f"id{i}"})
 write("messages", msgs)
 print("wrote", out)
+
+# ifeval.parquet: tests/fixtures/ifeval/rows.jsonl (without "response") in google/IFEval's schema:
+# kwargs is a list of one struct per instruction, and every struct has every argument of every
+# instruction type, null where unused (as the dataset's parquet has them).
+ifeval_rows = [json.loads(l) for l in (out.parent / "ifeval" / "rows.jsonl").read_text().splitlines()]
+int_args = ["num_highlights", "num_words", "num_placeholders", "num_bullets", "num_sections",
+            "capital_frequency", "num_paragraphs", "let_frequency", "frequency", "num_sentences",
+            "nth_paragraph"]
+str_args = ["relation", "prompt_to_repeat", "section_spliter", "capital_relation", "language",
+            "let_relation", "letter", "end_phrase", "keyword", "postscript_marker", "first_word"]
+list_args = ["keywords", "forbidden_words"]
+kwargs_type = pa.struct([(k, pa.int64()) for k in int_args] + [(k, pa.string()) for k in str_args]
+                        + [(k, pa.list_(pa.string())) for k in list_args])
+schema = pa.schema([("key", pa.int64()), ("prompt", pa.string()),
+                    ("instruction_id_list", pa.list_(pa.string())),
+                    ("kwargs", pa.list_(kwargs_type))])
+records = [{"key": r["key"], "prompt": r["prompt"], "instruction_id_list": r["instruction_id_list"],
+            "kwargs": [{k: kw.get(k) for k in int_args + str_args + list_args} for kw in r["kwargs"]]}
+           for r in ifeval_rows]
+pq.write_table(pa.Table.from_pylist(records, schema=schema), out / "ifeval.parquet")
+print("wrote", out / "ifeval.parquet")
