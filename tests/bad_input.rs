@@ -8,7 +8,7 @@ use prefer::model::init::init_params;
 use prefer::model::weights::{save_checkpoint, SaveDtype};
 use prefer::model::{LlamaConfig, ParamLayout};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;

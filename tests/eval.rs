@@ -7,7 +7,7 @@ use common::{path_arg as s, prefer_output as prefer};
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn ok(out: &Output) -> Value {
     assert!(

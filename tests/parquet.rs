@@ -5,7 +5,6 @@
 mod common;
 use common::{path_arg as s, prefer_output as prefer, stderr_text as stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
