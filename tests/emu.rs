@@ -167,7 +167,7 @@ fn votes_and_reductions_combine_the_whole_warp() {
     let Some((eng, _g)) = engine() else { return };
     let n = 96usize;
     let values: Vec<u32> = (0..n as u32)
-        .map(|t| (t * 2_654_435_761u32) % 5000)
+        .map(|t| t.wrapping_mul(2_654_435_761u32) % 5000)
         .collect();
     let vals = eng.upload(&values).unwrap();
     let mut out = eng.zeros::<u32>(8 * 3).unwrap();

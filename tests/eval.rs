@@ -931,3 +931,95 @@ fn gsm8k_verdicts_equal_lm_evaluation_harness_on_the_cross_check_fixture() {
     }
     assert_eq!(got["correct"], 31);
 }
+
+/// The same on the software GPU: the evaluation runs on the CUDA engine (bf16 weights, CUDA
+/// graphs) during training, and the last row equals `prefer eval --device emu` on the result.
+#[test]
+fn ppo_scores_ifeval_while_it_trains_on_the_software_gpu() {
+    if !common::emu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let init: [(&str, &[&str]); 2] = [
+        ("policy", &["--init-std", "0.5", "--seed", "3"]),
+        ("rm", &["--scalar-head"]),
+    ];
+    for (name, extra) in init {
+        let path = d.join(name);
+        let mut args = vec!["init", "--preset", "tiny", "--out", s(&path)];
+        args.extend(extra);
+        ok_status(&prefer(&args));
+    }
+    let prompts = d.join("prompts.jsonl");
+    write_lines(
+        &prompts,
+        &(0..4)
+            .map(|i| json!({"prompt": format!("Tell me about the number {i}.")}))
+            .collect::<Vec<_>>(),
+    );
+    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl");
+    let run = d.join("run");
+    ok_status(&prefer(&[
+        "ppo",
+        "--device",
+        "emu",
+        "--policy",
+        s(&d.join("policy")),
+        "--reward-model",
+        s(&d.join("rm")),
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&run),
+        "--prompt-batch-size",
+        "4",
+        "--rollouts-per-prompt",
+        "2",
+        "--minibatch-size",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--lr",
+        "3e-3",
+        "--max-steps",
+        "1",
+        "--eval-task",
+        "ifeval",
+        "--eval-data",
+        s(&rows),
+        "--eval-limit",
+        "8",
+        "--eval-max-new-tokens",
+        "8",
+    ]));
+    let got = eval_rows(&run);
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[1]["eval_ifeval_inst_level_loose_acc"].as_f64() > Some(0.0),
+        "{got:?}"
+    );
+    let alone = ok(&prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&rows),
+        "--limit",
+        "8",
+        "--model",
+        s(&run),
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "emu",
+    ]));
+    for key in [
+        "prompt_level_strict_acc",
+        "inst_level_strict_acc",
+        "prompt_level_loose_acc",
+        "inst_level_loose_acc",
+    ] {
+        assert_eq!(got[1][format!("eval_ifeval_{key}")], alone[key], "{key}");
+    }
+}
