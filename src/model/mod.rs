@@ -8,6 +8,7 @@ pub mod grad_sink;
 pub mod init;
 pub mod llama;
 pub mod params;
+pub mod weight_shards;
 pub mod weights;
 
 pub use crate::ops::Batch;

@@ -4,6 +4,7 @@
 
 use super::config::LlamaConfig;
 use super::params::ParamLayout;
+use super::weight_shards::{self, INDEX_FILE, MAX_SHARD_BYTES, SINGLE_FILE};
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -175,14 +176,30 @@ fn convert_to_f32(dst: &mut [f32], dtype: Dtype, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `params` as an HF checkpoint folder `dir` (config.json, model.safetensors, and any
-/// extra files such as tokenizer.json), atomically: a reader sees the old folder or the new one.
+/// Writes `params` as an HF checkpoint folder `dir` (config.json, the weights, and any extra
+/// files such as tokenizer.json), atomically: a reader sees the old folder or the new one. The
+/// weights are one model.safetensors, or shards with an index past [`MAX_SHARD_BYTES`], as
+/// transformers writes them.
 pub fn save_checkpoint(
     dir: &Path,
     cfg: &LlamaConfig,
     params: &[f32],
     dtype: SaveDtype,
     extra_files: &[(&str, &[u8])],
+) -> Result<()> {
+    save_checkpoint_sharded(dir, cfg, params, dtype, extra_files, MAX_SHARD_BYTES)
+}
+
+/// [`save_checkpoint`] with files of at most `max_shard_bytes` of weights (a tensor bigger than
+/// that has a file to itself). Each file's bytes are encoded only while it is written, so a save
+/// holds at most one shard beside the parameters.
+pub fn save_checkpoint_sharded(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    params: &[f32],
+    dtype: SaveDtype,
+    extra_files: &[(&str, &[u8])],
+    max_shard_bytes: usize,
 ) -> Result<()> {
     let layout = ParamLayout::new(cfg);
     anyhow::ensure!(
@@ -192,30 +209,57 @@ pub fn save_checkpoint(
         layout.len
     );
     let tmp = staging_dir(dir)?;
-
-    let bytes: Vec<Vec<u8>> = layout
-        .slots
-        .iter()
-        .map(|s| encode(&params[s.range.clone()], dtype))
-        .collect();
-    let st_dtype = match dtype {
-        SaveDtype::F32 => Dtype::F32,
-        SaveDtype::Bf16 => Dtype::BF16,
+    let value_bytes = match dtype {
+        SaveDtype::F32 => 4,
+        SaveDtype::Bf16 => 2,
     };
-    let views: Vec<(&str, TensorView)> = layout
+    let sizes: Vec<usize> = layout
         .slots
         .iter()
-        .zip(&bytes)
-        .map(|(s, b)| {
-            Ok((
-                s.name.as_str(),
-                TensorView::new(st_dtype, s.shape.clone(), b)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+        .map(|s| s.range.len() * value_bytes)
+        .collect();
+    let shards = weight_shards::plan(&sizes, max_shard_bytes);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp.join("model.safetensors"))
-        .context("writing model.safetensors")?;
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let name = if shards.len() == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            weight_shards::shard_name(i, shards.len())
+        };
+        let slots = &layout.slots[shard.clone()];
+        let bytes: Vec<Vec<u8>> = slots
+            .iter()
+            .map(|s| encode(&params[s.range.clone()], dtype))
+            .collect();
+        let st_dtype = match dtype {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        };
+        let views: Vec<(&str, TensorView)> = slots
+            .iter()
+            .zip(&bytes)
+            .map(|(s, b)| {
+                Ok((
+                    s.name.as_str(),
+                    TensorView::new(st_dtype, s.shape.clone(), b)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, Some(metadata.clone()), &tmp.join(&name))
+            .with_context(|| format!("writing {name}"))?;
+        for s in slots {
+            weight_map.insert(s.name.clone(), name.clone().into());
+        }
+    }
+    if shards.len() > 1 {
+        let index = serde_json::json!({
+            "metadata": {"total_size": sizes.iter().sum::<usize>()},
+            "weight_map": weight_map,
+        });
+        std::fs::write(tmp.join(INDEX_FILE), serde_json::to_string_pretty(&index)?)
+            .with_context(|| format!("writing {INDEX_FILE}"))?;
+    }
     let config = serde_json::to_string_pretty(&cfg.to_hf_json(dtype.torch_name()))?;
     std::fs::write(tmp.join("config.json"), config)?;
     for (name, data) in extra_files {
@@ -274,15 +318,44 @@ pub fn save_model_into(
     dtype: SaveDtype,
     extra_files: &[(&str, &[u8])],
 ) -> Result<()> {
+    save_model_into_sharded(dir, cfg, params, dtype, extra_files, MAX_SHARD_BYTES)
+}
+
+/// [`save_model_into`] with shards of at most `max_shard_bytes`.
+pub fn save_model_into_sharded(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    params: &[f32],
+    dtype: SaveDtype,
+    extra_files: &[(&str, &[u8])],
+    max_shard_bytes: usize,
+) -> Result<()> {
     let staging = dir.join(".final-model");
-    save_checkpoint(&staging, cfg, params, dtype, extra_files)?;
-    let mut names: Vec<_> = std::fs::read_dir(&staging)?
-        .map(|e| e.map(|e| e.file_name()))
+    save_checkpoint_sharded(&staging, cfg, params, dtype, extra_files, max_shard_bytes)?;
+    let mut names: Vec<String> = std::fs::read_dir(&staging)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<std::io::Result<_>>()?;
     names.sort_by_key(|n| n == "config.json");
-    for name in names {
-        std::fs::rename(staging.join(&name), dir.join(&name))
-            .with_context(|| format!("moving {} into {}", name.to_string_lossy(), dir.display()))?;
+    let (config, files) = names.split_at(names.len() - 1);
+    let move_in = |name: &String| {
+        std::fs::rename(staging.join(name), dir.join(name))
+            .with_context(|| format!("moving {name} into {}", dir.display()))
+    };
+    for name in files {
+        move_in(name)?;
+    }
+    // Weights of an earlier save in another layout (one file then, shards now, or shards of
+    // another count) would be read in place of these: they go before the config that names the
+    // new ones arrives.
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if weight_shards::is_weights_file(&name) && !files.contains(&name) {
+            std::fs::remove_file(dir.join(&name))
+                .with_context(|| format!("removing the earlier {name} from {}", dir.display()))?;
+        }
+    }
+    for name in config {
+        move_in(name)?;
     }
     sync_dir(dir)?;
     std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))

@@ -103,8 +103,16 @@ impl OpenRun<'_> {
 
 /// Removes what an earlier run wrote into `out`, and nothing else.
 fn remove_run_files(out: &Path) -> Result<()> {
-    for name in RUN_FILES {
-        let p = out.join(name);
+    // The trained model's weights may be shards (model-00001-of-00003.safetensors, ...).
+    let mut names: Vec<String> = RUN_FILES.iter().map(|s| s.to_string()).collect();
+    for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if crate::model::weight_shards::is_weights_file(&name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let p = out.join(&name);
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
