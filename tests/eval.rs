@@ -1023,3 +1023,120 @@ fn ppo_scores_ifeval_while_it_trains_on_the_software_gpu() {
         assert_eq!(got[1][format!("eval_ifeval_{key}")], alone[key], "{key}");
     }
 }
+
+/// Best-of-N on IFEval: the oracle takes each figure's best answer on its own (a loose-only
+/// winner counts for the loose figures); and the options that would be ignored are refused.
+#[test]
+fn ifeval_oracle_is_per_figure_and_ignored_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("rows.jsonl");
+    write_lines(
+        &data,
+        &[json!({"key": 1, "prompt": "p",
+                 "instruction_id_list": ["punctuation:no_comma", "startend:quotation"],
+                 "kwargs": [{}, {}]})],
+    );
+    let resp = d.join("resp.jsonl");
+    // A: no comma, not quoted (strict and loose [T, F]); B: strict [F, F], loose [T, T].
+    write_lines(
+        &resp,
+        &[
+            json!({"response": ["no commas here", "Sure, here:\n\"quoted\""],
+                 "rewards": [1.0, 0.0]}),
+        ],
+    );
+    let got = ok(&prefer(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--data",
+        s(&data),
+        "--responses",
+        s(&resp),
+        "--best-of",
+        "2",
+    ]));
+    let want = [
+        ("prompt_level_strict_acc", 0.0, 0.0),
+        ("inst_level_strict_acc", 0.5, 0.5),
+        ("prompt_level_loose_acc", 0.0, 1.0),
+        ("inst_level_loose_acc", 0.5, 1.0),
+    ];
+    for (key, picked, oracle) in want {
+        assert_eq!(got[key], picked, "{key}");
+        assert_eq!(got[format!("random_{key}")], picked, "random_{key}");
+        assert_eq!(got[format!("oracle_{key}")], oracle, "oracle_{key}");
+    }
+    let refused = |args: &[&str], words: &[&str]| {
+        let out = prefer(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: {err}");
+        }
+    };
+    // Two answers a line, no --best-of: not silently the first.
+    refused(
+        &[
+            "eval",
+            "--task",
+            "ifeval",
+            "--data",
+            s(&data),
+            "--responses",
+            s(&resp),
+        ],
+        &["one answer per row", "--best-of"],
+    );
+    refused(
+        &[
+            "eval",
+            "--task",
+            "ifeval",
+            "--data",
+            s(&data),
+            "--responses",
+            s(&resp),
+            "--shots",
+            "2",
+        ],
+        &["--shots", "gsm8k"],
+    );
+    refused(
+        &[
+            "ppo",
+            "--policy",
+            "p",
+            "--reward-model",
+            "r",
+            "--prompts",
+            "x",
+            "--out",
+            "o",
+            "--eval-limit",
+            "5",
+        ],
+        &["--eval-limit needs --eval-task"],
+    );
+    refused(
+        &[
+            "ppo",
+            "--policy",
+            "p",
+            "--reward-model",
+            "r",
+            "--prompts",
+            "x",
+            "--out",
+            "o",
+            "--eval-task",
+            "ifeval",
+            "--eval-data",
+            s(&data),
+            "--eval-shots",
+            "2",
+        ],
+        &["--eval-shots", "ifeval"],
+    );
+}

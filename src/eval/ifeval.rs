@@ -11,6 +11,9 @@
 //! - **prompt level**: the share of prompts whose every instruction is followed;
 //! - **instruction level**: the share of all instructions followed.
 //!
+//! Beyond the text measures: `json_format` parses with serde_json, which refuses what Python's
+//! `json.loads` also takes (`NaN`, `Infinity`, numbers past f64's range, nesting past 128).
+//!
 //! A row's `kwargs` are read as the reference reads them: a key whose value is null, 0, "" or []
 //! is absent (HF's parquet gives every row every key, mostly null). Where the reference would then
 //! draw a random value (a missing threshold), prefer refuses the row instead, naming the key, so a
@@ -206,13 +209,15 @@ impl<'a> Kwargs<'a> {
     }
 }
 
-/// A pattern as the reference builds it, Python's `re` syntax taken as Rust's (the same for the
-/// words IFEval uses); one that does not compile is matched literally.
-fn pattern(p: &str, case_insensitive: bool) -> Regex {
+/// A pattern as the reference builds it: `before` + the row's `value` + `after`, with the value
+/// taken as a regular expression (Python's `re` syntax read as Rust's, the same for the words
+/// IFEval uses). A value that does not compile as one (Python-only syntax such as lookbehind, or
+/// an unbalanced bracket) is matched as literal text, inside the same pattern.
+fn pattern(before: &str, value: &str, after: &str, case_insensitive: bool) -> Regex {
     let flag = if case_insensitive { "(?i)" } else { "" };
-    Regex::new(&format!("{flag}{p}"))
-        .or_else(|_| Regex::new(&format!("{flag}{}", regex::escape(p))))
-        .expect("an escaped pattern compiles")
+    Regex::new(&format!("{flag}{before}{value}{after}"))
+        .or_else(|_| Regex::new(&format!("{flag}{before}{}{after}", regex::escape(value))))
+        .expect("an escaped value compiles")
 }
 
 impl Instruction {
@@ -224,23 +229,24 @@ impl Instruction {
             "keywords:existence" => KeywordsExist(
                 k.texts("keywords")?
                     .iter()
-                    .map(|w| pattern(w, true))
+                    .map(|w| pattern("", w, "", true))
                     .collect(),
             ),
             "keywords:frequency" => KeywordFrequency(
-                pattern(k.text("keyword")?.trim(), true),
+                pattern("", k.text("keyword")?.trim(), "", true),
                 k.relation("relation")?,
                 k.count("frequency")?,
             ),
             "keywords:forbidden_words" => ForbiddenWords(
                 k.texts("forbidden_words")?
                     .iter()
-                    .map(|w| pattern(&format!(r"\b{w}\b"), true))
+                    .map(|w| pattern(r"\b", w, r"\b", true))
                     .collect(),
             ),
             "keywords:letter_frequency" => {
+                // The reference checks the length before it strips: " a" is not one letter.
                 let letter = k.text("letter")?;
-                let mut chars = letter.trim().chars();
+                let mut chars = letter.chars();
                 let (Some(c), None) = (chars.next(), chars.next()) else {
                     bail!("{id}: \"letter\" is \"{letter}\", not one letter");
                 };
@@ -287,7 +293,7 @@ impl Instruction {
             "detectable_format:multiple_sections" => {
                 let splitter = k.text("section_spliter")?;
                 MultipleSections(
-                    pattern(&format!(r"\s?{}\s?\d+\s?", splitter.trim()), false),
+                    pattern(r"\s?", splitter.trim(), r"\s?\d+\s?", false),
                     k.count("num_sections")?,
                 )
             }
@@ -337,11 +343,11 @@ impl Instruction {
             Postscript(marker) => {
                 let lower = value.to_lowercase();
                 let p = match marker.as_str() {
-                    "P.P.S" => r"(?m)\s*p\.\s?p\.\s?s.*$".to_string(),
-                    "P.S." => r"(?m)\s*p\.\s?s\..*$".to_string(),
-                    m => format!(r"(?m)\s*{}.*$", m.to_lowercase()),
+                    "P.P.S" => pattern(r"(?m)\s*p\.\s?p\.\s?s.*$", "", "", false),
+                    "P.S." => pattern(r"(?m)\s*p\.\s?s\..*$", "", "", false),
+                    m => pattern(r"(?m)\s*", &m.to_lowercase(), r".*$", false),
                 };
-                pattern(&p, false).is_match(&lower)
+                p.is_match(&lower)
             }
             NumberBulletLists(n) => {
                 regex_count(r"(?m)^\s*\*[^\*].*$", value) + regex_count(r"(?m)^\s*-.*$", value)

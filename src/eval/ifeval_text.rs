@@ -127,9 +127,12 @@ pub fn count_sentences(text: &str) -> usize {
         .count()
 }
 
-static WORD: LazyLock<Regex> = LazyLock::new(|| re(r"\w+"));
+/// Python's `\w` (what NLTK's `RegexpTokenizer(r"\w+")` matches): letters, numbers and "_".
+/// Rust's `\w` also takes combining marks, which would join the parts of a Devanagari word
+/// that Python splits.
+static WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[\p{L}\p{N}_]+"));
 
-/// The reference's `count_words`: runs of word characters (`\w+`, Unicode).
+/// The reference's `count_words`: runs of word characters, as Python's `\w+` finds them.
 pub fn count_words(text: &str) -> usize {
     WORD.find_iter(text).count()
 }

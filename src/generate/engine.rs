@@ -415,7 +415,10 @@ impl<'m, B: Backend> Engine<'m, B> {
                 for s in rollouts.iter_mut() {
                     if off == 0 {
                         s.blocks.push(self.pool.take(1));
-                        s.reserved -= 1;
+                        s.reserved = s
+                            .reserved
+                            .checked_sub(1)
+                            .expect("a sequence takes only the blocks reserved for it");
                     }
                     slots.extend([row, (s.blocks[blk] as usize * bs + off) as u32]);
                 }
@@ -467,7 +470,10 @@ impl<'m, B: Backend> Engine<'m, B> {
             let pos = s.cached;
             if pos % bs == 0 {
                 s.blocks.push(self.pool.take(1));
-                s.reserved -= 1;
+                s.reserved = s
+                    .reserved
+                    .checked_sub(1)
+                    .expect("a sequence takes only the blocks reserved for it");
             }
             ids[i] = s.last_token();
             positions[i] = pos as u32;

@@ -3,11 +3,9 @@
 //! `model-00001-of-00003.safetensors` with a `model.safetensors.index.json` that maps every
 //! tensor to its shard and gives the weights' total size in bytes.
 //!
-//! The split follows huggingface_hub's `split_state_dict_into_shards`: tensors in order, a new
-//! shard when the next tensor would take the current one past the limit, and a tensor bigger
-//! than the limit alone in its shard.
-
-use std::ops::Range;
+//! The split follows huggingface_hub's `split_state_dict_into_shards_factory`: tensors in order,
+//! a new shard when the next tensor would take the current one past the limit; a tensor bigger
+//! than the limit gets a shard of its own at once, while the shard being filled stays open.
 
 /// transformers' default `max_shard_size` for `save_pretrained` ("5GB", decimal). A 13B model in
 /// f32 (52 GB) would otherwise be one file past the Hub's 50 GB limit for a file.
@@ -40,20 +38,26 @@ pub fn is_weights_file(name: &str) -> bool {
     matches!(rest.split_once("-of-"), Some((a, b)) if digits(a) && digits(b))
 }
 
-/// The tensors (by position) of each file, for tensors of `sizes` bytes and files of at most
-/// `max_bytes` (one range: the single file).
-pub fn plan(sizes: &[usize], max_bytes: usize) -> Vec<Range<usize>> {
+/// The tensors (by position) of each file, in file order, for tensors of `sizes` bytes and
+/// files of at most `max_bytes` (one entry: the single file).
+pub fn plan(sizes: &[usize], max_bytes: usize) -> Vec<Vec<usize>> {
     let mut shards = Vec::new();
-    let (mut start, mut bytes) = (0, 0usize);
+    let (mut current, mut bytes) = (Vec::new(), 0usize);
     for (i, &size) in sizes.iter().enumerate() {
-        if i > start && bytes + size > max_bytes {
-            shards.push(start..i);
-            start = i;
+        if size > max_bytes {
+            shards.push(vec![i]);
+            continue;
+        }
+        if bytes + size > max_bytes {
+            shards.push(std::mem::take(&mut current));
             bytes = 0;
         }
+        current.push(i);
         bytes += size;
     }
-    shards.push(start..sizes.len());
+    if !current.is_empty() || shards.is_empty() {
+        shards.push(current);
+    }
     shards
 }
 
@@ -64,10 +68,14 @@ mod tests {
     #[test]
     fn tensors_fill_shards_in_order_and_a_big_one_stands_alone() {
         // huggingface_hub's own example: [6, 6, 2, 6, 2, 2] GB at 10 GB → [6], [6+2], [6+2+2].
-        assert_eq!(plan(&[6, 6, 2, 6, 2, 2], 10), [0..1, 1..3, 3..6]);
-        assert_eq!(plan(&[3, 12, 1], 10), [0..1, 1..2, 2..3]);
-        assert_eq!(plan(&[1, 2, 3], 10), vec![0..3_usize]);
-        assert_eq!(plan(&[10, 10], 10), [0..1, 1..2]);
+        assert_eq!(
+            plan(&[6, 6, 2, 6, 2, 2], 10),
+            [vec![0], vec![1, 2], vec![3, 4, 5]]
+        );
+        // A tensor past the limit is a shard of its own, the open shard keeps filling.
+        assert_eq!(plan(&[3, 12, 1], 10), [vec![1], vec![0, 2]]);
+        assert_eq!(plan(&[1, 2, 3], 10), [vec![0, 1, 2]]);
+        assert_eq!(plan(&[10, 10], 10), [vec![0], vec![1]]);
     }
 
     #[test]

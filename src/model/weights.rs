@@ -227,7 +227,7 @@ pub fn save_checkpoint_sharded(
         } else {
             weight_shards::shard_name(i, shards.len())
         };
-        let slots = &layout.slots[shard.clone()];
+        let slots: Vec<&_> = shard.iter().map(|&t| &layout.slots[t]).collect();
         let bytes: Vec<Vec<u8>> = slots
             .iter()
             .map(|s| encode(&params[s.range.clone()], dtype))
@@ -248,7 +248,7 @@ pub fn save_checkpoint_sharded(
             .collect::<Result<_>>()?;
         safetensors::serialize_to_file(views, Some(metadata.clone()), &tmp.join(&name))
             .with_context(|| format!("writing {name}"))?;
-        for s in slots {
+        for s in &slots {
             weight_map.insert(s.name.clone(), name.clone().into());
         }
     }
@@ -345,8 +345,8 @@ pub fn save_model_into_sharded(
         move_in(name)?;
     }
     // Weights of an earlier save in another layout (one file then, shards now, or shards of
-    // another count) would be read in place of these: they go before the config that names the
-    // new ones arrives.
+    // another count) would be read in place of these (transformers reads a model.safetensors
+    // before an index): they go, and config.json comes last.
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if weight_shards::is_weights_file(&name) && !files.contains(&name) {

@@ -309,6 +309,8 @@ impl PpoArgs {
             minibatch_size: Some(64),
             grad_accum: Some(1),
             max_new_tokens: Some(256),
+            eval_every: Some(0),
+            eval_shots: Some(8),
             temperature: Some(temperature),
             clip: Some(0.2),
             value_clip: Some(0.2),
@@ -359,6 +361,7 @@ impl PpoArgs {
         } else {
             KlController::Fixed { coef: kl_coef }
         };
+        let task_eval = task_eval_options(&a)?;
         let o = PpoOptions {
             policy: need(a.policy, "policy")?,
             value_model: a.value_model.or_else(|| a.reward_model.clone()),
@@ -396,28 +399,7 @@ impl PpoArgs {
             value_clip: a.value_clip.expect(given),
             value_coef: a.value_coef.expect(given),
             replay_rollouts: a.replay_rollouts,
-            task_eval: match (a.eval_task, a.eval_data) {
-                (Some(task), Some(data)) => Some(TaskEvalOptions {
-                    task,
-                    data,
-                    every: a.eval_every.unwrap_or(0),
-                    limit: a.eval_limit,
-                    shots: a.eval_shots.unwrap_or(8),
-                    max_new_tokens: a
-                        .eval_max_new_tokens
-                        .unwrap_or_else(|| task.default_max_new_tokens()),
-                }),
-                (Some(task), None) => {
-                    bail!("--eval-task {task:?} needs --eval-data (the benchmark's rows)")
-                }
-                (None, Some(_)) => bail!("--eval-data needs --eval-task (gsm8k or ifeval)"),
-                (None, None) => {
-                    if a.eval_every.is_some_and(|k| k > 0) {
-                        bail!("--eval-every needs --eval-task and --eval-data");
-                    }
-                    None
-                }
-            },
+            task_eval,
         };
         o.check_ranges(
             kl_coef,
@@ -442,6 +424,54 @@ impl PpoArgs {
             );
         }
         Ok(o)
+    }
+}
+
+/// The task evaluation's options, or None; a flag of it without --eval-task (or one the task
+/// does not use) is refused rather than ignored.
+fn task_eval_options(a: &PpoArgs) -> Result<Option<TaskEvalOptions>> {
+    let name = |t: EvalTask| match t {
+        EvalTask::Gsm8k => "gsm8k",
+        EvalTask::Ifeval => "ifeval",
+    };
+    let every = a.eval_every.unwrap_or(0);
+    let shots = a.eval_shots.unwrap_or(8);
+    match (a.eval_task, &a.eval_data) {
+        (Some(task), Some(data)) => {
+            if task != EvalTask::Gsm8k && shots != 8 {
+                bail!(
+                    "--eval-shots is gsm8k's few-shot count; --eval-task {} has no exemplars",
+                    name(task)
+                );
+            }
+            Ok(Some(TaskEvalOptions {
+                task,
+                data: data.clone(),
+                every,
+                limit: a.eval_limit,
+                shots,
+                max_new_tokens: a
+                    .eval_max_new_tokens
+                    .unwrap_or_else(|| task.default_max_new_tokens()),
+            }))
+        }
+        (Some(task), None) => bail!(
+            "--eval-task {} needs --eval-data (the benchmark's rows)",
+            name(task)
+        ),
+        (None, Some(_)) => bail!("--eval-data needs --eval-task (gsm8k or ifeval)"),
+        (None, None) => {
+            let given = [
+                ("--eval-every", every != 0),
+                ("--eval-limit", a.eval_limit.is_some()),
+                ("--eval-shots", shots != 8),
+                ("--eval-max-new-tokens", a.eval_max_new_tokens.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                bail!("{flag} needs --eval-task and --eval-data");
+            }
+            Ok(None)
+        }
     }
 }
 

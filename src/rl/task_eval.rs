@@ -83,7 +83,7 @@ fn read<T>(
     path: &Path,
     limit: Option<usize>,
     mut parse: impl FnMut(&Map<String, Value>) -> Result<(String, T)>,
-) -> Result<(Vec<String>, Vec<T>)> {
+) -> Result<(Vec<(usize, String)>, Vec<T>)> {
     let (mut texts, mut golds) = (Vec::new(), Vec::new());
     for rec in read_jsonl::<Map<String, Value>>(path)? {
         if limit.is_some_and(|n| texts.len() >= n) {
@@ -91,7 +91,7 @@ fn read<T>(
         }
         let (text, gold) =
             parse(&rec.value).with_context(|| format!("{}:{}", path.display(), rec.line))?;
-        texts.push(text);
+        texts.push((rec.line, text));
         golds.push(gold);
     }
     if texts.is_empty() {
@@ -118,8 +118,9 @@ impl TaskEval {
                 let (texts, golds) = read(&o.data, o.limit, |row| {
                     let field = |k: &str| match row.get(k) {
                         Some(Value::String(s)) => Ok(s.clone()),
-                        _ => {
-                            bail!("no string \"{k}\" (gsm8k rows have \"question\" and \"answer\")")
+                        Some(_) => bail!("\"{k}\" is not a string"),
+                        None => {
+                            bail!("no \"{k}\" (gsm8k rows have \"question\" and \"answer\")")
                         }
                     };
                     Ok((
@@ -129,7 +130,7 @@ impl TaskEval {
                 })?;
                 let ids = texts
                     .iter()
-                    .map(|t| tok.encode(t, false).map(with_bos))
+                    .map(|(line, t)| Ok((*line, with_bos(tok.encode(t, false)?))))
                     .collect::<Result<Vec<_>>>()?;
                 (
                     ids,
@@ -142,31 +143,35 @@ impl TaskEval {
                 let (texts, golds) = read(&o.data, o.limit, ifeval::read_row)?;
                 let ids = texts
                     .iter()
-                    .map(|t| {
+                    .map(|(line, t)| {
                         let turn = [Message {
                             role: "user".into(),
                             content: t.clone(),
                         }];
-                        tok.encode(&template.render(&turn, true)?, false)
-                            .map(with_bos)
+                        let ids = tok.encode(&template.render(&turn, true)?, false)?;
+                        Ok((*line, with_bos(ids)))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 (ids, Golds::Ifeval(golds), Vec::new())
             }
         };
         let context = cfg.max_position_embeddings;
-        if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
+        if let Some((line, p)) = prompts.iter().find(|(_, p)| p.len() >= context) {
             bail!(
-                "--eval-data {}: row {} is {} tokens, the policy's context {} (fewer --eval-shots?)",
+                "--eval-data {}:{line}: the prompt is {} tokens, the policy's context {}{}",
                 o.data.display(),
-                i + 1,
                 p.len(),
-                context
+                context,
+                if o.task == EvalTask::Gsm8k {
+                    " (fewer --eval-shots?)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(TaskEval {
             task: o.task,
-            prompts,
+            prompts: prompts.into_iter().map(|(_, p)| p).collect(),
             golds,
             stop,
             max_new_tokens: o.max_new_tokens,
@@ -258,7 +263,18 @@ impl TaskEval {
         let mut request = kv_request(o, &lens, prompts.len(), policy.cfg.max_position_embeddings);
         request.n = 1;
         request.max_new_tokens = self.max_new_tokens;
-        let kv = request.size(block_bytes(&policy.cfg, value_bytes), None)?;
+        // Within the memory there is now (the training buffers were just released): the GPU's
+        // free memory, or the host's, as `prefer generate` sizes its cache. Without this a full
+        // batch of prompts with 1280 new tokens each would ask for tens of GiB on a 7B model.
+        let available = if o.run.device == crate::ops::Device::Cpu {
+            None
+        } else {
+            cudarc::driver::result::mem_get_info()
+                .ok()
+                .map(|(free, _)| free as u128)
+        }
+        .or_else(crate::ops::memory_budget::host_available_bytes);
+        let kv = request.size(block_bytes(&policy.cfg, value_bytes), available)?;
         let opts = EngineOptions {
             n: 1,
             sampling: SamplingParams {

@@ -207,10 +207,16 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         self.logs = Some(Logs {
             metrics: MetricsLog::open_if(root, &out.join("metrics.jsonl"), start + 1)?,
             rollouts: MetricsLog::open_if(root, &out.join("rollouts.jsonl"), start + 1)?,
+            // A run resumed at its last iteration (it died in the final save) evaluates the
+            // trained policy again in `finish`: its earlier final row goes.
             eval: MetricsLog::open_if(
                 root && self.task_eval.is_some(),
                 &out.join("eval.jsonl"),
-                start + 1,
+                if start >= self.state.total_iterations {
+                    start
+                } else {
+                    start + 1
+                },
             )?,
         });
         Ok(())

@@ -54,7 +54,8 @@ pub(super) fn run(args: &EvalArgs, k: usize) -> Result<Value> {
         } else {
             vec!["Question:".into(), "\n\n".into()]
         },
-        rewards: args.best_of.is_some(),
+        // With --reward-model every answer gets its reward (Best-of-N picks by it).
+        rewards: args.reward_model.is_some(),
     };
     let got = answers(args, rows.len(), k, how, |enc| {
         rows.iter()

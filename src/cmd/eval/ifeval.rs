@@ -39,23 +39,33 @@ fn scores_json(s: &Scores, prefix: &str) -> Map<String, Value> {
     .collect()
 }
 
-/// How good a verdict is, for the oracle's pick: every instruction followed strictly first, then
-/// how many strictly, then the same loosely.
-fn rank(v: &Verdict) -> (bool, usize, bool, usize) {
-    let count = |b: &[bool]| b.iter().filter(|&&x| x).count();
-    (
-        v.strict.iter().all(|&x| x),
-        count(&v.strict),
-        v.loose.iter().all(|&x| x),
-        count(&v.loose),
-    )
+/// The oracle's four figures: for each figure on its own, each prompt's best answer by that
+/// figure (pass@N for the prompt-level ones).
+fn oracle_scores(verdicts: &[Vec<Verdict>]) -> Scores {
+    let followed = |b: &[bool]| b.iter().filter(|&&x| x).count();
+    let prompts = verdicts.len() as f64;
+    let insts = verdicts.iter().map(|v| v[0].strict.len()).sum::<usize>() as f64;
+    let best = |pick: &dyn Fn(&Verdict) -> usize| {
+        verdicts
+            .iter()
+            .map(|v| v.iter().map(pick).max().unwrap_or(0))
+            .sum::<usize>() as f64
+    };
+    let all = |b: &[bool]| b.iter().all(|&x| x) as usize;
+    Scores {
+        prompt_level_strict_acc: best(&|v| all(&v.strict)) / prompts,
+        inst_level_strict_acc: best(&|v| followed(&v.strict)) / insts,
+        prompt_level_loose_acc: best(&|v| all(&v.loose)) / prompts,
+        inst_level_loose_acc: best(&|v| followed(&v.loose)) / insts,
+    }
 }
 
 pub(super) fn run(args: &EvalArgs, k: usize) -> Result<Value> {
     let rows = read(args)?;
     let how = Sampling {
         stop: Vec::new(),
-        rewards: args.best_of.is_some(),
+        // With --reward-model every answer gets its reward (Best-of-N picks by it).
+        rewards: args.reward_model.is_some(),
     };
     let got = answers(args, rows.len(), k, how, |enc| {
         rows.iter()
@@ -89,19 +99,10 @@ pub(super) fn run(args: &EvalArgs, k: usize) -> Result<Value> {
         .extend(scores_json(&main, ""));
     if let Some(n) = args.best_of {
         let first: Vec<Verdict> = verdicts.iter().map(|v| v[0].clone()).collect();
-        let oracle: Vec<Verdict> = verdicts
-            .iter()
-            .map(|v| {
-                v.iter()
-                    .max_by_key(|x| rank(x))
-                    .expect("answers for every row")
-                    .clone()
-            })
-            .collect();
         let map = summary.as_object_mut().expect("an object");
         map.insert("best_of".into(), json!(n));
         map.extend(scores_json(&scores(&first), "random_"));
-        map.extend(scores_json(&scores(&oracle), "oracle_"));
+        map.extend(scores_json(&oracle_scores(&verdicts), "oracle_"));
     }
     if let Some(g) = got.generation {
         summary["generation"] = g;

@@ -143,6 +143,13 @@ fn answers_per_row(args: &EvalArgs) -> Result<usize> {
             args.task.name()
         );
     }
+    if args.task != Task::Gsm8k && (args.fewshot.is_some() || args.chat_template || args.shots != 8)
+    {
+        bail!(
+            "--shots, --fewshot and --chat-template shape gsm8k's few-shot prompt; {} prompts are one user turn of the chat template",
+            args.task.name()
+        );
+    }
     if let Some(t) = args.temperature {
         check_all(&[Float("--temperature", t, R::closed(0.0, 100.0))])?;
     }
@@ -294,8 +301,11 @@ fn answers(
     let got = match (&args.responses, &args.model) {
         (Some(_), Some(_)) => bail!("--responses scores existing answers: drop --model"),
         (Some(path), None) => {
+            if how.rewards {
+                bail!("--responses are scored as they are, with their own \"rewards\" for --best-of: drop --reward-model");
+            }
             let read = read_responses(path, rows)?;
-            if how.rewards && read.rewards.is_none() {
+            if args.best_of.is_some() && read.rewards.is_none() {
                 bail!(
                     "{}: --best-of needs \"rewards\" on every line (or generate with --model and --reward-model)",
                     path.display()
@@ -308,14 +318,15 @@ fn answers(
             bail!("give --model to generate answers, or --responses to score existing ones")
         }
     };
-    if args
-        .best_of
-        .is_some_and(|n| got.answers.iter().any(|a| a.len() != n))
-    {
-        bail!(
-            "--best-of {} needs that many answers for every row",
-            args.best_of.unwrap_or(0)
-        );
+    match args.best_of {
+        Some(n) if got.answers.iter().any(|a| a.len() != n) => {
+            bail!("--best-of {n} needs that many answers for every row")
+        }
+        None if args.task != Task::Gsm8k && got.answers.iter().any(|a| a.len() > 1) => bail!(
+            "{} scores one answer per row: give one \"response\" a line, or --best-of K with K of them and their \"rewards\"",
+            args.task.name()
+        ),
+        _ => {}
     }
     Ok(got)
 }
