@@ -315,7 +315,7 @@ fn dynamic_shared_memory_is_shared_and_bounded() {
     let count = 64i32;
     l.arg(&mut out).arg(&count);
     // SAFETY: (float*, int), as the kernel takes.
-    let err = format!("{:?}", unsafe { l.launch(cfg(1, 64, 64 * 4)) }.unwrap_err());
+    let err = finished(eng, unsafe { l.launch(cfg(1, 64, 64 * 4)) }.map(|_| ())).unwrap_err();
     assert!(
         err.contains("past the 256 bytes the launch asked for"),
         "{err}"

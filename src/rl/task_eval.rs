@@ -77,13 +77,16 @@ pub struct TaskEval {
     max_new_tokens: usize,
 }
 
+/// Each row's (file line, prompt text), and what each is scored against.
+type Rows<T> = (Vec<(usize, String)>, Vec<T>);
+
 /// The rows of `path` (up to `limit`), each turned into a prompt text and what it is scored
 /// against; errors name the file and line.
 fn read<T>(
     path: &Path,
     limit: Option<usize>,
     mut parse: impl FnMut(&Map<String, Value>) -> Result<(String, T)>,
-) -> Result<(Vec<(usize, String)>, Vec<T>)> {
+) -> Result<Rows<T>> {
     let (mut texts, mut golds) = (Vec::new(), Vec::new());
     for rec in read_jsonl::<Map<String, Value>>(path)? {
         if limit.is_some_and(|n| texts.len() >= n) {
