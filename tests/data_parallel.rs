@@ -318,6 +318,144 @@ fn on_the_software_gpu_2_and_4_ranks_over_nccl_equal_one_rank() {
     }
 }
 
+/// `--shard full` (FSDP): each rank keeps a shard of the bf16 weights, masters, moments and
+/// gradients; every layer is gathered just before it runs (the next one gathering meanwhile on
+/// the communication stream, under the cross-stream check) and its gradients are
+/// reduce-scattered as the backward leaves it. 18 pairs in micro-batches of 2 leave the last step
+/// one micro-batch, and 14 held-out pairs seven chunks, so ranks with nothing to do run idle
+/// passes to keep step. Losses, gradient norms and the final weights equal one rank's.
+#[test]
+fn on_the_software_gpu_shard_full_on_2_and_4_ranks_equals_one_rank() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    std::fs::write(s.path("train.jsonl"), short_pairs(18, 1)).unwrap();
+    let eval = std::fs::read_to_string(s.path("eval.jsonl")).unwrap();
+    let eval: Vec<&str> = eval.lines().take(14).collect();
+    std::fs::write(s.path("eval.jsonl"), eval.join("\n")).unwrap();
+    for trainer in ["dpo", "rm"] {
+        let args = |out: &str, accum: usize, full: bool| {
+            let mut a = s.args(trainer, "emu", out, accum);
+            let epochs = a.iter().position(|x| x == "--epochs").unwrap();
+            a[epochs + 1] = "1".into();
+            if full {
+                a.extend(["--shard".into(), "full".into()]);
+            }
+            a
+        };
+        let one = format!("{trainer}-full-1");
+        expect_success(
+            &prefer().args(args(&one, 4, false)).output().unwrap(),
+            "one rank",
+        );
+        // Two ranks under another schedule seed, with --recompute (the backward gathers each
+        // layer once for its rebuild and its gradients).
+        let two = format!("{trainer}-full-2");
+        let mut recompute = args(&two, 2, true);
+        recompute.push("--recompute".into());
+        run_ranks_with(2, &recompute, &[("PREFER_EMU_SEED", "3")]);
+        let four = format!("{trainer}-full-4");
+        expect_success(&launch(4, &args(&four, 1, true)), "4 fully sharded ranks");
+        for other in [two, four] {
+            assert_same_run(&s.path(&one), &s.path(&other), 1e-3, 1e-2);
+        }
+    }
+}
+
+/// Under `--shard full`, a rank that reads a prefetched layer without waiting for its gather
+/// (the wait dropped by a fault the software GPU injects) is reported by the cross-stream
+/// check, naming the gather and the kernel that read its buffer.
+#[test]
+fn on_the_software_gpu_a_dropped_wait_for_a_gathered_layer_is_reported() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    std::fs::write(s.path("train.jsonl"), short_pairs(8, 1)).unwrap();
+    let mut a = s.args("dpo", "emu", "dropped", 1);
+    a.extend([
+        "--shard".into(),
+        "full".into(),
+        "--max-steps".into(),
+        "1".into(),
+    ]);
+    let children = spawn_ranks_with(
+        2,
+        &a,
+        &[
+            ("PREFER_EMU_FAULT_FSDP_SKIP_WAIT", "1"),
+            ("PREFER_EMU_SEED", "1"),
+        ],
+    );
+    let errs: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(!o.status.success(), "a rank succeeded without its wait");
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        })
+        .collect();
+    let all = errs.join("\n");
+    eprintln!("{all}");
+    assert!(all.contains("cross-stream race"), "{all}");
+    assert!(all.contains("ncclAllGather"), "{all}");
+}
+
+/// `--shard full` under ten schedule seeds: the gathers, the prefetch and the reduce-scatters
+/// interleave with the compute stream differently each time, and the cross-stream check finds
+/// no missing wait.
+#[test]
+fn on_the_software_gpu_shard_full_is_race_free_under_ten_seeds() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    std::fs::write(s.path("train.jsonl"), short_pairs(6, 1)).unwrap();
+    for seed in 1..=10 {
+        let out = format!("seed-{seed}");
+        let mut a = s.args("dpo", "emu", &out, 1);
+        a.extend([
+            "--shard".into(),
+            "full".into(),
+            "--max-steps".into(),
+            "2".into(),
+        ]);
+        a.push("--recompute".into());
+        run_ranks_with(2, &a, &[("PREFER_EMU_SEED", &seed.to_string())]);
+        assert_eq!(steps(&s.path(&out)).len(), 2, "seed {seed}");
+    }
+}
+
+/// A run fully sharded over 4 software-GPU ranks, stopped, continues fully sharded over 2 as an
+/// uninterrupted 2-rank run: the checkpoint holds the whole state, gathered from the shards,
+/// and each rank of the new world cuts its own shard of it.
+#[test]
+fn on_the_software_gpu_a_fully_sharded_run_stopped_on_4_ranks_continues_on_2() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    std::fs::write(s.path("train.jsonl"), short_pairs(32, 2)).unwrap();
+    let args = |out: &str, accum: usize| {
+        let mut a = s.args("dpo", "emu", out, accum);
+        a.extend(["--shard".into(), "full".into()]);
+        a
+    };
+    let mut stopped = args("stopped", 1);
+    stopped.extend(["--stop-after".to_string(), "2".to_string()]);
+    expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
+    assert_eq!(steps(&s.path("stopped")).len(), 2);
+    resume_dpo_on(2, &s.path("stopped"));
+    run_ranks(2, &args("straight", 2));
+    assert_eq!(steps(&s.path("straight")).len(), 8);
+    assert_same_run(&s.path("straight"), &s.path("stopped"), 1e-3, 1e-2);
+}
+
 /// A run whose optimiser state is sharded over 4 software-GPU ranks, stopped, continues sharded
 /// over 2 as an uninterrupted sharded 2-rank run: the checkpoint holds the whole state, gathered
 /// from the slices, and each rank of the new world takes its own slice of it.
@@ -416,7 +554,10 @@ fn on_the_software_gpu_2_and_4_ranks_equal_one_at_llama_1b_widths() {
         .output()
         .unwrap();
     expect_success(&one, "one rank");
-    run_ranks_with(2, &args("wide-2", 2), &no_race_check);
+    // Two ranks fully sharded (--shard full): each layer gathered before it runs.
+    let mut full = args("wide-2", 2);
+    full.extend(["--shard".into(), "full".into()]);
+    run_ranks_with(2, &full, &no_race_check);
     // Four ranks with the optimiser state sharded: the final model and the reference cache's
     // key are gathered from the slices in 16M-value chunks (122M parameters: eight of them).
     let mut sharded = args("wide-4", 1);

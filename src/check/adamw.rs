@@ -102,3 +102,37 @@ fn check_adamw(
         ),
     ])
 }
+
+/// The gradient shard's accumulation (`--shard full`): a piece added into a shard at an offset,
+/// the values around it untouched. (elements of the shard, the piece's offset and length)
+pub(super) fn accumulate(eng: &CudaEngine) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    for (n, at, len) in [(1usize, 0usize, 1usize), (100_003, 7, 65_537)] {
+        let mut g = Lcg(31 + n as u64);
+        let shard: Vec<f32> = (0..n).map(|_| g.uniform()).collect();
+        let piece: Vec<f32> = (0..len).map(|_| g.uniform() * 0.01).collect();
+        let mut want = shard.clone();
+        crate::ops::cpu::accumulate_f32(&mut want[at..at + len], &piece);
+        let mut shard_d = eng.upload(&shard)?;
+        let piece_d = eng.upload(&piece)?;
+        // Once (timed's two launches would add the piece twice).
+        let t0 = std::time::Instant::now();
+        crate::ops::cuda::accumulate::accumulate_f32(
+            eng,
+            &mut shard_d.slice_mut(at..at + len),
+            &piece_d.slice(0..len),
+        )?;
+        eng.synchronize("accumulate_f32")?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let got = eng.download(&shard_d)?;
+        rows.push(super::harness::compare(
+            "accumulate_f32",
+            &format!("n={n} at {at}+{len}"),
+            &got,
+            &want,
+            super::harness::TOL_F32,
+            ms,
+        ));
+    }
+    Ok(rows)
+}

@@ -121,6 +121,11 @@ pub const CHECKS: &[Check] = &[
         covers: "the gradient norm and two fused AdamW steps with no-decay ranges",
         run: adamw::adamw,
     },
+    Check {
+        name: "accumulate",
+        covers: "a reduced gradient piece added into a rank's shard (--shard full)",
+        run: adamw::accumulate,
+    },
 ];
 
 /// The checks `--op` selects: those whose name contains it (every check without one).

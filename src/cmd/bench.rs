@@ -38,6 +38,7 @@ impl TrainBenchArgs {
         let plan = MemoryPlan::training(cfg, rows, self.seq, self.recompute);
         match self.shard {
             crate::train::run_args::Shard::Optimizer => plan.optimizer_sharded(self.world_size),
+            crate::train::run_args::Shard::Full => plan.fully_sharded(cfg, self.world_size),
             crate::train::run_args::Shard::None => plan,
         }
     }

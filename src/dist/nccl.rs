@@ -454,6 +454,82 @@ impl DeviceComm {
         })
     }
 
+    /// `out[r·n .. (r+1)·n]` = rank r's `input[range]` (n = `range.len()`), on every rank,
+    /// queued after the compute stream's work so far without the compute stream waiting (that is
+    /// [`DeviceComm::join_compute`]): FSDP's gather of the next unit while this one computes.
+    pub fn all_gather_part<T: NcclType>(
+        &mut self,
+        input: &CudaSlice<T>,
+        range: Range<usize>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let n = range.len();
+        if range.start > range.end || range.end > input.len() || out.len() < n * self.size {
+            bail!(
+                "ncclAllGather of values {range:?} of {} into {} over {} ranks",
+                input.len(),
+                out.len(),
+                self.size
+            );
+        }
+        let stream = self.stream.clone();
+        let (src, _a) = input.device_ptr(&stream);
+        let src = src + (range.start * std::mem::size_of::<T>()) as u64;
+        let (dst, _b) = out.device_ptr_mut(&stream);
+        self.after_compute(&format!("ncclAllGather of {n} values"), |api, comm, s| {
+            // SAFETY: sizes checked above; ordered by events.
+            unsafe {
+                (api.all_gather)(
+                    src as *const c_void,
+                    dst as *mut c_void,
+                    n,
+                    T::TYPE,
+                    comm,
+                    s,
+                )
+            }
+        })
+    }
+
+    /// `out[..n]` on rank r = the sum over ranks of `input[r·n .. (r+1)·n]`, after the compute
+    /// stream's work so far; the compute stream's later work waits for it. `input` and `out`
+    /// may be longer (pooled buffers).
+    pub fn reduce_scatter_part<T: NcclType>(
+        &mut self,
+        input: &CudaSlice<T>,
+        n: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        if input.len() < n * self.size || out.len() < n {
+            bail!(
+                "ncclReduceScatter of {n} values a rank from {} into {} over {} ranks",
+                input.len(),
+                out.len(),
+                self.size
+            );
+        }
+        let stream = self.stream.clone();
+        let (src, _a) = input.device_ptr(&stream);
+        let (dst, _b) = out.device_ptr_mut(&stream);
+        self.ordered(
+            &format!("ncclReduceScatter to {n} values"),
+            |api, comm, s| {
+                // SAFETY: sizes checked above; ordered by events.
+                unsafe {
+                    (api.reduce_scatter)(
+                        src as *const c_void,
+                        dst as *mut c_void,
+                        n,
+                        T::TYPE,
+                        NCCL_SUM,
+                        comm,
+                        s,
+                    )
+                }
+            },
+        )
+    }
+
     /// Rank `root`'s `buf` on every rank.
     pub fn broadcast<T: NcclType>(&mut self, buf: &mut CudaSlice<T>, root: usize) -> Result<()> {
         let n = buf.len();

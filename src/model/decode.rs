@@ -69,6 +69,10 @@ impl<B: Backend> Llama<B> {
             .lm_head
             .as_ref()
             .context("logits need an LM head; this checkpoint is a reward model")?;
+        anyhow::ensure!(
+            self.sharded.is_none(),
+            "full_logits reads the LM head from the whole model's weights; this one is sharded"
+        );
         let fwd = self.forward_heads(batch, super::llama::Heads::NONE)?;
         let (n, d, v) = (batch.tokens(), self.cfg.hidden_size, self.cfg.vocab_size);
         let mut logits = self.backend.acc(n * v)?;
@@ -150,6 +154,11 @@ impl<B: Backend> Llama<B> {
         last: SlotMap<B>,
         attend: Attend<B>,
     ) -> Result<()> {
+        anyhow::ensure!(
+            self.sharded.is_none(),
+            "decoding reads the whole model's weights; this one is sharded over the ranks \
+             (--shard full): gather it first"
+        );
         let (c, o, p) = (&self.cfg, &self.backend, &self.params);
         let (n, d, f) = (b * t, c.hidden_size, c.intermediate_size);
         let (qd, kvd, v) = (c.q_dim(), c.kv_dim(), c.vocab_size);

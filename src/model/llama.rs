@@ -6,6 +6,8 @@
 
 use super::config::LlamaConfig;
 use super::grad_sink::GradSink;
+use super::param_units::{layer_unit, GatheredWeights, OuterSlots, OUTER};
+use super::params::LayerSlots;
 use super::params::ParamLayout;
 use crate::ops::cpu::{AttentionShape, Cpu};
 use crate::ops::cuda::backend::Cuda;
@@ -42,6 +44,19 @@ impl<B: Backend> LayerCache<B> {
             o.recycle_acc(a);
         }
     }
+}
+
+/// The backward's scratch for one layer's gradients, reused from layer to layer.
+struct LayerGrads<B: Backend> {
+    dx_act: B::Act, // [N, D] the residual gradient cast for the matmuls
+    dact: B::Act,   // [N, F]
+    dgate: B::Act,  // [N, F]
+    dup: B::Act,    // [N, F]
+    dxn: B::Acc,    // [N, D]
+    datt: B::Act,   // [N, H·hd]
+    dq: B::Act,     // [N, H·hd]
+    dk: B::Act,     // [N, Hkv·hd]
+    dv: B::Act,     // [N, Hkv·hd]
 }
 
 /// The forward's results, plus everything its backward needs.
@@ -153,6 +168,24 @@ pub struct Llama<B: Backend = Cpu> {
     /// Keep only each layer's input through the forward and recompute the rest of the layer in
     /// the backward: about a third more compute for a fraction of the activation memory.
     pub recompute: bool,
+    /// Under `--shard full` (FSDP): `params` is this rank's shard, and each part's weights are
+    /// gathered from the ranks' shards just before use (src/model/param_units.rs).
+    pub sharded: Option<Box<dyn GatheredWeights<B>>>,
+}
+
+/// A part's weights for one use: the model's own buffer, or a buffer gathered for the part.
+enum Part<'a, B: Backend> {
+    Own(&'a B::Params),
+    Gathered(B::Params),
+}
+
+impl<B: Backend> Part<'_, B> {
+    fn p(&self) -> &B::Params {
+        match self {
+            Part::Own(p) => p,
+            Part::Gathered(p) => p,
+        }
+    }
 }
 
 impl Clone for Llama<Cpu> {
@@ -163,6 +196,7 @@ impl Clone for Llama<Cpu> {
             params: self.params.clone(),
             backend: Cpu,
             recompute: self.recompute,
+            sharded: None,
         }
     }
 }
@@ -182,6 +216,7 @@ impl Llama<Cpu> {
             params,
             backend: Cpu,
             recompute: false,
+            sharded: None,
         }
     }
 
@@ -194,6 +229,7 @@ impl Llama<Cpu> {
             params,
             backend: cuda,
             recompute: self.recompute,
+            sharded: None,
         })
     }
 }
@@ -229,20 +265,24 @@ impl<B: Backend> Llama<B> {
     /// The forward with only the heads asked for (and present) computed.
     pub fn forward_heads(&self, batch: &Batch, heads: Heads) -> Result<Forward<B>> {
         self.check_batch(batch)?;
-        let (c, o, p) = (&self.cfg, &self.backend, &self.params);
+        let (c, o) = (&self.cfg, &self.backend);
         let (n, d) = (batch.tokens(), c.hidden_size);
         let shape = self.attention_shape(batch);
         let inputs = o.inputs(&c.rope(), batch, &batch.next_tokens())?;
 
-        let mut x = o.act(n * d)?;
-        o.embedding_forward(&mut x, &inputs, p, &self.layout.embed, d)?;
         let layer_count = c.num_hidden_layers;
+        let (outer, os) = self.outer_weights((layer_count > 0).then(|| layer_unit(0)))?;
+        let mut x = o.act(n * d)?;
+        o.embedding_forward(&mut x, &inputs, outer.p(), &os.embed, d)?;
         let (mut x_in, mut layers) = (
             Vec::with_capacity(layer_count),
             Vec::with_capacity(layer_count),
         );
         for l in 0..layer_count {
-            let (lc, x_out) = self.layer_forward(l, &x, &inputs, shape)?;
+            let next = (l + 1 < layer_count).then(|| layer_unit(l + 1));
+            let (w, slots) = self.layer_weights(l, next)?;
+            let (lc, x_out) = self.layer_forward(w.p(), slots, &x, &inputs, shape)?;
+            self.done_with(w);
             layers.push(match self.recompute {
                 true => {
                     lc.recycle(o);
@@ -252,20 +292,14 @@ impl<B: Backend> Llama<B> {
             });
             x_in.push(std::mem::replace(&mut x, x_out));
         }
+        let p = outer.p();
         let mut h_f = o.act(n * d)?;
         let mut rstd_f = o.acc(n)?;
-        o.rmsnorm_forward(
-            &mut h_f,
-            &mut rstd_f,
-            &x,
-            p,
-            &self.layout.final_norm,
-            c.rms_norm_eps,
-        )?;
+        o.rmsnorm_forward(&mut h_f, &mut rstd_f, &x, p, &os.final_norm, c.rms_norm_eps)?;
 
         let heads = Heads {
-            logp: heads.logp && self.layout.lm_head.is_some(),
-            value: heads.value && self.layout.score.is_some(),
+            logp: heads.logp && os.lm_head.is_some(),
+            value: heads.value && os.score.is_some(),
             temperature: heads.temperature,
         };
         anyhow::ensure!(
@@ -277,7 +311,7 @@ impl<B: Backend> Llama<B> {
         let per_token = |on: bool| if on { n } else { 0 };
         let lm = per_token(heads.logp);
         let (mut logp, mut entropy, mut lse) = (o.acc(lm)?, o.acc(lm)?, o.acc(lm)?);
-        if let (Some(head), true) = (&self.layout.lm_head, heads.logp) {
+        if let (Some(head), true) = (&os.lm_head, heads.logp) {
             let scale = 1.0 / heads.temperature;
             o.logprob_forward(
                 &mut logp,
@@ -292,9 +326,10 @@ impl<B: Backend> Llama<B> {
             )?;
         }
         let mut value = o.acc(per_token(heads.value))?;
-        if let (Some(score), true) = (&self.layout.score, heads.value) {
+        if let (Some(score), true) = (&os.score, heads.value) {
             o.scalar_head_forward(&mut value, &h_f, p, score)?;
         }
+        self.done_with(outer);
         Ok(Forward {
             logp,
             entropy,
@@ -311,6 +346,68 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// The embedding, final norm and heads' weights, and where they sit: in the model's own
+    /// buffer, or (`--shard full`) gathered for this use, gathering unit `next` meanwhile.
+    fn outer_weights(&self, next: Option<usize>) -> Result<(Part<'_, B>, OuterSlots)> {
+        Ok(match &self.sharded {
+            None => (Part::Own(&self.params), self.layout.outer_slots()),
+            Some(s) => (
+                Part::Gathered(s.gather(&self.params, OUTER, next)?),
+                s.units().outer.clone(),
+            ),
+        })
+    }
+
+    /// Layer `l`'s weights and where they sit, as [`Llama::outer_weights`].
+    fn layer_weights(&self, l: usize, next: Option<usize>) -> Result<(Part<'_, B>, &LayerSlots)> {
+        Ok(match &self.sharded {
+            None => (Part::Own(&self.params), &self.layout.layers[l]),
+            Some(s) => (
+                Part::Gathered(s.gather(&self.params, layer_unit(l), next)?),
+                &s.units().layers[l],
+            ),
+        })
+    }
+
+    /// Hands a gathered part's buffer back once the work that reads it is queued.
+    fn done_with(&self, w: Part<'_, B>) {
+        if let (Part::Gathered(buf), Some(s)) = (w, &self.sharded) {
+            s.release(buf);
+        }
+    }
+
+    /// Whether every forward and backward is a collective over the ranks (`--shard full`): then
+    /// every rank must run as many as the others, a rank with no batch left running
+    /// [`Llama::idle_pass`].
+    pub fn in_lockstep(&self) -> bool {
+        self.sharded.is_some()
+    }
+
+    /// A forward (and with `grads`, a backward with a zero upstream gradient, which adds
+    /// nothing) over a one-token batch: the gathers and reduce-scatters of a real pass, so that
+    /// under `--shard full` a rank with no batch left keeps step with the others.
+    pub fn idle_pass(&self, grads: Option<&mut B::Acc>) -> Result<()> {
+        let batch = Batch::right_padded(&[vec![0]], 0);
+        let heads = Heads {
+            logp: self.layout.lm_head.is_some(),
+            value: self.layout.score.is_some(),
+            temperature: 1.0,
+        };
+        let fwd = self.forward_heads(&batch, heads)?;
+        if let Some(grads) = grads {
+            let zero = self.backend.acc(batch.tokens())?;
+            let g = HeadGrads {
+                logp: heads.logp.then_some(&zero),
+                entropy: None,
+                value: (heads.value && !heads.logp).then_some(&zero),
+            };
+            self.backward(&fwd, &g, grads)?;
+            self.backend.recycle_acc(zero);
+        }
+        fwd.recycle(&self.backend);
+        Ok(())
+    }
+
     /// Accumulates into `grads` (the parameter layout) the gradient of Σ g·head over the heads'
     /// upstream gradients `g`.
     pub fn backward(&self, fwd: &Forward<B>, g: &HeadGrads<B>, grads: &mut B::Acc) -> Result<()> {
@@ -319,13 +416,16 @@ impl<B: Backend> Llama<B> {
 
     /// [`Llama::backward`] into `sink`, telling its listener as each stage's gradients become
     /// final: after the heads, after each decoder layer, and at the end (src/model/grad_sink.rs).
+    /// Under `--shard full`, `sink` is this rank's gradient shard: each part's gradients are
+    /// summed in a buffer of the part's own and reduce-scattered into it as the backward leaves
+    /// the part.
     pub fn backward_into(
         &self,
         fwd: &Forward<B>,
         g: &HeadGrads<B>,
         mut sink: GradSink<B>,
     ) -> Result<()> {
-        let (c, o, p, lay) = (&self.cfg, &self.backend, &self.params, &self.layout);
+        let (c, o) = (&self.cfg, &self.backend);
         let n = fwd.shape.batch * fwd.shape.seq;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         ensure!(
@@ -336,157 +436,193 @@ impl<B: Backend> Llama<B> {
             g.value.is_none() || fwd.heads.value,
             "backward through values the forward did not compute"
         );
+        let layer_count = self.layout.layers.len();
+        let last_layer = layer_count.checked_sub(1).map(layer_unit);
+        let (outer, os) = self.outer_weights(last_layer)?;
+        // A gathered part's gradients go to a buffer of its own, then to the ranks' reduce.
+        let part_grads = |unit: usize| -> Result<Option<B::Acc>> {
+            match &self.sharded {
+                Some(s) => Ok(Some(o.acc(s.padded_len(unit))?)),
+                None => Ok(None),
+            }
+        };
+        let mut outer_grads = part_grads(OUTER)?;
 
         let mut dh = o.acc(n * d)?;
-        if let (Some(head), true) = (&lay.lm_head, g.logp.is_some() || g.entropy.is_some()) {
-            let zeros = match g.logp {
-                Some(_) => None,
-                None => Some(o.acc(n)?),
-            };
-            let dlogp = g.logp.or(zeros.as_ref()).expect("one of the two");
-            o.logprob_backward(
-                &mut dh,
-                sink.buf,
-                head,
-                dlogp,
-                g.entropy,
-                &fwd.h_f,
-                p,
-                &fwd.inputs,
-                [&fwd.lse, &fwd.entropy],
-                d,
-                1.0 / fwd.heads.temperature,
-            )?;
-            if let Some(z) = zeros {
-                o.recycle_acc(z);
-            }
-        }
-        if let (Some(score), Some(dvalue)) = (&lay.score, g.value) {
-            o.scalar_head_backward(&mut dh, sink.buf, score, dvalue, &fwd.h_f, p)?;
-        }
-        // dx: the residual stream's gradient, f32 from the top of the model to the embedding.
         let mut dx = o.acc(n * d)?;
-        o.rmsnorm_backward(
-            &mut dx,
-            sink.buf,
-            &lay.final_norm,
-            &dh,
-            &fwd.x_last,
-            p,
-            &fwd.rstd_f,
-        )?;
-        sink.finished_from(self.layout.final_norm.start)?;
-
-        let mut dx_act = o.act(n * d)?;
-        let (mut dact, mut dgate, mut dup) = (o.act(n * f)?, o.act(n * f)?, o.act(n * f)?);
-        let mut dxn = o.acc(n * d)?;
-        let mut datt = o.act(n * qd)?;
-        let (mut dq, mut dk, mut dv) = (o.act(n * qd)?, o.act(n * kvd)?, o.act(n * kvd)?);
-        for (i, l) in lay.layers.iter().enumerate().rev() {
-            let x_in = &fwd.x_in[i];
-            // Under recompute, this layer's saved tensors are rebuilt from its input.
-            let rebuilt = match &fwd.layers[i] {
-                Some(_) => None,
-                None => {
-                    let (lc, x_out) = self.layer_forward(i, x_in, &fwd.inputs, fwd.shape)?;
-                    o.recycle_act(x_out);
-                    Some(lc)
+        {
+            let (p, gbuf) = (outer.p(), outer_grads.as_mut().unwrap_or(&mut *sink.buf));
+            if let (Some(head), true) = (&os.lm_head, g.logp.is_some() || g.entropy.is_some()) {
+                let zeros = match g.logp {
+                    Some(_) => None,
+                    None => Some(o.acc(n)?),
+                };
+                let dlogp = g.logp.or(zeros.as_ref()).expect("one of the two");
+                o.logprob_backward(
+                    &mut dh,
+                    gbuf,
+                    head,
+                    dlogp,
+                    g.entropy,
+                    &fwd.h_f,
+                    p,
+                    &fwd.inputs,
+                    [&fwd.lse, &fwd.entropy],
+                    d,
+                    1.0 / fwd.heads.temperature,
+                )?;
+                if let Some(z) = zeros {
+                    o.recycle_acc(z);
                 }
-            };
-            let lc = fwd.layers[i]
-                .as_ref()
-                .or(rebuilt.as_ref())
-                .expect("kept or rebuilt");
-            // dx holds d(x_out); x_out = x_mid + mlp, so d(x_mid) starts as dx itself.
-            o.cast_to_act(&mut dx_act, &dx)?;
-            o.matmul_backward(
-                &mut dact,
-                sink.buf,
-                &dx_act,
-                &lc.act,
-                p,
-                &l.down_proj,
-                n,
-                f,
-                d,
-            )?;
-            o.swiglu_backward(&mut dgate, &mut dup, &dact, &lc.gate, &lc.up)?;
-            o.zero(&mut dxn)?;
-            o.matmul_backward_add(
-                &mut dxn,
-                sink.buf,
-                &dgate,
-                &lc.xn2,
-                p,
-                &l.gate_proj,
-                n,
-                d,
-                f,
-            )?;
-            o.matmul_backward_add(&mut dxn, sink.buf, &dup, &lc.xn2, p, &l.up_proj, n, d, f)?;
+            }
+            if let (Some(score), Some(dvalue)) = (&os.score, g.value) {
+                o.scalar_head_backward(&mut dh, gbuf, score, dvalue, &fwd.h_f, p)?;
+            }
+            // dx: the residual stream's gradient, f32 from the top of the model to the
+            // embedding.
             o.rmsnorm_backward(
                 &mut dx,
-                sink.buf,
-                &l.post_attn_norm,
-                &dxn,
-                &lc.x_mid,
+                gbuf,
+                &os.final_norm,
+                &dh,
+                &fwd.x_last,
                 p,
-                &lc.rstd2,
+                &fwd.rstd_f,
             )?;
-
-            // dx now holds d(x_mid); x_mid = x_in + o_proj(att).
-            o.cast_to_act(&mut dx_act, &dx)?;
-            o.matmul_backward(
-                &mut datt, sink.buf, &dx_act, &lc.att, p, &l.o_proj, n, qd, d,
-            )?;
-            o.attention_backward(
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                &datt,
-                [&lc.q, &lc.k, &lc.v, &lc.att],
-                &lc.lse,
-                &fwd.inputs,
-                fwd.shape,
-            )?;
-            o.rope_backward(&mut dq, &fwd.inputs, c.num_attention_heads)?;
-            o.rope_backward(&mut dk, &fwd.inputs, c.num_key_value_heads)?;
-            o.zero(&mut dxn)?;
-            o.matmul_backward_add(&mut dxn, sink.buf, &dq, &lc.xn1, p, &l.q_proj, n, d, qd)?;
-            o.matmul_backward_add(&mut dxn, sink.buf, &dk, &lc.xn1, p, &l.k_proj, n, d, kvd)?;
-            o.matmul_backward_add(&mut dxn, sink.buf, &dv, &lc.xn1, p, &l.v_proj, n, d, kvd)?;
-            o.rmsnorm_backward(&mut dx, sink.buf, &l.input_norm, &dxn, x_in, p, &lc.rstd1)?;
-            // dx now holds d(x_in), the previous layer's d(x_out).
-            sink.finished_from(l.input_norm.start)?;
-            if let Some(lc) = rebuilt {
-                lc.recycle(o);
-            }
         }
-        o.embedding_backward(sink.buf, &lay.embed, &dx, &fwd.inputs, d)?;
+        sink.finished_from(self.layout.final_norm.start)?;
+
+        let mut ws = LayerGrads::<B> {
+            dx_act: o.act(n * d)?,
+            dact: o.act(n * f)?,
+            dgate: o.act(n * f)?,
+            dup: o.act(n * f)?,
+            dxn: o.acc(n * d)?,
+            datt: o.act(n * qd)?,
+            dq: o.act(n * qd)?,
+            dk: o.act(n * kvd)?,
+            dv: o.act(n * kvd)?,
+        };
+        for i in (0..layer_count).rev() {
+            let next = i.checked_sub(1).map(layer_unit);
+            let (w, slots) = self.layer_weights(i, next)?;
+            let mut grads = part_grads(layer_unit(i))?;
+            let gbuf = grads.as_mut().unwrap_or(&mut *sink.buf);
+            self.layer_backward(i, w.p(), slots, gbuf, &mut dx, &mut ws, fwd)?;
+            self.done_with(w);
+            if let (Some(grads), Some(s)) = (grads, &self.sharded) {
+                s.reduce(layer_unit(i), grads, sink.buf)?;
+            }
+            // dx now holds d(x_in), the previous layer's d(x_out).
+            sink.finished_from(self.layout.layers[i].input_norm.start)?;
+        }
+        {
+            let gbuf = outer_grads.as_mut().unwrap_or(&mut *sink.buf);
+            o.embedding_backward(gbuf, &os.embed, &dx, &fwd.inputs, d)?;
+        }
+        self.done_with(outer);
+        if let (Some(grads), Some(s)) = (outer_grads, &self.sharded) {
+            s.reduce(OUTER, grads, sink.buf)?;
+        }
         sink.finished_from(0)?;
-        for a in [dh, dx, dxn] {
+        for a in [dh, dx, ws.dxn] {
             o.recycle_acc(a);
         }
-        for a in [dx_act, dact, dgate, dup, datt, dq, dk, dv] {
+        for a in [
+            ws.dx_act, ws.dact, ws.dgate, ws.dup, ws.datt, ws.dq, ws.dk, ws.dv,
+        ] {
             o.recycle_act(a);
         }
         Ok(())
     }
 
-    /// One decoder layer on its input x_in [N, D]: what its backward needs, and its output.
+    /// Layer `i`'s backward, its weights `p` at `l`: its gradients into `grads` (at `l`'s
+    /// offsets), and `dx` from d(x_out) to d(x_in).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        i: usize,
+        p: &B::Params,
+        l: &LayerSlots,
+        grads: &mut B::Acc,
+        dx: &mut B::Acc,
+        ws: &mut LayerGrads<B>,
+        fwd: &Forward<B>,
+    ) -> Result<()> {
+        let (c, o) = (&self.cfg, &self.backend);
+        let n = fwd.shape.batch * fwd.shape.seq;
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let x_in = &fwd.x_in[i];
+        // Under recompute, this layer's saved tensors are rebuilt from its input.
+        let rebuilt = match &fwd.layers[i] {
+            Some(_) => None,
+            None => {
+                let (lc, x_out) = self.layer_forward(p, l, x_in, &fwd.inputs, fwd.shape)?;
+                o.recycle_act(x_out);
+                Some(lc)
+            }
+        };
+        let lc = fwd.layers[i]
+            .as_ref()
+            .or(rebuilt.as_ref())
+            .expect("kept or rebuilt");
+        let LayerGrads {
+            dx_act,
+            dact,
+            dgate,
+            dup,
+            dxn,
+            datt,
+            dq,
+            dk,
+            dv,
+        } = ws;
+        // dx holds d(x_out); x_out = x_mid + mlp, so d(x_mid) starts as dx itself.
+        o.cast_to_act(dx_act, dx)?;
+        o.matmul_backward(dact, grads, dx_act, &lc.act, p, &l.down_proj, n, f, d)?;
+        o.swiglu_backward(dgate, dup, dact, &lc.gate, &lc.up)?;
+        o.zero(dxn)?;
+        o.matmul_backward_add(dxn, grads, dgate, &lc.xn2, p, &l.gate_proj, n, d, f)?;
+        o.matmul_backward_add(dxn, grads, dup, &lc.xn2, p, &l.up_proj, n, d, f)?;
+        o.rmsnorm_backward(dx, grads, &l.post_attn_norm, dxn, &lc.x_mid, p, &lc.rstd2)?;
+
+        // dx now holds d(x_mid); x_mid = x_in + o_proj(att).
+        o.cast_to_act(dx_act, dx)?;
+        o.matmul_backward(datt, grads, dx_act, &lc.att, p, &l.o_proj, n, qd, d)?;
+        o.attention_backward(
+            dq,
+            dk,
+            dv,
+            datt,
+            [&lc.q, &lc.k, &lc.v, &lc.att],
+            &lc.lse,
+            &fwd.inputs,
+            fwd.shape,
+        )?;
+        o.rope_backward(dq, &fwd.inputs, c.num_attention_heads)?;
+        o.rope_backward(dk, &fwd.inputs, c.num_key_value_heads)?;
+        o.zero(dxn)?;
+        o.matmul_backward_add(dxn, grads, dq, &lc.xn1, p, &l.q_proj, n, d, qd)?;
+        o.matmul_backward_add(dxn, grads, dk, &lc.xn1, p, &l.k_proj, n, d, kvd)?;
+        o.matmul_backward_add(dxn, grads, dv, &lc.xn1, p, &l.v_proj, n, d, kvd)?;
+        o.rmsnorm_backward(dx, grads, &l.input_norm, dxn, x_in, p, &lc.rstd1)?;
+        if let Some(lc) = rebuilt {
+            lc.recycle(o);
+        }
+        Ok(())
+    }
+
+    /// One decoder layer (its weights `p` at `l`) on its input x_in [N, D]: what its backward
+    /// needs, and its output.
     fn layer_forward(
         &self,
-        layer: usize,
+        p: &B::Params,
+        l: &LayerSlots,
         x_in: &B::Act,
         inputs: &B::Inputs,
         shape: AttentionShape,
     ) -> Result<(LayerCache<B>, B::Act)> {
-        let (c, o, p, l) = (
-            &self.cfg,
-            &self.backend,
-            &self.params,
-            &self.layout.layers[layer],
-        );
+        let (c, o) = (&self.cfg, &self.backend);
         let (n, d, f) = (shape.batch * shape.seq, c.hidden_size, c.intermediate_size);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let mut lc = LayerCache::<B> {

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod grad_sink;
 pub mod init;
 pub mod llama;
+pub mod param_units;
 pub mod params;
 pub mod weight_shards;
 pub mod weights;

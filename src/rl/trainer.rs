@@ -105,6 +105,13 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
     } = host;
     let (weight_decay, bucket_values) =
         (setup.opts.run.weight_decay, setup.opts.run.bucket_values());
+    if setup.opts.run.fully_sharded(&run.group) {
+        anyhow::bail!(
+            "--shard full is not yet built for ppo, grpo and rloo (its rollouts need the policy \
+             gathered into a generation copy: the hybrid engine, issue 21); use --shard optimizer, \
+             which splits the fp32 masters and AdamW moments"
+        );
+    }
     let (summary, _) = if let Some(cuda) = setup.opts.run.device.engine()? {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.

@@ -2,16 +2,22 @@
 //! global gradient norm and AdamW over fp32 master weights, which also refreshes the bf16 copy the
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
+use super::fsdp::{FsdpWeights, ShardLayout, SharedFsdp};
 use super::state::{HostState, ModelAndGrads, TrainState};
 use crate::dist::group::Group;
 use crate::dist::nccl::DeviceComm;
 use crate::model::grad_sink::{buckets, GradsReady};
+use crate::model::param_units::ParamUnits;
 use crate::model::{Batch, GradSink, HeadGrads, Heads, Llama};
-use crate::ops::cuda::adamw::{adamw_step, grad_norm, norm_scratch, upload_no_decay, AdamWStep};
+use crate::ops::cuda::adamw::{
+    adamw_step, grad_norm, grad_norm_finish, grad_norm_partial, norm_scratch, upload_no_decay,
+    AdamWStep,
+};
 use crate::ops::cuda::backend::Cuda;
 use crate::ops::Backend;
 use anyhow::{Context, Result};
 use cudarc::driver::CudaSlice;
+use std::rc::Rc;
 
 /// Gradient norms kept on the device between reads: a loop that logs less often than this reads
 /// them early (one host sync per NORM_HISTORY steps).
@@ -43,6 +49,10 @@ pub struct GpuTrainer {
     /// Under `--shard optimizer`: this rank and the world; `master`, `m` and `v` then hold only
     /// this rank's slice of the layout ([`shard_range`]).
     shard: Option<(usize, usize)>,
+    /// Under `--shard full`: the gathers and reduce-scatters the model runs through; `master`,
+    /// `m`, `v`, `grads` and the model's bf16 `params` then hold this rank's shard
+    /// (src/train/fsdp.rs).
+    fsdp: Option<Rc<FsdpWeights>>,
 }
 
 /// Rank `rank`'s slice of `n` values split over `size` ranks: contiguous, sizes differing by at
@@ -138,6 +148,50 @@ impl GpuTrainer {
             bucket_values: DEFAULT_BUCKET_VALUES,
             reducer: None,
             shard,
+            fsdp: None,
+            model,
+        })
+    }
+
+    /// The trainer of `cpu`'s weights under `--shard full` (FSDP, ZeRO-3) over `group`'s ranks:
+    /// this rank keeps its shard of the bf16 weights, masters, moments and gradients, and the
+    /// model gathers each unit's weights as it runs (src/train/fsdp.rs). Every rank calls it
+    /// together: it joins the ranks' communicator.
+    pub fn fully_sharded(backend: Cuda, cpu: &Llama, group: &Group) -> Result<Self> {
+        let comm = DeviceComm::new(group, &backend.eng)?;
+        let units = ParamUnits::new(&cpu.layout);
+        let layout = ShardLayout::new(units, group.rank(), group.size());
+        let shard = layout.shard_of(&cpu.params);
+        let no_decay = layout.no_decay(&cpu.layout);
+        let n = layout.len;
+        let fsdp = FsdpWeights::new(layout, backend.share(), comm);
+        let eng = backend.eng.clone();
+        let model = Llama {
+            cfg: cpu.cfg.clone(),
+            layout: cpu.layout.clone(),
+            params: backend.upload_params(&shard)?,
+            backend,
+            recompute: cpu.recompute,
+            sharded: Some(Box::new(SharedFsdp(fsdp.clone()))),
+        };
+        Ok(GpuTrainer {
+            master: eng.upload(&shard)?,
+            grads: eng.zeros(n)?,
+            m: eng.zeros(n)?,
+            v: eng.zeros(n)?,
+            norm: eng.zeros(1)?,
+            no_decay: upload_no_decay(&eng, &no_decay)?,
+            norm_partial: norm_scratch(&eng)?,
+            norm_history: eng.zeros(NORM_HISTORY)?,
+            pending_norms: 0,
+            read_norms: Vec::new(),
+            t: 0,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            bucket_values: DEFAULT_BUCKET_VALUES,
+            reducer: None,
+            shard: None,
+            fsdp: Some(fsdp),
             model,
         })
     }
@@ -172,7 +226,16 @@ impl GpuTrainer {
             self.read_norms.extend(early);
         }
         let eng = &self.model.backend.eng;
-        grad_norm(eng, &mut self.norm, &mut self.norm_partial, &self.grads)?;
+        match &self.fsdp {
+            // Each rank holds a shard of the gradients: the squares' partial sums are summed
+            // over the ranks before the root.
+            Some(f) => {
+                grad_norm_partial(eng, &mut self.norm_partial, &self.grads)?;
+                f.comm.borrow_mut().all_reduce_sum(&mut self.norm_partial)?;
+                grad_norm_finish(eng, &mut self.norm, &self.norm_partial)?;
+            }
+            None => grad_norm(eng, &mut self.norm, &mut self.norm_partial, &self.grads)?,
+        }
         let k = self.pending_norms;
         eng.stream
             .memcpy_dtod(&self.norm, &mut self.norm_history.slice_mut(k..k + 1))
@@ -276,6 +339,42 @@ impl GpuTrainer {
         Ok(host)
     }
 
+    /// Under `--shard full`: the whole of one sharded buffer (0: the master weights, 1: m, 2: v)
+    /// on this host when `want` (else empty), gathered in chunks of [`GATHER_CHUNK`] values of
+    /// every rank's shard and put back in their places. Every rank calls it together.
+    fn gather_fsdp(&self, which: usize, want: bool) -> Result<Vec<f32>> {
+        let f = self.fsdp.as_ref().expect("under --shard full");
+        let (lay, eng) = (&f.layout, &self.model.backend.eng);
+        let mine = [&self.master, &self.m, &self.v][which];
+        let chunk = GATHER_CHUNK.min(lay.len).max(1);
+        let mut scratch = eng.zeros::<f32>(chunk * lay.size)?;
+        let mut shards = vec![Vec::with_capacity(if want { lay.len } else { 0 }); lay.size];
+        let err = |e| anyhow::anyhow!("gathering the fully sharded state: {e:?}");
+        for at in (0..lay.len).step_by(chunk) {
+            let n = chunk.min(lay.len - at);
+            let mut comm = f.comm.borrow_mut();
+            comm.all_gather_part(mine, at..at + n, &mut scratch)?;
+            comm.join_compute()?;
+            if want {
+                let part = eng
+                    .stream
+                    .clone_dtoh(&scratch.slice(0..n * lay.size))
+                    .map_err(err)?;
+                for (r, shard) in shards.iter_mut().enumerate() {
+                    shard.extend_from_slice(&part[r * n..(r + 1) * n]);
+                }
+            }
+        }
+        if !want {
+            return Ok(Vec::new());
+        }
+        let mut whole = vec![0.0f32; self.model.layout.len];
+        for (r, shard) in shards.iter().enumerate() {
+            lay.place(r, shard, &mut whole);
+        }
+        Ok(whole)
+    }
+
     /// Joins the ranks' communicator, once: at the first step's gradient sum, which every rank
     /// reaches (before its last micro-batch, or at the sum itself when it ran none).
     fn join(&mut self, group: &Group) -> Result<()> {
@@ -321,7 +420,8 @@ impl TrainState for GpuTrainer {
         (&self.model, GradSink::plain(&mut self.grads))
     }
     fn model_and_last_grads(&mut self, group: &Group) -> Result<ModelAndGrads<'_, Cuda>> {
-        if group.size() == 1 {
+        // Fully sharded, the backward reduce-scatters each unit as it leaves it.
+        if group.size() == 1 || self.fsdp.is_some() {
             return Ok(self.model_and_grads());
         }
         self.join(group)?;
@@ -336,7 +436,7 @@ impl TrainState for GpuTrainer {
         self.model.backend.eng.zero(&mut self.grads)
     }
     fn all_reduce_grads(&mut self, group: &Group) -> Result<()> {
-        if group.size() == 1 {
+        if group.size() == 1 || self.fsdp.is_some() {
             return Ok(());
         }
         self.join(group)?;
@@ -352,18 +452,33 @@ impl TrainState for GpuTrainer {
         Ok(norms)
     }
     fn join_group(&mut self, group: &Group) -> Result<()> {
-        if group.size() > 1 {
+        if group.size() > 1 && self.fsdp.is_none() {
             self.join(group)?;
         }
         Ok(())
     }
     fn gather_params(&mut self, group: &Group) -> Result<Vec<f32>> {
+        if self.fsdp.is_some() {
+            return self.gather_fsdp(0, true);
+        }
         if self.shard.is_some() {
             return self.gather_buffer(group, 0, true);
         }
         self.model.backend.eng.download(&self.master)
     }
     fn gather_state(&mut self, group: &Group, to_all: bool) -> Result<Option<HostState>> {
+        if self.fsdp.is_some() {
+            let want = to_all || group.is_root();
+            let params = self.gather_fsdp(0, want)?;
+            let m = self.gather_fsdp(1, want)?;
+            let v = self.gather_fsdp(2, want)?;
+            return Ok(want.then_some(HostState {
+                params,
+                m,
+                v,
+                t: self.t,
+            }));
+        }
         if self.shard.is_some() {
             return self.gather_sharded(group, to_all);
         }
@@ -375,9 +490,8 @@ impl TrainState for GpuTrainer {
     }
     fn host_state(&self) -> Result<HostState> {
         anyhow::ensure!(
-            self.shard.is_none(),
-            "the optimiser state is split over the ranks (--shard optimizer): gather_state \
-             collects it"
+            self.shard.is_none() && self.fsdp.is_none(),
+            "the optimiser state is split over the ranks (--shard): gather_state collects it"
         );
         let eng = &self.model.backend.eng;
         Ok(HostState {
@@ -389,11 +503,23 @@ impl TrainState for GpuTrainer {
     }
     fn restore(&mut self, s: HostState) -> Result<()> {
         anyhow::ensure!(
-            s.params.len() == self.grads.len(),
+            s.params.len() == self.model.layout.len,
             "the checkpoint holds another model's parameters"
         );
-        let own = self.own();
         let b = &self.model.backend;
+        if let Some(f) = &self.fsdp {
+            // Each rank of this world takes its shard of the whole state, whatever the world
+            // that saved it.
+            let lay = &f.layout;
+            let params = lay.shard_of(&s.params);
+            self.master = b.eng.upload(&params)?;
+            self.model.params = b.upload_params(&params)?;
+            self.m = b.eng.upload(&lay.shard_of(&s.m))?;
+            self.v = b.eng.upload(&lay.shard_of(&s.v))?;
+            self.t = s.t;
+            return Ok(());
+        }
+        let own = self.own();
         self.master = b.eng.upload(&s.params[own.clone()])?;
         self.model.params = b.upload_params(&s.params)?;
         let (m, v) = (&s.m[own.clone()], &s.v[own]);

@@ -87,6 +87,39 @@ impl MemoryPlan {
         self
     }
 
+    /// The plan of one rank of `ranks` under `--shard full` (FSDP): its shard of the bf16
+    /// weights, masters, moments and gradients (each unit padded to equal pieces), and what the
+    /// gathers hold at their peak, in the backward: the outer unit (embedding, final norm,
+    /// heads) with its f32 gradient, a layer being differentiated and the next one gathering
+    /// (bf16), the layer's f32 gradient, and the reduce-scatter's piece.
+    pub fn fully_sharded(mut self, cfg: &LlamaConfig, ranks: usize) -> MemoryPlan {
+        let ranks = ranks.max(1) as u64;
+        let units = crate::model::param_units::ParamUnits::new(&ParamLayout::new(cfg));
+        let padded = |u: usize| (units.len(u) as u64).div_ceil(ranks) * ranks;
+        let shard: u64 = (0..units.count()).map(|u| padded(u) / ranks).sum();
+        let (outer, layer) = (padded(0), (1..units.count()).map(padded).max().unwrap_or(0));
+        let (bf16, f32) = (2u64, 4u64);
+        for line in &mut self.lines {
+            line.1 = match line.0 {
+                "weights (bf16)" => bf16 * shard,
+                "master weights (f32)" | "gradients (f32)" => f32 * shard,
+                "AdamW moments (2 x f32)" => 2 * f32 * shard,
+                _ => line.1,
+            };
+        }
+        self.lines.insert(
+            4,
+            (
+                "gathered units (outer + 2 layers bf16, grads f32)",
+                bf16 * (outer + 2 * layer)
+                    + f32 * (outer + layer)
+                    + f32 * (outer.max(layer) / ranks),
+            ),
+        );
+        self.total = self.lines.iter().map(|(_, b)| b).sum();
+        self
+    }
+
     /// A PPO iteration: the policy and (for PPO) the value model trained, the reference and the
     /// reward model frozen in bf16, all on one engine, so the biggest phase sets the activations:
     /// a training micro-batch of `micro` sequences of `seq` tokens (policy or value; the scoring

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod dpo;
 pub mod eval_rm;
 pub mod fingerprint;
+pub mod fsdp;
 pub mod gpu_step;
 pub mod layered_options;
 pub mod memory_plan;

@@ -182,12 +182,15 @@ impl<'a, S: TrainState> Offline<'a, S> {
         let mut stats = PairStats::default();
         let idx: Vec<usize> = (0..split.pairs.len()).collect();
         let (rank, ranks) = (self.group.rank(), self.group.size());
-        for (_, chunk) in idx
-            .chunks(self.opts.batch_size)
-            .enumerate()
-            .filter(|(c, _)| c % ranks == rank)
-        {
-            stats.add(&self.objective.evaluate(self.state.model(), split, chunk)?);
+        let chunks: Vec<&[usize]> = idx.chunks(self.opts.batch_size).collect();
+        let model = self.state.model();
+        for round in 0..chunks.len().div_ceil(ranks) {
+            match chunks.get(round * ranks + rank) {
+                Some(chunk) => stats.add(&self.objective.evaluate(model, split, chunk)?),
+                // Fully sharded, every forward gathers with the other ranks.
+                None if model.in_lockstep() => model.idle_pass(None)?,
+                None => {}
+            }
         }
         let stats = sum_over_ranks(&self.group, "evaluation", &[stats])?.remove(0);
         self.logs()?
@@ -296,7 +299,7 @@ impl<S: TrainState> Stages for Offline<'_, S> {
         let scale = 1.0 / micro.len() as f32;
         let (rank, ranks) = (self.group.rank(), self.group.size());
         let mut micro_stats = Vec::with_capacity(opts.grad_accum);
-        let mine: Vec<usize> = micro.filter(|g| g % ranks == rank).collect();
+        let mine: Vec<usize> = micro.clone().filter(|g| g % ranks == rank).collect();
         for (k, &g) in mine.iter().enumerate() {
             let idx = self.micro_batch(g);
             let (model, grads) = if k + 1 == mine.len() {
@@ -308,6 +311,14 @@ impl<S: TrainState> Stages for Offline<'_, S> {
                 self.objective
                     .accumulate(model, &self.train, &idx, scale, grads)?,
             );
+        }
+        // Fully sharded, a rank with fewer micro-batches this step still gathers and reduces
+        // with the others, through a pass that adds nothing.
+        if self.state.model().in_lockstep() {
+            for _ in mine.len()..micro.len().div_ceil(ranks) {
+                let (model, grads) = self.state.model_and_grads();
+                model.idle_pass(Some(grads.buf))?;
+            }
         }
         self.state.all_reduce_grads(&self.group)?;
         self.state.step(lr, opts.run.max_grad_norm)?;

@@ -20,6 +20,9 @@ pub enum Shard {
     None,
     /// The fp32 master weights and AdamW moments split over the ranks (ZeRO-1).
     Optimizer,
+    /// The bf16 weights, the gradients, the masters and the moments split over the ranks
+    /// (FSDP, ZeRO-3): each layer is gathered just before it runs.
+    Full,
 }
 
 #[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
@@ -252,6 +255,11 @@ impl RunOptions {
         ])
     }
 
+    /// Whether the GPU trainer's whole state (`--shard full`) is split over `group`'s ranks.
+    pub fn fully_sharded(&self, group: &crate::dist::group::Group) -> bool {
+        self.shard == Shard::Full && group.size() > 1
+    }
+
     /// This rank and the world under `--shard optimizer` over several ranks; None otherwise.
     pub fn optimizer_shard(&self, group: &crate::dist::group::Group) -> Option<(usize, usize)> {
         (self.shard == Shard::Optimizer && group.size() > 1).then(|| (group.rank(), group.size()))
@@ -262,8 +270,12 @@ impl RunOptions {
     pub fn refuse_shard_on_cpu(&self) -> anyhow::Result<()> {
         if self.shard != Shard::None {
             anyhow::bail!(
-                "--shard optimizer splits the GPU trainer's fp32 masters and AdamW moments over the \
-                 ranks; the CPU trainer keeps them whole: use --device cuda (or emu), or --shard none"
+                "--shard {} splits the GPU trainer's state over the ranks; the CPU trainer keeps it \
+                 whole: use --device cuda (or emu), or --shard none",
+                match self.shard {
+                    Shard::Full => "full",
+                    _ => "optimizer",
+                }
             );
         }
         Ok(())

@@ -152,7 +152,10 @@ fn read_data(opts: &TrainOptions, enc: &Encoder, root: bool) -> Result<Data> {
 
 fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, group: &Group) -> Result<GpuTrainer> {
     let root = group.is_root();
-    let mut state = GpuTrainer::sharded(cuda, cpu, run.optimizer_shard(group))?;
+    let mut state = match run.fully_sharded(group) {
+        true => GpuTrainer::fully_sharded(cuda, cpu, group)?,
+        false => GpuTrainer::sharded(cuda, cpu, run.optimizer_shard(group))?,
+    };
     state.weight_decay = run.weight_decay;
     state.bucket_values = run.bucket_values();
     let on = if crate::emu::is_active() {
@@ -161,7 +164,17 @@ fn gpu_state(cuda: Cuda, cpu: &Llama, run: &RunOptions, group: &Group) -> Result
         "the GPU"
     };
     if root {
-        eprintln!("training on {on} (bf16 weights and activations, fp32 masters and AdamW)");
+        let split = match (run.fully_sharded(group), run.optimizer_shard(group)) {
+            (true, _) => format!(
+                "; weights, gradients, masters and moments sharded over {} ranks (--shard full)",
+                group.size()
+            ),
+            (false, Some((_, size))) => {
+                format!("; masters and moments sharded over {size} ranks (--shard optimizer)")
+            }
+            _ => String::new(),
+        };
+        eprintln!("training on {on} (bf16 weights and activations, fp32 masters and AdamW{split})");
     }
     Ok(state)
 }

@@ -7,6 +7,7 @@
 //! Only the matmuls use a tuned crate (matrixmultiply); every other loop is written to be
 //! obviously right.
 
+pub mod accumulate;
 pub mod adamw;
 pub mod attention;
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod sample;
 pub mod scalar_head;
 pub mod swiglu;
 
+pub use accumulate::accumulate_f32;
 pub use attention::{attention_backward, attention_forward, AttentionShape};
 pub use backend::{Cpu, CpuInputs};
 pub use copy_rows::copy_rows;

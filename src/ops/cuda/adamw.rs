@@ -16,10 +16,18 @@ pub fn grad_norm(
     partial: &mut CudaSlice<f64>,
     grads: &CudaSlice<f32>,
 ) -> Result<()> {
-    ensure!(
-        norm.len() == 1 && partial.len() == NORM_BLOCKS,
-        "grad_norm: scratch sizes"
-    );
+    grad_norm_partial(eng, partial, grads)?;
+    grad_norm_finish(eng, norm, partial)
+}
+
+/// The norm's first pass: `partial` (NORM_BLOCKS f64) = sums of squares of fixed strided parts
+/// of `grads`. Under `--shard full` the ranks' partials are summed before the second pass.
+pub fn grad_norm_partial(
+    eng: &CudaEngine,
+    partial: &mut CudaSlice<f64>,
+    grads: &CudaSlice<f32>,
+) -> Result<()> {
+    ensure!(partial.len() == NORM_BLOCKS, "grad_norm: scratch sizes");
     let n = grads.len();
     let f = eng.function("grad_norm_partial")?;
     let cfg = LaunchConfig {
@@ -31,6 +39,19 @@ pub fn grad_norm(
     l.arg(&mut *partial).arg(grads).arg(&n);
     // SAFETY: arguments match the kernel.
     unsafe { l.launch(cfg) }.map_err(|e| anyhow!("grad_norm_partial (n={n}): {e:?}"))?;
+    Ok(())
+}
+
+/// The norm's second pass: norm[0] = sqrt(Σ partial).
+pub fn grad_norm_finish(
+    eng: &CudaEngine,
+    norm: &mut CudaSlice<f32>,
+    partial: &CudaSlice<f64>,
+) -> Result<()> {
+    ensure!(
+        norm.len() == 1 && partial.len() == NORM_BLOCKS,
+        "grad_norm: scratch sizes"
+    );
     let f = eng.function("grad_norm_finish")?;
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
@@ -39,7 +60,7 @@ pub fn grad_norm(
     };
     let blocks = NORM_BLOCKS as i32;
     let mut l = eng.stream.launch_builder(&f);
-    l.arg(norm).arg(&*partial).arg(&blocks);
+    l.arg(norm).arg(partial).arg(&blocks);
     // SAFETY: as above.
     unsafe { l.launch(cfg) }.map_err(|e| anyhow!("grad_norm_finish: {e:?}"))?;
     Ok(())

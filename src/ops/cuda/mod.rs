@@ -2,6 +2,7 @@
 //! and one launcher file per kernel file. Launchers are thin: they check shapes, pick the grid and
 //! name the op and its shapes in any error.
 
+pub mod accumulate;
 pub mod adamw;
 pub mod attention;
 pub mod backend;
