@@ -110,7 +110,7 @@ impl MemoryPlan {
         self.lines.insert(
             4,
             (
-                "gathered units (outer + 2 layers bf16, grads f32)",
+                "gathered units and their gradients",
                 bf16 * (outer + 2 * layer)
                     + f32 * (outer + layer)
                     + f32 * (outer.max(layer) / ranks),
@@ -208,6 +208,28 @@ mod tests {
         let state: u64 = sharded.lines[..4].iter().map(|(_, b)| b).sum();
         assert!(state.abs_diff(6 * params + 12 * params / 8) <= 8, "{state}");
         assert_eq!(full.total - sharded.total, 18 * params - state);
+    }
+
+    /// Issue 21's anchor: Tulu 2 13B on 8 ranks under --shard full, 1 × 2048 with --recompute,
+    /// fits 40 GiB a rank; the state is 18/8 bytes a parameter (and the units' padding).
+    #[test]
+    fn llama_2_13b_fully_sharded_over_8_ranks_fits_40_gib() {
+        let cfg = LlamaConfig::preset("llama-2-13b").unwrap();
+        let whole = MemoryPlan::training(&cfg, 1, 2048, true);
+        let full = whole.clone().fully_sharded(&cfg, 8);
+        assert!(full.total_gib() <= 40.0, "{}", full.render("13B"));
+        assert!(full.render("13B").contains("\n  total "));
+        let params = ParamLayout::new(&cfg).len as u64;
+        let state: u64 = full.lines[..4].iter().map(|(_, b)| b).sum();
+        let units = 1 + cfg.num_hidden_layers as u64;
+        assert!(
+            state >= 18 * params / 8 && state <= 18 * (params / 8 + units),
+            "{state}"
+        );
+        // One rank of one keeps everything, plus what the gathers hold.
+        let one = whole.clone().fully_sharded(&cfg, 1);
+        let kept: u64 = one.lines[..4].iter().map(|(_, b)| b).sum();
+        assert_eq!(kept, 18 * params);
     }
 
     #[test]

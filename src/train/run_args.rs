@@ -66,8 +66,11 @@ pub struct RunArgs {
     pub bucket_mb: Option<f64>,
     /// Over several GPU ranks: `optimizer` splits the fp32 master weights and AdamW's moments
     /// (12 of the 18 bytes a parameter) over the ranks, each updating its slice and sending its
-    /// bf16 weights to the others (ZeRO-1; gradients are still summed whole); `none` keeps a
-    /// whole copy on every rank (DDP).
+    /// bf16 weights to the others (ZeRO-1; gradients are still summed whole); `full` (FSDP,
+    /// ZeRO-3; dpo and rm) splits the bf16 weights and gradients too, gathering each layer just
+    /// before it runs and reduce-scattering its gradients; `none` keeps a whole copy on every
+    /// rank (DDP). `prefer bench train --plan-only --world-size N --shard S` prints one rank's
+    /// bytes.
     #[arg(long, value_enum)]
     pub shard: Option<Shard>,
     /// Seed of the data order.
