@@ -837,3 +837,68 @@ fn on_the_software_gpu_ppo_and_grpo_on_2_and_4_ranks_over_nccl_equal_one_rank() 
         assert_same_online_run(&s, &one, &four, 5e-2, 1e-2);
     }
 }
+
+/// PPO and GRPO fully sharded (`--shard full`) over 2 software-GPU ranks: the policy and value
+/// model trained with their shards, the reference and reward model frozen and sharded, every
+/// scoring and training pass gathering layer by layer (ranks short of a chunk running idle
+/// passes), equal to one rank on the same replayed rollouts. Then the hybrid engine: each
+/// iteration's rollouts come from a whole copy of the policy gathered from the shards, and the
+/// first iteration's (the starting policy's) are exactly one rank's.
+#[test]
+fn on_the_software_gpu_ppo_fully_sharded_equals_one_rank_and_generates_from_a_gathered_copy() {
+    let _memory = sharing_memory();
+    if !common::emu_available() {
+        return;
+    }
+    let s = Setup::new();
+    online_setup(&s);
+    for algo in ["ppo", "grpo"] {
+        let source = format!("{algo}-rollouts");
+        let out = prefer()
+            .args(online_args(&s, algo, "cpu", &source, 2, 6))
+            .output()
+            .unwrap();
+        expect_success(&out, "the rollouts");
+        let replay = s.path(&source).join("rollouts.jsonl").display().to_string();
+        let args = |out: &str| {
+            let mut a = online_args(&s, algo, "emu", out, 2, 6);
+            a.extend(["--replay-rollouts".to_string(), replay.clone()]);
+            a
+        };
+        let one = format!("{algo}-emu-1");
+        expect_success(&prefer().args(args(&one)).output().unwrap(), "one rank");
+        // Minibatches of 8 rows in micro-batches of 2 over 3 ranks: a rank runs one or two
+        // micro-batches of each, so some run idle passes.
+        let three = format!("{algo}-emu-full-3");
+        let mut full = args(&three);
+        full.extend(["--shard".into(), "full".into()]);
+        expect_success(&launch(3, &full), "3 fully sharded ranks");
+        assert_same_online_run(&s, &one, &three, 5e-2, 1e-2);
+    }
+    // Generated, not replayed: one iteration from the starting policy.
+    let generated = |out: &str, ranks: usize| {
+        let mut a = online_args(&s, "ppo", "emu", out, 2, 6);
+        let at = a.iter().position(|x| x == "--max-steps").unwrap();
+        a[at + 1] = "1".into();
+        if ranks > 1 {
+            a.extend(["--shard".into(), "full".into()]);
+            expect_success(&launch(ranks, &a), "2 fully sharded ranks, generating");
+        } else {
+            expect_success(&prefer().args(&a).output().unwrap(), "one rank, generating");
+        }
+        std::fs::read_to_string(s.path(out).join("rollouts.jsonl")).unwrap()
+    };
+    let (one, two) = (generated("gen-1", 1), generated("gen-2", 2));
+    let completions = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let row = serde_json::from_str::<serde_json::Value>(l).unwrap();
+                let ids = row["completion_ids"].clone();
+                assert!(ids.as_array().is_some_and(|a| !a.is_empty()), "{row}");
+                ids
+            })
+            .collect()
+    };
+    assert_eq!(completions(&one).len(), 16);
+    assert_eq!(completions(&one), completions(&two));
+}

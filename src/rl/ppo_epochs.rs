@@ -186,6 +186,19 @@ pub fn ppo_epochs<S: TrainState>(
                     explained.push(out.explained_variance as f64);
                 }
             }
+            // Fully sharded, every pass gathers with the other ranks: a rank with fewer
+            // micro-batches in this minibatch runs passes that add nothing, policy then value.
+            let mine_here = (0..mb.len().div_ceil(micro))
+                .filter(|j| j % ranks == rank)
+                .count();
+            for _ in mine_here..mb.len().div_ceil(micro).div_ceil(ranks) {
+                for state in std::iter::once(&mut m.policy).chain(m.value.as_mut()) {
+                    let (model, grads) = state.model_and_grads();
+                    if model.in_lockstep() {
+                        model.idle_pass(Some(grads.buf))?;
+                    }
+                }
+            }
             // Both sums, then both steps: every rank issues the policy's and the value model's
             // collectives (the sums, and under --shard optimizer the weights' broadcasts) in the
             // same order, whether or not it ran a micro-batch of this minibatch.

@@ -37,6 +37,26 @@ pub struct Scored {
     pub gaps: Vec<f64>,
 }
 
+/// What a scoring chunk runs, as one-token passes, on the models whose forwards are collectives
+/// (`--shard full`): policy, reference, value, reward model.
+fn idle_scoring_passes<S: TrainState>(m: &Models<S>, s: &Setup) -> Result<()> {
+    let idle = |model: &crate::model::Llama<S::B>| match model.in_lockstep() {
+        true => model.idle_pass(None),
+        false => Ok(()),
+    };
+    idle(m.policy.model())?;
+    if let Some(r) = &m.reference {
+        idle(r)?;
+    }
+    if let Some(vm) = &m.value {
+        idle(vm.model())?;
+    }
+    if let (Some(rm), Some(_)) = (&m.reward, &s.reward_input) {
+        idle(rm)?;
+    }
+    Ok(())
+}
+
 /// The rollouts `rb` (of the prompts `picked`, whose ids are `prompt_ids`) through every model.
 pub fn score<S: TrainState>(
     group: &Group,
@@ -60,7 +80,14 @@ pub fn score<S: TrainState>(
     let mut rm_scores = vec![0.0f32; n];
     let (rank, ranks) = (group.rank(), group.size());
     let rows: Vec<usize> = (0..n).collect();
-    for chunk in rows.chunks(micro).skip(rank).step_by(ranks) {
+    let chunks: Vec<&[usize]> = rows.chunks(micro).collect();
+    for round in 0..chunks.len().div_ceil(ranks) {
+        let Some(&chunk) = chunks.get(round * ranks + rank) else {
+            // Fully sharded, every forward gathers with the other ranks: a rank with no chunk
+            // left runs each model's pass over one token, in the same order.
+            idle_scoring_passes(m, s)?;
+            continue;
+        };
         let sub = rows_of(&rb.batch, chunk);
         let f = m.policy.model().forward_heads(&sub, heads)?;
         let (lp, ent) = (

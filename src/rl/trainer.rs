@@ -105,24 +105,28 @@ pub fn run_ppo_in(args: PpoArgs, group: Arc<Group>) -> Result<PpoSummary> {
     } = host;
     let (weight_decay, bucket_values) =
         (setup.opts.run.weight_decay, setup.opts.run.bucket_values());
-    if setup.opts.run.fully_sharded(&run.group) {
-        anyhow::bail!(
-            "--shard full is not yet built for ppo, grpo and rloo (its rollouts need the policy \
-             gathered into a generation copy: the hybrid engine, issue 21); use --shard optimizer, \
-             which splits the fp32 masters and AdamW moments"
-        );
-    }
     let (summary, _) = if let Some(cuda) = setup.opts.run.device.engine()? {
         // One engine for the four models: one stream, and one set of recycled buffers that the
         // scoring passes, the PPO micro-batches and the rollouts take turns with.
+        // Under --shard full every model is sharded, the frozen ones too, each with a
+        // communicator of its own, joined in this order on every rank.
+        let full = setup.opts.run.fully_sharded(&run.group);
         let trainer = |m: &crate::model::Llama| -> Result<GpuTrainer> {
-            let shard = setup.opts.run.optimizer_shard(&run.group);
-            let mut t = GpuTrainer::sharded(cuda.share(), m, shard)?;
+            let mut t = match full {
+                true => GpuTrainer::fully_sharded(cuda.share(), m, &run.group)?,
+                false => {
+                    let shard = setup.opts.run.optimizer_shard(&run.group);
+                    GpuTrainer::sharded(cuda.share(), m, shard)?
+                }
+            };
             t.weight_decay = weight_decay;
             t.bucket_values = bucket_values;
             Ok(t)
         };
-        let up = |m: &crate::model::Llama| m.upload(cuda.share());
+        let up = |m: &crate::model::Llama| match full {
+            true => crate::train::fsdp::shard_frozen(m, cuda.share(), &run.group),
+            false => m.upload(cuda.share()),
+        };
         let models = Models {
             policy: trainer(&policy)?,
             value: value.as_ref().map(trainer).transpose()?,
@@ -234,10 +238,13 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         let Some(task) = self.task_eval else {
             return Ok(());
         };
-        let backend = &self.m.policy.model().backend;
-        backend.release_idle();
-        let mut row = task.run(self.m.policy.model(), self.s, &self.group)?;
-        backend.release_idle();
+        self.m.policy.model().backend.release_idle();
+        // Under --shard full the policy is evaluated from a gathered copy, as it generates.
+        let copy = self.m.policy.generation_copy()?;
+        let policy = copy.as_ref().unwrap_or(self.m.policy.model());
+        let mut row = task.run(policy, self.s, &self.group)?;
+        drop(copy);
+        self.m.policy.model().backend.release_idle();
         row.insert("step".into(), done.into());
         if self.group.is_root() {
             let shown: Vec<String> = row
@@ -264,21 +271,24 @@ impl<S: TrainState> Stages for Ppo<'_, S> {
         let seed = iteration_seed(o.run.seed, it);
         // The rollouts' KV cache and the training buffers take turns with the device memory: each
         // phase starts with the other's idle buffers freed (the four models share one engine).
-        let backend = &self.m.policy.model().backend;
-        backend.release_idle();
+        self.m.policy.model().backend.release_idle();
         let rollouts = match &o.replay_rollouts {
             Some(file) => replayed_rollouts(file, it, prompt_ids.len(), k)?,
             None => {
-                // This rank's share of the prompts (whole groups of k), then everyone's.
+                // This rank's share of the prompts (whole groups of k), then everyone's. Under
+                // --shard full from a whole copy of the policy gathered for the rollouts (the
+                // hybrid engine), freed before scoring and training.
                 let (rank, ranks) = (self.group.rank(), self.group.size());
                 let n = prompt_ids.len();
                 let (lo, hi) = (rank * n / ranks, (rank + 1) * n / ranks);
-                let policy = self.m.policy.model();
+                let copy = self.m.policy.generation_copy()?;
+                let policy = copy.as_ref().unwrap_or(self.m.policy.model());
                 let mine = generate(policy, &prompt_ids[lo..hi], s, seed, lo)?;
+                drop(copy);
                 all_gather_rollouts(&self.group, mine)?
             }
         };
-        backend.release_idle();
+        self.m.policy.model().backend.release_idle();
         let t_gen = t_start.elapsed().as_secs_f64();
         let prompts_per_row: Vec<&[u32]> = rollouts
             .iter()

@@ -18,9 +18,10 @@
 //!   micro-batches or evaluation chunks runs a pass over a one-token batch instead
 //!   ([`crate::train::state::TrainState::idle_pass`]), as FSDP users pad their last batch.
 
+use crate::dist::group::Group;
 use crate::dist::nccl::DeviceComm;
 use crate::model::param_units::{GatheredWeights, ParamUnits};
-use crate::model::ParamLayout;
+use crate::model::{Llama, ParamLayout};
 use crate::ops::cuda::accumulate::accumulate_f32;
 use crate::ops::cuda::backend::Cuda;
 use crate::ops::Backend;
@@ -174,6 +175,57 @@ impl FsdpWeights {
             .all_gather_part(own, self.layout.piece_range(u), &mut buf)?;
         Ok(buf)
     }
+}
+
+impl FsdpWeights {
+    /// Every unit gathered into one buffer of the whole model's bf16 weights, in the layout's
+    /// order: PPO's generation copy (veRL's hybrid engine), made once an iteration and freed
+    /// before training. Every rank calls it together.
+    pub fn gather_whole(&self, own: &CudaSlice<bf16>) -> Result<CudaSlice<bf16>> {
+        let units = &self.layout.units;
+        let total: usize = (0..units.count()).map(|u| units.len(u)).sum();
+        let eng = &self.backend.eng;
+        let mut whole = eng.zeros::<bf16>(total)?;
+        // A gather left queued by a pass that stopped part-way goes back first.
+        if let Some((_, stale)) = self.pending.borrow_mut().take() {
+            self.backend.recycle_act(stale);
+        }
+        let err = |e| anyhow::anyhow!("copying a gathered unit into the generation copy: {e:?}");
+        for u in 0..units.count() {
+            let buf = self.issue(own, u)?;
+            self.comm.borrow_mut().join_compute()?;
+            let mut at = 0;
+            for r in &units.ranges[u] {
+                eng.stream
+                    .memcpy_dtod(
+                        &buf.slice(at..at + r.len()),
+                        &mut whole.slice_mut(r.clone()),
+                    )
+                    .map_err(err)?;
+                at += r.len();
+            }
+            self.backend.recycle_act(buf);
+        }
+        Ok(whole)
+    }
+}
+
+/// A frozen model (PPO's reference or reward model) sharded over `group`'s ranks as `--shard
+/// full` shards a trained one: each rank keeps its shard of the bf16 weights, and every forward
+/// gathers unit by unit. Every rank calls it together (it joins a communicator of its own).
+pub fn shard_frozen(cpu: &Llama, backend: Cuda, group: &Group) -> Result<Llama<Cuda>> {
+    let comm = DeviceComm::new(group, &backend.eng)?;
+    let layout = ShardLayout::new(ParamUnits::new(&cpu.layout), group.rank(), group.size());
+    let shard = layout.shard_of(&cpu.params);
+    let fsdp = FsdpWeights::new(layout, backend.share(), comm);
+    Ok(Llama {
+        cfg: cpu.cfg.clone(),
+        layout: cpu.layout.clone(),
+        params: backend.upload_params(&shard)?,
+        backend,
+        recompute: cpu.recompute,
+        sharded: Some(Box::new(SharedFsdp(fsdp))),
+    })
 }
 
 /// The model's handle on the shared [`FsdpWeights`].

@@ -501,6 +501,20 @@ impl TrainState for GpuTrainer {
             t: self.t,
         })
     }
+    fn generation_copy(&mut self) -> Result<Option<Llama<Cuda>>> {
+        let Some(f) = &self.fsdp else {
+            return Ok(None);
+        };
+        let params = f.gather_whole(&self.model.params)?;
+        Ok(Some(Llama {
+            cfg: self.model.cfg.clone(),
+            layout: self.model.layout.clone(),
+            params,
+            backend: self.model.backend.share(),
+            recompute: self.model.recompute,
+            sharded: None,
+        }))
+    }
     fn restore(&mut self, s: HostState) -> Result<()> {
         anyhow::ensure!(
             s.params.len() == self.model.layout.len,

@@ -73,6 +73,13 @@ pub trait TrainState {
         })
     }
     fn restore(&mut self, s: HostState) -> Result<()>;
+    /// The model to generate rollouts from when this one cannot (its weights sharded over the
+    /// ranks, `--shard full`): a whole copy gathered from the shards, which the caller drops
+    /// before training (veRL's hybrid engine). None: generate from [`TrainState::model`]. Every
+    /// rank calls it together.
+    fn generation_copy(&mut self) -> Result<Option<Llama<Self::B>>> {
+        Ok(None)
+    }
 }
 
 /// Training on the CPU: f32 weights, gradients and moments.
