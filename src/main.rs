@@ -108,7 +108,8 @@ enum Command {
     /// Time the kernels at the shapes of the project's GPU targets (kernels), a training step
     /// (train) or a DPO step (dpo).
     Bench {
-        /// kernels, train (T1/T2), dpo (T3) or generate (T4/T5; on the CPU too)
+        /// kernels, train (T1/T2), dpo (T3), generate (T4/T5; on the CPU too), or ppo (--plan-only:
+        /// one PPO iteration's memory with four models of the preset)
         what: String,
         /// Also write the results as JSON here.
         #[arg(long)]
@@ -138,6 +139,10 @@ enum Command {
         /// train/dpo: print the memory plan and stop; needs no GPU.
         #[arg(long)]
         plan_only: bool,
+        /// ppo --plan-only: sequences an iteration generates (split over the ranks), each of
+        /// --prompt-len + --new tokens, trained in micro-batches of --batch.
+        #[arg(long, default_value_t = 64, value_parser = whole_number, allow_negative_numbers = true)]
+        rollouts: usize,
         /// train/dpo --plan-only: the plan of one rank of this many.
         #[arg(long, default_value_t = 1)]
         world_size: usize,
@@ -368,8 +373,10 @@ fn run(command: Command) -> Result<()> {
             device,
             prompt_len,
             new,
+            rollouts,
         } => {
             check_all(&[
+                Int("--rollouts", rollouts, 1..=1 << 24),
                 Int("--world-size", world_size, 1..=1 << 20),
                 Int("--batch", batch, 1..=65_536),
                 Int("--prompt-len", prompt_len, 1..=1 << 24),
@@ -396,6 +403,7 @@ fn run(command: Command) -> Result<()> {
                 plan_only,
                 world_size,
                 shard,
+                rollouts,
             };
             cmd::bench::run_bench(&what, json.as_deref(), &train, &generate)
         }

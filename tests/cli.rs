@@ -198,7 +198,52 @@ fn plan_only_prints_one_ranks_bytes_under_shard_optimizer() {
         (total - total8 - 3.0 * master * 7.0 / 8.0).abs() < 0.05,
         "{whole}\n{text}"
     );
+    // --shard full splits the weights and gradients too: Tulu 2 13B fits 40 GiB a rank of 8.
+    let (text, master_full, total_full) = plan(&["--world-size", "8", "--shard", "full"]);
+    assert!(text.contains("one rank of 8 (--shard full)"), "{text}");
+    assert!(text.contains("gathered units"), "{text}");
+    assert!((master_full - master / 8.0).abs() < 0.01, "{text}");
+    assert!(total_full <= 40.0, "{text}");
     let refused = prefer(&["bench", "train", "--world-size", "2"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("describe a plan (--plan-only)"));
+}
+
+/// `bench ppo --plan-only`: a PPO iteration with four 13B models (policy, value, reference, reward
+/// model) fully sharded over 16 ranks fits 70 GiB a rank; the rollouts' phase holds the whole
+/// policy, gathered (the hybrid engine). Without --plan-only it is refused.
+#[test]
+fn ppo_plan_with_four_13b_models_over_16_fully_sharded_ranks() {
+    let out = prefer(&[
+        "bench",
+        "ppo",
+        "--plan-only",
+        "--preset",
+        "llama-2-13b",
+        "--world-size",
+        "16",
+        "--shard",
+        "full",
+        "--recompute",
+        "--batch",
+        "8",
+        "--prompt-len",
+        "128",
+        "--new",
+        "256",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let total: f64 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total <= 70.0 && total > 30.0, "{text}");
+    assert!(text.contains("rollouts: the policy's whole copy"), "{text}");
+    let refused = prefer(&["bench", "ppo"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("add --plan-only"));
 }

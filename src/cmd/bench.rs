@@ -25,6 +25,8 @@ pub struct TrainBenchArgs {
     /// The plan is one rank's of this many, keeping this much of the state.
     pub world_size: usize,
     pub shard: crate::train::run_args::Shard,
+    /// ppo --plan-only: sequences an iteration generates.
+    pub rollouts: usize,
 }
 
 impl TrainBenchArgs {
@@ -67,14 +69,85 @@ impl TrainBenchArgs {
     }
 }
 
+/// One rank's plan of a PPO iteration with four models of the preset (the value and reward
+/// models with a scalar head in place of the LM head), printed; it needs no GPU.
+fn ppo_plan(train: &TrainBenchArgs, generate: &GenerateBenchArgs) -> Result<MemoryPlan> {
+    use crate::train::run_args::Shard;
+    let policy = LlamaConfig::preset(&train.preset)?;
+    let critic = LlamaConfig {
+        scalar_head: true,
+        ..policy.clone()
+    };
+    let seq = generate.prompt_len + generate.new_tokens;
+    let ranks = train.world_size;
+    let kv_tokens = train.rollouts.div_ceil(ranks) * seq;
+    let plan = match train.shard {
+        Shard::Full => MemoryPlan::ppo_fully_sharded(
+            &policy,
+            Some(&critic),
+            Some(&critic),
+            train.batch,
+            seq,
+            kv_tokens,
+            train.recompute,
+            ranks,
+        ),
+        Shard::Optimizer | Shard::None => MemoryPlan::ppo(
+            &policy,
+            Some(&critic),
+            Some(&critic),
+            train.batch,
+            seq,
+            kv_tokens,
+            train.recompute,
+            if train.shard == Shard::Optimizer {
+                ranks
+            } else {
+                1
+            },
+        ),
+    };
+    print!(
+        "{}",
+        plan.render(&format!(
+            "PPO, four {} models, {} rollouts of {} + {} tokens, micro-batches of {}{}{}",
+            train.preset,
+            train.rollouts,
+            generate.prompt_len,
+            generate.new_tokens,
+            train.batch,
+            if train.recompute { ", --recompute" } else { "" },
+            if ranks > 1 {
+                format!(", one rank of {ranks} (--shard {:?})", train.shard).to_lowercase()
+            } else {
+                String::new()
+            }
+        ))
+    );
+    Ok(plan)
+}
+
 pub fn run_bench(
     what: &str,
     json: Option<&Path>,
     train: &TrainBenchArgs,
     generate: &GenerateBenchArgs,
 ) -> Result<()> {
-    if !matches!(what, "kernels" | "train" | "dpo" | "generate") {
-        bail!("unknown benchmark {what:?} (kernels, train, dpo, generate)");
+    if !matches!(what, "kernels" | "train" | "dpo" | "generate" | "ppo") {
+        bail!("unknown benchmark {what:?} (kernels, train, dpo, generate, ppo)");
+    }
+    if what == "ppo" {
+        if !train.plan_only {
+            bail!("bench ppo prints a PPO iteration's memory plan: add --plan-only");
+        }
+        let plan = ppo_plan(train, generate)?;
+        if let Some(path) = json {
+            crate::output::write_file_atomically(
+                path,
+                serde_json::to_string_pretty(&plan)?.as_bytes(),
+            )?;
+        }
+        return Ok(());
     }
     let sharded = train.shard != crate::train::run_args::Shard::None;
     if !train.plan_only && (train.world_size > 1 || sharded) {

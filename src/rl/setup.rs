@@ -204,21 +204,39 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         longest + crate::generate::engine::new_tokens_room(longest, o.max_new_tokens, max_pos);
     let k = o.rollouts_per_prompt;
     let bs = crate::generate::BLOCK_SIZE;
-    // The plan is a GPU's, where the cache holds bf16.
-    let kv_blocks = kv_request(o, &lens, o.prompt_batch_size * k, max_pos)
+    // The plan is a GPU's, where the cache holds bf16; each rank generates its share of the
+    // prompts.
+    let ranks = world.as_ref().map_or(1, |w| w.size);
+    let kv_blocks = kv_request(o, &lens, o.prompt_batch_size.div_ceil(ranks) * k, max_pos)
         .size(block_bytes(&s.policy_cfg, 2), None)
         .expect("--kv-memory was checked with the options")
         .kv_blocks;
-    let mut plan = crate::train::memory_plan::MemoryPlan::ppo(
-        &s.policy_cfg,
-        s.value_cfg.as_ref(),
-        reward,
-        o.minibatch_size / o.grad_accum,
-        seq,
-        kv_blocks * bs,
-        o.run.recompute,
-        shards,
-    );
+    let full = match (o.run.shard, &world) {
+        (crate::train::run_args::Shard::Full, Some(w)) if w.size > 1 => Some(w.size),
+        _ => None,
+    };
+    let mut plan = match full {
+        Some(ranks) => crate::train::memory_plan::MemoryPlan::ppo_fully_sharded(
+            &s.policy_cfg,
+            s.value_cfg.as_ref(),
+            reward,
+            o.minibatch_size / o.grad_accum,
+            seq,
+            kv_blocks * bs,
+            o.run.recompute,
+            ranks,
+        ),
+        None => crate::train::memory_plan::MemoryPlan::ppo(
+            &s.policy_cfg,
+            s.value_cfg.as_ref(),
+            reward,
+            o.minibatch_size / o.grad_accum,
+            seq,
+            kv_blocks * bs,
+            o.run.recompute,
+            shards,
+        ),
+    };
     if !needs_reference(o) {
         if let Some(line) = plan.lines.iter_mut().find(|l| l.0.starts_with("reference")) {
             plan.total -= line.1;
@@ -232,10 +250,10 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
             o.prompt_batch_size * k,
             o.minibatch_size / o.grad_accum,
             if o.run.recompute { ", --recompute" } else { "" },
-            if shards > 1 {
-                format!(", optimizer state split over {shards} ranks")
-            } else {
-                String::new()
+            match (full, shards) {
+                (Some(ranks), _) => format!(", one rank of {ranks} (--shard full)"),
+                (None, 1) => String::new(),
+                (None, shards) => format!(", optimizer state split over {shards} ranks"),
             }
         ))
     );

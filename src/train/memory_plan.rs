@@ -160,6 +160,66 @@ impl MemoryPlan {
         MemoryPlan { lines, total }
     }
 
+    /// A PPO iteration's plan for one rank of `ranks` under `--shard full`: every model's shard
+    /// (the trained ones at 18 bytes a parameter, the frozen ones at 2), then the largest of three
+    /// phases that take turns with the same recycled buffers: training (a micro-batch of `micro` ×
+    /// `seq` tokens with the units it gathers), scoring (a frozen model's forward, counted with
+    /// a backward's buffers too) and the rollouts (the policy's whole generation copy and the KV
+    /// cache of `kv_tokens` tokens: the hybrid engine).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ppo_fully_sharded(
+        policy: &LlamaConfig,
+        value: Option<&LlamaConfig>,
+        reward: Option<&LlamaConfig>,
+        micro: usize,
+        seq: usize,
+        kv_tokens: usize,
+        recompute: bool,
+        ranks: usize,
+    ) -> MemoryPlan {
+        let r = ranks.max(1) as u64;
+        let shard = |c: &LlamaConfig| {
+            let units = crate::model::param_units::ParamUnits::new(&ParamLayout::new(c));
+            (0..units.count())
+                .map(|u| (units.len(u) as u64).div_ceil(r))
+                .sum::<u64>()
+        };
+        // A step's activations, scratch and workspace, with what its gathers hold.
+        let phase = |c: &LlamaConfig| {
+            let plan = MemoryPlan::training(c, micro, seq, recompute).fully_sharded(c, ranks);
+            plan.lines[4..].iter().map(|(_, b)| b).sum::<u64>()
+        };
+        let whole = |c: &LlamaConfig| ParamLayout::new(c).len as u64;
+        let kv = 2 * 2 * (kv_tokens * policy.kv_dim() * policy.num_hidden_layers) as u64;
+        let lines = vec![
+            (
+                "policy shard (bf16 + f32 master, grads, AdamW)",
+                18 * shard(policy),
+            ),
+            (
+                "value model shard (the same)",
+                value.map_or(0, |c| 18 * shard(c)),
+            ),
+            ("reference shard (bf16)", 2 * shard(policy)),
+            (
+                "reward model shard (bf16)",
+                reward.map_or(0, |c| 2 * shard(c)),
+            ),
+            (
+                "training: a micro-batch and its gathered units",
+                phase(policy).max(value.map_or(0, phase)),
+            ),
+            ("scoring: a frozen model's forward", reward.map_or(0, phase)),
+            (
+                "rollouts: the policy's whole copy and KV cache",
+                2 * whole(policy) + kv,
+            ),
+        ];
+        let total = lines[..4].iter().map(|(_, b)| b).sum::<u64>()
+            + lines[4].1.max(lines[5].1).max(lines[6].1);
+        MemoryPlan { lines, total }
+    }
+
     /// The plan as a table, one line per category and a `total` line, in GiB (MiB for a plan
     /// under 1 GiB). (A PPO plan's total counts the larger of its activations and KV cache: they
     /// take turns with the same recycled buffers.)
@@ -170,7 +230,7 @@ impl MemoryPlan {
         };
         let mut s = format!("memory plan: {title}\n");
         for (name, bytes) in self.lines.iter().chain([&("total", self.total)]) {
-            s += &format!("  {name:<42} {:>8.2} {unit}\n", *bytes as f64 / scale);
+            s += &format!("  {name:<48} {:>8.2} {unit}\n", *bytes as f64 / scale);
         }
         s
     }
@@ -230,6 +290,34 @@ mod tests {
         let one = whole.clone().fully_sharded(&cfg, 1);
         let kept: u64 = one.lines[..4].iter().map(|(_, b)| b).sum();
         assert_eq!(kept, 18 * params);
+    }
+
+    /// Issue 21's PPO anchor: a 13B policy, value, reference and reward model fully sharded over
+    /// 16 ranks fits 70 GiB a rank, with 64 rollouts of 128 + 256 tokens (4 a rank) in
+    /// micro-batches of 8.
+    #[test]
+    fn ppo_with_four_13b_models_fully_sharded_over_16_ranks_fits_70_gib() {
+        let policy = LlamaConfig::preset("llama-2-13b").unwrap();
+        let mut critic = policy.clone();
+        critic.scalar_head = true;
+        let plan = MemoryPlan::ppo_fully_sharded(
+            &policy,
+            Some(&critic),
+            Some(&critic),
+            8,
+            384,
+            64 * 384 / 16,
+            true,
+            16,
+        );
+        assert!(
+            plan.total_gib() <= 70.0,
+            "{}",
+            plan.render("ppo 13B x4 / 16")
+        );
+        // The rollouts' phase holds the whole policy in bf16: 24.2 GiB of it.
+        let params = ParamLayout::new(&policy).len as u64;
+        assert!(plan.lines[6].1 >= 2 * params);
     }
 
     #[test]
