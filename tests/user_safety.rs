@@ -386,7 +386,7 @@ fn commands_share_their_flags_and_name_what_they_accept() {
     let o = prefer().args(["bench", "foo"]).output().unwrap();
     assert_stderr_has(
         &o,
-        "unknown benchmark \"foo\" (kernels, train, dpo, generate)",
+        "unknown benchmark \"foo\" (kernels, train, dpo, generate, ppo)",
     );
     let o = prefer().args(["eval-rm", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);

@@ -14,6 +14,7 @@ use std::path::Path;
 /// H100 SXM dense bf16 peak, the denominator of MFU in DESIGN.md.
 const PEAK_FLOPS: f64 = 989e12;
 
+#[derive(Clone)]
 pub struct TrainBenchArgs {
     pub preset: String,
     pub batch: usize,
@@ -150,10 +151,30 @@ pub fn run_bench(
         return Ok(());
     }
     let sharded = train.shard != crate::train::run_args::Shard::None;
-    if !train.plan_only && (train.world_size > 1 || sharded) {
+    let world = crate::dist::world::World::from_env()?;
+    let full = train.shard == crate::train::run_args::Shard::Full;
+    if !train.plan_only && !world.is_single() {
+        // Over a launcher's ranks: bench train of --shard full, each rank a GPU.
+        if what != "train" || !full {
+            bail!(
+                "over several ranks ({}) prefer bench runs `train --shard full` (a fully sharded \
+                 step: its gathers and reduce-scatters are the step); other benchmarks run one \
+                 process on one GPU",
+                world.describe()
+            );
+        }
+        if train.world_size > 1 && train.world_size != world.size {
+            bail!(
+                "--world-size {} but the launcher started {} ranks",
+                train.world_size,
+                world.size
+            );
+        }
+    } else if !train.plan_only && (train.world_size > 1 || sharded) {
         bail!(
             "--world-size and --shard describe a plan (--plan-only); a benchmark runs one process \
-             on one GPU"
+             on one GPU, or `train --shard full` over a launcher's ranks (prefer launch \
+             --nproc-per-node N -- bench train --shard full)"
         );
     }
     if train.plan_only {
@@ -196,7 +217,8 @@ pub fn run_bench(
         "dpo" => bench_dpo(train, &gpu)?,
         _ => unreachable!("checked above"),
     };
-    if let Some(path) = json {
+    // Over several ranks rank 0 alone reports (the others' documents are null).
+    if let (Some(path), false) = (json, doc.is_null()) {
         crate::output::write_file_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())
@@ -212,11 +234,29 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
     let cfg = LlamaConfig::preset(&a.preset)?;
     let layout = ParamLayout::new(&cfg);
     let n_params = layout.len;
+    // Over a launcher's ranks, one rank's fully sharded step (run_bench checked the flags).
+    let group = crate::cmd::train::join_group()?;
+    let ranks = group.size();
+    let a = &TrainBenchArgs {
+        world_size: ranks,
+        ..a.clone()
+    };
+    let root = group.is_root();
     let plan = a.plan(&cfg, "train");
-    print!("{}", plan.render(&a.plan_title("train")));
+    if root {
+        print!("{}", plan.render(&a.plan_title("train")));
+    }
     let mut cpu = Llama::new(cfg.clone(), init_params(&cfg, &layout, 0));
     cpu.recompute = a.recompute;
-    let mut trainer = GpuTrainer::new(&cpu)?;
+    // On the software GPU the bytes the step holds are counted: its peak, against the plan.
+    let emu_before = crate::emu::is_active()
+        .then(crate::emu::reset_peak)
+        .transpose()?;
+    let mut trainer = match ranks {
+        1 => GpuTrainer::new(&cpu)?,
+        _ => GpuTrainer::fully_sharded(crate::ops::cuda::backend::Cuda::new()?, &cpu, &group)?,
+    };
+    drop(cpu);
 
     let seqs: Vec<Vec<u32>> = (0..a.batch)
         .map(|b| {
@@ -262,12 +302,31 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
     let tok_s = tokens / (eng_ms / 1e3);
     let mfu = tok_s * flops_per_token(&cfg, n_params, a.seq) / PEAK_FLOPS;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    // Every rank's peak on the software GPU (the bytes live at the most since before the
+    // trainer was made), gathered to rank 0.
+    let peaks: Option<Vec<f64>> = match emu_before {
+        Some(before) => {
+            let peak = (crate::emu::memory()?.peak_bytes - before.live_bytes) as f64;
+            let all = group.all_gather_f64("bench peaks", &[peak])?;
+            Some(all.into_iter().map(|v| v[0]).collect())
+        }
+        None => None,
+    };
+    group.finish();
+    if !root {
+        return Ok(serde_json::Value::Null);
+    }
     println!(
-        "prefer bench train on {gpu}: {} ({:.1}M parameters), {} × {} tokens",
+        "prefer bench train on {gpu}: {} ({:.1}M parameters), {} × {} tokens{}",
         a.preset,
         n_params as f64 / 1e6,
         a.batch,
-        a.seq
+        a.seq,
+        if ranks > 1 {
+            format!(" a rank, {ranks} ranks (--shard full)")
+        } else {
+            String::new()
+        }
     );
     println!(
         "memory: planned {:.2} GiB; in use after the steps {:.2} GiB of {:.1} GiB",
@@ -275,6 +334,16 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
         gib(total - free1),
         gib(total)
     );
+    if let Some(p) = &peaks {
+        let shown: Vec<String> = p
+            .iter()
+            .map(|b| format!("{:.3}", b / plan.total as f64))
+            .collect();
+        println!(
+            "software GPU peak, each rank's against the plan: {}",
+            shown.join(", ")
+        );
+    }
     println!(
         "step {eng_ms:.1} ms, {tok_s:.0} tokens/s, MFU {:.1}%",
         mfu * 100.0
@@ -282,7 +351,8 @@ fn bench_train(a: &TrainBenchArgs, gpu: &str) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "gpu": gpu, "preset": a.preset, "batch": a.batch, "seq": a.seq, "params": n_params,
         "recompute": a.recompute, "step_ms": eng_ms, "tokens_per_s": tok_s, "mfu": mfu,
-        "planned_gib": plan.total_gib(), "used_gib": gib(total - free1),
+        "planned_gib": plan.total_gib(), "used_gib": gib(total - free1), "ranks": ranks,
+        "planned_bytes": plan.total, "emu_peak_bytes": peaks,
     }))
 }
 

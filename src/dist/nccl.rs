@@ -13,7 +13,7 @@ use super::group::Group;
 use super::nccl_lib::{find_nccl, NcclLocation, LIBRARY};
 use crate::ops::cuda::device::CudaEngine;
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -327,6 +327,21 @@ impl DeviceComm {
         self.compute.wait(&done).map_err(err)
     }
 
+    /// An event after everything queued on the communication stream so far: what the compute
+    /// stream waits for when it needs one collective and not those queued after it.
+    pub fn comm_event(&mut self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(None)
+            .map_err(|e| anyhow!("recording an event on the NCCL stream: {e:?}"))
+    }
+
+    /// The compute stream's later work waits for `event` (from [`DeviceComm::comm_event`]).
+    pub fn compute_waits(&mut self, event: &CudaEvent) -> Result<()> {
+        self.compute
+            .wait(event)
+            .map_err(|e| anyhow!("waiting for the NCCL stream: {e:?}"))
+    }
+
     /// Sums `buf` over the ranks, in place.
     pub fn all_reduce_sum<T: NcclType>(&mut self, buf: &mut CudaSlice<T>) -> Result<()> {
         let n = buf.len();
@@ -492,8 +507,9 @@ impl DeviceComm {
     }
 
     /// `out[..n]` on rank r = the sum over ranks of `input[r·n .. (r+1)·n]`, after the compute
-    /// stream's work so far; the compute stream's later work waits for it. `input` and `out`
-    /// may be longer (pooled buffers).
+    /// stream's work so far, without the compute stream waiting (an event from
+    /// [`DeviceComm::comm_event`], or [`DeviceComm::join_compute`], orders its readers). `input`
+    /// and `out` may be longer (pooled buffers).
     pub fn reduce_scatter_part<T: NcclType>(
         &mut self,
         input: &CudaSlice<T>,
@@ -511,7 +527,7 @@ impl DeviceComm {
         let stream = self.stream.clone();
         let (src, _a) = input.device_ptr(&stream);
         let (dst, _b) = out.device_ptr_mut(&stream);
-        self.ordered(
+        self.after_compute(
             &format!("ncclReduceScatter to {n} values"),
             |api, comm, s| {
                 // SAFETY: sizes checked above; ordered by events.

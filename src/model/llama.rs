@@ -523,6 +523,7 @@ impl<B: Backend> Llama<B> {
         self.done_with(outer);
         if let (Some(grads), Some(s)) = (outer_grads, &self.sharded) {
             s.reduce(OUTER, grads, sink.buf)?;
+            s.flush(sink.buf)?;
         }
         sink.finished_from(0)?;
         for a in [dh, dx, ws.dxn] {

@@ -139,8 +139,11 @@ pub trait GatheredWeights<B: Backend> {
     /// A gathered buffer back to the pool, once the work that reads it is queued.
     fn release(&self, buf: B::Params);
     /// Adds the ranks' sum of `grads` (unit `unit`'s whole gradient) to this rank's part of it
-    /// in `shard` (the rank's gradient shard), and hands `grads` back to the pool.
+    /// in `shard` (the rank's gradient shard), and hands `grads` back to the pool: possibly
+    /// later, while the backward runs on, but by [`GatheredWeights::flush`].
     fn reduce(&self, unit: usize, grads: B::Acc, shard: &mut B::Acc) -> Result<()>;
+    /// Every reduce still in flight added to `shard`: the backward's last call.
+    fn flush(&self, shard: &mut B::Acc) -> Result<()>;
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //!   computes (the backward, the layer below). The compute stream waits for a unit's gather by an
 //!   event just before its first kernel reads it; the gathered buffer goes back to the pool after.
 //! - **Gradients leave as the backward leaves a unit.** The unit's whole gradient (a pooled
-//!   buffer) is reduce-scattered into a piece-sized scratch and added to the rank's gradient
-//!   shard (`accumulate_f32`), so micro-batches accumulate as without sharding.
+//!   buffer) is reduce-scattered into a piece-sized scratch while the backward runs on into the
+//!   unit below, and added to the rank's gradient shard (`accumulate_f32`) when the next unit's
+//!   scatter is queued (or the backward ends), so micro-batches accumulate as without sharding.
+//!   Each gather and scatter has its own event: the compute stream waits for the one it needs.
 //! - **Every rank runs the same passes.** A gather is a collective, so a rank with fewer
 //!   micro-batches or evaluation chunks runs a pass over a one-token batch instead
 //!   ([`crate::train::state::TrainState::idle_pass`]), as FSDP users pad their last batch.
@@ -26,7 +28,7 @@ use crate::ops::cuda::accumulate::accumulate_f32;
 use crate::ops::cuda::backend::Cuda;
 use crate::ops::Backend;
 use anyhow::Result;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaEvent, CudaSlice};
 use half::bf16;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -144,8 +146,12 @@ pub struct FsdpWeights {
     pub layout: ShardLayout,
     backend: Cuda,
     pub comm: RefCell<DeviceComm>,
-    /// A gather queued ahead of its use: the unit and its buffer.
-    pending: RefCell<Option<(usize, CudaSlice<bf16>)>>,
+    /// A gather queued ahead of its use: the unit, its buffer, and the event after it.
+    pending: RefCell<Option<(usize, CudaSlice<bf16>, CudaEvent)>>,
+    /// A reduce-scatter in flight while the backward runs on: the unit, its gradient buffer
+    /// (the scatter's input), and the event after it. Its piece is added to the shard before the
+    /// next one is queued, and at the backward's end.
+    reducing: RefCell<Option<(usize, CudaSlice<f32>, CudaEvent)>>,
     /// The reduce-scatter's piece, before it is added to the gradient shard.
     scratch: RefCell<Option<CudaSlice<f32>>>,
     /// Fault injection for the test that the stream check sees a dropped wait (software GPU
@@ -162,18 +168,38 @@ impl FsdpWeights {
             backend,
             comm: RefCell::new(comm),
             pending: RefCell::new(None),
+            reducing: RefCell::new(None),
             scratch: RefCell::new(None),
             skip_wait,
         })
     }
 
-    /// Queues unit `u`'s gather into a pooled buffer, after the compute stream's work so far.
-    fn issue(&self, own: &CudaSlice<bf16>, u: usize) -> Result<CudaSlice<bf16>> {
+    /// Queues unit `u`'s gather into a pooled buffer, after the compute stream's work so far:
+    /// the buffer and the event after the gather.
+    fn issue(&self, own: &CudaSlice<bf16>, u: usize) -> Result<(CudaSlice<bf16>, CudaEvent)> {
         let mut buf = self.backend.act(self.layout.gathered_len(u))?;
-        self.comm
-            .borrow_mut()
-            .all_gather_part(own, self.layout.piece_range(u), &mut buf)?;
-        Ok(buf)
+        let mut comm = self.comm.borrow_mut();
+        comm.all_gather_part(own, self.layout.piece_range(u), &mut buf)?;
+        Ok((buf, comm.comm_event()?))
+    }
+
+    /// The reduce-scatter in flight, if any, finished: the compute stream waits for it, adds its
+    /// piece to `shard`, and the unit's gradient buffer goes back to the pool.
+    fn finish_reduce(&self, shard: &mut CudaSlice<f32>) -> Result<()> {
+        let Some((unit, grads, done)) = self.reducing.borrow_mut().take() else {
+            return Ok(());
+        };
+        self.comm.borrow_mut().compute_waits(&done)?;
+        let piece = self.layout.piece_range(unit);
+        let scratch = self.scratch.borrow();
+        let s = scratch.as_ref().expect("made by the reduce");
+        accumulate_f32(
+            &self.backend.eng,
+            &mut shard.slice_mut(piece.clone()),
+            &s.slice(0..piece.len()),
+        )?;
+        self.backend.recycle_acc(grads);
+        Ok(())
     }
 }
 
@@ -187,13 +213,13 @@ impl FsdpWeights {
         let eng = &self.backend.eng;
         let mut whole = eng.zeros::<bf16>(total)?;
         // A gather left queued by a pass that stopped part-way goes back first.
-        if let Some((_, stale)) = self.pending.borrow_mut().take() {
+        if let Some((_, stale, _)) = self.pending.borrow_mut().take() {
             self.backend.recycle_act(stale);
         }
         let err = |e| anyhow::anyhow!("copying a gathered unit into the generation copy: {e:?}");
         for u in 0..units.count() {
-            let buf = self.issue(own, u)?;
-            self.comm.borrow_mut().join_compute()?;
+            let (buf, gathered) = self.issue(own, u)?;
+            self.comm.borrow_mut().compute_waits(&gathered)?;
             let mut at = 0;
             for r in &units.ranges[u] {
                 eng.stream
@@ -248,23 +274,28 @@ impl GatheredWeights<Cuda> for SharedFsdp {
     ) -> Result<CudaSlice<bf16>> {
         let f = &self.0;
         let queued = f.pending.borrow_mut().take();
-        let (buf, prefetched) = match queued {
-            Some((u, buf)) if u == unit => (buf, true),
+        let (buf, gathered, prefetched) = match queued {
+            Some((u, buf, gathered)) if u == unit => (buf, gathered, true),
             // A pass that stopped part-way (an error) left another unit queued.
-            Some((_, stale)) => {
+            Some((_, stale, _)) => {
                 f.backend.recycle_act(stale);
-                (f.issue(own, unit)?, false)
+                let (buf, gathered) = f.issue(own, unit)?;
+                (buf, gathered, false)
             }
-            None => (f.issue(own, unit)?, false),
+            None => {
+                let (buf, gathered) = f.issue(own, unit)?;
+                (buf, gathered, false)
+            }
         };
-        // The compute stream waits for this unit's gather (and what was queued before it), and
-        // only then is the next one queued, so that it overlaps this unit's compute.
+        // The compute stream waits for this unit's gather alone (not for a reduce-scatter queued
+        // after it), and only then is the next one queued, so that it overlaps this unit's
+        // compute.
         if !(prefetched && f.skip_wait) {
-            f.comm.borrow_mut().join_compute()?;
+            f.comm.borrow_mut().compute_waits(&gathered)?;
         }
         if let Some(next) = next {
-            let nb = f.issue(own, next)?;
-            *f.pending.borrow_mut() = Some((next, nb));
+            let (nb, ne) = f.issue(own, next)?;
+            *f.pending.borrow_mut() = Some((next, nb, ne));
         }
         Ok(buf)
     }
@@ -275,23 +306,26 @@ impl GatheredWeights<Cuda> for SharedFsdp {
 
     fn reduce(&self, unit: usize, grads: CudaSlice<f32>, shard: &mut CudaSlice<f32>) -> Result<()> {
         let f = &self.0;
+        // The one before first: its piece leaves the scratch before this one lands there (the
+        // scatter below is queued after the compute stream's add).
+        f.finish_reduce(shard)?;
         let piece = f.layout.piece_range(unit);
         let mut scratch = f.scratch.borrow_mut();
         if scratch.as_ref().is_none_or(|s| s.len() < piece.len()) {
             *scratch = Some(f.backend.eng.zeros::<f32>(piece.len().max(1))?);
         }
         let s = scratch.as_mut().expect("made above");
-        // `size` pieces, the padding zero (acc buffers come zeroed).
-        f.comm
-            .borrow_mut()
-            .reduce_scatter_part(&grads, piece.len(), s)?;
-        accumulate_f32(
-            &f.backend.eng,
-            &mut shard.slice_mut(piece.clone()),
-            &s.slice(0..piece.len()),
-        )?;
-        f.backend.recycle_acc(grads);
+        // `size` pieces, the padding zero (acc buffers come zeroed); the backward runs on into
+        // the layer below while it flies.
+        let mut comm = f.comm.borrow_mut();
+        comm.reduce_scatter_part(&grads, piece.len(), s)?;
+        let done = comm.comm_event()?;
+        *f.reducing.borrow_mut() = Some((unit, grads, done));
         Ok(())
+    }
+
+    fn flush(&self, shard: &mut CudaSlice<f32>) -> Result<()> {
+        self.0.finish_reduce(shard)
     }
 }
 

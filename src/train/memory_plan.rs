@@ -91,7 +91,8 @@ impl MemoryPlan {
     /// weights, masters, moments and gradients (each unit padded to equal pieces), and what the
     /// gathers hold at their peak, in the backward: the outer unit (embedding, final norm,
     /// heads) with its f32 gradient, a layer being differentiated and the next one gathering
-    /// (bf16), the layer's f32 gradient, and the reduce-scatter's piece.
+    /// (bf16), the layer's f32 gradient and the one above's still being reduce-scattered, and
+    /// the scatter's piece.
     pub fn fully_sharded(mut self, cfg: &LlamaConfig, ranks: usize) -> MemoryPlan {
         let ranks = ranks.max(1) as u64;
         let units = crate::model::param_units::ParamUnits::new(&ParamLayout::new(cfg));
@@ -112,7 +113,7 @@ impl MemoryPlan {
             (
                 "gathered units and their gradients",
                 bf16 * (outer + 2 * layer)
-                    + f32 * (outer + layer)
+                    + f32 * (outer + 2 * layer)
                     + f32 * (outer.max(layer) / ranks),
             ),
         );
