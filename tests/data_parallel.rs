@@ -483,35 +483,9 @@ fn on_the_software_gpu_shard_full_is_race_free_under_ten_seeds() {
     }
 }
 
-/// A run fully sharded over 4 software-GPU ranks, stopped, continues fully sharded over 2 as an
-/// uninterrupted 2-rank run: the checkpoint holds the whole state, gathered from the shards,
-/// and each rank of the new world cuts its own shard of it.
-#[test]
-fn on_the_software_gpu_a_fully_sharded_run_stopped_on_4_ranks_continues_on_2() {
-    let _memory = sharing_memory();
-    if !common::emu_available() {
-        return;
-    }
-    let s = Setup::new();
-    std::fs::write(s.path("train.jsonl"), short_pairs(32, 2)).unwrap();
-    let args = |out: &str, accum: usize| {
-        let mut a = s.args("dpo", "emu", out, accum);
-        a.extend(["--shard".into(), "full".into()]);
-        a
-    };
-    let mut stopped = args("stopped", 1);
-    stopped.extend(["--stop-after".to_string(), "2".to_string()]);
-    expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
-    assert_eq!(steps(&s.path("stopped")).len(), 2);
-    resume_dpo_on(2, &s.path("stopped"));
-    run_ranks(2, &args("straight", 2));
-    assert_eq!(steps(&s.path("straight")).len(), 8);
-    assert_same_run(&s.path("straight"), &s.path("stopped"), 1e-3, 1e-2);
-}
-
-/// A run whose optimiser state is sharded over 4 software-GPU ranks, stopped, continues sharded
-/// over 2 as an uninterrupted sharded 2-rank run: the checkpoint holds the whole state, gathered
-/// from the slices, and each rank of the new world takes its own slice of it.
+/// A run sharded over 4 software-GPU ranks (`--shard optimizer`, then `--shard full`), stopped,
+/// continues sharded over 2 as an uninterrupted sharded 2-rank run: the checkpoint holds the
+/// whole state, gathered from the slices or shards, and each rank of the new world cuts its own.
 #[test]
 fn on_the_software_gpu_a_sharded_run_stopped_on_4_ranks_continues_on_2() {
     let _memory = sharing_memory();
@@ -520,19 +494,22 @@ fn on_the_software_gpu_a_sharded_run_stopped_on_4_ranks_continues_on_2() {
     }
     let s = Setup::new();
     std::fs::write(s.path("train.jsonl"), short_pairs(32, 2)).unwrap();
-    let args = |out: &str, accum: usize| {
-        let mut a = s.args("dpo", "emu", out, accum);
-        a.extend(["--shard".into(), "optimizer".into()]);
-        a
-    };
-    let mut stopped = args("stopped", 1);
-    stopped.extend(["--stop-after".to_string(), "2".to_string()]);
-    expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
-    assert_eq!(steps(&s.path("stopped")).len(), 2);
-    resume_dpo_on(2, &s.path("stopped"));
-    run_ranks(2, &args("straight", 2));
-    assert_eq!(steps(&s.path("straight")).len(), 8);
-    assert_same_run(&s.path("straight"), &s.path("stopped"), 1e-3, 1e-2);
+    for shard in ["optimizer", "full"] {
+        let args = |out: &str, accum: usize| {
+            let mut a = s.args("dpo", "emu", out, accum);
+            a.extend(["--shard".into(), shard.into()]);
+            a
+        };
+        let (stopped_run, straight_run) = (format!("stopped-{shard}"), format!("straight-{shard}"));
+        let mut stopped = args(&stopped_run, 1);
+        stopped.extend(["--stop-after".to_string(), "2".to_string()]);
+        expect_success(&launch(4, &stopped), "4 ranks, stopped after 2 steps");
+        assert_eq!(steps(&s.path(&stopped_run)).len(), 2);
+        resume_dpo_on(2, &s.path(&stopped_run));
+        run_ranks(2, &args(&straight_run, 2));
+        assert_eq!(steps(&s.path(&straight_run)).len(), 8);
+        assert_same_run(&s.path(&straight_run), &s.path(&stopped_run), 1e-3, 1e-2);
+    }
 }
 
 /// --shard optimizer on the CPU is refused: the CPU trainer keeps its state whole.
@@ -786,6 +763,25 @@ fn online_args(
     a.map(String::from).to_vec()
 }
 
+/// A CPU run of `algo` (2 rollouts a prompt, 6 new tokens), whose rollouts.jsonl the
+/// software-GPU runs replay: its path.
+fn cpu_rollouts(s: &Setup, algo: &str) -> String {
+    let source = format!("{algo}-rollouts");
+    let out = prefer()
+        .args(online_args(s, algo, "cpu", &source, 2, 6))
+        .output()
+        .unwrap();
+    expect_success(&out, "the rollouts");
+    s.path(&source).join("rollouts.jsonl").display().to_string()
+}
+
+/// `online_args` on the software GPU into `out`, replaying the rollouts at `replay`.
+fn replaying_on_emu(s: &Setup, algo: &str, replay: &str, out: &str) -> Vec<String> {
+    let mut a = online_args(s, algo, "emu", out, 2, 6);
+    a.extend(["--replay-rollouts".to_string(), replay.to_string()]);
+    a
+}
+
 /// Per-iteration metrics within `rel`, and final policies within `moved` of what training moved
 /// them (L2).
 fn assert_same_online_run(s: &Setup, a: &str, b: &str, rel: f64, moved: f64) {
@@ -858,18 +854,8 @@ fn on_the_software_gpu_ppo_and_grpo_on_2_and_4_ranks_over_nccl_equal_one_rank() 
     let s = Setup::new();
     online_setup(&s);
     for algo in ["ppo", "grpo"] {
-        let source = format!("{algo}-rollouts");
-        let out = prefer()
-            .args(online_args(&s, algo, "cpu", &source, 2, 6))
-            .output()
-            .unwrap();
-        expect_success(&out, "the rollouts");
-        let replay = s.path(&source).join("rollouts.jsonl").display().to_string();
-        let args = |out: &str| {
-            let mut a = online_args(&s, algo, "emu", out, 2, 6);
-            a.extend(["--replay-rollouts".to_string(), replay.clone()]);
-            a
-        };
+        let replay = cpu_rollouts(&s, algo);
+        let args = |out: &str| replaying_on_emu(&s, algo, &replay, out);
         let one = format!("{algo}-emu-1");
         expect_success(&prefer().args(args(&one)).output().unwrap(), "one rank");
         let two = format!("{algo}-emu-2");
@@ -906,18 +892,8 @@ fn on_the_software_gpu_ppo_fully_sharded_equals_one_rank_and_generates_from_a_ga
     let s = Setup::new();
     online_setup(&s);
     for algo in ["ppo", "grpo"] {
-        let source = format!("{algo}-rollouts");
-        let out = prefer()
-            .args(online_args(&s, algo, "cpu", &source, 2, 6))
-            .output()
-            .unwrap();
-        expect_success(&out, "the rollouts");
-        let replay = s.path(&source).join("rollouts.jsonl").display().to_string();
-        let args = |out: &str| {
-            let mut a = online_args(&s, algo, "emu", out, 2, 6);
-            a.extend(["--replay-rollouts".to_string(), replay.clone()]);
-            a
-        };
+        let replay = cpu_rollouts(&s, algo);
+        let args = |out: &str| replaying_on_emu(&s, algo, &replay, out);
         let one = format!("{algo}-emu-1");
         expect_success(&prefer().args(args(&one)).output().unwrap(), "one rank");
         // PPO on 2 and 4 ranks; GRPO on 3, where minibatches of 8 rows in micro-batches of 2

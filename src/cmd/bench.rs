@@ -73,7 +73,6 @@ impl TrainBenchArgs {
 /// One rank's plan of a PPO iteration with four models of the preset (the value and reward
 /// models with a scalar head in place of the LM head), printed; it needs no GPU.
 fn ppo_plan(train: &TrainBenchArgs, generate: &GenerateBenchArgs) -> Result<MemoryPlan> {
-    use crate::train::run_args::Shard;
     let policy = LlamaConfig::preset(&train.preset)?;
     let critic = LlamaConfig {
         scalar_head: true,
@@ -82,32 +81,17 @@ fn ppo_plan(train: &TrainBenchArgs, generate: &GenerateBenchArgs) -> Result<Memo
     let seq = generate.prompt_len + generate.new_tokens;
     let ranks = train.world_size;
     let kv_tokens = train.rollouts.div_ceil(ranks) * seq;
-    let plan = match train.shard {
-        Shard::Full => MemoryPlan::ppo_fully_sharded(
-            &policy,
-            Some(&critic),
-            Some(&critic),
-            train.batch,
-            seq,
-            kv_tokens,
-            train.recompute,
-            ranks,
-        ),
-        Shard::Optimizer | Shard::None => MemoryPlan::ppo(
-            &policy,
-            Some(&critic),
-            Some(&critic),
-            train.batch,
-            seq,
-            kv_tokens,
-            train.recompute,
-            if train.shard == Shard::Optimizer {
-                ranks
-            } else {
-                1
-            },
-        ),
-    };
+    let plan = MemoryPlan::ppo_under(
+        train.shard,
+        ranks,
+        &policy,
+        Some(&critic),
+        Some(&critic),
+        train.batch,
+        seq,
+        kv_tokens,
+        train.recompute,
+    );
     print!(
         "{}",
         plan.render(&format!(

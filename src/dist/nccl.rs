@@ -291,17 +291,6 @@ impl DeviceComm {
         self.size
     }
 
-    /// `op` on the communication stream after the compute stream's work so far; the compute
-    /// stream's later work waits for it.
-    fn ordered(
-        &mut self,
-        what: &str,
-        op: impl FnOnce(&Api, RawComm, Stream) -> c_int,
-    ) -> Result<()> {
-        self.after_compute(what, op)?;
-        self.join_compute()
-    }
-
     /// `op` on the communication stream after the compute stream's work so far, without the
     /// compute stream waiting for it (that is [`DeviceComm::join_compute`]).
     fn after_compute(
@@ -415,26 +404,8 @@ impl DeviceComm {
                 self.size
             );
         }
-        let stream = self.stream.clone();
-        let (src, _a) = input.device_ptr(&stream);
-        let (dst, _b) = out.device_ptr_mut(&stream);
-        self.ordered(
-            &format!("ncclReduceScatter to {n} values"),
-            |api, comm, s| {
-                // SAFETY: sizes checked above; ordered by events.
-                unsafe {
-                    (api.reduce_scatter)(
-                        src as *const c_void,
-                        dst as *mut c_void,
-                        n,
-                        T::TYPE,
-                        NCCL_SUM,
-                        comm,
-                        s,
-                    )
-                }
-            },
-        )
+        self.reduce_scatter_part(input, n, out)?;
+        self.join_compute()
     }
 
     /// `out[r·n .. (r+1)·n]` = rank r's `input` (len n), on every rank.
@@ -451,22 +422,8 @@ impl DeviceComm {
                 self.size
             );
         }
-        let stream = self.stream.clone();
-        let (src, _a) = input.device_ptr(&stream);
-        let (dst, _b) = out.device_ptr_mut(&stream);
-        self.ordered(&format!("ncclAllGather of {n} values"), |api, comm, s| {
-            // SAFETY: sizes checked above; ordered by events.
-            unsafe {
-                (api.all_gather)(
-                    src as *const c_void,
-                    dst as *mut c_void,
-                    n,
-                    T::TYPE,
-                    comm,
-                    s,
-                )
-            }
-        })
+        self.all_gather_part(input, 0..n, out)?;
+        self.join_compute()
     }
 
     /// `out[r·n .. (r+1)·n]` = rank r's `input[range]` (n = `range.len()`), on every rank,

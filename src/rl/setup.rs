@@ -193,10 +193,6 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         }
         return;
     }
-    let shards = match (o.run.shard, &world) {
-        (crate::train::run_args::Shard::Optimizer, Some(w)) => w.size,
-        _ => 1,
-    };
     let lens: Vec<usize> = s.prompts.iter().map(|p| p.ids.len()).collect();
     let longest = lens.iter().copied().max().unwrap_or(1);
     let max_pos = s.policy_cfg.max_position_embeddings;
@@ -211,32 +207,17 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
         .size(block_bytes(&s.policy_cfg, 2), None)
         .expect("--kv-memory was checked with the options")
         .kv_blocks;
-    let full = match (o.run.shard, &world) {
-        (crate::train::run_args::Shard::Full, Some(w)) if w.size > 1 => Some(w.size),
-        _ => None,
-    };
-    let mut plan = match full {
-        Some(ranks) => crate::train::memory_plan::MemoryPlan::ppo_fully_sharded(
-            &s.policy_cfg,
-            s.value_cfg.as_ref(),
-            reward,
-            o.minibatch_size / o.grad_accum,
-            seq,
-            kv_blocks * bs,
-            o.run.recompute,
-            ranks,
-        ),
-        None => crate::train::memory_plan::MemoryPlan::ppo(
-            &s.policy_cfg,
-            s.value_cfg.as_ref(),
-            reward,
-            o.minibatch_size / o.grad_accum,
-            seq,
-            kv_blocks * bs,
-            o.run.recompute,
-            shards,
-        ),
-    };
+    let mut plan = crate::train::memory_plan::MemoryPlan::ppo_under(
+        o.run.shard,
+        ranks,
+        &s.policy_cfg,
+        s.value_cfg.as_ref(),
+        reward,
+        o.minibatch_size / o.grad_accum,
+        seq,
+        kv_blocks * bs,
+        o.run.recompute,
+    );
     if !needs_reference(o) {
         if let Some(line) = plan.lines.iter_mut().find(|l| l.0.starts_with("reference")) {
             plan.total -= line.1;
@@ -250,10 +231,14 @@ fn print_memory_plan(s: &Setup, reward: Option<&LlamaConfig>) {
             o.prompt_batch_size * k,
             o.minibatch_size / o.grad_accum,
             if o.run.recompute { ", --recompute" } else { "" },
-            match (full, shards) {
-                (Some(ranks), _) => format!(", one rank of {ranks} (--shard full)"),
-                (None, 1) => String::new(),
-                (None, shards) => format!(", optimizer state split over {shards} ranks"),
+            match (o.run.shard, ranks) {
+                (_, 1) | (crate::train::run_args::Shard::None, _) => String::new(),
+                (crate::train::run_args::Shard::Full, _) => {
+                    format!(", one rank of {ranks} (--shard full)")
+                }
+                (crate::train::run_args::Shard::Optimizer, _) => {
+                    format!(", optimizer state split over {ranks} ranks")
+                }
             }
         ))
     );

@@ -236,22 +236,34 @@ impl FsdpWeights {
     }
 }
 
-/// A frozen model (PPO's reference or reward model) sharded over `group`'s ranks as `--shard
-/// full` shards a trained one: each rank keeps its shard of the bf16 weights, and every forward
-/// gathers unit by unit. Every rank calls it together (it joins a communicator of its own).
-pub fn shard_frozen(cpu: &Llama, backend: Cuda, group: &Group) -> Result<Llama<Cuda>> {
+/// `cpu`'s model sharded over `group`'s ranks: the model (this rank's bf16 shard as its
+/// `params`, gathering through the returned [`FsdpWeights`]) and this rank's f32 shard of the
+/// weights. Every rank calls it together (it joins a communicator of its own).
+pub fn shard_model(
+    cpu: &Llama,
+    backend: Cuda,
+    group: &Group,
+) -> Result<(Llama<Cuda>, Rc<FsdpWeights>, Vec<f32>)> {
     let comm = DeviceComm::new(group, &backend.eng)?;
     let layout = ShardLayout::new(ParamUnits::new(&cpu.layout), group.rank(), group.size());
     let shard = layout.shard_of(&cpu.params);
     let fsdp = FsdpWeights::new(layout, backend.share(), comm);
-    Ok(Llama {
+    let model = Llama {
         cfg: cpu.cfg.clone(),
         layout: cpu.layout.clone(),
         params: backend.upload_params(&shard)?,
         backend,
         recompute: cpu.recompute,
-        sharded: Some(Box::new(SharedFsdp(fsdp))),
-    })
+        sharded: Some(Box::new(SharedFsdp(fsdp.clone()))),
+    };
+    Ok((model, fsdp, shard))
+}
+
+/// A frozen model (PPO's reference or reward model) sharded over `group`'s ranks as `--shard
+/// full` shards a trained one: each rank keeps its shard of the bf16 weights, and every forward
+/// gathers unit by unit.
+pub fn shard_frozen(cpu: &Llama, backend: Cuda, group: &Group) -> Result<Llama<Cuda>> {
+    Ok(shard_model(cpu, backend, group)?.0)
 }
 
 /// The model's handle on the shared [`FsdpWeights`].

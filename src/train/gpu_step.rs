@@ -2,12 +2,11 @@
 //! global gradient norm and AdamW over fp32 master weights, which also refreshes the bf16 copy the
 //! forward reads. Parameters, gradients and both moments are one allocation each.
 
-use super::fsdp::{FsdpWeights, ShardLayout, SharedFsdp};
+use super::fsdp::{shard_model, FsdpWeights};
 use super::state::{HostState, ModelAndGrads, TrainState};
 use crate::dist::group::Group;
 use crate::dist::nccl::DeviceComm;
 use crate::model::grad_sink::{buckets, GradsReady};
-use crate::model::param_units::ParamUnits;
 use crate::model::{Batch, GradSink, HeadGrads, Heads, Llama};
 use crate::ops::cuda::adamw::{
     adamw_step, grad_norm, grad_norm_finish, grad_norm_partial, norm_scratch, upload_no_decay,
@@ -116,7 +115,6 @@ impl GpuTrainer {
     /// that slice and the ranks exchange their bf16 weights.
     pub fn sharded(backend: Cuda, cpu: &Llama, shard: Option<(usize, usize)>) -> Result<Self> {
         let model = cpu.upload(backend)?;
-        let eng = &model.backend.eng;
         let n = cpu.layout.len;
         let own = match shard {
             Some((rank, size)) => shard_range(n, rank, size),
@@ -131,13 +129,29 @@ impl GpuTrainer {
             .filter(|r| r.start < r.end)
             .map(|r| r.start - own.start..r.end - own.start)
             .collect();
+        let master = &cpu.params[own];
+        let mut t = Self::with_state(model, master, n, &no_decay)?;
+        t.shard = shard;
+        Ok(t)
+    }
+
+    /// A trainer of `model` whose optimiser keeps `master` (fp32; zero moments beside it) and a
+    /// gradient buffer of `grads` values, weight decay skipping `no_decay` (offsets into
+    /// `master`); unsharded until the caller says otherwise.
+    fn with_state(
+        model: Llama<Cuda>,
+        master: &[f32],
+        grads: usize,
+        no_decay: &[std::ops::Range<usize>],
+    ) -> Result<Self> {
+        let eng = &model.backend.eng;
         Ok(GpuTrainer {
-            master: eng.upload(&cpu.params[own.clone()])?,
-            grads: eng.zeros(n)?,
-            m: eng.zeros(own.len())?,
-            v: eng.zeros(own.len())?,
+            master: eng.upload(master)?,
+            grads: eng.zeros(grads)?,
+            m: eng.zeros(master.len())?,
+            v: eng.zeros(master.len())?,
             norm: eng.zeros(1)?,
-            no_decay: upload_no_decay(eng, &no_decay)?,
+            no_decay: upload_no_decay(eng, no_decay)?,
             norm_partial: norm_scratch(eng)?,
             norm_history: eng.zeros(NORM_HISTORY)?,
             pending_norms: 0,
@@ -147,7 +161,7 @@ impl GpuTrainer {
             weight_decay: 0.0,
             bucket_values: DEFAULT_BUCKET_VALUES,
             reducer: None,
-            shard,
+            shard: None,
             fsdp: None,
             model,
         })
@@ -158,42 +172,11 @@ impl GpuTrainer {
     /// model gathers each unit's weights as it runs (src/train/fsdp.rs). Every rank calls it
     /// together: it joins the ranks' communicator.
     pub fn fully_sharded(backend: Cuda, cpu: &Llama, group: &Group) -> Result<Self> {
-        let comm = DeviceComm::new(group, &backend.eng)?;
-        let units = ParamUnits::new(&cpu.layout);
-        let layout = ShardLayout::new(units, group.rank(), group.size());
-        let shard = layout.shard_of(&cpu.params);
-        let no_decay = layout.no_decay(&cpu.layout);
-        let n = layout.len;
-        let fsdp = FsdpWeights::new(layout, backend.share(), comm);
-        let eng = backend.eng.clone();
-        let model = Llama {
-            cfg: cpu.cfg.clone(),
-            layout: cpu.layout.clone(),
-            params: backend.upload_params(&shard)?,
-            backend,
-            recompute: cpu.recompute,
-            sharded: Some(Box::new(SharedFsdp(fsdp.clone()))),
-        };
-        Ok(GpuTrainer {
-            master: eng.upload(&shard)?,
-            grads: eng.zeros(n)?,
-            m: eng.zeros(n)?,
-            v: eng.zeros(n)?,
-            norm: eng.zeros(1)?,
-            no_decay: upload_no_decay(&eng, &no_decay)?,
-            norm_partial: norm_scratch(&eng)?,
-            norm_history: eng.zeros(NORM_HISTORY)?,
-            pending_norms: 0,
-            read_norms: Vec::new(),
-            t: 0,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            bucket_values: DEFAULT_BUCKET_VALUES,
-            reducer: None,
-            shard: None,
-            fsdp: Some(fsdp),
-            model,
-        })
+        let (model, fsdp, shard) = shard_model(cpu, backend, group)?;
+        let no_decay = fsdp.layout.no_decay(&cpu.layout);
+        let mut t = Self::with_state(model, &shard, fsdp.layout.len, &no_decay)?;
+        t.fsdp = Some(fsdp);
+        Ok(t)
     }
 
     /// The slice of the layout this rank's optimiser updates.

@@ -161,6 +161,32 @@ impl MemoryPlan {
         MemoryPlan { lines, total }
     }
 
+    /// One rank's plan of a PPO iteration over `ranks` ranks under `shard`: [`MemoryPlan::ppo`]
+    /// or [`MemoryPlan::ppo_fully_sharded`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn ppo_under(
+        shard: crate::train::run_args::Shard,
+        ranks: usize,
+        policy: &LlamaConfig,
+        value: Option<&LlamaConfig>,
+        reward: Option<&LlamaConfig>,
+        micro: usize,
+        seq: usize,
+        kv_tokens: usize,
+        recompute: bool,
+    ) -> MemoryPlan {
+        use crate::train::run_args::Shard;
+        match (shard, ranks) {
+            (Shard::Full, 2..) => MemoryPlan::ppo_fully_sharded(
+                policy, value, reward, micro, seq, kv_tokens, recompute, ranks,
+            ),
+            (Shard::Optimizer, _) => MemoryPlan::ppo(
+                policy, value, reward, micro, seq, kv_tokens, recompute, ranks,
+            ),
+            _ => MemoryPlan::ppo(policy, value, reward, micro, seq, kv_tokens, recompute, 1),
+        }
+    }
+
     /// A PPO iteration's plan for one rank of `ranks` under `--shard full`: every model's shard
     /// (the trained ones at 18 bytes a parameter, the frozen ones at 2), then the largest of three
     /// phases that take turns with the same recycled buffers: training (a micro-batch of `micro` ×
