@@ -112,9 +112,19 @@ impl ShardLayout {
 
     /// Rank `rank`'s shard put back in its places of a whole layout-ordered buffer.
     pub fn place(&self, rank: usize, shard: &[f32], whole: &mut [f32]) {
+        self.place_part(rank, 0, shard, whole);
+    }
+
+    /// `values`, rank `rank`'s shard from offset `from` on, put back in their places of a whole
+    /// layout-ordered buffer: a gather's chunk goes straight where it belongs.
+    pub fn place_part(&self, rank: usize, from: usize, values: &[f32], whole: &mut [f32]) {
+        let to = from + values.len();
         for (at, r) in self.runs(rank) {
-            let n = r.len();
-            whole[r].copy_from_slice(&shard[at..at + n]);
+            let (lo, hi) = (at.max(from), (at + r.len()).min(to));
+            if lo < hi {
+                let dst = r.start + lo - at..r.start + hi - at;
+                whole[dst].copy_from_slice(&values[lo - from..hi - from]);
+            }
         }
     }
 
@@ -366,6 +376,25 @@ mod tests {
             assert_eq!(back, whole, "size {size}");
             assert_eq!(held, layout.len, "every value on one rank, size {size}");
         }
+    }
+
+    /// A shard placed chunk by chunk (as a gather's chunks arrive) lands as placed whole.
+    #[test]
+    fn a_shard_placed_in_chunks_lands_as_placed_whole() {
+        let cfg = LlamaConfig::preset("tiny").expect("a preset");
+        let layout = ParamLayout::new(&cfg);
+        let whole: Vec<f32> = (0..layout.len).map(|i| i as f32 + 1.0).collect();
+        let size = 3;
+        let mut back = vec![0.0f32; layout.len];
+        for rank in 0..size {
+            let s = ShardLayout::new(ParamUnits::new(&layout), rank, size);
+            let shard = s.shard_of(&whole);
+            for from in (0..shard.len()).step_by(1000) {
+                let to = (from + 1000).min(shard.len());
+                s.place_part(rank, from, &shard[from..to], &mut back);
+            }
+        }
+        assert_eq!(back, whole);
     }
 
     /// The no-decay ranges in a shard are exactly the norm gains it holds.

@@ -331,7 +331,8 @@ impl GpuTrainer {
         let mine = [&self.master, &self.m, &self.v][which];
         let chunk = GATHER_CHUNK.min(lay.len).max(1);
         let mut scratch = eng.zeros::<f32>(chunk * lay.size)?;
-        let mut shards = vec![Vec::with_capacity(if want { lay.len } else { 0 }); lay.size];
+        // Each chunk goes straight to its places: the host holds the whole buffer and one chunk.
+        let mut whole = vec![0.0f32; if want { self.model.layout.len } else { 0 }];
         let err = |e| anyhow::anyhow!("gathering the fully sharded state: {e:?}");
         for at in (0..lay.len).step_by(chunk) {
             let n = chunk.min(lay.len - at);
@@ -343,17 +344,10 @@ impl GpuTrainer {
                     .stream
                     .clone_dtoh(&scratch.slice(0..n * lay.size))
                     .map_err(err)?;
-                for (r, shard) in shards.iter_mut().enumerate() {
-                    shard.extend_from_slice(&part[r * n..(r + 1) * n]);
+                for r in 0..lay.size {
+                    lay.place_part(r, at, &part[r * n..(r + 1) * n], &mut whole);
                 }
             }
-        }
-        if !want {
-            return Ok(Vec::new());
-        }
-        let mut whole = vec![0.0f32; self.model.layout.len];
-        for (r, shard) in shards.iter().enumerate() {
-            lay.place(r, shard, &mut whole);
         }
         Ok(whole)
     }
