@@ -6,7 +6,7 @@ mod common;
 use common::{path_arg as s, prefer_output as prefer};
 
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn ok(out: &Output) -> Value {
@@ -733,15 +733,23 @@ fn eval_rows(run: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// `prefer ppo --eval-task ifeval --eval-every 2`: eval.jsonl has the four scores before training,
-/// at iteration 2 and after the last; the last row is what `prefer eval` gives the saved policy;
-/// a run stopped at iteration 2 and resumed logs the same rows as one that was not stopped.
-#[test]
-fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // A policy with large random weights answers with varied text (a small init answers blank
-    // lines, which follow nothing), so the figures below are not all zero.
+/// IFEval's four figures, as `prefer eval` names them (PPO's eval.jsonl prefixes `eval_ifeval_`).
+const IFEVAL_FIGURES: [&str; 4] = [
+    "prompt_level_strict_acc",
+    "inst_level_strict_acc",
+    "prompt_level_loose_acc",
+    "inst_level_loose_acc",
+];
+
+/// The committed IFEval rows (tests/fixtures/ifeval/rows.jsonl).
+fn ifeval_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl")
+}
+
+/// In `d`: a tiny policy with large random weights (which answers with varied text; a small init
+/// answers blank lines, which follow nothing, so every figure would be zero), a reward model, and
+/// `n` prompts; the prompts' path.
+fn ppo_ifeval_setup(d: &Path, n: usize) -> PathBuf {
     let init: [(&str, &[&str]); 2] = [
         ("policy", &["--init-std", "0.5", "--seed", "3"]),
         ("rm", &["--scalar-head"]),
@@ -755,11 +763,22 @@ fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
     let prompts = d.join("prompts.jsonl");
     write_lines(
         &prompts,
-        &(0..8)
+        &(0..n)
             .map(|i| json!({"prompt": format!("Tell me about the number {i}.")}))
             .collect::<Vec<_>>(),
     );
-    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl");
+    prompts
+}
+
+/// `prefer ppo --eval-task ifeval --eval-every 2`: eval.jsonl has the four scores before training,
+/// at iteration 2 and after the last; the last row is what `prefer eval` gives the saved policy;
+/// a run stopped at iteration 2 and resumed logs the same rows as one that was not stopped.
+#[test]
+fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prompts = ppo_ifeval_setup(d, 8);
+    let rows = ifeval_fixture();
     let (policy, rm) = (d.join("policy"), d.join("rm"));
     let ppo = |out: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -809,12 +828,7 @@ fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
     assert_eq!(steps, [0, 2, 4]);
     for r in &got {
         assert_eq!(r["eval_rows"], 24);
-        for key in [
-            "prompt_level_strict_acc",
-            "inst_level_strict_acc",
-            "prompt_level_loose_acc",
-            "inst_level_loose_acc",
-        ] {
+        for key in IFEVAL_FIGURES {
             let v = r[format!("eval_ifeval_{key}")].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{key} {v}");
         }
@@ -841,12 +855,7 @@ fn ppo_scores_ifeval_while_it_trains_as_prefer_eval_scores_the_result() {
         "--device",
         "cpu",
     ]));
-    for key in [
-        "prompt_level_strict_acc",
-        "inst_level_strict_acc",
-        "prompt_level_loose_acc",
-        "inst_level_loose_acc",
-    ] {
+    for key in IFEVAL_FIGURES {
         assert_eq!(got[2][format!("eval_ifeval_{key}")], alone[key], "{key}");
     }
     // Stopped at iteration 2 and resumed: the same rows.
@@ -941,24 +950,8 @@ fn ppo_scores_ifeval_while_it_trains_on_the_software_gpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let init: [(&str, &[&str]); 2] = [
-        ("policy", &["--init-std", "0.5", "--seed", "3"]),
-        ("rm", &["--scalar-head"]),
-    ];
-    for (name, extra) in init {
-        let path = d.join(name);
-        let mut args = vec!["init", "--preset", "tiny", "--out", s(&path)];
-        args.extend(extra);
-        ok_status(&prefer(&args));
-    }
-    let prompts = d.join("prompts.jsonl");
-    write_lines(
-        &prompts,
-        &(0..4)
-            .map(|i| json!({"prompt": format!("Tell me about the number {i}.")}))
-            .collect::<Vec<_>>(),
-    );
-    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ifeval/rows.jsonl");
+    let prompts = ppo_ifeval_setup(d, 4);
+    let rows = ifeval_fixture();
     let run = d.join("run");
     ok_status(&prefer(&[
         "ppo",
@@ -1014,12 +1007,7 @@ fn ppo_scores_ifeval_while_it_trains_on_the_software_gpu() {
         "--device",
         "emu",
     ]));
-    for key in [
-        "prompt_level_strict_acc",
-        "inst_level_strict_acc",
-        "prompt_level_loose_acc",
-        "inst_level_loose_acc",
-    ] {
+    for key in IFEVAL_FIGURES {
         assert_eq!(got[1][format!("eval_ifeval_{key}")], alone[key], "{key}");
     }
 }
