@@ -57,16 +57,21 @@ impl TrainBenchArgs {
             self.preset,
             self.seq,
             if self.recompute { ", --recompute" } else { "" },
-            if self.world_size > 1 {
-                format!(
-                    ", one rank of {} (--shard {:?})",
-                    self.world_size, self.shard
-                )
-                .to_lowercase()
-            } else {
-                String::new()
-            }
+            self.rank_of()
         )
+    }
+
+    /// ", one rank of N (--shard S)" for a plan of one rank of several; nothing for one.
+    fn rank_of(&self) -> String {
+        if self.world_size > 1 {
+            format!(
+                ", one rank of {} (--shard {:?})",
+                self.world_size, self.shard
+            )
+            .to_lowercase()
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -102,11 +107,7 @@ fn ppo_plan(train: &TrainBenchArgs, generate: &GenerateBenchArgs) -> Result<Memo
             generate.new_tokens,
             train.batch,
             if train.recompute { ", --recompute" } else { "" },
-            if ranks > 1 {
-                format!(", one rank of {ranks} (--shard {:?})", train.shard).to_lowercase()
-            } else {
-                String::new()
-            }
+            train.rank_of()
         ))
     );
     Ok(plan)
@@ -126,13 +127,7 @@ pub fn run_bench(
             bail!("bench ppo prints a PPO iteration's memory plan: add --plan-only");
         }
         let plan = ppo_plan(train, generate)?;
-        if let Some(path) = json {
-            crate::output::write_file_atomically(
-                path,
-                serde_json::to_string_pretty(&plan)?.as_bytes(),
-            )?;
-        }
-        return Ok(());
+        return write_json(json, &plan);
     }
     let sharded = train.shard != crate::train::run_args::Shard::None;
     let world = crate::dist::world::World::from_env()?;
@@ -168,23 +163,10 @@ pub fn run_bench(
         let cfg = LlamaConfig::preset(&train.preset)?;
         let plan = train.plan(&cfg, what);
         print!("{}", plan.render(&train.plan_title(what)));
-        if let Some(path) = json {
-            crate::output::write_file_atomically(
-                path,
-                serde_json::to_string_pretty(&plan)?.as_bytes(),
-            )?;
-        }
-        return Ok(());
+        return write_json(json, &plan);
     }
     if what == "generate" {
-        let doc = bench_generate(generate)?;
-        if let Some(path) = json {
-            crate::output::write_file_atomically(
-                path,
-                serde_json::to_string_pretty(&doc)?.as_bytes(),
-            )?;
-        }
-        return Ok(());
+        return write_json(json, &bench_generate(generate)?);
     }
     // The engine first: where it cannot run, its error names what is missing in the order
     // `prefer check` and `info` give it (kernels in this build, a driver, a GPU).
@@ -202,8 +184,16 @@ pub fn run_bench(
         _ => unreachable!("checked above"),
     };
     // Over several ranks rank 0 alone reports (the others' documents are null).
-    if let (Some(path), false) = (json, doc.is_null()) {
-        crate::output::write_file_atomically(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    match doc.is_null() {
+        true => Ok(()),
+        false => write_json(json, &doc),
+    }
+}
+
+/// `doc` as pretty JSON at `--json`'s path (atomically), when one was given.
+fn write_json(json: Option<&Path>, doc: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = json {
+        crate::output::write_file_atomically(path, serde_json::to_string_pretty(doc)?.as_bytes())?;
     }
     Ok(())
 }

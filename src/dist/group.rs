@@ -157,6 +157,15 @@ impl Group {
         self.world.size
     }
 
+    /// Items `0..n` dealt round-robin over the ranks (item i to rank i % size): this rank's, one
+    /// a round, `Some(i)`, or `None` in a last round that has none for it. Where every pass is a
+    /// collective (`--shard full`) a rank runs a pass that adds nothing for each `None`, so every
+    /// rank runs as many rounds as the others.
+    pub fn rounds(&self, n: usize) -> impl Iterator<Item = Option<usize>> {
+        let (rank, size) = (self.rank(), self.size());
+        (0..n.div_ceil(size)).map(move |round| Some(round * size + rank).filter(|&i| i < n))
+    }
+
     /// Rank 0: the rank that writes the run's files.
     pub fn is_root(&self) -> bool {
         self.world.rank == 0

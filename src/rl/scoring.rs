@@ -78,16 +78,17 @@ pub fn score<S: TrainState>(
         vec![0.0; n * t],
     );
     let mut rm_scores = vec![0.0f32; n];
-    let (rank, ranks) = (group.rank(), group.size());
+    let ranks = group.size();
     let rows: Vec<usize> = (0..n).collect();
     let chunks: Vec<&[usize]> = rows.chunks(micro).collect();
-    for round in 0..chunks.len().div_ceil(ranks) {
-        let Some(&chunk) = chunks.get(round * ranks + rank) else {
+    for c in group.rounds(chunks.len()) {
+        let Some(c) = c else {
             // Fully sharded, every forward gathers with the other ranks: a rank with no chunk
             // left runs each model's pass over one token, in the same order.
             idle_scoring_passes(m, s)?;
             continue;
         };
+        let chunk = chunks[c];
         let sub = rows_of(&rb.batch, chunk);
         let f = m.policy.model().forward_heads(&sub, heads)?;
         let (lp, ent) = (

@@ -108,18 +108,16 @@ impl DpoObjective {
         let bs = batch_size.max(1);
         // [pairs, 2]: (chosen, rejected); zeros where another rank computes.
         let mut flat = vec![0.0f64; 2 * pairs.len()];
-        let chunks = pairs.chunks(bs).count();
-        let (rank, ranks) = (group.rank(), group.size());
-        for round in 0..chunks.div_ceil(ranks) {
-            let c = round * ranks + rank;
-            let Some(chunk) = pairs.chunks(bs).nth(c) else {
+        let chunks: Vec<&[PreferencePair]> = pairs.chunks(bs).collect();
+        for c in group.rounds(chunks.len()) {
+            let Some(c) = c else {
                 // Fully sharded, every forward gathers with the other ranks.
                 if model.in_lockstep() {
                     model.idle_pass(None)?;
                 }
                 continue;
             };
-            let refs: Vec<_> = chunk.iter().collect();
+            let refs: Vec<_> = chunks[c].iter().collect();
             let pb = PairBatch::new(&refs, model.cfg.pad_token_id.unwrap_or(0));
             let fwd = model.forward_heads(&pb.batch, Heads::LOGP)?;
             let seq = sequence_logprobs(

@@ -6,8 +6,10 @@
 //! saved tensors are all alive when the backward starts, and the backward's scratch is shared by
 //! all layers. A test on the software GPU holds this plan to the bytes a step really allocates.
 
+use crate::model::param_units::{ParamUnits, OUTER};
 use crate::model::{LlamaConfig, ParamLayout};
 use crate::ops::cuda::logprob::VOCAB_CHUNK;
+use crate::train::fsdp::ShardLayout;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -94,11 +96,13 @@ impl MemoryPlan {
     /// (bf16), the layer's f32 gradient and the one above's still being reduce-scattered, and
     /// the scatter's piece.
     pub fn fully_sharded(mut self, cfg: &LlamaConfig, ranks: usize) -> MemoryPlan {
-        let ranks = ranks.max(1) as u64;
-        let units = crate::model::param_units::ParamUnits::new(&ParamLayout::new(cfg));
-        let padded = |u: usize| (units.len(u) as u64).div_ceil(ranks) * ranks;
-        let shard: u64 = (0..units.count()).map(|u| padded(u) / ranks).sum();
-        let (outer, layer) = (padded(0), (1..units.count()).map(padded).max().unwrap_or(0));
+        // The shard and the gathered buffers are src/train/fsdp.rs's own (padded pieces).
+        let lay = shard_layout(cfg, ranks);
+        let shard = lay.len as u64;
+        let units = lay.units.count();
+        let outer = lay.gathered_len(OUTER) as u64;
+        let layer = (1..units).map(|u| lay.gathered_len(u)).max().unwrap_or(0) as u64;
+        let ranks = lay.size as u64;
         let (bf16, f32) = (2u64, 4u64);
         for line in &mut self.lines {
             line.1 = match line.0 {
@@ -204,13 +208,7 @@ impl MemoryPlan {
         recompute: bool,
         ranks: usize,
     ) -> MemoryPlan {
-        let r = ranks.max(1) as u64;
-        let shard = |c: &LlamaConfig| {
-            let units = crate::model::param_units::ParamUnits::new(&ParamLayout::new(c));
-            (0..units.count())
-                .map(|u| (units.len(u) as u64).div_ceil(r))
-                .sum::<u64>()
-        };
+        let shard = |c: &LlamaConfig| shard_layout(c, ranks).len as u64;
         // A step's activations, scratch and workspace, with what its gathers hold.
         let phase = |c: &LlamaConfig| {
             let plan = MemoryPlan::training(c, micro, seq, recompute).fully_sharded(c, ranks);
@@ -265,6 +263,12 @@ impl MemoryPlan {
     pub fn total_gib(&self) -> f64 {
         self.total as f64 / GIB
     }
+}
+
+/// Where one rank's shard of `cfg`'s weights sits under `--shard full` over `ranks` ranks (every
+/// rank's is the same length).
+fn shard_layout(cfg: &LlamaConfig, ranks: usize) -> ShardLayout {
+    ShardLayout::new(ParamUnits::new(&ParamLayout::new(cfg)), 0, ranks.max(1))
 }
 
 #[cfg(test)]

@@ -181,12 +181,11 @@ impl<'a, S: TrainState> Offline<'a, S> {
         };
         let mut stats = PairStats::default();
         let idx: Vec<usize> = (0..split.pairs.len()).collect();
-        let (rank, ranks) = (self.group.rank(), self.group.size());
         let chunks: Vec<&[usize]> = idx.chunks(self.opts.batch_size).collect();
         let model = self.state.model();
-        for round in 0..chunks.len().div_ceil(ranks) {
-            match chunks.get(round * ranks + rank) {
-                Some(chunk) => stats.add(&self.objective.evaluate(model, split, chunk)?),
+        for c in self.group.rounds(chunks.len()) {
+            match c {
+                Some(c) => stats.add(&self.objective.evaluate(model, split, chunks[c])?),
                 // Fully sharded, every forward gathers with the other ranks.
                 None if model.in_lockstep() => model.idle_pass(None)?,
                 None => {}
