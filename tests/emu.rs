@@ -499,6 +499,12 @@ enum Order {
 /// error of any call. Two non-blocking streams of a context of its own, with cudarc's automatic
 /// event tracking off, so the order is only what `order` says.
 fn two_streams(order: Order, value: f32) -> Result<Vec<f32>, String> {
+    two_streams_from(order, value, false)
+}
+
+/// [`two_streams`]; with `consumer_late`, the consumer's stream has no work at all (not even the
+/// zeroing of its output) until the producer has been launched.
+fn two_streams_from(order: Order, value: f32, consumer_late: bool) -> Result<Vec<f32>, String> {
     use cudarc::driver::CudaContext;
     let err = |e: cudarc::driver::DriverError| format!("{e:?}");
     let n = 1024usize;
@@ -520,13 +526,21 @@ fn two_streams(order: Order, value: f32) -> Result<Vec<f32>, String> {
     );
     // Not zeroed: a memset on stream 1 would be a second writer for the check to name.
     let mut buf = unsafe { a.alloc::<f32>(n) }.map_err(err)?;
-    let mut out = b.alloc_zeros::<f32>(n).map_err(err)?;
+    let mut out = if consumer_late {
+        None
+    } else {
+        Some(b.alloc_zeros::<f32>(n).map_err(err)?)
+    };
     let n_arg = n as i32;
     let mut errors = Vec::new();
     let mut l = a.launch_builder(&produce);
     l.arg(&mut buf).arg(&n_arg).arg(&value);
     // SAFETY: (float*, int, float), as the kernel takes.
     errors.push(unsafe { l.launch(cfg(4, 256, 0)) }.map(|_| ()));
+    let mut out = match out.take() {
+        Some(out) => out,
+        None => b.alloc_zeros::<f32>(n).map_err(err)?,
+    };
     match order {
         Order::Event => {
             let event = a.record_event(None).map_err(err)?;
@@ -594,6 +608,49 @@ fn a_consumer_stream_waits_for_the_producer_only_when_told() {
         "no schedule out of 20 ran the consumer before the producer"
     );
     prefer::emu::set_schedule(1, true).unwrap();
+}
+
+/// Kernels follow their accesses only once work on two streams may run unordered; the producer
+/// here runs before that (its stream alone has had work), so the check knows only which buffers
+/// it was given. A fresh process (this test runs itself), since that state is the process's.
+#[test]
+fn work_before_a_second_stream_is_busy_is_still_checked() {
+    const CHILD: &str = "PREFER_TEST_EMU_LATE_CONSUMER";
+    if std::env::var_os(CHILD).is_none() {
+        let Some((_eng, _g)) = engine() else { return };
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "work_before_a_second_stream_is_busy_is_still_checked",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the child failed:\n{text}");
+        assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+        return;
+    }
+    prefer::emu::activate().unwrap();
+    prefer::emu::set_schedule(0, true).unwrap();
+    let e = two_streams_from(Order::Nothing, 1.0, true).unwrap_err();
+    for part in [
+        "cross-stream race on the 4096-byte device buffer",
+        "kernel emu_test_produce on stream",
+        "its exact bytes were not followed",
+        "kernel emu_test_consume on stream",
+    ] {
+        assert!(e.contains(part), "no {part:?} in {e}");
+    }
+    // Ordered, the same program passes; its kernels are now followed exactly.
+    let want: Vec<f32> = (0..1024).map(|i| 2.0 * (2.5 + i as f32)).collect();
+    for seed in [0u64, 1, 2] {
+        prefer::emu::set_schedule(seed, true).unwrap();
+        assert_eq!(two_streams_from(Order::Event, 2.5, true), Ok(want.clone()));
+    }
 }
 
 #[test]

@@ -504,6 +504,7 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
     w.ready.resize(n);
     for (uint32_t i = 0; i < n; ++i) w.ready[i] = i;
     w.ready_head = 0;
+    w.ready_drawn = 0;
     w.rng = l.seed * 0x2545f4914f6cdd1dull ^ l.id * 0x9e3779b97f4a7c15ull ^ linear;
     for (;;) {
         // The fibers hand the CPU to one another (yield_fiber) and come back here only when none
@@ -524,6 +525,7 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
         }
         w.ready.clear();
         w.ready_head = 0;
+        w.ready_drawn = 0;
         uint32_t done = 0, at_warp = 0;
         for (uint32_t i = 0; i < n; ++i) {
             done += w.fibers[i].state == FiberState::Done;
@@ -610,8 +612,9 @@ static void start_pool() {
 }
 
 // The allocations a kernel can reach: every 8-byte word of its parameters that points into one
-// (a pointer loaded from device memory is not followed). Its blocks record what they touch in them.
-static void watch_parameters(Launch& l) {
+// (a pointer loaded from device memory is not followed).
+static std::vector<Buffer> parameter_buffers(const Launch& l) {
+    std::vector<Buffer> buffers;
     const Kernel& k = *l.kernel;
     for (size_t i = 0; i < k.arg_count; ++i) {
         for (size_t at = 0; at + 8 <= k.arg_sizes[i]; at += 8) {
@@ -619,10 +622,16 @@ static void watch_parameters(Launch& l) {
             size_t size;
             memcpy(&v, (const uint8_t*)l.params[i] + at, 8);
             if (!find_allocation(v, &base, &size)) continue;
-            const bool seen = std::any_of(l.buffers.begin(), l.buffers.end(), [&](const Buffer& b) { return b.lo == base; });
-            if (!seen) l.buffers.push_back(Buffer{base, base + size});
+            const bool seen = std::any_of(buffers.begin(), buffers.end(), [&](const Buffer& b) { return b.lo == base; });
+            if (!seen) buffers.push_back(Buffer{base, base + size});
         }
     }
+    return buffers;
+}
+
+// The launch's blocks will record what they touch in its parameter buffers.
+static void watch_parameters(Launch& l, std::vector<Buffer> buffers) {
+    l.buffers = std::move(buffers);
     if (l.buffers.empty()) return;
     uintptr_t lo = UINTPTR_MAX, hi = 0;
     for (const Buffer& b : l.buffers) {
@@ -649,6 +658,9 @@ static void report_touches(const Launch& l) {
     }
 }
 
+// Launches whose global accesses were followed for the cross-stream check.
+static std::atomic<uint64_t> followed_launches{0};
+
 // ---- the profile (PREFER_EMU_PROFILE=1) --------------------------------------------------------
 // Launches, blocks, threads and wall time per kernel, printed to stderr at exit, slowest first:
 // where the software GPU's time goes, to choose what to make faster.
@@ -673,8 +685,9 @@ Profile* profile_if_enabled() {
                       [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
             double total = 0;
             for (const auto& k : p.kernels) total += k.second.seconds;
-            fprintf(stderr, "\nsoftware GPU profile: %.2f s in kernels\n%-40s %9s %11s %13s %9s %6s\n", total,
-                    "kernel", "launches", "blocks", "threads", "seconds", "share");
+            fprintf(stderr, "\nsoftware GPU profile: %.2f s in kernels; %llu of %llu launches followed their accesses "
+                            "(work on two streams could run unordered)\n%-40s %9s %11s %13s %9s %6s\n", total,
+                    (unsigned long long)followed_launches.load(), (unsigned long long)pool.launches, "kernel", "launches", "blocks", "threads", "seconds", "share");
             for (const auto& [k, v] : p.kernels)
                 fprintf(stderr, "%-40s %9llu %11llu %13llu %9.2f %5.1f%%\n", k->name, (unsigned long long)v.launches,
                         (unsigned long long)v.blocks, (unsigned long long)v.threads, v.seconds,
@@ -712,7 +725,17 @@ int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared,
     l.dynamic_shared = dynamic_shared;
     l.id = pool.launches++;
     l.seed = current_seed();
-    if (watching_accesses()) watch_parameters(l);
+    // Followed accesses while work on two streams may run unordered; before that, the whole
+    // parameter buffers, counted as written (streams.cpp).
+    std::vector<Buffer> whole;
+    if (race_check_enabled.load(std::memory_order_relaxed)) {
+        if (watching_accesses()) {
+            watch_parameters(l, parameter_buffers(l));
+            ++followed_launches;
+        } else {
+            whole = parameter_buffers(l);
+        }
+    }
     {
         std::unique_lock<std::mutex> g(pool.lock);
         pool.current = &l;
@@ -729,6 +752,7 @@ int launch_kernel(const Kernel* k, dim3 grid, dim3 block, size_t dynamic_shared,
         return l.error_code;
     }
     report_touches(l);
+    for (const Buffer& b : whole) note_access(b.lo, b.hi, true, true);
     const std::string guards = check_guards();
     if (!guards.empty()) {
         set_error(kIllegalAddress, format("kernel %s wrote outside its buffers: %s", k->name, guards.c_str()));

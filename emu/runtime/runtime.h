@@ -155,6 +155,9 @@ struct Worker {
     // next is drawn from the rest by `rng` (PREFER_EMU_SEED; 0: in order). See next_ready.
     std::vector<uint32_t> ready;
     size_t ready_head = 0;
+    // ready[ready_head, ready_drawn) are already drawn, in the order they will run (next_ready
+    // draws a little ahead, so that the next fibers' memory can be fetched before it is needed).
+    size_t ready_drawn = 0;
     uint64_t rng = 0;
     std::string block_error;  // the first error of this block, if any
     int block_error_code = 0;
@@ -214,18 +217,46 @@ inline uint64_t splitmix(uint64_t& x) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+// Draws ready[ready_drawn] from the ready fibers not yet drawn (in order under seed 0).
+inline void draw_ready(Worker& w) {
+    const size_t at = w.ready_drawn;
+    if (w.launch->seed != 0) {
+        // A multiply, not a division: this runs at every switch.
+        const size_t span = w.ready.size() - at;
+        const size_t pick = at + (size_t)(((unsigned __int128)splitmix(w.rng) * span) >> 64);
+        std::swap(w.ready[at], w.ready[pick]);
+    }
+    w.ready_drawn = at + 1;
+}
+// A switch costs little; what costs is the next fiber's record and stack, cold in the cache when a
+// block has many threads (and drawn at random, so the hardware cannot guess them). So the next two
+// are drawn ahead: the record of the one after the next, and the stack of the next, are fetched
+// while this one still runs.
+inline void prefetch_ready(Worker& w) {
+    const size_t head = w.ready_head, size = w.ready.size();
+    while (w.ready_drawn < size && w.ready_drawn < head + 2) draw_ready(w);
+    if (head < size) {
+        const Fiber* f = &w.fibers[w.ready[head]];  // its record was fetched at the previous switch
+        if (f->slot != kNoSlot) {
+            const char* sp = (const char*)f->sp;
+            for (int line = 0; line < 8; ++line) __builtin_prefetch(sp + 64 * line, 1);
+            __builtin_prefetch(f->info);
+        }
+    }
+    if (head + 1 < size) {
+        const char* next = (const char*)&w.fibers[w.ready[head + 1]];
+        __builtin_prefetch(next, 1);
+        __builtin_prefetch(next + 64, 1);
+    }
+}
 inline Fiber* next_ready(Worker& w) {
     const size_t head = w.ready_head;
     if (head == w.ready.size()) return nullptr;
-    if (w.launch->seed != 0) {
-        // A multiply, not a division: this runs at every switch.
-        const size_t span = w.ready.size() - head;
-        const size_t pick = head + (size_t)(((unsigned __int128)splitmix(w.rng) * span) >> 64);
-        std::swap(w.ready[head], w.ready[pick]);
-    }
+    if (w.ready_drawn == head) draw_ready(w);
     w.ready_head = head + 1;
     Fiber* f = &w.fibers[w.ready[head]];
     if (f->slot == kNoSlot) begin_thread(w, *f);
+    prefetch_ready(w);
     return f;
 }
 
@@ -279,6 +310,9 @@ std::string last_error_message();
 struct DeviceAccess {
     uintptr_t lo, hi;
     bool write;
+    // A kernel's whole parameter buffer, counted as written: it ran while one stream alone had
+    // work, when kernels' exact accesses are not followed (see streams.cpp).
+    bool whole = false;
 };
 // Puts `run` on `stream` (null, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD: the legacy stream),
 // named `label` in race reports. It runs now or later, after what it is ordered after. With
@@ -287,8 +321,8 @@ struct DeviceAccess {
 int submit_work(void* stream, std::string label, std::vector<DeviceAccess> accesses, std::function<int()> run,
                 bool host_waits);
 // The work running now (on this host thread) also touched these bytes: a kernel's, found while it ran.
-void note_access(uintptr_t lo, uintptr_t hi, bool write);
-// Whether kernels should record what they touch: the check is on and a second stream exists.
+void note_access(uintptr_t lo, uintptr_t hi, bool write, bool whole = false);
+// Whether kernels should record what they touch: the check is on and a second stream has had work.
 bool watching_accesses();
 int create_stream(void** out, unsigned flags);
 int destroy_stream(void* stream);

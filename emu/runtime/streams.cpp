@@ -36,8 +36,15 @@
 // What a piece of work touches: copies, memsets and matmuls their exact byte ranges; a kernel the
 // lowest and highest byte it read and wrote in each allocation one of its parameters points into,
 // seen by the thread-sanitizer instrumentation of its loads, stores and atomics while it runs (an
-// allocation reached only through a pointer stored in device memory is not seen). Kernels record
-// this only once a second stream exists, so a single-stream program pays nothing. Per allocation
+// allocation reached only through a pointer stored in device memory is not seen). Kernels follow
+// their accesses only once work on two streams may run unordered (work goes on a stream while
+// another holds work the host has not waited for, or a stream is destroyed holding such work):
+// until then every piece of work is ordered after all work of other streams, and following every
+// load and store would cost a single-stream program (a single-GPU run) about a third of its time
+// for nothing. A kernel that ran before then is
+// remembered as having written every byte of the buffers its parameters point into, so later work
+// of another stream that is not ordered after it and touches one of them is still reported (more
+// than the exact check would: the report says so). Per allocation
 // the check keeps the accesses not yet covered by a later access ordered after them (at most
 // kMaxRecords; the oldest go first); freeing the allocation forgets them. Frees are not checked
 // against work still using the buffer: cuMemFree runs every queue dry first.
@@ -91,6 +98,7 @@ struct Record {
     uint64_t tick;
     uintptr_t lo, hi;
     bool write;
+    bool whole;  // DeviceAccess::whole
 };
 
 struct Scheduler {
@@ -103,7 +111,8 @@ struct Scheduler {
     uint64_t rng = 0, rng_seed = ~0ull;
     int pending_code = 0;
     std::string pending_message;
-    std::atomic<bool> watching{false};  // a stream was created: kernels record what they touch
+    // Work on two streams could run unordered: kernels follow what they touch (never turned off).
+    std::atomic<bool> watching{false};
     std::map<uintptr_t, std::vector<Record>> history;  // by allocation base
 };
 
@@ -161,13 +170,16 @@ int check_races(Scheduler& s, const Work& w) {
             if (r.stream == w.stream || !(r.write || a.write) || r.hi <= a.lo || a.hi <= r.lo) continue;
             if (entry(w.clock, r.stream) >= r.tick) continue;  // ordered after it
             const uintptr_t lo = std::max(r.lo, a.lo);
+            const char* whole = r.whole ? " (its exact bytes were not followed: it ran while one stream alone had work, "
+                                          "so every byte of the buffer counts as written)"
+                                        : "";
             set_error(kLaunchFailed,
                       format("cross-stream race on the %zu-byte device buffer at 0x%zx (%s): %s on %s %s bytes "
-                             "[%zu, %zu) of it, and %s on %s %s bytes [%zu, %zu), with nothing ordering the two (no "
+                             "[%zu, %zu) of it%s, and %s on %s %s bytes [%zu, %zu), with nothing ordering the two (no "
                              "cuEventRecord + cuStreamWaitEvent and no host synchronisation between them)",
                              size, (size_t)base, describe_address(lo).c_str(), r.label->c_str(),
                              stream_name(r.stream).c_str(), r.write ? "wrote" : "read", (size_t)(r.lo - base),
-                             (size_t)(r.hi - base), w.label->c_str(), stream_name(w.stream).c_str(),
+                             (size_t)(r.hi - base), whole, w.label->c_str(), stream_name(w.stream).c_str(),
                              a.write ? "writes" : "reads", (size_t)(a.lo - base), (size_t)(a.hi - base)));
             return kLaunchFailed;
         }
@@ -192,7 +204,7 @@ void remember(Scheduler& s, const Work& w) {
                                   }),
                    recs.end());
         if (recs.size() >= kMaxRecords) recs.erase(recs.begin());
-        recs.push_back(Record{w.label, w.stream, tick, a.lo, a.hi, a.write});
+        recs.push_back(Record{w.label, w.stream, tick, a.lo, a.hi, a.write, a.whole});
     }
 }
 
@@ -213,8 +225,10 @@ void run_head(Scheduler& s, Stream& st) {
     running = outer;
     w->done = true;
     w->run = nullptr;  // the parameter copies and host snapshots go now
-    if (rc == 0 && race_check_enabled.load() && s.watching) {
-        rc = check_races(s, *w);
+    if (rc == 0 && race_check_enabled.load()) {
+        // Before a second stream has had work, nothing can race across streams; the history is
+        // still kept, for the work of the second.
+        if (s.watching) rc = check_races(s, *w);
         remember(s, *w);
     }
     w->accesses.clear();
@@ -252,6 +266,22 @@ void run_until(Scheduler& s, Pred done) {
             // Every wait is on earlier work, so something can always run: this is a bug here.
             fprintf(stderr, "prefer software GPU: stream work waits in a cycle\n");
             abort();
+        }
+}
+
+// Whether `st`'s work so far may still be unordered with later work of other streams: the host has
+// not waited for all of it.
+bool unsettled(const Scheduler& s, const Stream& st) { return entry(st.clock, st.id) > entry(s.host, st.id); }
+
+// Work is about to go on `st`: when another stream holds work the host has not waited for, the two
+// may run unordered, and from now on kernels follow their accesses. Until then every piece of
+// work was ordered after all work of other streams (its clock joins the host's).
+void note_concurrency(Scheduler& s, const Stream* st) {
+    if (s.watching.load(std::memory_order_relaxed)) return;
+    for (const Stream* other : s.streams)
+        if (other != st && unsettled(s, *other)) {
+            s.watching = true;
+            return;
         }
 }
 
@@ -324,8 +354,8 @@ struct StreamEvent {
 
 bool watching_accesses() { return race_check_enabled.load() && sched().watching; }
 
-void note_access(uintptr_t lo, uintptr_t hi, bool write) {
-    if (running && lo < hi) running->accesses.push_back(DeviceAccess{lo, hi, write});
+void note_access(uintptr_t lo, uintptr_t hi, bool write, bool whole) {
+    if (running && lo < hi) running->accesses.push_back(DeviceAccess{lo, hi, write, whole});
 }
 
 int submit_work(void* stream, std::string label, std::vector<DeviceAccess> accesses, std::function<int()> run,
@@ -334,6 +364,7 @@ int submit_work(void* stream, std::string label, std::vector<DeviceAccess> acces
     std::lock_guard<std::recursive_mutex> g(s.lock);
     Stream* st = live_stream(s, stream, label.c_str());
     if (!st) return kInvalidHandle;
+    note_concurrency(s, st);
     WorkPtr w = enqueue(s, *st, make_work(std::move(label), std::move(accesses), std::move(run)), nullptr, nullptr);
     after_submit(s, *st, w, host_waits);
     return take_pending(s);
@@ -345,7 +376,6 @@ int create_stream(void** out, unsigned flags) {
     Stream* st = new Stream{s.next_id++, false, (flags & 1) == 0, {}, nullptr, {}};
     s.streams.push_back(st);
     s.handles.insert(st);
-    s.watching = true;
     *out = st;
     return 0;
 }
@@ -358,8 +388,10 @@ int destroy_stream(void* stream) {
         set_error(kInvalidHandle, format("cuStreamDestroy: %p is not a stream this context created", stream));
         return kInvalidHandle;
     }
-    // CUDA lets queued work finish after the destroy; here it finishes first.
+    // CUDA lets queued work finish after the destroy; here it finishes first. Work the host never
+    // waited for stays unordered with what other streams do next.
     run_until(s, [&] { return st->queue.empty(); });
+    if (unsettled(s, *st)) s.watching = true;
     s.streams.erase(std::find(s.streams.begin(), s.streams.end(), st));
     s.handles.erase(st);
     delete st;
