@@ -42,9 +42,22 @@ __device__ __forceinline__ double xor_butterfly_sum_f64(double v, int first, int
 __device__ __forceinline__ float warp_sum(float v) { return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_ADD); }
 __device__ __forceinline__ float warp_max(float v) { return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_MAX); }
 
+// On the software GPU a block reduction is one barrier of the whole block whose last arrival
+// computes, for every thread, what the CUDA code below computes (the same butterflies in the same
+// order: the same bits), instead of a fiber switch per thread at each of its two barriers and two
+// butterflies. The CUDA code itself runs there too, and must keep passing `prefer check`, in the
+// planted-bug test's builds (tests/emu_mutants.rs: PREFER_EMU_FAITHFUL_BLOCK_REDUCE).
+#if defined(__CUDACC__EMU) && !defined(PREFER_EMU_FAITHFUL_BLOCK_REDUCE)
+#define EMU_BLOCK_REDUCE(op, bits) emu_block_reduce(op, bits)
+#endif
+
 // Sum over a block of up to 1024 threads; every thread gets the result.
 // `scratch` holds one float per warp.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
+#ifdef EMU_BLOCK_REDUCE
+    (void)scratch;
+    return __uint_as_float((uint32_t)EMU_BLOCK_REDUCE(EMU_BLOCK_SUM_F32, __float_as_uint(v)));
+#endif
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
     v = warp_sum(v);
@@ -57,6 +70,10 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 // Max over a block, as block_sum.
 __device__ __forceinline__ float block_max(float v, float* scratch) {
+#ifdef EMU_BLOCK_REDUCE
+    (void)scratch;
+    return __uint_as_float((uint32_t)EMU_BLOCK_REDUCE(EMU_BLOCK_MAX_F32, __float_as_uint(v)));
+#endif
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
     v = warp_max(v);
@@ -70,6 +87,10 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // f64 sum over a block of up to 1024 threads (every thread gets the result), for sums of many
 // squares where f32 would drop the small terms. `scratch` holds one double per warp.
 __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+#ifdef EMU_BLOCK_REDUCE
+    (void)scratch;
+    return __builtin_bit_cast(double, EMU_BLOCK_REDUCE(EMU_BLOCK_SUM_F64, __builtin_bit_cast(uint64_t, v)));
+#endif
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int warps = (blockDim.x + WARP_SIZE - 1) / WARP_SIZE;
     v = xor_butterfly_sum_f64(v, WARP_SIZE / 2, 1);

@@ -255,6 +255,51 @@ fn a_butterfly_twin_gives_the_shuffles_bits() {
 }
 
 #[test]
+fn a_block_reduction_twin_gives_the_cuda_codes_bits() {
+    let Some((eng, _g)) = engine() else { return };
+    for n in [32usize, 96, 256, 1024] {
+        // Mixed signs and sizes, so that another order of adds would change the bits.
+        let values: Vec<f32> = (0..n)
+            .map(|t| ((t * 7919) % 1000) as f32 * if t % 3 == 0 { -1.37e-3 } else { 2.9 })
+            .collect();
+        let vals = eng.upload(&values).unwrap();
+        let mut out = eng.zeros::<f32>(4 * n).unwrap();
+        let mut out64 = eng.zeros::<f64>(2 * n).unwrap();
+        let f = eng.function("emu_test_block_reduce").unwrap();
+        let mut l = eng.stream.launch_builder(&f);
+        l.arg(&mut out).arg(&mut out64).arg(&vals);
+        // SAFETY: (float*, double*, const float*), as the kernel takes.
+        unsafe { l.launch(cfg(1, n as u32, 0)) }.unwrap();
+        let got = eng.download(&out).unwrap();
+        let got64 = eng.download(&out64).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for k in 0..2 {
+            let cuda = &got[k * n..(k + 1) * n];
+            assert!(cuda.iter().all(|x| x.to_bits() == cuda[0].to_bits()));
+            assert_eq!(
+                bits(cuda),
+                bits(&got[(k + 2) * n..(k + 3) * n]),
+                "n {n}, op {k}"
+            );
+        }
+        assert_eq!(got64[..n], got64[n..], "n {n}, f64");
+        let sum: f64 = values.iter().map(|&v| v as f64).sum();
+        assert!(
+            (got[0] as f64 - sum).abs() < 1e-3 * sum.abs().max(1.0),
+            "n {n}"
+        );
+        assert_eq!(got[n], values.iter().cloned().fold(f32::MIN, f32::max));
+    }
+    // A thread that exits before the reduction: reported, as the CUDA butterflies would hang.
+    let mut out = eng.zeros::<f32>(64).unwrap();
+    let e = launch1(eng, "emu_test_block_reduce_exited", cfg(1, 64, 0), &mut out).unwrap_err();
+    assert!(
+        e.contains("thread 0 exited while the others wait in a block reduction"),
+        "{e}"
+    );
+}
+
+#[test]
 fn atomics_are_atomic_across_blocks_on_several_threads() {
     let Some((eng, _g)) = engine() else { return };
     let (blocks, threads) = (40u32, 256u32);

@@ -20,7 +20,12 @@ struct Mutant {
     to: &'static str,
     /// What the check's output must say: the reason it failed.
     expect: &'static str,
+    /// Whether the rebuild runs common.cuh's CUDA block reductions as written
+    /// (PREFER_EMU_FAITHFUL_BLOCK_REDUCE) rather than as the software GPU's one-barrier twin.
+    faithful: bool,
 }
+
+const FAITHFUL: &str = "-DPREFER_EMU_FAITHFUL_BLOCK_REDUCE";
 
 const RACE_ON_TILES: &str = "shared-memory race on __shared__ fa_smem";
 const IN_FLIGHT: &str = "cp.async to it is still in flight";
@@ -34,6 +39,7 @@ const MUTANTS: &[Mutant] = &[
         from: "    if (lane == 0) scratch[warp] = v;\n    __syncthreads();\n    v = lane < warps ? scratch[lane] : 0.0f;",
         to: "    if (lane == 0) scratch[warp] = v;\n    v = lane < warps ? scratch[lane] : 0.0f;",
         expect: "shared-memory race on __shared__",
+        faithful: true,
     },
     Mutant {
         name: "missing cp_async_wait in the flash forward's tile loop",
@@ -43,6 +49,7 @@ const MUTANTS: &[Mutant] = &[
         from: "cp_async_wait<0>();\n        __syncthreads();  // tile `tile` is here",
         to: "__syncthreads();  // tile `tile` is here",
         expect: IN_FLIGHT,
+        faithful: false,
     },
     Mutant {
         name: "missing cp_async_wait in the flash dq backward's tile loop",
@@ -52,6 +59,7 @@ const MUTANTS: &[Mutant] = &[
         from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) {\n            load_kv(",
         to: "__syncthreads();\n        if (tile + 1 < tiles) {\n            load_kv(",
         expect: IN_FLIGHT,
+        faithful: false,
     },
     Mutant {
         name: "missing cp_async_wait in the flash dk/dv backward's tile loop",
@@ -61,6 +69,7 @@ const MUTANTS: &[Mutant] = &[
         from: "cp_async_wait<0>();\n        __syncthreads();\n        if (tile + 1 < tiles) {\n            load_q(",
         to: "__syncthreads();\n        if (tile + 1 < tiles) {\n            load_q(",
         expect: IN_FLIGHT,
+        faithful: false,
     },
     Mutant {
         name: "cp_async_wait<1> where the tile just committed is the one used",
@@ -70,6 +79,7 @@ const MUTANTS: &[Mutant] = &[
         from: "cp_async_wait<0>();\n        __syncthreads();  // tile `tile` is here",
         to: "cp_async_wait<1>();\n        __syncthreads();  // tile `tile` is here",
         expect: IN_FLIGHT,
+        faithful: false,
     },
     Mutant {
         name: "barrier before the wait: other threads read tiles this thread just landed",
@@ -79,6 +89,7 @@ const MUTANTS: &[Mutant] = &[
         from: "cp_async_wait<0>();\n        __syncthreads();  // tile `tile` is here, and every warp is done with the other buffer\n",
         to: "__syncthreads();  // tile `tile` is here, and every warp is done with the other buffer\n        cp_async_wait<0>();\n",
         expect: RACE_ON_TILES,
+        faithful: false,
     },
     Mutant {
         name: "off-by-one causal mask in the flash forward (a query misses itself)",
@@ -88,6 +99,7 @@ const MUTANTS: &[Mutant] = &[
         from: "const bool valid = j <= t && kmask[buf * BN + jj];",
         to: "const bool valid = j < t && kmask[buf * BN + jj];",
         expect: "FAIL",
+        faithful: false,
     },
     Mutant {
         name: "wrong GQA head map (query heads interleaved across KV heads)",
@@ -97,6 +109,7 @@ const MUTANTS: &[Mutant] = &[
         from: "h = kvh * s.group + R % s.group;\n    return (((size_t)b * s.T + t) * s.H + h) * HD;",
         to: "h = kvh + (R % s.group) * s.Hkv;\n    return (((size_t)b * s.T + t) * s.H + h) * HD;",
         expect: "FAIL",
+        faithful: false,
     },
     Mutant {
         name: "halved gradient: swiglu's dup",
@@ -106,6 +119,7 @@ const MUTANTS: &[Mutant] = &[
         from: "dup[i] = __float2bfloat16(d * g * s);",
         to: "dup[i] = __float2bfloat16(0.5f * d * g * s);",
         expect: "FAIL",
+        faithful: false,
     },
     Mutant {
         // On the software GPU the butterfly runs as one collective (kernels/common.cuh), with
@@ -117,6 +131,7 @@ const MUTANTS: &[Mutant] = &[
         from: "return xor_butterfly(v, WARP_SIZE / 2, 1, BUTTERFLY_ADD); }",
         to: "return xor_butterfly(v, WARP_SIZE / 4, 1, BUTTERFLY_ADD); }",
         expect: "FAIL",
+        faithful: true,
     },
     Mutant {
         name: "rmsnorm's mean square over d - 1",
@@ -126,6 +141,7 @@ const MUTANTS: &[Mutant] = &[
         from: "rsqrtf(block_sum(ss, scratch) / d + eps)",
         to: "rsqrtf(block_sum(ss, scratch) / (d - 1) + eps)",
         expect: "FAIL",
+        faithful: false,
     },
 ];
 
@@ -169,13 +185,19 @@ fn plant(dir: &Path, file: &str, from: &str, to: &str) -> Result<(), String> {
 }
 
 /// Rebuilds the stand-in driver from `dir` and runs the check on it: (passed, output).
-fn rebuild_and_check(dir: &Path, rebuild: &str, op: &str) -> Result<(bool, String), String> {
+fn rebuild_and_check(
+    dir: &Path,
+    rebuild: &str,
+    op: &str,
+    faithful: bool,
+) -> Result<(bool, String), String> {
     let lib = dir.join("libcuda.so");
     let built = Command::new("sh")
         .arg(out_dir().join("emu_rebuild.sh"))
         .arg(dir)
         .arg(rebuild)
         .arg(&lib)
+        .env("PREFER_EMU_CXXFLAGS", if faithful { FAITHFUL } else { "" })
         .output()
         .map_err(|e| e.to_string())?;
     if !built.status.success() {
@@ -239,10 +261,38 @@ fn the_unchanged_kernels_rebuilt_the_same_way_pass() {
     }
     let dir = scratch("control");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels"), &dir);
-    let (passed, output) = rebuild_and_check(&dir, "swiglu", "swiglu").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let (passed, output) = rebuild_and_check(&dir, "swiglu", "swiglu", false).unwrap();
     assert!(passed, "the control failed:\n{output}");
     assert!(output.contains("9 checks, 0 failed"), "{output}");
+    // common.cuh's block reductions as written pass too, with the same bits as the software
+    // GPU's one-barrier twin: every row of rmsnorm's check (errors to three digits) the same.
+    let (passed, faithful) = rebuild_and_check(&dir, "rmsnorm", "rmsnorm", true).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(passed, "the faithful control failed:\n{faithful}");
+    let twin = Command::new(env!("CARGO_BIN_EXE_prefer"))
+        .args(["check", "--device", "emu", "--op", "rmsnorm"])
+        .env("PREFER_EMU_SEED", "1")
+        .output()
+        .unwrap();
+    assert!(twin.status.success());
+    // The rows without their last column (the time).
+    let rows = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("rmsnorm"))
+            .map(|l| {
+                let mut cols: Vec<&str> = l.split_whitespace().collect();
+                cols.pop();
+                cols.join(" ")
+            })
+            .collect()
+    };
+    let twin = String::from_utf8_lossy(&twin.stdout).into_owned();
+    assert!(!rows(&twin).is_empty(), "{twin}");
+    assert_eq!(
+        rows(&faithful),
+        rows(&twin),
+        "faithful:\n{faithful}\ntwin:\n{twin}"
+    );
 }
 
 #[test]
@@ -262,7 +312,7 @@ fn every_planted_kernel_bug_fails_prefer_check() {
                 let t = Instant::now();
                 let dir = scratch(&i.to_string());
                 let outcome = plant(&dir, m.file, m.from, m.to)
-                    .and_then(|()| rebuild_and_check(&dir, m.rebuild, m.op));
+                    .and_then(|()| rebuild_and_check(&dir, m.rebuild, m.op, m.faithful));
                 let _ = std::fs::remove_dir_all(&dir);
                 let verdict = match outcome {
                     Err(e) => Err(e),

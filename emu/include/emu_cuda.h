@@ -104,6 +104,8 @@ enum EmuVote : int {
 };
 enum EmuBarrierOp : int { EMU_SYNC_PLAIN, EMU_SYNC_COUNT, EMU_SYNC_AND, EMU_SYNC_OR };
 enum EmuButterflyOp : int { EMU_BUTTERFLY_ADD_F32, EMU_BUTTERFLY_MAX_F32, EMU_BUTTERFLY_ADD_F64 };
+// Block-wide reductions (kernels/common.cuh's block_sum, block_max, block_sum_f64), as one barrier.
+enum EmuBlockReduce : int { EMU_BLOCK_SUM_F32 = 16, EMU_BLOCK_MAX_F32, EMU_BLOCK_SUM_F64 };
 
 extern "C" {
 int emu_syncthreads_op(int op, int predicate);
@@ -117,6 +119,11 @@ uint32_t emu_vote(unsigned mask, int op, uint32_t value);
 // op(its value, the value of lane ^ offset), both from before the step. `value` holds an f32's
 // bits (EMU_BUTTERFLY_ADD_F32, _MAX_F32) or an f64's (EMU_BUTTERFLY_ADD_F64).
 uint64_t emu_xor_butterfly(unsigned mask, int op, uint64_t value, int first, int last);
+// kernels/common.cuh's block reduction as one __syncthreads of the whole block: every thread gives
+// its value (an f32's bits, or an f64's for EMU_BLOCK_SUM_F64) and gets back what the CUDA code
+// computes: each warp's xor butterfly (offsets 16 to 1), then the butterfly of the warps' results
+// (0, or -inf for the max, past the last warp), in the same order of operations, so the same bits.
+uint64_t emu_block_reduce(int op, uint64_t value);
 // mma.m16n8k16 (bf16 in, f32 accumulate) as one collective of the whole warp (kernels/mma.cuh):
 // each lane gives its four A and two B registers in `mine` and its four accumulators in `d`,
 // which come back as the instruction leaves them. The last lane to arrive widens A and B once and

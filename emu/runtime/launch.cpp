@@ -68,7 +68,7 @@ void fail_block(Worker& w, const std::string& why, int code) {
 }
 
 // Records the error and leaves the fiber for good; the scheduler then abandons the block.
-[[noreturn]] static void abort_fiber(Fiber& f, const std::string& why) {
+[[noreturn]] __attribute__((noinline, cold)) static void abort_fiber(Fiber& f, const std::string& why) {
     fail_block(*f.worker, where(*f.worker, &f) + ": " + why);
     f.state = FiberState::Faulted;
     switch_to_scheduler(f);
@@ -89,7 +89,90 @@ extern "C" int emu_syncthreads_op(int op, int predicate) {
     return (int)f.coll_result;
 }
 
-static void release_barrier(Worker& w) {
+extern "C" uint64_t emu_block_reduce(int op, uint64_t value) {
+    Fiber& f = *current_fiber();
+    f.coll_kind = op;
+    f.butterfly_value = value;
+    f.barrier_pred = 0;
+    f.state = FiberState::AtBarrier;
+    yield_fiber(f);
+    return f.butterfly_value;
+}
+
+// One step of an xor butterfly over 32 lanes' values (an f32's bits, or an f64's), every lane's
+// result from both values before the step, as resolve_butterfly and the shuffles compute it.
+static void butterfly_steps(uint64_t (&v)[32], int op) {
+    for (int o = 16; o >= 1; o /= 2) {
+        uint64_t next[32];
+        for (uint32_t l = 0; l < 32; ++l) {
+            const uint64_t a = v[l], b = v[l ^ (uint32_t)o];
+            if (op == EMU_BLOCK_SUM_F64)
+                next[l] = __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, a) + __builtin_bit_cast(double, b));
+            else if (op == EMU_BLOCK_MAX_F32)
+                next[l] = __builtin_bit_cast(uint32_t, fmaxf(__builtin_bit_cast(float, (uint32_t)a),
+                                                             __builtin_bit_cast(float, (uint32_t)b)));
+            else
+                next[l] = __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, (uint32_t)a) +
+                                                           __builtin_bit_cast(float, (uint32_t)b));
+        }
+        memcpy(v, next, sizeof v);
+    }
+}
+
+// Every thread waits in emu_block_reduce: the block's result, as common.cuh's CUDA code computes it,
+// to each. False (the block failed) where that code could not run: a thread that exited or waits at
+// another barrier, a warp not whole, a block of more than one dimension.
+static bool resolve_block_reduce(Worker& w, int op) {
+    const uint32_t n = w.block_threads;
+    std::string why;
+    if (w.launch->block.y != 1 || w.launch->block.z != 1)
+        why = "a block reduction (common.cuh) in a block of more than one dimension";
+    else if (n % 32 != 0)
+        why = format("a block reduction (common.cuh) in a block of %u threads, not whole warps: the warp butterfly's "
+                     "full mask names lanes that do not exist",
+                     n);
+    for (uint32_t i = 0; i < n && why.empty(); ++i) {
+        const Fiber& f = w.fibers[i];
+        if (f.state != FiberState::AtBarrier)
+            why = format("thread %u %s while the others wait in a block reduction (common.cuh), whose warp butterflies "
+                         "need every lane",
+                         i, f.state == FiberState::Done ? "exited" : "is elsewhere");
+        else if (f.coll_kind != op)
+            why = format("thread %u waits at another barrier (kind %d) than the block reduction (kind %d) of the others", i,
+                         f.coll_kind, op);
+    }
+    if (!why.empty()) {
+        fail_block(w, where(w, nullptr) + ": " + why);
+        return false;
+    }
+    const uint32_t warps = n / 32;
+    uint64_t partial[32];
+    for (uint32_t warp = 0; warp < warps; ++warp) {
+        uint64_t v[32];
+        for (uint32_t l = 0; l < 32; ++l) v[l] = w.fibers[warp * 32 + l].butterfly_value;
+        butterfly_steps(v, op);
+        partial[warp] = v[0];  // every lane holds the same bits (each step's sum is commutative)
+    }
+    const uint64_t identity = op == EMU_BLOCK_SUM_F64   ? __builtin_bit_cast(uint64_t, 0.0)
+                              : op == EMU_BLOCK_MAX_F32 ? __builtin_bit_cast(uint32_t, -INFINITY)
+                                                        : __builtin_bit_cast(uint32_t, 0.0f);
+    uint64_t v[32];
+    for (uint32_t l = 0; l < 32; ++l) v[l] = l < warps ? partial[l] : identity;
+    butterfly_steps(v, op);
+    race_barrier(w);
+    for (uint32_t i = 0; i < n; ++i) {
+        w.fibers[i].butterfly_value = v[0];
+        make_ready(w, w.fibers[i]);
+    }
+    return true;
+}
+
+static bool release_barrier(Worker& w) {
+    for (uint32_t i = 0; i < w.block_threads; ++i) {
+        const Fiber& f = w.fibers[i];
+        if (f.state == FiberState::AtBarrier && f.coll_kind >= EMU_BLOCK_SUM_F32)
+            return resolve_block_reduce(w, f.coll_kind);
+    }
     uint32_t count = 0, total = 0;
     for (uint32_t i = 0; i < w.block_threads; ++i) {
         const Fiber& f = w.fibers[i];
@@ -109,6 +192,7 @@ static void release_barrier(Worker& w) {
         }
         make_ready(w, f);
     }
+    return true;
 }
 
 // ---- warp collectives -------------------------------------------------------------------------
@@ -231,8 +315,10 @@ static void resolve_mma(Fiber* lanes, uint32_t need) {
     }
 }
 
-// The last lane of `need` has arrived: every lane's result at once, then all go on.
-static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
+// The last lane of `need` has arrived: every lane's result at once, then all go on. Not inlined:
+// its frame (the lanes' values, the formatted errors) would otherwise sit in every waiting lane's
+// stack, in cache lines a resumed lane touches.
+__attribute__((noinline)) static void resolve_warp(Worker& w, Fiber& self, uint32_t warp, uint32_t need) {
     Fiber* lanes = &w.fibers[warp * 32];
     const int kind = self.coll_kind;
     for (uint32_t l = 0; l < 32; ++l) {
@@ -533,7 +619,7 @@ static void run_block(Worker& w, Launch& l, uint64_t linear) {
         }
         if (done == n) return;
         if (at_warp == 0) {
-            release_barrier(w);
+            if (!release_barrier(w)) return;
             continue;
         }
         fail_block(w, where(w, nullptr) + ": " + describe_deadlock(w));

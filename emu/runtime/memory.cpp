@@ -6,10 +6,11 @@
 // An access that leaves the mapping hits a guard page and faults (fault.cpp names the buffer); a
 // write into the fill around the data is found by check_guards after every launch.
 //
-// A freed mapping is kept for the next allocation of the same size, with its data pages made
-// inaccessible meanwhile, so a kernel that reads freed memory still faults; reusing it costs one
-// 0xff fill instead of mapping and faulting in every page again (a training step frees and
-// allocates the same activations each time). Mappings of 2 MiB and more ask for huge pages.
+// A freed mapping is kept for the next allocation of its size, or of down to half its size (at the
+// mapping's end, its unused front pages a wider guard), with its data pages made inaccessible
+// meanwhile, so a kernel that reads freed memory still faults; reusing it costs one 0xff fill
+// instead of mapping and faulting in every page again (a training step frees and allocates the
+// same activations each time). Mappings of 2 MiB and more ask for huge pages.
 #include "runtime.h"
 
 #include <sys/mman.h>
@@ -28,6 +29,7 @@ constexpr uint8_t kFill = 0xff;
 struct Allocation {
     uint8_t* map;
     size_t map_bytes;
+    uint8_t* pages;  // its first data page: the last data pages before the back guard page
     uint8_t* data;
     size_t size;
     size_t padded;  // size rounded up to 256
@@ -71,27 +73,33 @@ void trim_cache(size_t keep) {
     }
 }
 
-// A mapping of `map_bytes` with its guard pages in place and its data pages readable and
-// writable: a cached one when one of that size waits, else a new one.
-uint8_t* take_mapping(size_t map_bytes) {
-    const size_t data_pages = map_bytes - 2 * kPage;
-    auto it = cached.find(map_bytes);
-    if (it != cached.end()) {
+// A mapping of at least `need` bytes with its guard pages in place, whose last `need - 2 pages`
+// before the back guard page are readable and writable; its size goes to *map_bytes. A cached one
+// of that size, or of up to twice it, when one waits (its pages are already in memory: a fresh
+// mapping costs a page fault and the kernel's zeroing per page, most of a big buffer's
+// allocation); its pages before those stay inaccessible, a wider front guard. Else a new one.
+uint8_t* take_mapping(size_t need, size_t* map_bytes) {
+    const size_t data_pages = need - 2 * kPage;
+    auto it = cached.lower_bound(need);
+    if (it != cached.end() && it->first / 2 <= need) {
         uint8_t* map = it->second;
-        uncache(map, map_bytes);
-        mprotect(map + kPage, data_pages, PROT_READ | PROT_WRITE);
+        const size_t bytes = it->first;
+        uncache(map, bytes);
+        mprotect(map + bytes - kPage - data_pages, data_pages, PROT_READ | PROT_WRITE);
+        *map_bytes = bytes;
         return map;
     }
-    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED && cached_bytes) {
         trim_cache(0);
-        p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
     if (p == MAP_FAILED) return nullptr;
     uint8_t* map = (uint8_t*)p;
     mprotect(map, kPage, PROT_NONE);
     mprotect(map + kPage + data_pages, kPage, PROT_NONE);
     if (data_pages >= (2u << 20)) madvise(map + kPage, data_pages, MADV_HUGEPAGE);
+    *map_bytes = need;
     return map;
 }
 
@@ -137,15 +145,16 @@ const uint8_t* first_written(const uint8_t* from, const uint8_t* to) {
 extern "C" int emu_mem_alloc(uintptr_t* out, size_t size) {
     const size_t padded = round_up(size ? size : 1, kAlign);
     const size_t data_pages = round_up(padded, kPage);
-    const size_t map_bytes = data_pages + 2 * kPage;
     std::lock_guard<std::mutex> g(lock);
-    uint8_t* map = take_mapping(map_bytes);
+    size_t map_bytes = 0;
+    uint8_t* map = take_mapping(data_pages + 2 * kPage, &map_bytes);
     if (!map) {
         set_error(kOutOfMemory, format("out of memory: the software GPU could not map %zu bytes", size));
         return kOutOfMemory;
     }
-    memset(map + kPage, kFill, data_pages);
-    Allocation a{map, map_bytes, map + kPage + data_pages - padded, size, padded};
+    uint8_t* pages = map + map_bytes - kPage - data_pages;
+    memset(pages, kFill, data_pages);
+    Allocation a{map, map_bytes, pages, pages + data_pages - padded, size, padded};
     live[(uintptr_t)a.data] = a;
     live_bytes += size;
     peak_bytes = live_bytes > peak_bytes ? live_bytes : peak_bytes;
@@ -229,7 +238,7 @@ std::string check_guards() {
     std::lock_guard<std::mutex> g(lock);
     std::string found;
     for (auto& [_, a] : live) {
-        const uint8_t* front = a.map + kPage;
+        const uint8_t* front = a.pages;
         const uint8_t* end = a.data + a.size;
         const uint8_t* fw = first_written(front, a.data);
         const uint8_t* bw = first_written(end, a.data + a.padded);

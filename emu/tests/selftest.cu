@@ -184,3 +184,49 @@ extern "C" __global__ void emu_test_butterfly(float* out, double* out64, const f
     out64[n + t] = __builtin_bit_cast(double, emu_xor_butterfly(0xffffffffu, EMU_BUTTERFLY_ADD_F64,
                                                                 __builtin_bit_cast(uint64_t, dv), 16, 1));
 }
+
+// kernels/common.cuh's block reductions: the runtime's one-barrier twin (emu_block_reduce) against
+// the CUDA code written out (warp butterflies of shuffles, a __shared__ slot per warp, two
+// barriers). out[k * n + t]: k = 0, 1 the CUDA sum and max, k = 2, 3 the twin's; out64[t] the CUDA
+// f64 sum, out64[n + t] the twin's. One block of n threads, whole warps.
+extern "C" __global__ void emu_test_block_reduce(float* out, double* out64, const float* in) {
+    __shared__ float scratch[32];
+    __shared__ double scratch64[32];
+    const int t = threadIdx.x, n = blockDim.x, lane = t % 32, warp = t / 32, warps = (n + 31) / 32;
+    const float v = in[t];
+    const double dv = (double)v * 1e-3;
+    float s = v, m = v;
+    double d = dv;
+    for (int o = 16; o >= 1; o /= 2) {
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        d += __shfl_xor_sync(0xffffffffu, d, o);
+    }
+    __syncthreads();
+    if (lane == 0) scratch[warp] = s;
+    if (lane == 0) scratch64[warp] = d;
+    __syncthreads();
+    s = lane < warps ? scratch[lane] : 0.0f;
+    d = lane < warps ? scratch64[lane] : 0.0;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = m;
+    __syncthreads();
+    m = lane < warps ? scratch[lane] : -INFINITY;
+    for (int o = 16; o >= 1; o /= 2) {
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        d += __shfl_xor_sync(0xffffffffu, d, o);
+    }
+    out[0 * n + t] = s;
+    out[1 * n + t] = m;
+    out64[t] = d;
+    out[2 * n + t] = __uint_as_float((uint32_t)emu_block_reduce(EMU_BLOCK_SUM_F32, __float_as_uint(v)));
+    out[3 * n + t] = __uint_as_float((uint32_t)emu_block_reduce(EMU_BLOCK_MAX_F32, __float_as_uint(v)));
+    out64[n + t] = __builtin_bit_cast(double, emu_block_reduce(EMU_BLOCK_SUM_F64, __builtin_bit_cast(uint64_t, dv)));
+}
+
+// A block reduction that thread 0 skips (it exits first): a CUDA warp butterfly would wait for it.
+extern "C" __global__ void emu_test_block_reduce_exited(float* out) {
+    if (threadIdx.x == 0) return;
+    out[threadIdx.x] = __uint_as_float((uint32_t)emu_block_reduce(EMU_BLOCK_SUM_F32, __float_as_uint(1.0f)));
+}
