@@ -4,6 +4,8 @@
 // function missing here fails loudly, by name, in cudarc ("Missing symbol").
 #include "runtime.h"
 
+#include <map>
+
 #include <sys/sysinfo.h>
 
 #include <chrono>
@@ -308,6 +310,55 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream s)
     return device_work(s, "cuMemsetD32Async", [=] { return fill32(dst, v, n); });
 }
 
+// Staging buffers for copies from the host, kept for reuse (up to 1 GiB of them, each serving a
+// copy of down to half its size): a fresh buffer per copy would be mapped, page-faulted and zeroed
+// by the kernel page by page each time, and a model's upload stages gigabytes.
+namespace {
+struct StagingPool {
+    std::mutex lock;
+    std::multimap<size_t, uint8_t*> idle;  // by capacity
+    size_t idle_bytes = 0;
+};
+StagingPool& staging_pool() {
+    static StagingPool& pool = *new StagingPool();  // never destroyed: copies may be queued at exit
+    return pool;
+}
+constexpr size_t kStagingKept = size_t(1) << 30;
+
+// A copy of `bytes` host bytes at `src`, null when there is no memory for it.
+std::shared_ptr<uint8_t> stage(const void* src, size_t bytes) {
+    StagingPool& pool = staging_pool();
+    size_t capacity = bytes ? bytes : 1;
+    uint8_t* buf = nullptr;
+    {
+        std::lock_guard<std::mutex> g(pool.lock);
+        auto it = pool.idle.lower_bound(capacity);
+        if (it != pool.idle.end() && it->first / 2 <= capacity) {
+            buf = it->second;
+            capacity = it->first;
+            pool.idle_bytes -= capacity;
+            pool.idle.erase(it);
+        }
+    }
+    if (!buf) buf = (uint8_t*)malloc(capacity);
+    if (!buf) return nullptr;
+    memcpy(buf, src, bytes);
+    return std::shared_ptr<uint8_t>(buf, [capacity](uint8_t* b) {
+        StagingPool& pool = staging_pool();
+        std::lock_guard<std::mutex> g(pool.lock);
+        if (capacity > kStagingKept) return free(b);
+        while (pool.idle_bytes + capacity > kStagingKept) {  // the largest idle ones go first
+            auto largest = std::prev(pool.idle.end());
+            pool.idle_bytes -= largest->first;
+            free(largest->second);
+            pool.idle.erase(largest);
+        }
+        pool.idle.emplace(capacity, b);
+        pool.idle_bytes += capacity;
+    });
+}
+}  // namespace
+
 // From pageable host memory CUDA stages the bytes before the call returns: the copy takes them now.
 static CUresult copy_from_host(const char* op, CUstream stream, CUdeviceptr dst, const void* src, size_t bytes) {
     if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
@@ -320,10 +371,13 @@ static CUresult copy_from_host(const char* op, CUstream stream, CUdeviceptr dst,
             note_access(dst, dst + bytes, true);
             return 0;
         }, false);
-    auto staged = std::make_shared<std::vector<uint8_t>>((const uint8_t*)src, (const uint8_t*)src + bytes);
-    return submit_work(stream, op, {}, [dst, staged] {
-        memcpy((void*)dst, staged->data(), staged->size());
-        note_access(dst, dst + staged->size(), true);
+    std::shared_ptr<uint8_t> staged = stage(src, bytes);
+    if (!staged) {
+        return fail(kOutOfMemory, format("%s: no host memory to stage %zu bytes", op, bytes));
+    }
+    return submit_work(stream, op, {}, [dst, staged, bytes] {
+        memcpy((void*)dst, staged.get(), bytes);
+        note_access(dst, dst + bytes, true);
         return 0;
     }, false);
 }

@@ -118,29 +118,75 @@ fn check_logprob(
     let (h, w) = (g.bf16s(n * d, 1.0), g.bf16s(v * d, 0.1));
     let targets: Vec<u32> = (0..n).map(|t| ((t * 104_729) % v) as u32).collect();
     let (dlogp, dent) = (g.bf16s(n, 1.0), g.bf16s(n, 0.5));
-    let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    cpu::logprob::logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d, scale);
-    let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
-    cpu::logprob::logprob_backward(
-        &mut dh,
-        &mut dw,
-        &dlogp,
-        Some(&dent),
-        &h,
-        &w,
-        &targets,
-        &lse,
-        &ent,
-        d,
-        scale,
-    );
+    // The CPU oracle on a thread of its own while the device side runs: at V = 128256 each takes
+    // seconds, and neither keeps both cores busy alone (on the software GPU).
+    std::thread::scope(|s| {
+        let oracle = s.spawn(|| {
+            let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            cpu::logprob::logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &targets, d, scale);
+            let (mut dh, mut dw) = (vec![0.0; n * d], vec![0.0; v * d]);
+            cpu::logprob::logprob_backward(
+                &mut dh,
+                &mut dw,
+                &dlogp,
+                Some(&dent),
+                &h,
+                &w,
+                &targets,
+                &lse,
+                &ent,
+                d,
+                scale,
+            );
+            (lp, ent, dh, dw)
+        });
+        let device = device_logprob(eng, gemm, (&h, &w, &targets), (&dlogp, &dent), d, scale);
+        let (lp, ent, dh, dw) = oracle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the CPU oracle's log-prob panicked"))?;
+        let (lp_d, ent_d, dh_d, dw_d, ms_f, ms_b) = device?;
+        let shape = format!("N={n} D={d} V={v} T={temperature}");
+        Ok(vec![
+            compare(
+                "logprob_forward logp",
+                &shape,
+                &lp_d,
+                &lp,
+                TOL_F32 * 10.0,
+                ms_f,
+            ),
+            compare(
+                "logprob_forward entropy",
+                &shape,
+                &ent_d,
+                &ent,
+                TOL_F32 * 10.0,
+                ms_f,
+            ),
+            compare("logprob_backward dh", &shape, &dh_d, &dh, TOL_BF16, ms_b),
+            compare("logprob_backward dw", &shape, &dw_d, &dw, TOL_BF16, ms_b),
+        ])
+    })
+}
 
+/// Log-prob forward and backward of one shape on the device: logp, entropy, dh and dw downloaded,
+/// and the forward's and backward's milliseconds.
+#[allow(clippy::type_complexity)]
+fn device_logprob(
+    eng: &CudaEngine,
+    gemm: &cuda::matmul::Gemm,
+    (h, w, targets): (&[f32], &[f32], &[u32]),
+    (dlogp, dent): (&[f32], &[f32]),
+    d: usize,
+    scale: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, f64, f64)> {
+    let (n, v) = (targets.len(), w.len() / d);
     let (h_d, w_d, t_d) = (
-        eng.upload(&to_bf16(&h))?,
-        eng.upload(&to_bf16(&w))?,
-        eng.upload(&targets)?,
+        eng.upload(&to_bf16(h))?,
+        eng.upload(&to_bf16(w))?,
+        eng.upload(targets)?,
     );
-    let (dlogp_d, dent_d) = (eng.upload(&dlogp)?, eng.upload(&dent)?);
+    let (dlogp_d, dent_d) = (eng.upload(dlogp)?, eng.upload(dent)?);
     let mut scratch = cuda::logprob::LogprobScratch::new(eng, n)?;
     let (mut lp_d, mut ent_d, mut lse_d) = (
         eng.zeros::<f32>(n)?,
@@ -148,7 +194,6 @@ fn check_logprob(
         eng.zeros::<f32>(n)?,
     );
     let (mut dh_d, mut dw_d) = (eng.zeros::<f32>(n * d)?, eng.zeros::<f32>(v * d)?);
-    let shape = format!("N={n} D={d} V={v} T={temperature}");
     let ms_f = timed(eng, "logprob_forward", || {
         cuda::logprob::logprob_forward(
             eng,
@@ -184,38 +229,12 @@ fn check_logprob(
             scale,
         )
     })?;
-    Ok(vec![
-        compare(
-            "logprob_forward logp",
-            &shape,
-            &eng.download(&lp_d)?,
-            &lp,
-            TOL_F32 * 10.0,
-            ms_f,
-        ),
-        compare(
-            "logprob_forward entropy",
-            &shape,
-            &eng.download(&ent_d)?,
-            &ent,
-            TOL_F32 * 10.0,
-            ms_f,
-        ),
-        compare(
-            "logprob_backward dh",
-            &shape,
-            &eng.download(&dh_d)?,
-            &dh,
-            TOL_BF16,
-            ms_b,
-        ),
-        compare(
-            "logprob_backward dw",
-            &shape,
-            &eng.download(&dw_d)?,
-            &dw,
-            TOL_BF16,
-            ms_b,
-        ),
-    ])
+    Ok((
+        eng.download(&lp_d)?,
+        eng.download(&ent_d)?,
+        eng.download(&dh_d)?,
+        eng.download(&dw_d)?,
+        ms_f,
+        ms_b,
+    ))
 }

@@ -146,28 +146,52 @@ fn gradient_row(
 fn check_model(preset: &str, layers: Option<usize>) -> Result<Vec<CheckRow>> {
     let case = model_case(preset, layers)?;
     let (cpu_model, batch, next) = (&case.model, &case.batch, &case.next);
-    let fwd = cpu_model.forward(batch)?;
-    let mut grads = vec![0.0; cpu_model.layout.len];
-    cpu_model.backward(
-        &fwd,
-        &HeadGrads {
-            logp: Some(&case.r_logp),
-            value: Some(&case.r_value),
+    // The CPU oracle's forward and backward on a thread of its own while the device side uploads
+    // the model and runs: at llama-1b widths each takes seconds, and neither keeps both cores busy
+    // alone (on the software GPU).
+    let oracle = |case: &ModelCase| -> Result<(Forward, Vec<f32>)> {
+        let fwd = case.model.forward(&case.batch)?;
+        let mut grads = vec![0.0; case.model.layout.len];
+        case.model.backward(
+            &fwd,
+            &HeadGrads {
+                logp: Some(&case.r_logp),
+                value: Some(&case.r_value),
+                entropy: None,
+            },
+            &mut grads,
+        )?;
+        Ok((fwd, grads))
+    };
+    let device = |case: &ModelCase| -> Result<_> {
+        let gpu_model = case.model.upload(Cuda::new()?)?;
+        let b = &gpu_model.backend;
+        let (r_logp_d, r_value_d) = (b.eng.upload(&case.r_logp)?, b.eng.upload(&case.r_value)?);
+        let heads = HeadGrads {
+            logp: Some(&r_logp_d),
+            value: Some(&r_value_d),
             entropy: None,
-        },
-        &mut grads,
-    )?;
-
-    let mut gpu_model = cpu_model.upload(Cuda::new()?)?;
+        };
+        let (gfwd, grads_d, gpu_ms) =
+            gpu_forward_backward(&gpu_model, &case.batch, &heads, "model forward+backward")?;
+        Ok((gpu_model, r_logp_d, r_value_d, gfwd, grads_d, gpu_ms))
+    };
+    // The oracle's thread builds its own copy of the case (the same bits: model_case is
+    // deterministic), as a model is not shared between threads.
+    let (oracle_out, device_out) = std::thread::scope(|s| {
+        let cpu = s.spawn(|| oracle(&model_case(preset, layers)?));
+        let gpu = device(&case);
+        (cpu.join(), gpu)
+    });
+    let (fwd, grads) =
+        oracle_out.map_err(|_| anyhow::anyhow!("the CPU oracle's model panicked"))??;
+    let (mut gpu_model, r_logp_d, r_value_d, gfwd, grads_d, gpu_ms) = device_out?;
     let b = &gpu_model.backend;
-    let (r_logp_d, r_value_d) = (b.eng.upload(&case.r_logp)?, b.eng.upload(&case.r_value)?);
     let heads = HeadGrads {
         logp: Some(&r_logp_d),
         value: Some(&r_value_d),
         entropy: None,
     };
-    let (gfwd, grads_d, gpu_ms) =
-        gpu_forward_backward(&gpu_model, batch, &heads, "model forward+backward")?;
 
     let shape = format!(
         "{preset} {}L B=2 T={}",
