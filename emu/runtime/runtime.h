@@ -322,7 +322,8 @@ int submit_work(void* stream, std::string label, std::vector<DeviceAccess> acces
                 bool host_waits);
 // The work running now (on this host thread) also touched these bytes: a kernel's, found while it ran.
 void note_access(uintptr_t lo, uintptr_t hi, bool write, bool whole = false);
-// Whether kernels should record what they touch: the check is on and a second stream has had work.
+// Whether kernels should record what they touch: the check is on and work on two streams may have
+// run unordered (streams.cpp).
 bool watching_accesses();
 int create_stream(void** out, unsigned flags);
 int destroy_stream(void* stream);

@@ -226,8 +226,8 @@ void run_head(Scheduler& s, Stream& st) {
     w->done = true;
     w->run = nullptr;  // the parameter copies and host snapshots go now
     if (rc == 0 && race_check_enabled.load()) {
-        // Before a second stream has had work, nothing can race across streams; the history is
-        // still kept, for the work of the second.
+        // Until work on two streams may run unordered, nothing can race across streams; the
+        // history is still kept, for the work that comes after.
         if (s.watching) rc = check_races(s, *w);
         remember(s, *w);
     }
