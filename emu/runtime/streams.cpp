@@ -40,8 +40,8 @@
 // their accesses only once work on two streams may run unordered (work goes on a stream while
 // another holds work the host has not waited for, or a stream is destroyed holding such work):
 // until then every piece of work is ordered after all work of other streams, and following every
-// load and store would cost a single-stream program (a single-GPU run) about a third of its time
-// for nothing. A kernel that ran before then is
+// load and store would cost a single-stream program (a single-GPU run) a tenth to a quarter of
+// its time for nothing. A kernel that ran before then is
 // remembered as having written every byte of the buffers its parameters point into, so later work
 // of another stream that is not ordered after it and touches one of them is still reported (more
 // than the exact check would: the report says so). Per allocation
