@@ -211,24 +211,38 @@ fn butterfly<T: Copy>(v: &[T], offsets: &[usize], op: impl Fn(T, T) -> T) -> Vec
     v
 }
 
-#[test]
-fn a_butterfly_twin_gives_the_shuffles_bits() {
-    let Some((eng, _g)) = engine() else { return };
-    let n = 64usize;
-    // Values of mixed sign and size, so that a different order of adds would change the bits.
+/// Runs a selftest kernel `(float* out, double* out64, const float* in)` that compares CUDA code
+/// with its software-GPU twin, on one block of `n` threads: the inputs (mixed signs and sizes, so
+/// that another order of adds would change the bits), `out` (`f32_rows` × n) and `out64` (2 × n).
+fn twin_kernel(
+    eng: &CudaEngine,
+    name: &str,
+    n: usize,
+    f32_rows: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
     let values: Vec<f32> = (0..n)
         .map(|t| ((t * 7919) % 1000) as f32 * if t % 3 == 0 { -1.37e-3 } else { 2.9 })
         .collect();
     let vals = eng.upload(&values).unwrap();
-    let mut out = eng.zeros::<f32>(8 * n).unwrap();
+    let mut out = eng.zeros::<f32>(f32_rows * n).unwrap();
     let mut out64 = eng.zeros::<f64>(2 * n).unwrap();
-    let f = eng.function("emu_test_butterfly").unwrap();
+    let f = eng.function(name).unwrap();
     let mut l = eng.stream.launch_builder(&f);
     l.arg(&mut out).arg(&mut out64).arg(&vals);
-    // SAFETY: (float*, double*, const float*), as the kernel takes.
+    // SAFETY: (float*, double*, const float*), as the selftest kernels take.
     unsafe { l.launch(cfg(1, n as u32, 0)) }.unwrap();
-    let got = eng.download(&out).unwrap();
-    let got64 = eng.download(&out64).unwrap();
+    (
+        values,
+        eng.download(&out).unwrap(),
+        eng.download(&out64).unwrap(),
+    )
+}
+
+#[test]
+fn a_butterfly_twin_gives_the_shuffles_bits() {
+    let Some((eng, _g)) = engine() else { return };
+    let n = 64usize;
+    let (values, got, got64) = twin_kernel(eng, "emu_test_butterfly", n, 8);
     let halving = [16, 8, 4, 2, 1];
     let want = [
         butterfly(&values, &halving, |a, b| a + b),
@@ -258,20 +272,7 @@ fn a_butterfly_twin_gives_the_shuffles_bits() {
 fn a_block_reduction_twin_gives_the_cuda_codes_bits() {
     let Some((eng, _g)) = engine() else { return };
     for n in [32usize, 96, 256, 1024] {
-        // Mixed signs and sizes, so that another order of adds would change the bits.
-        let values: Vec<f32> = (0..n)
-            .map(|t| ((t * 7919) % 1000) as f32 * if t % 3 == 0 { -1.37e-3 } else { 2.9 })
-            .collect();
-        let vals = eng.upload(&values).unwrap();
-        let mut out = eng.zeros::<f32>(4 * n).unwrap();
-        let mut out64 = eng.zeros::<f64>(2 * n).unwrap();
-        let f = eng.function("emu_test_block_reduce").unwrap();
-        let mut l = eng.stream.launch_builder(&f);
-        l.arg(&mut out).arg(&mut out64).arg(&vals);
-        // SAFETY: (float*, double*, const float*), as the kernel takes.
-        unsafe { l.launch(cfg(1, n as u32, 0)) }.unwrap();
-        let got = eng.download(&out).unwrap();
-        let got64 = eng.download(&out64).unwrap();
+        let (values, got, got64) = twin_kernel(eng, "emu_test_block_reduce", n, 4);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for k in 0..2 {
             let cuda = &got[k * n..(k + 1) * n];

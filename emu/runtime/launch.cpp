@@ -93,28 +93,30 @@ extern "C" uint64_t emu_block_reduce(int op, uint64_t value) {
     Fiber& f = *current_fiber();
     f.coll_kind = op;
     f.butterfly_value = value;
-    f.barrier_pred = 0;
     f.state = FiberState::AtBarrier;
     yield_fiber(f);
     return f.butterfly_value;
 }
 
-// One step of an xor butterfly over 32 lanes' values (an f32's bits, or an f64's), every lane's
-// result from both values before the step, as resolve_butterfly and the shuffles compute it.
-static void butterfly_steps(uint64_t (&v)[32], int op) {
+// One step of an xor butterfly for one lane: op (an EmuButterflyOp) of its value and its partner's,
+// both an f32's bits, or an f64's for EMU_BUTTERFLY_ADD_F64.
+static uint64_t butterfly_combine(int op, uint64_t a, uint64_t b) {
+    switch (op) {
+        case EMU_BUTTERFLY_ADD_F32:
+            return __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, (uint32_t)a) + __builtin_bit_cast(float, (uint32_t)b));
+        case EMU_BUTTERFLY_MAX_F32:
+            return __builtin_bit_cast(uint32_t,
+                                      fmaxf(__builtin_bit_cast(float, (uint32_t)a), __builtin_bit_cast(float, (uint32_t)b)));
+        default: return __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, a) + __builtin_bit_cast(double, b));
+    }
+}
+
+// A whole warp's butterfly over offsets 16 to 1 (warp_sum, warp_max), every lane's result from
+// both values before each step, as resolve_butterfly and the shuffles compute it.
+static void butterfly_16_to_1(uint64_t (&v)[32], int butterfly_op) {
     for (int o = 16; o >= 1; o /= 2) {
         uint64_t next[32];
-        for (uint32_t l = 0; l < 32; ++l) {
-            const uint64_t a = v[l], b = v[l ^ (uint32_t)o];
-            if (op == EMU_BLOCK_SUM_F64)
-                next[l] = __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, a) + __builtin_bit_cast(double, b));
-            else if (op == EMU_BLOCK_MAX_F32)
-                next[l] = __builtin_bit_cast(uint32_t, fmaxf(__builtin_bit_cast(float, (uint32_t)a),
-                                                             __builtin_bit_cast(float, (uint32_t)b)));
-            else
-                next[l] = __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, (uint32_t)a) +
-                                                           __builtin_bit_cast(float, (uint32_t)b));
-        }
+        for (uint32_t l = 0; l < 32; ++l) next[l] = butterfly_combine(butterfly_op, v[l], v[l ^ (uint32_t)o]);
         memcpy(v, next, sizeof v);
     }
 }
@@ -145,12 +147,15 @@ static bool resolve_block_reduce(Worker& w, int op) {
         fail_block(w, where(w, nullptr) + ": " + why);
         return false;
     }
+    const int butterfly_op = op == EMU_BLOCK_SUM_F64   ? EMU_BUTTERFLY_ADD_F64
+                             : op == EMU_BLOCK_MAX_F32 ? EMU_BUTTERFLY_MAX_F32
+                                                       : EMU_BUTTERFLY_ADD_F32;
     const uint32_t warps = n / 32;
     uint64_t partial[32];
     for (uint32_t warp = 0; warp < warps; ++warp) {
         uint64_t v[32];
         for (uint32_t l = 0; l < 32; ++l) v[l] = w.fibers[warp * 32 + l].butterfly_value;
-        butterfly_steps(v, op);
+        butterfly_16_to_1(v, butterfly_op);
         partial[warp] = v[0];  // every lane holds the same bits (each step's sum is commutative)
     }
     const uint64_t identity = op == EMU_BLOCK_SUM_F64   ? __builtin_bit_cast(uint64_t, 0.0)
@@ -158,7 +163,7 @@ static bool resolve_block_reduce(Worker& w, int op) {
                                                         : __builtin_bit_cast(uint32_t, 0.0f);
     uint64_t v[32];
     for (uint32_t l = 0; l < 32; ++l) v[l] = l < warps ? partial[l] : identity;
-    butterfly_steps(v, op);
+    butterfly_16_to_1(v, butterfly_op);
     race_barrier(w);
     for (uint32_t i = 0; i < n; ++i) {
         w.fibers[i].butterfly_value = v[0];
@@ -256,19 +261,7 @@ static void resolve_butterfly(Fiber& self, Fiber* lanes, uint32_t warp, uint32_t
                 abort_fiber(self, format("lane %u of warp %u shuffles from lane %u, which is not in the mask 0x%08x "
                                          "(or does not exist in this block)",
                                          l, warp, src, need));
-            const uint64_t a = v[l], b = v[src];
-            switch (op) {
-                case EMU_BUTTERFLY_ADD_F32:
-                    next[l] = __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, (uint32_t)a) +
-                                                               __builtin_bit_cast(float, (uint32_t)b));
-                    break;
-                case EMU_BUTTERFLY_MAX_F32:
-                    next[l] = __builtin_bit_cast(uint32_t, fmaxf(__builtin_bit_cast(float, (uint32_t)a),
-                                                                 __builtin_bit_cast(float, (uint32_t)b)));
-                    break;
-                default:
-                    next[l] = __builtin_bit_cast(uint64_t, __builtin_bit_cast(double, a) + __builtin_bit_cast(double, b));
-            }
+            next[l] = butterfly_combine(op, v[l], v[src]);
         }
         memcpy(v, next, sizeof v);
         if (o == last) break;

@@ -41,13 +41,12 @@
 // another holds work the host has not waited for, or a stream is destroyed holding such work):
 // until then every piece of work is ordered after all work of other streams, and following every
 // load and store would cost a single-stream program (a single-GPU run) a tenth to a quarter of
-// its time for nothing. A kernel that ran before then is
-// remembered as having written every byte of the buffers its parameters point into, so later work
-// of another stream that is not ordered after it and touches one of them is still reported (more
-// than the exact check would: the report says so). Per allocation
-// the check keeps the accesses not yet covered by a later access ordered after them (at most
-// kMaxRecords; the oldest go first); freeing the allocation forgets them. Frees are not checked
-// against work still using the buffer: cuMemFree runs every queue dry first.
+// its time for nothing. A kernel that ran before then is remembered as having written every byte
+// of the buffers its parameters point into, so later work of another stream that is not ordered
+// after it and touches one of them is still reported (more than the exact check would: the report
+// says so). Per allocation the check keeps the accesses not yet covered by a later access ordered
+// after them (at most kMaxRecords; the oldest go first); freeing the allocation forgets them.
+// Frees are not checked against work still using the buffer: cuMemFree runs every queue dry first.
 #include "runtime.h"
 
 #include <chrono>
