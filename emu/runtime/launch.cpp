@@ -89,12 +89,12 @@ extern "C" int emu_syncthreads_op(int op, int predicate) {
     return (int)f.coll_result;
 }
 
+// A __syncthreads of kind `op` carrying the thread's value in and the block's result out
+// (resolve_block_reduce, from release_barrier).
 extern "C" uint64_t emu_block_reduce(int op, uint64_t value) {
     Fiber& f = *current_fiber();
-    f.coll_kind = op;
     f.butterfly_value = value;
-    f.state = FiberState::AtBarrier;
-    yield_fiber(f);
+    emu_syncthreads_op(op, 0);
     return f.butterfly_value;
 }
 
